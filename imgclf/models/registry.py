@@ -1,0 +1,64 @@
+"""One registry of models: `register` a builder by name, `build_model` by name, `available_models`.
+
+Builders import Keras inside their body, so listing or validating model names stays cheap
+(config validation and `--help` never import TensorFlow).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from imgclf.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+
+    from imgclf.config import Config
+
+# Modules whose import registers their builders.
+_FAMILY_MODULES = ("imgclf.models.mlp", "imgclf.models.cnn")
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: make `fn(config, num_classes, train_images)` buildable as `model.name: <name>`."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def _load_families() -> None:
+    for module in _FAMILY_MODULES:
+        importlib.import_module(module)
+
+
+def available_models() -> list[str]:
+    """Registered model names, sorted."""
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def build_model(
+    config: Config, num_classes: int, train_images: np.ndarray | None = None
+) -> keras.Model:
+    """Build `config.model.name` for `num_classes` classes.
+
+    The model takes raw pixels (float32 0..255, shape [N, H, W, C] from `config.data`) and returns
+    softmax probabilities [N, num_classes]. `train_images` adapts the z-score normalisation when
+    `config.data.normalize == "standardize"`.
+    """
+    _load_families()
+    name = config.model.name
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    return _REGISTRY[name](config, num_classes, train_images)

@@ -1,0 +1,235 @@
+"""Classify images with a run directory or an exported SavedModel.
+
+`Predictor.from_path` accepts either; images go through the one decoder (`images.load_image`) at
+the model's size and channels and are classified in batches (never one `predict` call per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgclf import runs
+from imgclf.errors import UserError
+from imgclf.images import IMAGE_EXTENSIONS, ImageError, load_image
+
+BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top-k classes of one image, most probable first."""
+
+    source: str
+    labels: list[str]
+    probabilities: list[float]
+
+    @property
+    def label(self) -> str:
+        """The top-1 class."""
+        return self.labels[0]
+
+
+class Predictor:
+    """A loaded model plus its labels and input geometry; call `predict_*` to classify."""
+
+    def __init__(
+        self,
+        fn: Callable[[np.ndarray], np.ndarray],
+        class_names: list[str],
+        image_size: tuple[int, int],
+        channels: int,
+        kind: str,
+        path: Path,
+    ) -> None:
+        self._fn = fn
+        self.class_names = class_names
+        self.image_size = image_size
+        self.channels = channels
+        self.kind = kind  # "keras" (a run directory) or "saved_model"
+        self.path = path
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> Predictor:
+        """Load a run directory (its model.keras) or a SavedModel directory (with labels.json)."""
+        path = Path(path)
+        if runs.is_run_dir(path):
+            return cls._from_keras(path)
+        if (path / "saved_model.pb").is_file():
+            return cls._from_saved_model(path)
+        raise UserError(
+            f"{path} is neither a run directory (with {runs.MODEL} and {runs.LABELS}) nor a "
+            f"SavedModel directory (with saved_model.pb); pass runs/<run> or runs/<run>/saved_model"
+        )
+
+    @classmethod
+    def _from_keras(cls, run_dir: Path) -> Predictor:
+        import keras
+
+        model = keras.saving.load_model(run_dir / runs.MODEL, compile=False, safe_mode=True)
+        _, height, width, channels = model.input_shape
+
+        def fn(batch: np.ndarray) -> np.ndarray:
+            return np.asarray(model.predict_on_batch(batch))
+
+        labels = runs.read_labels(run_dir)
+        return cls(fn, labels, (height, width), channels, "keras", run_dir)
+
+    @classmethod
+    def _from_saved_model(cls, path: Path) -> Predictor:
+        import tensorflow as tf
+
+        from imgclf.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+
+        if not (path / runs.LABELS).is_file():
+            raise UserError(f"{path} has no {runs.LABELS}; re-export it with imgclf-export")
+        serving = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+        spec = serving.structured_input_signature[1][INPUT_NAME]
+        _, height, width, channels = spec.shape.as_list()
+
+        def fn(batch: np.ndarray) -> np.ndarray:
+            return serving(**{INPUT_NAME: tf.constant(batch)})[OUTPUT_NAME].numpy()
+
+        labels = runs.read_labels(path)
+        return cls(fn, labels, (height, width), channels, "saved_model", path)
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities [N, classes] for raw images [N, H, W, C] (0..255) at the model's size."""
+        images = np.asarray(images, dtype=np.float32)
+        if images.shape[1:] != (*self.image_size, self.channels):
+            raise ValueError(
+                f"images must be [N, {self.image_size[0]}, {self.image_size[1]}, {self.channels}]"
+                f", got {list(images.shape)}"
+            )
+        chunks = [self._fn(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.class_names)))
+
+    def top_k(self, probs: np.ndarray, sources: Sequence[str], k: int) -> list[Prediction]:
+        """Turn probabilities into Predictions of the k most probable classes."""
+        k = max(1, min(k, len(self.class_names)))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [
+            Prediction(src, [self.class_names[j] for j in row], [float(p[j]) for j in row])
+            for src, p, row in zip(sources, probs, order, strict=True)
+        ]
+
+    def predict_files(
+        self, sources: Iterable[str | Path | bytes], k: int = 5
+    ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+        """Decode and classify files (or encoded bytes); returns (predictions, [(source, reason)]).
+
+        A file that cannot be decoded is reported in the second list; the others are classified.
+        """
+        names, arrays, failures = [], [], []
+        for src in sources:
+            name = "<bytes>" if isinstance(src, bytes) else str(src)
+            try:
+                arrays.append(load_image(src, self.image_size, self.channels))
+                names.append(name)
+            except ImageError as exc:
+                failures.append((name, exc.reason))
+        if not arrays:
+            return [], failures
+        return self.top_k(self.predict_arrays(np.stack(arrays)), names, k), failures
+
+
+def expand_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given; folders searched recursively for image files (hidden ones skipped)."""
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                missing.append((raw, "folder has no image files"))
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            missing.append((raw, "file not found"))
+    return files, missing
+
+
+def _write(predictions: list[Prediction], fmt: str) -> None:
+    out = sys.stdout
+    if fmt == "json":
+        rows = [
+            {
+                "image": p.source,
+                "label": p.label,
+                "top_k": [
+                    {"label": lab, "probability": round(prob, 6)}
+                    for lab, prob in zip(p.labels, p.probabilities, strict=True)
+                ],
+            }
+            for p in predictions
+        ]
+        json.dump(rows, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+    elif fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(["image", "rank", "label", "probability"])
+        for p in predictions:
+            for rank, (lab, prob) in enumerate(zip(p.labels, p.probabilities, strict=True), 1):
+                writer.writerow([p.source, rank, lab, f"{prob:.6f}"])
+    else:
+        width = max([len("image"), *(len(p.source) for p in predictions)])
+        out.write(f"{'image':<{width}}  {'label':<12} {'prob':>6}  top-k\n")
+        for p in predictions:
+            rest = ", ".join(
+                f"{lab} {prob:.3f}"
+                for lab, prob in zip(p.labels[1:], p.probabilities[1:], strict=True)
+            )
+            out.write(f"{p.source:<{width}}  {p.label:<12} {p.probabilities[0]:>6.3f}  {rest}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `imgclf-predict` argument parser (importing it costs no TensorFlow)."""
+    parser = argparse.ArgumentParser(
+        prog="imgclf-predict",
+        description="Classify images with a run directory or a SavedModel directory.",
+    )
+    parser.add_argument("model", help="runs/<run> (uses model.keras) or a SavedModel directory")
+    parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (3)")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m imgclf.predict MODEL IMAGE_OR_DIR... [--top-k K] [--format table|json|csv]`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be at least 1")
+    files, failures = expand_inputs(args.images)
+    try:
+        predictor = Predictor.from_path(args.model)
+    except (UserError, ValueError, OSError) as exc:
+        print(f"error: cannot load model: {exc}", file=sys.stderr)
+        return 2
+    predictions, unreadable = predictor.predict_files(files, args.top_k)
+    failures += unreadable
+    if predictions:
+        _write(predictions, args.format)
+    for source, reason in failures:
+        print(f"error: {source}: {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

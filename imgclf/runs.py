@@ -1,0 +1,132 @@
+"""The run directory: its paths, atomic writes, and reading what a run wrote.
+
+The run directory is the only contract between training, export, prediction and the app. Every
+file is written under a temporary name in the same directory and moved into place with
+`os.replace`, so a crash never leaves a half-written artifact in place of a good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.yaml"
+LABELS = "labels.json"
+DATA_REPORT = "data_report.json"
+HISTORY = "history.csv"
+MODEL = "model.keras"
+METRICS = "metrics.json"
+EXPORTS = "exports.json"
+SAVED_MODEL = "saved_model"
+MODEL_CARD = "model_card.md"
+PLOTS = "plots"
+SAMPLES = "samples"
+DEFAULT_ROOT = Path("runs")
+LATEST = "latest"
+
+
+def new_run_dir(name: str, out: str | Path | None = None, root: str | Path = DEFAULT_ROOT) -> Path:
+    """Create and return `out`, or `root/<name>-<YYYYmmdd-HHMMSS>` (suffixed if it exists)."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and any(path.iterdir()):
+            raise FileExistsError(f"--out {path} exists and is not empty; choose a new folder")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{name}-{stamp}"
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `target`; on success move it into place atomically.
+
+    Works for files and directories. The temporary name keeps the suffix (Keras checks it). On
+    failure the temporary is removed and `target` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()  # the writer creates it (file or directory)
+    try:
+        yield tmp
+        if tmp.is_dir():
+            # A directory cannot replace a non-empty one atomically: move the old one aside first.
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write a text file (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Atomically write JSON (indented, UTF-8, keys in insertion order)."""
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """The class names of a run directory or a SavedModel directory (index i is output i)."""
+    labels = read_json(Path(path) / LABELS)
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"{Path(path) / LABELS} must be a JSON list of class names")
+    return labels
+
+
+def point_latest(run_dir: Path) -> None:
+    """Make `<parent>/latest` a relative symlink to `run_dir` (best effort; atomic swap)."""
+    link = run_dir.parent / LATEST
+    if link.exists() and not link.is_symlink():
+        return  # a real folder named 'latest': leave the user's data alone
+    tmp = run_dir.parent / f".{LATEST}.{os.getpid()}"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True if `path` holds a trained model written by `imgclf.train`."""
+    return (Path(path) / MODEL).is_file() and (Path(path) / LABELS).is_file()

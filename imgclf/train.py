@@ -1,0 +1,344 @@
+"""Training: `train(config)` runs config -> data -> model -> fit -> evaluate -> export and returns
+the run directory. `python -m imgclf.train` parses arguments and calls it.
+
+TensorFlow is imported inside `train`, so `--help`, `--print-config` and config errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imgclf import runs
+from imgclf.config import Config, dump_config, load_config
+from imgclf.errors import UserError
+
+if TYPE_CHECKING:
+    import keras
+
+    from imgclf.config import TrainConfig
+    from imgclf.data import Splits
+
+HISTORY_FIELDS = (
+    "epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds",
+)  # fmt: skip
+MAX_SAMPLES = 10
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimiser named by `train.optimizer` at `train.learning_rate` (and `train.schedule`)."""
+    from keras import optimizers
+
+    lr: Any = cfg.learning_rate
+    if cfg.schedule == "cosine":
+        lr = optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
+    if cfg.optimizer == "sgd":
+        return optimizers.SGD(lr)
+    if cfg.optimizer == "momentum":
+        return optimizers.SGD(lr, momentum=cfg.momentum)
+    if cfg.optimizer == "nesterov":
+        return optimizers.SGD(lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer == "rmsprop":
+        return optimizers.RMSprop(lr)
+    if cfg.optimizer == "adam":
+        return optimizers.Adam(lr)
+    if cfg.optimizer == "adamw":
+        return optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    raise UserError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}")
+
+
+def _history_callback(path: Path, phase: str) -> keras.callbacks.Callback:
+    """A callback that rewrites history.csv (atomically) after every epoch, so an interrupted run
+    still shows what it learned."""
+    import keras
+
+    class HistoryCSV(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[dict[str, Any]] = []
+            self._start = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            lr = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            row = {"epoch": len(self.rows) + 1, "phase": phase}
+            row.update({k: f"{float(logs[k]):.6g}" for k in HISTORY_FIELDS[2:6] if k in logs})
+            row["learning_rate"] = f"{float(lr):.6g}"
+            row["seconds"] = f"{time.perf_counter() - self._start:.2f}"
+            self.rows.append(row)
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.rows)
+            runs.write_text(path, buffer.getvalue())
+
+    return HistoryCSV()
+
+
+def _save_samples(run_dir: Path, splits: Splits) -> None:
+    """A few test images (one per class first) as PNGs, so a user can try predict at once."""
+    import numpy as np
+    from PIL import Image
+
+    test = splits.test
+    firsts = [int(np.flatnonzero(test.y == c)[0]) for c in np.unique(test.y)][:MAX_SAMPLES]
+    folder = run_dir / runs.SAMPLES
+    folder.mkdir(exist_ok=True)
+    for n, i in enumerate(firsts):
+        label = re.sub(r"[^A-Za-z0-9._-]+", "_", splits.class_names[test.y[i]])
+        pixels = test.x[i][..., 0] if test.x.shape[-1] == 1 else test.x[i]
+        with runs.atomic_path(folder / f"test{n:02d}_true-{label}.png") as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG")
+
+
+def _model_card(
+    config: Config, splits: Splits, metrics: dict[str, Any], model: Any, parity: dict[str, Any]
+) -> str:
+    test = metrics["test"]
+    rows = "\n".join(
+        f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+        for name, m in metrics["per_class"].items()
+    )
+    counts = splits.report["totals"]
+    height, width = config.data.image_size
+    source = config.data.source + (f" ({config.data.path})" if config.data.path else "")
+    return f"""# Model card: {config.name}
+
+## Model
+- Family: `{config.model.name}`, {model.count_params():,} parameters
+- Input: raw pixels 0..255, {height}×{width}, {config.data.channels} channel(s); preprocessing
+  (`{config.data.normalize}`) is inside the model
+- Output: softmax over {len(splits.class_names)} classes: {", ".join(splits.class_names)}
+
+## Training data
+- Source: {source}
+- Split (stratified, seed {config.seed}): {counts["train"]} train, {counts["val"]} validation,
+  {counts["test"]} test; {len(splits.report["skipped"])} unreadable file(s) skipped
+
+## Recipe
+- Optimizer `{config.train.optimizer}`, learning rate {config.train.learning_rate}, batch size
+  {config.train.batch_size}, up to {config.train.epochs} epochs, early stopping on
+  `{config.train.early_stopping.monitor}` (patience {config.train.early_stopping.patience})
+- Augmentation: {"on" if config.augment.enabled else "off"}; the full recipe is in `config.yaml`
+
+## Test results (held-out, evaluated once with the best weights)
+- Accuracy {test["accuracy"]:.4f}, top-{test["k"]} accuracy {test["top_k_accuracy"]:.4f},
+  cross-entropy {test["loss"]:.4f} on {test["n"]} images
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{rows}
+
+## Export
+- `saved_model/` (`serving_default`: `pixels` float32 [N, {height}, {width}, {config.data.channels}]
+  → `probabilities`); max |Δp| vs `model.keras` = {parity["max_abs_diff"]:.2e} on
+  {parity["n_images"]} test images, top-1 agreement {parity["top1_agreement"]:.2%}
+
+## Intended use and limits
+- Classifies images that resemble the training data into exactly these classes. Any other
+  input still receives one of these labels: an image of something else gives a meaningless answer.
+- Images are stretched to {height}×{width} without keeping the aspect ratio.
+- Figures come from {counts["test"]} test images of the same source; accuracy on other data
+  (other cameras, scans, handwriting, lighting) may be lower.
+"""
+
+
+def train(
+    config: Config,
+    out: str | Path | None = None,
+    verbose: int | str = "auto",
+    runs_root: str | Path = runs.DEFAULT_ROOT,
+) -> Path:
+    """Train `config` end to end and return the run directory holding every artifact.
+
+    Writes config.yaml, labels.json, data_report.json, history.csv, model.keras (best weights),
+    metrics.json (held-out test set), plots/, samples/, saved_model/ (parity-checked),
+    exports.json and model_card.md, each atomically.
+    """
+    import keras
+    import numpy as np
+
+    from imgclf.augment import build_augmenter
+    from imgclf.data import load_data, make_dataset
+    from imgclf.evaluate import evaluate
+    from imgclf.export import export_saved_model
+    from imgclf.models import build_model
+    from imgclf.plots import plot_confusion, plot_curves
+
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    # Same seed, same run: deterministic kernels cost little on CPU and make results repeatable.
+    tf.config.experimental.enable_op_determinism()
+    splits = load_data(config)  # data errors stop here, before a run directory exists
+    num_classes = len(splits.class_names)
+    model = build_model(config, num_classes, splits.train.x)
+
+    run_dir = runs.new_run_dir(config.name, out, runs_root)
+    runs.write_text(run_dir / runs.CONFIG, dump_config(config))
+    runs.write_json(run_dir / runs.LABELS, splits.class_names)
+    runs.write_json(run_dir / runs.DATA_REPORT, splits.report)
+    if verbose:
+        totals = splits.report["totals"]
+        print(
+            f"run: {run_dir}\ndata: {num_classes} classes, {totals['train']} train / "
+            f"{totals['val']} val / {totals['test']} test images, "
+            f"{len(splits.report['skipped'])} skipped\nmodel: {config.model.name}, "
+            f"{model.count_params():,} parameters",
+            flush=True,
+        )
+
+    tcfg = config.train
+    model.compile(
+        optimizer=make_optimizer(tcfg, math.ceil(len(splits.train) / tcfg.batch_size)),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    augmenter = build_augmenter(config.augment, config.seed)
+    train_ds = make_dataset(
+        splits.train, tcfg.batch_size, shuffle=True, seed=config.seed, augment=augmenter
+    )
+    val_ds = make_dataset(splits.val, tcfg.batch_size)
+    es = tcfg.early_stopping
+    history_cb = _history_callback(run_dir / runs.HISTORY, phase="train")
+    callbacks = [
+        history_cb,
+        keras.callbacks.EarlyStopping(
+            monitor=es.monitor,
+            mode="min" if es.monitor == "val_loss" else "max",
+            # patience 0 means "never stop early"; best weights are still restored.
+            patience=es.patience if es.patience > 0 else tcfg.epochs + 1,
+            min_delta=es.min_delta,
+            restore_best_weights=es.restore_best,
+            verbose=1 if verbose else 0,
+        ),
+    ]
+    # shuffle=False: the tf.data pipeline already reshuffles every epoch, with the seed.
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=tcfg.epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,
+    )
+
+    with runs.atomic_path(run_dir / runs.MODEL) as tmp:
+        model.save(tmp)
+
+    metrics, _ = evaluate(
+        model,
+        splits.test.x,
+        splits.test.y,
+        splits.class_names,
+        k=tcfg.top_k,
+        files=splits.test.files,
+    )
+    metrics["counts"] = splits.report["totals"]
+    metrics["epochs_run"] = len(history_cb.rows)
+    runs.write_json(run_dir / runs.METRICS, metrics)
+
+    history = _read_history(run_dir / runs.HISTORY)
+    plot_curves(history, run_dir / runs.PLOTS / "curves.png")
+    plot_confusion(
+        np.asarray(metrics["confusion_matrix"]),
+        splits.class_names,
+        run_dir / runs.PLOTS / "confusion.png",
+    )
+    _save_samples(run_dir, splits)
+
+    parity = export_saved_model(
+        model, splits.class_names, run_dir / runs.SAVED_MODEL, splits.test.x
+    )
+    runs.write_json(
+        run_dir / runs.EXPORTS, {"saved_model": {"path": runs.SAVED_MODEL, "parity": parity}}
+    )
+    runs.write_text(run_dir / runs.MODEL_CARD, _model_card(config, splits, metrics, model, parity))
+    if Path(runs_root) in run_dir.parents or run_dir.parent == Path(runs_root):
+        runs.point_latest(run_dir)
+    if verbose:
+        t = metrics["test"]
+        print(
+            f"test: accuracy {t['accuracy']:.4f}, top-{t['k']} {t['top_k_accuracy']:.4f}, "
+            f"loss {t['loss']:.4f} ({t['n']} images); SavedModel parity max |Δp| "
+            f"{parity['max_abs_diff']:.1e}",
+            flush=True,
+        )
+    return run_dir
+
+
+def _read_history(path: Path) -> dict[str, list[float]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return {
+        key: [float(r[key]) for r in rows if r.get(key)]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy")
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `imgclf-train` argument parser (importing it costs no TensorFlow)."""
+    parser = argparse.ArgumentParser(
+        prog="imgclf-train",
+        description="Train an image classifier. With no --config, trains the embedded default "
+        "(configs/default.yaml: a CNN on 5,000 MNIST digits).",
+        epilog="examples:\n  imgclf-train\n  imgclf-train --config configs/digits_mlp.yaml "
+        "train.epochs=3 model.hidden=[64,32]\n  imgclf-train --config configs/mnist_cnn.yaml "
+        "--print-config",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML config file (default: the embedded default)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, values parsed as YAML (e.g. train.epochs=3)",
+    )
+    parser.add_argument("--out", help="run directory to create (default runs/<name>-<time>)")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config and exit (nothing is trained)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress output; print only the run directory",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m imgclf.train` and `imgclf-train`; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.print_config:
+            sys.stdout.write(dump_config(config))
+            return 0
+        run_dir = train(config, out=args.out, verbose=0 if args.quiet else "auto")
+    except (UserError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no model.keras was written for this run", file=sys.stderr)
+        return 130
+    print(run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Tiny data made on the fly: 3 classes of 32×32 images that a small model can tell apart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ("circle", "hstripes", "vstripes")
+SIZE = 32
+
+
+def make_image(cls: str, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """One RGB uint8 image of class `cls`: a bright disc, or horizontal / vertical stripes."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    if cls == "circle":
+        cy, cx = rng.integers(size // 3, 2 * size // 3, size=2)
+        base = ((yy - cy) ** 2 + (xx - cx) ** 2 < (size // 4) ** 2).astype(np.float32)
+    elif cls == "hstripes":
+        base = ((yy + rng.integers(0, 4)) // 4 % 2).astype(np.float32)
+    else:
+        base = ((xx + rng.integers(0, 4)) // 4 % 2).astype(np.float32)
+    noise = rng.normal(0, 0.1, size=(size, size, 3))
+    pixels = np.clip(base[..., None] * 200 + 30 + noise * 255, 0, 255)
+    return pixels.astype(np.uint8)
+
+
+def write_folder_dataset(root: Path, per_class: int = 12, seed: int = 0) -> Path:
+    """root/<class>/img_XX.(png|jpg): a folder-per-class dataset with mixed formats."""
+    rng = np.random.default_rng(seed)
+    for cls in CLASSES:
+        folder = root / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            ext = ".png" if i % 2 == 0 else ".JPG"  # upper-case extension on purpose
+            Image.fromarray(make_image(cls, rng)).save(folder / f"img_{i:02d}{ext}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean 3-class folder dataset (12 images per class)."""
+    return write_folder_dataset(tmp_path_factory.mktemp("data") / "shapes")
+
+
+def tiny_overrides(data_path: Path) -> list[str]:
+    """Overrides that make any recipe tiny: folder data, 32×32 RGB, small widths, 2 epochs."""
+    return [
+        "name=tiny",
+        "data.source=folder",
+        f"data.path={data_path}",
+        "data.image_size=[32,32]",
+        "data.channels=3",
+        "data.val_fraction=0.2",
+        "data.test_fraction=0.25",
+        "model.filters=[4,8]",
+        "model.hidden=[16]",
+        "augment.rotation=0",
+        "augment.zoom=0",
+        "augment.translate=0",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "train.learning_rate=0.01",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(folder_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real training run on the tiny dataset, shared by export/predict tests (read-only)."""
+    from imgclf.config import load_config
+    from imgclf.train import train
+
+    config = load_config(None, tiny_overrides(folder_dataset))
+    return train(config, out=tmp_path_factory.mktemp("runs") / "tiny", verbose=0)

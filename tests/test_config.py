@@ -1,0 +1,135 @@
+"""Config: schema, overrides, files, and errors that name the key, the value and what is valid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imgclf.config import Config, dump_config, load_config, parse_overrides
+from imgclf.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_embedded_default_recipe():
+    # configs/default.yaml documents the embedded default: it must say exactly the same.
+    assert load_config(ROOT / "configs" / "default.yaml") == Config()
+    assert load_config(None) == Config()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid_and_round_trips(path: Path, tmp_path: Path):
+    config = load_config(path)
+    dumped = tmp_path / "c.yaml"
+    dumped.write_text(dump_config(config))
+    assert load_config(dumped) == config
+
+
+def test_overrides_parse_values_as_yaml():
+    config = load_config(
+        None, ["train.epochs=3", "model.dropout=0.25", "model.hidden=[64,32]", "augment.flip=none"]
+    )
+    assert config.train.epochs == 3
+    assert config.model.dropout == 0.25
+    assert config.model.hidden == (64, 32)
+    assert parse_overrides(["a.b.c=[1, 2]"]) == {"a": {"b": {"c": [1, 2]}}}
+
+
+def test_config_is_frozen():
+    config = Config()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own ValidationError
+        config.train.epochs = 3  # type: ignore[misc]
+
+
+def test_typo_names_the_nearest_key():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.dropuot=0.3"])
+    msg = str(err.value)
+    assert "'model.dropuot'" in msg and "did you mean 'model.dropout'" in msg
+    assert "\n" not in msg
+
+
+def test_typo_in_a_file_section(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trian:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'; did you mean 'train'"):
+        load_config(path)
+
+
+def test_wrong_type_names_key_value_and_expectation():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.epochs=abc"])
+    assert str(err.value).startswith("train.epochs: got 'abc'")
+    assert "integer" in str(err.value)
+
+
+def test_out_of_range_value():
+    with pytest.raises(ConfigError, match=r"train.epochs: got 0: .*greater than 0"):
+        load_config(None, ["train.epochs=0"])
+    with pytest.raises(ConfigError, match=r"model.dropout: got 1.5"):
+        load_config(None, ["model.dropout=1.5"])
+
+
+def test_invalid_choice_lists_the_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.optimizer=adamax"])
+    assert "'adamax'" in str(err.value) and "'nesterov'" in str(err.value)
+    with pytest.raises(ConfigError, match=r"unknown model 'vgg'; available: cnn, mlp"):
+        load_config(None, ["model.name=vgg"])
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match=r"data\.path is required"):
+        load_config(None, ["data.source=folder"])
+    with pytest.raises(ConfigError, match="leave at least 10%"):
+        load_config(None, ["data.val_fraction=0.5", "data.test_fraction=0.45"])
+
+
+def test_malformed_overrides_and_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not key=value"):
+        load_config(None, ["train.epochs"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imgclf.train", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+
+
+def test_cli_bad_config_exits_2_with_one_line_and_no_traceback():
+    result = _run_cli("model.dropuot=0.3")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "did you mean 'model.dropout'" in lines[0]
+
+
+def test_cli_print_config_prints_resolved_yaml_without_training(tmp_path: Path):
+    result = _run_cli("--print-config", "train.epochs=3", "model.hidden=[64,32]")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "printed.yaml"
+    out.write_text(result.stdout)
+    config = load_config(out)
+    assert config.train.epochs == 3 and config.model.hidden == (64, 32)
+
+
+def test_cli_help_does_not_import_tensorflow():
+    code = (
+        "import sys; from imgclf.train import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "from imgclf.predict import build_parser as _p\n"
+        "print('TF_LOADED' if 'tensorflow' in sys.modules else 'TF_NOT_LOADED')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert "usage: imgclf-train" in result.stdout
+    assert "TF_NOT_LOADED" in result.stdout

@@ -1,0 +1,80 @@
+"""Predict: run directory and SavedModel agree; bad files are reported, the rest classified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image
+from PIL import Image
+
+from imgclf.errors import UserError
+from imgclf.predict import Predictor, main
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Images of other sizes and formats than the training data, to go through the decoder."""
+    folder = tmp_path_factory.mktemp("to-classify")
+    rng = np.random.default_rng(5)
+    for i, cls in enumerate(("circle", "hstripes", "vstripes") * 2):
+        img = Image.fromarray(make_image(cls, rng, size=64))
+        img.save(folder / f"{i}_{cls}.{('png', 'jpg', 'webp')[i % 3]}")
+    return folder
+
+
+def _json(capsys) -> list[dict]:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_run_dir_and_saved_model_agree_on_every_image(tiny_run: Path, images: Path, capsys):
+    assert main([str(tiny_run), str(images), "--format", "json"]) == 0
+    from_run = _json(capsys)
+    assert main([str(tiny_run / "saved_model"), str(images), "--format", "json"]) == 0
+    from_saved = _json(capsys)
+    assert len(from_run) == 6
+    assert [r["label"] for r in from_run] == [r["label"] for r in from_saved]
+    for a, b in zip(from_run, from_saved, strict=True):
+        assert a["top_k"][0]["probability"] == pytest.approx(b["top_k"][0]["probability"], abs=1e-4)
+
+
+def test_unreadable_files_are_reported_and_the_rest_classified(
+    tiny_run: Path, images: Path, tmp_path: Path, capsys
+):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = sorted(images.iterdir())[:2]
+    code = main([str(tiny_run), str(good[0]), str(bad), str(tmp_path / "missing.png"),
+                 str(good[1]), "--format", "csv"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1
+    rows = captured.out.strip().splitlines()
+    assert rows[0] == "image,rank,label,probability"
+    assert {r.split(",")[0] for r in rows[1:]} == {str(good[0]), str(good[1])}
+    assert len(rows) == 1 + 2 * 3  # top-3 per image by default
+    err = captured.err.strip().splitlines()
+    assert len(err) == 2
+    assert any(str(bad) in line and "corrupt" in line for line in err)
+    assert any("missing.png" in line and "not found" in line for line in err)
+
+
+def test_predictor_api_top_k_and_table(tiny_run: Path, images: Path, capsys):
+    predictor = Predictor.from_path(tiny_run)
+    assert predictor.image_size == (32, 32) and predictor.channels == 3
+    files = sorted(images.iterdir())
+    predictions, failures = predictor.predict_files(files, k=2)
+    assert not failures
+    for p in predictions:
+        assert len(p.labels) == 2 and p.probabilities[0] >= p.probabilities[1]
+    raw = predictor.predict_files([files[0].read_bytes()], k=1)[0][0]
+    assert raw.label == predictions[0].label
+    assert main([str(tiny_run), str(files[0]), "--top-k", "1"]) == 0
+    assert predictions[0].label in capsys.readouterr().out
+
+
+def test_not_a_model_is_a_clear_error(tmp_path: Path, capsys):
+    with pytest.raises(UserError, match="neither a run directory"):
+        Predictor.from_path(tmp_path)
+    assert main([str(tmp_path), str(tmp_path)]) == 2

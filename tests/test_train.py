@@ -1,0 +1,151 @@
+"""train() end to end on a tiny folder dataset: every run-directory file, honest metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASSES, tiny_overrides, write_folder_dataset
+
+from imgclf import runs
+from imgclf.config import load_config
+from imgclf.train import train
+
+RUN_FILES = (
+    "config.yaml", "labels.json", "data_report.json", "history.csv", "model.keras",
+    "metrics.json", "plots/curves.png", "plots/confusion.png", "saved_model/saved_model.pb",
+    "saved_model/labels.json", "model_card.md", "exports.json",
+)  # fmt: skip
+
+
+def test_run_directory_holds_the_whole_contract(tiny_run: Path):
+    for name in RUN_FILES:
+        assert (tiny_run / name).is_file(), name
+    assert json.loads((tiny_run / "labels.json").read_text()) == list(CLASSES)
+    # config.yaml is exactly what ran: loading it gives the same config back.
+    config = load_config(tiny_run / "config.yaml")
+    assert config.name == "tiny" and config.train.epochs == 2
+    assert not list(tiny_run.rglob(".*tmp*")), "temporary files left behind"
+
+
+def test_metrics_are_computed_on_the_held_out_test_split(tiny_run: Path):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    report = json.loads((tiny_run / "data_report.json").read_text())
+    test = metrics["test"]
+    assert set(test) >= {"loss", "accuracy", "top_k_accuracy", "k"}
+    assert test["k"] == len(CLASSES)  # top_k capped at the number of classes
+    assert metrics["counts"] == report["totals"]
+    assert test["n"] == report["totals"]["test"] == sum(report["counts"]["test"].values())
+    assert set(metrics["per_class"]) == set(CLASSES)
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == test["n"]
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(test["accuracy"])
+    for name, row in zip(CLASSES, matrix, strict=True):
+        assert metrics["per_class"][name]["support"] == row.sum()
+
+
+def test_history_has_one_row_per_epoch(tiny_run: Path):
+    with (tiny_run / "history.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for row in rows:
+        assert row["phase"] == "train"
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+            assert float(row[key]) >= 0, key
+
+
+def test_model_keras_loads_in_safe_mode_and_reproduces_metrics(tiny_run: Path):
+    import keras
+
+    from imgclf.data import load_data
+    from imgclf.evaluate import evaluate
+
+    model = keras.saving.load_model(tiny_run / "model.keras", safe_mode=True, compile=False)
+    splits = load_data(load_config(tiny_run / "config.yaml"))
+    metrics, _ = evaluate(model, splits.test.x, splits.test.y, splits.class_names, k=5)
+    recorded = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] == pytest.approx(recorded["test"]["accuracy"])
+    assert metrics["test"]["loss"] == pytest.approx(recorded["test"]["loss"], rel=1e-5)
+
+
+def test_training_learns_the_tiny_task(tmp_path: Path):
+    """Not a smoke test: with a few more epochs the tiny CNN must beat chance clearly."""
+    data = write_folder_dataset(tmp_path / "data", per_class=20, seed=3)
+    config = load_config(None, [*tiny_overrides(data), "train.epochs=8", "model.dropout=0"])
+    run = train(config, out=tmp_path / "run", verbose=0)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.8  # chance is 1/3
+
+
+def test_same_seed_gives_the_same_run(tmp_path: Path, folder_dataset: Path):
+    overrides = [*tiny_overrides(folder_dataset), "model.name=mlp", "train.epochs=1",
+                 "augment.flip=horizontal"]  # fmt: skip
+    a = train(load_config(None, overrides), out=tmp_path / "a", verbose=0)
+    b = train(load_config(None, overrides), out=tmp_path / "b", verbose=0)
+    assert (a / "history.csv").read_text().split("seconds")[1].splitlines()[1].split(",")[:6] == (
+        (b / "history.csv").read_text().split("seconds")[1].splitlines()[1].split(",")[:6]
+    )
+    assert (
+        json.loads((a / "metrics.json").read_text())["test"]
+        == json.loads((b / "metrics.json").read_text())["test"]
+    )
+
+
+def test_training_on_a_folder_with_bad_files_reports_exactly_them(tmp_path: Path):
+    data = write_folder_dataset(tmp_path / "data", per_class=8)
+    (data / "circle" / "zero.jpg").write_bytes(b"")
+    (data / "vstripes" / "fake.PNG").write_text("plain text")
+    config = load_config(None, [*tiny_overrides(data), "model.name=mlp", "train.epochs=1"])
+    run = train(config, out=tmp_path / "run", verbose=0)
+    report = json.loads((run / "data_report.json").read_text())
+    assert sorted(s["file"] for s in report["skipped"]) == ["circle/zero.jpg", "vstripes/fake.PNG"]
+    assert (run / "model.keras").is_file()
+
+
+def test_atomic_path_keeps_the_old_artifact_when_writing_fails(tmp_path: Path):
+    target = tmp_path / "model.keras"
+    target.write_text("good")
+    with pytest.raises(RuntimeError), runs.atomic_path(target) as tmp:
+        tmp.write_text("half-writ")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+    folder = tmp_path / "saved_model"
+    folder.mkdir()
+    (folder / "a").write_text("old")
+    with runs.atomic_path(folder) as tmp:
+        tmp.mkdir()
+        (tmp / "b").write_text("new")
+    assert [p.name for p in folder.iterdir()] == ["b"]
+
+
+def test_cli_trains_and_prints_the_run_directory_last(tmp_path: Path, folder_dataset: Path):
+    out = tmp_path / "cli-run"
+    overrides = [*tiny_overrides(folder_dataset), "model.name=mlp", "train.epochs=2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "imgclf.train", "--out", str(out), *overrides],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == str(out)
+    # Not a terminal: one summary line per epoch, no progress bar redraws.
+    assert "Epoch 2/2" in result.stdout and "\r" not in result.stdout
+    assert sum("/step" in line for line in result.stdout.splitlines()) == 2
+    assert (out / "model.keras").is_file()
+
+
+def test_data_errors_stop_before_a_run_directory_is_made(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "imgclf.train", "--out", str(tmp_path / "r"),
+         *tiny_overrides(tmp_path / "missing")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "not found" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "r").exists()
