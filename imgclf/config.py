@@ -25,9 +25,15 @@ SOURCES = (
     "keras:cifar10",
     "keras:cifar100",
 )
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "gelu", "swish", "tanh", "sigmoid")
-INITIALIZERS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
+ACTIVATIONS = (
+    "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "swish", "tanh", "sigmoid", "abs",
+    "maxout",
+)  # fmt: skip
+INITIALIZERS = (
+    "zeros", "constant", "normal_small", "normal_large",
+    "glorot_uniform", "glorot_normal", "he_normal", "he_uniform",
+)  # fmt: skip
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad", "adadelta")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -67,19 +73,25 @@ class ModelConfig(_Section):
     """Which architecture (from the registry) and its knobs."""
 
     name: str = "cnn"
-    filters: tuple[PositiveInt, ...] = (32, 64)  # cnn: one conv block per entry
+    filters: tuple[PositiveInt, ...] = (32, 64)  # cnn: one conv block per entry; resnet: stages
     convs_per_block: PositiveInt = 2  # cnn: conv layers before each pooling (2 = VGG-style)
+    blocks_per_stage: PositiveInt = 2  # resnet: residual blocks in each stage
+    skip_connections: bool = True  # resnet: false gives the same net without shortcuts
     kernel_size: PositiveInt = 3
     strides: PositiveInt = 1
     padding: Literal["same", "valid"] = "same"
     pooling: Literal["max", "avg", "none"] = "max"  # after each conv block
     hidden: tuple[PositiveInt, ...] = (128,)  # dense layers of the head (mlp: the whole net)
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    leaky_slope: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2  # leaky_relu: slope below 0
+    maxout_pieces: Annotated[int, Field(ge=2, le=8)] = 2  # maxout: linear pieces per unit
     initializer: Literal[INITIALIZERS] = "he_normal"  # type: ignore[valid-type]
+    init_constant: float = 0.05  # initializer=constant: the value of every weight
     batch_norm: bool = True
     # 0.9, not Keras' 0.99: small datasets give too few steps for 0.99 to forget its init.
     bn_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
-    dropout: Fraction = 0.25
+    dropout: Fraction = 0.25  # before the output layer (the head)
+    hidden_dropout: Fraction = 0.0  # after every hidden layer (dense layers, conv blocks)
     l1: Annotated[float, Field(ge=0.0)] = 0.0
     l2: Annotated[float, Field(ge=0.0)] = 1.0e-4
 
@@ -101,16 +113,32 @@ class AugmentConfig(_Section):
     rotation: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0  # fraction of a full turn
     zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # fraction of the image size
     translate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # fraction of the image size
+    crop: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # random crop of (1-crop) size, resized
     contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    hue: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # RGB only
+    saturation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # RGB only
+    randaugment: Annotated[int, Field(ge=0, le=10)] = 0  # RandAugment ops per image; 0 = off
+    randaugment_magnitude: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    mixup: Annotated[float, Field(ge=0.0)] = 0.0  # MixUp Beta(alpha, alpha); 0 = off
+    cutmix: Annotated[float, Field(ge=0.0)] = 0.0  # CutMix Beta(alpha, alpha); 0 = off
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentConfig:
+        if self.mixup > 0 and self.cutmix > 0:
+            raise ValueError(
+                "augment.mixup and augment.cutmix are both on; choose one (set the other to 0)"
+            )
+        return self
 
     @property
     def enabled(self) -> bool:
         """True if any transform is switched on."""
-        return self.flip != "none" or any(
-            v > 0
-            for v in (self.rotation, self.zoom, self.translate, self.contrast, self.brightness)
-        )
+        amounts = (
+            self.rotation, self.zoom, self.translate, self.crop, self.contrast, self.brightness,
+            self.hue, self.saturation, self.randaugment, self.mixup, self.cutmix,
+        )  # fmt: skip
+        return self.flip != "none" or any(v > 0 for v in amounts)
 
 
 class EarlyStoppingConfig(_Section):
@@ -126,14 +154,39 @@ class TrainConfig(_Section):
     """The optimisation recipe."""
 
     epochs: PositiveInt = 20
-    batch_size: PositiveInt = 64
+    # An int, or "full" for full-batch gradient descent (1 = pure stochastic gradient descent).
+    batch_size: PositiveInt | Literal["full"] = 64
     optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
     learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0e-3
     momentum: Fraction = 0.9  # for the momentum and nesterov optimizers
-    schedule: Literal["constant", "cosine"] = "cosine"  # cosine: decays to 0 over all epochs
     weight_decay: Annotated[float, Field(ge=0.0)] = 1.0e-4  # for adamw (decoupled)
+    schedule: Literal["constant", "step", "exponential", "cosine", "reduce_on_plateau"] = "cosine"
+    decay_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5  # step, exponential, plateau factor
+    step_epochs: PositiveInt = 10  # step: multiply by decay_rate every step_epochs
+    plateau_patience: PositiveInt = 2  # reduce_on_plateau: epochs without val_loss progress
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0  # linear warm-up from lr/(warmup+1)
+    clipnorm: Annotated[float, Field(gt=0.0)] | None = None  # clip each gradient's L2 norm
+    clipvalue: Annotated[float, Field(gt=0.0)] | None = None  # clip each gradient element
+    loss: Literal["crossentropy", "mse"] = "crossentropy"  # mse on one-hot targets: the contrast
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # crossentropy only
+    class_weight: Literal["none", "balanced"] = "none"  # balanced: n / (classes * count)
+    mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
+    jit_compile: Literal["auto"] | bool = "auto"  # XLA; "auto" leaves it off on CPU
+    steps_per_execution: PositiveInt = 1  # batches per compiled call: helps tiny models
+    diagnostics: Literal["auto"] | bool = "auto"  # auto: on for models up to 5M parameters
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     top_k: PositiveInt = 5  # the k of the reported top-k accuracy (capped at the class count)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.label_smoothing > 0 and self.loss != "crossentropy":
+            raise ValueError("train.label_smoothing applies to loss=crossentropy only")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"train.warmup_epochs ({self.warmup_epochs}) must be smaller than train.epochs "
+                f"({self.epochs})"
+            )
+        return self
 
 
 class Config(_Section):
@@ -147,6 +200,16 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     augment: AugmentConfig = AugmentConfig(rotation=0.03, zoom=0.05, translate=0.05)
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        colour = [k for k in ("hue", "saturation", "randaugment") if getattr(self.augment, k)]
+        if self.data.channels == 1 and colour:
+            raise ValueError(
+                f"augment.{colour[0]} needs colour images; set data.channels=3 or "
+                f"augment.{colour[0]}=0"
+            )
+        return self
 
 
 def _section_fields(path: tuple[str | int, ...]) -> list[str]:
@@ -169,15 +232,28 @@ def _lookup(tree: Any, path: tuple[str | int, ...]) -> Any:
     return tree
 
 
-def _format_error(err: ValidationError, values: dict[str, Any]) -> str:
-    """One line for the first problem: the key, the value received, what is valid."""
-    first = err.errors()[0]
-    # Stop at the first list index: "data.image_size", not "data.image_size.1".
-    loc: tuple[str, ...] = ()
-    for part in first["loc"]:
+def _field_path(loc: tuple[Any, ...]) -> tuple[str, ...]:
+    """The part of an error location that names config keys (drops list indices and the tags
+    pydantic adds for union members, e.g. 'constrained-int')."""
+    path: tuple[str, ...] = ()
+    for part in loc:
         if isinstance(part, int):
             break
-        loc = (*loc, str(part))
+        valid = _section_fields(path)
+        if path and part not in valid:
+            break
+        path = (*path, str(part))
+        if not _section_fields(path):
+            break  # reached a leaf field
+    return path
+
+
+def _format_error(err: ValidationError, values: dict[str, Any]) -> str:
+    """One line for the first problem: the key, the value received, what is valid."""
+    errors = err.errors()
+    first = errors[0]
+    loc = _field_path(first["loc"]) if first["type"] != "extra_forbidden" else first["loc"]
+    loc = tuple(str(p) for p in loc)
     key = ".".join(loc) or "config"
     if first["type"] == "extra_forbidden":
         valid = _section_fields(loc[:-1])
@@ -185,12 +261,16 @@ def _format_error(err: ValidationError, values: dict[str, Any]) -> str:
         suggestion = ".".join([*loc[:-1], close[0]]) if close else ""
         hint = f"; did you mean {suggestion!r}?" if close else ""
         return f"unknown key {key!r}{hint} (valid keys here: {', '.join(valid)})"
-    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "value_error":
-        return msg  # our own validators already name the key
-    if first["type"] == "missing" and len(loc) < len(first["loc"]):
-        msg = "too few items"
-    return f"{key}: got {_lookup(values, loc)!r}: {msg}"
+        return first["msg"].removeprefix("Value error, ")  # our validators name the key
+    # A union (e.g. an int or "full") reports one error per member: say them all.
+    msgs: list[str] = []
+    for e in errors:
+        if _field_path(e["loc"]) == loc and e["type"] != "value_error":
+            msg = "too few items" if e["type"] == "missing" else e["msg"]
+            if msg not in msgs:
+                msgs.append(msg)
+    return f"{key}: got {_lookup(values, loc)!r}: {'; or '.join(msgs)}"
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -269,6 +349,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return build_config(_merge(values, parse_overrides(overrides or [])))
 
 
+class _Dumper(yaml.SafeDumper):
+    """Block-style mappings with flow-style lists: `image_size: [28, 28]`."""
+
+
+_Dumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, True)
+)
+
+
 def dump_config(config: Config) -> str:
     """The resolved config as YAML; `load_config` of this text gives back an equal config."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    return yaml.dump(
+        config.model_dump(mode="json"), Dumper=_Dumper, sort_keys=False, allow_unicode=True
+    )

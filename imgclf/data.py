@@ -314,6 +314,7 @@ def load_data(config: Config) -> Splits:
 def make_dataset(
     split: Split,
     batch_size: int,
+    num_classes: int,
     *,
     shuffle: bool = False,
     seed: int = 0,
@@ -321,8 +322,10 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """A tf.data pipeline over a decoded split: cache, [shuffle], batch, [augment], prefetch.
 
-    Images stay raw float32 0..255 (the model preprocesses); `augment` is a callable on batches,
-    applied after batching because Keras' random layers are vectorised over a batch.
+    Yields (images, labels): raw float32 pixels 0..255 (the model preprocesses) and one-hot
+    float32 labels (MixUp/CutMix blend them; label smoothing and MSE need them). `augment` is a
+    callable on batches `(images, labels) -> (images, labels)`, applied after batching because
+    Keras' random layers are vectorised over a batch.
     """
     import tensorflow as tf
 
@@ -330,9 +333,12 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(
+        lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes, dtype=tf.float32)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
     if augment is not None:
         # Sequential on purpose: the random layers advance a seed state, and parallel calls
         # would consume it in a racy order, making runs with the same seed differ.
-        ds = ds.map(lambda x, y: (augment(x, training=True), y))
+        ds = ds.map(augment)
     return ds.prefetch(tf.data.AUTOTUNE)

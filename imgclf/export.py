@@ -128,6 +128,9 @@ def export_run(
     run_dir = Path(run_dir)
     if not runs.is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not a run directory (no {runs.MODEL} and {runs.LABELS})")
+    from imgclf.models.registry import register_custom_layers
+
+    register_custom_layers()  # imgclf's Abs/Maxout must be known before safe-mode loading
     model = keras.saving.load_model(run_dir / runs.MODEL, compile=False, safe_mode=True)
     class_names = runs.read_labels(run_dir)
     _, height, width, channels = model.input_shape

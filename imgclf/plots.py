@@ -63,3 +63,172 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: str | Path) 
                     color="white" if matrix[i, j] > threshold else "black",
                 )
     _save(fig, path)
+
+
+def plot_image_grid(
+    grid: np.ndarray,
+    row_titles: Sequence[str],
+    path: str | Path,
+    column_titles: Sequence[str] | None = None,
+) -> None:
+    """Images [rows, cols, H, W, C] (0..255) as a grid; row titles on the left."""
+    rows, cols = grid.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.4 * rows), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            img = np.clip(grid[r, c], 0, 255).astype(np.uint8)
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(row_titles[r], fontsize=8)
+            if r == 0 and column_titles is not None:
+                ax.set_title(column_titles[c], fontsize=8)
+    _save(fig, path)
+
+
+def _diag_colors(n: int) -> list[tuple[float, float, float, float]]:
+    """One colour per layer, input (dark) to output (bright), so depth reads at a glance."""
+    cmap = plt.get_cmap("viridis")
+    return [cmap(i / max(n - 1, 1) * 0.9) for i in range(n)]
+
+
+def _diag_series(
+    entries: Sequence[dict], key: str, name: str, field: str | None = None
+) -> np.ndarray:
+    """entries[*][key][name] (or [field] of it) as floats; missing/null values become NaN."""
+    values = []
+    for entry in entries:
+        value = (entry.get(key) or {}).get(name)
+        if field is not None and value is not None:
+            value = value.get(field)
+        values.append(np.nan if value is None else float(value))
+    return np.asarray(values, dtype=float)
+
+
+def _diag_phases(ax: plt.Axes, entries: Sequence[dict]) -> None:
+    """Whole-epoch ticks, and a dashed vertical line where the training phase changes (e.g.
+    head -> fine-tune)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for i in range(1, len(entries)):
+        before, after = entries[i - 1], entries[i]
+        if before.get("phase") != after.get("phase"):
+            x = before["epoch"] + 0.5
+            ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+            label = f" {after.get('phase')}"
+            ax.text(
+                x,
+                1.0,
+                label,
+                fontsize=8,
+                color="grey",
+                va="top",
+                transform=ax.get_xaxis_transform(),
+            )
+
+
+def _diag_legend(ax: plt.Axes, fig: plt.Figure, names: Sequence[str]) -> None:
+    if len(names) <= 12:
+        ax.legend(fontsize=7, ncol=2 if len(names) > 6 else 1)
+    else:
+        sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, (len(names) - 1) / 0.9))
+        fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.04, label="layer index (input → output)")
+
+
+def plot_gradients(diag: dict, path: str | Path) -> None:
+    """Gradient norm per layer vs epoch (log scale), and per layer from input to output at the
+    first and last recorded epoch: a vanishing gradient shows as a curve rising to the right."""
+    names = list(diag.get("layers", []))
+    entries = [e for e in diag.get("epochs", []) if e.get("grad_norm")]
+    fig, (ax_time, ax_depth) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if not names or not entries:
+        for ax in (ax_time, ax_depth):
+            ax.text(0.5, 0.5, "no gradient norms recorded", ha="center", va="center")
+            ax.set_axis_off()
+        _save(fig, path)
+        return
+    epochs = np.asarray([e["epoch"] for e in entries])
+    for name, color in zip(names, _diag_colors(len(names)), strict=True):
+        values = _diag_series(entries, "grad_norm", name)
+        values[values <= 0] = np.nan  # an underflowed 0 cannot sit on a log axis
+        ax_time.plot(epochs, values, "-o", markersize=3, color=color, label=name)
+    ax_time.set_yscale("log")
+    ax_time.set_xlabel("epoch (0 = before training)")
+    ax_time.set_ylabel("‖∂loss/∂kernel‖₂ (fixed batch)")
+    ax_time.set_title("gradient norm per layer")
+    ax_time.grid(alpha=0.3, which="both")
+    _diag_phases(ax_time, entries)
+    _diag_legend(ax_time, fig, names)
+
+    index = np.arange(len(names))
+    picks = [entries[0]] if len(entries) == 1 else [entries[0], entries[-1]]
+    ratios = []
+    for entry, style in zip(picks, ("-o", "-s"), strict=False):
+        values = np.asarray(
+            [np.nan if entry["grad_norm"].get(n) is None else entry["grad_norm"][n] for n in names],
+            dtype=float,
+        )
+        values[values <= 0] = np.nan
+        ax_depth.plot(index, values, style, markersize=4, label=f"epoch {entry['epoch']}")
+        if len(values) > 1 and np.isfinite(values[0]) and np.isfinite(values[-1]):
+            ratios.append(f"epoch {entry['epoch']}: {values[-1] / values[0]:.3g}×")
+    ax_depth.set_yscale("log")
+    ax_depth.set_xticks(index, labels=names, rotation=90 if len(names) > 6 else 0, fontsize=8)
+    ax_depth.set_xlabel("layer (input → output)")
+    title = "gradient norm by depth"
+    if ratios:
+        title += "\nlast / first layer: " + ", ".join(ratios)
+    ax_depth.set_title(title)
+    ax_depth.grid(alpha=0.3, which="both")
+    ax_depth.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_activations(diag: dict, path: str | Path) -> None:
+    """Per activation layer: mean ± std of its outputs, and the fraction of dead units (ReLU
+    units that are 0 for every image of the fixed batch) vs epoch."""
+    names = list(diag.get("activation_layers", []))
+    entries = list(diag.get("epochs", []))
+    fig, (ax_mean, ax_dead) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if not names or not entries:
+        for ax in (ax_mean, ax_dead):
+            ax.text(0.5, 0.5, "no activation layers recorded", ha="center", va="center")
+            ax.set_axis_off()
+        _save(fig, path)
+        return
+    epochs = np.asarray([e["epoch"] for e in entries])
+    any_dead = False
+    for name, color in zip(names, _diag_colors(len(names)), strict=True):
+        mean = _diag_series(entries, "activation", name, "mean")
+        std = _diag_series(entries, "activation", name, "std")
+        ax_mean.plot(epochs, mean, "-o", markersize=3, color=color, label=name)
+        ax_mean.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.12)
+        dead = _diag_series(entries, "activation", name, "dead_fraction")
+        if np.isfinite(dead).any():
+            any_dead = True
+            ax_dead.plot(epochs, dead, "-o", markersize=3, color=color, label=name)
+    ax_mean.set_xlabel("epoch (0 = before training)")
+    ax_mean.set_title("activation mean ± std (fixed batch)")
+    ax_mean.grid(alpha=0.3)
+    _diag_phases(ax_mean, entries)
+    _diag_legend(ax_mean, fig, names)
+    if any_dead:
+        ax_dead.set_ylim(-0.03, 1.03)
+        ax_dead.set_xlabel("epoch (0 = before training)")
+        ax_dead.set_title("dead ReLU units (0 for every image)")
+        ax_dead.grid(alpha=0.3)
+        _diag_phases(ax_dead, entries)
+        ax_dead.legend(fontsize=7)
+    else:
+        ax_dead.text(
+            0.5,
+            0.5,
+            "no ReLU layers: dead units do not apply\n(leaky ReLU, PReLU, sigmoid... never die)",
+            ha="center",
+            va="center",
+        )
+        ax_dead.set_axis_off()
+    _save(fig, path)

@@ -73,6 +73,9 @@ class Predictor:
     def _from_keras(cls, run_dir: Path) -> Predictor:
         import keras
 
+        from imgclf.models.registry import register_custom_layers
+
+        register_custom_layers()  # imgclf's Abs/Maxout must be known before safe-mode loading
         model = keras.saving.load_model(run_dir / runs.MODEL, compile=False, safe_mode=True)
         _, height, width, channels = model.input_shape
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import math
 import re
 import sys
 import time
@@ -23,35 +22,12 @@ from imgclf.errors import UserError
 if TYPE_CHECKING:
     import keras
 
-    from imgclf.config import TrainConfig
     from imgclf.data import Splits
 
 HISTORY_FIELDS = (
     "epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds",
 )  # fmt: skip
 MAX_SAMPLES = 10
-
-
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The optimiser named by `train.optimizer` at `train.learning_rate` (and `train.schedule`)."""
-    from keras import optimizers
-
-    lr: Any = cfg.learning_rate
-    if cfg.schedule == "cosine":
-        lr = optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
-    if cfg.optimizer == "sgd":
-        return optimizers.SGD(lr)
-    if cfg.optimizer == "momentum":
-        return optimizers.SGD(lr, momentum=cfg.momentum)
-    if cfg.optimizer == "nesterov":
-        return optimizers.SGD(lr, momentum=cfg.momentum, nesterov=True)
-    if cfg.optimizer == "rmsprop":
-        return optimizers.RMSprop(lr)
-    if cfg.optimizer == "adam":
-        return optimizers.Adam(lr)
-    if cfg.optimizer == "adamw":
-        return optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
-    raise UserError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}")
 
 
 def _history_callback(path: Path, phase: str) -> keras.callbacks.Callback:
@@ -170,9 +146,17 @@ def train(
 
     from imgclf.augment import build_augmenter
     from imgclf.data import load_data, make_dataset
+    from imgclf.diagnostics import fixed_batch, make_diagnostics, should_enable
     from imgclf.evaluate import evaluate
     from imgclf.export import export_saved_model
     from imgclf.models import build_model
+    from imgclf.optim import (
+        class_weights,
+        compile_model,
+        resolve_batch_size,
+        schedule_callbacks,
+        steps_per_epoch,
+    )
     from imgclf.plots import plot_confusion, plot_curves
 
     if verbose == "auto":
@@ -184,7 +168,15 @@ def train(
     tf.config.experimental.enable_op_determinism()
     splits = load_data(config)  # data errors stop here, before a run directory exists
     num_classes = len(splits.class_names)
-    model = build_model(config, num_classes, splits.train.x)
+    tcfg = config.train
+    previous_policy = keras.config.dtype_policy()
+    if tcfg.mixed_precision != "none":
+        # Hidden layers compute in 16 bits; the softmax layer is pinned to float32 (blocks.py).
+        keras.config.set_dtype_policy(tcfg.mixed_precision)
+    try:
+        model = build_model(config, num_classes, splits.train.x)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
 
     run_dir = runs.new_run_dir(config.name, out, runs_root)
     runs.write_text(run_dir / runs.CONFIG, dump_config(config))
@@ -200,20 +192,17 @@ def train(
             flush=True,
         )
 
-    tcfg = config.train
-    model.compile(
-        optimizer=make_optimizer(tcfg, math.ceil(len(splits.train) / tcfg.batch_size)),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    augmenter = build_augmenter(config.augment, config.seed)
+    batch_size = resolve_batch_size(tcfg, len(splits.train))
+    compile_model(model, tcfg, steps_per_epoch(len(splits.train), batch_size))
+    augmenter = build_augmenter(config.augment, config.data.image_size, config.seed)
     train_ds = make_dataset(
-        splits.train, tcfg.batch_size, shuffle=True, seed=config.seed, augment=augmenter
+        splits.train, batch_size, num_classes, shuffle=True, seed=config.seed, augment=augmenter
     )
-    val_ds = make_dataset(splits.val, tcfg.batch_size)
+    val_ds = make_dataset(splits.val, batch_size, num_classes)
     es = tcfg.early_stopping
     history_cb = _history_callback(run_dir / runs.HISTORY, phase="train")
     callbacks = [
+        *schedule_callbacks(tcfg),
         history_cb,
         keras.callbacks.EarlyStopping(
             monitor=es.monitor,
@@ -225,6 +214,10 @@ def train(
             verbose=1 if verbose else 0,
         ),
     ]
+    if should_enable(model, tcfg.diagnostics):
+        # Gradient/activation statistics on a fixed batch of training images, every epoch.
+        diag_x, diag_y = fixed_batch(splits.train.x, splits.train.y, n=64, seed=config.seed)
+        callbacks.append(make_diagnostics(run_dir, diag_x, diag_y))
     # shuffle=False: the tf.data pipeline already reshuffles every epoch, with the seed.
     model.fit(
         train_ds,
@@ -233,6 +226,7 @@ def train(
         callbacks=callbacks,
         verbose=verbose,
         shuffle=False,
+        class_weight=class_weights(splits.train.y, num_classes, tcfg.class_weight),
     )
 
     with runs.atomic_path(run_dir / runs.MODEL) as tmp:

@@ -20,7 +20,9 @@ def test_defaults_are_the_embedded_default_recipe():
     assert load_config(None) == Config()
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.relative_to(ROOT).as_posix()
+)
 def test_every_shipped_config_is_valid_and_round_trips(path: Path, tmp_path: Path):
     config = load_config(path)
     dumped = tmp_path / "c.yaml"

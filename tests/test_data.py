@@ -101,8 +101,9 @@ def test_folder_errors_are_clear(tmp_path: Path):
 
 def test_dataset_pipeline_batches_raw_pixels(folder_dataset: Path):
     splits = load_data(_folder_config(folder_dataset))
-    batches = list(make_dataset(splits.train, batch_size=5, shuffle=True, seed=1))
-    x, _ = batches[0]
+    batches = list(make_dataset(splits.train, batch_size=5, num_classes=3, shuffle=True, seed=1))
+    x, y = batches[0]
+    assert y.shape == (5, 3) and float(y.numpy().sum()) == 5.0  # one-hot
     assert x.dtype.name == "float32" and x.shape[1:] == (32, 32, 3)
     assert float(x.numpy().max()) > 1.0  # raw 0..255, the model preprocesses
     assert sum(len(b[1]) for b in batches) == len(splits.train)

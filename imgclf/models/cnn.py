@@ -1,4 +1,4 @@
-"""`cnn`: a LeNet-style convolutional network: conv blocks, then a dense head."""
+"""`cnn`: a LeNet/VGG-style convolutional network: conv blocks, then a dense head."""
 
 from __future__ import annotations
 
@@ -16,30 +16,30 @@ if TYPE_CHECKING:
 
 @register("cnn")
 def build_cnn(config: Config, num_classes: int, train_images: np.ndarray | None) -> keras.Model:
-    """pixels -> preprocessing -> [(conv -> BN -> act) × n -> pool] per block -> flatten -> head."""
+    """pixels -> preprocessing -> [(conv -> BN -> act) × n -> pool -> dropout] per block ->
+    flatten -> dense head (fc1, fc2, ...) -> softmax.
+
+    Layers: conv{i}_{j} (conv{i} when convs_per_block is 1) with _bn and _act, conv{i}_pool,
+    conv{i}_dropout (model.hidden_dropout), flatten, fc{k}..., head_dropout, probabilities.
+    """
     import keras
     from keras import layers
 
-    from imgclf.models.blocks import activation, dense_stack, pixel_input, regularizer, softmax_head
+    from imgclf.models.blocks import (
+        conv_bn_act,
+        dense_stack,
+        hidden_dropout,
+        pixel_input,
+        softmax_head,
+    )
 
     cfg = config.model
     inputs, x = pixel_input(config, train_images)
     for i, filters in enumerate(cfg.filters, start=1):
         for j in range(1, cfg.convs_per_block + 1):
             name = f"conv{i}" if cfg.convs_per_block == 1 else f"conv{i}_{j}"
-            x = layers.Conv2D(
-                filters,
-                cfg.kernel_size,
-                strides=cfg.strides if j == 1 else 1,
-                padding=cfg.padding,
-                use_bias=not cfg.batch_norm,
-                kernel_initializer=cfg.initializer,
-                kernel_regularizer=regularizer(cfg),
-                name=name,
-            )(x)
-            if cfg.batch_norm:
-                x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
-            x = activation(cfg, f"{name}_act")(x)
+            strides = cfg.strides if j == 1 else 1
+            x = conv_bn_act(x, cfg, filters, name, cfg.kernel_size, strides, cfg.padding)
         if cfg.pooling != "none":
             if min(x.shape[1], x.shape[2]) < 2:
                 raise ConfigError(
@@ -55,6 +55,7 @@ def build_cnn(config: Config, num_classes: int, train_images: np.ndarray | None)
                 f"model: data.image_size {list(config.data.image_size)} shrinks to nothing at "
                 f"conv block {i}; use padding=same, fewer filters or a larger image_size"
             )
+        x = hidden_dropout(x, cfg, f"conv{i}")
     x = layers.Flatten(name="flatten")(x)
     x = dense_stack(x, cfg, prefix="fc")
     outputs = softmax_head(x, cfg, num_classes)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 @register("mlp")
 def build_mlp(config: Config, num_classes: int, train_images: np.ndarray | None) -> keras.Model:
-    """pixels -> preprocessing -> flatten -> hidden dense layers -> softmax."""
+    """pixels -> preprocessing -> flatten -> hidden dense layers (dense1, dense2, ...) -> head."""
     import keras
 
     from imgclf.models.blocks import dense_stack, pixel_input, softmax_head

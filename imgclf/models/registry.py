@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from imgclf.config import Config
 
 # Modules whose import registers their builders.
-_FAMILY_MODULES = ("imgclf.models.mlp", "imgclf.models.cnn")
+_FAMILY_MODULES = ("imgclf.models.mlp", "imgclf.models.cnn", "imgclf.models.resnet")
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 
 
@@ -40,6 +40,16 @@ def _load_families() -> None:
         importlib.import_module(module)
 
 
+def register_custom_layers() -> None:
+    """Register imgclf's custom layers (Abs, Maxout) with Keras' serialisation.
+
+    Call it before `keras.saving.load_model` of a model built here: safe-mode loading only finds
+    registered classes, and registering imports Keras (so it is not done when this module is
+    imported: listing models must stay TensorFlow-free). `build_model` calls it too.
+    """
+    importlib.import_module("imgclf.models.layers")
+
+
 def available_models() -> list[str]:
     """Registered model names, sorted."""
     _load_families()
@@ -56,6 +66,7 @@ def build_model(
     `config.data.normalize == "standardize"`.
     """
     _load_families()
+    register_custom_layers()
     name = config.model.name
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
