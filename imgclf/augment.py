@@ -1,7 +1,8 @@
 """Data augmentation built from `config.augment`: Keras 3 random layers applied to training
 batches only, plus a preview CLI that shows what they do.
 
-Augmentation runs in the tf.data pipeline of the training split, so evaluation, export and
+Augmentation runs in the batch pipeline of the training split (tf.data on the TensorFlow backend,
+a NumPy PyDataset on the others; the layers run on the active backend), so evaluation, export and
 prediction never see it and the exported model contains none of it.
 
     python -m imgclf.augment --config configs/folder_example.yaml --out grid.png
@@ -99,6 +100,7 @@ def build_augmenter(
 
 def preview(config: Config, out: str | Path, n_images: int = 8, n_variants: int = 5) -> Path:
     """Write a PNG grid: each row one training image, then `n_variants` augmented versions."""
+    import keras
     import numpy as np
 
     from imgclf.data import load_data
@@ -113,7 +115,7 @@ def preview(config: Config, out: str | Path, n_images: int = 8, n_variants: int 
         if augmenter is None:
             columns.append(x)
         else:
-            columns.append(np.asarray(augmenter(x, y)[0]))
+            columns.append(keras.ops.convert_to_numpy(augmenter(x, y)[0]))
     grid = np.stack(columns, axis=1)  # [rows, 1 + variants, H, W, C]
     titles = [splits.class_names[c] for c in splits.train.y[:n_images]]
     plot_image_grid(grid, titles, out, column_titles=["original"] + ["augmented"] * n_variants)

@@ -174,6 +174,7 @@ class TrainConfig(_Section):
     jit_compile: Literal["auto"] | bool = "auto"  # XLA; "auto" leaves it off on CPU
     steps_per_execution: PositiveInt = 1  # batches per compiled call: helps tiny models
     diagnostics: Literal["auto"] | bool = "auto"  # auto: on for models up to 5M parameters
+    distribute: Literal["none", "mirrored", "multiworker"] = "none"  # see imgclf/distribute.py
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     top_k: PositiveInt = 5  # the k of the reported top-k accuracy (capped at the class count)
 

@@ -150,12 +150,20 @@ def _gradient_norms(
         return None
     import tensorflow as tf
 
-    with tf.GradientTape() as tape:
-        # training=False: dropout off and batch-norm on its moving statistics, so the only thing
-        # that changes between two records is the weights (no dropout noise in the curves).
-        probs = model(images, training=False)
-        loss = loss_fn(labels, probs)
-    grads = tape.gradient(loss, list(variables))
+    # training=True: the gradient the optimiser actually follows. Batch-norm then normalises
+    # with the batch's statistics (in inference mode, at initialisation, its moving statistics
+    # are the identity and would hide exactly what batch-norm fixes); dropout is active too.
+    # Training-mode calls update batch-norm's moving statistics: restore them afterwards so
+    # recording never changes the model.
+    saved = [keras.ops.convert_to_numpy(v) for v in model.non_trainable_variables]
+    try:
+        with tf.GradientTape() as tape:
+            probs = model(images, training=True)
+            loss = loss_fn(labels, probs)
+        grads = tape.gradient(loss, list(variables))
+    finally:
+        for var, value in zip(model.non_trainable_variables, saved, strict=True):
+            var.assign(value)
     return [None if g is None else _norm(g) for g in grads]
 
 

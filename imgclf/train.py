@@ -1,23 +1,28 @@
 """Training: `train(config)` runs config -> data -> model -> fit -> evaluate -> export and returns
 the run directory. `python -m imgclf.train` parses arguments and calls it.
 
-TensorFlow is imported inside `train`, so `--help`, `--print-config` and config errors are instant.
+Keras is imported inside `train`, so `--help`, `--print-config` and config errors are instant.
+Training runs on any Keras backend (`KERAS_BACKEND`, default tensorflow; see imgclf/backend.py):
+only the SavedModel export at the end needs TensorFlow, and is skipped under other backends.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf import runs
 from imgclf.config import Config, dump_config, load_config
-from imgclf.errors import UserError
+from imgclf.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
     import keras
@@ -78,7 +83,12 @@ def _save_samples(run_dir: Path, splits: Splits) -> None:
 
 
 def _model_card(
-    config: Config, splits: Splits, metrics: dict[str, Any], model: Any, parity: dict[str, Any]
+    config: Config,
+    splits: Splits,
+    metrics: dict[str, Any],
+    model: Any,
+    parity: dict[str, Any] | None,
+    backend: str = "tensorflow",
 ) -> str:
     test = metrics["test"]
     rows = "\n".join(
@@ -88,6 +98,19 @@ def _model_card(
     counts = splits.report["totals"]
     height, width = config.data.image_size
     source = config.data.source + (f" ({config.data.path})" if config.data.path else "")
+    if parity is None:
+        export = (
+            f"- SavedModel export skipped: it needs the TensorFlow backend and this run trained "
+            f"on `{backend}`.\n  Run `imgclf-export <this run directory>` with "
+            f"KERAS_BACKEND=tensorflow to write\n  `saved_model/` from `model.keras`."
+        )
+    else:
+        export = (
+            f"- `saved_model/` (`serving_default`: `pixels` float32 [N, {height}, {width}, "
+            f"{config.data.channels}]\n  → `probabilities`); max |Δp| vs `model.keras` = "
+            f"{parity['max_abs_diff']:.2e} on\n  {parity['n_images']} test images, top-1 "
+            f"agreement {parity['top1_agreement']:.2%}"
+        )
     return f"""# Model card: {config.name}
 
 ## Model
@@ -102,6 +125,7 @@ def _model_card(
   {counts["test"]} test; {len(splits.report["skipped"])} unreadable file(s) skipped
 
 ## Recipe
+- Keras backend `{backend}`
 - Optimizer `{config.train.optimizer}`, learning rate {config.train.learning_rate}, batch size
   {config.train.batch_size}, up to {config.train.epochs} epochs, early stopping on
   `{config.train.early_stopping.monitor}` (patience {config.train.early_stopping.patience})
@@ -116,9 +140,7 @@ def _model_card(
 {rows}
 
 ## Export
-- `saved_model/` (`serving_default`: `pixels` float32 [N, {height}, {width}, {config.data.channels}]
-  → `probabilities`); max |Δp| vs `model.keras` = {parity["max_abs_diff"]:.2e} on
-  {parity["n_images"]} test images, top-1 agreement {parity["top1_agreement"]:.2%}
+{export}
 
 ## Intended use and limits
 - Classifies images that resemble the training data into exactly these classes. Any other
@@ -145,8 +167,17 @@ def train(
     import numpy as np
 
     from imgclf.augment import build_augmenter
-    from imgclf.data import load_data, make_dataset
+    from imgclf.backend import (
+        backend_name,
+        can_export_saved_model,
+        check_backend,
+        export_skipped_message,
+        make_training_data,
+        set_deterministic,
+    )
+    from imgclf.data import load_data
     from imgclf.diagnostics import fixed_batch, make_diagnostics, should_enable
+    from imgclf.distribute import is_chief, make_strategy
     from imgclf.evaluate import evaluate
     from imgclf.export import export_saved_model
     from imgclf.models import build_model
@@ -161,24 +192,38 @@ def train(
 
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    import tensorflow as tf
 
-    keras.utils.set_random_seed(config.seed)
-    # Same seed, same run: deterministic kernels cost little on CPU and make results repeatable.
-    tf.config.experimental.enable_op_determinism()
+    tcfg = config.train
+    check_backend(config)  # e.g. train.distribute under JAX: a one-line error, nothing written
+    # First: a multi-worker strategy must exist before the program does other TensorFlow work.
+    strategy = make_strategy(tcfg.distribute)
+    # Same seed, same run: seeds Python, NumPy and Keras; deterministic kernels on TensorFlow.
+    set_deterministic(config.seed)
     splits = load_data(config)  # data errors stop here, before a run directory exists
     num_classes = len(splits.class_names)
-    tcfg = config.train
+    batch_size = resolve_batch_size(tcfg, len(splits.train))
+    if strategy is not None and batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(
+            f"train.batch_size ({batch_size}) must be a multiple of the "
+            f"{strategy.num_replicas_in_sync} replicas of train.distribute={tcfg.distribute}"
+        )
     previous_policy = keras.config.dtype_policy()
     if tcfg.mixed_precision != "none":
         # Hidden layers compute in 16 bits; the softmax layer is pinned to float32 (blocks.py).
         keras.config.set_dtype_policy(tcfg.mixed_precision)
     try:
-        model = build_model(config, num_classes, splits.train.x)
+        # Variables (model and optimiser) are created under the strategy, so they are mirrored.
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            model = build_model(config, num_classes, splits.train.x)
+            compile_model(model, tcfg, steps_per_epoch(len(splits.train), batch_size))
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
-    run_dir = runs.new_run_dir(config.name, out, runs_root)
+    chief = is_chief()
+    if chief:
+        run_dir = runs.new_run_dir(config.name, out, runs_root)
+    else:  # other workers save too (saving is collective) but their copy is thrown away
+        run_dir = Path(tempfile.mkdtemp(prefix="imgclf-worker-"))
     runs.write_text(run_dir / runs.CONFIG, dump_config(config))
     runs.write_json(run_dir / runs.LABELS, splits.class_names)
     runs.write_json(run_dir / runs.DATA_REPORT, splits.report)
@@ -188,17 +233,14 @@ def train(
             f"run: {run_dir}\ndata: {num_classes} classes, {totals['train']} train / "
             f"{totals['val']} val / {totals['test']} test images, "
             f"{len(splits.report['skipped'])} skipped\nmodel: {config.model.name}, "
-            f"{model.count_params():,} parameters",
+            f"{model.count_params():,} parameters"
+            + (f", {strategy.num_replicas_in_sync} replicas" if strategy is not None else ""),
             flush=True,
         )
 
-    batch_size = resolve_batch_size(tcfg, len(splits.train))
-    compile_model(model, tcfg, steps_per_epoch(len(splits.train), batch_size))
     augmenter = build_augmenter(config.augment, config.data.image_size, config.seed)
-    train_ds = make_dataset(
-        splits.train, batch_size, num_classes, shuffle=True, seed=config.seed, augment=augmenter
-    )
-    val_ds = make_dataset(splits.val, batch_size, num_classes)
+    # tf.data pipelines on the TensorFlow backend, NumPy PyDatasets (no TensorFlow) on others.
+    train_ds, val_ds = make_training_data(splits, config, batch_size, augmenter)
     es = tcfg.early_stopping
     history_cb = _history_callback(run_dir / runs.HISTORY, phase="train")
     callbacks = [
@@ -214,11 +256,12 @@ def train(
             verbose=1 if verbose else 0,
         ),
     ]
-    if should_enable(model, tcfg.diagnostics):
+    # Diagnostics read gradients outside the strategy's replica context: single device only.
+    if strategy is None and should_enable(model, tcfg.diagnostics):
         # Gradient/activation statistics on a fixed batch of training images, every epoch.
         diag_x, diag_y = fixed_batch(splits.train.x, splits.train.y, n=64, seed=config.seed)
         callbacks.append(make_diagnostics(run_dir, diag_x, diag_y))
-    # shuffle=False: the tf.data pipeline already reshuffles every epoch, with the seed.
+    # shuffle=False: the pipeline already reshuffles every epoch, with the seed.
     model.fit(
         train_ds,
         validation_data=val_ds,
@@ -228,6 +271,12 @@ def train(
         shuffle=False,
         class_weight=class_weights(splits.train.y, num_classes, tcfg.class_weight),
     )
+    if strategy is not None:
+        # Evaluate, save and export a single-device copy: the trained weights without the
+        # strategy, so model.keras and the SavedModel do not depend on how training ran.
+        trained = model
+        model = build_model(config, num_classes, splits.train.x)
+        model.set_weights(trained.get_weights())
 
     with runs.atomic_path(run_dir / runs.MODEL) as tmp:
         model.save(tmp)
@@ -253,23 +302,32 @@ def train(
     )
     _save_samples(run_dir, splits)
 
-    parity = export_saved_model(
-        model, splits.class_names, run_dir / runs.SAVED_MODEL, splits.test.x
+    parity = None
+    if can_export_saved_model():
+        parity = export_saved_model(
+            model, splits.class_names, run_dir / runs.SAVED_MODEL, splits.test.x
+        )
+        runs.write_json(
+            run_dir / runs.EXPORTS, {"saved_model": {"path": runs.SAVED_MODEL, "parity": parity}}
+        )
+    else:
+        print(export_skipped_message(run_dir), file=sys.stderr, flush=True)
+    runs.write_text(
+        run_dir / runs.MODEL_CARD,
+        _model_card(config, splits, metrics, model, parity, backend_name()),
     )
-    runs.write_json(
-        run_dir / runs.EXPORTS, {"saved_model": {"path": runs.SAVED_MODEL, "parity": parity}}
-    )
-    runs.write_text(run_dir / runs.MODEL_CARD, _model_card(config, splits, metrics, model, parity))
-    if Path(runs_root) in run_dir.parents or run_dir.parent == Path(runs_root):
+    if chief and Path(runs_root) in run_dir.parents:
         runs.point_latest(run_dir)
     if verbose:
         t = metrics["test"]
         print(
             f"test: accuracy {t['accuracy']:.4f}, top-{t['k']} {t['top_k_accuracy']:.4f}, "
-            f"loss {t['loss']:.4f} ({t['n']} images); SavedModel parity max |Δp| "
-            f"{parity['max_abs_diff']:.1e}",
+            f"loss {t['loss']:.4f} ({t['n']} images)"
+            + (f"; SavedModel parity max |Δp| {parity['max_abs_diff']:.1e}" if parity else ""),
             flush=True,
         )
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return run_dir
 
 

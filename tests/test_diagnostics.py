@@ -111,6 +111,22 @@ def test_sigmoid_small_init_vanishes_relu_he_does_not(digits, tmp_path: Path) ->
     assert _first_last_ratio(relu, images, labels, tmp_path / "relu") < 100
 
 
+def test_batch_norm_restores_the_gradient_and_recording_leaves_the_model_alone(
+    digits, tmp_path: Path
+) -> None:
+    """Batch-norm's effect is visible (gradients are taken in training mode, with batch
+    statistics), and taking them does not move batch-norm's moving statistics."""
+    images, labels = digits[0][:64], digits[1][:64]
+    plain = _mlp(DEEP, "sigmoid", "glorot_uniform", images)
+    with_bn = _mlp(DEEP, "sigmoid", "glorot_uniform", images, batch_norm="true")
+    before = [np.array(v) for v in with_bn.non_trainable_variables]
+    ratio_plain = _first_last_ratio(plain, images, labels, tmp_path / "plain")
+    ratio_bn = _first_last_ratio(with_bn, images, labels, tmp_path / "bn")
+    assert ratio_bn * 100 < ratio_plain
+    for old, var in zip(before, with_bn.non_trainable_variables, strict=True):
+        np.testing.assert_array_equal(old, np.array(var))
+
+
 # -- dead units -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,109 @@
+"""train.distribute: mirrored training over two logical CPU devices, in a fresh process (the CPU
+can only be split before TensorFlow starts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_overrides, write_folder_dataset
+
+from imgclf.distribute import is_chief, make_strategy
+from imgclf.errors import ConfigError
+
+SCRIPT = r"""
+import contextlib, json, sys
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from imgclf.config import load_config
+from imgclf.distribute import make_strategy
+from imgclf.errors import ConfigError
+from imgclf.models import build_model
+from imgclf.optim import compile_model
+from imgclf.train import train
+
+part, out_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+result = {}
+
+# One strategy per process: two MirroredStrategy objects in one process share collective keys.
+if part == "step":
+  # The same model, weights and batches: steps on 2 replicas equal steps on 1 device.
+  cfg = load_config(None, ["model.name=mlp", "data.image_size=[8,8]", "model.hidden=[16]",
+                           "model.batch_norm=false", "model.dropout=0", "model.l2=0",
+                           "train.optimizer=sgd", "train.schedule=constant",
+                           "train.learning_rate=0.1"])
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 255, (24, 8, 8, 1)).astype("float32")
+  y = np.eye(3, dtype="float32")[np.arange(24) % 3]
+  weights = []
+  for mode in ("none", "mirrored"):
+      strategy = make_strategy(mode)
+      keras.utils.set_random_seed(0)
+      with strategy.scope() if strategy else contextlib.nullcontext():
+          model = build_model(cfg, 3)
+          compile_model(model, cfg.train, steps_per_epoch=2)
+      ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
+      model.fit(ds, epochs=2, verbose=0, shuffle=False)
+      weights.append(model.get_weights())
+      if strategy is not None:
+          result["replicas"] = strategy.num_replicas_in_sync
+  result["max_weight_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(*weights))
+
+else:
+  # A whole mirrored run through train(); then a batch that does not split evenly is refused.
+  config = load_config(None, [*overrides, "train.distribute=mirrored"])
+  run = train(config, out=out_dir, verbose=0)
+  result["metrics"] = json.load(open(f"{out_dir}/metrics.json"))["test"]
+  odd = load_config(None, [*overrides, "train.distribute=mirrored", "train.batch_size=7"])
+  try:
+      train(odd, out=out_dir + "-odd", verbose=0)
+  except ConfigError as exc:
+      result["odd_batch_error"] = str(exc)
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_mirrored_training_on_two_logical_cpus(tmp_path: Path):
+    data = write_folder_dataset(tmp_path / "data", per_class=20, seed=1)
+    overrides = [
+        *tiny_overrides(data), "model.name=mlp", "train.epochs=6", "model.dropout=0",
+        "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
+    ]  # fmt: skip
+    out = {}
+    for part in ("step", "train"):
+        result = subprocess.run(
+            [sys.executable, "-c", SCRIPT, part, str(tmp_path / "run"), *overrides],
+            capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+        lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+        assert result.returncode == 0 and lines, result.stderr[-3000:]
+        out.update(json.loads(lines[-1][len("RESULT ") :]))
+    assert out["replicas"] == 2
+    # Data-parallel SGD over 2 replicas is the same computation as on one device.
+    assert out["max_weight_diff"] < 1e-5
+    assert out["metrics"]["accuracy"] >= 0.8  # the mirrored run learned the task (chance: 1/3)
+    for name in ("model.keras", "saved_model/saved_model.pb", "metrics.json", "history.csv"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert "multiple of the 2 replicas" in out["odd_batch_error"]
+
+
+def test_multiworker_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="keras-team/keras#20585"):
+        make_strategy("multiworker")
+
+
+def test_chief_is_worker_zero(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert is_chief()
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    for index, chief in ((0, True), (1, False)):
+        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+        assert is_chief() is chief
