@@ -4,10 +4,10 @@
 - `mirrored`: MirroredStrategy over every visible GPU, or over the logical CPU devices when there
   is no GPU (split the CPU with `tf.config.set_logical_device_configuration` to try it on a laptop).
 - `multiworker`: MultiWorkerMirroredStrategy, the cluster and this process's role from the
-  `TF_CONFIG` environment variable. NOT AVAILABLE YET: Keras 3's `fit` fails under this strategy
-  (keras-team/keras#20585), so `make_strategy` refuses it with a clear error. The chief/worker
-  handling below (only worker 0 keeps its run directory; the others write to a temporary folder
-  that is deleted, since saving is collective) is what train() already does for it.
+  `TF_CONFIG` environment variable. Every worker runs the same program. Keras 3's `fit` fails
+  under this strategy (keras-team/keras#20585), so `fit_multiworker` is imgclf's own loop. Only
+  the chief (worker 0) keeps its run directory; the others write to a temporary folder that is
+  deleted at the end.
 """
 
 from __future__ import annotations
@@ -29,16 +29,15 @@ def make_strategy(mode: str) -> Any:
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
     if mode == "multiworker":
-        from imgclf.errors import ConfigError
+        if "TF_CONFIG" not in os.environ:
+            from imgclf.errors import ConfigError
 
-        # Keras 3's fit() fails under MultiWorkerMirroredStrategy (keras-team/keras#20585:
-        # it averages a distributed input batch while building, then mis-reduces metrics).
-        # Until imgclf has its own multi-worker loop, say so instead of crashing mid-run.
-        raise ConfigError(
-            "train.distribute=multiworker is not supported yet: Keras 3's fit() does not run "
-            "under MultiWorkerMirroredStrategy (keras-team/keras#20585); use mirrored (one "
-            "machine, several devices) or none"
-        )
+            raise ConfigError(
+                "train.distribute=multiworker needs the TF_CONFIG environment variable (cluster "
+                'and task), e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}}'
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"train.distribute: unknown mode {mode!r}")
 
 
@@ -50,3 +49,94 @@ def is_chief() -> bool:
     task = json.loads(raw).get("task", {})
     kind, index = task.get("type", "worker"), int(task.get("index", 0))
     return kind == "chief" or (kind == "worker" and index == 0)
+
+
+def fit_multiworker(
+    model: Any,
+    strategy: Any,
+    train_ds: Any,
+    val_ds: Any,
+    epochs: int,
+    callbacks: list[Any],
+    class_weight: dict[int, float] | None = None,
+    verbose: int = 0,
+) -> None:
+    """Train `model` (built and compiled under `strategy`) with imgclf's own loop.
+
+    Keras 3's `fit()` does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585),
+    so this loop does what it would: one distributed step per global batch (the optimiser
+    all-reduces the gradients), training loss and accuracy summed over all workers, validation on
+    the full validation split (every worker computes the same figures, so every worker's
+    callbacks take the same decisions), and the usual Keras callbacks (history, early stopping,
+    schedules) driven with the same logs `fit()` would give them.
+    """
+    import keras
+    import tensorflow as tf
+
+    loss_obj = model.loss
+    weights = None
+    if class_weight:
+        weights = tf.constant([class_weight[c] for c in sorted(class_weight)], tf.float32)
+
+    def per_example_loss(y: Any, probs: Any) -> Any:
+        # The compiled loss object, per example: label smoothing / MSE as configured.
+        if isinstance(loss_obj, keras.losses.MeanSquaredError):
+            losses = keras.losses.mean_squared_error(y, probs)
+        else:
+            smoothing = getattr(loss_obj, "label_smoothing", 0.0)
+            losses = keras.losses.categorical_crossentropy(y, probs, label_smoothing=smoothing)
+        if weights is not None:
+            losses = losses * tf.gather(weights, tf.argmax(y, axis=-1))
+        return losses
+
+    def replica_step(x: Any, y: Any) -> tuple[Any, Any, Any]:
+        with tf.GradientTape() as tape:
+            probs = model(x, training=True)
+            losses = per_example_loss(y, probs)
+            # Mean over the *global* batch; the optimiser sums gradients over replicas.
+            loss = tf.nn.compute_average_loss(losses)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        correct = tf.cast(tf.argmax(probs, -1) == tf.argmax(y, -1), tf.float32)
+        count = tf.cast(tf.shape(y)[0], tf.float32)
+        return tf.reduce_sum(losses), tf.reduce_sum(correct), count
+
+    @tf.function
+    def train_step(x: Any, y: Any) -> list[Any]:
+        per_replica = strategy.run(replica_step, args=(x, y))
+        return [strategy.reduce("SUM", value, axis=None) for value in per_replica]
+
+    @tf.function
+    def val_step(x: Any, y: Any) -> tuple[Any, Any, Any]:
+        probs = model(x, training=False)
+        correct = tf.cast(tf.argmax(probs, -1) == tf.argmax(y, -1), tf.float32)
+        n = tf.cast(tf.shape(y)[0], tf.float32)
+        return tf.reduce_sum(per_example_loss(y, probs)), tf.reduce_sum(correct), n
+
+    distributed = strategy.experimental_distribute_dataset(train_ds)
+    cb = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, verbose=0)
+    model.stop_training = False
+    cb.on_train_begin()
+    for epoch in range(epochs):
+        cb.on_epoch_begin(epoch)
+        totals = [0.0, 0.0, 0.0]
+        for x, y in distributed:
+            totals = [t + float(v) for t, v in zip(totals, train_step(x, y), strict=True)]
+        val = [0.0, 0.0, 0.0]
+        for x, y in val_ds:
+            val = [t + float(v) for t, v in zip(val, val_step(x, y), strict=True)]
+        logs = {
+            "loss": totals[0] / totals[2],
+            "accuracy": totals[1] / totals[2],
+            "val_loss": val[0] / val[2],
+            "val_accuracy": val[1] / val[2],
+        }
+        if verbose:
+            shown = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+            print(f"Epoch {epoch + 1}/{epochs} - {shown}", flush=True)
+        cb.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    cb.on_train_end()

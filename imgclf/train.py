@@ -177,7 +177,7 @@ def train(
     )
     from imgclf.data import load_data
     from imgclf.diagnostics import fixed_batch, make_diagnostics, should_enable
-    from imgclf.distribute import is_chief, make_strategy
+    from imgclf.distribute import fit_multiworker, is_chief, make_strategy
     from imgclf.evaluate import evaluate
     from imgclf.export import export_saved_model
     from imgclf.models import build_model
@@ -261,16 +261,20 @@ def train(
         # Gradient/activation statistics on a fixed batch of training images, every epoch.
         diag_x, diag_y = fixed_batch(splits.train.x, splits.train.y, n=64, seed=config.seed)
         callbacks.append(make_diagnostics(run_dir, diag_x, diag_y))
-    # shuffle=False: the pipeline already reshuffles every epoch, with the seed.
-    model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=tcfg.epochs,
-        callbacks=callbacks,
-        verbose=verbose,
-        shuffle=False,
-        class_weight=class_weights(splits.train.y, num_classes, tcfg.class_weight),
-    )
+    weights = class_weights(splits.train.y, num_classes, tcfg.class_weight)
+    if tcfg.distribute == "multiworker":
+        fit_multiworker(model, strategy, train_ds, val_ds, tcfg.epochs, callbacks, weights, verbose)
+    else:
+        # shuffle=False: the pipeline already reshuffles every epoch, with the seed.
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=tcfg.epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+            class_weight=weights,
+        )
     if strategy is not None:
         # Evaluate, save and export a single-device copy: the trained weights without the
         # strategy, so model.keras and the SavedModel do not depend on how training ran.

@@ -4,6 +4,8 @@ can only be split before TensorFlow starts)."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -94,8 +96,110 @@ def test_mirrored_training_on_two_logical_cpus(tmp_path: Path):
     assert "multiple of the 2 replicas" in out["odd_batch_error"]
 
 
-def test_multiworker_is_refused_with_the_reason():
-    with pytest.raises(ConfigError, match="keras-team/keras#20585"):
+MULTIWORKER_SCRIPT = r"""
+import contextlib, json, sys
+import numpy as np
+import tensorflow as tf
+import keras
+from imgclf.config import load_config
+from imgclf.distribute import fit_multiworker, make_strategy
+from imgclf.models import build_model
+from imgclf.optim import compile_model
+from imgclf.train import train
+
+part, out_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+strategy = make_strategy("multiworker")  # first, before other TensorFlow work; one per process
+result = {"replicas": strategy.num_replicas_in_sync}
+if part == "step":
+    # imgclf's multi-worker loop on fixed batches vs Keras fit() on one device.
+    cfg = load_config(None, ["model.name=mlp", "data.image_size=[8,8]", "model.hidden=[16]",
+                             "model.batch_norm=false", "model.dropout=0",
+                             "train.optimizer=sgd", "train.schedule=constant",
+                             "train.learning_rate=0.1"])
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (24, 8, 8, 1)).astype("float32")
+    y = np.eye(3, dtype="float32")[np.arange(24) % 3]
+    ds = lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = build_model(cfg, 3)
+        compile_model(model, cfg.train, steps_per_epoch=2)
+    fit_multiworker(model, strategy, ds(), ds(), 2, [])
+    keras.utils.set_random_seed(0)
+    reference = build_model(cfg, 3)
+    compile_model(reference, cfg.train, steps_per_epoch=2)
+    reference.fit(ds(), epochs=2, verbose=0, shuffle=False)
+    result["max_weight_diff"] = max(
+        float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), reference.get_weights())
+    )
+else:
+    run = train(load_config(None, [*overrides, "train.distribute=multiworker"]),
+                out=out_dir, verbose=0)
+    result["run_exists"] = run.exists()
+print("RESULT " + json.dumps(result))
+"""
+
+
+def _free_ports(n: int) -> list[int]:
+    ports = []
+    for _ in range(n):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    return ports
+
+
+def _two_workers(part: str, out: Path, overrides: list[str]) -> list[dict]:
+    """Run MULTIWORKER_SCRIPT as a 2-worker cluster on 127.0.0.1; return each worker's result."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", MULTIWORKER_SCRIPT, part, str(out), *overrides],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
+    results = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=240)
+            lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+            assert proc.returncode == 0 and lines, stderr[-3000:]
+            results.append(json.loads(lines[-1][len("RESULT ") :]))
+    finally:
+        for proc in procs:
+            proc.kill()
+    return results
+
+
+def test_multiworker_training_with_two_local_workers(tmp_path: Path):
+    step = _two_workers("step", tmp_path / "unused", [])
+    for worker in step:
+        assert worker["replicas"] == 2
+        # Two workers, each with half of every global batch, compute the single-device update.
+        assert worker["max_weight_diff"] < 1e-5
+    data = write_folder_dataset(tmp_path / "data", per_class=20, seed=1)
+    overrides = [
+        *tiny_overrides(data), "model.name=mlp", "train.epochs=2",
+        "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
+    ]  # fmt: skip
+    chief, worker = _two_workers("train", tmp_path / "run", overrides)
+    assert chief["run_exists"] and not worker["run_exists"]  # only worker 0 keeps its run
+    for name in ("model.keras", "saved_model/saved_model.pb", "metrics.json", "history.csv"):
+        assert (tmp_path / "run" / name).exists(), name
+    with (tmp_path / "run" / "history.csv").open() as fh:
+        assert len(fh.read().strip().splitlines()) == 1 + 2  # header + one row per epoch
+
+
+def test_multiworker_needs_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="needs the TF_CONFIG environment variable"):
         make_strategy("multiworker")
 
 
