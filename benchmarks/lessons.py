@@ -79,7 +79,7 @@ def main() -> None:
             row = measure(name, Path(tmp))
             rows.append(row)
             ratio = row["grad_ratio_last_over_first"]
-            shown = "—" if ratio is None else f"{ratio:,.1f}×"
+            shown = "—" if ratio is None else f"{ratio:,.3g}×"
             print(
                 f"| {name} | {row['test_accuracy']:.3f} | {row['best_val_accuracy']:.3f} | "
                 f"{row['final_train_accuracy']:.3f} | {row['epochs']} | {row['seconds']} | "

@@ -222,7 +222,7 @@ def train(
     chief = is_chief()
     if chief:
         run_dir = runs.new_run_dir(config.name, out, runs_root)
-    else:  # other workers save too (saving is collective) but their copy is thrown away
+    else:  # the other workers run the same program; their copy is thrown away at the end
         run_dir = Path(tempfile.mkdtemp(prefix="imgclf-worker-"))
     runs.write_text(run_dir / runs.CONFIG, dump_config(config))
     runs.write_json(run_dir / runs.LABELS, splits.class_names)

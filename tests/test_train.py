@@ -31,6 +31,9 @@ def test_run_directory_holds_the_whole_contract(tiny_run: Path):
     config = load_config(tiny_run / "config.yaml")
     assert config.name == "tiny" and config.train.epochs == 2
     assert not list(tiny_run.rglob(".*tmp*")), "temporary files left behind"
+    # train.diagnostics=auto: on for a small model
+    for name in ("diagnostics.json", "plots/gradients.png", "plots/activations.png"):
+        assert (tiny_run / name).is_file(), name
 
 
 def test_metrics_are_computed_on_the_held_out_test_split(tiny_run: Path):
@@ -102,8 +105,11 @@ def test_training_on_a_folder_with_bad_files_reports_exactly_them(tmp_path: Path
     data = write_folder_dataset(tmp_path / "data", per_class=8)
     (data / "circle" / "zero.jpg").write_bytes(b"")
     (data / "vstripes" / "fake.PNG").write_text("plain text")
-    config = load_config(None, [*tiny_overrides(data), "model.name=mlp", "train.epochs=1"])
+    config = load_config(
+        None, [*tiny_overrides(data), "model.name=mlp", "train.epochs=1", "train.diagnostics=false"]
+    )
     run = train(config, out=tmp_path / "run", verbose=0)
+    assert not (run / "diagnostics.json").exists()  # switched off
     report = json.loads((run / "data_report.json").read_text())
     assert sorted(s["file"] for s in report["skipped"]) == ["circle/zero.jpg", "vstripes/fake.PNG"]
     assert (run / "model.keras").is_file()
