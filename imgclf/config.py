@@ -53,6 +53,43 @@ class DataConfig(_Section):
     normalize: Literal["unit", "standardize"] = "unit"  # 0..1, or z-score adapted on train
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
+    # Keep only these classes of the source, by the source's names, in this order (labels.json
+    # follows it); names unknown to the source are reported when the data is loaded.
+    classes: tuple[str, ...] | None = None
+    # Keep at most this many training images per class (seeded); validation and test untouched.
+    max_per_class: PositiveInt | None = None
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_names_as_text(cls, value: Any) -> Any:
+        # `data.classes=[3,5]` on the command line parses as integers: digits name classes too.
+        if isinstance(value, list | tuple):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        if value is not None:
+            raise ValueError(
+                f"data.classes: got {value!r}; expected a list of class names, e.g. [cats, dogs]"
+            )
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _check_classes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError(
+                "data.classes: empty list; list at least 2 class names, or null for all classes"
+            )
+        seen: set[str] = set()
+        for name in value:
+            if name in seen:
+                raise ValueError(f"data.classes: {name!r} is listed twice")
+            seen.add(name)
+        if len(value) < 2:
+            raise ValueError(
+                f"data.classes: keeps 1 class ({value[0]!r}); a classifier needs at least 2"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

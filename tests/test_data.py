@@ -141,3 +141,144 @@ def test_keras_source_offline_says_where_to_put_the_file(tmp_path: Path, monkeyp
     msg = str(err.value)
     assert "could not load Keras dataset 'mnist'" in msg
     assert str(tmp_path / "keras-home" / "datasets") in msg and "\n" not in msg
+
+
+# --------------------------------------------------------------------------------------------
+# data.classes and data.max_per_class
+
+
+def _mnist(*overrides: str):
+    return load_config(None, list(overrides))
+
+
+def test_classes_keep_exactly_the_listed_digits_in_the_listed_order():
+    full = load_pool(_mnist().data)
+    kept = ["5", "6", "7", "8", "9"]
+    pool = load_pool(_mnist("data.classes=[5,6,7,8,9]").data)  # YAML integers name classes too
+    assert pool.class_names == kept
+    assert np.bincount(pool.labels).tolist() == [500] * 5
+    # Exactly the images of the full pool whose original label is listed, re-labelled 0..4.
+    chosen = np.isin(full.labels, [5, 6, 7, 8, 9])
+    assert np.array_equal(pool.images, full.images[chosen])
+    assert np.array_equal(pool.labels, full.labels[chosen] - 5)
+
+    splits = load_data(_mnist('data.classes=["5","6","7","8","9"]'))
+    assert splits.class_names == kept and splits.report["classes_kept"] == kept
+    assert splits.report["classes"] == kept
+    assert "max_per_class" not in splits.report and "train_before_cap" not in splits.report
+    for split in (splits.train, splits.val, splits.test):
+        assert split.y.min() >= 0 and split.y.max() <= 4
+    assert set(splits.report["counts"]["test"]) == set(kept)
+    # The test images really are those digits: each one is found in the full pool with its label.
+    by_bytes = {
+        img.tobytes(): int(label) for img, label in zip(full.images, full.labels, strict=True)
+    }
+    assert [by_bytes[img.tobytes()] for img in splits.test.x] == (splits.test.y + 5).tolist()
+
+
+def test_classes_order_is_the_configs():
+    full = load_pool(_mnist().data)
+    splits = load_data(_mnist("data.classes=['7','3']"))
+    assert splits.class_names == ["7", "3"]
+    assert sum(splits.report["totals"].values()) == 1000
+    # Label 0 is digit 7: the label-0 test images are all images of 7 in the full pool.
+    sevens = {img.tobytes() for img in full.images[full.labels == 7]}
+    threes = {img.tobytes() for img in full.images[full.labels == 3]}
+    for split in (splits.train, splits.val, splits.test):
+        assert all(img.tobytes() in sevens for img in split.x[split.y == 0])
+        assert all(img.tobytes() in threes for img in split.x[split.y == 1])
+
+
+def test_classes_errors_are_one_line():
+    from imgclf.errors import ConfigError
+
+    with pytest.raises(DataError) as err:
+        load_pool(_mnist("data.classes=['3','11','x']").data)
+    msg = str(err.value)
+    assert "data.classes: unknown class(es) '11', 'x' for source mnist5k" in msg
+    assert "available: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in msg and "'3'" not in msg
+    assert "\n" not in msg
+    with pytest.raises(ConfigError, match=r"^data\.classes: '3' is listed twice$"):
+        _mnist("data.classes=['3','5','3']")
+    with pytest.raises(ConfigError, match=r"data\.classes: .*needs at least 2"):
+        _mnist("data.classes=['3']")
+    with pytest.raises(ConfigError, match=r"data\.classes: empty list"):
+        _mnist("data.classes=[]")
+    with pytest.raises(ConfigError, match=r"data\.classes: got 3; expected a list"):
+        _mnist("data.classes=3")
+    with pytest.raises(ConfigError, match=r"data\.max_per_class"):
+        _mnist("data.max_per_class=0")
+
+
+def test_max_per_class_thins_training_only_and_is_seeded():
+    base = load_data(_mnist("seed=3"))
+    capped = load_data(_mnist("seed=3", "data.max_per_class=5"))
+    assert np.bincount(capped.train.y).tolist() == [5] * 10
+    assert capped.report["counts"]["train"] == {str(d): 5 for d in range(10)}
+    assert capped.report["totals"]["train"] == 50
+    assert capped.report["max_per_class"] == 5
+    assert capped.report["train_before_cap"] == base.report["counts"]["train"]
+    for name in ("val", "test"):  # validation and test are exactly the uncapped run's
+        a, b = getattr(base, name), getattr(capped, name)
+        assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
+        assert base.report["counts"][name] == capped.report["counts"][name]
+    # The kept training images are training images of the uncapped run (nothing leaks in).
+    train_bytes = {img.tobytes() for img in base.train.x}
+    assert all(img.tobytes() in train_bytes for img in capped.train.x)
+
+    again = load_data(_mnist("seed=3", "data.max_per_class=5"))
+    assert np.array_equal(again.train.x, capped.train.x)
+    assert np.array_equal(again.train.y, capped.train.y)
+    other = load_data(_mnist("seed=4", "data.max_per_class=5"))
+    assert {i.tobytes() for i in other.train.x} != {i.tobytes() for i in capped.train.x}
+
+
+def test_max_per_class_subsets_are_nested_and_a_large_cap_changes_nothing():
+    from imgclf.data import cap_per_class
+
+    labels = np.repeat(np.arange(3), [30, 5, 12])
+    idx = np.arange(len(labels))
+    small = cap_per_class(labels, idx, 4, seed=0)
+    large = cap_per_class(labels, idx, 10, seed=0)
+    assert np.bincount(labels[small]).tolist() == [4, 4, 4]
+    assert np.bincount(labels[large]).tolist() == [10, 5, 10]  # a small class keeps all it has
+    assert set(small) <= set(large)
+    assert np.array_equal(cap_per_class(labels, idx, 100, seed=0), idx)
+
+    splits = load_data(_mnist("data.classes=[1,2]", "data.max_per_class=1000"))
+    uncapped = load_data(_mnist("data.classes=[1,2]"))
+    assert np.array_equal(splits.train.x, uncapped.train.x)
+    assert splits.report["train_before_cap"] == splits.report["counts"]["train"]
+
+
+def test_folder_classes_skip_decoding_the_dropped_classes(tmp_path: Path):
+    root = write_folder_dataset(tmp_path / "ds", per_class=8)
+    (root / "circle" / "broken.png").write_bytes(b"broken")  # dropped: never opened
+    (root / "vstripes" / "cut.png").write_bytes(b"")  # kept: reported
+    config = _folder_config(root, "data.classes=[vstripes,hstripes]", "data.max_per_class=3")
+    splits = load_data(config)
+    assert splits.class_names == ["vstripes", "hstripes"]
+    assert [s["file"] for s in splits.report["skipped"]] == ["vstripes/cut.png"]
+    files = splits.train.files + splits.val.files + splits.test.files
+    assert not [f for f in files if f.startswith("circle/")]
+    for split in (splits.train, splits.val, splits.test):
+        assert all(
+            f.startswith(splits.class_names[y] + "/")
+            for f, y in zip(split.files, split.y, strict=True)
+        )
+    assert splits.report["counts"]["train"] == {"vstripes": 3, "hstripes": 3}
+    assert splits.report["classes_kept"] == ["vstripes", "hstripes"]
+
+    with pytest.raises(DataError) as err:
+        load_data(_folder_config(root, "data.classes=[circle,squares]"))
+    assert "unknown class(es) 'squares' for source folder" in str(err.value)
+    assert "available: circle, hstripes, vstripes" in str(err.value)
+
+
+def test_classes_and_cap_survive_the_run_config_round_trip(tmp_path: Path):
+    from imgclf.config import dump_config
+
+    config = _mnist("data.classes=[7,3]", "data.max_per_class=20")
+    (tmp_path / "config.yaml").write_text(dump_config(config))
+    again = load_config(tmp_path / "config.yaml")
+    assert again == config and again.data.classes == ("7", "3")
