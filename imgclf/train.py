@@ -98,6 +98,14 @@ def _model_card(
     counts = splits.report["totals"]
     height, width = config.data.image_size
     source = config.data.source + (f" ({config.data.path})" if config.data.path else "")
+    subset = ""
+    if config.data.classes:
+        subset += f"\n- Classes kept from the source: {', '.join(config.data.classes)}"
+    if config.data.max_per_class:
+        subset += (
+            f"\n- Training images capped at {config.data.max_per_class} per class "
+            "(validation and test are not capped)"
+        )
     if parity is None:
         export = (
             f"- SavedModel export skipped: it needs the TensorFlow backend and this run trained "
@@ -122,7 +130,7 @@ def _model_card(
 ## Training data
 - Source: {source}
 - Split (stratified, seed {config.seed}): {counts["train"]} train, {counts["val"]} validation,
-  {counts["test"]} test; {len(splits.report["skipped"])} unreadable file(s) skipped
+  {counts["test"]} test; {len(splits.report["skipped"])} unreadable file(s) skipped{subset}
 
 ## Recipe
 - Keras backend `{backend}`
