@@ -226,7 +226,8 @@ def plot_activations(diag: dict, path: str | Path) -> None:
         ax_dead.text(
             0.5,
             0.5,
-            "no ReLU layers: dead units do not apply\n(leaky ReLU, PReLU, sigmoid... never die)",
+            "no ReLU layers: dead units are not measured\n"
+            "(leaky ReLU and PReLU cannot die;\nsigmoid and tanh saturate instead)",
             ha="center",
             va="center",
         )
