@@ -59,7 +59,7 @@ def check_backend(config: Config) -> None:
     """
     from imgclf.errors import ConfigError
 
-    distribute = getattr(config.train, "distribute", "none")
+    distribute = config.train.distribute
     if distribute != "none" and not uses_tensorflow():
         raise ConfigError(
             f"train.distribute={distribute} uses tf.distribute and needs the TensorFlow backend; "

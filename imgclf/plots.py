@@ -138,6 +138,14 @@ def _diag_legend(ax: plt.Axes, fig: plt.Figure, names: Sequence[str]) -> None:
         fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.04, label="layer index (input → output)")
 
 
+def _save_empty(fig: plt.Figure, axes: Sequence[plt.Axes], message: str, path: str | Path) -> None:
+    """Save a figure whose panels only say why there is nothing to plot."""
+    for ax in axes:
+        ax.text(0.5, 0.5, message, ha="center", va="center")
+        ax.set_axis_off()
+    _save(fig, path)
+
+
 def plot_gradients(diag: dict, path: str | Path) -> None:
     """Gradient norm per layer vs epoch (log scale), and per layer from input to output at the
     first and last recorded epoch: a vanishing gradient shows as a curve rising to the right."""
@@ -145,10 +153,7 @@ def plot_gradients(diag: dict, path: str | Path) -> None:
     entries = [e for e in diag.get("epochs", []) if e.get("grad_norm")]
     fig, (ax_time, ax_depth) = plt.subplots(1, 2, figsize=(12, 4.5))
     if not names or not entries:
-        for ax in (ax_time, ax_depth):
-            ax.text(0.5, 0.5, "no gradient norms recorded", ha="center", va="center")
-            ax.set_axis_off()
-        _save(fig, path)
+        _save_empty(fig, (ax_time, ax_depth), "no gradient norms recorded", path)
         return
     epochs = np.asarray([e["epoch"] for e in entries])
     for name, color in zip(names, _diag_colors(len(names)), strict=True):
@@ -194,10 +199,7 @@ def plot_activations(diag: dict, path: str | Path) -> None:
     entries = list(diag.get("epochs", []))
     fig, (ax_mean, ax_dead) = plt.subplots(1, 2, figsize=(12, 4.5))
     if not names or not entries:
-        for ax in (ax_mean, ax_dead):
-            ax.text(0.5, 0.5, "no activation layers recorded", ha="center", va="center")
-            ax.set_axis_off()
-        _save(fig, path)
+        _save_empty(fig, (ax_mean, ax_dead), "no activation layers recorded", path)
         return
     epochs = np.asarray([e["epoch"] for e in entries])
     any_dead = False
