@@ -131,6 +131,10 @@ class ModelConfig(_Section):
     hidden_dropout: Fraction = 0.0  # after every hidden layer (dense layers, conv blocks)
     l1: Annotated[float, Field(ge=0.0)] = 0.0
     l2: Annotated[float, Field(ge=0.0)] = 1.0e-4
+    # Start from trained weights: null (random), imagenet (pretrained backbones only), a local
+    # weights file (.h5 / .weights.h5) for the backbone, or a run directory (runs/<run>) whose
+    # model's backbone is re-used under a new head. Any of them turns on the `transfer` schedule.
+    weights: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -141,6 +145,33 @@ class ModelConfig(_Section):
         if name not in names:
             raise ValueError(f"model.name: unknown model {name!r}; available: {', '.join(names)}")
         return name
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_form(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "null", "none"):
+            return None
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> ModelConfig:
+        from imgclf.models.registry import is_pretrainable
+
+        if self.weights is None:
+            return self
+        published = self.weights.lower() == "imagenet" or self.weights.endswith(".h5")
+        if published and not is_pretrainable(self.name):
+            raise ValueError(
+                f"model.weights={self.weights!r} needs a pretrained backbone family "
+                f"(resnet50, resnet50v2, mobilenetv2, ...); `{self.name}` has no published "
+                "weights: use null, or a run directory (runs/<run>) to re-use your own model"
+            )
+        return self
+
+    @property
+    def pretrained(self) -> bool:
+        """True when training starts from trained weights (the two-phase `transfer` schedule)."""
+        return self.weights is not None
 
 
 class AugmentConfig(_Section):
@@ -227,6 +258,37 @@ class TrainConfig(_Section):
         return self
 
 
+class TransferConfig(_Section):
+    """The two-phase schedule of a model started from trained weights (`model.weights` set).
+
+    Phase `head`: the backbone is frozen and only the new head trains, `head_epochs` at
+    `train.learning_rate`. Phase `fine_tune`: the top `unfreeze` backbone layers train too, for
+    `fine_tune_epochs` at `train.learning_rate × fine_tune_lr_factor`. Batch-norm layers of the
+    backbone stay frozen and in inference mode in both phases. `train.epochs` is not used.
+    """
+
+    head_epochs: Annotated[int, Field(ge=0)] = 5
+    fine_tune_epochs: Annotated[int, Field(ge=0)] = 5
+    # How much of the backbone phase 2 trains: `all`, the top N layers (counted over the
+    # backbone's layers in order, nested models flattened), or a layer name to unfreeze from.
+    unfreeze: PositiveInt | str = "all"
+    fine_tune_lr_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    # Discriminative rates in phase 2: the top backbone block trains at lr × decay, the block
+    # below it at lr × decay², ...; the head at lr. null = one rate for all.
+    layer_lr_decay: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    # Phase 1 on cached backbone features (the same model, much faster): when augmentation is
+    # off. auto = whenever it applies; false = always through the backbone.
+    cache_features: Literal["auto"] | bool = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> TransferConfig:
+        if self.head_epochs + self.fine_tune_epochs == 0:
+            raise ValueError(
+                "transfer.head_epochs and transfer.fine_tune_epochs are both 0; set at least one"
+            )
+        return self
+
+
 class Config(_Section):
     """A whole run: every field has a default, and the defaults are the embedded default recipe."""
 
@@ -238,9 +300,25 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     augment: AugmentConfig = AugmentConfig(rotation=0.03, zoom=0.05, translate=0.05)
     train: TrainConfig = TrainConfig()
+    transfer: TransferConfig = TransferConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:
+        if self.transfer.cache_features is True and self.augment.enabled:
+            raise ValueError(
+                "transfer.cache_features=true needs augmentation off (cached features cannot be "
+                "augmented); switch augment.* off or set transfer.cache_features=auto"
+            )
+        if self.model.pretrained and self.train.distribute != "none":
+            raise ValueError(
+                "train.distribute is not supported with model.weights (the two-phase transfer "
+                "schedule) yet; use train.distribute=none"
+            )
+        if self.model.pretrained and self.train.warmup_epochs >= max(self.transfer.head_epochs, 1):
+            raise ValueError(
+                f"train.warmup_epochs ({self.train.warmup_epochs}) must be smaller than "
+                f"transfer.head_epochs ({self.transfer.head_epochs}): warm-up happens in phase 1"
+            )
         colour = [k for k in ("hue", "saturation", "randaugment") if getattr(self.augment, k)]
         if self.data.channels == 1 and colour:
             raise ValueError(

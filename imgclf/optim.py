@@ -120,10 +120,15 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, 
     return {c: float(total / (num_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
 
 
-def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) -> None:
-    """Compile with the recipe's optimiser, loss, XLA setting and steps per execution."""
+def compile_model(
+    model: keras.Model,
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    optimizer: keras.optimizers.Optimizer | None = None,
+) -> None:
+    """Compile with the recipe's optimiser (or `optimizer`), loss, XLA and steps per execution."""
     model.compile(
-        optimizer=make_optimizer(cfg, steps_per_epoch),
+        optimizer=optimizer or make_optimizer(cfg, steps_per_epoch),
         loss=make_loss(cfg),
         metrics=["accuracy"],
         jit_compile=cfg.jit_compile,

@@ -21,14 +21,25 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(history: dict[str, Sequence[float]], path: str | Path) -> None:
-    """Loss and accuracy per epoch, training vs validation."""
+def phase_starts(phases: Sequence[str]) -> list[tuple[int, str]]:
+    """(1-based epoch, phase) where each phase after the first begins, e.g. [(6, "fine_tune")]."""
+    return [(i + 1, phase) for i, phase in enumerate(phases) if i > 0 and phase != phases[i - 1]]
+
+
+def plot_curves(
+    history: dict[str, Sequence[float]], path: str | Path, phases: Sequence[str] = ()
+) -> None:
+    """Loss and accuracy per epoch, training vs validation; a dashed line where a new phase of
+    the transfer schedule (fine-tuning) begins."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for key, style in ((metric, "-o"), (f"val_{metric}", "-s")):
             if history.get(key):
                 ax.plot(epochs, history[key], style, markersize=3, label=key)
+        for epoch, phase in phase_starts(phases):
+            # The line sits between the last epoch of the old phase and the first of the new.
+            ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1, label=f"{phase}")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)

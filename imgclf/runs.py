@@ -111,6 +111,14 @@ def read_labels(path: str | Path) -> list[str]:
     return labels
 
 
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run's config.yaml as a plain dict (not validated: an older run may predate a key)."""
+    import yaml
+
+    data = yaml.safe_load((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
 def point_latest(run_dir: Path) -> None:
     """Make `<parent>/latest` a relative symlink to `run_dir` (best effort; atomic swap)."""
     link = run_dir.parent / LATEST

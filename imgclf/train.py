@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import keras
 
     from imgclf.data import Splits
+    from imgclf.transfer import Phase
 
 HISTORY_FIELDS = (
     "epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds",
@@ -35,9 +36,9 @@ HISTORY_FIELDS = (
 MAX_SAMPLES = 10
 
 
-def _history_callback(path: Path, phase: str) -> keras.callbacks.Callback:
+def _history_callback(path: Path) -> keras.callbacks.Callback:
     """A callback that rewrites history.csv (atomically) after every epoch, so an interrupted run
-    still shows what it learned."""
+    still shows what it learned. Set its `phase` before each `fit`; epochs count on across fits."""
     import keras
 
     class HistoryCSV(keras.callbacks.Callback):
@@ -45,6 +46,7 @@ def _history_callback(path: Path, phase: str) -> keras.callbacks.Callback:
             super().__init__()
             self.rows: list[dict[str, Any]] = []
             self._start = 0.0
+            self.phase = "train"
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self._start = time.perf_counter()
@@ -52,7 +54,7 @@ def _history_callback(path: Path, phase: str) -> keras.callbacks.Callback:
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
             lr = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-            row = {"epoch": len(self.rows) + 1, "phase": phase}
+            row = {"epoch": len(self.rows) + 1, "phase": self.phase}
             row.update({k: f"{float(logs[k]):.6g}" for k in HISTORY_FIELDS[2:6] if k in logs})
             row["learning_rate"] = f"{float(lr):.6g}"
             row["seconds"] = f"{time.perf_counter() - self._start:.2f}"
@@ -64,6 +66,148 @@ def _history_callback(path: Path, phase: str) -> keras.callbacks.Callback:
             runs.write_text(path, buffer.getvalue())
 
     return HistoryCSV()
+
+
+class _PhaseFitter:
+    """Runs the phases of `transfer.plan_phases` on one model: for each, sets what trains,
+    compiles, fits with fresh early stopping, and reports what it did (metrics.json `phases`).
+
+    After fine-tuning, when best-weight restore is on and fine-tuning never beat the end of the
+    head phase on the monitored validation figure, the head-phase weights are put back (and the
+    report says so): fine-tuning is only kept when it helped.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        config: Config,
+        splits: Splits,
+        data: tuple[Any, Any],
+        batch_size: int,
+        history: Any,
+        diagnostics: Any,
+        strategy: Any,
+        verbose: int | str,
+    ) -> None:
+        self.model, self.config, self.splits, self.data = model, config, splits, data
+        self.batch_size, self.history, self.diagnostics = batch_size, history, diagnostics
+        self.strategy, self.verbose = strategy, verbose
+        self._head_end: tuple[float, list[Any]] | None = None  # (best monitored, weights)
+
+    def __call__(self, phase: Phase) -> dict[str, Any]:
+        import keras
+
+        from imgclf.distribute import fit_multiworker
+        from imgclf.optim import (
+            class_weights,
+            compile_model,
+            make_optimizer,
+            schedule_callbacks,
+            steps_per_epoch,
+        )
+        from imgclf.transfer import (
+            can_cache_features,
+            fit_head_on_features,
+            freeze_backbone,
+            layerwise_rates,
+            trainable_summary,
+            unfreeze_top,
+            with_layer_rates,
+        )
+
+        model, config, tcfg = self.model, self.config, phase.train
+        report: dict[str, Any] = {
+            "phase": phase.name,
+            "max_epochs": tcfg.epochs,
+            "learning_rate": tcfg.learning_rate,
+        }
+        if phase.name == "head":
+            freeze_backbone(model)
+        elif phase.name == "fine_tune":
+            report["unfrozen_layers"] = unfreeze_top(model, config.transfer.unfreeze)
+        steps = steps_per_epoch(len(self.splits.train), self.batch_size)
+        if phase.name != "train":  # what trains changed: compile again
+            optimizer = make_optimizer(tcfg, steps)
+            decay = config.transfer.layer_lr_decay
+            if phase.name == "fine_tune" and decay:
+                optimizer = with_layer_rates(optimizer, model, layerwise_rates(model, decay))
+                report["layer_lr_decay"] = decay
+            compile_model(model, tcfg, steps, optimizer)
+        report.update(trainable_summary(model))
+        es = tcfg.early_stopping
+        early = keras.callbacks.EarlyStopping(
+            monitor=es.monitor,
+            mode="min" if es.monitor == "val_loss" else "max",
+            # patience 0 means "never stop early"; best weights are still restored.
+            patience=es.patience if es.patience > 0 else tcfg.epochs + 1,
+            min_delta=es.min_delta,
+            restore_best_weights=es.restore_best,
+            verbose=1 if self.verbose else 0,
+        )
+        self.history.phase = phase.name
+        callbacks = [*schedule_callbacks(tcfg), self.history, early]
+        cached = phase.name != "train" and can_cache_features(config, phase)
+        if self.diagnostics is not None and not cached:
+            self.diagnostics.phase = phase.name
+            callbacks.append(self.diagnostics)
+        if self.verbose and phase.name != "train":
+            print(
+                f"phase {phase.name}: {report['trainable_params']:,} trainable / "
+                f"{report['frozen_params']:,} frozen parameters, up to {tcfg.epochs} epochs at "
+                f"learning rate {tcfg.learning_rate:g}"
+                + (", on cached backbone features" if cached else ""),
+                flush=True,
+            )
+        weights = class_weights(
+            self.splits.train.y, len(self.splits.class_names), tcfg.class_weight
+        )
+        rows_before = len(self.history.rows)
+        start = time.perf_counter()
+        if cached:
+            fit_head_on_features(
+                model, self.splits, config, phase, self.batch_size, callbacks, weights,
+                self.verbose,
+            )  # fmt: skip
+        elif tcfg.distribute == "multiworker":
+            fit_multiworker(
+                model, self.strategy, *self.data, tcfg.epochs, callbacks, weights, self.verbose
+            )
+        else:
+            # shuffle=False: the pipeline already reshuffles every epoch, with the seed.
+            model.fit(
+                self.data[0],
+                validation_data=self.data[1],
+                epochs=tcfg.epochs,
+                callbacks=callbacks,
+                verbose=self.verbose,
+                shuffle=False,
+                class_weight=weights,
+            )
+        report["seconds"] = round(time.perf_counter() - start, 2)
+        report["epochs_run"] = len(self.history.rows) - rows_before
+        report["cached_features"] = cached
+        best = early.best
+        report[f"best_{es.monitor}"] = float(best) if best is not None else None
+        self._keep_if_better(phase, report, best, es)
+        return report
+
+    def _keep_if_better(self, phase: Phase, report: dict[str, Any], best: Any, es: Any) -> None:
+        if not es.restore_best or best is None:
+            return
+        if phase.name == "head":
+            self._head_end = (float(best), self.model.get_weights())
+        elif phase.name == "fine_tune" and self._head_end is not None:
+            head_best, head_weights = self._head_end
+            worse = best > head_best if es.monitor == "val_loss" else best < head_best
+            report["kept"] = not worse
+            if worse:
+                self.model.set_weights(head_weights)
+                if self.verbose:
+                    print(
+                        f"fine-tuning never beat the head phase on {es.monitor} "
+                        f"({float(best):.4f} vs {head_best:.4f}): keeping the head-phase weights",
+                        flush=True,
+                    )
 
 
 def _save_samples(run_dir: Path, splits: Splits) -> None:
@@ -82,6 +226,25 @@ def _save_samples(run_dir: Path, splits: Splits) -> None:
             Image.fromarray(pixels).save(tmp, format="PNG")
 
 
+def _transfer_lines(config: Config, metrics: dict[str, Any]) -> str:
+    """The model card's lines on where the weights came from and what each phase did."""
+    if not config.model.pretrained:
+        return ""
+    lines = [f"\n- Started from trained weights: `{config.model.weights}`"]
+    for p in metrics.get("phases", []):
+        what = {"head": "backbone frozen, new head trained", "fine_tune": "top of the backbone "
+                f"unfrozen ({len(p.get('unfrozen_layers', []))} layers with weights; batch-norm "
+                "stays frozen)"}.get(p["phase"], "")  # fmt: skip
+        kept = "" if p.get("kept", True) else "; did not beat the head phase, so not kept"
+        lines.append(
+            f"\n- Phase `{p['phase']}`: {what}; {p['epochs_run']} epoch(s) at learning rate "
+            f"{p['learning_rate']:g}, {p['trainable_params']:,} trainable parameters"
+            + (", trained on cached backbone features" if p.get("cached_features") else "")
+            + kept
+        )
+    return "".join(lines)
+
+
 def _model_card(
     config: Config,
     splits: Splits,
@@ -96,6 +259,9 @@ def _model_card(
         for name, m in metrics["per_class"].items()
     )
     counts = splits.report["totals"]
+    transfer = _transfer_lines(config, metrics)
+    augment = "on" if config.augment.enabled else "off"
+    epochs = "" if config.model.pretrained else f"up to {config.train.epochs} epochs, "
     height, width = config.data.image_size
     source = config.data.source + (f" ({config.data.path})" if config.data.path else "")
     subset = ""
@@ -135,9 +301,9 @@ def _model_card(
 ## Recipe
 - Keras backend `{backend}`
 - Optimizer `{config.train.optimizer}`, learning rate {config.train.learning_rate}, batch size
-  {config.train.batch_size}, up to {config.train.epochs} epochs, early stopping on
+  {config.train.batch_size}, {epochs}early stopping on
   `{config.train.early_stopping.monitor}` (patience {config.train.early_stopping.patience})
-- Augmentation: {"on" if config.augment.enabled else "off"}; the full recipe is in `config.yaml`
+- Augmentation: {augment}; the full recipe is in `config.yaml`{transfer}
 
 ## Test results (held-out, evaluated once with the best weights)
 - Accuracy {test["accuracy"]:.4f}, top-{test["k"]} accuracy {test["top_k_accuracy"]:.4f},
@@ -185,18 +351,13 @@ def train(
     )
     from imgclf.data import load_data
     from imgclf.diagnostics import fixed_batch, make_diagnostics, should_enable
-    from imgclf.distribute import fit_multiworker, is_chief, make_strategy
+    from imgclf.distribute import is_chief, make_strategy
     from imgclf.evaluate import evaluate
     from imgclf.export import export_saved_model
     from imgclf.models import build_model
-    from imgclf.optim import (
-        class_weights,
-        compile_model,
-        resolve_batch_size,
-        schedule_callbacks,
-        steps_per_epoch,
-    )
+    from imgclf.optim import compile_model, resolve_batch_size, steps_per_epoch
     from imgclf.plots import plot_confusion, plot_curves
+    from imgclf.transfer import plan_phases
 
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
@@ -223,7 +384,8 @@ def train(
         # Variables (model and optimiser) are created under the strategy, so they are mirrored.
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model = build_model(config, num_classes, splits.train.x)
-            compile_model(model, tcfg, steps_per_epoch(len(splits.train), batch_size))
+            if not config.model.pretrained:
+                compile_model(model, tcfg, steps_per_epoch(len(splits.train), batch_size))
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
@@ -248,41 +410,18 @@ def train(
 
     augmenter = build_augmenter(config.augment, config.data.image_size, config.seed)
     # tf.data pipelines on the TensorFlow backend, NumPy PyDatasets (no TensorFlow) on others.
-    train_ds, val_ds = make_training_data(splits, config, batch_size, augmenter)
-    es = tcfg.early_stopping
-    history_cb = _history_callback(run_dir / runs.HISTORY, phase="train")
-    callbacks = [
-        *schedule_callbacks(tcfg),
-        history_cb,
-        keras.callbacks.EarlyStopping(
-            monitor=es.monitor,
-            mode="min" if es.monitor == "val_loss" else "max",
-            # patience 0 means "never stop early"; best weights are still restored.
-            patience=es.patience if es.patience > 0 else tcfg.epochs + 1,
-            min_delta=es.min_delta,
-            restore_best_weights=es.restore_best,
-            verbose=1 if verbose else 0,
-        ),
-    ]
+    data = make_training_data(splits, config, batch_size, augmenter)
+    history_cb = _history_callback(run_dir / runs.HISTORY)
+    diagnostics = None
     # Diagnostics read gradients outside the strategy's replica context: single device only.
     if strategy is None and should_enable(model, tcfg.diagnostics):
         # Gradient/activation statistics on a fixed batch of training images, every epoch.
         diag_x, diag_y = fixed_batch(splits.train.x, splits.train.y, n=64, seed=config.seed)
-        callbacks.append(make_diagnostics(run_dir, diag_x, diag_y))
-    weights = class_weights(splits.train.y, num_classes, tcfg.class_weight)
-    if tcfg.distribute == "multiworker":
-        fit_multiworker(model, strategy, train_ds, val_ds, tcfg.epochs, callbacks, weights, verbose)
-    else:
-        # shuffle=False: the pipeline already reshuffles every epoch, with the seed.
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=tcfg.epochs,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,
-            class_weight=weights,
-        )
+        diagnostics = make_diagnostics(run_dir, diag_x, diag_y)
+    fit = _PhaseFitter(
+        model, config, splits, data, batch_size, history_cb, diagnostics, strategy, verbose
+    )
+    phase_reports = [fit(phase) for phase in plan_phases(config)]
     if strategy is not None:
         # Evaluate, save and export a single-device copy: the trained weights without the
         # strategy, so model.keras and the SavedModel do not depend on how training ran.
@@ -303,10 +442,11 @@ def train(
     )
     metrics["counts"] = splits.report["totals"]
     metrics["epochs_run"] = len(history_cb.rows)
+    metrics["phases"] = phase_reports
     runs.write_json(run_dir / runs.METRICS, metrics)
 
-    history = _read_history(run_dir / runs.HISTORY)
-    plot_curves(history, run_dir / runs.PLOTS / "curves.png")
+    history, phases = _read_history(run_dir / runs.HISTORY)
+    plot_curves(history, run_dir / runs.PLOTS / "curves.png", phases)
     plot_confusion(
         np.asarray(metrics["confusion_matrix"]),
         splits.class_names,
@@ -343,13 +483,15 @@ def train(
     return run_dir
 
 
-def _read_history(path: Path) -> dict[str, list[float]]:
+def _read_history(path: Path) -> tuple[dict[str, list[float]], list[str]]:
+    """(curves by metric, phase of every epoch) from history.csv."""
     with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    return {
+    curves = {
         key: [float(r[key]) for r in rows if r.get(key)]
         for key in ("loss", "accuracy", "val_loss", "val_accuracy")
     }
+    return curves, [r.get("phase") or "train" for r in rows]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,3 +55,41 @@ class Maxout(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pieces": self.pieces}
+
+
+# The per-channel ImageNet means (B, G, R) that Keras' "caffe" preprocess_input subtracts.
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="imgclf")
+class BackbonePreprocess(keras.layers.Layer):
+    """Raw pixels 0..255 → what a pretrained keras.applications backbone expects.
+
+    Grey images (1 channel) are repeated to RGB first. Then `mode`, as Keras'
+    `preprocess_input` of the family does it: "caffe" (ResNet v1: RGB → BGR, minus the ImageNet
+    channel means, no scaling), "tf" (ResNet v2, MobileNetV2: scaled to -1..1) or "none"
+    (EfficientNet normalises inside its own graph). A layer, not a Lambda, so safe-mode loading
+    and every export keep it.
+    """
+
+    def __init__(self, mode: str = "caffe", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf", "none"):
+            raise ValueError(f"BackbonePreprocess mode must be caffe, tf or none, got {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        if x.shape[-1] == 1:
+            x = ops.concatenate([x, x, x], axis=-1)
+        if self.mode == "caffe":
+            x = ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_BGR_MEAN, dtype=x.dtype)
+        elif self.mode == "tf":
+            x = x / 127.5 - 1.0
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}

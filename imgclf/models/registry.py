@@ -19,20 +19,39 @@ if TYPE_CHECKING:
     from imgclf.config import Config
 
 # Modules whose import registers their builders.
-_FAMILY_MODULES = ("imgclf.models.mlp", "imgclf.models.cnn", "imgclf.models.resnet")
+_FAMILY_MODULES = (
+    "imgclf.models.mlp",
+    "imgclf.models.cnn",
+    "imgclf.models.resnet",
+    "imgclf.models.backbones",
+)
 _REGISTRY: dict[str, Callable[..., Any]] = {}
+_PRETRAINABLE: set[str] = set()  # families with published weights (model.weights: imagenet)
 
 
-def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: make `fn(config, num_classes, train_images)` buildable as `model.name: <name>`."""
+def register(
+    name: str, *, pretrainable: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: make `fn(config, num_classes, train_images)` buildable as `model.name: <name>`.
+
+    `pretrainable` marks a family that accepts `model.weights: imagenet` or a weights file.
+    """
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = fn
+        if pretrainable:
+            _PRETRAINABLE.add(name)
         return fn
 
     return wrap
+
+
+def is_pretrainable(name: str) -> bool:
+    """True for families with published weights (the keras.applications backbones)."""
+    _load_families()
+    return name in _PRETRAINABLE
 
 
 def _load_families() -> None:
@@ -41,7 +60,7 @@ def _load_families() -> None:
 
 
 def register_custom_layers() -> None:
-    """Register imgclf's custom layers (Abs, Maxout) with Keras' serialisation.
+    """Register imgclf's custom layers (Abs, Maxout, BackbonePreprocess) with Keras' serialisation.
 
     Call it before `keras.saving.load_model` of a model built here: safe-mode loading only finds
     registered classes, and registering imports Keras (so it is not done when this module is
@@ -63,7 +82,8 @@ def build_model(
 
     The model takes raw pixels (float32 0..255, shape [N, H, W, C] from `config.data`) and returns
     softmax probabilities [N, num_classes]. `train_images` adapts the z-score normalisation when
-    `config.data.normalize == "standardize"`.
+    `config.data.normalize == "standardize"`. With `model.weights` set to a run directory the
+    model is that run's backbone under a new head (see `imgclf.models.reuse`).
     """
     _load_families()
     register_custom_layers()
@@ -72,4 +92,10 @@ def build_model(
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    weights = config.model.weights
+    if weights is not None and weights.lower() != "imagenet" and not weights.endswith(".h5"):
+        from imgclf.models.reuse import build_from_run
+
+        # A run directory: its trained backbone under a new head, whatever the family.
+        return build_from_run(config, num_classes)
     return _REGISTRY[name](config, num_classes, train_images)

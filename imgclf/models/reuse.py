@@ -1,0 +1,104 @@
+"""Re-use your own backbone: `model.weights: runs/<run>` takes the model a run trained (any
+registered family) up to its features — everything but the final classification layer and the
+dropout before it — and puts a new softmax head on it for the new label set.
+
+    pixels -> backbone (the earlier model's layers, preprocessing included, a nested model named
+    "backbone", called with training=False) -> features -> [head_dropout] -> probabilities
+
+This is how a user pre-trains on one dataset and transfers to another, and how imgclf shows
+transfer learning offline (configs/pretrain_mnist_0to4.yaml -> transfer_mnist_5to9_few_shot.yaml).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imgclf import runs
+from imgclf.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+
+    from imgclf.config import Config
+
+BACKBONE = "backbone"
+HEAD_LAYERS = ("head_dropout", "probabilities")  # what a new head replaces (models/blocks.py)
+
+
+def resolve_run(reference: str | Path) -> Path:
+    """The run directory `model.weights` names: the directory itself, or, when it does not
+    exist, the newest run in its parent folder whose name is `<name>-<timestamp>` (so a recipe
+    can say `runs/pretrain_mnist_0to4` and find the latest run of that config)."""
+    path = Path(reference).expanduser()
+    if runs.is_run_dir(path):
+        return path
+    if path.parent.is_dir():
+        named = sorted(
+            (p for p in path.parent.glob(f"{path.name}-*") if runs.is_run_dir(p)),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if named:
+            return named[-1]
+    raise ConfigError(
+        f"model.weights: {reference} is not a run directory (with {runs.MODEL}) and no run "
+        f"named {path.name}-<time> is in {path.parent}; train that run first, or give "
+        "imagenet, a .h5 weights file, or null"
+    )
+
+
+def load_run_model(run_dir: Path) -> keras.Model:
+    """The trained model of a run, loaded in safe mode (imgclf's custom layers registered)."""
+    import keras
+
+    from imgclf.models.registry import register_custom_layers
+
+    register_custom_layers()
+    return keras.saving.load_model(run_dir / runs.MODEL, compile=False, safe_mode=True)
+
+
+def feature_tensor(model: keras.Model) -> keras.KerasTensor:
+    """The tensor a model's head reads: the `features` layer's output, or else the input of
+    its head (head_dropout, or probabilities when there is no dropout)."""
+    names = {layer.name for layer in model.layers}
+    if "features" in names:
+        return model.get_layer("features").output
+    for name in HEAD_LAYERS:
+        if name in names:
+            return model.get_layer(name).input
+    raise ConfigError(
+        f"model.weights: the model {model.name!r} has no `probabilities` layer; only models "
+        "trained by imgclf can be re-used as a backbone"
+    )
+
+
+def build_from_run(config: Config, num_classes: int) -> keras.Model:
+    """The backbone of the run `config.model.weights` under a new head for `num_classes`."""
+    import keras
+
+    from imgclf.models.blocks import softmax_head
+
+    run_dir = resolve_run(config.model.weights or "")
+    source = runs.read_config(run_dir) if (run_dir / runs.CONFIG).is_file() else {}
+    family = source.get("model", {}).get("name")
+    if family and family != config.model.name:
+        raise ConfigError(
+            f"model.weights: {run_dir} holds a `{family}` model but model.name is "
+            f"`{config.model.name}`; set model.name={family}"
+        )
+    old = load_run_model(run_dir)
+    shape = tuple(old.input_shape[1:])
+    wanted = (*config.data.image_size, config.data.channels)
+    if shape != wanted:
+        raise ConfigError(
+            f"model.weights: {run_dir} was trained on {shape[0]}×{shape[1]}×{shape[2]} images "
+            f"but data.image_size/channels give {wanted[0]}×{wanted[1]}×{wanted[2]}; set "
+            f"data.image_size=[{shape[0]},{shape[1]}] and data.channels={shape[2]}"
+        )
+    backbone = keras.Model(old.inputs, feature_tensor(old), name=BACKBONE)
+    inputs = keras.Input(shape=shape, name="pixels")
+    # training=False: the earlier model's batch-norm statistics and dropout stay as trained.
+    x = backbone(inputs, training=False)
+    x = keras.layers.Identity(name="features")(x)
+    outputs = softmax_head(x, config.model, num_classes)
+    return keras.Model(inputs, outputs, name=f"{config.model.name}_transfer")
