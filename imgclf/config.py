@@ -279,6 +279,10 @@ class TransferConfig(_Section):
     # Phase 1 on cached backbone features (the same model, much faster): when augmentation is
     # off. auto = whenever it applies; false = always through the backbone.
     cache_features: Literal["auto"] | bool = "auto"
+    # Re-using a run (model.weights: runs/<run>): the layer whose output the new head reads.
+    # null = what the old head read (the penultimate features); e.g. `flatten` keeps only the
+    # convolutional part of a cnn. A 4-D feature map is flattened.
+    backbone_layer: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TransferConfig:

@@ -2,6 +2,8 @@
 
 `Predictor.from_path` accepts either; images go through the one decoder (`images.load_image`) at
 the model's size and channels and are classified in batches (never one `predict` call per image).
+`--explain DIR` also writes a Grad-CAM overlay of the top-1 class per image (`imgclf.explain`);
+it needs the Keras model, so a run directory.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imgclf import runs
 from imgclf.errors import UserError
 from imgclf.images import IMAGE_EXTENSIONS, ImageError, load_image
+
+if TYPE_CHECKING:
+    import keras
 
 BATCH_SIZE = 64
 
@@ -48,6 +54,7 @@ class Predictor:
         channels: int,
         kind: str,
         path: Path,
+        model: keras.Model | None = None,
     ) -> None:
         self._fn = fn
         self.class_names = class_names
@@ -55,6 +62,7 @@ class Predictor:
         self.channels = channels
         self.kind = kind  # "keras" (a run directory) or "saved_model"
         self.path = path
+        self.model = model  # the Keras model of a run directory (Grad-CAM needs it); else None
 
     @classmethod
     def from_path(cls, path: str | Path) -> Predictor:
@@ -83,7 +91,7 @@ class Predictor:
             return np.asarray(model.predict_on_batch(batch))
 
         labels = runs.read_labels(run_dir)
-        return cls(fn, labels, (height, width), channels, "keras", run_dir)
+        return cls(fn, labels, (height, width), channels, "keras", run_dir, model)
 
     @classmethod
     def _from_saved_model(cls, path: Path) -> Predictor:
@@ -123,12 +131,12 @@ class Predictor:
             for src, p, row in zip(sources, probs, order, strict=True)
         ]
 
-    def predict_files(
-        self, sources: Iterable[str | Path | bytes], k: int = 5
-    ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-        """Decode and classify files (or encoded bytes); returns (predictions, [(source, reason)]).
+    def decode_files(
+        self, sources: Iterable[str | Path | bytes]
+    ) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+        """Decode files (or encoded bytes) at the model's size and channels.
 
-        A file that cannot be decoded is reported in the second list; the others are classified.
+        Returns (names, uint8 images [N, H, W, C], [(source, reason)] for those that failed).
         """
         names, arrays, failures = [], [], []
         for src in sources:
@@ -139,8 +147,20 @@ class Predictor:
             except ImageError as exc:
                 failures.append((name, exc.reason))
         if not arrays:
+            return [], np.zeros((0, *self.image_size, self.channels), np.uint8), failures
+        return names, np.stack(arrays), failures
+
+    def predict_files(
+        self, sources: Iterable[str | Path | bytes], k: int = 5
+    ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+        """Decode and classify files (or encoded bytes); returns (predictions, [(source, reason)]).
+
+        A file that cannot be decoded is reported in the second list; the others are classified.
+        """
+        names, images, failures = self.decode_files(sources)
+        if not names:
             return [], failures
-        return self.top_k(self.predict_arrays(np.stack(arrays)), names, k), failures
+        return self.top_k(self.predict_arrays(images), names, k), failures
 
 
 def expand_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -210,25 +230,88 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (3)")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="also write DIR/<image stem>_gradcam.png: a Grad-CAM heatmap of the top-1 class over "
+        "the image (needs a run directory, not a SavedModel)",
+    )
+    parser.add_argument(
+        "--explain-layer",
+        metavar="NAME",
+        help="the layer Grad-CAM explains (default: the last convolutional feature map; "
+        "backbone/NAME for a layer inside a nested backbone)",
+    )
     return parser
 
 
+def _prepare_explain(predictor: Predictor, args: argparse.Namespace) -> str:
+    """Check the --explain options against the loaded model and create the folder; return the
+    target layer's name. Raises UserError before anything is classified."""
+    from imgclf import explain  # imports TensorFlow: only when asked for
+
+    if predictor.model is None:
+        raise UserError(f"--explain needs a run directory (with {runs.MODEL}), not {args.model}")
+    layer = explain.validate(predictor.model, args.explain_layer)
+    try:
+        Path(args.explain).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--explain {args.explain}: cannot create the folder ({exc})") from exc
+    return layer
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m imgclf.predict MODEL IMAGE_OR_DIR... [--top-k K] [--format table|json|csv]`."""
+    """`python -m imgclf.predict MODEL IMAGE_OR_DIR... [--top-k K] [--format table|json|csv]
+    [--explain DIR [--explain-layer NAME]]`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
+    if args.explain_layer is not None and args.explain is None:
+        parser.error("--explain-layer needs --explain DIR")
+    model_path = Path(args.model)
+    if (  # a SavedModel: fail before spending time loading it
+        args.explain is not None
+        and not runs.is_run_dir(model_path)
+        and (model_path / "saved_model.pb").is_file()
+    ):
+        print(
+            f"error: --explain needs a run directory (runs/<run>, with {runs.MODEL}): "
+            f"Grad-CAM needs the Keras model, and {model_path} is a SavedModel",
+            file=sys.stderr,
+        )
+        return 2
     files, failures = expand_inputs(args.images)
     try:
         predictor = Predictor.from_path(args.model)
     except (UserError, ValueError, OSError) as exc:
         print(f"error: cannot load model: {exc}", file=sys.stderr)
         return 2
-    predictions, unreadable = predictor.predict_files(files, args.top_k)
+    layer = None
+    if args.explain is not None:
+        try:  # an unknown --explain-layer fails here, before anything is printed
+            layer = _prepare_explain(predictor, args)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    names, images, unreadable = predictor.decode_files(files)
     failures += unreadable
-    if predictions:
-        _write(predictions, args.format)
+    if names:
+        probs = predictor.predict_arrays(images)
+        _write(predictor.top_k(probs, names, args.top_k), args.format)
+        if args.explain is not None:
+            from imgclf import explain
+
+            # The top-1 class, as printed (argmax takes the first of equal probabilities, like
+            # top_k's stable sort).
+            written = explain.save_overlays(
+                predictor.model, images, names, args.explain, np.argmax(probs, axis=1), layer
+            )
+            # stderr: stdout stays exactly the table/json/csv it is without --explain.
+            print(
+                f"Grad-CAM ({layer}): wrote {len(written)} overlays to {args.explain}",
+                file=sys.stderr,
+            )
     for source, reason in failures:
         print(f"error: {source}: {reason}", file=sys.stderr)
     return 1 if failures else 0

@@ -78,3 +78,48 @@ def test_not_a_model_is_a_clear_error(tmp_path: Path, capsys):
     with pytest.raises(UserError, match="neither a run directory"):
         Predictor.from_path(tmp_path)
     assert main([str(tmp_path), str(tmp_path)]) == 2
+
+
+def test_explain_writes_one_gradcam_png_per_image_and_leaves_stdout_alone(
+    tiny_run: Path, images: Path, tmp_path: Path, capsys
+):
+    assert main([str(tiny_run), str(images), "--format", "json"]) == 0
+    plain = capsys.readouterr().out
+    out = tmp_path / "cams"
+    assert main([str(tiny_run), str(images), "--format", "json", "--explain", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == plain  # the predictions are printed exactly as without --explain
+    assert "conv2_2_act" in captured.err  # the last conv activation of the tiny cnn
+    expected = {f"{p.stem}_gradcam.png" for p in images.iterdir()}
+    assert {p.name for p in out.iterdir()} == expected and len(expected) == 6
+    for path in out.iterdir():
+        with Image.open(path) as img:
+            assert img.mode == "RGB" and img.size == (224, 224)  # 32 px model input × 7
+
+    # Another layer by name writes other heatmaps over the same images.
+    layer_out = tmp_path / "cams-conv1"
+    args = ["--explain", str(layer_out), "--explain-layer", "conv1_2_act"]
+    assert main([str(tiny_run), str(images), *args]) == 0
+    assert "conv1_2_act" in capsys.readouterr().err
+    assert {p.name for p in layer_out.iterdir()} == expected
+
+
+def test_explain_needs_a_run_directory_and_a_known_layer(
+    tiny_run: Path, images: Path, tmp_path: Path, capsys
+):
+    saved = tiny_run / "saved_model"
+    assert main([str(saved), str(images), "--explain", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--explain needs a run directory" in err[0]
+    assert not (tmp_path / "a").exists()
+
+    args = ["--explain", str(tmp_path / "b"), "--explain-layer", "flatten"]
+    assert main([str(tiny_run), str(images), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing classified before the error
+    assert "no 4-D feature map at 'flatten'" in captured.err and "conv2_2_act" in captured.err
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(tiny_run), str(images), "--explain-layer", "conv1_2_act"])
+    assert exc.value.code == 2
+    assert "--explain-layer needs --explain" in capsys.readouterr().err

@@ -364,3 +364,38 @@ def test_phase_starts_mark_fine_tuning():
 
     assert phase_starts(["head", "head", "fine_tune"]) == [(3, "fine_tune")]
     assert phase_starts(["train", "train"]) == []
+
+
+def test_backbone_layer_cuts_the_reused_model_where_asked(tiny_run: Path):
+    from imgclf.transfer import backbone_of
+
+    base = [*tiny_overrides(Path("unused")), f"model.weights={tiny_run}"]
+    model = build_model(load_config(None, [*base, "transfer.backbone_layer=conv2_pool"]), 3)
+    assert backbone_of(model).output_shape == (None, 8, 8, 8)  # conv features, no fc1
+    assert model.get_layer("features").output.shape == (None, 8 * 8 * 8)  # flattened
+    assert "fc1" not in [layer.name for layer in backbone_of(model).layers]
+    with pytest.raises(ConfigError, match="did you mean conv2_pool"):
+        build_model(load_config(None, [*base, "transfer.backbone_layer=conv2_poll"]), 3)
+
+
+def test_legacy_h5_weights_file_loads(resnet_weights: Path, tmp_path: Path):
+    """Keras' cached *_notop.h5 files are in the legacy HDF5 layout; write one and load it."""
+    import h5py
+    from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+
+    source = _pretrained(resnet_weights).get_layer("backbone")
+    legacy = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    with h5py.File(legacy, "w") as fh:
+        save_weights_to_hdf5_group(fh, source)
+    loaded = _pretrained(legacy).get_layer("backbone").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(loaded, source.get_weights(), strict=True))
+
+
+def test_gradcam_finds_the_feature_map_inside_a_reused_backbone(tiny_run: Path):
+    from imgclf.explain import find_target_layer, gradcam
+
+    config = load_config(None, [*tiny_overrides(Path("unused")), f"model.weights={tiny_run}"])
+    model = build_model(config, 3)
+    assert find_target_layer(model) == "backbone/conv2_2_act"
+    heat = gradcam(model, _batch(2)[0])
+    assert heat.shape == (2, 32, 32) and float(heat.max()) == pytest.approx(1.0)

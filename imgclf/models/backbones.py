@@ -57,13 +57,23 @@ def make_backbone(name: str, config: Config) -> keras.Model:
         )
     weights = config.model.weights
     imagenet = weights is not None and weights.lower() == "imagenet"
-    backbone = getattr(keras.applications, constructor)(
-        include_top=False,
-        weights="imagenet" if imagenet else None,
-        input_shape=(height, width, 3),
-        pooling=None,
-        name=BACKBONE,
-    )
+    try:
+        backbone = getattr(keras.applications, constructor)(
+            include_top=False,
+            weights="imagenet" if imagenet else None,
+            input_shape=(height, width, 3),
+            pooling=None,
+            name=BACKBONE,
+        )
+    except Exception as exc:  # the download: URLError, HTTP errors, a truncated cache file
+        if not imagenet:
+            raise
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
+        raise ConfigError(
+            f"model.weights=imagenet: could not get the {name} ImageNet weights ({reason}); "
+            f"without internet, copy the {name} *_notop.h5 file from ~/.keras/models/ on a "
+            "machine that has it and set model.weights to its path"
+        ) from exc
     if weights is not None and not imagenet:
         load_backbone_weights(backbone, Path(weights).expanduser(), name)
     return backbone

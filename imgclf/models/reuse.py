@@ -11,6 +11,7 @@ transfer learning offline (configs/pretrain_mnist_0to4.yaml -> transfer_mnist_5t
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,6 +73,21 @@ def feature_tensor(model: keras.Model) -> keras.KerasTensor:
     )
 
 
+def cut_tensor(model: keras.Model, layer: str | None) -> keras.KerasTensor:
+    """The output of `layer` (transfer.backbone_layer), or the old head's input when None."""
+    if layer is None:
+        return feature_tensor(model)
+    names = [x.name for x in model.layers]
+    if layer not in names or layer in HEAD_LAYERS:
+        close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"transfer.backbone_layer: the re-used model has no layer {layer!r} below its head"
+            f"{hint} (its layers: {', '.join(n for n in names if n not in HEAD_LAYERS)})"
+        )
+    return model.get_layer(layer).output
+
+
 def build_from_run(config: Config, num_classes: int) -> keras.Model:
     """The backbone of the run `config.model.weights` under a new head for `num_classes`."""
     import keras
@@ -95,10 +111,14 @@ def build_from_run(config: Config, num_classes: int) -> keras.Model:
             f"but data.image_size/channels give {wanted[0]}×{wanted[1]}×{wanted[2]}; set "
             f"data.image_size=[{shape[0]},{shape[1]}] and data.channels={shape[2]}"
         )
-    backbone = keras.Model(old.inputs, feature_tensor(old), name=BACKBONE)
+    backbone = keras.Model(
+        old.inputs, cut_tensor(old, config.transfer.backbone_layer), name=BACKBONE
+    )
     inputs = keras.Input(shape=shape, name="pixels")
     # training=False: the earlier model's batch-norm statistics and dropout stay as trained.
     x = backbone(inputs, training=False)
+    if len(x.shape) > 2:
+        x = keras.layers.Flatten(name="flatten_features")(x)
     x = keras.layers.Identity(name="features")(x)
     outputs = softmax_head(x, config.model, num_classes)
     return keras.Model(inputs, outputs, name=f"{config.model.name}_transfer")
