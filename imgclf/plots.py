@@ -39,7 +39,9 @@ def plot_curves(
                 ax.plot(epochs, history[key], style, markersize=3, label=key)
         for epoch, phase in phase_starts(phases):
             # The line sits between the last epoch of the old phase and the first of the new.
-            ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1, label=f"{phase}")
+            ax.axvline(
+                epoch - 0.5, color="grey", linestyle="--", linewidth=1, label=f"{phase} starts"
+            )
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
