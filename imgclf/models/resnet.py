@@ -85,9 +85,15 @@ def build_resnet(config: Config, num_classes: int, train_images: np.ndarray | No
                 y = activation(cfg, f"{name}_conv2_act", ndim=4)(y)
             if cfg.skip_connections:
                 if strides != 1 or shortcut.shape[-1] != filters:
-                    shortcut = conv(cfg, filters, f"{name}_proj", kernel_size=1, strides=strides)(
-                        shortcut
-                    )
+                    if strides != 1:
+                        # A 1×1 conv with stride 2 is a subsampling then a 1×1 conv. Done in
+                        # that order on purpose: TensorFlow 2.21's oneDNN kernel for the strided
+                        # 1×1 conv's weight gradient corrupts memory (the process aborts) with
+                        # < 16 input channels and some batch sizes (e.g. 4 channels, batch 5).
+                        shortcut = layers.MaxPooling2D(
+                            pool_size=1, strides=strides, name=f"{name}_proj_subsample"
+                        )(shortcut)
+                    shortcut = conv(cfg, filters, f"{name}_proj", kernel_size=1)(shortcut)
                     shortcut = batch_norm(cfg, shortcut, f"{name}_proj")
                 y = layers.Add(name=f"{name}_add")([y, shortcut])
             if not maxout:
