@@ -20,17 +20,26 @@ PARITY_MIN_AGREEMENT = 0.999  # top-1 labels; below 1.0 only so an exact tie can
 SIGNATURE = "serving_default"
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
+LABEL_NAME = "label"
+BYTES_SIGNATURE = "serve_bytes"
+BYTES_INPUT_NAME = "images"
 
 
 class ExportError(RuntimeError):
     """The exported artifact does not reproduce the trained model."""
 
 
-def write_saved_model(model: Any, path: str | Path) -> None:
-    """Write `model` as a SavedModel whose `serving_default` maps pixels -> probabilities.
+def write_saved_model(model: Any, path: str | Path, class_names: list[str] | None = None) -> None:
+    """Write `model` as a SavedModel with two signatures, both returning `probabilities`
+    (float32 [N, classes]) and, given `class_names`, `label` (string [N], the top-1 class):
 
-    Input `pixels`: float32 [N, H, W, C], raw 0..255 at the model's size; output `probabilities`:
-    float32 [N, num_classes]. Preprocessing is inside the model, so clients send raw pixels.
+    - `serving_default`: `pixels`, float32 [N, H, W, C], raw 0..255 at the model's size;
+    - `serve_bytes`: `images`, string [N], encoded JPEG/PNG/GIF/BMP/WebP files, decoded to C
+      channels and resized to H×W inside the graph (bilinear, antialiased, rounded to whole
+      levels like imgclf's decoder). In-graph decoding applies no EXIF rotation and drops alpha
+      instead of compositing it: send upright, opaque images.
+
+    Preprocessing is inside the model, so clients need no imgclf code and no label file.
     """
     import keras
     import tensorflow as tf
@@ -38,27 +47,77 @@ def write_saved_model(model: Any, path: str | Path) -> None:
     _, height, width, channels = model.input_shape
     archive = keras.export.ExportArchive()
     archive.track(model)
+    labels = tf.constant(list(class_names)) if class_names else None
+
+    def outputs(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        probs = model(pixels, training=False)
+        out = {OUTPUT_NAME: probs}
+        if labels is not None:
+            out[LABEL_NAME] = tf.gather(labels, tf.argmax(probs, axis=1))
+        return out
+
+    def decode_one(data: tf.Tensor) -> tf.Tensor:
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+        return tf.clip_by_value(tf.round(image), 0.0, 255.0)
 
     def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {OUTPUT_NAME: model(pixels, training=False)}
+        return outputs(pixels)
+
+    def serve_bytes(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.map_fn(
+            decode_one,
+            images,
+            fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32),
+        )
+        return outputs(pixels)
 
     spec = tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)
     archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=[spec])
+    archive.add_endpoint(
+        name=BYTES_SIGNATURE,
+        fn=serve_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT_NAME)],
+    )
     archive.write_out(str(path), verbose=False)
 
 
+def _encode_png(images: np.ndarray) -> list[bytes]:
+    """Lossless PNG files of uint8-valued pixel arrays [N, H, W, C]."""
+    import io
+
+    from PIL import Image
+
+    encoded = []
+    for image in np.asarray(images).astype(np.uint8):
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, "PNG")
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
 def parity(saved_model_dir: str | Path, model: Any, images: np.ndarray) -> dict[str, Any]:
-    """Run `images` through the reloaded SavedModel and the Keras model; compare probabilities."""
+    """Run `images` through the reloaded SavedModel (both signatures; `serve_bytes` gets them as
+    PNG files) and the Keras model; compare probabilities and top-1 labels."""
     import tensorflow as tf
 
     from imgclf.evaluate import predict_proba
 
     images = np.asarray(images[:PARITY_MAX_IMAGES], dtype=np.float32)
-    serving = tf.saved_model.load(str(saved_model_dir)).signatures[SIGNATURE]
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    serving, from_bytes = loaded.signatures[SIGNATURE], loaded.signatures[BYTES_SIGNATURE]
+    encoded = _encode_png(images)
+    batches = range(0, len(images), 256)
     exported = np.concatenate(
         [
             serving(**{INPUT_NAME: tf.constant(images[i : i + 256])})[OUTPUT_NAME].numpy()
-            for i in range(0, len(images), 256)
+            for i in batches
+        ]
+    )
+    via_bytes = np.concatenate(
+        [
+            from_bytes(**{BYTES_INPUT_NAME: tf.constant(encoded[i : i + 256])})[OUTPUT_NAME].numpy()
+            for i in batches
         ]
     )
     reference = predict_proba(model, images)
@@ -66,6 +125,8 @@ def parity(saved_model_dir: str | Path, model: Any, images: np.ndarray) -> dict[
         "n_images": len(images),
         "max_abs_diff": float(np.abs(exported - reference).max()),
         "top1_agreement": float((exported.argmax(1) == reference.argmax(1)).mean()),
+        "serve_bytes_max_abs_diff": float(np.abs(via_bytes - reference).max()),
+        "serve_bytes_top1_agreement": float((via_bytes.argmax(1) == reference.argmax(1)).mean()),
         "tolerance": PARITY_TOLERANCE,
     }
 
@@ -82,20 +143,57 @@ def export_saved_model(
         raise ExportError("no images to check the export against")
     target = Path(target)
     with runs.atomic_path(target) as tmp:
-        write_saved_model(model, tmp)
+        write_saved_model(model, tmp, list(class_names))
         runs.write_json(tmp / runs.LABELS, list(class_names))
         report = parity(tmp, model, check_images)
-        if (
-            report["max_abs_diff"] > PARITY_TOLERANCE
-            or report["top1_agreement"] < PARITY_MIN_AGREEMENT
-        ):
-            raise ExportError(
-                f"SavedModel disagrees with model.keras: max |Δp| = {report['max_abs_diff']:.2e} "
-                f"(tolerance {PARITY_TOLERANCE:.0e}), top-1 agreement "
-                f"{report['top1_agreement']:.2%} on {report['n_images']} images; "
-                f"nothing was written to {target}"
-            )
+        for prefix, signature in (("", SIGNATURE), ("serve_bytes_", BYTES_SIGNATURE)):
+            diff, agree = report[f"{prefix}max_abs_diff"], report[f"{prefix}top1_agreement"]
+            if diff > PARITY_TOLERANCE or agree < PARITY_MIN_AGREEMENT:
+                raise ExportError(
+                    f"SavedModel signature {signature} disagrees with model.keras: max |Δp| = "
+                    f"{diff:.2e} (tolerance {PARITY_TOLERANCE:.0e}), top-1 agreement "
+                    f"{agree:.2%} on {report['n_images']} images; nothing was written to "
+                    f"{target}"
+                )
     return report
+
+
+def saved_model_record(
+    path: str, model: Any, class_names: list[str], report: dict[str, Any]
+) -> dict[str, Any]:
+    """The `saved_model` entry of exports.json: where, both signatures, and the parity figures."""
+    _, height, width, channels = model.input_shape
+    outputs = {
+        OUTPUT_NAME: {"dtype": "float32", "shape": [None, len(class_names)]},
+        LABEL_NAME: {"dtype": "string", "shape": [None]},
+    }
+    return {
+        "path": path,
+        "signatures": {
+            SIGNATURE: {
+                "inputs": {
+                    INPUT_NAME: {
+                        "dtype": "float32",
+                        "shape": [None, height, width, channels],
+                        "range": [0, 255],
+                    }
+                },
+                "outputs": outputs,
+            },
+            BYTES_SIGNATURE: {
+                "inputs": {
+                    BYTES_INPUT_NAME: {
+                        "dtype": "string",
+                        "shape": [None],
+                        "formats": ["jpeg", "png", "gif", "bmp", "webp"],
+                    }
+                },
+                "outputs": outputs,
+            },
+        },
+        "parity": report,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def _check_images(run_dir: Path, image_size: tuple[int, int], channels: int) -> np.ndarray:
@@ -140,19 +238,9 @@ def export_run(
     report = export_saved_model(model, class_names, target, check_images)
     exports_path = run_dir / runs.EXPORTS
     exports = runs.read_json(exports_path) if exports_path.is_file() else {}
-    exports["saved_model"] = {
-        "path": str(target.resolve()) if out is not None else runs.SAVED_MODEL,
-        "signature": SIGNATURE,
-        "input": {
-            "name": INPUT_NAME,
-            "dtype": "float32",
-            "shape": [None, height, width, channels],
-            "range": [0, 255],
-        },
-        "output": {"name": OUTPUT_NAME, "shape": [None, len(class_names)]},
-        "parity": report,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    exports["saved_model"] = saved_model_record(
+        str(target.resolve()) if out is not None else runs.SAVED_MODEL, model, class_names, report
+    )
     runs.write_json(exports_path, exports)
     return target
 

@@ -67,10 +67,17 @@ def model_card(
     else:
         export = (
             f"- `saved_model/` (`serving_default`: `pixels` float32 [N, {height}, {width}, "
-            f"{config.data.channels}]\n  → `probabilities`); max |Δp| vs `model.keras` = "
+            f"{config.data.channels}]\n  → `probabilities`, `label`); max |Δp| vs `model.keras` = "
             f"{parity['max_abs_diff']:.2e} on\n  {parity['n_images']} test images, top-1 "
             f"agreement {parity['top1_agreement']:.2%}"
         )
+        if "serve_bytes_max_abs_diff" in parity:
+            export += (
+                "\n- `serve_bytes` (`images`: encoded JPEG/PNG/GIF/BMP/WebP files, decoded and "
+                f"resized in the graph): on the same images as PNG files\n  max |Δp| "
+                f"{parity['serve_bytes_max_abs_diff']:.2e}, top-1 agreement "
+                f"{parity['serve_bytes_top1_agreement']:.2%}"
+            )
     return f"""# Model card: {config.name}
 
 ## Model

@@ -254,7 +254,7 @@ def train(
     from imgclf.diagnostics import fixed_batch, make_diagnostics, should_enable
     from imgclf.distribute import is_chief, make_strategy
     from imgclf.evaluate import evaluate
-    from imgclf.export import export_saved_model
+    from imgclf.export import export_saved_model, saved_model_record
     from imgclf.model_card import model_card
     from imgclf.models import build_model
     from imgclf.optim import compile_model, resolve_batch_size, steps_per_epoch
@@ -361,9 +361,8 @@ def train(
         parity = export_saved_model(
             model, splits.class_names, run_dir / runs.SAVED_MODEL, splits.test.x
         )
-        runs.write_json(
-            run_dir / runs.EXPORTS, {"saved_model": {"path": runs.SAVED_MODEL, "parity": parity}}
-        )
+        record = saved_model_record(runs.SAVED_MODEL, model, splits.class_names, parity)
+        runs.write_json(run_dir / runs.EXPORTS, {"saved_model": record})
     else:
         print(export_skipped_message(run_dir), file=sys.stderr, flush=True)
     runs.write_text(

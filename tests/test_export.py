@@ -20,22 +20,63 @@ def test_export_records_parity_within_tolerance(tiny_run: Path):
     assert parity["top1_agreement"] == 1.0
 
 
-def test_saved_model_runs_in_a_process_that_never_imports_imgclf(tiny_run: Path):
+def test_saved_model_runs_in_a_process_that_never_imports_imgclf(tiny_run: Path, tmp_path: Path):
+    """Both signatures answer in a process that imports only TensorFlow and NumPy, with the
+    top-1 of model.keras on every test image: raw pixels, and PNG files decoded in the graph."""
+    from imgclf.config import load_config
+    from imgclf.data import load_data
+    from imgclf.evaluate import predict_proba
+    from imgclf.export import _encode_png
+    from imgclf.models.reuse import load_run_model
+
+    test = load_data(load_config(tiny_run / "config.yaml")).test
+    np.save(tmp_path / "pixels.npy", test.x.astype("float32"))
+    files = []
+    for i, data in enumerate(_encode_png(test.x)):
+        files.append(tmp_path / f"test{i}.png")
+        files[-1].write_bytes(data)
     code = f"""
 import sys, json, numpy as np, tensorflow as tf
 m = tf.saved_model.load({str(tiny_run / "saved_model")!r})
-f = m.signatures["serving_default"]
-x = np.random.default_rng(0).uniform(0, 255, size=(3, 32, 32, 3)).astype("float32")
-p = f(pixels=tf.constant(x))["probabilities"].numpy()
+pixels = np.load({str(tmp_path / "pixels.npy")!r})
+raw = m.signatures["serving_default"](pixels=tf.constant(pixels))
+files = [open(f, "rb").read() for f in {[str(f) for f in files]!r}]
+enc = m.signatures["serve_bytes"](images=tf.constant(files))
 assert not any(k.startswith("imgclf") for k in sys.modules)
-print(json.dumps(p.tolist()))
+print(json.dumps({{k: v.numpy().tolist() if v.dtype != tf.string else [x.decode() for x in
+                   v.numpy()] for out, name in ((raw, "raw"), (enc, "bytes"))
+                   for k, v in ((f"{{name}}_{{key}}", out[key]) for key in out)}}))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    probs = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
-    assert probs.shape == (3, 3)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    labels = json.loads((tiny_run / "labels.json").read_text())
+    want = predict_proba(load_run_model(tiny_run), test.x.astype("float32")).argmax(axis=1)
+    for name in ("raw", "bytes"):
+        probs = np.array(out[f"{name}_probabilities"])
+        assert probs.shape == (len(test.x), len(labels))
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        assert list(probs.argmax(axis=1)) == list(want)
+        assert out[f"{name}_label"] == [labels[i] for i in want]
+
+
+def test_saved_model_cli_lists_both_signatures(tiny_run: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir",
+         str(tiny_run / "saved_model"), "--all"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "signature_def['serving_default']" in result.stdout
+    assert "signature_def['serve_bytes']" in result.stdout
+    assert "dtype: DT_STRING" in result.stdout and "label" in result.stdout
+
+
+def test_parity_covers_the_bytes_signature(tiny_run: Path):
+    parity = json.loads((tiny_run / "exports.json").read_text())["saved_model"]["parity"]
+    assert parity["serve_bytes_max_abs_diff"] <= PARITY_TOLERANCE
+    assert parity["serve_bytes_top1_agreement"] == 1.0
 
 
 def test_export_cli_writes_a_checked_saved_model(tiny_run: Path, tmp_path: Path, capsys):
