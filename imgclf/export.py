@@ -221,15 +221,13 @@ def export_run(
 ) -> Path:
     """Export `run_dir/model.keras` to `out` (default `run_dir/saved_model`) and record parity in
     `run_dir/exports.json`. Returns the SavedModel path."""
-    import keras
 
     run_dir = Path(run_dir)
     if not runs.is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not a run directory (no {runs.MODEL} and {runs.LABELS})")
-    from imgclf.models.registry import register_custom_layers
+    from imgclf.models.registry import load_run_model
 
-    register_custom_layers()  # imgclf's Abs/Maxout must be known before safe-mode loading
-    model = keras.saving.load_model(run_dir / runs.MODEL, compile=False, safe_mode=True)
+    model = load_run_model(run_dir)  # checked against manifest.json, safe mode
     class_names = runs.read_labels(run_dir)
     _, height, width, channels = model.input_shape
     if check_images is None:
@@ -242,6 +240,7 @@ def export_run(
         str(target.resolve()) if out is not None else runs.SAVED_MODEL, model, class_names, report
     )
     runs.write_json(exports_path, exports)
+    runs.write_manifest(run_dir)  # the new export and exports.json are artifacts of the run
     return target
 
 

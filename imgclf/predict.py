@@ -79,12 +79,11 @@ class Predictor:
 
     @classmethod
     def _from_keras(cls, run_dir: Path) -> Predictor:
-        import keras
+        from imgclf.models.registry import load_run_model
 
-        from imgclf.models.registry import register_custom_layers
-
-        register_custom_layers()  # imgclf's Abs/Maxout must be known before safe-mode loading
-        model = keras.saving.load_model(run_dir / runs.MODEL, compile=False, safe_mode=True)
+        # Checked against manifest.json, safe mode, Lambda layers refused.
+        model = load_run_model(run_dir)
+        runs.verify_manifest(run_dir, runs.LABELS)
         _, height, width, channels = model.input_shape
 
         def fn(batch: np.ndarray) -> np.ndarray:
@@ -101,6 +100,9 @@ class Predictor:
 
         if not (path / runs.LABELS).is_file():
             raise UserError(f"{path} has no {runs.LABELS}; re-export it with imgclf-export")
+        if (path.parent / runs.MANIFEST).is_file() and path.name == runs.SAVED_MODEL:
+            # A run's own export: every file of it must be what training wrote.
+            runs.verify_manifest(path.parent, runs.SAVED_MODEL)
         serving = tf.saved_model.load(str(path)).signatures[SIGNATURE]
         spec = serving.structured_input_signature[1][INPUT_NAME]
         _, height, width, channels = spec.shape.as_list()

@@ -8,6 +8,7 @@ file is written under a temporary name in the same directory and moved into plac
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from imgclf.errors import UserError
 
 CONFIG = "config.yaml"
 LABELS = "labels.json"
@@ -26,6 +29,7 @@ METRICS = "metrics.json"
 EXPORTS = "exports.json"
 SAVED_MODEL = "saved_model"
 MODEL_CARD = "model_card.md"
+MANIFEST = "manifest.json"
 PLOTS = "plots"
 SAMPLES = "samples"
 DEFAULT_ROOT = Path("runs")
@@ -138,3 +142,83 @@ def point_latest(run_dir: Path) -> None:
 def is_run_dir(path: str | Path) -> bool:
     """True if `path` holds a trained model written by `imgclf.train`."""
     return (Path(path) / MODEL).is_file() and (Path(path) / LABELS).is_file()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _artifacts(run_dir: Path) -> list[Path]:
+    """Every regular file of the run, hidden (temporary) files and symlinks left out."""
+    return sorted(
+        p
+        for p in run_dir.rglob("*")
+        if p.is_file()
+        and not p.is_symlink()
+        and p.relative_to(run_dir).as_posix() != MANIFEST
+        and not any(part.startswith(".") for part in p.relative_to(run_dir).parts)
+    )
+
+
+def write_manifest(run_dir: str | Path) -> None:
+    """Write manifest.json: the SHA-256 and size of every artifact in the run directory.
+
+    Written last, when every artifact is in place (and again after a re-export), so a model
+    loaded later can be checked against what training produced (`verify_manifest`).
+    """
+    run_dir = Path(run_dir)
+    files = {
+        p.relative_to(run_dir).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size}
+        for p in _artifacts(run_dir)
+    }
+    write_json(run_dir / MANIFEST, {"algorithm": "sha256", "files": files})
+
+
+class IntegrityError(UserError):
+    """An artifact differs from what manifest.json recorded."""
+
+
+def verify_manifest(run_dir: str | Path, *names: str) -> bool:
+    """Check the artifacts `names` (files, or folders such as `saved_model` for everything under
+    them) against the run's manifest.json. Returns False when the run has no manifest (written by
+    an older imgclf); raises IntegrityError naming the first file that is missing, unlisted or
+    modified."""
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / MANIFEST
+    if not manifest_path.is_file():
+        return False
+    try:
+        files = read_json(manifest_path)["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{manifest_path} is not a valid manifest ({exc})") from None
+    for name in names:
+        listed = {k: v for k, v in files.items() if k == name or k.startswith(f"{name}/")}
+        if not listed:
+            raise IntegrityError(
+                f"{run_dir / name} is not listed in {MANIFEST}; it was not written by this run"
+            )
+        on_disk = (
+            {p.relative_to(run_dir).as_posix() for p in _artifacts(run_dir / name)}
+            if (run_dir / name).is_dir()
+            else set()
+        )
+        extra = sorted(on_disk - set(listed))
+        if extra:
+            raise IntegrityError(
+                f"{run_dir / extra[0]} is not listed in {MANIFEST}: it was added after training; "
+                "refusing to load. Remove it, or re-export the run"
+            )
+        for rel, entry in listed.items():
+            path = run_dir / rel
+            if not path.is_file():
+                raise IntegrityError(f"{path} is missing (listed in {MANIFEST}); refusing to load")
+            if path.stat().st_size != entry.get("size") or _sha256(path) != entry.get("sha256"):
+                raise IntegrityError(
+                    f"{path} does not match its SHA-256 in {MANIFEST} (modified after "
+                    "training); refusing to load it. Restore the file, or re-train or re-export"
+                )
+    return True

@@ -369,6 +369,7 @@ def train(
         run_dir / runs.MODEL_CARD,
         model_card(config, splits, metrics, model, parity, backend_name()),
     )
+    runs.write_manifest(run_dir)  # last: the SHA-256 of every artifact, checked when loading
     if chief and Path(runs_root) in run_dir.parents:
         runs.point_latest(run_dir)
     if verbose:

@@ -123,3 +123,64 @@ def test_explain_needs_a_run_directory_and_a_known_layer(
         main([str(tiny_run), str(images), "--explain-layer", "conv1_2_act"])
     assert exc.value.code == 2
     assert "--explain-layer needs --explain" in capsys.readouterr().err
+
+
+def test_manifest_lists_every_artifact_with_its_sha256(tiny_run: Path):
+    import hashlib
+
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    files = manifest["files"]
+    assert {"model.keras", "labels.json", "config.yaml", "metrics.json", "exports.json"} <= set(
+        files
+    )
+    assert any(name.startswith("saved_model/variables/") for name in files)
+    on_disk = {
+        p.relative_to(tiny_run).as_posix()
+        for p in tiny_run.rglob("*")
+        if p.is_file() and p.name != "manifest.json"
+    }
+    assert set(files) == on_disk
+    model = (tiny_run / "model.keras").read_bytes()
+    assert files["model.keras"] == {
+        "sha256": hashlib.sha256(model).hexdigest(),
+        "size": len(model),
+    }
+
+
+def _flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_tampered_artifact_is_refused(tiny_run: Path, tmp_path: Path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    Predictor.from_path(run)  # intact: loads
+    _flip_one_byte(run / "model.keras")
+    with pytest.raises(UserError, match=r"model\.keras does not match its SHA-256"):
+        Predictor.from_path(run)
+    variables = next((run / "saved_model" / "variables").glob("variables.data-*"))
+    _flip_one_byte(variables)
+    with pytest.raises(UserError, match=r"variables\.data-.* does not match its SHA-256"):
+        Predictor.from_path(run / "saved_model")
+    shutil.copy(tiny_run / "saved_model" / "variables" / variables.name, variables)
+    Predictor.from_path(run / "saved_model")  # restored: loads again
+    (run / "saved_model" / "assets.extra").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"assets\.extra is not listed in manifest\.json"):
+        Predictor.from_path(run / "saved_model")
+
+
+def test_a_model_with_a_lambda_layer_is_refused(tmp_path: Path):
+    import keras
+
+    inputs = keras.Input((4, 4, 1))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
+    run = tmp_path / "lambda-run"
+    run.mkdir()
+    keras.Model(inputs, keras.layers.Flatten()(outputs)).save(run / "model.keras")
+    (run / "labels.json").write_text('["a", "b"]')
+    with pytest.raises(UserError, match="contains a Lambda layer"):
+        Predictor.from_path(run)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf.errors import ConfigError
@@ -99,3 +100,28 @@ def build_model(
         # A run directory: its trained backbone under a new head, whatever the family.
         return build_from_run(config, num_classes)
     return _REGISTRY[name](config, num_classes, train_images)
+
+
+def load_run_model(run_dir: str | Path) -> keras.Model:
+    """The trained model of a run directory: model.keras checked against the run's
+    manifest.json (a modified file is refused), then loaded in Keras' safe mode with imgclf's
+    custom layers registered. A model holding a Lambda layer (arbitrary Python code) is refused
+    with a UserError; imgclf itself never writes one."""
+    import keras
+
+    from imgclf import runs
+    from imgclf.errors import UserError
+
+    path = Path(run_dir) / runs.MODEL
+    runs.verify_manifest(run_dir, runs.MODEL)
+    register_custom_layers()
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except ValueError as exc:
+        if "Lambda" in str(exc) or "lambda" in str(exc):
+            raise UserError(
+                f"{path} contains a Lambda layer (arbitrary Python code), which imgclf refuses "
+                "to load: models are loaded in Keras' safe mode. Rebuild it with registered "
+                "layers"
+            ) from None
+        raise

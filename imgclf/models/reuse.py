@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from imgclf import runs
 from imgclf.errors import ConfigError
+from imgclf.models.registry import load_run_model
 
 if TYPE_CHECKING:
     import keras
@@ -46,16 +47,6 @@ def resolve_run(reference: str | Path) -> Path:
         f"named {path.name}-<time> is in {path.parent}; train that run first, or give "
         "imagenet, a .h5 weights file, or null"
     )
-
-
-def load_run_model(run_dir: Path) -> keras.Model:
-    """The trained model of a run, loaded in safe mode (imgclf's custom layers registered)."""
-    import keras
-
-    from imgclf.models.registry import register_custom_layers
-
-    register_custom_layers()
-    return keras.saving.load_model(run_dir / runs.MODEL, compile=False, safe_mode=True)
 
 
 def feature_tensor(model: keras.Model) -> keras.KerasTensor:
