@@ -216,11 +216,32 @@ def _check_images(run_dir: Path, image_size: tuple[int, int], channels: int) -> 
     return np.stack([load_image(p, image_size, channels) for p in samples])
 
 
+def next_serving_version(serving_dir: str | Path) -> int:
+    """The next version number under a TF Serving model folder: 1 + the largest numeric
+    sub-folder (1 for a new folder). TF Serving serves the highest version it finds."""
+    folder = Path(serving_dir)
+    versions = (
+        [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
+        if (folder.is_dir())
+        else []
+    )
+    return max(versions, default=0) + 1
+
+
 def export_run(
-    run_dir: str | Path, out: str | Path | None = None, check_images: np.ndarray | None = None
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    check_images: np.ndarray | None = None,
+    serving_dir: str | Path | None = None,
 ) -> Path:
-    """Export `run_dir/model.keras` to `out` (default `run_dir/saved_model`) and record parity in
-    `run_dir/exports.json`. Returns the SavedModel path."""
+    """Export `run_dir/model.keras` to `out` (default `run_dir/saved_model`), or to the next
+    version folder `serving_dir/<N>/` in TF Serving's layout, and record parity in
+    `run_dir/exports.json`. Returns the SavedModel path.
+
+    The SavedModel is written under a hidden temporary name next to its target and renamed into
+    place only after its parity check passed, so a model server watching `serving_dir` never
+    sees a half-written or unchecked version.
+    """
 
     run_dir = Path(run_dir)
     if not runs.is_run_dir(run_dir):
@@ -232,33 +253,47 @@ def export_run(
     _, height, width, channels = model.input_shape
     if check_images is None:
         check_images = _check_images(run_dir, (height, width), channels)
-    target = Path(out) if out is not None else run_dir / runs.SAVED_MODEL
+    if serving_dir is not None and out is not None:
+        raise UserError("give either --out or --serving-dir, not both")
+    if serving_dir is not None:
+        target = Path(serving_dir) / str(next_serving_version(serving_dir))
+    else:
+        target = Path(out) if out is not None else run_dir / runs.SAVED_MODEL
     report = export_saved_model(model, class_names, target, check_images)
     exports_path = run_dir / runs.EXPORTS
     exports = runs.read_json(exports_path) if exports_path.is_file() else {}
-    exports["saved_model"] = saved_model_record(
-        str(target.resolve()) if out is not None else runs.SAVED_MODEL, model, class_names, report
+    inside = out is None and serving_dir is None
+    record = saved_model_record(
+        runs.SAVED_MODEL if inside else str(target.resolve()), model, class_names, report
     )
+    if serving_dir is not None:
+        record["version"] = int(target.name)
+    exports["tf_serving" if serving_dir is not None else "saved_model"] = record
     runs.write_json(exports_path, exports)
     runs.write_manifest(run_dir)  # the new export and exports.json are artifacts of the run
     return target
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m imgclf.export RUN_DIR [--out DIR]`."""
+    """`python -m imgclf.export RUN_DIR [--out DIR | --serving-dir DIR]`."""
     parser = argparse.ArgumentParser(
         prog="imgclf-export",
         description="Export a trained run as a SavedModel taking raw pixels, checked for parity.",
     )
     parser.add_argument("run_dir", help="a run directory written by imgclf-train")
     parser.add_argument("--out", help="where to write the SavedModel (default RUN_DIR/saved_model)")
+    parser.add_argument(
+        "--serving-dir",
+        help="a TF Serving model folder (e.g. models/digits): writes the next version DIR/<N>/",
+    )
     args = parser.parse_args(argv)
     try:
-        path = export_run(args.run_dir, args.out)
+        path = export_run(args.run_dir, args.out, serving_dir=args.serving_dir)
     except (UserError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UserError) else 1
-    report = runs.read_json(Path(args.run_dir) / runs.EXPORTS)["saved_model"]["parity"]
+    key = "tf_serving" if args.serving_dir else "saved_model"
+    report = runs.read_json(Path(args.run_dir) / runs.EXPORTS)[key]["parity"]
     print(
         f"parity: max |Δp| {report['max_abs_diff']:.2e}, top-1 agreement "
         f"{report['top1_agreement']:.2%} on {report['n_images']} test images"

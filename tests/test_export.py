@@ -99,3 +99,26 @@ def test_export_cli_writes_a_checked_saved_model(tiny_run: Path, tmp_path: Path,
 def test_export_of_a_non_run_fails_cleanly(tmp_path: Path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_serving_dir_gets_numbered_versions_and_never_a_failed_one(
+    tiny_run: Path, tmp_path: Path, monkeypatch
+):
+    import shutil
+
+    import imgclf.export as export
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    serving = tmp_path / "models" / "shapes"
+    assert main([str(run), "--serving-dir", str(serving)]) == 0
+    assert main([str(run), "--serving-dir", str(serving)]) == 0
+    assert sorted(p.name for p in serving.iterdir()) == ["1", "2"]  # nothing hidden left over
+    assert (serving / "2" / "saved_model.pb").is_file()
+    record = json.loads((run / "exports.json").read_text())["tf_serving"]
+    assert record["version"] == 2 and record["parity"]["top1_agreement"] == 1.0
+    # A version that fails its parity check is not left behind (it was written under a hidden
+    # temporary name and is removed instead of renamed).
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)
+    assert main([str(run), "--serving-dir", str(serving)]) == 1
+    assert sorted(p.name for p in serving.iterdir()) == ["1", "2"]
