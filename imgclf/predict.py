@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,30 @@ class Prediction:
     def label(self) -> str:
         """The top-1 class."""
         return self.labels[0]
+
+
+def _serving_function(
+    model: Any, shape: tuple[int, int, int]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A forward pass without `model.predict`'s per-call set-up: on TensorFlow one traced
+    function for any batch size, warmed up here once (its first call pays the tracing); on
+    other backends `predict_on_batch`."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return lambda batch: np.asarray(model.predict_on_batch(batch))
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32)])
+    def forward(batch: tf.Tensor) -> tf.Tensor:
+        return model(batch, training=False)
+
+    forward(tf.zeros([1, *shape], tf.float32))  # trace now, not on the user's first image
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        return forward(tf.convert_to_tensor(batch, tf.float32)).numpy()
+
+    return fn
 
 
 class Predictor:
@@ -85,10 +109,7 @@ class Predictor:
         model = load_run_model(run_dir)
         runs.verify_manifest(run_dir, runs.LABELS)
         _, height, width, channels = model.input_shape
-
-        def fn(batch: np.ndarray) -> np.ndarray:
-            return np.asarray(model.predict_on_batch(batch))
-
+        fn = _serving_function(model, (height, width, channels))
         labels = runs.read_labels(run_dir)
         return cls(fn, labels, (height, width), channels, "keras", run_dir, model)
 
