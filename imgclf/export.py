@@ -196,14 +196,16 @@ def saved_model_record(
     }
 
 
-def _check_images(run_dir: Path, image_size: tuple[int, int], channels: int) -> np.ndarray:
-    """Test images of the run: its split re-made from config.yaml, else its saved samples."""
+def check_split(run_dir: Path, image_size: tuple[int, int], channels: int):
+    """(images, labels or None) to check an export against: the run's test split re-made from
+    config.yaml, else its saved samples/ (labels unknown then)."""
     from imgclf.config import load_config
     from imgclf.data import load_data
     from imgclf.images import IMAGE_EXTENSIONS, load_image
 
     try:
-        return load_data(load_config(run_dir / runs.CONFIG)).test.x
+        test = load_data(load_config(run_dir / runs.CONFIG)).test
+        return test.x, test.y
     except UserError as exc:
         print(
             f"warning: cannot re-load the test split ({exc}); checking on samples/", file=sys.stderr
@@ -213,7 +215,7 @@ def _check_images(run_dir: Path, image_size: tuple[int, int], channels: int) -> 
     )
     if not samples:
         raise UserError(f"{run_dir}: no test data and no samples/ to check the export against")
-    return np.stack([load_image(p, image_size, channels) for p in samples])
+    return np.stack([load_image(p, image_size, channels) for p in samples]), None
 
 
 def next_serving_version(serving_dir: str | Path) -> int:
@@ -252,7 +254,7 @@ def export_run(
     class_names = runs.read_labels(run_dir)
     _, height, width, channels = model.input_shape
     if check_images is None:
-        check_images = _check_images(run_dir, (height, width), channels)
+        check_images = check_split(run_dir, (height, width), channels)[0]
     if serving_dir is not None and out is not None:
         raise UserError("give either --out or --serving-dir, not both")
     if serving_dir is not None:
@@ -286,9 +288,39 @@ def main(argv: list[str] | None = None) -> int:
         "--serving-dir",
         help="a TF Serving model folder (e.g. models/digits): writes the next version DIR/<N>/",
     )
+    parser.add_argument(
+        "--format",
+        choices=("saved_model", "tflite", "all"),
+        default="saved_model",
+        help="tflite: RUN_DIR/model.tflite from the run's SavedModel; all: both (onnx: not yet)",
+    )
+    parser.add_argument(
+        "--quantize", choices=("int8",), help="tflite: dynamic-range int8 (model_int8.tflite)"
+    )
     args = parser.parse_args(argv)
     try:
-        path = export_run(args.run_dir, args.out, serving_dir=args.serving_dir)
+        if args.format in ("tflite", "all") and (args.out or args.serving_dir):
+            raise UserError("--out and --serving-dir apply to --format saved_model only")
+        path = Path(args.run_dir) / runs.SAVED_MODEL
+        if args.format in ("saved_model", "all"):
+            path = export_run(args.run_dir, args.out, serving_dir=args.serving_dir)
+        if args.format in ("tflite", "all"):
+            from imgclf.tflite import export_tflite_run
+
+            record = export_tflite_run(args.run_dir, args.quantize)
+            p = record["parity"]
+            acc = (
+                f", test accuracy {record['test_accuracy']:.4f}"
+                if "test_accuracy" in record
+                else ""
+            )
+            print(
+                f"tflite{' int8' if args.quantize else ''}: max |Δp| {p['max_abs_diff']:.2e}, "
+                f"top-1 agreement {p['top1_agreement']:.2%} on {p['n_images']} test images{acc}"
+            )
+            print(Path(args.run_dir) / record["path"])
+            if args.format == "tflite":
+                return 0
     except (UserError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UserError) else 1

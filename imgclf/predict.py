@@ -84,7 +84,7 @@ class Predictor:
         self.class_names = class_names
         self.image_size = image_size
         self.channels = channels
-        self.kind = kind  # "keras" (a run directory) or "saved_model"
+        self.kind = kind  # "keras" (a run directory), "saved_model" or "tflite"
         self.path = path
         self.model = model  # the Keras model of a run directory (Grad-CAM needs it); else None
 
@@ -96,9 +96,12 @@ class Predictor:
             return cls._from_keras(path)
         if (path / "saved_model.pb").is_file():
             return cls._from_saved_model(path)
+        if path.suffix == ".tflite" and path.is_file():
+            return cls._from_tflite(path)
         raise UserError(
-            f"{path} is neither a run directory (with {runs.MODEL} and {runs.LABELS}) nor a "
-            f"SavedModel directory (with saved_model.pb); pass runs/<run> or runs/<run>/saved_model"
+            f"{path} is neither a run directory (with {runs.MODEL} and {runs.LABELS}), a "
+            f"SavedModel directory (with saved_model.pb) nor a .tflite file; pass runs/<run>, "
+            f"runs/<run>/saved_model or runs/<run>/model.tflite"
         )
 
     @classmethod
@@ -133,6 +136,17 @@ class Predictor:
 
         labels = runs.read_labels(path)
         return cls(fn, labels, (height, width), channels, "saved_model", path)
+
+    @classmethod
+    def _from_tflite(cls, path: Path) -> Predictor:
+        from imgclf.tflite import tflite_function
+
+        run_dir = path.parent
+        if not (run_dir / runs.LABELS).is_file():
+            raise UserError(f"{path}: no {runs.LABELS} next to it; keep it in its run directory")
+        runs.verify_manifest(run_dir, path.name, runs.LABELS)
+        fn, (height, width, channels) = tflite_function(path)
+        return cls(fn, runs.read_labels(run_dir), (height, width), channels, "tflite", path)
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Probabilities [N, classes] for raw images [N, H, W, C] (0..255) at the model's size."""

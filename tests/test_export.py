@@ -122,3 +122,30 @@ def test_serving_dir_gets_numbered_versions_and_never_a_failed_one(
     monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)
     assert main([str(run), "--serving-dir", str(serving)]) == 1
     assert sorted(p.name for p in serving.iterdir()) == ["1", "2"]
+
+
+def test_tflite_export_is_checked_and_predicts_like_the_run(tiny_run: Path, tmp_path: Path):
+    import shutil
+
+    from imgclf.predict import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main([str(run), "--format", "tflite"]) == 0
+    assert main([str(run), "--format", "tflite", "--quantize", "int8"]) == 0
+    exports = json.loads((run / "exports.json").read_text())
+    flt, int8 = exports["tflite"], exports["tflite_int8"]
+    assert flt["quantized"] is False and int8["quantized"] == "int8"
+    assert flt["parity"]["max_abs_diff"] <= PARITY_TOLERANCE
+    assert flt["parity"]["top1_agreement"] >= 0.999
+    assert flt["test_accuracy"] == flt["keras_test_accuracy"]
+    assert "accuracy_drop" in int8 and int8["size_bytes"] < flt["size_bytes"]
+    manifest = json.loads((run / "manifest.json").read_text())["files"]
+    assert {"model.tflite", "model_int8.tflite"} <= set(manifest)
+    samples = sorted((run / "samples").glob("*.png"))
+    want, _ = Predictor.from_path(run).predict_files(samples)
+    got, _ = Predictor.from_path(run / "model.tflite").predict_files(samples)
+    assert [p.label for p in got] == [p.label for p in want]
+    np.testing.assert_allclose(
+        [p.probabilities for p in got], [p.probabilities for p in want], atol=PARITY_TOLERANCE
+    )
