@@ -196,7 +196,9 @@ def saved_model_record(
     }
 
 
-def check_split(run_dir: Path, image_size: tuple[int, int], channels: int):
+def check_split(
+    run_dir: Path, image_size: tuple[int, int], channels: int
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(images, labels or None) to check an export against: the run's test split re-made from
     config.yaml, else its saved samples/ (labels unknown then)."""
     from imgclf.config import load_config
@@ -222,11 +224,9 @@ def next_serving_version(serving_dir: str | Path) -> int:
     """The next version number under a TF Serving model folder: 1 + the largest numeric
     sub-folder (1 for a new folder). TF Serving serves the highest version it finds."""
     folder = Path(serving_dir)
-    versions = (
-        [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
-        if (folder.is_dir())
-        else []
-    )
+    if not folder.is_dir():
+        return 1
+    versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
 
 

@@ -201,11 +201,8 @@ def verify_manifest(run_dir: str | Path, *names: str) -> bool:
             raise IntegrityError(
                 f"{run_dir / name} is not listed in {MANIFEST}; it was not written by this run"
             )
-        on_disk = (
-            {p.relative_to(run_dir).as_posix() for p in _artifacts(run_dir / name)}
-            if (run_dir / name).is_dir()
-            else set()
-        )
+        # _artifacts of a plain file is empty, so only folders can have unlisted extras.
+        on_disk = {p.relative_to(run_dir).as_posix() for p in _artifacts(run_dir / name)}
         extra = sorted(on_disk - set(listed))
         if extra:
             raise IntegrityError(
