@@ -67,7 +67,8 @@ def _number(text: str | None) -> float | str | None:
         return text
 
 
-def _read_history(path: Path) -> list[dict[str, Any]]:
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """history.csv as dicts, numbers parsed ([] when the file is missing)."""
     if not path.is_file():
         return []
     with path.open(newline="", encoding="utf-8") as fh:
@@ -89,7 +90,7 @@ def load_run(path: str | Path) -> RunSummary:
         raise UserError(f"{path} is not a run directory (no {runs.CONFIG} or {runs.HISTORY})")
     config = read_yaml(config_file) if config_file.is_file() else {}
     try:
-        history = _read_history(history_file)
+        history = read_history(history_file)
         metrics = runs.read_json(path / runs.METRICS) if (path / runs.METRICS).is_file() else {}
     except (OSError, ValueError, csv.Error) as exc:
         raise UserError(f"{path}: cannot read run files: {exc}") from None

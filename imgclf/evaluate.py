@@ -76,13 +76,14 @@ def evaluate(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Evaluate `model` on a test split; returns (metrics dict, probabilities).
 
-    The metrics also list the `worst` most confidently wrong test images (file or index).
+    The metrics also list the `worst` test images with the highest cross-entropy (the lowest
+    probability on their true class), by file or index, with their prediction.
     """
     probs = predict_proba(model, images)
     metrics = classification_metrics(probs, labels, class_names, k)
     predicted = probs.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != labels)
-    order = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:worst]
+    p_true = probs[np.arange(len(labels)), labels]
+    order = np.argsort(p_true, kind="stable")[:worst]
     metrics["worst_predictions"] = [
         {
             "index": int(i),
@@ -90,6 +91,8 @@ def evaluate(
             "true": class_names[labels[i]],
             "predicted": class_names[predicted[i]],
             "confidence": float(probs[i, predicted[i]]),
+            "true_probability": float(p_true[i]),
+            "loss": float(-np.log(max(float(p_true[i]), 1e-12))),
         }
         for i in order
     ]

@@ -25,6 +25,9 @@ BYTES_SIGNATURE = "serve_bytes"
 BYTES_INPUT_NAME = "images"
 
 
+_ACCURACY_KEYS = ("test_accuracy", "keras_test_accuracy", "accuracy_drop")
+
+
 class ExportError(RuntimeError):
     """The exported artifact does not reproduce the trained model."""
 
@@ -82,6 +85,59 @@ def write_saved_model(model: Any, path: str | Path, class_names: list[str] | Non
     archive.write_out(str(path), verbose=False)
 
 
+def compare(
+    exported: np.ndarray, reference: np.ndarray, labels: np.ndarray | None
+) -> dict[str, Any]:
+    """The parity figures of an export's probabilities against model.keras' on the same images:
+    `parity` (max |Δp|, top-1 agreement) and, when the true `labels` are known, the test accuracy
+    of each and the drop."""
+    record: dict[str, Any] = {
+        "parity": {
+            "n_images": len(exported),
+            "max_abs_diff": float(np.abs(exported - reference).max()),
+            "top1_agreement": float((exported.argmax(1) == reference.argmax(1)).mean()),
+            "tolerance": PARITY_TOLERANCE,
+        }
+    }
+    if labels is not None:
+        labels = np.asarray(labels[: len(exported)])
+        keras_acc = float((reference.argmax(1) == labels).mean())
+        record["test_accuracy"] = float((exported.argmax(1) == labels).mean())
+        record["keras_test_accuracy"] = keras_acc
+        record["accuracy_drop"] = keras_acc - record["test_accuracy"]
+    return record
+
+
+def require_parity(what: str, parity: dict[str, Any], not_written: str) -> None:
+    """Raise ExportError with the figures if a float export is outside the thresholds."""
+    diff, agree = parity["max_abs_diff"], parity["top1_agreement"]
+    if diff > PARITY_TOLERANCE or agree < PARITY_MIN_AGREEMENT:
+        raise ExportError(
+            f"{what} disagrees with model.keras: max |Δp| = {diff:.2e} (tolerance "
+            f"{PARITY_TOLERANCE:.0e}), top-1 agreement {agree:.2%} on {parity['n_images']} "
+            f"images; {not_written}"
+        )
+
+
+def record_export(run_dir: str | Path, key: str, record: dict[str, Any]) -> None:
+    """Store `record` as exports.json[key], refresh the model card's export table, and re-write
+    the manifest (the new artifact and both files are part of the run)."""
+    from imgclf.model_card import refresh_export_section
+
+    run_dir = Path(run_dir)
+    exports_path = run_dir / runs.EXPORTS
+    exports = runs.read_json(exports_path) if exports_path.is_file() else {}
+    exports[key] = record
+    runs.write_json(exports_path, exports)
+    refresh_export_section(run_dir, exports)
+    runs.write_manifest(run_dir)
+
+
+def batched(fn: Any, images: np.ndarray, size: int = 256) -> np.ndarray:
+    """`fn` applied to `images` in chunks of `size`, concatenated."""
+    return np.concatenate([fn(images[i : i + size]) for i in range(0, len(images), size)])
+
+
 def _encode_png(images: np.ndarray) -> list[bytes]:
     """Lossless PNG files of uint8-valued pixel arrays [N, H, W, C]."""
     import io
@@ -96,43 +152,44 @@ def _encode_png(images: np.ndarray) -> list[bytes]:
     return encoded
 
 
-def parity(saved_model_dir: str | Path, model: Any, images: np.ndarray) -> dict[str, Any]:
+def parity(
+    saved_model_dir: str | Path, model: Any, images: np.ndarray, labels: np.ndarray | None = None
+) -> dict[str, Any]:
     """Run `images` through the reloaded SavedModel (both signatures; `serve_bytes` gets them as
-    PNG files) and the Keras model; compare probabilities and top-1 labels."""
+    PNG files) and the Keras model; compare probabilities and top-1 labels (and, given the true
+    `labels`, report `serving_default`'s test accuracy)."""
     import tensorflow as tf
 
     from imgclf.evaluate import predict_proba
 
     images = np.asarray(images[:PARITY_MAX_IMAGES], dtype=np.float32)
-    loaded = tf.saved_model.load(str(saved_model_dir))
+    with runs.glob_safe(saved_model_dir) as readable:
+        loaded = tf.saved_model.load(str(readable))
     serving, from_bytes = loaded.signatures[SIGNATURE], loaded.signatures[BYTES_SIGNATURE]
-    encoded = _encode_png(images)
-    batches = range(0, len(images), 256)
-    exported = np.concatenate(
-        [
-            serving(**{INPUT_NAME: tf.constant(images[i : i + 256])})[OUTPUT_NAME].numpy()
-            for i in batches
-        ]
+    encoded = np.array(_encode_png(images), dtype=object)
+    exported = batched(
+        lambda b: serving(**{INPUT_NAME: tf.constant(b)})[OUTPUT_NAME].numpy(), images
     )
-    via_bytes = np.concatenate(
-        [
-            from_bytes(**{BYTES_INPUT_NAME: tf.constant(encoded[i : i + 256])})[OUTPUT_NAME].numpy()
-            for i in batches
-        ]
+    via_bytes = batched(
+        lambda b: from_bytes(**{BYTES_INPUT_NAME: tf.constant(list(b))})[OUTPUT_NAME].numpy(),
+        encoded,
     )
     reference = predict_proba(model, images)
-    return {
-        "n_images": len(images),
-        "max_abs_diff": float(np.abs(exported - reference).max()),
-        "top1_agreement": float((exported.argmax(1) == reference.argmax(1)).mean()),
-        "serve_bytes_max_abs_diff": float(np.abs(via_bytes - reference).max()),
-        "serve_bytes_top1_agreement": float((via_bytes.argmax(1) == reference.argmax(1)).mean()),
-        "tolerance": PARITY_TOLERANCE,
-    }
+    figures = compare(exported, reference, labels)
+    report = figures.pop("parity")
+    report.update(figures)  # test_accuracy, keras_test_accuracy, accuracy_drop when labelled
+    from_files = compare(via_bytes, reference, None)["parity"]
+    report["serve_bytes_max_abs_diff"] = from_files["max_abs_diff"]
+    report["serve_bytes_top1_agreement"] = from_files["top1_agreement"]
+    return report
 
 
 def export_saved_model(
-    model: Any, class_names: list[str], target: str | Path, check_images: np.ndarray
+    model: Any,
+    class_names: list[str],
+    target: str | Path,
+    check_images: np.ndarray,
+    check_labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write `target` (a SavedModel + labels.json) atomically after a parity check passes.
 
@@ -145,23 +202,24 @@ def export_saved_model(
     with runs.atomic_path(target) as tmp:
         write_saved_model(model, tmp, list(class_names))
         runs.write_json(tmp / runs.LABELS, list(class_names))
-        report = parity(tmp, model, check_images)
+        report = parity(tmp, model, check_images, check_labels)
         for prefix, signature in (("", SIGNATURE), ("serve_bytes_", BYTES_SIGNATURE)):
-            diff, agree = report[f"{prefix}max_abs_diff"], report[f"{prefix}top1_agreement"]
-            if diff > PARITY_TOLERANCE or agree < PARITY_MIN_AGREEMENT:
-                raise ExportError(
-                    f"SavedModel signature {signature} disagrees with model.keras: max |Δp| = "
-                    f"{diff:.2e} (tolerance {PARITY_TOLERANCE:.0e}), top-1 agreement "
-                    f"{agree:.2%} on {report['n_images']} images; nothing was written to "
-                    f"{target}"
-                )
+            figures = {
+                "n_images": report["n_images"],
+                "max_abs_diff": report[f"{prefix}max_abs_diff"],
+                "top1_agreement": report[f"{prefix}top1_agreement"],
+            }
+            require_parity(
+                f"SavedModel signature {signature}", figures, f"nothing was written to {target}"
+            )
     return report
 
 
 def saved_model_record(
-    path: str, model: Any, class_names: list[str], report: dict[str, Any]
+    path: str, model: Any, class_names: list[str], report: dict[str, Any], size_bytes: int
 ) -> dict[str, Any]:
-    """The `saved_model` entry of exports.json: where, both signatures, and the parity figures."""
+    """The `saved_model` entry of exports.json: where, its size on disk, both signatures, and
+    the parity figures."""
     _, height, width, channels = model.input_shape
     outputs = {
         OUTPUT_NAME: {"dtype": "float32", "shape": [None, len(class_names)]},
@@ -191,7 +249,9 @@ def saved_model_record(
                 "outputs": outputs,
             },
         },
-        "parity": report,
+        "size_bytes": size_bytes,
+        "parity": {k: v for k, v in report.items() if k not in _ACCURACY_KEYS},
+        **{k: report[k] for k in _ACCURACY_KEYS if k in report},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -218,6 +278,19 @@ def check_split(
     if not samples:
         raise UserError(f"{run_dir}: no test data and no samples/ to check the export against")
     return np.stack([load_image(p, image_size, channels) for p in samples]), None
+
+
+def load_for_export(run_dir: str | Path) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    """(model.keras checked against the manifest, check images, their labels or None)."""
+    from imgclf.models.registry import load_run_model
+
+    run_dir = Path(run_dir)
+    if not runs.is_run_dir(run_dir):
+        raise UserError(f"{run_dir} is not a run directory (no {runs.MODEL} and {runs.LABELS})")
+    model = load_run_model(run_dir)
+    _, height, width, channels = model.input_shape
+    images, labels = check_split(run_dir, (height, width), channels)
+    return model, images, labels
 
 
 def next_serving_version(serving_dir: str | Path) -> int:
@@ -253,34 +326,48 @@ def export_run(
     model = load_run_model(run_dir)  # checked against manifest.json, safe mode
     class_names = runs.read_labels(run_dir)
     _, height, width, channels = model.input_shape
+    check_labels = None
     if check_images is None:
-        check_images = check_split(run_dir, (height, width), channels)[0]
+        check_images, check_labels = check_split(run_dir, (height, width), channels)
     if serving_dir is not None and out is not None:
         raise UserError("give either --out or --serving-dir, not both")
     if serving_dir is not None:
         target = Path(serving_dir) / str(next_serving_version(serving_dir))
     else:
         target = Path(out) if out is not None else run_dir / runs.SAVED_MODEL
-    report = export_saved_model(model, class_names, target, check_images)
-    exports_path = run_dir / runs.EXPORTS
-    exports = runs.read_json(exports_path) if exports_path.is_file() else {}
+    report = export_saved_model(model, class_names, target, check_images, check_labels)
     inside = out is None and serving_dir is None
     record = saved_model_record(
-        runs.SAVED_MODEL if inside else str(target.resolve()), model, class_names, report
+        runs.SAVED_MODEL if inside else str(target.resolve()),
+        model,
+        class_names,
+        report,
+        runs.tree_size(target),
     )
     if serving_dir is not None:
         record["version"] = int(target.name)
-    exports["tf_serving" if serving_dir is not None else "saved_model"] = record
-    runs.write_json(exports_path, exports)
-    runs.write_manifest(run_dir)  # the new export and exports.json are artifacts of the run
+    record_export(run_dir, "tf_serving" if serving_dir is not None else "saved_model", record)
     return target
 
 
+def _report(what: str, record: dict[str, Any], path: Path) -> None:
+    """Print an export's parity line and its path."""
+    p = record["parity"]
+    acc = f", test accuracy {record['test_accuracy']:.4f}" if "test_accuracy" in record else ""
+    print(
+        f"{what}: max |Δp| {p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.2%} "
+        f"on {p['n_images']} test images{acc}"
+    )
+    print(path)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m imgclf.export RUN_DIR [--out DIR | --serving-dir DIR]`."""
+    """`python -m imgclf.export RUN_DIR [--format saved_model|tflite|onnx|all]
+    [--quantize int8] [--out DIR | --serving-dir DIR]`."""
     parser = argparse.ArgumentParser(
         prog="imgclf-export",
-        description="Export a trained run as a SavedModel taking raw pixels, checked for parity.",
+        description="Export a trained run (SavedModel, TFLite, ONNX), each checked for parity "
+        "against model.keras on the run's test split.",
     )
     parser.add_argument("run_dir", help="a run directory written by imgclf-train")
     parser.add_argument("--out", help="where to write the SavedModel (default RUN_DIR/saved_model)")
@@ -290,47 +377,43 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--format",
-        choices=("saved_model", "tflite", "all"),
+        choices=("saved_model", "tflite", "onnx", "all"),
         default="saved_model",
-        help="tflite: RUN_DIR/model.tflite from the run's SavedModel; all: both (onnx: not yet)",
+        help="saved_model (default): RUN_DIR/saved_model/; tflite: RUN_DIR/model.tflite from "
+        "the SavedModel; onnx: RUN_DIR/model.onnx (needs the [onnx] extra); all: all three",
     )
     parser.add_argument(
         "--quantize", choices=("int8",), help="tflite: dynamic-range int8 (model_int8.tflite)"
     )
     args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    formats = ("saved_model", "tflite", "onnx") if args.format == "all" else (args.format,)
     try:
-        if args.format in ("tflite", "all") and (args.out or args.serving_dir):
+        if formats != ("saved_model",) and (args.out or args.serving_dir):
             raise UserError("--out and --serving-dir apply to --format saved_model only")
-        path = Path(args.run_dir) / runs.SAVED_MODEL
-        if args.format in ("saved_model", "all"):
-            path = export_run(args.run_dir, args.out, serving_dir=args.serving_dir)
-        if args.format in ("tflite", "all"):
+        if args.quantize and "tflite" not in formats:
+            raise UserError("--quantize int8 applies to --format tflite (or all)")
+        if "onnx" in formats:
+            from imgclf.onnx_export import require_onnx
+
+            require_onnx()  # before minutes of other exports, not after
+        if "saved_model" in formats:
+            path = export_run(run_dir, args.out, serving_dir=args.serving_dir)
+            key = "tf_serving" if args.serving_dir else "saved_model"
+            _report("saved_model", runs.read_json(run_dir / runs.EXPORTS)[key], path)
+        if "tflite" in formats:
             from imgclf.tflite import export_tflite_run
 
-            record = export_tflite_run(args.run_dir, args.quantize)
-            p = record["parity"]
-            acc = (
-                f", test accuracy {record['test_accuracy']:.4f}"
-                if "test_accuracy" in record
-                else ""
-            )
-            print(
-                f"tflite{' int8' if args.quantize else ''}: max |Δp| {p['max_abs_diff']:.2e}, "
-                f"top-1 agreement {p['top1_agreement']:.2%} on {p['n_images']} test images{acc}"
-            )
-            print(Path(args.run_dir) / record["path"])
-            if args.format == "tflite":
-                return 0
+            record = export_tflite_run(run_dir, args.quantize)
+            _report(f"tflite{' int8' if args.quantize else ''}", record, run_dir / record["path"])
+        if "onnx" in formats:
+            from imgclf.onnx_export import export_onnx_run
+
+            record = export_onnx_run(run_dir)
+            _report("onnx", record, run_dir / record["path"])
     except (UserError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UserError) else 1
-    key = "tf_serving" if args.serving_dir else "saved_model"
-    report = runs.read_json(Path(args.run_dir) / runs.EXPORTS)[key]["parity"]
-    print(
-        f"parity: max |Δp| {report['max_abs_diff']:.2e}, top-1 agreement "
-        f"{report['top1_agreement']:.2%} on {report['n_images']} test images"
-    )
-    print(path)
     return 0
 
 

@@ -72,7 +72,7 @@ def load_image(
         raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
     name, data = _read_source(source)
     with io.BytesIO(data) as fp:
-        img = _decode(fp, name, max_pixels)
+        img = _decode(fp, name, max_pixels, target)
     img = _to_l_or_rgb(img, name)
     mode = "L" if channels == 1 else "RGB"
     if img.mode != mode:
@@ -142,14 +142,19 @@ def _read_source(source: object) -> tuple[str, bytes]:
     return name, data
 
 
-def _decode(fp: io.BytesIO, name: str, max_pixels: int) -> Image.Image:
-    """Identify, size-check and fully decode frame 0, with EXIF orientation applied."""
+def _decode(
+    fp: io.BytesIO, name: str, max_pixels: int, target: tuple[int, int] | None = None
+) -> Image.Image:
+    """Identify, size-check and decode frame 0, with EXIF orientation applied. Given the final
+    `target` size, a JPEG much larger than it is decoded at a reduced scale (see `_draft`)."""
     try:
         img = _open_allowed(fp, name)
         width, height = img.size
         if width * height > max_pixels:
             raise ImageError(name, f"too large: {width}×{height} px (limit {max_pixels:,} pixels)")
         img.seek(0)
+        if target is not None:
+            _draft(img, target)
         img.load()
         # Returns a transposed copy (or a plain copy), detached from `fp`.
         return ImageOps.exif_transpose(img)
@@ -161,6 +166,18 @@ def _decode(fp: io.BytesIO, name: str, max_pixels: int) -> Image.Image:
         raise
     except Exception as exc:  # Pillow's decoders raise a grab bag (OSError, SyntaxError, ...)
         raise ImageError(name, "truncated or corrupt image") from exc
+
+
+def _draft(img: ImageFile.ImageFile, target: tuple[int, int]) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when it stays at least
+    _REDUCING_GAP × the target on both sides: a 12 MP photo bound for 28×28 then decodes about
+    1/64 of the pixels. The final bilinear resize still averages ≥ 3 source pixels per output
+    pixel, as `resize(reducing_gap=3)` does on a full decode. The longer target side is used
+    for both sides because EXIF rotation may swap them after decoding."""
+    if img.format != "JPEG":
+        return
+    side = int(max(target) * _REDUCING_GAP)
+    img.draft(img.mode, (side, side))
 
 
 def _open_allowed(fp: io.BytesIO, name: str) -> ImageFile.ImageFile:

@@ -3,11 +3,80 @@ held-out data, how it was exported, and what it should not be used for; written 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from imgclf import runs
 
 if TYPE_CHECKING:
     from imgclf.config import Config
     from imgclf.data import Splits
+
+
+EXPORT_HEADING = "## Export"
+# exports.json key -> what the format is, in the order the table lists them.
+_FORMATS = {
+    "saved_model": "SavedModel `serving_default` (raw pixels)",
+    "tf_serving": "TF Serving version (raw pixels)",
+    "tflite": "TFLite float32",
+    "tflite_int8": "TFLite int8 (dynamic range)",
+    "onnx": "ONNX (onnxruntime)",
+}
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2%}"
+
+
+def export_section(exports: dict[str, Any] | None, backend: str = "tensorflow") -> str:
+    """The model card's export table: one row per exported format (and one for the SavedModel's
+    `serve_bytes` signature) with its size and parity figures against model.keras."""
+    if not exports:
+        return (
+            f"- SavedModel export skipped: it needs the TensorFlow backend and this run trained "
+            f"on `{backend}`.\n  Run `imgclf-export <this run directory>` with "
+            f"KERAS_BACKEND=tensorflow to write\n  `saved_model/` from `model.keras`.\n"
+        )
+    rows = []
+    for key, what in _FORMATS.items():
+        record = exports.get(key)
+        if record is None:
+            continue
+        parity = record["parity"]
+        size = f"{record['size_bytes'] / 1e6:.2f} MB" if "size_bytes" in record else "–"
+        accuracy = record.get("test_accuracy")
+        name = Path(record["path"]).name if key == "tf_serving" else record["path"]
+        rows.append(
+            f"| {what} | `{name}` | {size} | {parity['max_abs_diff']:.1e} | "
+            f"{_pct(parity['top1_agreement'])} | {_pct(accuracy)} | {parity['n_images']} |"
+        )
+        if "serve_bytes_max_abs_diff" in parity:
+            rows.append(
+                f"| SavedModel `serve_bytes` (encoded files, as PNG) | `{name}` | – | "
+                f"{parity['serve_bytes_max_abs_diff']:.1e} | "
+                f"{_pct(parity['serve_bytes_top1_agreement'])} | – | {parity['n_images']} |"
+            )
+    return (
+        "Each export was run in its own runtime on the test images and compared with "
+        "`model.keras`\n(float exports must agree within 1e-4 and on ≥ 99.9% of top-1 labels; "
+        "int8 reports its drop).\n\n"
+        "| format | file | size | max \\|Δp\\| | top-1 agreement | test accuracy | images |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+
+
+def refresh_export_section(run_dir: str | Path, exports: dict[str, Any]) -> None:
+    """Re-write the export table of `run_dir/model_card.md` after an export (no-op without a
+    card, e.g. a run from an older imgclf)."""
+    path = Path(run_dir) / runs.MODEL_CARD
+    if not path.is_file():
+        return
+    text = path.read_text("utf-8")
+    pattern = re.compile(rf"^{EXPORT_HEADING}\n.*?(?=^## )", re.S | re.M)
+    table = f"{EXPORT_HEADING}\n{export_section(exports)}\n"
+    if pattern.search(text):
+        runs.write_text(path, pattern.sub(lambda _: table, text, count=1))
 
 
 def _transfer_lines(config: Config, metrics: dict[str, Any]) -> str:
@@ -34,11 +103,12 @@ def model_card(
     splits: Splits,
     metrics: dict[str, Any],
     model: Any,
-    parity: dict[str, Any] | None,
+    exports: dict[str, Any] | None,
     backend: str = "tensorflow",
 ) -> str:
     """The run's model_card.md: model, data, recipe (with transfer phases), test results,
-    export parity and the limits of intended use, from what the run measured."""
+    export parity (`exports`: exports.json's content, None when the SavedModel export was
+    skipped) and the limits of intended use, from what the run measured."""
     test = metrics["test"]
     rows = "\n".join(
         f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
@@ -58,26 +128,7 @@ def model_card(
             f"\n- Training images capped at {config.data.max_per_class} per class "
             "(validation and test are not capped)"
         )
-    if parity is None:
-        export = (
-            f"- SavedModel export skipped: it needs the TensorFlow backend and this run trained "
-            f"on `{backend}`.\n  Run `imgclf-export <this run directory>` with "
-            f"KERAS_BACKEND=tensorflow to write\n  `saved_model/` from `model.keras`."
-        )
-    else:
-        export = (
-            f"- `saved_model/` (`serving_default`: `pixels` float32 [N, {height}, {width}, "
-            f"{config.data.channels}]\n  → `probabilities`, `label`); max |Δp| vs `model.keras` = "
-            f"{parity['max_abs_diff']:.2e} on\n  {parity['n_images']} test images, top-1 "
-            f"agreement {parity['top1_agreement']:.2%}"
-        )
-        if "serve_bytes_max_abs_diff" in parity:
-            export += (
-                "\n- `serve_bytes` (`images`: encoded JPEG/PNG/GIF/BMP/WebP files, decoded and "
-                f"resized in the graph): on the same images as PNG files\n  max |Δp| "
-                f"{parity['serve_bytes_max_abs_diff']:.2e}, top-1 agreement "
-                f"{parity['serve_bytes_top1_agreement']:.2%}"
-            )
+    export = export_section(exports, backend)
     return f"""# Model card: {config.name}
 
 ## Model
@@ -106,9 +157,8 @@ def model_card(
 |---|---|---|---|---|
 {rows}
 
-## Export
+{EXPORT_HEADING}
 {export}
-
 ## Intended use and limits
 - Classifies images that resemble the training data into exactly these classes. Any other
   input still receives one of these labels: an image of something else gives a meaningless answer.

@@ -1,7 +1,8 @@
-"""Classify images with a run directory or an exported SavedModel.
+"""Classify images with a run directory or one of its exports (SavedModel, TFLite, ONNX).
 
-`Predictor.from_path` accepts either; images go through the one decoder (`images.load_image`) at
-the model's size and channels and are classified in batches (never one `predict` call per image).
+`Predictor.from_path` accepts any of them; images go through the one decoder (`images.load_image`)
+at the model's size and channels and are classified in batches (never one `predict` call per
+image).
 `--explain DIR` also writes a Grad-CAM overlay of the top-1 class per image (`imgclf.explain`);
 it needs the Keras model, so a run directory.
 """
@@ -84,13 +85,14 @@ class Predictor:
         self.class_names = class_names
         self.image_size = image_size
         self.channels = channels
-        self.kind = kind  # "keras" (a run directory), "saved_model" or "tflite"
+        self.kind = kind  # "keras" (a run directory), "saved_model", "tflite" or "onnx"
         self.path = path
         self.model = model  # the Keras model of a run directory (Grad-CAM needs it); else None
 
     @classmethod
     def from_path(cls, path: str | Path) -> Predictor:
-        """Load a run directory (its model.keras) or a SavedModel directory (with labels.json)."""
+        """Load a run directory (its model.keras), a SavedModel directory (with labels.json), or
+        a run's model.tflite / model_int8.tflite / model.onnx file."""
         path = Path(path)
         if runs.is_run_dir(path):
             return cls._from_keras(path)
@@ -98,10 +100,12 @@ class Predictor:
             return cls._from_saved_model(path)
         if path.suffix == ".tflite" and path.is_file():
             return cls._from_tflite(path)
+        if path.suffix == ".onnx" and path.is_file():
+            return cls._from_onnx(path)
         raise UserError(
             f"{path} is neither a run directory (with {runs.MODEL} and {runs.LABELS}), a "
-            f"SavedModel directory (with saved_model.pb) nor a .tflite file; pass runs/<run>, "
-            f"runs/<run>/saved_model or runs/<run>/model.tflite"
+            f"SavedModel directory (with saved_model.pb), a .tflite nor an .onnx file; pass "
+            f"runs/<run>, runs/<run>/saved_model, runs/<run>/model.tflite or runs/<run>/model.onnx"
         )
 
     @classmethod
@@ -127,7 +131,8 @@ class Predictor:
         if (path.parent / runs.MANIFEST).is_file() and path.name == runs.SAVED_MODEL:
             # A run's own export: every file of it must be what training wrote.
             runs.verify_manifest(path.parent, runs.SAVED_MODEL)
-        serving = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+        with runs.glob_safe(path) as readable:
+            serving = tf.saved_model.load(str(readable)).signatures[SIGNATURE]
         spec = serving.structured_input_signature[1][INPUT_NAME]
         _, height, width, channels = spec.shape.as_list()
 
@@ -147,6 +152,20 @@ class Predictor:
         runs.verify_manifest(run_dir, path.name, runs.LABELS)
         fn, (height, width, channels) = tflite_function(path)
         return cls(fn, runs.read_labels(run_dir), (height, width), channels, "tflite", path)
+
+    @classmethod
+    def _from_onnx(cls, path: Path) -> Predictor:
+        from imgclf.onnx_export import onnx_function
+
+        run_dir = path.parent
+        if (run_dir / runs.MANIFEST).is_file():
+            runs.verify_manifest(run_dir, path.name)
+        fn, (height, width, channels), labels = onnx_function(path)
+        if labels is None:
+            if not (run_dir / runs.LABELS).is_file():
+                raise UserError(f"{path}: no class names in its metadata and no {runs.LABELS}")
+            labels = runs.read_labels(run_dir)
+        return cls(fn, labels, (height, width), channels, "onnx", path)
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Probabilities [N, classes] for raw images [N, H, W, C] (0..255) at the model's size."""
@@ -198,6 +217,42 @@ class Predictor:
         if not names:
             return [], failures
         return self.top_k(self.predict_arrays(images), names, k), failures
+
+
+@dataclass(frozen=True)
+class Classified:
+    """One classified upload: its top-k, the pixels the model saw, and the time it took."""
+
+    prediction: Prediction
+    pixels: np.ndarray  # uint8 [H, W, C] at the model's size, inverted if asked
+    latency_ms: float  # decode + preprocess + forward, this image alone
+
+
+def classify_named(
+    predictor: Predictor, files: Iterable[tuple[str, bytes]], k: int = 5, invert: bool = False
+) -> tuple[list[Classified], list[tuple[str, str]]]:
+    """Classify named encoded images one at a time (the app's uploads), timing each; returns
+    (results, [(name, reason)] for files that cannot be decoded: the reasons of `load_image`).
+
+    `invert` turns each image into its negative before classifying: a model trained on
+    light-on-dark digits (MNIST) then reads dark-on-light photos and scans.
+    """
+    import time
+
+    results, failures = [], []
+    for name, data in files:
+        start = time.perf_counter()
+        try:
+            pixels = load_image(data, predictor.image_size, predictor.channels)
+        except ImageError as exc:
+            failures.append((name, exc.reason))
+            continue
+        if invert:
+            pixels = 255 - pixels
+        probs = predictor.predict_arrays(pixels[None])
+        elapsed = (time.perf_counter() - start) * 1000
+        results.append(Classified(predictor.top_k(probs, [name], k)[0], pixels, elapsed))
+    return results, failures
 
 
 def expand_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -261,9 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The `imgclf-predict` argument parser (importing it costs no TensorFlow)."""
     parser = argparse.ArgumentParser(
         prog="imgclf-predict",
-        description="Classify images with a run directory or a SavedModel directory.",
+        description="Classify images with a run directory or an export of it (SavedModel "
+        "directory, .tflite or .onnx file).",
     )
-    parser.add_argument("model", help="runs/<run> (uses model.keras) or a SavedModel directory")
+    parser.add_argument(
+        "model",
+        help="runs/<run> (uses model.keras), a SavedModel directory, or a .tflite/.onnx file",
+    )
     parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (3)")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")

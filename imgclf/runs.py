@@ -32,6 +32,7 @@ MODEL_CARD = "model_card.md"
 MANIFEST = "manifest.json"
 PLOTS = "plots"
 SAMPLES = "samples"
+WORST = "worst"
 DEFAULT_ROOT = Path("runs")
 LATEST = "latest"
 
@@ -142,6 +143,29 @@ def point_latest(run_dir: Path) -> None:
 def is_run_dir(path: str | Path) -> bool:
     """True if `path` holds a trained model written by `imgclf.train`."""
     return (Path(path) / MODEL).is_file() and (Path(path) / LABELS).is_file()
+
+
+@contextlib.contextmanager
+def glob_safe(path: str | Path) -> Iterator[Path]:
+    """`path`, or while the block runs a link to it from a temporary folder if `path` contains
+    `[`, `]`, `*` or `?`: TensorFlow's checkpoint reader takes the variables path as a glob
+    pattern, so it cannot load a SavedModel from, e.g., `runs/a[1]/saved_model`."""
+    path = Path(path)
+    if not any(c in str(path.resolve()) for c in "[]*?"):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="imgclf-") as tmp:
+        link = Path(tmp) / "model"
+        link.symlink_to(path.resolve(), target_is_directory=path.is_dir())
+        yield link
+
+
+def tree_size(path: str | Path) -> int:
+    """Bytes in a file, or in all files under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _sha256(path: Path) -> str:

@@ -57,14 +57,15 @@ def convert(saved_model_dir: str | Path, quantize: str | None = None) -> bytes:
 
     from imgclf.export import SIGNATURE
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        str(saved_model_dir), signature_keys=[SIGNATURE]
-    )
-    if quantize == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no dataset: dynamic range
-    elif quantize is not None:
+    if quantize not in (None, "int8"):
         raise UserError(f"--quantize: unknown mode {quantize!r}; the choice is int8")
-    return converter.convert()
+    with runs.glob_safe(saved_model_dir) as readable:
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            str(readable), signature_keys=[SIGNATURE]
+        )
+        if quantize == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no dataset: dynamic range
+        return converter.convert()
 
 
 def export_tflite(
@@ -77,7 +78,7 @@ def export_tflite(
     """Write `model.tflite` (or `model_int8.tflite`) into the run after checking it on `images`
     (raw pixels, with their true `labels` when known); returns its exports.json record."""
     from imgclf.evaluate import predict_proba
-    from imgclf.export import PARITY_MAX_IMAGES, PARITY_MIN_AGREEMENT, PARITY_TOLERANCE, ExportError
+    from imgclf.export import PARITY_MAX_IMAGES, batched, compare, require_parity
 
     run_dir = Path(run_dir)
     saved_model = run_dir / runs.SAVED_MODEL
@@ -87,34 +88,14 @@ def export_tflite(
     flatbuffer = convert(saved_model, quantize)
     fn, _ = tflite_function(flatbuffer)
     images = np.asarray(images[:PARITY_MAX_IMAGES], np.float32)
-    exported = np.concatenate([fn(images[i : i + 256]) for i in range(0, len(images), 256)])
-    reference = predict_proba(model, images)
     record: dict[str, Any] = {
         "path": INT8_FILE if quantize else FLOAT_FILE,
         "quantized": quantize or False,
         "size_bytes": len(flatbuffer),
-        "parity": {
-            "n_images": len(images),
-            "max_abs_diff": float(np.abs(exported - reference).max()),
-            "top1_agreement": float((exported.argmax(1) == reference.argmax(1)).mean()),
-            "tolerance": PARITY_TOLERANCE,
-        },
+        **compare(batched(fn, images), predict_proba(model, images), labels),
     }
-    if labels is not None:
-        labels = np.asarray(labels[: len(images)])
-        keras_acc = float((reference.argmax(1) == labels).mean())
-        record["test_accuracy"] = float((exported.argmax(1) == labels).mean())
-        record["keras_test_accuracy"] = keras_acc
-        record["accuracy_drop"] = keras_acc - record["test_accuracy"]
-    parity = record["parity"]
-    if not quantize and (
-        parity["max_abs_diff"] > PARITY_TOLERANCE or parity["top1_agreement"] < PARITY_MIN_AGREEMENT
-    ):
-        raise ExportError(
-            f"TFLite model disagrees with model.keras: max |Δp| = {parity['max_abs_diff']:.2e} "
-            f"(tolerance {PARITY_TOLERANCE:.0e}), top-1 agreement {parity['top1_agreement']:.2%} "
-            f"on {parity['n_images']} images; {record['path']} was not written"
-        )
+    if not quantize:
+        require_parity("TFLite model", record["parity"], f"{record['path']} was not written")
     with runs.atomic_path(run_dir / record["path"]) as tmp:
         tmp.write_bytes(flatbuffer)
     return record
@@ -123,19 +104,9 @@ def export_tflite(
 def export_tflite_run(run_dir: str | Path, quantize: str | None = None) -> dict[str, Any]:
     """`imgclf-export RUN --format tflite [--quantize int8]`: convert, check on the run's test
     split, write the file, and record it in exports.json (and the manifest)."""
-    from imgclf.export import check_split
-    from imgclf.models.registry import load_run_model
+    from imgclf.export import load_for_export, record_export
 
-    run_dir = Path(run_dir)
-    if not runs.is_run_dir(run_dir):
-        raise UserError(f"{run_dir} is not a run directory (no {runs.MODEL} and {runs.LABELS})")
-    model = load_run_model(run_dir)
-    _, height, width, channels = model.input_shape
-    images, labels = check_split(run_dir, (height, width), channels)
+    model, images, labels = load_for_export(run_dir)
     record = export_tflite(run_dir, model, images, labels, quantize)
-    exports_path = run_dir / runs.EXPORTS
-    exports = runs.read_json(exports_path) if exports_path.is_file() else {}
-    exports["tflite_int8" if quantize else "tflite"] = record
-    runs.write_json(exports_path, exports)
-    runs.write_manifest(run_dir)
+    record_export(run_dir, "tflite_int8" if quantize else "tflite", record)
     return record

@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,15 +31,19 @@ if TYPE_CHECKING:
     from imgclf.data import Splits
     from imgclf.transfer import Phase
 
+# progress(event, info): see `train`.
+Progress = Callable[[str, dict[str, Any]], None]
+
 HISTORY_FIELDS = (
     "epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds",
 )  # fmt: skip
 MAX_SAMPLES = 10
 
 
-def _history_callback(path: Path) -> keras.callbacks.Callback:
+def _history_callback(path: Path, progress: Progress | None = None) -> keras.callbacks.Callback:
     """A callback that rewrites history.csv (atomically) after every epoch, so an interrupted run
-    still shows what it learned. Set its `phase` before each `fit`; epochs count on across fits."""
+    still shows what it learned, and passes each row to `progress`. Set its `phase` before each
+    `fit`; epochs count on across fits."""
     import keras
 
     class HistoryCSV(keras.callbacks.Callback):
@@ -64,6 +69,8 @@ def _history_callback(path: Path) -> keras.callbacks.Callback:
             writer.writeheader()
             writer.writerows(self.rows)
             runs.write_text(path, buffer.getvalue())
+            if progress is not None:
+                progress("epoch", dict(row))
 
     return HistoryCSV()
 
@@ -226,17 +233,38 @@ def _save_samples(run_dir: Path, splits: Splits) -> None:
             Image.fromarray(pixels).save(tmp, format="PNG")
 
 
+def _save_worst(run_dir: Path, splits: Splits, metrics: dict[str, Any]) -> None:
+    """The highest-loss test images as PNGs under worst/, named in metrics' worst_predictions
+    (`image`), so the app can show them without the dataset."""
+    from PIL import Image
+
+    folder = run_dir / runs.WORST
+    folder.mkdir(exist_ok=True)
+    for n, entry in enumerate(metrics["worst_predictions"]):
+        x = splits.test.x[entry["index"]]
+        true, pred = (re.sub(r"[^A-Za-z0-9._-]+", "_", entry[k]) for k in ("true", "predicted"))
+        name = f"{n:02d}_true-{true}_pred-{pred}.png"
+        with runs.atomic_path(folder / name) as tmp:
+            Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x).save(tmp, format="PNG")
+        entry["image"] = f"{runs.WORST}/{name}"
+
+
 def train(
     config: Config,
     out: str | Path | None = None,
     verbose: int | str = "auto",
     runs_root: str | Path = runs.DEFAULT_ROOT,
+    progress: Progress | None = None,
 ) -> Path:
     """Train `config` end to end and return the run directory holding every artifact.
 
     Writes config.yaml, labels.json, data_report.json, history.csv, model.keras (best weights),
-    metrics.json (held-out test set), plots/, samples/, saved_model/ (parity-checked),
+    metrics.json (held-out test set), plots/, samples/, worst/, saved_model/ (parity-checked),
     exports.json and model_card.md, each atomically.
+
+    `progress(event, info)`, if given, is called as the run goes (the app's live view):
+    `("start", {"run_dir", "max_epochs"})` once the run directory exists, `("epoch", row)` with
+    each history.csv row (values as text), and `("stage", {"stage": "evaluate" | "export"})`.
     """
     import keras
     import numpy as np
@@ -313,7 +341,10 @@ def train(
     augmenter = build_augmenter(config.augment, config.data.image_size, config.seed)
     # tf.data pipelines on the TensorFlow backend, NumPy PyDatasets (no TensorFlow) on others.
     data = make_training_data(splits, config, batch_size, augmenter)
-    history_cb = _history_callback(run_dir / runs.HISTORY)
+    if progress is not None:
+        max_epochs = sum(phase.train.epochs for phase in plan_phases(config))
+        progress("start", {"run_dir": str(run_dir), "max_epochs": max_epochs})
+    history_cb = _history_callback(run_dir / runs.HISTORY, progress)
     diagnostics = None
     # Diagnostics read gradients outside the strategy's replica context: single device only.
     if strategy is None and should_enable(model, tcfg.diagnostics):
@@ -333,6 +364,8 @@ def train(
 
     with runs.atomic_path(run_dir / runs.MODEL) as tmp:
         model.save(tmp)
+    if progress is not None:
+        progress("stage", {"stage": "evaluate"})
 
     metrics, _ = evaluate(
         model,
@@ -345,6 +378,7 @@ def train(
     metrics["counts"] = splits.report["totals"]
     metrics["epochs_run"] = len(history_cb.rows)
     metrics["phases"] = phase_reports
+    _save_worst(run_dir, splits, metrics)
     runs.write_json(run_dir / runs.METRICS, metrics)
 
     history, phases = _read_history(run_dir / runs.HISTORY)
@@ -355,19 +389,23 @@ def train(
         run_dir / runs.PLOTS / "confusion.png",
     )
     _save_samples(run_dir, splits)
+    if progress is not None:
+        progress("stage", {"stage": "export"})
 
-    parity = None
+    parity, exports = None, None
     if can_export_saved_model():
         parity = export_saved_model(
-            model, splits.class_names, run_dir / runs.SAVED_MODEL, splits.test.x
+            model, splits.class_names, run_dir / runs.SAVED_MODEL, splits.test.x, splits.test.y
         )
-        record = saved_model_record(runs.SAVED_MODEL, model, splits.class_names, parity)
-        runs.write_json(run_dir / runs.EXPORTS, {"saved_model": record})
+        size = runs.tree_size(run_dir / runs.SAVED_MODEL)
+        record = saved_model_record(runs.SAVED_MODEL, model, splits.class_names, parity, size)
+        exports = {"saved_model": record}
+        runs.write_json(run_dir / runs.EXPORTS, exports)
     else:
         print(export_skipped_message(run_dir), file=sys.stderr, flush=True)
     runs.write_text(
         run_dir / runs.MODEL_CARD,
-        model_card(config, splits, metrics, model, parity, backend_name()),
+        model_card(config, splits, metrics, model, exports, backend_name()),
     )
     runs.write_manifest(run_dir)  # last: the SHA-256 of every artifact, checked when loading
     if chief and Path(runs_root) in run_dir.parents:

@@ -1,4 +1,4 @@
-"""SavedModel export: raw-pixel signature, parity with model.keras, loadable by TensorFlow alone."""
+"""Exports (SavedModel, TFLite, ONNX): parity with model.keras, each loadable in its own runtime."""
 
 from __future__ import annotations
 
@@ -149,3 +149,99 @@ def test_tflite_export_is_checked_and_predicts_like_the_run(tiny_run: Path, tmp_
     np.testing.assert_allclose(
         [p.probabilities for p in got], [p.probabilities for p in want], atol=PARITY_TOLERANCE
     )
+    table = (run / "model_card.md").read_text()
+    assert "| TFLite float32 | `model.tflite` |" in table and "TFLite int8" in table
+
+
+def test_onnx_export_is_checked_and_runs_without_tensorflow(tiny_run: Path, tmp_path: Path):
+    """model.onnx passes parity in onnxruntime, carries its class names, is in the manifest and
+    the model card, answers in a process that imports only onnxruntime and NumPy, and
+    `Predictor` on it agrees with the run; a modified file is refused."""
+    import shutil
+
+    from imgclf.errors import UserError
+    from imgclf.predict import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main([str(run), "--format", "onnx"]) == 0
+    record = json.loads((run / "exports.json").read_text())["onnx"]
+    assert record["path"] == "model.onnx" and record["quantized"] is False
+    assert record["parity"]["max_abs_diff"] <= PARITY_TOLERANCE
+    assert record["parity"]["top1_agreement"] >= 0.999
+    assert record["test_accuracy"] == record["keras_test_accuracy"]
+    assert "model.onnx" in json.loads((run / "manifest.json").read_text())["files"]
+    assert "| ONNX (onnxruntime) | `model.onnx` |" in (run / "model_card.md").read_text()
+
+    samples = sorted((run / "samples").glob("*.png"))
+    want, _ = Predictor.from_path(run).predict_files(samples)
+    onnx_predictor = Predictor.from_path(run / "model.onnx")
+    got, _ = onnx_predictor.predict_files(samples)
+    assert onnx_predictor.kind == "onnx"
+    assert [p.label for p in got] == [p.label for p in want]
+
+    pixels = Predictor.from_path(run).decode_files(samples)[1].astype(np.float32)
+    np.save(tmp_path / "pixels.npy", pixels)
+    script = f"""
+import json, sys
+import numpy as np, onnxruntime as ort
+s = ort.InferenceSession({str(run / "model.onnx")!r}, providers=["CPUExecutionProvider"])
+labels = json.loads(s.get_modelmeta().custom_metadata_map["labels"])
+(probs,) = s.run(["probabilities"], {{"pixels": np.load({str(tmp_path / "pixels.npy")!r})}})
+assert "tensorflow" not in sys.modules and "imgclf" not in sys.modules
+print(json.dumps([labels[i] for i in probs.argmax(1)]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [p.label for p in want]
+
+    data = bytearray((run / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (run / "model.onnx").write_bytes(bytes(data))
+    try:
+        Predictor.from_path(run / "model.onnx")
+    except UserError as exc:
+        assert "model.onnx" in str(exc)
+    else:
+        raise AssertionError("a modified model.onnx was loaded")
+
+
+def test_export_all_fills_the_model_card_table(tiny_run: Path, tmp_path: Path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main([str(run), "--format", "all"]) == 0
+    out = capsys.readouterr().out
+    for what in ("saved_model:", "tflite:", "onnx:"):
+        assert what in out
+    exports = json.loads((run / "exports.json").read_text())
+    assert {"saved_model", "tflite", "onnx"} <= set(exports)
+    card = (run / "model_card.md").read_text()
+    table = card[card.index("## Export") : card.index("## Intended use")]
+    for row in ("SavedModel `serving_default`", "`serve_bytes`", "TFLite float32", "ONNX"):
+        assert row in table
+    # The card's other sections are untouched by the refresh.
+    assert card.count("## ") == (tiny_run / "model_card.md").read_text().count("## ")
+
+
+def test_export_of_a_run_whose_path_has_glob_characters(tiny_run: Path, tmp_path: Path):
+    """TensorFlow reads a checkpoint path as a glob pattern; `[1]` in a folder name must not
+    break export or loading."""
+    import shutil
+
+    from imgclf.predict import Predictor
+
+    run = tmp_path / "runs" / "a[1]"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "saved_model")
+    assert main([str(run)]) == 0
+    samples = sorted((run / "samples").glob("*.png"))
+    want, _ = Predictor.from_path(run).predict_files(samples)
+    got, _ = Predictor.from_path(run / "saved_model").predict_files(samples)
+    assert [p.label for p in got] == [p.label for p in want]
+
+
+def test_quantize_without_tflite_is_refused(tiny_run: Path, capsys):
+    assert main([str(tiny_run), "--format", "onnx", "--quantize", "int8"]) == 2
+    assert "--quantize int8 applies to --format tflite" in capsys.readouterr().err

@@ -309,3 +309,43 @@ def test_module_does_not_import_tensorflow():
         "assert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _photo(width: int, height: int) -> Image.Image:
+    """A smooth RGB photo stand-in: gradients with a dark bar in the left third."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 255 // (width + height)], -1)
+    rgb[:, width // 6 : width // 3] = 10
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result():
+    """A JPEG far larger than the target decodes at 1/8 scale (draft mode), still ≥ 3× the
+    target on each side, and gives nearly the pixels of a full decode + resize."""
+    data = _encode(_photo(2400, 1600), "JPEG", quality=90)
+    with io.BytesIO(data) as fp:
+        decoded = images._decode(fp, "<bytes>", images.MAX_PIXELS, (28, 28))
+        assert decoded.size == (300, 200)  # 2400/8 × 1600/8
+    with io.BytesIO(data) as fp:
+        assert images._decode(fp, "<bytes>", images.MAX_PIXELS, None).size == (2400, 1600)
+    with Image.open(io.BytesIO(data)) as full:
+        reference = np.asarray(
+            full.convert("RGB").resize((28, 28), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        )
+    got = load_image(data, (28, 28), 3)
+    assert np.abs(got.astype(int) - reference.astype(int)).max() <= 6
+    # A small target that a 1/2 scale would undershoot keeps the full decode.
+    with io.BytesIO(data) as fp:
+        assert images._decode(fp, "<bytes>", images.MAX_PIXELS, (600, 600)).size == (2400, 1600)
+
+
+def test_reduced_jpeg_decoding_keeps_exif_rotation():
+    # Stored landscape with the dark bar on the left; orientation 6 turns it portrait with the
+    # bar at the top.
+    img = _photo(2400, 1200)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    grey = load_image(_encode(img, "JPEG", quality=90, exif=exif.tobytes()), (60, 30), 1)
+    assert grey.shape == (60, 30, 1)
+    rows = grey[..., 0].mean(axis=1)
+    assert rows[10:19].mean() < 40 < rows[30:].mean()  # the bar: stored x 1/6..1/3 -> top rows

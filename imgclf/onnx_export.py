@@ -1,0 +1,134 @@
+"""ONNX export of a run, checked against model.keras in ONNX Runtime.
+
+`model.onnx` takes `pixels` (float32 [N, H, W, C], raw 0..255 at the model's size: the
+preprocessing is inside the graph, as in every imgclf model) and returns `probabilities`
+(float32 [N, classes]); the class names travel in the file's metadata (`labels`, a JSON list),
+so a client needs nothing else. It is converted from model.keras (Keras 3 `model.export(...,
+format="onnx")`, which uses tf2onnx), then run on the test split (up to 1,000 images) in
+onnxruntime and compared with model.keras; an export outside the thresholds is not written.
+
+Needs the `[onnx]` extra (tf2onnx, onnx, onnxruntime) and the TensorFlow backend.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf import runs
+from imgclf.errors import UserError
+
+FILE = "model.onnx"
+LABELS_KEY = "labels"  # metadata_props key holding the class names
+INSTALL = "pip install 'imgclf[onnx]' (tf2onnx, onnx, onnxruntime)"
+
+
+def require_onnx() -> None:
+    """Raise UserError naming the extra to install if the ONNX packages are missing."""
+    import importlib.util
+
+    missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {', '.join(missing)}: {INSTALL}")
+
+
+def onnx_function(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str] | None]:
+    """(fn: pixels float32 [N, H, W, C] -> probabilities [N, classes], (H, W, C), the class
+    names from the file's metadata or None) for an ONNX model, run by onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    require_onnx()
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise UserError(f"{path}: not a loadable ONNX model ({exc})") from exc
+    (inp,) = session.get_inputs()
+    shape = tuple(int(d) for d in inp.shape[1:])
+    output = session.get_outputs()[0].name
+    meta = session.get_modelmeta().custom_metadata_map
+    labels = json.loads(meta[LABELS_KEY]) if LABELS_KEY in meta else None
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        return session.run([output], {inp.name: np.asarray(batch, np.float32)})[0]
+
+    return fn, shape, labels  # type: ignore[return-value]
+
+
+def convert(model: Any, class_names: list[str], path: str | Path) -> None:
+    """Write `model` as ONNX to `path`: input `pixels`, output `probabilities`, class names in
+    the metadata."""
+    import contextlib
+    import io
+    import warnings
+
+    import keras
+    import onnx
+    import tensorflow as tf
+
+    from imgclf.export import INPUT_NAME, OUTPUT_NAME
+
+    if keras.backend.backend() != "tensorflow":
+        raise UserError("ONNX export needs the TensorFlow backend: set KERAS_BACKEND=tensorflow")
+    _, height, width, channels = model.input_shape
+    spec = tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / FILE
+        # tf2onnx prints its progress and warnings on stdout; imgclf's stdout is its report.
+        # Keras' tf2onnx patch probes `np.object`, which numpy 2 warns about.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model.export(str(raw), format="onnx", input_signature=[spec], verbose=False)
+        graph_model = onnx.load(str(raw))
+    graph = graph_model.graph
+    old = graph.output[0].name
+    # Rename the output tensor everywhere it appears (tf2onnx names it after a TF op).
+    for node in graph.node:
+        node.output[:] = [OUTPUT_NAME if o == old else o for o in node.output]
+        node.input[:] = [OUTPUT_NAME if i == old else i for i in node.input]
+    graph.output[0].name = OUTPUT_NAME
+    entry = graph_model.metadata_props.add()
+    entry.key, entry.value = LABELS_KEY, json.dumps(list(class_names))
+    onnx.checker.check_model(graph_model)
+    onnx.save(graph_model, str(path))
+
+
+def export_onnx(
+    run_dir: str | Path, model: Any, images: np.ndarray, labels: np.ndarray | None
+) -> dict[str, Any]:
+    """Write `model.onnx` into the run after checking it in onnxruntime on `images` (raw
+    pixels, with their true `labels` when known); returns its exports.json record."""
+    from imgclf.evaluate import predict_proba
+    from imgclf.export import PARITY_MAX_IMAGES, batched, compare, require_parity
+
+    require_onnx()
+    run_dir = Path(run_dir)
+    class_names = runs.read_labels(run_dir)
+    images = np.asarray(images[:PARITY_MAX_IMAGES], np.float32)
+    with runs.atomic_path(run_dir / FILE) as tmp:
+        convert(model, class_names, tmp)
+        fn, _, _ = onnx_function(tmp)
+        record: dict[str, Any] = {
+            "path": FILE,
+            "quantized": False,
+            "size_bytes": tmp.stat().st_size,
+            "runtime": "onnxruntime " + __import__("onnxruntime").__version__,
+            **compare(batched(fn, images), predict_proba(model, images), labels),
+        }
+        require_parity("ONNX model", record["parity"], f"{FILE} was not written")
+    return record
+
+
+def export_onnx_run(run_dir: str | Path) -> dict[str, Any]:
+    """`imgclf-export RUN --format onnx`: convert, check on the run's test split, write the
+    file, and record it in exports.json (and the manifest)."""
+    from imgclf.export import load_for_export, record_export
+
+    require_onnx()
+    model, images, labels = load_for_export(run_dir)
+    record = export_onnx(run_dir, model, images, labels)
+    record_export(run_dir, "onnx", record)
+    return record
