@@ -77,3 +77,25 @@ def tiny_run(folder_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
     config = load_config(None, tiny_overrides(folder_dataset))
     return train(config, out=tmp_path_factory.mktemp("runs") / "tiny", verbose=0)
+
+
+@pytest.fixture(scope="session")
+def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
+    """A runs root with two real runs: a copy of the session's tiny cnn run, and a tiny mlp
+    trained through the app's own TrainingJob (so the job is exercised end to end)."""
+    import shutil
+
+    from imgclf.config import load_config
+    from imgclf.ui.jobs import TrainingJob
+
+    root = tmp_path_factory.mktemp("app") / "runs"
+    root.mkdir()
+    shutil.copytree(tiny_run, root / "tiny-cnn")
+    config = load_config(None, [*tiny_overrides(folder_dataset), "name=tiny-mlp", "model.name=mlp"])
+    job = TrainingJob()
+    job.start(config, root)
+    state = job.wait(timeout=300)
+    assert state.status == "done", state.error
+    assert state.rows and state.max_epochs == 2 and state.stage == "export"
+    assert Path(state.run_dir).parent == root
+    return root

@@ -1,0 +1,74 @@
+"""The runs the app can show: listed from the runs root, newest first, read without loading a
+model. The app only ever loads models from here (no uploads of models)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imgclf import runs
+
+RUNS_ENV = "IMGCLF_RUNS"
+
+
+def runs_root() -> Path:
+    """`$IMGCLF_RUNS`, else `runs/` (relative to the working directory)."""
+    return Path(os.environ.get(RUNS_ENV) or runs.DEFAULT_ROOT)
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One finished run as the sidebar lists it."""
+
+    path: Path
+    name: str
+    family: str
+    test_accuracy: float | None
+    created: float  # seconds since the epoch (model.keras' modification time)
+
+    @property
+    def label(self) -> str:
+        """`name · family · acc 0.987 · 2026-11-22 10:03`."""
+        acc = "no test" if self.test_accuracy is None else f"acc {self.test_accuracy:.3f}"
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created))
+        return f"{self.name} · {self.family} · {acc} · {when}"
+
+
+def _read_entry(path: Path) -> RunEntry | None:
+    try:
+        config = runs.read_config(path)
+        metrics_path = path / runs.METRICS
+        metrics = runs.read_json(metrics_path) if metrics_path.is_file() else {}
+        created = (path / runs.MODEL).stat().st_mtime
+    except (OSError, ValueError, yaml.YAMLError):
+        return None  # a broken or half-deleted run is left out of the list, not fatal
+    family = str((config.get("model") or {}).get("name", "?"))
+    accuracy = (metrics.get("test") or {}).get("accuracy")
+    return RunEntry(path, path.name, family, accuracy, created)
+
+
+def list_runs(root: str | Path | None = None) -> list[RunEntry]:
+    """Finished runs (a run directory with model.keras and labels.json) directly under `root`,
+    newest first. The `latest` link is not listed twice."""
+    root = Path(root) if root is not None else runs_root()
+    if not root.is_dir():
+        return []
+    entries = []
+    for path in root.iterdir():
+        if path.is_symlink() or path.name.startswith(".") or not runs.is_run_dir(path):
+            continue
+        entry = _read_entry(path)
+        if entry is not None:
+            entries.append(entry)
+    return sorted(entries, key=lambda e: (e.created, e.name), reverse=True)
+
+
+def read_optional_json(run_dir: str | Path, name: str) -> Any:
+    """A JSON file of the run, or None when the run has none (older runs, skipped steps)."""
+    path = Path(run_dir) / name
+    return runs.read_json(path) if path.is_file() else None

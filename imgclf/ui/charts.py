@@ -1,0 +1,169 @@
+"""Interactive charts (Altair / Vega-Lite, bundled with Streamlit) built from what a run wrote:
+history.csv rows, diagnostics.json, the confusion matrix, top-k predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from imgclf.plots import phase_starts
+
+EPOCH = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
+
+
+def history_frame(history: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """history.csv rows as a DataFrame with an integer `epoch` column."""
+    frame = pd.DataFrame(list(history))
+    if not frame.empty and "epoch" in frame:
+        frame["epoch"] = frame["epoch"].astype(int)
+    return frame
+
+
+def _phase_rules(history: Sequence[dict[str, Any]]) -> alt.Chart | None:
+    """Dashed vertical lines where a training phase after the first starts (fine-tuning)."""
+    starts = phase_starts([str(r.get("phase", "train")) for r in history])
+    if not starts:
+        return None
+    frame = pd.DataFrame([{"epoch": i + 0.5, "phase": f"{name} starts"} for i, name in starts])
+    rule = alt.Chart(frame).mark_rule(strokeDash=[6, 4], color="gray")
+    return rule.encode(x="epoch:Q", tooltip=["phase"]) + rule.mark_text(
+        align="left", dx=4, dy=-6, color="gray"
+    ).encode(x="epoch:Q", y=alt.value(0), text="phase")
+
+
+def metric_chart(history: Sequence[dict[str, Any]], metric: str) -> alt.Chart:
+    """`metric` (loss or accuracy) per epoch, training vs validation, phase starts marked."""
+    frame = history_frame(history)
+    columns = {metric: "training", f"val_{metric}": "validation"}
+    present = [c for c in columns if c in frame]
+    long = frame.melt(id_vars=["epoch"], value_vars=present, var_name="split", value_name="value")
+    long["split"] = long["split"].map(columns)
+    chart = (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=EPOCH,
+            y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
+            color=alt.Color("split:N", title=None),
+            tooltip=["epoch", "split", alt.Tooltip("value:Q", title=metric, format=".4f")],
+        )
+    )
+    rules = _phase_rules(history)
+    return (chart + rules if rules is not None else chart).properties(title=metric, height=260)
+
+
+def learning_rate_chart(history: Sequence[dict[str, Any]]) -> alt.Chart:
+    """The learning rate over epochs (log scale when it spans more than 10×)."""
+    frame = history_frame(history)
+    lr = frame["learning_rate"].astype(float)
+    log = lr.min() > 0 and lr.max() / lr.min() > 10
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=EPOCH,
+            y=alt.Y("learning_rate:Q", scale=alt.Scale(type="log" if log else "linear")),
+            tooltip=["epoch", alt.Tooltip("learning_rate:Q", format=".2e")],
+        )
+        .properties(title="learning rate", height=200)
+    )
+
+
+def diagnostics_frame(diag: dict[str, Any], key: str, field: str | None = None) -> pd.DataFrame:
+    """Long table (epoch, layer, value) of diagnostics.json's per-epoch `key` (`grad_norm`, or
+    `activation` with `field` e.g. `dead_fraction`)."""
+    rows = []
+    for entry in diag.get("epochs", []):
+        for layer, value in (entry.get(key) or {}).items():
+            if field is not None:
+                value = (value or {}).get(field)
+            if value is not None:
+                rows.append({"epoch": int(entry["epoch"]), "layer": layer, "value": float(value)})
+    return pd.DataFrame(rows, columns=["epoch", "layer", "value"])
+
+
+def layer_lines(frame: pd.DataFrame, title: str, log: bool = False) -> alt.Chart:
+    """One line per layer over epochs (diagnostics)."""
+    y = alt.Y("value:Q", title=title, scale=alt.Scale(type="log" if log else "linear"))
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=EPOCH,
+            y=y,
+            color=alt.Color("layer:N", sort=None),
+            tooltip=["epoch", "layer", alt.Tooltip("value:Q", format=".4g")],
+        )
+        .properties(title=title, height=260)
+    )
+
+
+def confusion_chart(matrix: Sequence[Sequence[int]], labels: Sequence[str], normalise: bool):
+    """The confusion matrix as a heatmap (rows true, columns predicted); counts, or each row
+    divided by its total (recall on the diagonal)."""
+    counts = np.asarray(matrix, dtype=float)
+    values = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalise else counts
+    rows = [
+        {"true": t, "predicted": p, "value": float(values[i, j]), "count": int(counts[i, j])}
+        for i, t in enumerate(labels)
+        for j, p in enumerate(labels)
+    ]
+    frame = pd.DataFrame(rows)
+    order = list(labels)
+    base = alt.Chart(frame).encode(
+        x=alt.X("predicted:N", sort=order), y=alt.Y("true:N", sort=order)
+    )
+    fmt = ".2f" if normalise else "d"
+    heat = base.mark_rect().encode(
+        color=alt.Color("value:Q", scale=alt.Scale(scheme="blues"), title=None),
+        tooltip=["true", "predicted", "count", alt.Tooltip("value:Q", format=".3f")],
+    )
+    text = base.mark_text(fontSize=10).encode(
+        text=alt.Text("value:Q", format=fmt),
+        color=alt.condition(
+            alt.datum.value > float(values.max()) / 2, alt.value("white"), alt.value("black")
+        ),
+    )
+    side = max(240, 32 * len(order))
+    return (heat + text).properties(width=side, height=side)
+
+
+def topk_chart(labels: Sequence[str], probabilities: Sequence[float]) -> alt.Chart:
+    """Horizontal bars of the top-k classes, most probable on top."""
+    frame = pd.DataFrame({"label": list(labels), "probability": list(probabilities)})
+    return (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("label:N", sort=None, title=None),
+            tooltip=["label", alt.Tooltip("probability:Q", format=".4f")],
+        )
+        .properties(height=28 * len(frame) + 20)
+    )
+
+
+def overlay_chart(curves: dict[str, Sequence[dict[str, Any]]], metric: str) -> alt.Chart:
+    """`metric` (e.g. val_accuracy) per epoch for several runs on one chart."""
+    rows = [
+        {"run": run, "epoch": int(r["epoch"]), metric: r[metric]}
+        for run, history in curves.items()
+        for r in history
+        if isinstance(r.get(metric), float)
+    ]
+    frame = pd.DataFrame(rows, columns=["run", "epoch", metric])
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=EPOCH,
+            y=alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False)),
+            color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=1)),
+            tooltip=["run", "epoch", alt.Tooltip(f"{metric}:Q", format=".4f")],
+        )
+        .properties(title=metric, height=300)
+    )

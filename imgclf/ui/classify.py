@@ -1,0 +1,126 @@
+"""Classify page: upload images (or take a photo) and see each one's top-k, latency and,
+for conv models, a Grad-CAM overlay; a results table with a CSV download."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from imgclf.errors import UserError
+from imgclf.images import IMAGE_EXTENSIONS
+from imgclf.predict import classify_named
+from imgclf.ui import charts
+from imgclf.ui.catalog import RunEntry
+from imgclf.ui.state import predictor_for
+
+LOW_CONFIDENCE = 0.5  # top-1 probability under this gets a warning
+
+
+def _gradcam_layer(predictor) -> tuple[str | None, str | None]:
+    """(target layer, None) when Grad-CAM can run on this model, else (None, why not)."""
+    from imgclf import explain
+
+    if predictor.model is None:
+        return None, "Grad-CAM needs the run's Keras model"
+    try:
+        return explain.validate(predictor.model), None
+    except UserError as exc:
+        return None, str(exc)
+
+
+def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
+    """The Classify page for the selected run."""
+    st.title("Classify")
+    predictor = predictor_for(entry.path)
+    classes = len(predictor.class_names)
+    h, w = predictor.image_size
+    st.caption(
+        f"`{entry.name}`: {classes} classes, input {h}×{w}, "
+        f"{'grey' if predictor.channels == 1 else 'RGB'}; images are stretched to that size."
+    )
+    layer, no_cam = _gradcam_layer(predictor)
+    c1, c2, c3, c4 = st.columns(4)
+    k = c1.number_input("Top-k", 1, min(10, classes), min(3, classes), key="topk")
+    invert = c2.toggle(
+        "Invert colours",
+        key="invert",
+        help="For models trained on light-on-dark digits (MNIST): photos of dark ink on white "
+        "paper need inverting.",
+    )
+    cam = c3.toggle("Grad-CAM overlay", key="gradcam", disabled=layer is None, help=no_cam)
+    use_camera = c4.toggle("Use the camera", key="use_camera")
+    uploads = st.file_uploader(
+        "Images (JPEG, PNG, BMP, GIF, WebP, TIFF)",
+        type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
+        accept_multiple_files=True,
+        key="uploads",
+    )
+    files = [(u.name, u.getvalue()) for u in uploads or []]
+    if use_camera:
+        photo = st.camera_input("Take a photo", key="camera")
+        if photo is not None:
+            files.append(("camera.jpg", photo.getvalue()))
+    if not files:
+        st.info("Upload one or more images to classify them.")
+        return
+    results, failures = classify_named(predictor, files, int(k), invert)
+    for name, reason in failures:
+        st.error(f"{name}: {reason}")
+    if not results:
+        return
+    rows = []
+    by_name = dict(files)
+    for n, result in enumerate(results):
+        p = result.prediction
+        rows.append(
+            {
+                "image": p.source,
+                "label": p.label,
+                "probability": round(p.probabilities[0], 4),
+                "latency_ms": round(result.latency_ms, 2),
+                "top_k": ", ".join(
+                    f"{lab} {prob:.3f}" for lab, prob in zip(p.labels, p.probabilities, strict=True)
+                ),
+            }
+        )
+        with st.container(border=True):
+            left, mid, right = st.columns([1, 1, 3])
+            left.image(by_name[p.source], caption=p.source, width=140)
+            if cam and layer is not None:
+                from imgclf import explain
+
+                heat = explain.gradcam(predictor.model, result.pixels[None], layer=layer)[0]
+                mid.image(
+                    explain.overlay(result.pixels, heat), caption=f"Grad-CAM ({layer})", width=140
+                )
+            else:
+                mid.image(
+                    result.pixels[..., 0] if result.pixels.shape[-1] == 1 else result.pixels,
+                    caption="as the model sees it",
+                    width=140,
+                )
+            right.markdown(
+                f"**{p.label}** · p = {p.probabilities[0]:.3f} · {result.latency_ms:.1f} ms"
+            )
+            right.altair_chart(
+                charts.topk_chart(p.labels, p.probabilities),
+                width="stretch",
+                key=f"topk-{n}",
+            )
+            if p.probabilities[0] < LOW_CONFIDENCE:
+                right.warning(
+                    f"Low confidence ({p.probabilities[0]:.2f}): the image may not look like the "
+                    f"training data" + ("" if invert else ", or need inverting") + "."
+                )
+    st.subheader("Results")
+    table = pd.DataFrame(rows)
+    st.dataframe(table, hide_index=True)
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    st.download_button(
+        "Download CSV", buffer.getvalue(), file_name=f"{entry.name}-predictions.csv",
+        mime="text/csv",
+    )  # fmt: skip

@@ -1,0 +1,75 @@
+"""Model page: the model card, labels, the layer summary with parameter counts, and the
+exports with their parity figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from imgclf import runs
+from imgclf.ui.catalog import RunEntry, read_optional_json
+from imgclf.ui.state import predictor_for
+
+
+def _layers(model) -> pd.DataFrame:
+    rows = []
+    for layer in model.layers:
+        try:
+            shape = str(tuple(layer.output.shape))
+        except (AttributeError, ValueError):
+            shape = "?"
+        rows.append(
+            {
+                "layer": layer.name,
+                "type": type(layer).__name__,
+                "output shape": shape,
+                "parameters": layer.count_params(),
+                "trainable": sum(int(w.numpy().size) for w in layer.trainable_weights),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
+    """The Model page for the selected run."""
+    st.title("Model")
+    predictor = predictor_for(entry.path)
+    card, layers, exports_tab = st.tabs(["Model card", "Layers", "Exports"])
+    card_path = entry.path / runs.MODEL_CARD
+    with card:
+        st.write("Labels (output index order): " + ", ".join(predictor.class_names))
+        if card_path.is_file():
+            st.markdown(card_path.read_text("utf-8"))
+        else:
+            st.caption("This run has no model card.")
+    with layers:
+        model = predictor.model
+        st.write(f"{model.count_params():,} parameters; input {tuple(model.input_shape)}")
+        st.dataframe(_layers(model), hide_index=True)
+    with exports_tab:
+        exports = read_optional_json(entry.path, runs.EXPORTS) or {}
+        if not exports:
+            st.caption(f"No exports yet: `imgclf-export {entry.path} --format all`.")
+            return
+        rows = []
+        for key, record in exports.items():
+            parity = record.get("parity", {})
+            rows.append(
+                {
+                    "format": key,
+                    "path": record.get("path"),
+                    "MB": round(record["size_bytes"] / 1e6, 2) if "size_bytes" in record else None,
+                    "max |Δp|": parity.get("max_abs_diff"),
+                    "top-1 agreement": parity.get("top1_agreement"),
+                    "test accuracy": record.get("test_accuracy"),
+                    "images checked": parity.get("n_images"),
+                    "quantized": str(record.get("quantized") or "no"),
+                }
+            )
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        st.caption(
+            "Each export was run in its own runtime on the test images and compared with "
+            "model.keras. Add formats with `imgclf-export RUN --format all`."
+        )

@@ -1,0 +1,40 @@
+"""What the app keeps across reruns and sessions: the cached Predictor per run and the one
+training job of this server (`st.cache_resource`)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from imgclf import runs
+from imgclf.predict import Predictor, classify_named
+from imgclf.ui.jobs import TrainingJob
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _predictor(path: str, stamp: float) -> Predictor:
+    # `stamp` (the manifest's time) makes a re-exported or re-trained run load afresh.
+    predictor = Predictor.from_path(path)  # traced and warmed up once, here
+    # One image through the whole path (decode, forward) so the user's first is not slower.
+    blank = np.zeros((*predictor.image_size, predictor.channels), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(blank[..., 0] if predictor.channels == 1 else blank).save(buffer, "PNG")
+    classify_named(predictor, [("warm-up", buffer.getvalue())])
+    return predictor
+
+
+def predictor_for(run_dir: Path) -> Predictor:
+    """The run's Predictor (model.keras), loaded once per server and run."""
+    manifest = run_dir / runs.MANIFEST
+    stamp = manifest.stat().st_mtime if manifest.is_file() else 0.0
+    return _predictor(str(run_dir), stamp)
+
+
+@st.cache_resource
+def training_job() -> TrainingJob:
+    """The server's one training job (shared by every browser session)."""
+    return TrainingJob()

@@ -1,0 +1,119 @@
+"""Train page: pick a recipe from configs/, change the common fields, start training in the
+background (one job per server) and watch it live; the finished run joins the run list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from imgclf.config import SOURCES, Config, load_config
+from imgclf.errors import UserError
+from imgclf.models.registry import available_models
+from imgclf.ui.catalog import RunEntry
+from imgclf.ui.curves import show_history
+from imgclf.ui.jobs import JobBusy
+from imgclf.ui.state import training_job
+
+CONFIGS = Path("configs")
+DEFAULT = "(built-in default)"
+
+
+def _start(config: Config, root: Path) -> None:
+    try:
+        training_job().start(config, root)
+    except JobBusy as exc:
+        st.warning(str(exc))
+
+
+@st.fragment(run_every=1.0)
+def live_progress() -> None:
+    """The current job's progress bar and curves, refreshed every second while it runs; when
+    it ends, the whole app re-runs once so the new run is listed and selected."""
+    state = training_job().snapshot()
+    if state.status == "idle":
+        return
+    if state.status == "running":
+        epochs = f"epoch {len(state.rows)}/{state.max_epochs}" if state.max_epochs else ""
+        st.progress(state.fraction, text=f"Training `{state.name}`: {state.stage} {epochs}")
+        if state.rows:
+            show_history(state.rows, "live")
+        return
+    if st.session_state.get("shown_job") != state.finished:
+        st.session_state["shown_job"] = state.finished
+        st.rerun(scope="app")  # list and select the new run
+    if state.status == "failed":
+        st.error(f"Training `{state.name}` failed: {state.error}")
+    else:
+        took = state.finished - state.started
+        st.success(f"Trained `{state.name}` in {took:.0f} s: {state.run_dir}")
+
+
+def default_offer(root: Path) -> None:
+    """The first-start button: train the built-in default config into `root`."""
+    running = training_job().running
+    if st.button("Train the default model", type="primary", disabled=running, key="train_default"):
+        _start(load_config(None), root)
+    live_progress()
+
+
+def _recipes() -> list[str]:
+    found = sorted(str(p) for p in CONFIGS.glob("*.yaml")) if CONFIGS.is_dir() else []
+    return [DEFAULT, *found]
+
+
+def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
+    """The Train page (also reachable before any run exists)."""
+    st.title("Train")
+    recipe = st.selectbox("Recipe", _recipes(), key="recipe")
+    try:
+        base = load_config(None if recipe == DEFAULT else recipe)
+    except UserError as exc:
+        st.error(f"{recipe}: {exc}")
+        return
+    with st.form("train_form"):
+        c1, c2, c3 = st.columns(3)
+        name = c1.text_input("Run name", base.name)
+        source = c2.selectbox("Data source", SOURCES, index=SOURCES.index(base.data.source))
+        path = c3.text_input(
+            "Folder (for source folder)", base.data.path or "", help="one sub-folder per class"
+        )
+        models = available_models()
+        model = c1.selectbox("Model", models, index=models.index(base.model.name))
+        epochs = c2.number_input("Epochs", 1, 1000, base.train.epochs)
+        lr = c3.number_input(
+            "Learning rate", 1e-6, 10.0, float(base.train.learning_rate), format="%.5f"
+        )
+        batch = c1.number_input(
+            "Batch size", 1, 4096, base.train.batch_size if isinstance(base.train.batch_size, int)
+            else 64,
+        )  # fmt: skip
+        augment = c2.checkbox("Augmentation", base.augment.enabled)
+        st.caption("Transfer phases (used when the model starts from trained weights)")
+        t1, t2, _ = st.columns(3)
+        head = t1.number_input("Head epochs (backbone frozen)", 0, 1000, base.transfer.head_epochs)
+        fine = t2.number_input("Fine-tune epochs", 0, 1000, base.transfer.fine_tune_epochs)
+        submitted = st.form_submit_button(
+            "Start training", type="primary", disabled=training_job().running
+        )
+    if submitted:
+        overrides = [
+            f"name={name}",
+            f"data.source={source}",
+            f"model.name={model}",
+            f"train.epochs={int(epochs)}",
+            f"train.learning_rate={lr}",
+            f"train.batch_size={int(batch)}",
+            f"augment.enabled={str(augment).lower()}",
+            f"transfer.head_epochs={int(head)}",
+            f"transfer.fine_tune_epochs={int(fine)}",
+        ]
+        if path.strip():
+            overrides.append(f"data.path={path.strip()}")
+        try:
+            config = load_config(None if recipe == DEFAULT else recipe, overrides)
+        except UserError as exc:
+            st.error(str(exc))
+        else:
+            _start(config, root)
+    live_progress()

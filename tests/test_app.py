@@ -1,0 +1,171 @@
+"""The Streamlit app through `streamlit.testing.v1.AppTest` (the real app script, real runs made
+by tiny trainings in this session), and the training job it starts."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from imgclf import runs
+from imgclf.config import load_config
+from imgclf.ui import catalog
+from imgclf.ui.jobs import JobBusy, TrainingJob
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGES = ("Classify", "Training curves", "Evaluation", "Compare", "Model", "Train")
+
+
+def _app(monkeypatch, root: Path) -> AppTest:
+    monkeypatch.setenv(catalog.RUNS_ENV, str(root))
+    return AppTest.from_file(APP, default_timeout=120).run()
+
+
+def _walk(node):
+    """Every element of an AppTest tree (`at.get` only sees the top level)."""
+    yield node
+    for child in getattr(node, "children", {}).values():
+        yield from _walk(child)
+
+
+def _png(run: Path) -> bytes:
+    return sorted((run / runs.SAMPLES).glob("*.png"))[0].read_bytes()
+
+
+def test_every_page_renders_for_every_run(monkeypatch, app_runs: Path):
+    at = _app(monkeypatch, app_runs)
+    listed = at.sidebar.selectbox(key="run").options
+    assert len(listed) == 2
+    for run in at.sidebar.selectbox(key="run").options:
+        at.sidebar.selectbox(key="run").set_value(run).run()
+        for page in PAGES:
+            at.sidebar.radio(key="page").set_value(page).run()
+            assert not at.exception, (page, run, [e.value for e in at.exception])
+            assert at.title[0].value.startswith(page.split()[0])
+
+
+def test_switching_runs_changes_the_shown_metrics(monkeypatch, app_runs: Path):
+    at = _app(monkeypatch, app_runs)
+    at.sidebar.radio(key="page").set_value("Evaluation").run()
+    shown = {}
+    for entry in catalog.list_runs(app_runs):
+        at.sidebar.selectbox(key="run").set_value(str(entry.path)).run()
+        metrics = runs.read_json(entry.path / runs.METRICS)["test"]
+        values = {m.label: m.value for m in at.metric}
+        assert values["Test accuracy"] == f"{metrics['accuracy']:.4f}"
+        assert values["Cross-entropy"] == f"{metrics['loss']:.4f}"
+        shown[entry.name] = values["Cross-entropy"]
+    assert len(set(shown.values())) == 2, shown  # two runs, two different figures
+
+
+def test_runs_are_listed_newest_first_with_family_and_accuracy(app_runs: Path):
+    entries = catalog.list_runs(app_runs)
+    assert [e.created for e in entries] == sorted((e.created for e in entries), reverse=True)
+    assert {e.family for e in entries} == {"cnn", "mlp"}
+    for e in entries:
+        acc = runs.read_json(e.path / runs.METRICS)["test"]["accuracy"]
+        assert e.test_accuracy == acc and f"acc {acc:.3f}" in e.label
+
+
+def test_uploads_are_classified_and_a_bad_one_is_named(monkeypatch, app_runs: Path):
+    from imgclf.predict import Predictor
+
+    at = _app(monkeypatch, app_runs)
+    run = Path(at.sidebar.selectbox(key="run").value)
+    labels = runs.read_labels(run)
+    good = _png(run)
+    at.file_uploader(key="uploads").set_value(
+        [("good.png", good, "image/png"), ("garbage.png", b"not an image at all", "image/png")]
+    ).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["garbage.png: not an image"]
+    (shown,) = [m.value for m in at.markdown if m.value.startswith("**")]
+    label = shown.split("**")[1]
+    assert label in labels
+    expected, _ = Predictor.from_path(run).predict_files([good])
+    assert label == expected[0].label
+    table = at.dataframe[0].value
+    assert list(table["image"]) == ["good.png"] and table["latency_ms"].iloc[0] > 0
+
+
+def test_invert_switch_classifies_the_negative(monkeypatch, app_runs: Path):
+    from imgclf.predict import Predictor
+
+    at = _app(monkeypatch, app_runs)
+    run = Path(at.sidebar.selectbox(key="run").value)
+    pixels = np.asarray(Image.open(io.BytesIO(_png(run))).convert("RGB"))
+    negative = io.BytesIO()
+    Image.fromarray(255 - pixels).save(negative, "PNG")
+    at.toggle(key="invert").set_value(True).run()
+    at.file_uploader(key="uploads").set_value([("neg.png", negative.getvalue(), "image/png")]).run()
+    table = at.dataframe[0].value
+    expected, _ = Predictor.from_path(run).predict_files([_png(run)])
+    assert table["label"].iloc[0] == expected[0].label  # inverted back: the original's label
+
+
+def test_gradcam_overlay_renders_for_a_conv_model(monkeypatch, app_runs: Path):
+    at = _app(monkeypatch, app_runs)
+    cnn = next(e for e in catalog.list_runs(app_runs) if e.family == "cnn")
+    at.sidebar.selectbox(key="run").set_value(str(cnn.path)).run()
+    at.toggle(key="gradcam").set_value(True).run()
+    at.file_uploader(key="uploads").set_value([("a.png", _png(cnn.path), "image/png")]).run()
+    assert not at.exception
+    captions = [str(n.proto) for n in _walk(at.main) if getattr(n, "type", "") == "image"]
+    assert any('caption: "Grad-CAM (' in c for c in captions), captions
+
+
+def test_empty_runs_root_offers_to_train_the_default(monkeypatch, tmp_path: Path):
+    at = _app(monkeypatch, tmp_path / "nothing-here")
+    assert not at.exception
+    assert "No trained runs" in at.info[0].value
+    assert at.button(key="train_default").label == "Train the default model"
+
+
+def test_compare_shows_both_runs_and_what_differs(monkeypatch, app_runs: Path):
+    at = _app(monkeypatch, app_runs)
+    at.sidebar.radio(key="page").set_value("Compare").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert sorted(table["run"]) == sorted(e.name for e in catalog.list_runs(app_runs))
+    assert "model.name" in table.columns
+    charts = [n for n in _walk(at.main) if getattr(n, "type", "") == "vega_lite_chart"]
+    assert len(charts) == 2
+
+
+def test_train_form_config_error_is_one_line(monkeypatch, app_runs: Path):
+    at = _app(monkeypatch, app_runs)
+    at.sidebar.radio(key="page").set_value("Train").run()
+    at.text_input[0].set_value("bad name with spaces")
+    at.button[0].click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith("name")
+
+
+def test_a_failing_job_reports_one_line_and_a_second_job_is_refused(tmp_path: Path):
+    # A data error inside train() ends the job with its message, not a traceback.
+    config = load_config(None, ["data.source=folder", f"data.path={tmp_path / 'missing'}"])
+    job = TrainingJob()
+    job.start(config, tmp_path / "runs")
+    state = job.wait(timeout=60)
+    assert state.status == "failed" and "missing" in state.error and "\n" not in state.error
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+    # While one job runs, a second is refused (a trainer that waits for the test's signal).
+    release = threading.Event()
+
+    def slow_trainer(config, **kwargs):
+        release.wait(30)
+        raise RuntimeError("stopped by the test")
+
+    job = TrainingJob(trainer=slow_trainer)
+    job.start(config, tmp_path / "runs")
+    with pytest.raises(JobBusy, match="already running"):
+        job.start(config, tmp_path / "runs")
+    release.set()
+    state = job.wait(timeout=30)
+    assert state.status == "failed" and state.error == "RuntimeError: stopped by the test"
