@@ -463,6 +463,16 @@ def build_config(values: dict[str, Any]) -> Config:
         raise ConfigError(_format_error(err, merged)) from None
 
 
+def augment_overrides(enabled: bool, base: Config) -> list[str]:
+    """Overrides that switch augmentation off (every transform to its off value) or on: `base`'s
+    own transforms if it has any, else the built-in default config's. For forms with one
+    "augmentation" switch (the app)."""
+    if enabled == base.augment.enabled:
+        return []
+    source = AugmentConfig() if not enabled else build_config({}).augment
+    return [f"augment.{key}={value}" for key, value in source.model_dump().items()]
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load `path` (or the embedded default) and apply dotted `key=value` overrides."""
     values = read_yaml(path) if path is not None else {}

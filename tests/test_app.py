@@ -169,3 +169,52 @@ def test_a_failing_job_reports_one_line_and_a_second_job_is_refused(tmp_path: Pa
     release.set()
     state = job.wait(timeout=30)
     assert state.status == "failed" and state.error == "RuntimeError: stopped by the test"
+
+
+def test_a_camera_photo_is_classified(monkeypatch, app_runs: Path):
+    from imgclf.predict import Predictor
+
+    at = _app(monkeypatch, app_runs)
+    run = Path(at.sidebar.selectbox(key="run").value)
+    photo = io.BytesIO()
+    Image.open(io.BytesIO(_png(run))).convert("RGB").save(photo, "JPEG", quality=95)
+    at.toggle(key="use_camera").set_value(True).run()
+    at.camera_input(key="camera").set_value(("photo.jpg", photo.getvalue(), "image/jpeg")).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    expected, _ = Predictor.from_path(run).predict_files([photo.getvalue()])
+    assert list(table["image"]) == ["camera.jpg"]
+    assert table["label"].iloc[0] == expected[0].label
+
+
+def test_train_page_starts_a_job_and_the_new_run_is_selected(
+    monkeypatch, tmp_path: Path, folder_dataset: Path
+):
+    """The form's values (augmentation switched off included) become a real training run in
+    the background; once it ends, the app lists and selects it."""
+    from imgclf.ui.state import training_job
+
+    root = tmp_path / "runs"
+    at = _app(monkeypatch, root)
+    at.sidebar.radio(key="page").set_value("Train").run()
+
+    def field(widgets, label):
+        (widget,) = [w for w in widgets if w.label == label]
+        return widget
+
+    field(at.text_input, "Run name").set_value("form-run")
+    field(at.selectbox, "Data source").set_value("folder")
+    field(at.text_input, "Folder (for source folder)").set_value(str(folder_dataset))
+    field(at.selectbox, "Model").set_value("mlp")
+    field(at.number_input, "Epochs").set_value(1)
+    field(at.checkbox, "Augmentation").uncheck()  # off: every transform set to 0
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    state = training_job().wait(timeout=120)
+    assert state.status == "done", state.error
+    run = Path(state.run_dir)
+    config = runs.read_config(run)
+    assert config["name"] == "form-run" and config["model"]["name"] == "mlp"
+    assert config["train"]["epochs"] == 1 and config["augment"]["rotation"] == 0.0
+    at.run()
+    assert at.sidebar.selectbox(key="run").value == str(run)

@@ -137,3 +137,14 @@ def test_cli_help_does_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "usage: imgclf-train" in result.stdout
     assert "TF_NOT_LOADED" in result.stdout
+
+
+def test_augment_overrides_switch_every_transform():
+    from imgclf.config import augment_overrides
+
+    base = load_config(None)
+    assert base.augment.enabled and augment_overrides(True, base) == []
+    off = load_config(None, augment_overrides(False, base))
+    assert not off.augment.enabled
+    on = load_config(None, [*augment_overrides(False, base), *augment_overrides(True, off)])
+    assert on.augment == base.augment  # back on: the built-in default transforms

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from imgclf.config import SOURCES, Config, load_config
+from imgclf.config import SOURCES, Config, augment_overrides, load_config
 from imgclf.errors import UserError
 from imgclf.models.registry import available_models
 from imgclf.ui.catalog import RunEntry
@@ -65,7 +65,13 @@ def _recipes() -> list[str]:
 def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
     """The Train page (also reachable before any run exists)."""
     st.title("Train")
-    recipe = st.selectbox("Recipe", _recipes(), key="recipe")
+    recipes = _recipes()
+    # Kept under a plain key: a widget's own state is dropped while its page is not shown.
+    chosen = st.session_state.get("_recipe", DEFAULT)
+    recipe = st.selectbox(
+        "Recipe", recipes, index=recipes.index(chosen) if chosen in recipes else 0
+    )
+    st.session_state["_recipe"] = recipe
     try:
         base = load_config(None if recipe == DEFAULT else recipe)
     except UserError as exc:
@@ -104,10 +110,10 @@ def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
             f"train.epochs={int(epochs)}",
             f"train.learning_rate={lr}",
             f"train.batch_size={int(batch)}",
-            f"augment.enabled={str(augment).lower()}",
             f"transfer.head_epochs={int(head)}",
             f"transfer.fine_tune_epochs={int(fine)}",
         ]
+        overrides += augment_overrides(augment, base)
         if path.strip():
             overrides.append(f"data.path={path.strip()}")
         try:
