@@ -39,9 +39,9 @@ def require_onnx() -> None:
 def onnx_function(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str] | None]:
     """(fn: pixels float32 [N, H, W, C] -> probabilities [N, classes], (H, W, C), the class
     names from the file's metadata or None) for an ONNX model, run by onnxruntime on the CPU."""
+    require_onnx()  # before the import, so a missing extra gets the install line
     import onnxruntime as ort
 
-    require_onnx()
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
@@ -105,6 +105,8 @@ def export_onnx(
     from imgclf.export import PARITY_MAX_IMAGES, batched, compare, require_parity
 
     require_onnx()
+    import onnxruntime
+
     run_dir = Path(run_dir)
     class_names = runs.read_labels(run_dir)
     images = np.asarray(images[:PARITY_MAX_IMAGES], np.float32)
@@ -115,7 +117,7 @@ def export_onnx(
             "path": FILE,
             "quantized": False,
             "size_bytes": tmp.stat().st_size,
-            "runtime": "onnxruntime " + __import__("onnxruntime").__version__,
+            "runtime": f"onnxruntime {onnxruntime.__version__}",
             **compare(batched(fn, images), predict_proba(model, images), labels),
         }
         require_parity("ONNX model", record["parity"], f"{FILE} was not written")

@@ -31,6 +31,16 @@ def _gradcam_layer(predictor) -> tuple[str | None, str | None]:
         return None, str(exc)
 
 
+def _unique_names(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The uploads with repeated names suffixed " (2)", " (3)", ... in upload order."""
+    seen: dict[str, int] = {}
+    out = []
+    for name, data in files:
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name if seen[name] == 1 else f"{name} ({seen[name]})", data))
+    return out
+
+
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     """The Classify page for the selected run."""
     st.title("Classify")
@@ -66,6 +76,7 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     if not files:
         st.info("Upload one or more images to classify them.")
         return
+    files = _unique_names(files)  # two "IMG_0001.jpg" from different folders stay apart
     results, failures = classify_named(predictor, files, int(k), invert)
     for name, reason in failures:
         st.error(f"{name}: {reason}")

@@ -11,7 +11,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +56,7 @@ class TrainingJob:
     def snapshot(self) -> JobState:
         """A copy of the current state."""
         with self._lock:
-            s = self._state
-            return JobState(
-                s.status, s.name, s.stage, s.run_dir, s.max_epochs, [dict(r) for r in s.rows],
-                s.error, s.started, s.finished,
-            )  # fmt: skip
+            return replace(self._state, rows=[dict(r) for r in self._state.rows])
 
     @property
     def running(self) -> bool:

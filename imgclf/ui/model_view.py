@@ -3,6 +3,7 @@ exports with their parity figures."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +27,7 @@ def _layers(model) -> pd.DataFrame:
                 "type": type(layer).__name__,
                 "output shape": shape,
                 "parameters": layer.count_params(),
-                "trainable": sum(int(w.numpy().size) for w in layer.trainable_weights),
+                "trainable": sum(math.prod(w.shape) for w in layer.trainable_weights),
             }
         )
     return pd.DataFrame(rows)
