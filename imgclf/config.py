@@ -19,12 +19,15 @@ from imgclf.errors import ConfigError
 SOURCES = (
     "digits",
     "mnist5k",
+    "fashion_mnist",
     "folder",
     "keras:mnist",
     "keras:fashion_mnist",
     "keras:cifar10",
     "keras:cifar100",
 )
+# Sources that ship their own train/test split (data.split: auto uses it).
+PREDEFINED_SPLIT_SOURCES = tuple(s for s in SOURCES if s == "fashion_mnist" or ":" in s)
 ACTIVATIONS = (
     "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "swish", "tanh", "sigmoid", "abs",
     "maxout",
@@ -53,6 +56,10 @@ class DataConfig(_Section):
     normalize: Literal["unit", "standardize"] = "unit"  # 0..1, or z-score adapted on train
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
+    # auto: the source's own test set when it has one (fashion_mnist, keras:*), else stratified;
+    # stratified: re-split the whole pool; predefined: the source's own test set (test_fraction
+    # unused; val_fraction of the rest becomes validation).
+    split: Literal["auto", "stratified", "predefined"] = "auto"
     # Keep only these classes of the source, by the source's names, in this order (labels.json
     # follows it); names unknown to the source are reported when the data is loaded.
     classes: tuple[str, ...] | None = None
@@ -97,6 +104,11 @@ class DataConfig(_Section):
             raise ValueError(
                 f"data.val_fraction + data.test_fraction must leave at least 10% for training "
                 f"(got {self.val_fraction} + {self.test_fraction})"
+            )
+        if self.split == "predefined" and self.source not in PREDEFINED_SPLIT_SOURCES:
+            raise ValueError(
+                f"data.split=predefined: source {self.source} has no test set of its own (those "
+                f"that do: {', '.join(PREDEFINED_SPLIT_SOURCES)}); use data.split=stratified"
             )
         if self.source == "folder" and not self.path:
             raise ValueError(

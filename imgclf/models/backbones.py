@@ -101,7 +101,12 @@ def load_backbone_weights(backbone: keras.Model, path: Path, name: str) -> None:
         ) from exc
 
 
-def _build(name: str, config: Config, num_classes: int, train_images: np.ndarray | None):
+def assemble(
+    config: Config, num_classes: int, backbone: keras.Model, mode: str, name: str
+) -> keras.Model:
+    """A backbone under imgclf's head: pixels [N, H, W, data.channels] (0..255) ->
+    BackbonePreprocess(mode) -> backbone -> avg_pool -> features -> [head_dropout] ->
+    probabilities [N, num_classes]. Shared by every pretrainable family."""
     import keras
     from keras import layers
 
@@ -109,9 +114,8 @@ def _build(name: str, config: Config, num_classes: int, train_images: np.ndarray
     from imgclf.models.layers import BackbonePreprocess
 
     height, width = config.data.image_size
-    backbone = make_backbone(name, config)
     inputs = keras.Input(shape=(height, width, config.data.channels), name="pixels")
-    x = BackbonePreprocess(APPLICATIONS[name][1], name="preprocess")(inputs)
+    x = BackbonePreprocess(mode, name="preprocess")(inputs)
     # Pretrained: training=False keeps batch-norm in inference mode in every phase (its moving
     # statistics describe the pretraining data). From scratch, batch-norm must learn them.
     x = backbone(x, training=False) if config.model.pretrained else backbone(x)
@@ -119,6 +123,10 @@ def _build(name: str, config: Config, num_classes: int, train_images: np.ndarray
     x = layers.Identity(name="features")(x)
     outputs = softmax_head(x, config.model, num_classes)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _build(name: str, config: Config, num_classes: int, train_images: np.ndarray | None):
+    return assemble(config, num_classes, make_backbone(name, config), APPLICATIONS[name][1], name)
 
 
 for _name in APPLICATIONS:

@@ -59,6 +59,7 @@ class Maxout(keras.layers.Layer):
 
 # The per-channel ImageNet means (B, G, R) that Keras' "caffe" preprocess_input subtracts.
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+MODES = ("caffe", "tf", "efficientnet_lite", "none")
 
 
 @keras.saving.register_keras_serializable(package="imgclf")
@@ -67,15 +68,16 @@ class BackbonePreprocess(keras.layers.Layer):
 
     Grey images (1 channel) are repeated to RGB first. Then `mode`, as Keras'
     `preprocess_input` of the family does it: "caffe" (ResNet v1: RGB → BGR, minus the ImageNet
-    channel means, no scaling), "tf" (ResNet v2, MobileNetV2: scaled to -1..1) or "none"
+    channel means, no scaling), "tf" (ResNet v2, MobileNetV2: scaled to -1..1),
+    "efficientnet_lite" ((x − 127) / 128, what the Lite checkpoints were trained on) or "none"
     (EfficientNet normalises inside its own graph). A layer, not a Lambda, so safe-mode loading
     and every export keep it.
     """
 
     def __init__(self, mode: str = "caffe", **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("caffe", "tf", "none"):
-            raise ValueError(f"BackbonePreprocess mode must be caffe, tf or none, got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"BackbonePreprocess mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
 
     def call(self, inputs):
@@ -86,6 +88,8 @@ class BackbonePreprocess(keras.layers.Layer):
             x = ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_BGR_MEAN, dtype=x.dtype)
         elif self.mode == "tf":
             x = x / 127.5 - 1.0
+        elif self.mode == "efficientnet_lite":
+            x = (x - 127.0) / 128.0
         return x
 
     def compute_output_shape(self, input_shape):

@@ -25,6 +25,7 @@ _FAMILY_MODULES = (
     "imgclf.models.cnn",
     "imgclf.models.resnet",
     "imgclf.models.backbones",
+    "imgclf.models.efficientnet_lite",
 )
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _PRETRAINABLE: set[str] = set()  # families with published weights (model.weights: imagenet)

@@ -33,14 +33,30 @@ def _select_finished_job(entries: list[catalog.RunEntry]) -> None:
         st.session_state["run"] = finished
 
 
-def _empty_state(root: Path) -> None:
-    """No run yet: say so, and offer to train the default model from here."""
+def _empty_state(root: Path, builtins: list[catalog.RunEntry]) -> None:
+    """No run yet: say so, offer to train the default model from here, and offer the built-in
+    ImageNet classifier when it is installed."""
     st.title("imgclf")
     st.info(
         f"No trained runs in `{root}` yet. Train the default model (a small CNN on 5,000 real "
         "MNIST digits, about 1½ minutes on a 2-core CPU), or run `imgclf-train` in a terminal."
     )
     train_view.default_offer(root)
+    for entry in builtins:
+        if st.button(f"Try the built-in {entry.name} ({entry.family})", key=f"try-{entry.path}"):
+            st.session_state["run"] = str(entry.path)
+            st.session_state["page"] = "Classify"
+            st.rerun()
+
+
+def _builtin_page(entry: catalog.RunEntry, page: str) -> None:
+    """A page other than Classify for a built-in classifier: nothing to show, say why."""
+    st.title(page)
+    st.info(
+        f"{entry.name} ({entry.family}) is built in: it was trained on ImageNet elsewhere, so "
+        "it has no training history, test metrics or run files here. Use the Classify page with "
+        "it, or choose a trained run in the sidebar."
+    )
 
 
 def main() -> None:
@@ -48,23 +64,33 @@ def main() -> None:
     st.set_page_config(page_title="imgclf", page_icon="🔢", layout="wide")
     root = catalog.runs_root()
     entries = catalog.list_runs(root)
+    builtins = catalog.builtin_entries()
+    choices = {str(e.path): e for e in entries + builtins}
     _select_finished_job(entries)
     with st.sidebar:
         st.header("imgclf")
         page = st.radio("Page", list(PAGES), key="page")
         st.caption(f"Runs in `{root}`")
-        if entries:
-            paths = [str(e.path) for e in entries]
-            if st.session_state.get("run") not in paths:
-                st.session_state["run"] = paths[0]  # newest; also after a run was deleted
-            labels = {str(e.path): e.label for e in entries}
-            st.selectbox("Run", paths, format_func=labels.__getitem__, key="run")
-            st.caption(f"{len(entries)} run(s), newest first")
+        chosen = st.session_state.get("run")
+        if entries or chosen in choices:
+            if chosen not in choices:
+                st.session_state["run"] = str(entries[0].path)  # newest; also after a deletion
+            labels = {path: e.label for path, e in choices.items()}
+            st.selectbox("Run", list(choices), format_func=labels.__getitem__, key="run")
+            st.caption(f"{len(entries)} run(s), newest first; built-in classifiers last")
+    selected = choices.get(st.session_state.get("run", ""))
+    if selected is not None and selected.builtin:
+        if page == "Classify":
+            PAGES[page](selected, entries, root)
+        elif page == "Train":
+            train_view.render(None, entries, root)
+        else:
+            _builtin_page(selected, page)
+        return
     if not entries:
         if page == "Train":
             train_view.render(None, entries, root)
         else:
-            _empty_state(root)
+            _empty_state(root, builtins)
         return
-    selected = next(e for e in entries if str(e.path) == st.session_state["run"])
     PAGES[page](selected, entries, root)

