@@ -480,6 +480,43 @@ def load_data(config: Config) -> Splits:
     return Splits(splits["train"], splits["val"], splits["test"], pool.class_names, report)
 
 
+def splits_from_arrays(
+    config: Config,
+    parts: dict[str, tuple[np.ndarray, np.ndarray]],
+    class_names: list[str],
+    source: str,
+) -> Splits:
+    """Splits the caller has already divided (a benchmark's folds, a notebook's arrays).
+
+    `parts` maps "train", "val" and "test" to (uint8 images [N, h, w] or [N, h, w, c], integer
+    labels [N] indexing `class_names`); images are conformed to `config.data`'s size and
+    channels like every source's. The report names `source` and says `split: given`.
+    Raises DataError when a part is missing or empty.
+    """
+    cfg = config.data
+    splits: dict[str, Split] = {}
+    for name in ("train", "val", "test"):
+        if name not in parts or len(parts[name][1]) == 0:
+            raise DataError(f"splits_from_arrays: the {name} part is missing or empty")
+        x, y = parts[name]
+        x = x[..., None] if x.ndim == 3 else x
+        splits[name] = Split(conform(x, cfg.image_size, cfg.channels), np.asarray(y, np.int64))
+    report: dict[str, Any] = {
+        "source": source,
+        "path": None,
+        "image_size": list(cfg.image_size),
+        "channels": cfg.channels,
+        "classes": list(class_names),
+        "seed": config.seed,
+        "split": "given",
+        "totals": {name: len(split) for name, split in splits.items()},
+        "counts": {name: _counts(split.y, class_names) for name, split in splits.items()},
+        "skipped": [],
+        "ignored": [],
+    }
+    return Splits(splits["train"], splits["val"], splits["test"], list(class_names), report)
+
+
 # --------------------------------------------------------------------------------------------
 # tf.data
 

@@ -255,8 +255,12 @@ def train(
     verbose: int | str = "auto",
     runs_root: str | Path = runs.DEFAULT_ROOT,
     progress: Progress | None = None,
+    splits: Splits | None = None,
 ) -> Path:
     """Train `config` end to end and return the run directory holding every artifact.
+
+    `splits` (optional) is data already loaded and divided (e.g. by `data.splits_from_arrays`
+    for a benchmark's folds); by default `load_data(config)` loads `config.data`.
 
     Writes config.yaml, labels.json, data_report.json, history.csv, model.keras (best weights),
     metrics.json (held-out test set), plots/, samples/, worst/, saved_model/ (parity-checked),
@@ -298,7 +302,8 @@ def train(
     strategy = make_strategy(tcfg.distribute)
     # Same seed, same run: seeds Python, NumPy and Keras; deterministic kernels on TensorFlow.
     set_deterministic(config.seed)
-    splits = load_data(config)  # data errors stop here, before a run directory exists
+    if splits is None:
+        splits = load_data(config)  # data errors stop here, before a run directory exists
     num_classes = len(splits.class_names)
     batch_size = resolve_batch_size(tcfg, len(splits.train))
     if strategy is not None and batch_size % strategy.num_replicas_in_sync:

@@ -40,7 +40,7 @@ def _png(run: Path) -> bytes:
 def test_every_page_renders_for_every_run(monkeypatch, app_runs: Path):
     at = _app(monkeypatch, app_runs)
     listed = at.sidebar.selectbox(key="run").options
-    assert len(listed) == 2
+    assert len(listed) == 2 + len(catalog.builtin_entries())  # + the ImageNet classifier
     for run in at.sidebar.selectbox(key="run").options:
         at.sidebar.selectbox(key="run").set_value(run).run()
         for page in PAGES:

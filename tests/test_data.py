@@ -282,3 +282,84 @@ def test_classes_and_cap_survive_the_run_config_round_trip(tmp_path: Path):
     (tmp_path / "config.yaml").write_text(dump_config(config))
     again = load_config(tmp_path / "config.yaml")
     assert again == config and again.data.classes == ("7", "3")
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST and data.split
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    import gzip
+    import struct
+
+    header = struct.pack(f">{array.ndim + 1}I", 0x0800 + array.ndim, *array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def keras_fashion(tmp_path: Path, monkeypatch) -> Path:
+    """A small Fashion-MNIST in Keras' cache layout (and no Debian package visible)."""
+    from imgclf import data
+
+    folder = tmp_path / "keras" / "datasets" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 100), ("test", 40)):
+        images, labels = data.FASHION_MNIST_FILES[split]
+        _write_idx(folder / images, rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(folder / labels, np.arange(n) % 10)
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN", tmp_path / "no-debian-package")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv(data.FASHION_MNIST_ENV, raising=False)
+    return folder
+
+
+def test_fashion_mnist_is_the_real_set_with_its_own_test_split():
+    from imgclf.data import FASHION_MNIST_CLASSES
+
+    splits = load_data(load_config(None, ["data.source=fashion_mnist", "data.max_per_class=5"]))
+    report = splits.report
+    assert report["split"] == "predefined" and splits.class_names == list(FASHION_MNIST_CLASSES)
+    # The official 10,000 test photos, 1,000 per class; val is 15% of the 60,000 training ones.
+    assert report["totals"] == {"train": 50, "val": 9000, "test": 10000}
+    assert set(report["counts"]["test"].values()) == {1000}
+    assert splits.test.x.shape == (10000, 28, 28, 1) and splits.test.x.max() == 255
+
+
+def test_fashion_mnist_reads_keras_cache_and_resizes_only_what_it_uses(keras_fashion: Path):
+    config = load_config(
+        None,
+        ["data.source=fashion_mnist", "data.image_size=[32,32]", "data.channels=3"],
+    )
+    splits = load_data(config)
+    assert splits.report["totals"]["test"] == 40 and splits.test.x.shape == (40, 32, 32, 3)
+    stratified = load_data(
+        load_config(None, ["data.source=fashion_mnist", "data.split=stratified"])
+    )
+    assert stratified.report["split"] == "stratified"
+    assert stratified.report["totals"]["test"] == 10 * round(14 * 0.15)  # 14 images per class
+
+
+def test_fashion_mnist_missing_or_corrupt_is_one_line(keras_fashion: Path, tmp_path: Path):
+    from imgclf.data import FASHION_MNIST_FILES
+
+    config = load_config(None, ["data.source=fashion_mnist"])
+    damaged = keras_fashion / FASHION_MNIST_FILES["test"][1]
+    damaged.write_bytes(b"not gzip")
+    with pytest.raises(DataError) as err:
+        load_data(config)
+    assert str(damaged) in str(err.value) and "\n" not in str(err.value)
+    shutil.rmtree(keras_fashion)
+    with pytest.raises(DataError) as err:
+        load_data(config)
+    msg = str(err.value)
+    assert str(tmp_path / "no-debian-package") in msg and str(keras_fashion) in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "\n" not in msg
+
+
+def test_predefined_split_needs_a_source_that_has_one():
+    from imgclf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mnist5k has no test set of its own"):
+        load_config(None, ["data.split=predefined"])
