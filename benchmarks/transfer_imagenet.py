@@ -22,6 +22,7 @@ Arms
     python benchmarks/transfer_imagenet.py                       # everything, seeds 0 1 2
     python benchmarks/transfer_imagenet.py --tasks fashion10 --seeds 0 --arms c d
     python benchmarks/transfer_imagenet.py --explore             # + input size / augmentation
+    python benchmarks/transfer_imagenet.py --lfw-folder DIR      # lfw_subset as a photo folder
 """
 
 from __future__ import annotations
@@ -105,6 +106,19 @@ def lfw_folds(seed: int, folds: int = 5) -> list[dict[str, Part]]:
     return out
 
 
+def write_lfw_folder(root: Path) -> None:
+    """lfw_subset as a user's photo folder: root/face/*.png and root/non-face/*.png (200 PNGs),
+    to measure configs/photos_transfer.yaml the way a user would run it."""
+    from PIL import Image
+    from skimage.data import lfw_subset
+
+    for i, image in enumerate(np.rint(lfw_subset() * 255).astype(np.uint8)):
+        folder = root / ("face" if i < 100 else "non-face")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"lfw_{i:03d}.png")
+    print(f"wrote 200 photos to {root}/face and {root}/non-face")
+
+
 def _fashion_arrays() -> dict[str, Part]:
     root = next(d for d in fashion_mnist_dirs() if (d / FASHION_MNIST_FILES["test"][0]).is_file())
     return {
@@ -182,7 +196,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="input size of the Lite0 arms")
     parser.add_argument("--explore", action="store_true", help="also the EXPLORE variants of d")
     parser.add_argument("--json", type=Path, help="write every figure here too")
+    parser.add_argument("--lfw-folder", type=Path, help="only write lfw_subset as a folder there")
     args = parser.parse_args()
+    if args.lfw_folder:
+        write_lfw_folder(args.lfw_folder)
+        return
     arms = {k: v for k, v in ARMS.items() if k in args.arms or k.split(":")[0] in args.arms}
     if args.explore:
         arms.update({k: [*ARMS["d"], *v] for k, v in EXPLORE.items()})

@@ -8,7 +8,6 @@ file is written under a temporary name in the same directory and moved into plac
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from imgclf.cache import sha256_file
 from imgclf.errors import UserError
 
 CONFIG = "config.yaml"
@@ -168,14 +168,6 @@ def tree_size(path: str | Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _artifacts(run_dir: Path) -> list[Path]:
     """Every regular file of the run, hidden (temporary) files and symlinks left out."""
     return sorted(
@@ -196,7 +188,7 @@ def write_manifest(run_dir: str | Path) -> None:
     """
     run_dir = Path(run_dir)
     files = {
-        p.relative_to(run_dir).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size}
+        p.relative_to(run_dir).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
         for p in _artifacts(run_dir)
     }
     write_json(run_dir / MANIFEST, {"algorithm": "sha256", "files": files})
@@ -237,7 +229,7 @@ def verify_manifest(run_dir: str | Path, *names: str) -> bool:
             path = run_dir / rel
             if not path.is_file():
                 raise IntegrityError(f"{path} is missing (listed in {MANIFEST}); refusing to load")
-            if path.stat().st_size != entry.get("size") or _sha256(path) != entry.get("sha256"):
+            if path.stat().st_size != entry.get("size") or sha256_file(path) != entry.get("sha256"):
                 raise IntegrityError(
                     f"{path} does not match its SHA-256 in {MANIFEST} (modified after "
                     "training); refusing to load it. Restore the file, or re-train or re-export"

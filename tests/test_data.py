@@ -300,7 +300,7 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 @pytest.fixture
 def keras_fashion(tmp_path: Path, monkeypatch) -> Path:
     """A small Fashion-MNIST in Keras' cache layout (and no Debian package visible)."""
-    from imgclf import data
+    from imgclf.data import builtin as data
 
     folder = tmp_path / "keras" / "datasets" / "fashion-mnist"
     folder.mkdir(parents=True)

@@ -1,0 +1,183 @@
+"""From a source to the splits: `load_pool` by `data.source`, the stratified seeded split (or
+the source's own test set, `data.split`), the training cap `data.max_per_class`, and the data
+report written to the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgclf.data import builtin
+from imgclf.data.folder import load_folder
+from imgclf.data.pool import Pool, Split, Splits, conform
+from imgclf.errors import DataError
+
+if TYPE_CHECKING:
+    from imgclf.config import Config, DataConfig
+
+
+def load_pool(cfg: DataConfig) -> Pool:
+    """All usable images of `cfg.source` at `cfg.image_size` and `cfg.channels`."""
+    if cfg.source == "digits":
+        return builtin.digits(cfg)
+    if cfg.source == "mnist5k":
+        return builtin.mnist5k(cfg)
+    if cfg.source == "folder":
+        return load_folder(cfg)
+    if cfg.source == "fashion_mnist":
+        return builtin.fashion_mnist(cfg)
+    if cfg.source.startswith("keras:"):
+        return builtin.keras_dataset(cfg)
+    raise DataError(f"data.source: unknown source {cfg.source!r}")
+
+
+def split_indices(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified, seeded split: each class is cut in the same proportions.
+
+    Returns sorted index arrays (train, val, test), disjoint and covering every index. Every class
+    keeps at least one training image; a class too small for val/test contributes to train only.
+    """
+    rng = np.random.default_rng(seed)
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n = len(idx)
+        n_test = min(round(n * test_fraction), n - 1)
+        n_val = min(round(n * val_fraction), n - 1 - n_test)
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test : n_test + n_val])
+        parts[0].append(idx[n_test + n_val :])
+    train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
+    return train, val, test
+
+
+def _take(pool: Pool, idx: np.ndarray, cfg: DataConfig) -> Split:
+    files = [pool.files[i] for i in idx] if pool.files is not None else None
+    images = conform(pool.images[idx], cfg.image_size, cfg.channels)
+    return Split(images, pool.labels[idx], files)
+
+
+def _split(
+    pool: Pool, cfg: DataConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(train, val, test indices, how): the source's own test set when `data.split` asks for
+    it (val then comes from its training part; how = "predefined"), else a stratified split of
+    the whole pool (how = "stratified")."""
+    predefined = cfg.split == "predefined" or (
+        cfg.split == "auto" and pool.predefined_test is not None
+    )
+    if not predefined:
+        train, val, test = split_indices(pool.labels, cfg.val_fraction, cfg.test_fraction, seed)
+        return train, val, test, "stratified"
+    if pool.predefined_test is None:
+        raise DataError(
+            f"data.split=predefined: source {cfg.source} has no test set of its own; use "
+            "data.split=stratified"
+        )
+    rest = np.flatnonzero(~pool.predefined_test)
+    train, val, _ = split_indices(pool.labels[rest], cfg.val_fraction, 0.0, seed)
+    return rest[train], rest[val], np.flatnonzero(pool.predefined_test), "predefined"
+
+
+def cap_per_class(labels: np.ndarray, idx: np.ndarray, max_per_class: int, seed: int) -> np.ndarray:
+    """At most `max_per_class` of the indices `idx` for each class of `labels[idx]`, chosen with a
+    generator seeded by `seed`; sorted. Every class is shuffled whatever its size, so the images
+    kept under a smaller cap are a subset of those kept under a larger one (same seed)."""
+    rng = np.random.default_rng([seed, 1])  # a stream of its own, not the split's
+    labels_here = labels[idx]
+    kept = [
+        rng.permutation(idx[labels_here == cls])[:max_per_class] for cls in np.unique(labels_here)
+    ]
+    if not kept:
+        return idx[:0]
+    return np.sort(np.concatenate(kept)).astype(np.int64)
+
+
+def _counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
+    counts = np.bincount(labels, minlength=len(class_names))
+    return {name: int(n) for name, n in zip(class_names, counts, strict=True)}
+
+
+def load_data(config: Config) -> Splits:
+    """Load `config.data`, split it with `config.seed`, and build the data report.
+
+    The split is computed on every usable image of the kept classes; `data.max_per_class` then
+    keeps at most that many training images per class (seeded by `config.seed`), so validation
+    and test are identical with and without the cap.
+    """
+    cfg = config.data
+    pool = load_pool(cfg)
+    if len(pool.class_names) < 2:
+        raise DataError(f"data: found {len(pool.class_names)} class(es); need at least 2")
+    train_idx, val_idx, test_idx, how = _split(pool, cfg, config.seed)
+    for name, idx, frac in (("val", val_idx, "val_fraction"), ("test", test_idx, "test_fraction")):
+        if len(idx) == 0:
+            raise DataError(
+                f"data: the {name} split is empty ({len(pool.labels)} usable images); add images "
+                f"or raise data.{frac}"
+            )
+    train_before_cap = _counts(pool.labels[train_idx], pool.class_names)
+    if cfg.max_per_class is not None:
+        train_idx = cap_per_class(pool.labels, train_idx, cfg.max_per_class, config.seed)
+    splits = {"train": _take(pool, train_idx, cfg), "val": _take(pool, val_idx, cfg)}
+    splits["test"] = _take(pool, test_idx, cfg)
+    report: dict[str, Any] = {
+        "source": cfg.source,
+        "path": str(Path(cfg.path).resolve()) if cfg.path else None,
+        "image_size": list(cfg.image_size),
+        "channels": cfg.channels,
+        "classes": pool.class_names,
+        "seed": config.seed,
+        "split": how,
+        "totals": {name: len(split) for name, split in splits.items()},
+        "counts": {name: _counts(split.y, pool.class_names) for name, split in splits.items()},
+        "skipped": pool.skipped,
+        "ignored": pool.ignored,
+    }
+    if cfg.classes is not None:
+        report["classes_kept"] = list(cfg.classes)
+    if cfg.max_per_class is not None:
+        report["max_per_class"] = cfg.max_per_class
+        report["train_before_cap"] = train_before_cap
+    return Splits(splits["train"], splits["val"], splits["test"], pool.class_names, report)
+
+
+def splits_from_arrays(
+    config: Config,
+    parts: dict[str, tuple[np.ndarray, np.ndarray]],
+    class_names: list[str],
+    source: str,
+) -> Splits:
+    """Splits the caller has already divided (a benchmark's folds, a notebook's arrays).
+
+    `parts` maps "train", "val" and "test" to (uint8 images [N, h, w] or [N, h, w, c], integer
+    labels [N] indexing `class_names`); images are conformed to `config.data`'s size and
+    channels like every source's. The report names `source` and says `split: given`.
+    Raises DataError when a part is missing or empty.
+    """
+    cfg = config.data
+    splits: dict[str, Split] = {}
+    for name in ("train", "val", "test"):
+        if name not in parts or len(parts[name][1]) == 0:
+            raise DataError(f"splits_from_arrays: the {name} part is missing or empty")
+        x, y = parts[name]
+        x = x[..., None] if x.ndim == 3 else x
+        splits[name] = Split(conform(x, cfg.image_size, cfg.channels), np.asarray(y, np.int64))
+    report: dict[str, Any] = {
+        "source": source,
+        "path": None,
+        "image_size": list(cfg.image_size),
+        "channels": cfg.channels,
+        "classes": list(class_names),
+        "seed": config.seed,
+        "split": "given",
+        "totals": {name: len(split) for name, split in splits.items()},
+        "counts": {name: _counts(split.y, class_names) for name, split in splits.items()},
+        "skipped": [],
+        "ignored": [],
+    }
+    return Splits(splits["train"], splits["val"], splits["test"], list(class_names), report)
