@@ -218,3 +218,21 @@ def test_train_page_starts_a_job_and_the_new_run_is_selected(
     assert config["train"]["epochs"] == 1 and config["augment"]["rotation"] == 0.0
     at.run()
     assert at.sidebar.selectbox(key="run").value == str(run)
+
+
+def test_the_builtin_imagenet_classifier_names_a_real_photo(monkeypatch, tmp_path: Path):
+    from skimage import data
+
+    builtin = catalog.builtin_entries()
+    assert [e.family for e in builtin] == ["efficientnet_lite0"]  # the dev extras install it
+    at = _app(monkeypatch, tmp_path / "no-runs-yet")
+    at.button(key=f"try-{builtin[0].path}").click().run()  # offered even before any run
+    assert at.sidebar.selectbox(key="run").value == str(builtin[0].path)
+    photo = io.BytesIO()
+    Image.fromarray(data.coffee()).save(photo, "JPEG")
+    at.file_uploader(key="uploads").set_value([("coffee.jpg", photo.getvalue(), "image/jpeg")])
+    at.run()
+    assert not at.exception
+    assert at.dataframe[0].value["label"].iloc[0] == "espresso"
+    at.sidebar.radio(key="page").set_value("Evaluation").run()
+    assert not at.exception and "built in" in at.info[0].value

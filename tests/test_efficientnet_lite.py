@@ -293,6 +293,7 @@ def test_random_lite0_takes_grey_pixels_of_any_size():
         build_model(load_config(None, ["model.name=efficientnet_lite0"]), 3)
 
 
+@pytest.mark.slow
 def test_imagenet_lite0_trains_two_phases_and_every_export_agrees(
     folder_dataset: Path, tmp_path: Path
 ):

@@ -43,10 +43,17 @@ def _empty_state(root: Path, builtins: list[catalog.RunEntry]) -> None:
     )
     train_view.default_offer(root)
     for entry in builtins:
-        if st.button(f"Try the built-in {entry.name} ({entry.family})", key=f"try-{entry.path}"):
-            st.session_state["run"] = str(entry.path)
-            st.session_state["page"] = "Classify"
-            st.rerun()
+        st.button(
+            f"Try the built-in {entry.name} ({entry.family})",
+            key=f"try-{entry.path}",
+            on_click=_choose_builtin,  # before the next run creates the page and run widgets
+            args=(str(entry.path),),
+        )
+
+
+def _choose_builtin(path: str) -> None:
+    st.session_state["run"] = path
+    st.session_state["page"] = "Classify"
 
 
 def _builtin_page(entry: catalog.RunEntry, page: str) -> None:
