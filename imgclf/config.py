@@ -175,7 +175,7 @@ class ModelConfig(_Section):
         if published and not is_pretrainable(self.name):
             raise ValueError(
                 f"model.weights={self.weights!r} needs a pretrained backbone family "
-                f"(resnet50, resnet50v2, mobilenetv2, ...); `{self.name}` has no published "
+                f"(efficientnet_lite0, resnet50, mobilenetv2, ...); `{self.name}` has no published "
                 "weights: use null, or a run directory (runs/<run>) to re-use your own model"
             )
         return self
