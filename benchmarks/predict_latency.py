@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from imgclf import runs
-from imgclf.models.registry import load_run_model
+from imgclf.models.saving import load_run_model
 from imgclf.predict import Predictor
 
 

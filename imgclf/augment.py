@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from imgclf.errors import UserError
 
 if TYPE_CHECKING:
-    from imgclf.config import AugmentConfig, Config
+    from imgclf.schema import AugmentConfig, Config
 
 VALUE_RANGE = (0, 255)  # augmentation sees raw pixels; the model rescales afterwards
 
@@ -133,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="augment_preview.png", help="PNG to write")
     parser.add_argument("--images", type=int, default=8, help="training images (rows)")
     parser.add_argument("--variants", type=int, default=5, help="augmented versions per image")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show TensorFlow's own start-up log lines"
+    )
     args = parser.parse_args(argv)
+    from imgclf.console import quiet_tensorflow
+
+    quiet_tensorflow(args.verbose)
     from imgclf.config import load_config
 
     try:

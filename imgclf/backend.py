@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from imgclf.config import Config
     from imgclf.data import Splits
+    from imgclf.schema import Config
 
 TENSORFLOW = "tensorflow"
 Pipeline = Literal["auto", "tf.data", "pydataset"]

@@ -38,7 +38,7 @@ class RunSummary:
     path: Path
     config: dict[str, Any]
     flat_config: dict[str, Any]
-    history: list[dict[str, Any]]
+    history: list[runs.HistoryRow]
     test: dict[str, Any] | None
     best_val_accuracy: float | None
     best_val_loss: float | None
@@ -58,40 +58,19 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _number(text: str | None) -> float | str | None:
-    if text is None or text.strip() == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def read_history(path: Path) -> list[dict[str, Any]]:
-    """history.csv as dicts, numbers parsed ([] when the file is missing)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as fh:
-        # Key None holds surplus cells of a ragged row: not a column, so dropped.
-        return [
-            {k: _number(v) for k, v in row.items() if k is not None} for row in csv.DictReader(fh)
-        ]
-
-
-def _column(history: list[dict[str, Any]], key: str) -> list[float]:
-    return [r[key] for r in history if isinstance(r.get(key), float)]
+def _column(history: list[runs.HistoryRow], key: str) -> list[float]:
+    return [r.get(key) for r in history if r.get(key) is not None]
 
 
 def load_run(path: str | Path) -> RunSummary:
     """Read one run directory; raises `UserError` if `path` is not a run directory at all."""
-    path = Path(path)
-    config_file, history_file = path / runs.CONFIG, path / runs.HISTORY
-    if not path.is_dir() or not (config_file.is_file() or history_file.is_file()):
+    run = runs.Run(path)
+    if not run.path.is_dir() or not (run.has(runs.CONFIG) or run.has(runs.HISTORY)):
         raise UserError(f"{path} is not a run directory (no {runs.CONFIG} or {runs.HISTORY})")
-    config = read_yaml(config_file) if config_file.is_file() else {}
     try:
-        history = read_history(history_file)
-        metrics = runs.read_json(path / runs.METRICS) if (path / runs.METRICS).is_file() else {}
+        config = read_yaml(run.file(runs.CONFIG)) if run.has(runs.CONFIG) else {}
+        history = run.history
+        metrics = run.metrics
     except (OSError, ValueError, csv.Error) as exc:
         raise UserError(f"{path}: cannot read run files: {exc}") from None
     metrics = metrics if isinstance(metrics, dict) else {}
@@ -101,8 +80,8 @@ def load_run(path: str | Path) -> RunSummary:
     # history.csv is rewritten every epoch, so it counts epochs even for an interrupted run.
     epochs = len(history) if history else int(metrics.get("epochs_run", 0) or 0)
     return RunSummary(
-        name=path.resolve().name,
-        path=path,
+        name=run.name,
+        path=run.path,
         config=config,
         flat_config=flatten(config),
         history=history,
@@ -242,9 +221,9 @@ def plot_comparison(runs_: list[RunSummary], path: str | Path) -> None:
         for i, run in enumerate(runs_):
             # x is the row number, not the epoch column: a later phase may restart its count.
             points = [
-                (n, r[metric])
+                (n, r.get(metric))
                 for n, r in enumerate(run.history, 1)
-                if isinstance(r.get(metric), float)
+                if r.get(metric) is not None
             ]
             if points:
                 xs, ys = zip(*points, strict=True)

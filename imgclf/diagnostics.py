@@ -27,9 +27,6 @@ import numpy as np
 
 from imgclf import runs
 
-DIAGNOSTICS = "diagnostics.json"
-GRADIENTS_PLOT = "gradients.png"
-ACTIVATIONS_PLOT = "activations.png"
 AUTO_MAX_PARAMS = 5_000_000  # "auto" skips bigger models: a gradient pass per epoch adds up
 # Activations whose units can be dead (output exactly 0 for every input). Leaky ReLU and PReLU
 # have a non-zero slope below 0, so their units never die: their dead_fraction is null.
@@ -205,7 +202,7 @@ class DiagnosticsCallback(keras.callbacks.Callback):
 
     @property
     def path(self) -> Path:
-        return self.run_dir / DIAGNOSTICS
+        return self.run_dir / runs.DIAGNOSTICS
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -315,8 +312,8 @@ class DiagnosticsCallback(keras.callbacks.Callback):
         from imgclf.plots import plot_activations, plot_gradients
 
         diag = self.as_dict()
-        plot_gradients(diag, self.run_dir / runs.PLOTS / GRADIENTS_PLOT)
-        plot_activations(diag, self.run_dir / runs.PLOTS / ACTIVATIONS_PLOT)
+        plot_gradients(diag, self.run_dir / runs.GRADIENTS_PLOT)
+        plot_activations(diag, self.run_dir / runs.ACTIVATIONS_PLOT)
 
     # -- Keras hooks ---------------------------------------------------------------------------
 

@@ -95,10 +95,30 @@ def resize_array(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ):
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image)
         raise ValueError(f"resize_array expects a non-empty uint8 array [H, W, 1|3], got {got}")
-    img = Image.fromarray(np.ascontiguousarray(image[:, :, 0] if image.shape[2] == 1 else image))
+    img = to_pil(image)
     if img.size != (width, height):
         img = img.resize((width, height), _RESAMPLE, reducing_gap=_REDUCING_GAP)
     return _to_array(img)
+
+
+def to_pil(pixels: np.ndarray) -> Image.Image:
+    """The reverse of `load_image`: uint8 pixels [H, W], [H, W, 1] or [H, W, 3] as a Pillow
+    image (mode L or RGB). Raises ValueError for other shapes or dtypes."""
+    array = np.asarray(pixels)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise ValueError(f"expected uint8 pixels [H, W(, 1|3)], got {array.dtype} {array.shape}")
+    if array.ndim == 3:
+        if array.shape[2] not in (1, 3):
+            raise ValueError(f"expected 1 or 3 channels, got {array.shape[2]}")
+        array = array[:, :, 0] if array.shape[2] == 1 else array
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """uint8 pixels (see `to_pil`) as a lossless PNG file's bytes."""
+    buffer = io.BytesIO()
+    to_pil(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _check_size(size: object) -> tuple[int, int]:

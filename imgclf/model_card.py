@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from imgclf import runs
 
 if TYPE_CHECKING:
-    from imgclf.config import Config
     from imgclf.data import Splits
+    from imgclf.schema import Config
 
 
 EXPORT_HEADING = "## Export"

@@ -11,7 +11,7 @@ import numpy as np
 if TYPE_CHECKING:
     import keras
 
-    from imgclf.config import TrainConfig
+    from imgclf.schema import TrainConfig
 
 
 def resolve_batch_size(cfg: TrainConfig, n_train: int) -> int:

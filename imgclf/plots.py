@@ -12,18 +12,13 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from imgclf.runs import atomic_path
+from imgclf.runs import atomic_path, phase_starts
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-
-
-def phase_starts(phases: Sequence[str]) -> list[tuple[int, str]]:
-    """(1-based epoch, phase) where each phase after the first begins, e.g. [(6, "fine_tune")]."""
-    return [(i + 1, phase) for i, phase in enumerate(phases) if i > 0 and phase != phases[i - 1]]
 
 
 def plot_curves(

@@ -107,11 +107,11 @@ class Predictor:
         if runs.is_run_dir(path):
             return cls._from_keras(path)
         if (path / "saved_model.pb").is_file():
-            return cls._from_saved_model(path)
+            return cls._from_export("saved_model", path)
         if path.suffix == ".tflite" and path.is_file():
-            return cls._from_tflite(path)
+            return cls._from_export("tflite", path)
         if path.suffix == ".onnx" and path.is_file():
-            return cls._from_onnx(path)
+            return cls._from_export("onnx", path)
         raise UserError(
             f"{path} is neither a run directory (with {runs.MODEL} and {runs.LABELS}), a "
             f"SavedModel directory (with saved_model.pb), a .tflite nor an .onnx file; pass "
@@ -135,7 +135,7 @@ class Predictor:
 
     @classmethod
     def _from_keras(cls, run_dir: Path) -> Predictor:
-        from imgclf.models.registry import load_run_model
+        from imgclf.models.saving import load_run_model
 
         # Checked against manifest.json, safe mode, Lambda layers refused.
         model = load_run_model(run_dir)
@@ -146,51 +146,13 @@ class Predictor:
         return cls(fn, labels, (height, width), channels, "keras", run_dir, model)
 
     @classmethod
-    def _from_saved_model(cls, path: Path) -> Predictor:
-        import tensorflow as tf
+    def _from_export(cls, kind: str, path: Path) -> Predictor:
+        """An exported artifact, loaded by its format's module in `imgclf.export`."""
+        import importlib
 
-        from imgclf.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
-
-        if not (path / runs.LABELS).is_file():
-            raise UserError(f"{path} has no {runs.LABELS}; re-export it with imgclf-export")
-        if (path.parent / runs.MANIFEST).is_file() and path.name == runs.SAVED_MODEL:
-            # A run's own export: every file of it must be what training wrote.
-            runs.verify_manifest(path.parent, runs.SAVED_MODEL)
-        with runs.glob_safe(path) as readable:
-            serving = tf.saved_model.load(str(readable)).signatures[SIGNATURE]
-        spec = serving.structured_input_signature[1][INPUT_NAME]
-        _, height, width, channels = spec.shape.as_list()
-
-        def fn(batch: np.ndarray) -> np.ndarray:
-            return serving(**{INPUT_NAME: tf.constant(batch)})[OUTPUT_NAME].numpy()
-
-        labels = runs.read_labels(path)
-        return cls(fn, labels, (height, width), channels, "saved_model", path)
-
-    @classmethod
-    def _from_tflite(cls, path: Path) -> Predictor:
-        from imgclf.tflite import tflite_function
-
-        run_dir = path.parent
-        if not (run_dir / runs.LABELS).is_file():
-            raise UserError(f"{path}: no {runs.LABELS} next to it; keep it in its run directory")
-        runs.verify_manifest(run_dir, path.name, runs.LABELS)
-        fn, (height, width, channels) = tflite_function(path)
-        return cls(fn, runs.read_labels(run_dir), (height, width), channels, "tflite", path)
-
-    @classmethod
-    def _from_onnx(cls, path: Path) -> Predictor:
-        from imgclf.onnx_export import onnx_function
-
-        run_dir = path.parent
-        if (run_dir / runs.MANIFEST).is_file():
-            runs.verify_manifest(run_dir, path.name)
-        fn, (height, width, channels), labels = onnx_function(path)
-        if labels is None:
-            if not (run_dir / runs.LABELS).is_file():
-                raise UserError(f"{path}: no class names in its metadata and no {runs.LABELS}")
-            labels = runs.read_labels(run_dir)
-        return cls(fn, labels, (height, width), channels, "onnx", path)
+        module = importlib.import_module(f"imgclf.export.{kind}")
+        fn, (height, width, channels), labels = module.load(path)
+        return cls(fn, labels, (height, width), channels, kind, path)
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Probabilities [N, classes] for raw images [N, H, W, C] (0..255) at the model's size."""
@@ -365,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the layer Grad-CAM explains (default: the last convolutional feature map; "
         "backbone/NAME for a layer inside a nested backbone)",
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show TensorFlow's own start-up log lines"
+    )
     return parser
 
 
@@ -405,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     files, failures = expand_inputs(args.images)
+    from imgclf.console import quiet_tensorflow
+
+    quiet_tensorflow(args.verbose)
     try:
         predictor = Predictor.from_path(args.model)
     except (UserError, ValueError, OSError) as exc:

@@ -1,19 +1,25 @@
-"""The run directory: its paths, atomic writes, and reading what a run wrote.
+"""The run directory: every file name in it, atomic writes, the manifest, and `Run`, the one
+reader of what a run wrote.
 
-The run directory is the only contract between training, export, prediction and the app. Every
-file is written under a temporary name in the same directory and moved into place with
-`os.replace`, so a crash never leaves a half-written artifact in place of a good one.
+The run directory is the only contract between training, export, prediction and the app, and
+this module is the only place its file names are spelled. Every file is written under a
+temporary name in the same directory and moved into place with `os.replace`, so a crash never
+leaves a half-written artifact in place of a good one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +36,37 @@ EXPORTS = "exports.json"
 SAVED_MODEL = "saved_model"
 MODEL_CARD = "model_card.md"
 MANIFEST = "manifest.json"
+DIAGNOSTICS = "diagnostics.json"
+TFLITE = "model.tflite"
+TFLITE_INT8 = "model_int8.tflite"
+ONNX = "model.onnx"
 PLOTS = "plots"
+CURVES_PLOT = f"{PLOTS}/curves.png"
+CONFUSION_PLOT = f"{PLOTS}/confusion.png"
+GRADIENTS_PLOT = f"{PLOTS}/gradients.png"
+ACTIVATIONS_PLOT = f"{PLOTS}/activations.png"
 SAMPLES = "samples"
 WORST = "worst"
 DEFAULT_ROOT = Path("runs")
 LATEST = "latest"
 
 
+def check_new_run_dir(out: str | Path) -> Path:
+    """`out` as a Path, if a new run may be written there (absent or an empty folder).
+
+    Raises FileExistsError when it exists and is not empty (or is a file)."""
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"--out {path} exists and is not empty; choose a new folder")
+    return path
+
+
 def new_run_dir(name: str, out: str | Path | None = None, root: str | Path = DEFAULT_ROOT) -> Path:
-    """Create and return `out`, or `root/<name>-<YYYYmmdd-HHMMSS>` (suffixed if it exists)."""
+    """Create and return `out`, or `root/<name>-<YYYYmmdd-HHMMSS>` (suffixed if it exists).
+
+    Raises FileExistsError when `out` exists and is not empty."""
     if out is not None:
-        path = Path(out)
-        if path.exists() and any(path.iterdir()):
-            raise FileExistsError(f"--out {path} exists and is not empty; choose a new folder")
+        path = check_new_run_dir(out)
         path.mkdir(parents=True, exist_ok=True)
         return path
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -90,6 +114,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically write a binary file."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -235,3 +265,154 @@ def verify_manifest(run_dir: str | Path, *names: str) -> bool:
                     "training); refusing to load it. Restore the file, or re-train or re-export"
                 )
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# history.csv: one row per epoch, rewritten after every epoch
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One epoch of history.csv. Figures are None where the epoch did not record them (e.g. no
+    validation); `learning_rate` is the optimiser's rate at the epoch's end, `seconds` its wall
+    time."""
+
+    epoch: int
+    phase: str  # "train", or "head" / "fine_tune" for the two-phase transfer schedule
+    loss: float | None = None
+    accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    learning_rate: float | None = None
+    seconds: float | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The field `key`, like a dict's `get` (`default` for an unknown key or a None)."""
+        value = getattr(self, key, None)
+        return default if value is None else value
+
+
+HISTORY_FIELDS = tuple(f.name for f in fields(HistoryRow))
+# How each figure is written: 6 significant digits; seconds to 1/100.
+_HISTORY_FORMAT = {"learning_rate": "{:.6g}", "seconds": "{:.2f}"}
+
+
+def phase_starts(phases: Sequence[str]) -> list[tuple[int, str]]:
+    """(1-based epoch, phase) where each phase after the first begins, e.g. [(6, "fine_tune")]
+    (the dashed line of the curves: the static plot and the app's chart)."""
+    return [(i + 1, phase) for i, phase in enumerate(phases) if i > 0 and phase != phases[i - 1]]
+
+
+def _cell(key: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, int | str):
+        return value
+    return _HISTORY_FORMAT.get(key, "{:.6g}").format(value)
+
+
+def write_history(path: str | Path, rows: Sequence[HistoryRow]) -> None:
+    """Atomically (re)write history.csv with `rows`."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _cell(k, v) for k, v in asdict(row).items()} for row in rows)
+    write_text(path, buffer.getvalue())
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def read_history(path: str | Path) -> list[HistoryRow]:
+    """history.csv as typed rows ([] when the file is missing). Unknown columns are ignored;
+    an unreadable figure is None; a row without an epoch number gets its position."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = []
+        for n, raw in enumerate(csv.DictReader(fh), start=1):
+            epoch = _number(raw.get("epoch"))
+            figures = {k: _number(raw.get(k)) for k in HISTORY_FIELDS[2:]}
+            phase = (raw.get("phase") or "train").strip() or "train"
+            rows.append(HistoryRow(int(epoch) if epoch is not None else n, phase, **figures))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Run: the one reader
+
+
+class Run:
+    """A read-only view of a run directory: every file a run can hold, read on first use.
+
+    Missing optional files read as None (metrics, exports, diagnostics, data report); a file
+    that exists but is unreadable raises (ValueError/OSError from the JSON or YAML reader).
+    Reading here never checks the manifest: loading a *model* does (`verify_manifest`).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.name = self.path.resolve().name
+
+    def file(self, name: str) -> Path:
+        """The path of a run file, e.g. `run.file(runs.METRICS)`."""
+        return self.path / name
+
+    def has(self, name: str) -> bool:
+        """True if the run holds the file (or folder) `name`."""
+        return (self.path / name).exists()
+
+    def optional_json(self, name: str) -> Any:
+        """A JSON file of the run, or None when the run has none."""
+        return read_json(self.path / name) if (self.path / name).is_file() else None
+
+    @property
+    def is_trained(self) -> bool:
+        """True if the run holds a trained model and its labels (`is_run_dir`)."""
+        return is_run_dir(self.path)
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """config.yaml as a plain dict ({} when missing)."""
+        return read_config(self.path) if self.has(CONFIG) else {}
+
+    @cached_property
+    def labels(self) -> list[str]:
+        """labels.json: class names, index i is output i."""
+        return read_labels(self.path)
+
+    @cached_property
+    def history(self) -> list[HistoryRow]:
+        """history.csv as typed rows ([] when missing)."""
+        return read_history(self.path / HISTORY)
+
+    @cached_property
+    def metrics(self) -> dict[str, Any] | None:
+        """metrics.json (held-out test set), or None for a run stopped before evaluation."""
+        return self.optional_json(METRICS)
+
+    @cached_property
+    def exports(self) -> dict[str, Any]:
+        """exports.json ({} when nothing was exported)."""
+        return self.optional_json(EXPORTS) or {}
+
+    @cached_property
+    def diagnostics(self) -> dict[str, Any] | None:
+        """diagnostics.json, or None when the run recorded none."""
+        return self.optional_json(DIAGNOSTICS)
+
+    @cached_property
+    def data_report(self) -> dict[str, Any] | None:
+        """data_report.json, or None."""
+        return self.optional_json(DATA_REPORT)
+
+    @cached_property
+    def model_card(self) -> str | None:
+        """model_card.md, or None."""
+        card = self.path / MODEL_CARD
+        return card.read_text(encoding="utf-8") if card.is_file() else None

@@ -20,16 +20,13 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from imgclf.errors import ConfigError
+from imgclf.models.names import BACKBONE, FEATURES, HEAD
 
 if TYPE_CHECKING:
     import keras
 
-    from imgclf.config import Config, TrainConfig
     from imgclf.data import Splits
-
-BACKBONE = "backbone"
-FEATURES = "features"
-HEAD = ("head_dropout", "probabilities")
+    from imgclf.schema import Config, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ by tiny trainings in this session), and the training job it starts."""
 from __future__ import annotations
 
 import io
-import threading
+import os
 from pathlib import Path
 
 import numpy as np
@@ -146,29 +146,45 @@ def test_train_form_config_error_is_one_line(monkeypatch, app_runs: Path):
     assert len(at.error) == 1 and at.error[0].value.startswith("name")
 
 
-def test_a_failing_job_reports_one_line_and_a_second_job_is_refused(tmp_path: Path):
-    # A data error inside train() ends the job with its message, not a traceback.
+def _run_dirs(root: Path) -> list[Path]:
+    return [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
+
+
+def test_a_failing_job_reports_one_line(tmp_path: Path):
+    # A data error in the child `imgclf-train` ends the job with its message, not a traceback.
     config = load_config(None, ["data.source=folder", f"data.path={tmp_path / 'missing'}"])
-    job = TrainingJob()
-    job.start(config, tmp_path / "runs")
-    state = job.wait(timeout=60)
+    job = TrainingJob(tmp_path / "runs")
+    job.start(config)
+    state = job.wait()
     assert state.status == "failed" and "missing" in state.error and "\n" not in state.error
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert _run_dirs(tmp_path / "runs") == []
 
-    # While one job runs, a second is refused (a trainer that waits for the test's signal).
-    release = threading.Event()
 
-    def slow_trainer(config, **kwargs):
-        release.wait(30)
-        raise RuntimeError("stopped by the test")
+def test_a_job_trains_in_a_child_process_and_cancel_stops_it(tmp_path: Path, folder_dataset):
+    """Start: a second job is refused; the child (not this process) trains; Cancel kills its
+    process group and leaves the run without a manifest; this process's TensorFlow state is
+    untouched."""
+    import tensorflow as tf
 
-    job = TrainingJob(trainer=slow_trainer)
-    job.start(config, tmp_path / "runs")
+    from conftest import tiny_overrides
+    from imgclf.ui.jobs import _alive
+
+    determinism = tf.config.experimental.is_op_determinism_enabled()
+    config = load_config(None, [*tiny_overrides(folder_dataset), "train.epochs=500"])
+    job = TrainingJob(tmp_path / "runs")
+    state = job.start(config)
+    assert state.pid != os.getpid()
     with pytest.raises(JobBusy, match="already running"):
-        job.start(config, tmp_path / "runs")
-    release.set()
-    state = job.wait(timeout=30)
-    assert state.status == "failed" and state.error == "RuntimeError: stopped by the test"
+        TrainingJob(tmp_path / "runs").start(config)  # another server on the same folder too
+    while not job.snapshot().rows:  # the child has finished its first epoch
+        assert job.snapshot().status == "running", job.snapshot().error
+        job.wait(timeout=1)
+    state = job.cancel()
+    assert state.status == "cancelled" and not _alive(state.pid)
+    run = Path(state.run_dir)
+    assert (run / runs.HISTORY).is_file() and not (run / runs.MANIFEST).exists()
+    assert TrainingJob(tmp_path / "runs").snapshot().status == "cancelled"  # kept on disk
+    assert tf.config.experimental.is_op_determinism_enabled() == determinism
 
 
 def test_a_camera_photo_is_classified(monkeypatch, app_runs: Path):
@@ -210,7 +226,9 @@ def test_train_page_starts_a_job_and_the_new_run_is_selected(
     field(at.checkbox, "Augmentation").uncheck()  # off: every transform set to 0
     at.button[0].click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    state = training_job().wait(timeout=120)
+    assert at.button(key="cancel_job")  # shown while the child trains
+    assert all(b.disabled for b in at.button if b.label in ("Start training",))
+    state = training_job(root).wait()
     assert state.status == "done", state.error
     run = Path(state.run_dir)
     config = runs.read_config(run)

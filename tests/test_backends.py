@@ -232,7 +232,7 @@ def test_jax_train_end_to_end(folder_dataset: Path, tmp_path: Path) -> None:
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and np.isfinite(metrics["test"]["loss"])
 
     # model.keras is backend-neutral: exporting it under TensorFlow (this process) works.
-    from imgclf.export import export_run
+    from imgclf.export.saved_model import export_run
 
     export_run(run_dir)
     assert "saved_model" in runs.read_json(exports)

@@ -53,7 +53,7 @@ def test_load_run_summary(two_runs: list[Path]):
     assert run.name == "relu-run" and run.config["model"]["activation"] == "relu"
     assert run.flat_config["model.hidden"] == [16]  # lists stay lists
     assert run.flat_config["train.early_stopping.monitor"] == "val_loss"
-    assert run.test is not None and run.best_val_loss == min(r["val_loss"] for r in run.history)
+    assert run.test is not None and run.best_val_loss == min(r.val_loss for r in run.history)
 
 
 def test_cli_out_writes_markdown_csv_and_png(two_runs: list[Path], tmp_path: Path, capsys):
@@ -107,7 +107,9 @@ def test_tolerates_odd_history_columns(tmp_path: Path):
     summary = load_run(run)
     assert summary.config == {} and summary.epochs == 2 and summary.seconds is None
     assert summary.best_val_accuracy is None and summary.best_val_loss == 0.7
-    assert summary.history[1]["grad_norm"] == 2.0
+    # Typed rows: the unknown column is ignored, the known ones are read; no phase means train.
+    assert (summary.history[1].loss, summary.history[1].phase) == (0.5, "train")
+    assert not hasattr(summary.history[1], "grad_norm")
 
 
 def test_config_differences_in_config_order(tmp_path: Path):

@@ -298,8 +298,8 @@ def test_imagenet_lite0_trains_two_phases_and_every_export_agrees(
     folder_dataset: Path, tmp_path: Path
 ):
     from imgclf import explain
-    from imgclf.export import main as export_main
-    from imgclf.models.registry import load_run_model
+    from imgclf.export.cli import main as export_main
+    from imgclf.models.saving import load_run_model
     from imgclf.predict import Predictor
     from imgclf.train import train
 

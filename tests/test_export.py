@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.export import PARITY_TOLERANCE, main
+from imgclf.export.cli import main
+from imgclf.export.parity import PARITY_TOLERANCE
 
 
 def test_export_records_parity_within_tolerance(tiny_run: Path):
@@ -26,13 +27,13 @@ def test_saved_model_runs_in_a_process_that_never_imports_imgclf(tiny_run: Path,
     from imgclf.config import load_config
     from imgclf.data import load_data
     from imgclf.evaluate import predict_proba
-    from imgclf.export import _encode_png
-    from imgclf.models.reuse import load_run_model
+    from imgclf.images import png_bytes
+    from imgclf.models.saving import load_run_model
 
     test = load_data(load_config(tiny_run / "config.yaml")).test
     np.save(tmp_path / "pixels.npy", test.x.astype("float32"))
     files = []
-    for i, data in enumerate(_encode_png(test.x)):
+    for i, data in enumerate(png_bytes(x) for x in test.x):
         files.append(tmp_path / f"test{i}.png")
         files[-1].write_bytes(data)
     code = f"""
@@ -106,7 +107,7 @@ def test_serving_dir_gets_numbered_versions_and_never_a_failed_one(
 ):
     import shutil
 
-    import imgclf.export as export
+    import imgclf.export.parity as export
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

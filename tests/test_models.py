@@ -489,7 +489,7 @@ def test_custom_layers_survive_a_safe_mode_round_trip(tmp_path):
     script = textwrap.dedent(
         f"""
         import numpy as np, keras
-        from imgclf.models.registry import register_custom_layers
+        from imgclf.models.saving import register_custom_layers
         register_custom_layers()
         x = np.load({str(tmp_path / "x.npy")!r})
         for act in ("abs", "maxout", "prelu"):

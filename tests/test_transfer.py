@@ -230,7 +230,7 @@ def test_layer_lr_decay_scales_each_block_update(tiny_run: Path):
 
 
 def test_reuse_loads_the_backbone_of_a_run(tiny_run: Path):
-    from imgclf.models.reuse import load_run_model
+    from imgclf.models.saving import load_run_model
     from imgclf.transfer import backbone_of
 
     config = load_config(None, [*tiny_overrides(Path("unused")), f"model.weights={tiny_run}"])
@@ -312,7 +312,7 @@ def test_cached_features_train_the_same_head_as_the_slow_path(tiny_run: Path, fo
 def test_two_phase_run_end_to_end(tiny_run: Path, folder_dataset: Path, tmp_path: Path):
     """A transfer run from a run directory: history.csv holds both phases, the backbone's
     batch-norm statistics are the source run's, and the artifacts describe the phases."""
-    from imgclf.models.reuse import load_run_model
+    from imgclf.models.saving import load_run_model
     from imgclf.train import train
 
     config = load_config(
@@ -360,7 +360,7 @@ def test_transfer_config_errors_teach():
 
 
 def test_phase_starts_mark_fine_tuning():
-    from imgclf.plots import phase_starts
+    from imgclf.runs import phase_starts
 
     assert phase_starts(["head", "head", "fine_tune"]) == [(3, "fine_tune")]
     assert phase_starts(["train", "train"]) == []

@@ -13,7 +13,7 @@ from imgclf.data.pool import Pool, from_arrays
 from imgclf.errors import DataError
 
 if TYPE_CHECKING:
-    from imgclf.config import DataConfig
+    from imgclf.schema import DataConfig
 
 FASHION_MNIST_CLASSES = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat",

@@ -15,20 +15,29 @@ from imgclf.errors import DataError
 from imgclf.images import IMAGE_EXTENSIONS, ImageError, load_image
 
 if TYPE_CHECKING:
-    from imgclf.config import DataConfig
+    from imgclf.schema import DataConfig
 
 
 def _is_hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def load_folder(cfg: DataConfig) -> Pool:
-    root = Path(cfg.path or "")
+def check_root(path: str | Path | None) -> Path:
+    """The dataset folder `data.path` as a Path; DataError when it is not a folder."""
+    root = Path(path or "")
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "not found"
         raise DataError(
             f"data.path: {root} {what}; expected a folder with one sub-folder of images per class"
         )
+    return root
+
+
+def load_folder(cfg: DataConfig) -> Pool:
+    """Every readable image under `cfg.path`'s class sub-folders, decoded at `cfg.image_size`
+    and `cfg.channels`. Raises DataError for a missing folder, fewer than 2 classes, or a class
+    with no readable image."""
+    root = check_root(cfg.path)
     class_dirs = sorted(
         (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
         key=lambda d: d.name,

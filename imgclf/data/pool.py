@@ -12,7 +12,7 @@ from imgclf.errors import DataError
 from imgclf.images import resize_array
 
 if TYPE_CHECKING:
-    from imgclf.config import DataConfig
+    from imgclf.schema import DataConfig
 
 
 @dataclass

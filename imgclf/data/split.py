@@ -15,7 +15,7 @@ from imgclf.data.pool import Pool, Split, Splits, conform
 from imgclf.errors import DataError
 
 if TYPE_CHECKING:
-    from imgclf.config import Config, DataConfig
+    from imgclf.schema import Config, DataConfig
 
 
 def load_pool(cfg: DataConfig) -> Pool:

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgclf.errors import ConfigError
+from imgclf.models import names
 from imgclf.models.registry import register
 
 if TYPE_CHECKING:
     import keras
     import numpy as np
 
-    from imgclf.config import Config
+    from imgclf.schema import Config
 
 # registry name -> (keras.applications constructor, preprocess_input mode)
 APPLICATIONS: dict[str, tuple[str, str]] = {
@@ -40,7 +41,6 @@ APPLICATIONS: dict[str, tuple[str, str]] = {
     "efficientnetb0": ("EfficientNetB0", "none"),
 }
 MIN_SIZE = 32  # keras.applications refuses smaller inputs with include_top=False
-BACKBONE = "backbone"  # the nested model's name, which imgclf.transfer freezes and unfreezes
 
 
 def make_backbone(name: str, config: Config) -> keras.Model:
@@ -63,7 +63,7 @@ def make_backbone(name: str, config: Config) -> keras.Model:
             weights="imagenet" if imagenet else None,
             input_shape=(height, width, 3),
             pooling=None,
-            name=BACKBONE,
+            name=names.BACKBONE,
         )
     except Exception as exc:  # the download: URLError, HTTP errors, a truncated cache file
         if not imagenet:
@@ -114,13 +114,13 @@ def assemble(
     from imgclf.models.layers import BackbonePreprocess
 
     height, width = config.data.image_size
-    inputs = keras.Input(shape=(height, width, config.data.channels), name="pixels")
-    x = BackbonePreprocess(mode, name="preprocess")(inputs)
+    inputs = keras.Input(shape=(height, width, config.data.channels), name=names.INPUT)
+    x = BackbonePreprocess(mode, name=names.PREPROCESS)(inputs)
     # Pretrained: training=False keeps batch-norm in inference mode in every phase (its moving
     # statistics describe the pretraining data). From scratch, batch-norm must learn them.
     x = backbone(x, training=False) if config.model.pretrained else backbone(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Identity(name="features")(x)
+    x = layers.GlobalAveragePooling2D(name=names.AVG_POOL)(x)
+    x = layers.Identity(name=names.FEATURES)(x)
     outputs = softmax_head(x, config.model, num_classes)
     return keras.Model(inputs, outputs, name=name)
 

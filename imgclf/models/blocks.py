@@ -18,16 +18,17 @@ import keras
 import numpy as np
 from keras import layers
 
+from imgclf.models import names
 from imgclf.models.layers import Abs, Maxout
 
 if TYPE_CHECKING:
-    from imgclf.config import Config, ModelConfig
+    from imgclf.schema import Config, ModelConfig
 
 
 def pixel_input(config: Config, train_images: np.ndarray | None) -> tuple[keras.KerasTensor, ...]:
     """(input, preprocessed): raw pixels 0..255 in, scaled or z-scored pixels out."""
     height, width = config.data.image_size
-    inputs = keras.Input(shape=(height, width, config.data.channels), name="pixels")
+    inputs = keras.Input(shape=(height, width, config.data.channels), name=names.INPUT)
     if config.data.normalize == "standardize":
         if train_images is None:
             raise ValueError("normalize='standardize' needs the training images to adapt on")
@@ -169,12 +170,12 @@ def softmax_head(x: keras.KerasTensor, cfg: ModelConfig, num_classes: int) -> ke
     only blur that lesson. Its kernel is regularised like every other kernel; its bias is not.
     """
     if cfg.dropout > 0:
-        x = layers.Dropout(cfg.dropout, name="head_dropout")(x)
+        x = layers.Dropout(cfg.dropout, name=names.HEAD_DROPOUT)(x)
     return layers.Dense(
         num_classes,
         activation="softmax",
         kernel_initializer="glorot_uniform",
         kernel_regularizer=regularizer(cfg),
         dtype="float32",
-        name="probabilities",
+        name=names.PROBABILITIES,
     )(x)

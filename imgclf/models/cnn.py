@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     import keras
     import numpy as np
 
-    from imgclf.config import Config
+    from imgclf.schema import Config
 
 
 @register("cnn")

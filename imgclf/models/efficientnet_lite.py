@@ -34,12 +34,13 @@ import numpy as np
 
 from imgclf.cache import cache_dir, sha256_file
 from imgclf.errors import ConfigError
+from imgclf.models import names
 from imgclf.models.registry import register
 
 if TYPE_CHECKING:
     import keras
 
-    from imgclf.config import Config
+    from imgclf.schema import Config
 
 NAME = "efficientnet_lite0"
 # (repeats, kernel, first stride, expansion, output channels) per stage
@@ -127,7 +128,7 @@ def _mbconv(x, prefix: str, cin: int, kernel: int, stride: int, expansion: int, 
 
 
 def lite0_backbone(
-    height: int, width: int, bn_momentum: float = 0.9, name: str = "backbone"
+    height: int, width: int, bn_momentum: float = 0.9, name: str = names.BACKBONE
 ) -> keras.Model:
     """The Lite0 backbone: preprocessed RGB [N, height, width, 3] -> feature map
     [N, ⌈height/32⌉, ⌈width/32⌉, 1280] (float32), randomly initialised, 3,413,024 parameters."""
@@ -338,11 +339,11 @@ def imagenet_classifier(size: int = IMAGENET_SIZE) -> keras.Model:
     weights = imagenet_weights()
     backbone = lite0_backbone(size, size)
     load_imagenet(backbone, weights)
-    inputs = keras.Input(shape=(size, size, 3), name="pixels")
-    x = BackbonePreprocess("efficientnet_lite", name="preprocess")(inputs)
+    inputs = keras.Input(shape=(size, size, 3), name=names.INPUT)
+    x = BackbonePreprocess("efficientnet_lite", name=names.PREPROCESS)(inputs)
     x = backbone(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    dense = keras.layers.Dense(IMAGENET_CLASSES, activation="softmax", name="probabilities")
+    x = keras.layers.GlobalAveragePooling2D(name=names.AVG_POOL)(x)
+    dense = keras.layers.Dense(IMAGENET_CLASSES, activation="softmax", name=names.PROBABILITIES)
     outputs = dense(x)
     dense.set_weights(weights["predictions"])
     return keras.Model(inputs, outputs, name=f"{NAME}_imagenet")

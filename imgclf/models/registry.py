@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf.errors import ConfigError
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
     import keras
     import numpy as np
 
-    from imgclf.config import Config
+    from imgclf.schema import Config
 
 # Modules whose import registers their builders.
 _FAMILY_MODULES = (
@@ -61,16 +60,6 @@ def _load_families() -> None:
         importlib.import_module(module)
 
 
-def register_custom_layers() -> None:
-    """Register imgclf's custom layers (Abs, Maxout, BackbonePreprocess) with Keras' serialisation.
-
-    Call it before `keras.saving.load_model` of a model built here: safe-mode loading only finds
-    registered classes, and registering imports Keras (so it is not done when this module is
-    imported: listing models must stay TensorFlow-free). `build_model` calls it too.
-    """
-    importlib.import_module("imgclf.models.layers")
-
-
 def available_models() -> list[str]:
     """Registered model names, sorted."""
     _load_families()
@@ -87,6 +76,8 @@ def build_model(
     `config.data.normalize == "standardize"`. With `model.weights` set to a run directory the
     model is that run's backbone under a new head (see `imgclf.models.reuse`).
     """
+    from imgclf.models.saving import register_custom_layers
+
     _load_families()
     register_custom_layers()
     name = config.model.name
@@ -101,28 +92,3 @@ def build_model(
         # A run directory: its trained backbone under a new head, whatever the family.
         return build_from_run(config, num_classes)
     return _REGISTRY[name](config, num_classes, train_images)
-
-
-def load_run_model(run_dir: str | Path) -> keras.Model:
-    """The trained model of a run directory: model.keras checked against the run's
-    manifest.json (a modified file is refused), then loaded in Keras' safe mode with imgclf's
-    custom layers registered. A model holding a Lambda layer (arbitrary Python code) is refused
-    with a UserError; imgclf itself never writes one."""
-    import keras
-
-    from imgclf import runs
-    from imgclf.errors import UserError
-
-    path = Path(run_dir) / runs.MODEL
-    runs.verify_manifest(run_dir, runs.MODEL)
-    register_custom_layers()
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except ValueError as exc:
-        if "Lambda" in str(exc) or "lambda" in str(exc):
-            raise UserError(
-                f"{path} contains a Lambda layer (arbitrary Python code), which imgclf refuses "
-                "to load: models are loaded in Keras' safe mode. Rebuild it with registered "
-                "layers"
-            ) from None
-        raise

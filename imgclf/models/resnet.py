@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import keras
     import numpy as np
 
-    from imgclf.config import Config
+    from imgclf.schema import Config
 
 
 def _check_size(config: Config) -> None:

@@ -17,15 +17,13 @@ from typing import TYPE_CHECKING
 
 from imgclf import runs
 from imgclf.errors import ConfigError
-from imgclf.models.registry import load_run_model
+from imgclf.models import names
+from imgclf.models.saving import load_run_model
 
 if TYPE_CHECKING:
     import keras
 
-    from imgclf.config import Config
-
-BACKBONE = "backbone"
-HEAD_LAYERS = ("head_dropout", "probabilities")  # what a new head replaces (models/blocks.py)
+    from imgclf.schema import Config
 
 
 def resolve_run(reference: str | Path) -> Path:
@@ -52,11 +50,11 @@ def resolve_run(reference: str | Path) -> Path:
 def feature_tensor(model: keras.Model) -> keras.KerasTensor:
     """The tensor a model's head reads: the `features` layer's output, or else the input of
     its head (head_dropout, or probabilities when there is no dropout)."""
-    names = {layer.name for layer in model.layers}
-    if "features" in names:
-        return model.get_layer("features").output
-    for name in HEAD_LAYERS:
-        if name in names:
+    layer_names = {layer.name for layer in model.layers}
+    if names.FEATURES in layer_names:
+        return model.get_layer(names.FEATURES).output
+    for name in names.HEAD:
+        if name in layer_names:
             return model.get_layer(name).input
     raise ConfigError(
         f"model.weights: the model {model.name!r} has no `probabilities` layer; only models "
@@ -68,13 +66,13 @@ def cut_tensor(model: keras.Model, layer: str | None) -> keras.KerasTensor:
     """The output of `layer` (transfer.backbone_layer), or the old head's input when None."""
     if layer is None:
         return feature_tensor(model)
-    names = [x.name for x in model.layers]
-    if layer not in names or layer in HEAD_LAYERS:
-        close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
+    layer_names = [x.name for x in model.layers]
+    if layer not in layer_names or layer in names.HEAD:
+        close = difflib.get_close_matches(layer, layer_names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(
             f"transfer.backbone_layer: the re-used model has no layer {layer!r} below its head"
-            f"{hint} (its layers: {', '.join(n for n in names if n not in HEAD_LAYERS)})"
+            f"{hint} (its layers: {', '.join(n for n in layer_names if n not in names.HEAD)})"
         )
     return model.get_layer(layer).output
 
@@ -103,13 +101,13 @@ def build_from_run(config: Config, num_classes: int) -> keras.Model:
             f"data.image_size=[{shape[0]},{shape[1]}] and data.channels={shape[2]}"
         )
     backbone = keras.Model(
-        old.inputs, cut_tensor(old, config.transfer.backbone_layer), name=BACKBONE
+        old.inputs, cut_tensor(old, config.transfer.backbone_layer), name=names.BACKBONE
     )
-    inputs = keras.Input(shape=shape, name="pixels")
+    inputs = keras.Input(shape=shape, name=names.INPUT)
     # training=False: the earlier model's batch-norm statistics and dropout stay as trained.
     x = backbone(inputs, training=False)
     if len(x.shape) > 2:
         x = keras.layers.Flatten(name="flatten_features")(x)
-    x = keras.layers.Identity(name="features")(x)
+    x = keras.layers.Identity(name=names.FEATURES)(x)
     outputs = softmax_head(x, config.model, num_classes)
     return keras.Model(inputs, outputs, name=f"{config.model.name}_transfer")

@@ -22,7 +22,7 @@ PAGES = {
 
 def _select_finished_job(entries: list[catalog.RunEntry]) -> None:
     """Once per finished job, make its run the selected one (before the selectbox exists)."""
-    state = training_job().snapshot()
+    state = training_job(catalog.runs_root()).snapshot()
     if state.status != "done" or not state.run_dir:
         return
     if st.session_state.get("selected_job") == state.finished:

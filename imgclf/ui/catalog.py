@@ -7,7 +7,6 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -86,9 +85,3 @@ def builtin_entries() -> list[RunEntry]:
         return []
     path = Path(f"{IMAGENET_PREFIX}{NAME}")
     return [RunEntry(path, "ImageNet classifier", NAME, None, 0.0, builtin=True)]
-
-
-def read_optional_json(run_dir: str | Path, name: str) -> Any:
-    """A JSON file of the run, or None when the run has none (older runs, skipped steps)."""
-    path = Path(run_dir) / name
-    return runs.read_json(path) if path.is_file() else None

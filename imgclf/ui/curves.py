@@ -8,16 +8,15 @@ from pathlib import Path
 import streamlit as st
 
 from imgclf import runs
-from imgclf.compare import read_history
 from imgclf.ui import charts
-from imgclf.ui.catalog import RunEntry, read_optional_json
+from imgclf.ui.catalog import RunEntry
 
 
-def show_history(history: list[dict], key: str) -> None:
+def show_history(history: list[runs.HistoryRow], key: str) -> None:
     """Loss and accuracy side by side (used live by the Train page too)."""
     left, right = st.columns(2)
     left.altair_chart(charts.metric_chart(history, "loss"), width="stretch", key=f"{key}-loss")
-    if any("accuracy" in r for r in history):
+    if any(r.accuracy is not None for r in history):
         right.altair_chart(
             charts.metric_chart(history, "accuracy"), width="stretch", key=f"{key}-acc"
         )
@@ -26,19 +25,20 @@ def show_history(history: list[dict], key: str) -> None:
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     """The Training curves page for the selected run."""
     st.title("Training curves")
-    history = read_history(entry.path / runs.HISTORY)
+    run = runs.Run(entry.path)
+    history = run.history
     if not history:
         st.warning(f"`{entry.name}` has no {runs.HISTORY}: nothing to plot.")
         return
-    phases = sorted({str(r.get("phase")) for r in history})
+    phases = sorted({r.phase for r in history})
     st.caption(
         f"{len(history)} epochs ({', '.join(phases)}); the figures are each epoch's averages "
         "on the training batches (augmented, with dropout on) and on the validation split."
     )
     show_history(history, "curves")
-    if any(isinstance(r.get("learning_rate"), float) for r in history):
+    if any(r.learning_rate is not None for r in history):
         st.altair_chart(charts.learning_rate_chart(history), width="stretch")
-    diag = read_optional_json(entry.path, "diagnostics.json")
+    diag = run.diagnostics
     if not diag or not diag.get("epochs"):
         st.caption("This run recorded no training diagnostics (`train.diagnostics`).")
         return

@@ -10,13 +10,14 @@ import streamlit as st
 
 from imgclf import runs
 from imgclf.ui import charts
-from imgclf.ui.catalog import RunEntry, read_optional_json
+from imgclf.ui.catalog import RunEntry
 
 
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     """The Evaluation page for the selected run."""
     st.title("Evaluation")
-    metrics = read_optional_json(entry.path, runs.METRICS)
+    run = runs.Run(entry.path)
+    metrics = run.metrics
     if not metrics or "test" not in metrics:
         st.warning(f"`{entry.name}` has no test metrics ({runs.METRICS}).")
         return
@@ -63,7 +64,7 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
             else:
                 cols[n % 5].write(f"{item.get('file') or '#' + str(item['index'])}: {caption}")
 
-    report = read_optional_json(entry.path, runs.DATA_REPORT) or {}
+    report = run.data_report or {}
     st.subheader("Data report")
     totals = report.get("totals")
     if totals:

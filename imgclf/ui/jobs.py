@@ -1,40 +1,62 @@
-"""One training job at a time per app server, run in a background thread so the pages stay
-responsive; the page polls `TrainingJob.snapshot()` for live progress.
+"""One training job at a time per runs folder, run as a child process: `python -m imgclf.train
+--config JOB.yaml --out RUN -q`, exactly what a user would type.
 
-The job calls the same `train()` as `imgclf-train`. A config or data error ends it with that
-error's one line (no traceback); any other exception ends it with its type and message.
+Training never runs inside the app's own process: it changes process-wide TensorFlow state that
+the served models share (the dtype policy, seeds, op determinism, which cannot be switched back),
+a native crash in training would take the whole app down, and its memory would never be given
+back. The page follows the child through the run directory (history.csv is rewritten after every
+epoch) and through a small job file, `<runs root>/.jobs/job.json`, so the job survives page
+switches, browser reloads and a restart of the app. **Cancel** terminates the child's process
+group; the run directory is left as it was, without a manifest (an interrupted run).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgclf.errors import UserError
+from imgclf import runs
+from imgclf.config import dump_config
+
+JOBS = ".jobs"  # hidden: the run list skips it
+JOB_FILE = "job.json"
+CANCEL_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
 
 
 class JobBusy(RuntimeError):
-    """A training job is already running on this server."""
+    """A training job is already running in this runs folder."""
 
 
 @dataclass
 class JobState:
-    """What the page shows about the current (or last) job; a copy, safe to read."""
+    """What the page shows about the current (or last) job; a snapshot, safe to keep."""
 
-    status: str = "idle"  # idle | running | done | failed
+    status: str = "idle"  # idle | running | done | failed | cancelled
     name: str = ""
-    stage: str = ""  # loading data | training | evaluate | export
     run_dir: str | None = None
     max_epochs: int = 0
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    pid: int | None = None
+    log: str | None = None
     error: str | None = None
     started: float = 0.0
     finished: float = 0.0
+    rows: list[runs.HistoryRow] = field(default_factory=list)
+
+    @property
+    def stage(self) -> str:
+        """loading data | training | evaluating and exporting (from the run directory)."""
+        if self.run_dir and (Path(self.run_dir) / runs.METRICS).is_file():
+            return "evaluating and exporting"
+        return "training" if self.rows else "loading data"
 
     @property
     def fraction(self) -> float:
@@ -44,75 +66,172 @@ class JobState:
         return min(1.0, len(self.rows) / self.max_epochs) if self.max_epochs else 0.0
 
 
-class TrainingJob:
-    """Runs `train(config)` in a thread; at most one at a time (`start` raises JobBusy)."""
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by this process) counts as gone.
+    with contextlib.suppress(OSError):
+        if "zombie" in Path(f"/proc/{pid}/status").read_text().lower():
+            return False
+    return True
 
-    def __init__(self, trainer: Callable[..., Path] | None = None) -> None:
+
+def _last_error(log: str | None) -> str | None:
+    """The child's one-line `error: ...`, else its last line."""
+    if not log or not Path(log).is_file():
+        return None
+    lines = [ln.strip() for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
+    return errors[-1] if errors else (lines[-1] if lines else None)
+
+
+class TrainingJob:
+    """Starts, follows and cancels the training child process of one runs folder."""
+
+    def __init__(self, runs_root: str | Path) -> None:
+        self.root = Path(runs_root)
         self._lock = threading.Lock()
-        self._state = JobState()
-        self._thread: threading.Thread | None = None
-        self._trainer = trainer
+        self._procs: dict[int, subprocess.Popen] = {}  # children this server started
+
+    @property
+    def _file(self) -> Path:
+        return self.root / JOBS / JOB_FILE
+
+    def _read(self) -> JobState:
+        try:
+            data = json.loads(self._file.read_text(encoding="utf-8"))
+            data.pop("rows", None)
+            return JobState(**data)
+        except (OSError, ValueError, TypeError):
+            return JobState()
+
+    def _write(self, state: JobState) -> None:
+        data = asdict(state)
+        data.pop("rows")
+        runs.write_json(self._file, data)
+
+    def _finish(self, state: JobState) -> JobState:
+        """Record how a job whose process is gone ended."""
+        proc = self._procs.pop(state.pid or -1, None)
+        code = proc.wait() if proc is not None else None
+        complete = state.run_dir is not None and (Path(state.run_dir) / runs.MANIFEST).is_file()
+        if code == 0 or (code is None and complete):
+            state.status = "done"
+        else:
+            state.status = "failed"
+            state.error = _last_error(state.log) or f"the training process ended (exit {code})"
+        state.finished = time.time()
+        self._write(state)
+        return state
 
     def snapshot(self) -> JobState:
-        """A copy of the current state."""
+        """The current job, its history so far, and how it ended once it has."""
         with self._lock:
-            return replace(self._state, rows=[dict(r) for r in self._state.rows])
+            state = self._read()
+            if state.status == "running" and not _alive(state.pid):
+                state = self._finish(state)
+        if state.run_dir:
+            state.rows = runs.read_history(Path(state.run_dir) / runs.HISTORY)
+        return state
 
     @property
     def running(self) -> bool:
         """Whether a job is running now."""
-        with self._lock:
-            return self._state.status == "running"
+        return self.snapshot().status == "running"
 
-    def start(self, config: Any, runs_root: str | Path) -> None:
-        """Start training `config` (a validated imgclf Config) into `runs_root`."""
-        with self._lock:
-            if self._state.status == "running":
-                raise JobBusy(
-                    f"a training job ({self._state.name}) is already running on this server; "
-                    "wait for it to finish"
-                )
-            self._state = JobState(
-                status="running", name=config.name, stage="loading data", started=time.time()
+    def start(self, config: Any) -> JobState:
+        """Start training `config` (a validated Config) in a child process; JobBusy if one runs.
+
+        The run directory is chosen here (`<runs root>/<name>-<time>`), so the page can follow
+        it from the first epoch. Returns the new job's state.
+        """
+        from imgclf.transfer import plan_phases
+
+        if self.running:
+            raise JobBusy(
+                f"a training job ({self._read().name}) is already running in {self.root}; wait "
+                "for it to finish or cancel it"
             )
-        self._thread = threading.Thread(
-            target=self._run, args=(config, Path(runs_root)), name="imgclf-train", daemon=True
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        jobs = self.root / JOBS
+        jobs.mkdir(parents=True, exist_ok=True)
+        run_dir = self.root / f"{config.name}-{stamp}"
+        n = 1
+        while run_dir.exists():
+            n += 1
+            run_dir = self.root / f"{config.name}-{stamp}-{n}"
+        config_file = jobs / f"{run_dir.name}.yaml"
+        log = jobs / f"{run_dir.name}.log"
+        runs.write_text(config_file, dump_config(config))
+        command = [
+            sys.executable, "-m", "imgclf.train", "--config", str(config_file),
+            "--out", str(run_dir), "-q",
+        ]  # fmt: skip
+        with log.open("wb") as out:
+            # A session of its own: Cancel stops the child and anything it started.
+            proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._procs[proc.pid] = proc
+        state = JobState(
+            status="running",
+            name=config.name,
+            run_dir=str(run_dir),
+            max_epochs=sum(phase.train.epochs for phase in plan_phases(config)),
+            pid=proc.pid,
+            log=str(log),
+            started=time.time(),
         )
-        self._thread.start()
-
-    def wait(self, timeout: float | None = None) -> JobState:
-        """Block until the job ends (tests and scripts); returns the final state."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.snapshot()
-
-    def _progress(self, event: str, info: dict[str, Any]) -> None:
         with self._lock:
-            if event == "start":
-                self._state.run_dir = info["run_dir"]
-                self._state.max_epochs = int(info["max_epochs"])
-                self._state.stage = "training"
-            elif event == "epoch":
-                self._state.rows.append(info)
-            elif event == "stage":
-                self._state.stage = info["stage"]
+            self._write(state)
+        return state
 
-    def _run(self, config: Any, runs_root: Path) -> None:
-        trainer = self._trainer
-        if trainer is None:
-            from imgclf.train import train as trainer
-        error = None
-        run_dir = None
-        try:
-            run_dir = trainer(config, verbose=0, runs_root=runs_root, progress=self._progress)
-        except UserError as exc:
-            error = str(exc)
-        except Exception as exc:  # the page shows one line; the traceback goes to the log
-            traceback.print_exc()
-            error = f"{type(exc).__name__}: {exc}"
+    def cancel(self) -> JobState:
+        """Stop the running job (SIGTERM to its process group, SIGKILL after CANCEL_GRACE_S);
+        the run directory stays as it is, an interrupted run. Returns the final state."""
         with self._lock:
-            self._state.status = "failed" if error else "done"
-            self._state.error = error
-            if run_dir is not None:
-                self._state.run_dir = str(run_dir)
-            self._state.finished = time.time()
+            state = self._read()
+            if state.status != "running" or state.pid is None:
+                return state
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(state.pid, signal.SIGTERM)
+            deadline = time.monotonic() + CANCEL_GRACE_S
+            while _alive(state.pid) and time.monotonic() < deadline:
+                proc = self._procs.get(state.pid)
+                if proc is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=0.2)
+                else:
+                    time.sleep(0.2)
+            if _alive(state.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(state.pid, signal.SIGKILL)
+            proc = self._procs.pop(state.pid, None)
+            if proc is not None:
+                proc.wait()
+            state.status, state.error, state.finished = "cancelled", None, time.time()
+            self._write(state)
+        return state
+
+    def wait(self, poll_s: float = 0.5, timeout: float | None = None) -> JobState:
+        """Block until the job ends (tests and scripts); returns the final state. With a
+        `timeout` (seconds) the state is returned even if still running."""
+        start = time.monotonic()
+        while True:
+            state = self.snapshot()
+            if state.status != "running":
+                return state
+            if timeout is not None and time.monotonic() - start > timeout:
+                return state
+            proc = self._procs.get(state.pid or -1)
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=poll_s)
+            else:
+                time.sleep(poll_s)

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from imgclf import runs
-from imgclf.ui.catalog import RunEntry, read_optional_json
+from imgclf.ui.catalog import RunEntry
 from imgclf.ui.state import predictor_for
 
 
@@ -50,7 +50,7 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
         st.write(f"{model.count_params():,} parameters; input {tuple(model.input_shape)}")
         st.dataframe(_layers(model), hide_index=True)
     with exports_tab:
-        exports = read_optional_json(entry.path, runs.EXPORTS) or {}
+        exports = runs.Run(entry.path).exports
         if not exports:
             st.caption(f"No exports yet: `imgclf-export {entry.path} --format all`.")
             return

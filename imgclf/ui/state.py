@@ -1,5 +1,5 @@
-"""What the app keeps across reruns and sessions: the cached Predictor per run and the one
-training job of this server (`st.cache_resource`)."""
+"""What the app keeps across reruns and sessions: the cached Predictor per run and the training
+job of the runs folder (`st.cache_resource`; the job itself lives on disk, see ui/jobs.py)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def predictor_for(run_dir: Path) -> Predictor:
 
 
 @st.cache_resource
-def training_job() -> TrainingJob:
-    """The server's one training job (shared by every browser session)."""
-    return TrainingJob()
+def _job(root: str) -> TrainingJob:
+    return TrainingJob(root)
+
+
+def training_job(root: str | Path | None = None) -> TrainingJob:
+    """The training job of the runs folder `root` (default: the app's runs root), shared by
+    every browser session of this server."""
+    from imgclf.ui.catalog import runs_root
+
+    return _job(str(Path(root) if root is not None else runs_root()))

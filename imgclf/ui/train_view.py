@@ -1,5 +1,6 @@
-"""Train page: pick a recipe from configs/, change the common fields, start training in the
-background (one job per server) and watch it live; the finished run joins the run list."""
+"""Train page: pick a recipe from configs/, change the common fields, start training as a child
+process (one job per runs folder), watch it live or cancel it; the finished run joins the run
+list."""
 
 from __future__ import annotations
 
@@ -15,27 +16,36 @@ from imgclf.ui.curves import show_history
 from imgclf.ui.jobs import JobBusy
 from imgclf.ui.state import training_job
 
-CONFIGS = Path("configs")
+# The recipes shipped with imgclf (the repository's configs/, whatever the working directory),
+# then any configs/ folder of the working directory.
+SHIPPED = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT = "(built-in default)"
 
 
 def _start(config: Config, root: Path) -> None:
     try:
-        training_job().start(config, root)
-    except JobBusy as exc:
+        training_job(root).start(config)
+    except (JobBusy, OSError) as exc:
         st.warning(str(exc))
+        return
+    st.rerun()  # at once: the Start buttons render disabled and the progress shows
+
+
+def _cancel(root: Path) -> None:
+    training_job(root).cancel()
 
 
 @st.fragment(run_every=1.0)
-def live_progress() -> None:
-    """The current job's progress bar and curves, refreshed every second while it runs; when
-    it ends, the whole app re-runs once so the new run is listed and selected."""
-    state = training_job().snapshot()
+def live_progress(root: Path) -> None:
+    """The current job's progress bar, curves and Cancel button, refreshed every second while it
+    runs; when it ends, the whole app re-runs once so the new run is listed and selected."""
+    state = training_job(root).snapshot()
     if state.status == "idle":
         return
     if state.status == "running":
         epochs = f"epoch {len(state.rows)}/{state.max_epochs}" if state.max_epochs else ""
         st.progress(state.fraction, text=f"Training `{state.name}`: {state.stage} {epochs}")
+        st.button("Cancel", key="cancel_job", on_click=_cancel, args=(root,))
         if state.rows:
             show_history(state.rows, "live")
         return
@@ -44,6 +54,11 @@ def live_progress() -> None:
         st.rerun(scope="app")  # list and select the new run
     if state.status == "failed":
         st.error(f"Training `{state.name}` failed: {state.error}")
+    elif state.status == "cancelled":
+        st.warning(
+            f"Training `{state.name}` was cancelled; {state.run_dir} is left as an interrupted run "
+            "(no manifest)."
+        )
     else:
         took = state.finished - state.started
         st.success(f"Trained `{state.name}` in {took:.0f} s: {state.run_dir}")
@@ -51,29 +66,33 @@ def live_progress() -> None:
 
 def default_offer(root: Path) -> None:
     """The first-start button: train the built-in default config into `root`."""
-    running = training_job().running
+    running = training_job(root).running
     if st.button("Train the default model", type="primary", disabled=running, key="train_default"):
         _start(load_config(None), root)
-    live_progress()
+    live_progress(root)
 
 
-def _recipes() -> list[str]:
-    found = sorted(str(p) for p in CONFIGS.glob("*.yaml")) if CONFIGS.is_dir() else []
-    return [DEFAULT, *found]
+def recipes() -> dict[str, Path | None]:
+    """Recipe label (`configs/x.yaml`) -> file; the built-in default first (None)."""
+    found: dict[str, Path | None] = {DEFAULT: None}
+    for folder in (SHIPPED, Path.cwd() / "configs"):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.yaml")):
+                found.setdefault(f"configs/{path.name}", path)
+    return found
 
 
 def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
     """The Train page (also reachable before any run exists)."""
     st.title("Train")
-    recipes = _recipes()
+    files = recipes()
+    labels = list(files)
     # Kept under a plain key: a widget's own state is dropped while its page is not shown.
     chosen = st.session_state.get("_recipe", DEFAULT)
-    recipe = st.selectbox(
-        "Recipe", recipes, index=recipes.index(chosen) if chosen in recipes else 0
-    )
+    recipe = st.selectbox("Recipe", labels, index=labels.index(chosen) if chosen in labels else 0)
     st.session_state["_recipe"] = recipe
     try:
-        base = load_config(None if recipe == DEFAULT else recipe)
+        base = load_config(files[recipe])
     except UserError as exc:
         st.error(f"{recipe}: {exc}")
         return
@@ -100,7 +119,7 @@ def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
         head = t1.number_input("Head epochs (backbone frozen)", 0, 1000, base.transfer.head_epochs)
         fine = t2.number_input("Fine-tune epochs", 0, 1000, base.transfer.fine_tune_epochs)
         submitted = st.form_submit_button(
-            "Start training", type="primary", disabled=training_job().running
+            "Start training", type="primary", disabled=training_job(root).running
         )
     if submitted:
         overrides = [
@@ -117,9 +136,9 @@ def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
         if path.strip():
             overrides.append(f"data.path={path.strip()}")
         try:
-            config = load_config(None if recipe == DEFAULT else recipe, overrides)
+            config = load_config(files[recipe], overrides)
         except UserError as exc:
             st.error(str(exc))
         else:
             _start(config, root)
-    live_progress()
+    live_progress(root)

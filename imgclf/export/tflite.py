@@ -17,9 +17,15 @@ import numpy as np
 
 from imgclf import runs
 from imgclf.errors import UserError
-
-FLOAT_FILE = "model.tflite"
-INT8_FILE = "model_int8.tflite"
+from imgclf.export.parity import (
+    PARITY_MAX_IMAGES,
+    batched,
+    compare,
+    load_for_export,
+    record_export,
+    require_parity,
+)
+from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
 
 def _interpreter(path_or_bytes: str | Path | bytes) -> Any:
@@ -35,11 +41,9 @@ def _interpreter(path_or_bytes: str | Path | bytes) -> Any:
         return tf.lite.Interpreter(model_path=str(path_or_bytes))
 
 
-def tflite_function(path_or_bytes: str | Path | bytes) -> tuple[Any, tuple[int, int, int]]:
+def load_function(path_or_bytes: str | Path | bytes) -> tuple[Any, tuple[int, int, int]]:
     """(fn: pixels float32 [N, H, W, C] -> probabilities [N, classes], (H, W, C)) for a .tflite
     model written by imgclf (its `serving_default` signature)."""
-    from imgclf.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
-
     interpreter = _interpreter(path_or_bytes)
     runner = interpreter.get_signature_runner(SIGNATURE)
     details = runner.get_input_details()[INPUT_NAME]
@@ -54,8 +58,6 @@ def tflite_function(path_or_bytes: str | Path | bytes) -> tuple[Any, tuple[int, 
 def convert(saved_model_dir: str | Path, quantize: str | None = None) -> bytes:
     """The TFLite flatbuffer of a SavedModel's `serving_default` (int8 dynamic range if asked)."""
     import tensorflow as tf
-
-    from imgclf.export import SIGNATURE
 
     if quantize not in (None, "int8"):
         raise UserError(f"--quantize: unknown mode {quantize!r}; the choice is int8")
@@ -78,7 +80,6 @@ def export_tflite(
     """Write `model.tflite` (or `model_int8.tflite`) into the run after checking it on `images`
     (raw pixels, with their true `labels` when known); returns its exports.json record."""
     from imgclf.evaluate import predict_proba
-    from imgclf.export import PARITY_MAX_IMAGES, batched, compare, require_parity
 
     run_dir = Path(run_dir)
     saved_model = run_dir / runs.SAVED_MODEL
@@ -86,10 +87,10 @@ def export_tflite(
         raise UserError(f"{run_dir} has no {runs.SAVED_MODEL}/; run imgclf-export {run_dir} first")
     runs.verify_manifest(run_dir, runs.SAVED_MODEL)
     flatbuffer = convert(saved_model, quantize)
-    fn, _ = tflite_function(flatbuffer)
+    fn, _ = load_function(flatbuffer)
     images = np.asarray(images[:PARITY_MAX_IMAGES], np.float32)
     record: dict[str, Any] = {
-        "path": INT8_FILE if quantize else FLOAT_FILE,
+        "path": runs.TFLITE_INT8 if quantize else runs.TFLITE,
         "quantized": quantize or False,
         "size_bytes": len(flatbuffer),
         **compare(batched(fn, images), predict_proba(model, images), labels),
@@ -101,12 +102,22 @@ def export_tflite(
     return record
 
 
-def export_tflite_run(run_dir: str | Path, quantize: str | None = None) -> dict[str, Any]:
+def export_run(run_dir: str | Path, quantize: str | None = None) -> dict[str, Any]:
     """`imgclf-export RUN --format tflite [--quantize int8]`: convert, check on the run's test
     split, write the file, and record it in exports.json (and the manifest)."""
-    from imgclf.export import load_for_export, record_export
-
     model, images, labels = load_for_export(run_dir)
     record = export_tflite(run_dir, model, images, labels, quantize)
     record_export(run_dir, "tflite_int8" if quantize else "tflite", record)
     return record
+
+
+def load(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str]]:
+    """(fn, (H, W, C), class names) for a run's .tflite file, checked with its labels.json
+    against the run's manifest. Raises UserError (not in a run) or IntegrityError."""
+    path = Path(path)
+    run_dir = path.parent
+    if not (run_dir / runs.LABELS).is_file():
+        raise UserError(f"{path}: no {runs.LABELS} next to it; keep it in its run directory")
+    runs.verify_manifest(run_dir, path.name, runs.LABELS)
+    fn, shape = load_function(path)
+    return fn, shape, runs.read_labels(run_dir)

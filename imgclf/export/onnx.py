@@ -21,8 +21,16 @@ import numpy as np
 
 from imgclf import runs
 from imgclf.errors import UserError
+from imgclf.export.parity import (
+    PARITY_MAX_IMAGES,
+    batched,
+    compare,
+    load_for_export,
+    record_export,
+    require_parity,
+)
+from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME
 
-FILE = "model.onnx"
 LABELS_KEY = "labels"  # metadata_props key holding the class names
 INSTALL = "pip install 'imgclf[onnx]' (tf2onnx, onnx, onnxruntime)"
 
@@ -36,7 +44,7 @@ def require_onnx() -> None:
         raise UserError(f"ONNX export needs {', '.join(missing)}: {INSTALL}")
 
 
-def onnx_function(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str] | None]:
+def load_function(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str] | None]:
     """(fn: pixels float32 [N, H, W, C] -> probabilities [N, classes], (H, W, C), the class
     names from the file's metadata or None) for an ONNX model, run by onnxruntime on the CPU."""
     require_onnx()  # before the import, so a missing extra gets the install line
@@ -69,14 +77,12 @@ def convert(model: Any, class_names: list[str], path: str | Path) -> None:
     import onnx
     import tensorflow as tf
 
-    from imgclf.export import INPUT_NAME, OUTPUT_NAME
-
     if keras.backend.backend() != "tensorflow":
         raise UserError("ONNX export needs the TensorFlow backend: set KERAS_BACKEND=tensorflow")
     _, height, width, channels = model.input_shape
     spec = tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)
     with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / FILE
+        raw = Path(tmp) / runs.ONNX
         # tf2onnx prints its progress and warnings on stdout; imgclf's stdout is its report.
         # Keras' tf2onnx patch probes `np.object`, which numpy 2 warns about.
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -102,7 +108,6 @@ def export_onnx(
     """Write `model.onnx` into the run after checking it in onnxruntime on `images` (raw
     pixels, with their true `labels` when known); returns its exports.json record."""
     from imgclf.evaluate import predict_proba
-    from imgclf.export import PARITY_MAX_IMAGES, batched, compare, require_parity
 
     require_onnx()
     import onnxruntime
@@ -110,27 +115,41 @@ def export_onnx(
     run_dir = Path(run_dir)
     class_names = runs.read_labels(run_dir)
     images = np.asarray(images[:PARITY_MAX_IMAGES], np.float32)
-    with runs.atomic_path(run_dir / FILE) as tmp:
+    with runs.atomic_path(run_dir / runs.ONNX) as tmp:
         convert(model, class_names, tmp)
-        fn, _, _ = onnx_function(tmp)
+        fn, _, _ = load_function(tmp)
         record: dict[str, Any] = {
-            "path": FILE,
+            "path": runs.ONNX,
             "quantized": False,
             "size_bytes": tmp.stat().st_size,
             "runtime": f"onnxruntime {onnxruntime.__version__}",
             **compare(batched(fn, images), predict_proba(model, images), labels),
         }
-        require_parity("ONNX model", record["parity"], f"{FILE} was not written")
+        require_parity("ONNX model", record["parity"], f"{runs.ONNX} was not written")
     return record
 
 
-def export_onnx_run(run_dir: str | Path) -> dict[str, Any]:
+def export_run(run_dir: str | Path) -> dict[str, Any]:
     """`imgclf-export RUN --format onnx`: convert, check on the run's test split, write the
     file, and record it in exports.json (and the manifest)."""
-    from imgclf.export import load_for_export, record_export
-
     require_onnx()
     model, images, labels = load_for_export(run_dir)
     record = export_onnx(run_dir, model, images, labels)
     record_export(run_dir, "onnx", record)
     return record
+
+
+def load(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str]]:
+    """(fn, (H, W, C), class names) for an .onnx file: checked against its run's manifest when
+    it sits in a run directory; the class names from its metadata, else the run's labels.json.
+    Raises UserError (no class names anywhere, not a loadable model) or IntegrityError."""
+    path = Path(path)
+    run_dir = path.parent
+    if (run_dir / runs.MANIFEST).is_file():
+        runs.verify_manifest(run_dir, path.name)
+    fn, shape, labels = load_function(path)
+    if labels is None:
+        if not (run_dir / runs.LABELS).is_file():
+            raise UserError(f"{path}: no class names in its metadata and no {runs.LABELS}")
+        labels = runs.read_labels(run_dir)
+    return fn, shape, labels

@@ -1,0 +1,91 @@
+"""`imgclf-export RUN [--format saved_model|tflite|onnx|all]`: the command line of the export
+package (argument parsing and the report; the work is in the format modules)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from imgclf import runs
+from imgclf.console import quiet_tensorflow
+from imgclf.errors import UserError
+from imgclf.export.parity import ExportError
+
+
+def _report(what: str, record: dict[str, Any], path: Path) -> None:
+    """Print an export's parity line and its path."""
+    p = record["parity"]
+    acc = f", test accuracy {record['test_accuracy']:.4f}" if "test_accuracy" in record else ""
+    print(
+        f"{what}: max |Δp| {p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.2%} "
+        f"on {p['n_images']} test images{acc}"
+    )
+    print(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m imgclf.export RUN_DIR [--format saved_model|tflite|onnx|all]
+    [--quantize int8] [--out DIR | --serving-dir DIR]`."""
+    parser = argparse.ArgumentParser(
+        prog="imgclf-export",
+        description="Export a trained run (SavedModel, TFLite, ONNX), each checked for parity "
+        "against model.keras on the run's test split.",
+    )
+    parser.add_argument("run_dir", help="a run directory written by imgclf-train")
+    parser.add_argument("--out", help="where to write the SavedModel (default RUN_DIR/saved_model)")
+    parser.add_argument(
+        "--serving-dir",
+        help="a TF Serving model folder (e.g. models/digits): writes the next version DIR/<N>/",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("saved_model", "tflite", "onnx", "all"),
+        default="saved_model",
+        help="saved_model (default): RUN_DIR/saved_model/; tflite: RUN_DIR/model.tflite from "
+        "the SavedModel; onnx: RUN_DIR/model.onnx (needs the [onnx] extra); all: all three",
+    )
+    parser.add_argument(
+        "--quantize", choices=("int8",), help="tflite: dynamic-range int8 (model_int8.tflite)"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show TensorFlow's own start-up log lines"
+    )
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    formats = ("saved_model", "tflite", "onnx") if args.format == "all" else (args.format,)
+    try:
+        if formats != ("saved_model",) and (args.out or args.serving_dir):
+            raise UserError("--out and --serving-dir apply to --format saved_model only")
+        if args.quantize and "tflite" not in formats:
+            raise UserError("--quantize int8 applies to --format tflite (or all)")
+        if "onnx" in formats:
+            from imgclf.export.onnx import require_onnx
+
+            require_onnx()  # before minutes of other exports, not after
+        quiet_tensorflow(args.verbose)
+        if "saved_model" in formats:
+            from imgclf.export.saved_model import export_run
+
+            path = export_run(run_dir, args.out, serving_dir=args.serving_dir)
+            key = "tf_serving" if args.serving_dir else "saved_model"
+            _report("saved_model", runs.read_json(run_dir / runs.EXPORTS)[key], path)
+        if "tflite" in formats:
+            from imgclf.export import tflite
+
+            record = tflite.export_run(run_dir, args.quantize)
+            _report(f"tflite{' int8' if args.quantize else ''}", record, run_dir / record["path"])
+        if "onnx" in formats:
+            from imgclf.export import onnx
+
+            record = onnx.export_run(run_dir)
+            _report("onnx", record, run_dir / record["path"])
+    except (UserError, ExportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UserError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The end of a run: everything written after training, from the trained model and its data.
+
+`finish_run` saves model.keras, evaluates once on the held-out test split (metrics.json, the
+worst predictions under worst/), draws the plots, saves sample images, exports the SavedModel
+(parity-checked), writes the model card and, last, the manifest. It needs only the run
+directory, the model and the splits, so it also re-evaluates and re-exports an existing run.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imgclf import runs
+
+if TYPE_CHECKING:
+    import keras
+
+    from imgclf.data import Splits
+    from imgclf.schema import Config
+
+MAX_SAMPLES = 10
+
+
+def _safe(name: str) -> str:
+    """A class name as a file-name fragment."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def save_samples(run_dir: Path, splits: Splits) -> None:
+    """A few test images (one per class first) as PNGs, so a user can try predict at once."""
+    import numpy as np
+
+    from imgclf.images import png_bytes
+
+    test = splits.test
+    firsts = [int(np.flatnonzero(test.y == c)[0]) for c in np.unique(test.y)][:MAX_SAMPLES]
+    folder = run_dir / runs.SAMPLES
+    folder.mkdir(exist_ok=True)
+    for n, i in enumerate(firsts):
+        label = _safe(splits.class_names[test.y[i]])
+        runs.write_bytes(folder / f"test{n:02d}_true-{label}.png", png_bytes(test.x[i]))
+
+
+def save_worst(run_dir: Path, splits: Splits, metrics: dict[str, Any]) -> None:
+    """The highest-loss test images as PNGs under worst/, named in metrics' worst_predictions
+    (`image`), so the app can show them without the dataset."""
+    from imgclf.images import png_bytes
+
+    folder = run_dir / runs.WORST
+    folder.mkdir(exist_ok=True)
+    for n, entry in enumerate(metrics["worst_predictions"]):
+        name = f"{n:02d}_true-{_safe(entry['true'])}_pred-{_safe(entry['predicted'])}.png"
+        runs.write_bytes(folder / name, png_bytes(splits.test.x[entry["index"]]))
+        entry["image"] = f"{runs.WORST}/{name}"
+
+
+def evaluate_run(
+    run_dir: Path, model: keras.Model, splits: Splits, config: Config, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Evaluate on the test split once and write metrics.json (with `extra`: phases, epochs),
+    worst/ and the plots; returns the metrics."""
+    import numpy as np
+
+    from imgclf.evaluate import evaluate
+    from imgclf.plots import plot_confusion, plot_curves
+
+    metrics, _ = evaluate(
+        model,
+        splits.test.x,
+        splits.test.y,
+        splits.class_names,
+        k=config.train.top_k,
+        files=splits.test.files,
+    )
+    metrics["counts"] = splits.report["totals"]
+    metrics.update(extra)
+    save_worst(run_dir, splits, metrics)
+    runs.write_json(run_dir / runs.METRICS, metrics)
+    history = runs.read_history(run_dir / runs.HISTORY)
+    curves = {
+        key: [r.get(key) for r in history if r.get(key) is not None]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy")
+    }
+    plot_curves(curves, run_dir / runs.CURVES_PLOT, [r.phase for r in history])
+    confusion = np.asarray(metrics["confusion_matrix"])
+    plot_confusion(confusion, splits.class_names, run_dir / runs.CONFUSION_PLOT)
+    return metrics
+
+
+def export_run_model(
+    run_dir: Path, model: keras.Model, splits: Splits
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The SavedModel, parity-checked on the test split, recorded in exports.json; returns
+    (parity report, exports) or (None, None) when the backend cannot write one."""
+    from imgclf.backend import can_export_saved_model, export_skipped_message
+    from imgclf.export.saved_model import export_saved_model, saved_model_record
+
+    if not can_export_saved_model():
+        print(export_skipped_message(run_dir), file=sys.stderr, flush=True)
+        return None, None
+    target = run_dir / runs.SAVED_MODEL
+    parity = export_saved_model(model, splits.class_names, target, splits.test.x, splits.test.y)
+    record = saved_model_record(
+        runs.SAVED_MODEL, model, splits.class_names, parity, runs.tree_size(target)
+    )
+    exports = {"saved_model": record}
+    runs.write_json(run_dir / runs.EXPORTS, exports)
+    return parity, exports
+
+
+def finish_run(
+    run_dir: Path,
+    model: keras.Model,
+    splits: Splits,
+    config: Config,
+    extra: dict[str, Any] | None = None,
+    verbose: int | str = 0,
+) -> dict[str, Any]:
+    """Write every artifact of a trained run (model.keras, metrics.json, worst/, plots/,
+    samples/, saved_model/, exports.json, model_card.md, then manifest.json) and return the
+    metrics. `extra` goes into metrics.json (the phases, epochs run).
+
+    Raises ExportError (imgclf.export.parity) when the SavedModel disagrees with the model;
+    the run then has no manifest.
+    """
+    from imgclf.backend import backend_name
+    from imgclf.model_card import model_card
+
+    with runs.atomic_path(run_dir / runs.MODEL) as tmp:
+        model.save(tmp)
+    metrics = evaluate_run(run_dir, model, splits, config, extra or {})
+    save_samples(run_dir, splits)
+    parity, exports = export_run_model(run_dir, model, splits)
+    card = model_card(config, splits, metrics, model, exports, backend_name())
+    runs.write_text(run_dir / runs.MODEL_CARD, card)
+    runs.write_manifest(run_dir)  # last: the SHA-256 of every artifact, checked when loading
+    if verbose:
+        t = metrics["test"]
+        print(
+            f"test: accuracy {t['accuracy']:.4f}, top-{t['k']} {t['top_k_accuracy']:.4f}, "
+            f"loss {t['loss']:.4f} ({t['n']} images)"
+            + (f"; SavedModel parity max |Δp| {parity['max_abs_diff']:.1e}" if parity else ""),
+            flush=True,
+        )
+    return metrics

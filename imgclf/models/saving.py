@@ -1,0 +1,46 @@
+"""Loading what imgclf saved: a run's model.keras, checked against the run's manifest and loaded
+in Keras' safe mode with imgclf's custom layers registered."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
+
+
+def register_custom_layers() -> None:
+    """Register imgclf's custom layers (Abs, Maxout, BackbonePreprocess) with Keras' serialisation.
+
+    Call it before `keras.saving.load_model` of a model built here: safe-mode loading only finds
+    registered classes, and registering imports Keras (so it is not done when this module is
+    imported: listing models must stay TensorFlow-free). `build_model` calls it too.
+    """
+    importlib.import_module("imgclf.models.layers")
+
+
+def load_run_model(run_dir: str | Path) -> keras.Model:
+    """The trained model of a run directory: model.keras checked against the run's
+    manifest.json (a modified file is refused), then loaded in Keras' safe mode with imgclf's
+    custom layers registered. A model holding a Lambda layer (arbitrary Python code) is refused
+    with a UserError; imgclf itself never writes one."""
+    import keras
+
+    from imgclf import runs
+    from imgclf.errors import UserError
+
+    path = Path(run_dir) / runs.MODEL
+    runs.verify_manifest(run_dir, runs.MODEL)
+    register_custom_layers()
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except ValueError as exc:
+        if "Lambda" in str(exc) or "lambda" in str(exc):
+            raise UserError(
+                f"{path} contains a Lambda layer (arbitrary Python code), which imgclf refuses "
+                "to load: models are loaded in Keras' safe mode. Rebuild it with registered "
+                "layers"
+            ) from None
+        raise
