@@ -218,7 +218,13 @@ def augment_overrides(enabled: bool, base: Config) -> list[str]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load `path` (or the embedded default) and apply dotted `key=value` overrides."""
+    """Load `path` (or the embedded default) and apply dotted `key=value` overrides.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, an override is not `key=value`, a key is
+            unknown (with the nearest valid one), a value has the wrong type or range, or the
+            model is not registered; one line, naming the key, the value and what is valid.
+    """
     values = read_yaml(path) if path is not None else {}
     return build_config(_merge(values, parse_overrides(overrides or [])))
 

@@ -10,7 +10,7 @@ the same lines appear with TF_CPP_MIN_LOG_LEVEL=3, ABSL_MIN_LOG_LEVEL=3 and GLOG
 
 So `quiet_tensorflow()`, called by the command-line entry points before TensorFlow loads, sets
 TF_CPP_MIN_LOG_LEVEL=3 and routes descriptor 2 through a thread that drops exactly those lines
-(absl's format `[IWE]mmdd hh:mm:ss.uuuuuu thread file:line] …` and the absl warning) and passes
+(absl's format `[IWE]mmdd hh:mm:<seconds> thread file:line] …` and the absl warning) and passes
 everything else through unchanged, in order: imgclf's messages, Python warnings and tracebacks.
 Fatal (`F…`) lines are always kept. `--verbose` or `IMGCLF_TF_LOGS=1` leaves stderr alone.
 """
@@ -26,7 +26,7 @@ import threading
 
 TF_LOGS_ENV = "IMGCLF_TF_LOGS"
 _NOISE = re.compile(
-    rb"^(?:[IWE]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [\w./-]+:\d+\] "
+    rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] "
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
 )
 _state: dict[str, object] = {}

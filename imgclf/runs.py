@@ -231,8 +231,12 @@ class IntegrityError(UserError):
 def verify_manifest(run_dir: str | Path, *names: str) -> bool:
     """Check the artifacts `names` (files, or folders such as `saved_model` for everything under
     them) against the run's manifest.json. Returns False when the run has no manifest (written by
-    an older imgclf); raises IntegrityError naming the first file that is missing, unlisted or
-    modified."""
+    an older imgclf).
+
+    Raises:
+        IntegrityError: naming the first file that is missing, unlisted or modified, or a
+            manifest that is not valid JSON.
+    """
     run_dir = Path(run_dir)
     manifest_path = run_dir / MANIFEST
     if not manifest_path.is_file():

@@ -164,12 +164,12 @@ def test_a_job_trains_in_a_child_process_and_cancel_stops_it(tmp_path: Path, fol
     """Start: a second job is refused; the child (not this process) trains; Cancel kills its
     process group and leaves the run without a manifest; this process's TensorFlow state is
     untouched."""
-    import tensorflow as tf
-
     from conftest import tiny_overrides
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
     from imgclf.ui.jobs import _alive
 
-    determinism = tf.config.experimental.is_op_determinism_enabled()
+    determinism = is_op_determinism_enabled()  # process-wide, and cannot be switched back
     config = load_config(None, [*tiny_overrides(folder_dataset), "train.epochs=500"])
     job = TrainingJob(tmp_path / "runs")
     state = job.start(config)
@@ -184,7 +184,7 @@ def test_a_job_trains_in_a_child_process_and_cancel_stops_it(tmp_path: Path, fol
     run = Path(state.run_dir)
     assert (run / runs.HISTORY).is_file() and not (run / runs.MANIFEST).exists()
     assert TrainingJob(tmp_path / "runs").snapshot().status == "cancelled"  # kept on disk
-    assert tf.config.experimental.is_op_determinism_enabled() == determinism
+    assert is_op_determinism_enabled() == determinism
 
 
 def test_a_camera_photo_is_classified(monkeypatch, app_runs: Path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,16 +136,63 @@ def test_atomic_path_keeps_the_old_artifact_when_writing_fails(tmp_path: Path):
 def test_cli_trains_and_prints_the_run_directory_last(tmp_path: Path, folder_dataset: Path):
     out = tmp_path / "cli-run"
     overrides = [*tiny_overrides(folder_dataset), "model.name=mlp", "train.epochs=2"]
+    # Without the test session's TF_CPP_MIN_LOG_LEVEL: what a user's shell has.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run(
         [sys.executable, "-m", "imgclf.train", "--out", str(out), *overrides],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == str(out)
+    # TensorFlow's C++ start-up lines are filtered out of stderr (imgclf.console).
+    noise = [ln for ln in result.stderr.splitlines() if ln[:5] in ("I0000", "W0000", "E0000")]
+    assert noise == [] and "absl::InitializeLog" not in result.stderr, result.stderr[-2000:]
     # Not a terminal: one summary line per epoch, no progress bar redraws.
     assert "Epoch 2/2" in result.stdout and "\r" not in result.stdout
     assert sum("/step" in line for line in result.stdout.splitlines()) == 2
     assert (out / "model.keras").is_file()
+
+
+def test_missing_folder_and_used_out_answer_before_tensorflow_loads(tmp_path: Path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("taken")
+    missing = tmp_path / "missing"
+    code = (
+        "import sys; from imgclf.train import main\n"
+        f"a = main(['data.source=folder', 'data.path={missing}'])\n"
+        f"b = main(['--out', {str(tmp_path / 'used')!r}])\n"
+        "print(a, b, 'tensorflow' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.stdout.split() == ["2", "2", "False"], result.stderr
+    first, second = result.stderr.strip().splitlines()
+    assert first == (
+        f"error: data.path: {missing} not found; expected a folder with one sub-folder of "
+        "images per class"
+    )
+    assert "exists and is not empty" in second
+
+
+def test_console_filter_drops_only_tensorflows_start_up_lines():
+    from imgclf.console import is_noise
+
+    noise = [
+        b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        b"I0000 00:00:1795999563.483563    5763 port.cc:153] oneDNN custom operations are on.",
+        b"E0000 00:00:1795999938.682336    9354 cuda_platform.cc:52] failed call to cuInit: ...",
+        b"W0000 00:00:1795999938.682336    9354 node_def_util.cc:682] NodeDef mentions ...",
+    ]
+    kept = [
+        b"error: data.path: x not found",
+        b"Traceback (most recent call last):",
+        b"F0000 00:00:1795999938.682336    9354 fatal.cc:1] a fatal error is always shown",
+        b"I0000 is how my file is called",
+        b"test: accuracy 0.9000",
+    ]
+    assert all(is_noise(line) for line in noise)
+    assert not any(is_noise(line) for line in kept)
 
 
 def test_data_errors_stop_before_a_run_directory_is_made(tmp_path: Path):

@@ -4,7 +4,6 @@ report written to the run."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -108,6 +107,10 @@ def load_data(config: Config) -> Splits:
     The split is computed on every usable image of the kept classes; `data.max_per_class` then
     keeps at most that many training images per class (seeded by `config.seed`), so validation
     and test are identical with and without the cap.
+
+    Raises:
+        DataError: the source cannot be read (a missing folder or dataset file), has fewer than
+            2 classes, a class without a readable image, or too few images for a val/test split.
     """
     cfg = config.data
     pool = load_pool(cfg)
@@ -127,7 +130,7 @@ def load_data(config: Config) -> Splits:
     splits["test"] = _take(pool, test_idx, cfg)
     report: dict[str, Any] = {
         "source": cfg.source,
-        "path": str(Path(cfg.path).resolve()) if cfg.path else None,
+        "path": cfg.path,  # as the user gave it (relative paths stay relative)
         "image_size": list(cfg.image_size),
         "channels": cfg.channels,
         "classes": pool.class_names,

@@ -213,6 +213,11 @@ def export_run(
     The SavedModel is written under a hidden temporary name next to its target and renamed into
     place only after its parity check passed, so a model server watching `serving_dir` never
     sees a half-written or unchecked version.
+
+    Raises:
+        UserError: `run_dir` is not a run directory, or both `out` and `serving_dir` are given.
+        IntegrityError: model.keras differs from the run's manifest.
+        ExportError: the SavedModel disagrees with model.keras (nothing is written).
     """
 
     run_dir = Path(run_dir)

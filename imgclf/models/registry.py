@@ -75,6 +75,11 @@ def build_model(
     softmax probabilities [N, num_classes]. `train_images` adapts the z-score normalisation when
     `config.data.normalize == "standardize"`. With `model.weights` set to a run directory the
     model is that run's backbone under a new head (see `imgclf.models.reuse`).
+
+    Raises:
+        ConfigError: an unknown model name, an input too small for a backbone, weights that
+            cannot be found or do not fit (the message names the file and the fix).
+        ValueError: fewer than 2 classes.
     """
     from imgclf.models.saving import register_custom_layers
 
