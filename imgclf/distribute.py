@@ -51,25 +51,9 @@ def is_chief() -> bool:
     return kind == "chief" or (kind == "worker" and index == 0)
 
 
-def fit_multiworker(
-    model: Any,
-    strategy: Any,
-    train_ds: Any,
-    val_ds: Any,
-    epochs: int,
-    callbacks: list[Any],
-    class_weight: dict[int, float] | None = None,
-    verbose: int = 0,
-) -> None:
-    """Train `model` (built and compiled under `strategy`) with imgclf's own loop.
-
-    Keras 3's `fit()` does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585),
-    so this loop does what it would: one distributed step per global batch (the optimiser
-    all-reduces the gradients), training loss and accuracy summed over all workers, validation on
-    the full validation split (every worker computes the same figures, so every worker's
-    callbacks take the same decisions), and the usual Keras callbacks (history, early stopping,
-    schedules) driven with the same logs `fit()` would give them.
-    """
+def _loss_fn(model: Any, class_weight: dict[int, float] | None) -> Any:
+    """Per-example loss of the compiled loss object (label smoothing / MSE as configured),
+    weighted by `class_weight`: (one-hot y [N, K], probabilities [N, K]) -> [N]."""
     import keras
     import tensorflow as tf
 
@@ -79,7 +63,6 @@ def fit_multiworker(
         weights = tf.constant([class_weight[c] for c in sorted(class_weight)], tf.float32)
 
     def per_example_loss(y: Any, probs: Any) -> Any:
-        # The compiled loss object, per example: label smoothing / MSE as configured.
         if isinstance(loss_obj, keras.losses.MeanSquaredError):
             losses = keras.losses.mean_squared_error(y, probs)
         else:
@@ -88,6 +71,13 @@ def fit_multiworker(
         if weights is not None:
             losses = losses * tf.gather(weights, tf.argmax(y, axis=-1))
         return losses
+
+    return per_example_loss
+
+
+def _steps(model: Any, strategy: Any, per_example_loss: Any) -> tuple[Any, Any]:
+    """(train_step, val_step): each returns (summed loss, correct, images) of a global batch."""
+    import tensorflow as tf
 
     def replica_step(x: Any, y: Any) -> tuple[Any, Any, Any]:
         with tf.GradientTape() as tape:
@@ -115,21 +105,48 @@ def fit_multiworker(
         n = tf.cast(tf.shape(y)[0], tf.float32)
         return tf.reduce_sum(per_example_loss(y, probs)), tf.reduce_sum(correct), n
 
+    return train_step, val_step
+
+
+def _totals(step: Any, batches: Any) -> list[float]:
+    totals = [0.0, 0.0, 0.0]
+    for x, y in batches:
+        totals = [t + float(v) for t, v in zip(totals, step(x, y), strict=True)]
+    return totals
+
+
+def fit_multiworker(
+    model: Any,
+    strategy: Any,
+    train_ds: Any,
+    val_ds: Any,
+    epochs: int,
+    callbacks: list[Any],
+    class_weight: dict[int, float] | None = None,
+    verbose: int = 0,
+) -> None:
+    """Train `model` (built and compiled under `strategy`) with imgclf's own loop.
+
+    Keras 3's `fit()` does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585),
+    so this loop does what it would: one distributed step per global batch (the optimiser
+    all-reduces the gradients), training loss and accuracy summed over all workers, validation on
+    the full validation split (every worker computes the same figures, so every worker's
+    callbacks take the same decisions), and the usual Keras callbacks (history, early stopping,
+    schedules) driven with the same logs `fit()` would give them.
+    """
+    import keras
+
+    train_step, val_step = _steps(model, strategy, _loss_fn(model, class_weight))
     distributed = strategy.experimental_distribute_dataset(train_ds)
     cb = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, verbose=0)
     model.stop_training = False
     cb.on_train_begin()
     for epoch in range(epochs):
         cb.on_epoch_begin(epoch)
-        totals = [0.0, 0.0, 0.0]
-        for x, y in distributed:
-            totals = [t + float(v) for t, v in zip(totals, train_step(x, y), strict=True)]
-        val = [0.0, 0.0, 0.0]
-        for x, y in val_ds:
-            val = [t + float(v) for t, v in zip(val, val_step(x, y), strict=True)]
+        train, val = _totals(train_step, distributed), _totals(val_step, val_ds)
         logs = {
-            "loss": totals[0] / totals[2],
-            "accuracy": totals[1] / totals[2],
+            "loss": train[0] / train[2],
+            "accuracy": train[1] / train[2],
             "val_loss": val[0] / val[2],
             "val_accuracy": val[1] / val[2],
         }

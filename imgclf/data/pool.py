@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgclf.errors import DataError
-from imgclf.images import resize_array
+from imgclf.images import resize_array, to_pil
 
 if TYPE_CHECKING:
     from imgclf.schema import DataConfig
@@ -62,10 +62,8 @@ def conform(images: np.ndarray, size: tuple[int, int], channels: int) -> np.ndar
     if images.ndim == 3:
         images = images[..., None]
     if images.shape[-1] == 3 and channels == 1:
-        from PIL import Image
-
         # Pillow's own luma conversion, exactly what load_image does for decoded files.
-        images = np.stack([np.asarray(Image.fromarray(img).convert("L")) for img in images])
+        images = np.stack([np.asarray(to_pil(img).convert("L")) for img in images])
         images = images[..., None]
     elif images.shape[-1] == 1 and channels == 3:
         images = np.repeat(images, 3, axis=-1)

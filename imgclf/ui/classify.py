@@ -11,7 +11,7 @@ import streamlit as st
 
 from imgclf.errors import UserError
 from imgclf.images import IMAGE_EXTENSIONS
-from imgclf.predict import classify_named
+from imgclf.predict import Classified, classify_named
 from imgclf.ui import charts
 from imgclf.ui.catalog import RunEntry
 from imgclf.ui.state import predictor_for
@@ -41,6 +41,70 @@ def _unique_names(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     return out
 
 
+def _files(use_camera: bool) -> list[tuple[str, bytes]]:
+    """The uploads (and the camera photo), named uniquely."""
+    uploads = st.file_uploader(
+        "Images (JPEG, PNG, BMP, GIF, WebP, TIFF)",
+        type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
+        accept_multiple_files=True,
+        key="uploads",
+    )
+    files = [(u.name, u.getvalue()) for u in uploads or []]
+    if use_camera:
+        photo = st.camera_input("Take a photo", key="camera")
+        if photo is not None:
+            files.append(("camera.jpg", photo.getvalue()))
+    return _unique_names(files)  # two "IMG_0001.jpg" from different folders stay apart
+
+
+def _row(result: Classified) -> dict[str, object]:
+    p = result.prediction
+    pairs = zip(p.labels, p.probabilities, strict=True)
+    return {
+        "image": p.source,
+        "label": p.label,
+        "probability": round(p.probabilities[0], 4),
+        "latency_ms": round(result.latency_ms, 2),
+        "top_k": ", ".join(f"{lab} {prob:.3f}" for lab, prob in pairs),
+    }
+
+
+def _show(n: int, result: Classified, original: bytes, predictor, cam_layer, invert: bool) -> None:
+    """One classified image: thumbnail, what the model saw (or Grad-CAM), top-k bars."""
+    p = result.prediction
+    with st.container(border=True):
+        left, mid, right = st.columns([1, 1, 3])
+        left.image(original, caption=p.source, width=140)
+        if cam_layer is not None:
+            from imgclf import explain
+
+            heat = explain.gradcam(predictor.model, result.pixels[None], layer=cam_layer)[0]
+            overlay = explain.overlay(result.pixels, heat)
+            mid.image(overlay, caption=f"Grad-CAM ({cam_layer})", width=140)
+        else:
+            seen = result.pixels[..., 0] if result.pixels.shape[-1] == 1 else result.pixels
+            mid.image(seen, caption="as the model sees it", width=140)
+        right.markdown(f"**{p.label}** · p = {p.probabilities[0]:.3f} · {result.latency_ms:.1f} ms")
+        chart = charts.topk_chart(p.labels, p.probabilities)
+        right.altair_chart(chart, width="stretch", key=f"topk-{n}")
+        if p.probabilities[0] < LOW_CONFIDENCE:
+            right.warning(
+                f"Low confidence ({p.probabilities[0]:.2f}): the image may not look like the "
+                f"training data" + ("" if invert else ", or need inverting") + "."
+            )
+
+
+def _results_table(rows: list[dict[str, object]], name: str) -> None:
+    st.subheader("Results")
+    table = pd.DataFrame(rows)
+    st.dataframe(table, hide_index=True)
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    st.download_button(
+        "Download CSV", buffer.getvalue(), file_name=f"{name}-predictions.csv", mime="text/csv"
+    )
+
+
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     """The Classify page for the selected run."""
     st.title("Classify")
@@ -61,77 +125,17 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
         "paper need inverting.",
     )
     cam = c3.toggle("Grad-CAM overlay", key="gradcam", disabled=layer is None, help=no_cam)
-    use_camera = c4.toggle("Use the camera", key="use_camera")
-    uploads = st.file_uploader(
-        "Images (JPEG, PNG, BMP, GIF, WebP, TIFF)",
-        type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
-        accept_multiple_files=True,
-        key="uploads",
-    )
-    files = [(u.name, u.getvalue()) for u in uploads or []]
-    if use_camera:
-        photo = st.camera_input("Take a photo", key="camera")
-        if photo is not None:
-            files.append(("camera.jpg", photo.getvalue()))
+    files = _files(c4.toggle("Use the camera", key="use_camera"))
     if not files:
         st.info("Upload one or more images to classify them.")
         return
-    files = _unique_names(files)  # two "IMG_0001.jpg" from different folders stay apart
     results, failures = classify_named(predictor, files, int(k), invert)
     for name, reason in failures:
         st.error(f"{name}: {reason}")
     if not results:
         return
-    rows = []
     by_name = dict(files)
     for n, result in enumerate(results):
-        p = result.prediction
-        rows.append(
-            {
-                "image": p.source,
-                "label": p.label,
-                "probability": round(p.probabilities[0], 4),
-                "latency_ms": round(result.latency_ms, 2),
-                "top_k": ", ".join(
-                    f"{lab} {prob:.3f}" for lab, prob in zip(p.labels, p.probabilities, strict=True)
-                ),
-            }
-        )
-        with st.container(border=True):
-            left, mid, right = st.columns([1, 1, 3])
-            left.image(by_name[p.source], caption=p.source, width=140)
-            if cam and layer is not None:
-                from imgclf import explain
-
-                heat = explain.gradcam(predictor.model, result.pixels[None], layer=layer)[0]
-                mid.image(
-                    explain.overlay(result.pixels, heat), caption=f"Grad-CAM ({layer})", width=140
-                )
-            else:
-                mid.image(
-                    result.pixels[..., 0] if result.pixels.shape[-1] == 1 else result.pixels,
-                    caption="as the model sees it",
-                    width=140,
-                )
-            right.markdown(
-                f"**{p.label}** · p = {p.probabilities[0]:.3f} · {result.latency_ms:.1f} ms"
-            )
-            right.altair_chart(
-                charts.topk_chart(p.labels, p.probabilities),
-                width="stretch",
-                key=f"topk-{n}",
-            )
-            if p.probabilities[0] < LOW_CONFIDENCE:
-                right.warning(
-                    f"Low confidence ({p.probabilities[0]:.2f}): the image may not look like the "
-                    f"training data" + ("" if invert else ", or need inverting") + "."
-                )
-    st.subheader("Results")
-    table = pd.DataFrame(rows)
-    st.dataframe(table, hide_index=True)
-    buffer = io.StringIO()
-    table.to_csv(buffer, index=False)
-    st.download_button(
-        "Download CSV", buffer.getvalue(), file_name=f"{entry.name}-predictions.csv",
-        mime="text/csv",
-    )  # fmt: skip
+        source = result.prediction.source
+        _show(n, result, by_name[source], predictor, layer if cam else None, invert)
+    _results_table([_row(r) for r in results], entry.name)

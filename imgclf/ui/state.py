@@ -3,14 +3,13 @@ job of the runs folder (`st.cache_resource`; the job itself lives on disk, see u
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
-from PIL import Image
 
 from imgclf import runs
+from imgclf.images import png_bytes
 from imgclf.predict import Predictor, classify_named
 from imgclf.ui.jobs import TrainingJob
 
@@ -21,9 +20,7 @@ def _predictor(path: str, stamp: float) -> Predictor:
     predictor = Predictor.from_path(path)  # traced and warmed up once, here
     # One image through the whole path (decode, forward) so the user's first is not slower.
     blank = np.zeros((*predictor.image_size, predictor.channels), np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(blank[..., 0] if predictor.channels == 1 else blank).save(buffer, "PNG")
-    classify_named(predictor, [("warm-up", buffer.getvalue())])
+    classify_named(predictor, [("warm-up", png_bytes(blank))])
     return predictor
 
 
