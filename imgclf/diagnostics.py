@@ -341,13 +341,9 @@ def fixed_batch(
 
 
 def make_diagnostics(
-    run_dir: str | Path,
-    images: np.ndarray,
-    labels: np.ndarray,
-    loss_fn: LossFn | None = None,
-    phase: str = "train",
+    run_dir: str | Path, images: np.ndarray, labels: np.ndarray, **options: Any
 ) -> DiagnosticsCallback:
     """A DiagnosticsCallback on a fixed batch of raw training images (float32 0..255, e.g. 64)
-    and their integer labels. `loss_fn(labels, probs) -> scalar` defaults to the mean sparse
-    categorical cross-entropy."""
-    return DiagnosticsCallback(run_dir, images, labels, loss_fn=loss_fn, phase=phase)
+    and their integer labels; `options` are its `loss_fn` (`(labels, probs) -> scalar`, default
+    the mean sparse categorical cross-entropy) and `phase`."""
+    return DiagnosticsCallback(run_dir, images, labels, **options)

@@ -92,11 +92,7 @@ def _build(config: Config, splits: Splits, strategy: Any, batch_size: int) -> ke
 
 
 def prepare(
-    config: Config,
-    out: str | Path | None = None,
-    verbose: int | str = "auto",
-    runs_root: str | Path = runs.DEFAULT_ROOT,
-    splits: Splits | None = None,
+    config: Config, out: str | Path | None, verbose: int | str, runs_root: Path, splits: Any
 ) -> Prepared:
     """Step 1: backend checks, seeds, data, model; then the run directory with config.yaml,
     labels.json and data_report.json. Data and config errors stop before the directory exists."""
@@ -209,7 +205,7 @@ def train(
     """
     from imgclf.finish import finish_run
 
-    p = prepare(config, out, verbose, runs_root, splits)
+    p = prepare(config, out, verbose, Path(runs_root), splits)
     training = run_phases(p)
     finish_run(p.run_dir, _single_device(p), p.splits, config, training, p.verbose)
     if p.chief and Path(runs_root) in p.run_dir.parents:

@@ -59,15 +59,13 @@ def _array_dataset_class() -> type:
     class ArrayDataset(keras.utils.PyDataset):
         """Batches of a decoded split as NumPy arrays, for any Keras backend (no tf.data)."""
 
-        def __init__(
-            self,
-            split: Split,
-            batch_size: int,
-            num_classes: int,
-            shuffle: bool,
-            seed: int,
-            augment: Any,
-        ) -> None:
+        def __init__(self, split: Split, batch_size: int, num_classes: int, **options: Any):
+            # make_dataset's keywords: shuffle (False), seed (0), augment (None).
+            unknown = set(options) - {"shuffle", "seed", "augment"}
+            if unknown:
+                raise TypeError(f"unknown option(s) {sorted(unknown)}; use shuffle, seed, augment")
+            shuffle, augment = bool(options.get("shuffle", False)), options.get("augment")
+            seed = int(options.get("seed", 0))
             # One worker, no multiprocessing: batches are made in order in the training loop, so
             # the augmentation layers' seed state advances in the same order on every run.
             super().__init__(workers=1, use_multiprocessing=False)
@@ -110,21 +108,14 @@ def _array_dataset_class() -> type:
     return ArrayDataset
 
 
-def make_pydataset(
-    split: Split,
-    batch_size: int,
-    num_classes: int,
-    *,
-    shuffle: bool = False,
-    seed: int = 0,
-    augment: Any = None,
-) -> Any:
+def make_pydataset(split: Split, batch_size: int, num_classes: int, **options: Any) -> Any:
     """The backend-neutral twin of `make_dataset`: a `keras.utils.PyDataset` over a decoded split.
 
     Yields the same (images, labels) batches as `make_dataset`, as NumPy arrays: raw float32
     pixels 0..255 and one-hot float32 labels, `augment` applied per batch, the order reshuffled
-    every epoch (`on_epoch_end`) by a NumPy generator seeded with `seed`. It needs no TensorFlow,
+    every epoch (`on_epoch_end`) by a NumPy generator seeded with `seed`; `options` are
+    make_dataset's keywords (shuffle, seed, augment). It needs no TensorFlow,
     so it feeds `fit` under KERAS_BACKEND=jax or torch. The shuffled order is not the one tf.data
     draws for the same seed.
     """
-    return _array_dataset_class()(split, batch_size, num_classes, shuffle, seed, augment)
+    return _array_dataset_class()(split, batch_size, num_classes, **options)

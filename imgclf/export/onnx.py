@@ -21,14 +21,7 @@ import numpy as np
 
 from imgclf import runs
 from imgclf.errors import UserError
-from imgclf.export.parity import (
-    PARITY_MAX_IMAGES,
-    batched,
-    compare,
-    load_for_export,
-    record_export,
-    require_parity,
-)
+from imgclf.export import parity
 from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME
 
 LABELS_KEY = "labels"  # metadata_props key holding the class names
@@ -114,7 +107,7 @@ def export_onnx(
 
     run_dir = Path(run_dir)
     class_names = runs.read_labels(run_dir)
-    images = np.asarray(images[:PARITY_MAX_IMAGES], np.float32)
+    images = np.asarray(images[: parity.PARITY_MAX_IMAGES], np.float32)
     with runs.atomic_path(run_dir / runs.ONNX) as tmp:
         convert(model, class_names, tmp)
         fn, _, _ = load_function(tmp)
@@ -123,9 +116,9 @@ def export_onnx(
             "quantized": False,
             "size_bytes": tmp.stat().st_size,
             "runtime": f"onnxruntime {onnxruntime.__version__}",
-            **compare(batched(fn, images), predict_proba(model, images), labels),
+            **parity.compare(parity.batched(fn, images), predict_proba(model, images), labels),
         }
-        require_parity("ONNX model", record["parity"], f"{runs.ONNX} was not written")
+        parity.require_parity("ONNX model", record["parity"], f"{runs.ONNX} was not written")
     return record
 
 
@@ -133,9 +126,9 @@ def export_run(run_dir: str | Path) -> dict[str, Any]:
     """`imgclf-export RUN --format onnx`: convert, check on the run's test split, write the
     file, and record it in exports.json (and the manifest)."""
     require_onnx()
-    model, images, labels = load_for_export(run_dir)
+    model, images, labels = parity.load_for_export(run_dir)
     record = export_onnx(run_dir, model, images, labels)
-    record_export(run_dir, "onnx", record)
+    parity.record_export(run_dir, "onnx", record)
     return record
 
 

@@ -17,14 +17,7 @@ import numpy as np
 
 from imgclf import runs
 from imgclf.errors import UserError
-from imgclf.export.parity import (
-    PARITY_MAX_IMAGES,
-    batched,
-    compare,
-    load_for_export,
-    record_export,
-    require_parity,
-)
+from imgclf.export import parity
 from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
 
@@ -88,15 +81,15 @@ def export_tflite(
     runs.verify_manifest(run_dir, runs.SAVED_MODEL)
     flatbuffer = convert(saved_model, quantize)
     fn, _ = load_function(flatbuffer)
-    images = np.asarray(images[:PARITY_MAX_IMAGES], np.float32)
+    images = np.asarray(images[: parity.PARITY_MAX_IMAGES], np.float32)
     record: dict[str, Any] = {
         "path": runs.TFLITE_INT8 if quantize else runs.TFLITE,
         "quantized": quantize or False,
         "size_bytes": len(flatbuffer),
-        **compare(batched(fn, images), predict_proba(model, images), labels),
+        **parity.compare(parity.batched(fn, images), predict_proba(model, images), labels),
     }
     if not quantize:
-        require_parity("TFLite model", record["parity"], f"{record['path']} was not written")
+        parity.require_parity("TFLite model", record["parity"], f"{record['path']} was not written")
     with runs.atomic_path(run_dir / record["path"]) as tmp:
         tmp.write_bytes(flatbuffer)
     return record
@@ -105,9 +98,9 @@ def export_tflite(
 def export_run(run_dir: str | Path, quantize: str | None = None) -> dict[str, Any]:
     """`imgclf-export RUN --format tflite [--quantize int8]`: convert, check on the run's test
     split, write the file, and record it in exports.json (and the manifest)."""
-    model, images, labels = load_for_export(run_dir)
+    model, images, labels = parity.load_for_export(run_dir)
     record = export_tflite(run_dir, model, images, labels, quantize)
-    record_export(run_dir, "tflite_int8" if quantize else "tflite", record)
+    parity.record_export(run_dir, "tflite_int8" if quantize else "tflite", record)
     return record
 
 

@@ -130,16 +130,11 @@ def batch_norm(cfg: ModelConfig, x: keras.KerasTensor, name: str) -> keras.Keras
 
 
 def conv_bn_act(
-    x: keras.KerasTensor,
-    cfg: ModelConfig,
-    filters: int,
-    name: str,
-    kernel_size: int = 3,
-    strides: int = 1,
-    padding: str = "same",
+    x: keras.KerasTensor, cfg: ModelConfig, filters: int, name: str, **conv_args: Any
 ) -> keras.KerasTensor:
-    """Conv(width) -> [BN] -> activation: [N, H, W, C] -> [N, H', W', filters]."""
-    x = conv(cfg, width(cfg, filters), name, kernel_size, strides, padding)(x)
+    """Conv(width) -> [BN] -> activation: [N, H, W, C] -> [N, H', W', filters]. `conv_args`
+    are `conv`'s kernel_size, strides and padding."""
+    x = conv(cfg, width(cfg, filters), name, **conv_args)(x)
     x = batch_norm(cfg, x, name)
     return activation(cfg, f"{name}_act", ndim=4)(x)
 

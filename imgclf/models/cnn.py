@@ -39,7 +39,15 @@ def build_cnn(config: Config, num_classes: int, train_images: np.ndarray | None)
         for j in range(1, cfg.convs_per_block + 1):
             name = f"conv{i}" if cfg.convs_per_block == 1 else f"conv{i}_{j}"
             strides = cfg.strides if j == 1 else 1
-            x = conv_bn_act(x, cfg, filters, name, cfg.kernel_size, strides, cfg.padding)
+            x = conv_bn_act(
+                x,
+                cfg,
+                filters,
+                name,
+                kernel_size=cfg.kernel_size,
+                strides=strides,
+                padding=cfg.padding,
+            )
         if cfg.pooling != "none":
             if min(x.shape[1], x.shape[2]) < 2:
                 raise ConfigError(
