@@ -103,7 +103,8 @@ def prepare(
 
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    preflight(config, out)
+    chief = is_chief()
+    preflight(config, out if chief else None)  # other workers never write to `out`
     check_backend(config)  # e.g. train.distribute under JAX: a one-line error, nothing written
     # First: a multi-worker strategy must exist before the program does other TensorFlow work.
     strategy = make_strategy(config.train.distribute)
@@ -119,7 +120,6 @@ def prepare(
             f"train.distribute={mode}"
         )
     model = _build(config, splits, strategy, batch_size)
-    chief = is_chief()
     # The other workers run the same program; their copy is thrown away at the end.
     run_dir = (
         runs.new_run_dir(config.name, out, runs_root)

@@ -95,10 +95,10 @@ def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
     root.mkdir()
     shutil.copytree(tiny_run, root / "tiny-cnn")
     config = load_config(None, [*tiny_overrides(folder_dataset), "name=tiny-mlp", "model.name=mlp"])
-    job = TrainingJob()
-    job.start(config, root)
-    state = job.wait(timeout=300)
+    job = TrainingJob(root)
+    job.start(config)
+    state = job.wait()
     assert state.status == "done", state.error
-    assert state.rows and state.max_epochs == 2 and state.stage == "export"
+    assert len(state.rows) == state.max_epochs == 2 and state.stage == "evaluating and exporting"
     assert Path(state.run_dir).parent == root
     return root

@@ -10,12 +10,12 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from imgclf.runs import phase_starts
+from imgclf.runs import HistoryRow, phase_starts
 
 EPOCH = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
 
 
-def history_frame(history: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def history_frame(history: Sequence[HistoryRow]) -> pd.DataFrame:
     """history.csv rows as a DataFrame with an integer `epoch` column."""
     frame = pd.DataFrame(list(history))
     if not frame.empty and "epoch" in frame:
@@ -23,9 +23,9 @@ def history_frame(history: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def _phase_rules(history: Sequence[dict[str, Any]]) -> alt.Chart | None:
+def _phase_rules(history: Sequence[HistoryRow]) -> alt.Chart | None:
     """Dashed vertical lines where a training phase after the first starts (fine-tuning)."""
-    starts = phase_starts([str(r.get("phase", "train")) for r in history])
+    starts = phase_starts([r.phase for r in history])
     if not starts:
         return None
     frame = pd.DataFrame([{"epoch": i + 0.5, "phase": f"{name} starts"} for i, name in starts])
@@ -35,7 +35,7 @@ def _phase_rules(history: Sequence[dict[str, Any]]) -> alt.Chart | None:
     ).encode(x="epoch:Q", y=alt.value(0), text="phase")
 
 
-def metric_chart(history: Sequence[dict[str, Any]], metric: str) -> alt.Chart:
+def metric_chart(history: Sequence[HistoryRow], metric: str) -> alt.Chart:
     """`metric` (loss or accuracy) per epoch, training vs validation, phase starts marked."""
     frame = history_frame(history)
     columns = {metric: "training", f"val_{metric}": "validation"}
@@ -56,7 +56,7 @@ def metric_chart(history: Sequence[dict[str, Any]], metric: str) -> alt.Chart:
     return (chart + rules if rules is not None else chart).properties(title=metric, height=260)
 
 
-def learning_rate_chart(history: Sequence[dict[str, Any]]) -> alt.Chart:
+def learning_rate_chart(history: Sequence[HistoryRow]) -> alt.Chart:
     """The learning rate over epochs (log scale when it spans more than 10×)."""
     frame = history_frame(history)
     lr = frame["learning_rate"].astype(float)
@@ -147,13 +147,13 @@ def topk_chart(labels: Sequence[str], probabilities: Sequence[float]) -> alt.Cha
     )
 
 
-def overlay_chart(curves: dict[str, Sequence[dict[str, Any]]], metric: str) -> alt.Chart:
+def overlay_chart(curves: dict[str, Sequence[HistoryRow]], metric: str) -> alt.Chart:
     """`metric` (e.g. val_accuracy) per epoch for several runs on one chart."""
     rows = [
-        {"run": run, "epoch": int(r["epoch"]), metric: r[metric]}
+        {"run": run, "epoch": r.epoch, metric: r.get(metric)}
         for run, history in curves.items()
         for r in history
-        if isinstance(r.get(metric), float)
+        if r.get(metric) is not None
     ]
     frame = pd.DataFrame(rows, columns=["run", "epoch", metric])
     return (
