@@ -160,6 +160,7 @@ def test_a_failing_job_reports_one_line(tmp_path: Path):
     assert _run_dirs(tmp_path / "runs") == []
 
 
+@pytest.mark.slow
 def test_a_job_trains_in_a_child_process_and_cancel_stops_it(tmp_path: Path, folder_dataset):
     """Start: a second job is refused; the child (not this process) trains; Cancel kills its
     process group and leaves the run without a manifest; this process's TensorFlow state is
@@ -203,6 +204,7 @@ def test_a_camera_photo_is_classified(monkeypatch, app_runs: Path):
     assert table["label"].iloc[0] == expected[0].label
 
 
+@pytest.mark.slow
 def test_train_page_starts_a_job_and_the_new_run_is_selected(
     monkeypatch, tmp_path: Path, folder_dataset: Path
 ):

@@ -71,6 +71,7 @@ def test_invalid_combinations_are_config_errors():
         load_config(None, ["augment.mixup=0.2", "augment.cutmix=1.0"])
 
 
+@pytest.mark.slow
 def test_augmentation_never_reaches_the_trained_model(tmp_path: Path, folder_dataset: Path):
     import keras
 

@@ -74,6 +74,7 @@ def _settled(page) -> None:
     expect(page.locator("[data-stale='true']")).to_have_count(0, timeout=60_000)
 
 
+@pytest.mark.slow
 def test_upload_in_a_real_browser_shows_the_label(server: str, app_runs: Path, tmp_path: Path):
     from playwright.sync_api import expect, sync_playwright
 

@@ -32,6 +32,7 @@ def two_runs(folder_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return paths
 
 
+@pytest.mark.slow
 def test_compare_real_runs_finds_the_one_difference(two_runs: list[Path]):
     result = compare_runs(two_runs)
     assert result["differences"] == ["model.activation"]
@@ -48,6 +49,7 @@ def test_compare_real_runs_finds_the_one_difference(two_runs: list[Path]):
         assert row["seconds"] == pytest.approx(sum(float(h["seconds"]) for h in history))
 
 
+@pytest.mark.slow
 def test_load_run_summary(two_runs: list[Path]):
     run = load_run(two_runs[1])
     assert run.name == "relu-run" and run.config["model"]["activation"] == "relu"
@@ -56,6 +58,7 @@ def test_load_run_summary(two_runs: list[Path]):
     assert run.test is not None and run.best_val_loss == min(r.val_loss for r in run.history)
 
 
+@pytest.mark.slow
 def test_cli_out_writes_markdown_csv_and_png(two_runs: list[Path], tmp_path: Path, capsys):
     out = tmp_path / "cmp"
     assert main([*map(str, two_runs), "--out", str(out)]) == 0
@@ -69,6 +72,7 @@ def test_cli_out_writes_markdown_csv_and_png(two_runs: list[Path], tmp_path: Pat
     assert not list(out.glob(".*tmp*")), "temporary files left behind"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["markdown", "csv", "json"])
 def test_cli_formats_parse(two_runs: list[Path], fmt: str, capsys):
     assert main([*map(str, two_runs), "--format", fmt]) == 0
@@ -86,6 +90,7 @@ def test_cli_formats_parse(two_runs: list[Path], fmt: str, capsys):
         assert all(line.count("|") == lines[0].count("|") for line in lines)
 
 
+@pytest.mark.slow
 def test_interrupted_run_without_metrics_still_shown(two_runs: list[Path], tmp_path: Path, capsys):
     broken = tmp_path / "interrupted"
     shutil.copytree(two_runs[0], broken)
@@ -127,6 +132,7 @@ def test_config_differences_in_config_order(tmp_path: Path):
     assert config_differences(loaded[:1]) == []
 
 
+@pytest.mark.slow
 def test_non_run_path_is_one_line_exit_2(two_runs: list[Path], tmp_path: Path, capsys):
     for bad in (tmp_path / "missing", tmp_path):
         assert main([str(two_runs[0]), str(bad)]) == 2

@@ -210,6 +210,7 @@ def test_classes_errors_are_one_line():
         _mnist("data.max_per_class=0")
 
 
+@pytest.mark.slow
 def test_max_per_class_thins_training_only_and_is_seeded():
     base = load_data(_mnist("seed=3"))
     capped = load_data(_mnist("seed=3", "data.max_per_class=5"))

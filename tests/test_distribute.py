@@ -72,6 +72,7 @@ print("RESULT " + json.dumps(result))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_training_on_two_logical_cpus(tmp_path: Path):
     data = write_folder_dataset(tmp_path / "data", per_class=20, seed=1)
     overrides = [
@@ -178,6 +179,7 @@ def _two_workers(part: str, out: Path, overrides: list[str]) -> list[dict]:
     return results
 
 
+@pytest.mark.slow
 def test_multiworker_training_with_two_local_workers(tmp_path: Path):
     step = _two_workers("step", tmp_path / "unused", [])
     for worker in step:

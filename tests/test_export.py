@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from imgclf.export.cli import main
 from imgclf.export.parity import PARITY_TOLERANCE
@@ -21,6 +22,7 @@ def test_export_records_parity_within_tolerance(tiny_run: Path):
     assert parity["top1_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_saved_model_runs_in_a_process_that_never_imports_imgclf(tiny_run: Path, tmp_path: Path):
     """Both signatures answer in a process that imports only TensorFlow and NumPy, with the
     top-1 of model.keras on every test image: raw pixels, and PNG files decoded in the graph."""
@@ -62,6 +64,7 @@ print(json.dumps({{k: v.numpy().tolist() if v.dtype != tf.string else [x.decode(
         assert out[f"{name}_label"] == [labels[i] for i in want]
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_both_signatures(tiny_run: Path):
     result = subprocess.run(
         [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir",
@@ -102,6 +105,7 @@ def test_export_of_a_non_run_fails_cleanly(tmp_path: Path, capsys):
     assert "is not a run directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_serving_dir_gets_numbered_versions_and_never_a_failed_one(
     tiny_run: Path, tmp_path: Path, monkeypatch
 ):
@@ -125,6 +129,7 @@ def test_serving_dir_gets_numbered_versions_and_never_a_failed_one(
     assert sorted(p.name for p in serving.iterdir()) == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_tflite_export_is_checked_and_predicts_like_the_run(tiny_run: Path, tmp_path: Path):
     import shutil
 
@@ -154,6 +159,7 @@ def test_tflite_export_is_checked_and_predicts_like_the_run(tiny_run: Path, tmp_
     assert "| TFLite float32 | `model.tflite` |" in table and "TFLite int8" in table
 
 
+@pytest.mark.slow
 def test_onnx_export_is_checked_and_runs_without_tensorflow(tiny_run: Path, tmp_path: Path):
     """model.onnx passes parity in onnxruntime, carries its class names, is in the manifest and
     the model card, answers in a process that imports only onnxruntime and NumPy, and
@@ -207,6 +213,7 @@ print(json.dumps([labels[i] for i in probs.argmax(1)]))
         raise AssertionError("a modified model.onnx was loaded")
 
 
+@pytest.mark.slow
 def test_export_all_fills_the_model_card_table(tiny_run: Path, tmp_path: Path, capsys):
     import shutil
 

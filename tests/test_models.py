@@ -127,7 +127,9 @@ def test_listing_models_does_not_import_tensorflow():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet" else n for n in MODELS]
+)
 @pytest.mark.parametrize("normalize", ["unit", "standardize"])
 def test_every_model_builds_and_trains_on_raw_pixels(name: str, normalize: str):
     import keras
@@ -469,6 +471,7 @@ def test_resnet_fits_small_and_large_images_and_rejects_too_small_ones():
 # --- saving --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_custom_layers_survive_a_safe_mode_round_trip(tmp_path):
     import keras
 

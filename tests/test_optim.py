@@ -77,6 +77,7 @@ def _lr_column(run: Path) -> list[float]:
         return [float(r["learning_rate"]) for r in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_schedules_drive_the_learning_rate_of_a_real_run(tmp_path: Path, folder_dataset: Path):
     base = [*tiny_overrides(folder_dataset), "model.name=mlp", "train.epochs=4",
             "train.learning_rate=0.01", "train.early_stopping.patience=0"]  # fmt: skip

@@ -77,6 +77,7 @@ def test_model_keras_loads_in_safe_mode_and_reproduces_metrics(tiny_run: Path):
     assert metrics["test"]["loss"] == pytest.approx(recorded["test"]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_training_learns_the_tiny_task(tmp_path: Path):
     """Not a smoke test: with a few more epochs the tiny CNN must beat chance clearly."""
     data = write_folder_dataset(tmp_path / "data", per_class=20, seed=3)
@@ -86,6 +87,7 @@ def test_training_learns_the_tiny_task(tmp_path: Path):
     assert metrics["test"]["accuracy"] >= 0.8  # chance is 1/3
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_run(tmp_path: Path, folder_dataset: Path):
     overrides = [*tiny_overrides(folder_dataset), "model.name=mlp", "train.epochs=1",
                  "augment.flip=horizontal"]  # fmt: skip
@@ -102,6 +104,7 @@ def test_same_seed_gives_the_same_run(tmp_path: Path, folder_dataset: Path):
     assert metrics_a["test"] == metrics_b["test"]
 
 
+@pytest.mark.slow
 def test_training_on_a_folder_with_bad_files_reports_exactly_them(tmp_path: Path):
     data = write_folder_dataset(tmp_path / "data", per_class=8)
     (data / "circle" / "zero.jpg").write_bytes(b"")
@@ -133,6 +136,7 @@ def test_atomic_path_keeps_the_old_artifact_when_writing_fails(tmp_path: Path):
     assert [p.name for p in folder.iterdir()] == ["b"]
 
 
+@pytest.mark.slow
 def test_cli_trains_and_prints_the_run_directory_last(tmp_path: Path, folder_dataset: Path):
     out = tmp_path / "cli-run"
     overrides = [*tiny_overrides(folder_dataset), "model.name=mlp", "train.epochs=2"]

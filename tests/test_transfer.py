@@ -171,6 +171,7 @@ def test_unfreeze_top_n_and_by_name_and_never_batch_norm(resnet_weights: Path):
         unfreeze_top(model, "conv5_block3_3_con")
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_do_not_change_in_either_phase(resnet_weights: Path):
     from imgclf.transfer import freeze_backbone, unfreeze_top
 
@@ -271,6 +272,7 @@ def test_reuse_finds_the_newest_run_of_a_name(tiny_run: Path, tmp_path: Path):
     assert resolve_run(tmp_path / "pre") == tmp_path / "pre-20260102-000000"
 
 
+@pytest.mark.slow
 def test_cached_features_train_the_same_head_as_the_slow_path(tiny_run: Path, folder_dataset):
     import keras
 
@@ -309,6 +311,7 @@ def test_cached_features_train_the_same_head_as_the_slow_path(tiny_run: Path, fo
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_phase_run_end_to_end(tiny_run: Path, folder_dataset: Path, tmp_path: Path):
     """A transfer run from a run directory: history.csv holds both phases, the backbone's
     batch-norm statistics are the source run's, and the artifacts describe the phases."""
