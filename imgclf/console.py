@@ -29,6 +29,8 @@ _NOISE = re.compile(
     rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] "
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
 )
+# The one multi-line start-up message: cpu_feature_guard's second line has no log prefix.
+_CONTINUATION = b"To enable the following instructions:"
 _state: dict[str, object] = {}
 
 
@@ -37,18 +39,31 @@ def is_noise(line: bytes) -> bool:
     return bool(_NOISE.match(line))
 
 
+def filter_lines(lines: list[bytes], after_noise: bool = False) -> tuple[list[bytes], bool]:
+    """(the lines to keep, whether the last line was noise): drops noise lines and the known
+    prefix-less continuation of one (TensorFlow's CPU-instructions note)."""
+    kept = []
+    for line in lines:
+        noise = is_noise(line) or (after_noise and line.startswith(_CONTINUATION))
+        if not noise:
+            kept.append(line)
+        after_noise = noise
+    return kept, after_noise
+
+
 def _pump(read_fd: int, write_fd: int) -> None:
     """Copy lines from `read_fd` to `write_fd`, dropping noise, until end of file."""
-    pending = b""
+    pending, after_noise = b"", False
     with os.fdopen(read_fd, "rb", buffering=0) as source:
         while chunk := source.read(65536):
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            kept = b"".join(line + b"\n" for line in lines if not is_noise(line))
+            kept, after_noise = filter_lines(lines, after_noise)
             if kept:
-                os.write(write_fd, kept)
-    if pending and not is_noise(pending):
-        os.write(write_fd, pending)
+                os.write(write_fd, b"".join(line + b"\n" for line in kept))
+    kept, _ = filter_lines([pending] if pending else [], after_noise)
+    if kept:
+        os.write(write_fd, kept[0])
 
 
 def quiet_tensorflow(verbose: bool = False) -> bool:

@@ -180,7 +180,7 @@ def test_missing_folder_and_used_out_answer_before_tensorflow_loads(tmp_path: Pa
 
 
 def test_console_filter_drops_only_tensorflows_start_up_lines():
-    from imgclf.console import is_noise
+    from imgclf.console import filter_lines, is_noise
 
     noise = [
         b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
@@ -197,6 +197,11 @@ def test_console_filter_drops_only_tensorflows_start_up_lines():
     ]
     assert all(is_noise(line) for line in noise)
     assert not any(is_noise(line) for line in kept)
+    # TensorFlow's one two-line message: its second line has no prefix, and goes too.
+    guard = b"I0000 00:00:1796003491.641571 6915 cpu_feature_guard.cc:227] This TensorFlow binary"
+    lines = [guard, b"To enable the following instructions: AVX2 FMA, in other operations", b"ok"]
+    assert filter_lines(lines) == ([b"ok"], False)
+    assert filter_lines([b"To enable the following instructions: is my own line"])[0] != []
 
 
 def test_data_errors_stop_before_a_run_directory_is_made(tmp_path: Path):
