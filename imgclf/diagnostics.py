@@ -333,11 +333,15 @@ def fixed_batch(
     images: np.ndarray, labels: np.ndarray, n: int = 64, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random sample of `n` training images (float32 0..255) and their labels, in a
-    fixed order: the batch every diagnostics record is measured on."""
-    images, labels = np.asarray(images), np.asarray(labels)
+    fixed order: the batch every diagnostics record is measured on. `images` may be a streamed
+    split's ImageView (only the sample is read; an unreadable file is left out)."""
+    labels = np.asarray(labels)
     pick = np.random.default_rng(seed).permutation(len(images))[:n]
     pick.sort()
-    return images[pick].astype("float32"), labels[pick].astype("int64")
+    if hasattr(images, "read"):
+        pixels, ok = images.read(pick)
+        return pixels.astype("float32"), labels[pick[ok]].astype("int64")
+    return np.asarray(images)[pick].astype("float32"), labels[pick].astype("int64")
 
 
 def make_diagnostics(

@@ -8,18 +8,40 @@ from typing import Any
 import numpy as np
 
 
+def _forward(model: Any, batch: np.ndarray, batch_size: int, first: bool) -> np.ndarray:
+    batch = np.asarray(batch, dtype=np.float32)
+    n = len(batch)
+    if n < batch_size and not first:
+        # Pad a short batch to the traced shape: a new shape would re-trace the function.
+        pad = np.zeros((batch_size - n, *batch.shape[1:]), np.float32)
+        batch = np.concatenate([batch, pad])
+    return np.asarray(model.predict_on_batch(batch), dtype=np.float32)[:n]
+
+
 def predict_proba(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class probabilities for uint8/float images [N, H, W, C], in batches (one call per batch)."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
-        n = len(batch)
-        if n < batch_size and start > 0:
-            # Pad the last batch to the traced shape: a new shape would re-trace the function.
-            pad = np.zeros((batch_size - n, *batch.shape[1:]), np.float32)
-            batch = np.concatenate([batch, pad])
-        out.append(np.asarray(model.predict_on_batch(batch), dtype=np.float32)[:n])
+    out = [
+        _forward(model, images[start : start + batch_size], batch_size, start == 0)
+        for start in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def predict_readable(
+    model: Any, images: Any, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs [k, ...], positions [k]) for every readable image of `images`, an array or a
+    streamed split's ImageView (whose unreadable files are left out), `batch_size` at a time."""
+    from imgclf.data.pool import batches
+
+    outs, kept = [], []
+    for n, (pixels, positions) in enumerate(batches(images, batch_size)):
+        if len(positions):
+            outs.append(_forward(model, pixels, batch_size, n == 0))
+            kept.append(positions)
+    if not outs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(outs), np.concatenate(kept)
 
 
 def classification_metrics(
@@ -76,18 +98,21 @@ def evaluate(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Evaluate `model` on a test split; returns (metrics dict, probabilities).
 
-    The metrics also list the `worst` test images with the highest cross-entropy (the lowest
-    probability on their true class), by file or index, with their prediction.
+    `images` is an array or a streamed split's ImageView: a test file that cannot be decoded is
+    left out (and reported by the store), so `test.n` counts the images evaluated. The metrics
+    also list the `worst` test images with the highest cross-entropy (the lowest probability on
+    their true class), by file and position in the split, with their prediction.
     """
-    probs = predict_proba(model, images)
+    probs, kept = predict_readable(model, images)
+    labels = np.asarray(labels)[kept]
     metrics = classification_metrics(probs, labels, class_names, k)
     predicted = probs.argmax(axis=1)
     p_true = probs[np.arange(len(labels)), labels]
     order = np.argsort(p_true, kind="stable")[:worst]
     metrics["worst_predictions"] = [
         {
-            "index": int(i),
-            "file": files[i] if files is not None else None,
+            "index": int(kept[i]),
+            "file": files[kept[i]] if files is not None else None,
             "true": class_names[labels[i]],
             "predicted": class_names[predicted[i]],
             "confidence": float(probs[i, predicted[i]]),

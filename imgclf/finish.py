@@ -36,7 +36,9 @@ def save_samples(run_dir: Path, splits: Splits) -> None:
     from imgclf.images import png_bytes
 
     test = splits.test
-    firsts = [int(np.flatnonzero(test.y == c)[0]) for c in np.unique(test.y)][:MAX_SAMPLES]
+    readable = test.readable()  # a streamed file that failed to decode is never a sample
+    firsts = [int(readable[test.y[readable] == c][0]) for c in np.unique(test.y[readable])]
+    firsts = firsts[:MAX_SAMPLES]
     folder = run_dir / runs.SAMPLES
     folder.mkdir(exist_ok=True)
     for n, i in enumerate(firsts):
@@ -101,14 +103,37 @@ def export_run_model(
     if not can_export_saved_model():
         print(export_skipped_message(run_dir), file=sys.stderr, flush=True)
         return None, None
+    from imgclf.data.pool import readable_sample
+    from imgclf.export.parity import PARITY_MAX_IMAGES
+
     target = run_dir / runs.SAVED_MODEL
-    parity = export_saved_model(model, splits.class_names, target, splits.test.x, splits.test.y)
+    images, labels = readable_sample(splits.test, PARITY_MAX_IMAGES)
+    parity = export_saved_model(model, splits.class_names, target, images, labels)
     record = saved_model_record(
         runs.SAVED_MODEL, model, splits.class_names, parity, runs.tree_size(target)
     )
     exports = {"saved_model": record}
     runs.write_json(run_dir / runs.EXPORTS, exports)
     return parity, exports
+
+
+def report_late_failures(run_dir: Path, splits: Splits) -> int:
+    """Add to data_report.json's `skipped` the streamed files that failed to decode while they
+    were read (data.cache: none finds them then); returns how many were added."""
+    known = {entry["file"] for entry in splits.report["skipped"]}
+    added = []
+    for split in (splits.train, splits.val, splits.test):
+        if not split.streamed:
+            continue
+        store = split.x.store
+        for i in sorted(set(split.x.indices.tolist()) & set(store.failures)):
+            if store.files[i] not in known:
+                known.add(store.files[i])
+                added.append({"file": store.files[i], "reason": store.failures[i]})
+    if added:
+        splits.report["skipped"].extend(added)
+        runs.write_json(run_dir / runs.DATA_REPORT, splits.report)
+    return len(added)
 
 
 def finish_run(
@@ -132,6 +157,9 @@ def finish_run(
     with runs.atomic_path(run_dir / runs.MODEL) as tmp:
         model.save(tmp)
     metrics = evaluate_run(run_dir, model, splits, config, extra or {})
+    late = report_late_failures(run_dir, splits)
+    if late and verbose:
+        print(f"data: {late} more file(s) could not be decoded; see data_report.json", flush=True)
     save_samples(run_dir, splits)
     parity, exports = export_run_model(run_dir, model, splits)
     card = model_card(config, splits, metrics, model, exports, backend_name())

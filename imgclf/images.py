@@ -101,6 +101,30 @@ def resize_array(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return _to_array(img)
 
 
+def check_header(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> str | None:
+    """Why the file at `path` cannot be an image imgclf decodes, from its header alone (format,
+    size), or None when it looks fine. Reads the first bytes only: a truncated body is found
+    when the pixels are decoded."""
+    name = os.fspath(path)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115  (closed below; Pillow reads only the header)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    with fh:
+        if not fh.read(1):
+            return "empty file"
+        fh.seek(0)
+        try:
+            width, height = _open_allowed(fh, name).size  # type: ignore[arg-type]
+        except ImageError as exc:
+            return exc.reason
+        except Exception:  # the header itself is cut short or garbled
+            return "truncated or corrupt image"
+    if width * height > max_pixels:
+        return f"too large: {width}×{height} px (limit {max_pixels:,} pixels)"
+    return None
+
+
 def to_pil(pixels: np.ndarray) -> Image.Image:
     """The reverse of `load_image`: uint8 pixels [H, W], [H, W, 1] or [H, W, 3] as a Pillow
     image (mode L or RGB). Raises ValueError for other shapes or dtypes."""

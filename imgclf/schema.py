@@ -18,13 +18,17 @@ SOURCES = (
     "mnist5k",
     "fashion_mnist",
     "folder",
+    "csv",
     "keras:mnist",
     "keras:fashion_mnist",
     "keras:cifar10",
     "keras:cifar100",
 )
 # Sources that ship their own train/test split (data.split: auto uses it).
-PREDEFINED_SPLIT_SOURCES = tuple(s for s in SOURCES if s == "fashion_mnist" or ":" in s)
+# (folder and csv: when laid out as train/val/test folders, or with a `split` column)
+PREDEFINED_SPLIT_SOURCES = tuple(
+    s for s in SOURCES if s in ("fashion_mnist", "folder", "csv") or ":" in s
+)
 ACTIVATIONS = (
     "relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "swish", "tanh", "sigmoid", "abs",
     "maxout",
@@ -57,6 +61,10 @@ class DataConfig(_Section):
     # stratified: re-split the whole pool; predefined: the source's own test set (test_fraction
     # unused; val_fraction of the rest becomes validation).
     split: Literal["auto", "stratified", "predefined"] = "auto"
+    # Decoded pixels of folder/CSV sources: memory (decoded once into RAM), disk (decoded once
+    # into ~/.cache/imgclf/decoded/, re-used by later runs on the same files), none (decoded at
+    # every read), auto (memory under 1 GiB decoded, else disk). Built-in sets stay in memory.
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
     # Keep only these classes of the source, by the source's names, in this order (labels.json
     # follows it); names unknown to the source are reported when the data is loaded.
     classes: tuple[str, ...] | None = None
@@ -111,6 +119,10 @@ class DataConfig(_Section):
             raise ValueError(
                 "data.path is required when data.source is 'folder' "
                 "(a folder with one sub-folder per class)"
+            )
+        if self.source == "csv" and not self.path:
+            raise ValueError(
+                "data.path is required when data.source is 'csv' (a CSV file of path,label rows)"
             )
         return self
 

@@ -25,7 +25,7 @@ from imgclf.models.names import BACKBONE, FEATURES, HEAD
 if TYPE_CHECKING:
     import keras
 
-    from imgclf.data import Splits
+    from imgclf.data import Split, Splits
     from imgclf.schema import Config, TrainConfig
 
 
@@ -233,18 +233,21 @@ def fit_head_on_features(
     import numpy as np
 
     from imgclf.backend import make_training_data
+    from imgclf.evaluate import predict_readable
     from imgclf.optim import compile_model, steps_per_epoch
 
     extractor = keras.Model(model.inputs, model.get_layer(FEATURES).output)
 
-    def features(x: np.ndarray) -> np.ndarray:
-        return extractor.predict(x.astype("float32"), batch_size=batch_size, verbose=0)
+    def features(split: Split) -> Split:
+        # Streamed images are read in batches; a file that fails to decode is left out.
+        if not split.streamed:
+            x = extractor.predict(split.x.astype("float32"), batch_size=batch_size, verbose=0)
+            return dataclasses.replace(split, x=x)
+        x, kept = predict_readable(extractor, split.x, batch_size)
+        files = [split.files[i] for i in kept] if split.files is not None else None
+        return dataclasses.replace(split, x=x, y=np.asarray(split.y)[kept], files=files)
 
-    cached = dataclasses.replace(
-        splits,
-        train=dataclasses.replace(splits.train, x=features(splits.train.x)),
-        val=dataclasses.replace(splits.val, x=features(splits.val.x)),
-    )
+    cached = dataclasses.replace(splits, train=features(splits.train), val=features(splits.val))
     head = head_model(model)
     compile_model(head, phase.train, steps_per_epoch(len(splits.train), batch_size))
     train_ds, val_ds = make_training_data(cached, config, batch_size, None)

@@ -1,25 +1,33 @@
-"""The folder source: one sub-folder per class, every file decoded by `images.load_image`;
-unreadable files are skipped and reported, files that are not images are listed as ignored."""
+"""File datasets: a folder with one sub-folder per class (or `train/`, `val/` (`valid/`) and
+`test/` folders, each with one sub-folder per class), and a CSV list of `path,label[,split]`.
+
+Listing is cheap: no pixel is decoded until the store opens (`data.cache`: memory and disk decode
+every file once, then; none decodes at every read). Files that cannot be decoded are skipped and
+reported with their reason; files that are not images are listed as ignored.
+"""
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
+import csv
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgclf.data.pool import Pool, kept_classes
+from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, kept_classes
+from imgclf.data.store import FileStore
 from imgclf.errors import DataError
-from imgclf.images import IMAGE_EXTENSIONS, ImageError, load_image
+from imgclf.images import IMAGE_EXTENSIONS, check_header
 
 if TYPE_CHECKING:
     from imgclf.schema import DataConfig
 
+SPLIT_FOLDERS = {"train": TRAIN, "val": VAL, "valid": VAL, "validation": VAL, "test": TEST}
+SPLIT_VALUES = {"train": TRAIN, "val": VAL, "valid": VAL, "validation": VAL, "test": TEST, "": -1}
+CSV_COLUMNS = ("path", "label", "split")
 
-def _is_hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
+# (relative file, class name, split) of one listed image
+Entry = tuple[str, str, int]
 
 
 def check_root(path: str | Path | None) -> Path:
@@ -33,71 +41,179 @@ def check_root(path: str | Path | None) -> Path:
     return root
 
 
-def load_folder(cfg: DataConfig) -> Pool:
-    """Every readable image under `cfg.path`'s class sub-folders, decoded at `cfg.image_size`
-    and `cfg.channels`. Raises DataError for a missing folder, fewer than 2 classes, or a class
-    with no readable image."""
-    root = check_root(cfg.path)
-    class_dirs = sorted(
-        (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+def _is_hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(
+        (d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
         key=lambda d: d.name,
     )
-    ignored: list[dict[str, str]] = [
+
+
+def _list_class(root: Path, class_dir: Path, split: int, ignored: list[dict[str, str]]):
+    for path in sorted(class_dir.rglob("*")):
+        rel = path.relative_to(root)
+        if _is_hidden(rel) or not path.is_file():
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            yield (rel.as_posix(), class_dir.name, split)
+        else:
+            ignored.append({"file": rel.as_posix(), "reason": "not an image file extension"})
+
+
+def list_folder(root: Path) -> tuple[list[Entry], list[str], list[dict[str, str]], bool]:
+    """(entries, class names, ignored, pre-split): every image file under the class folders,
+    the class folders' names (sorted), and whether the folder is laid out as train/val/test
+    folders. Nothing is opened."""
+    tops = _subfolders(root)
+    ignored = [
         {"file": f.name, "reason": "not inside a class sub-folder"}
         for f in sorted(root.iterdir())
         if f.is_file() and not f.name.startswith(".")
     ]
-    if len(class_dirs) < 2:
-        raise DataError(
-            f"data.path: {root} has {len(class_dirs)} class sub-folder(s); a classifier needs at "
-            f"least 2 (one sub-folder per class, e.g. {root}/cats/*.jpg and {root}/dogs/*.jpg)"
-        )
-    # Only the kept classes are listed and decoded: files of the others are not even opened.
-    kept = kept_classes(cfg, [d.name for d in class_dirs], f"source folder {root}")
-    class_dirs = [class_dirs[i] for i in kept]
-    candidates: list[tuple[str, int]] = []
-    for label, class_dir in enumerate(class_dirs):
-        for path in sorted(class_dir.rglob("*")):
-            rel = path.relative_to(root)
-            if _is_hidden(rel) or not path.is_file():
-                continue
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                candidates.append((rel.as_posix(), label))
-            else:
-                ignored.append({"file": rel.as_posix(), "reason": "not an image file extension"})
-
-    def decode(rel: str) -> np.ndarray | str:
-        try:
-            return load_image(root / rel, cfg.image_size, cfg.channels)
-        except ImageError as exc:
-            return exc.reason
-
-    # Pillow releases the GIL while decoding, so threads use both cores.
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        decoded = list(pool.map(decode, [rel for rel, _ in candidates]))
-
-    images, labels, files, skipped = [], [], [], []
-    for (rel, label), result in zip(candidates, decoded, strict=True):
-        if isinstance(result, str):
-            skipped.append({"file": rel, "reason": result})
+    names = {d.name.lower() for d in tops}
+    pre_split = bool(tops) and names <= set(SPLIT_FOLDERS) and "train" in names
+    entries: list[Entry] = []
+    classes: set[str] = set()
+    for top in tops:
+        if pre_split:
+            for class_dir in _subfolders(top):
+                classes.add(class_dir.name)
+                entries += _list_class(root, class_dir, SPLIT_FOLDERS[top.name.lower()], ignored)
         else:
-            images.append(result)
-            labels.append(label)
-            files.append(rel)
-    class_names = [d.name for d in class_dirs]
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+            classes.add(top.name)
+            entries += _list_class(root, top, UNASSIGNED, ignored)
+    return entries, sorted(classes), ignored, pre_split
+
+
+def list_csv(path: Path) -> tuple[list[Entry], list[dict[str, str]], bool, Path]:
+    """(entries, skipped rows, has a split column, the folder paths are relative to) of a CSV
+    with a header naming `path`, `label` and optionally `split` (train, val/valid or test).
+    Raises DataError for a missing file, a missing or unknown column, or no usable row."""
+    if not path.is_file():
+        raise DataError(f"data.path: {path} not found; expected a CSV file of path,label rows")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"data.path: {path} is not a readable UTF-8 CSV file ({exc})") from None
+    reader = csv.DictReader(text.splitlines())
+    columns = [c.strip().lower() for c in reader.fieldnames or []]
+    unknown = [c for c in columns if c not in CSV_COLUMNS]
+    if unknown or "path" not in columns or "label" not in columns:
+        what = f"unknown column {unknown[0]!r}" if unknown else "no `path` and `label` columns"
+        raise DataError(
+            f"{path}: {what}; the header must name path, label and optionally split "
+            "(e.g. `path,label,split`)"
+        )
+    root, entries, skipped = path.parent, [], []
+    for n, row in enumerate(reader, start=2):  # line 1 is the header
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        file, label, split = row.get("path", ""), row.get("label", ""), row.get("split", "")
+        reason = None
+        if not file:
+            reason = "empty path"
+        elif not label:
+            reason = "empty label"
+        elif split.lower() not in SPLIT_VALUES:
+            reason = f"split {split!r} is not train, val or test"
+        elif not (root / file).is_file():
+            reason = "file not found"
+        if reason:
+            skipped.append({"file": f"{path.name} line {n}: {file}", "reason": reason})
+        else:
+            entries.append((file, label, SPLIT_VALUES[split.lower()]))
+    return entries, skipped, "split" in columns, root
+
+
+def _open_store(
+    root: Path, entries: list[Entry], cfg: DataConfig
+) -> tuple[FileStore, list[int], list[dict[str, str]]]:
+    """The store of `entries`, opened; (store, store indices of readable entries, skipped)."""
+    files = [file for file, _, _ in entries]
+    skipped: list[dict[str, str]] = []
+    store = FileStore(root, files, tuple(cfg.image_size), cfg.channels, cfg.cache)
+    if store.mode == "none":  # no decode pass: check each header now, the pixels when read
+        for i, file in enumerate(files):
+            reason = check_header(root / file)
+            if reason is not None:
+                store.failures[i] = reason
+    store.open()
+    for i, reason in sorted(store.failures.items()):
+        skipped.append({"file": files[i], "reason": reason})
+    return store, [i for i in range(len(files)) if i not in store.failures], skipped
+
+
+def _pool(
+    cfg: DataConfig, root: Path, entries: list[Entry], found: list[str], where: str, own: bool
+) -> Pool:
+    """A pool of file entries of the classes `found`: keep `data.classes`, open the store, drop
+    unreadable files. `own`: the entries carry the source's own split."""
+    kept = kept_classes(cfg, found, where)
+    class_names = [found[i] for i in kept]
+    # Only the kept classes are opened: files of the others are not even read.
+    entries = [e for e in entries if e[1] in class_names]
+    store, readable, skipped = _open_store(root, entries, cfg)
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([index[entries[i][1]] for i in readable], dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(class_names))
     empty = [name for name, n in zip(class_names, counts, strict=True) if n == 0]
     if empty:
         raise DataError(
-            f"data.path: class folder(s) {', '.join(map(repr, empty))} in {root} have no readable "
-            f"image ({len(skipped)} file(s) skipped as unreadable); add images or remove the folder"
+            f"class(es) {', '.join(map(repr, empty))} in {where} have no readable image "
+            f"({len(skipped)} file(s) skipped as unreadable); add images or remove the class"
         )
-    height, width = cfg.image_size
+    assigned = np.array([entries[i][2] for i in readable], dtype=np.int8) if own else None
     return Pool(
-        images=np.stack(images) if images else np.zeros((0, height, width, cfg.channels), np.uint8),
-        labels=np.asarray(labels, dtype=np.int64),
+        images=None,
+        labels=labels,
         class_names=class_names,
-        files=files,
+        files=[entries[i][0] for i in readable],
         skipped=skipped,
-        ignored=ignored,
+        assigned=assigned,
+        store=store,
+        store_index=np.asarray(readable, dtype=np.int64),
     )
+
+
+def load_folder(cfg: DataConfig) -> Pool:
+    """Every readable image under `cfg.path`'s class sub-folders (or its train/val/test
+    folders' class sub-folders), at `cfg.image_size` and `cfg.channels`.
+
+    Raises:
+        DataError: a missing folder, fewer than 2 classes, or a class without a readable image.
+    """
+    root = check_root(cfg.path)
+    entries, classes, ignored, pre_split = list_folder(root)
+    if len(classes) < 2:
+        layout = f"{root}/train/cats/*.jpg" if pre_split else f"{root}/cats/*.jpg"
+        raise DataError(
+            f"data.path: {root} has {len(classes)} class sub-folder(s); a classifier needs at "
+            f"least 2 (one sub-folder per class, e.g. {layout} and {root}/dogs/*.jpg)"
+        )
+    pool = _pool(cfg, root, entries, classes, f"source folder {root}", pre_split)
+    pool.ignored = ignored
+    return pool
+
+
+def load_csv(cfg: DataConfig) -> Pool:
+    """Every readable image a CSV lists (`path,label[,split]`; paths relative to the CSV's
+    folder), at `cfg.image_size` and `cfg.channels`. Rows naming a missing file, an empty path
+    or label, or an unknown split are skipped, each reported with its line number.
+
+    Raises:
+        DataError: a missing or unreadable CSV, a bad header, fewer than 2 labels, or a label
+            without a readable image.
+    """
+    path = Path(cfg.path or "")
+    entries, bad_rows, has_split, root = list_csv(path)
+    if len({label for _, label, _ in entries}) < 2:
+        raise DataError(
+            f"{path}: {len(entries)} usable row(s) with {len({e[1] for e in entries})} label(s); "
+            f"a classifier needs at least 2 labels ({len(bad_rows)} row(s) skipped)"
+        )
+    labels = sorted({label for _, label, _ in entries})
+    pool = _pool(cfg, root, entries, labels, f"source csv {path}", has_split)
+    pool.skipped = bad_rows + pool.skipped
+    return pool

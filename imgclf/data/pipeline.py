@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgclf.data.pool import Split
+from imgclf.data.store import ImageView
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -23,28 +24,65 @@ def make_dataset(
     seed: int = 0,
     augment: Any = None,
 ) -> tf.data.Dataset:
-    """A tf.data pipeline over a decoded split: cache, [shuffle], batch, [augment], prefetch.
+    """A tf.data pipeline over a split: [shuffle], batch, read, [augment], prefetch.
 
     Yields (images, labels): raw float32 pixels 0..255 (the model preprocesses) and one-hot
     float32 labels (MixUp/CutMix blend them; label smoothing and MSE need them). `augment` is a
     callable on batches `(images, labels) -> (images, labels)`, applied after batching because
-    Keras' random layers are vectorised over a batch.
+    Keras' random layers are vectorised over a batch. In-memory splits are sliced (and cached)
+    by tf.data; streamed splits (`Split.streamed`) shuffle their positions and read each batch's
+    pixels in parallel (decoded, or from the disk cache), so memory does not grow with the set;
+    an image that fails to decode is left out of its batch and reported by the store.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y)).cache()
-    if shuffle:
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    ds = ds.map(
-        lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes, dtype=tf.float32)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    if split.streamed:
+        ds = _streamed(split, batch_size, num_classes, shuffle, seed)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((split.x, split.y)).cache()
+        if shuffle:
+            ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size)
+        ds = ds.map(
+            lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes, dtype=tf.float32)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     if augment is not None:
         # Sequential on purpose: the random layers advance a seed state, and parallel calls
         # would consume it in a racy order, making runs with the same seed differ.
         ds = ds.map(augment)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _streamed(split: Split, batch_size: int, num_classes: int, shuffle: bool, seed: int):
+    """Positions -> [shuffle] -> batch -> read pixels (parallel, in order) -> float32 + one-hot."""
+    import tensorflow as tf
+
+    view, labels = split.x, np.asarray(split.y, dtype=np.int64)
+    eye = np.eye(num_classes, dtype=np.float32)
+    height, width, channels = view.shape[1:]
+
+    def read(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images, ok = view.read(positions)
+        if not ok.any():  # every file of the batch failed: one readable image stands in, so no
+            # batch is empty (the number of batches stays known, and no loss is a 0/0)
+            for other in range(len(labels)):
+                images, ok = view.read(np.array([other]))
+                if ok.any():
+                    positions = np.array([other])
+                    break
+        return images.astype(np.float32), eye[labels[positions[ok]]]
+
+    def load(positions: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x, y = tf.numpy_function(read, [positions], (tf.float32, tf.float32), stateful=False)
+        x.set_shape([None, height, width, channels])
+        y.set_shape([None, num_classes])
+        return x, y
+
+    ds = tf.data.Dataset.from_tensor_slices(np.arange(len(split), dtype=np.int64))
+    if shuffle:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,8 +129,12 @@ def _array_dataset_class() -> type:
             if not 0 <= index < len(self):
                 raise IndexError(f"batch {index} out of range 0..{len(self) - 1}")
             idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-            images = self.x[idx].astype(np.float32)
-            labels = self._eye[self.y[idx]]
+            if isinstance(self.x, ImageView):  # streamed: unreadable files are left out
+                pixels, ok = self.x.read(idx)
+                images, labels = pixels.astype(np.float32), self._eye[self.y[idx[ok]]]
+            else:
+                images = self.x[idx].astype(np.float32)
+                labels = self._eye[self.y[idx]]
             if self.augment is not None:
                 images, labels = self.augment(images, labels)
                 # The layers run on the active backend (jax/torch/tf arrays): back to NumPy.

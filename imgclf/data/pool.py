@@ -1,18 +1,24 @@
 """The pool and the splits: every usable image of a source (`Pool`), the train/val/test `Splits`,
-and bringing in-memory images to the configured size and channels (`conform`)."""
+bringing in-memory images to the configured size and channels (`conform`), and reading a
+split's images in batches whether they are in memory or streamed from files (`batches`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgclf.data.store import FileStore, ImageView
 from imgclf.errors import DataError
 from imgclf.images import resize_array, to_pil
 
 if TYPE_CHECKING:
     from imgclf.schema import DataConfig
+
+# A source's own split of each image (Pool.assigned).
+TRAIN, VAL, TEST, UNASSIGNED = 0, 1, 2, -1
 
 
 @dataclass
@@ -24,26 +30,68 @@ class Pool:
     a big source never resizes the images it does not use.
     """
 
-    images: np.ndarray  # uint8 [N, h, w, c]: the source's size, or data.image_size for files
+    images: np.ndarray | None  # uint8 [N, h, w, c] at the source's size; None: in `store`
     labels: np.ndarray  # int64 [N], index into class_names
     class_names: list[str]
-    files: list[str] | None = None  # relative paths, for folder sources
+    files: list[str] | None = None  # relative paths, for file sources
     skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable files and why
     ignored: list[dict[str, str]] = field(default_factory=list)  # files that are not images
-    # The source's own test set (bool [N]), for sources that define one (data.split).
-    predefined_test: np.ndarray | None = None
+    # The source's own split (int8 [N]: TRAIN, VAL, TEST or UNASSIGNED), for sources that
+    # have one (Fashion-MNIST's test set, train/val/test folders, a CSV's split column).
+    assigned: np.ndarray | None = None
+    store: FileStore | None = None  # file sources: the pixels, by store index
+    store_index: np.ndarray | None = None  # int64 [N]: each pool image's index in `store`
 
 
 @dataclass
 class Split:
     """One split: images, labels and (for folder sources) the file of each image."""
 
-    x: np.ndarray  # uint8 [N, H, W, C]
+    x: np.ndarray | ImageView  # uint8 [N, H, W, C], in memory or read on demand
     y: np.ndarray  # int64 [N]
     files: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def streamed(self) -> bool:
+        """True when the images are read from files (or the disk cache) on demand."""
+        return isinstance(self.x, ImageView)
+
+    def readable(self) -> np.ndarray:
+        """Positions of the images known to decode (all but files that failed a read)."""
+        if not isinstance(self.x, ImageView):
+            return np.arange(len(self))
+        failed = np.fromiter(self.x.store.failures, dtype=np.int64)
+        return np.flatnonzero(~np.isin(self.x.indices, failed))
+
+
+def readable_sample(split: Split, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, labels) of the first `limit` readable images of `split`, in order."""
+    images, labels, have = [], [], 0
+    for pixels, positions in batches(split.x, min(limit, 256) or 1):
+        images.append(pixels[: limit - have])
+        labels.append(split.y[positions][: limit - have])
+        have += len(images[-1])
+        if have >= limit:
+            break
+    if not images:
+        return np.zeros((0, *split.x.shape[1:]), np.uint8), np.zeros(0, np.int64)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def batches(x: np.ndarray | ImageView, size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 images [k, H, W, C], their positions [k]) for every readable image of `x`, `size`
+    positions at a time, in order: an in-memory array is sliced; streamed images are read (a
+    file that fails to decode is left out and recorded in the store's failures)."""
+    for start in range(0, len(x), size):
+        positions = np.arange(start, min(start + size, len(x)))
+        if isinstance(x, ImageView):
+            images, ok = x.read(positions)
+            yield images, positions[ok]
+        else:
+            yield np.asarray(x[start : start + size]), positions
 
 
 @dataclass
@@ -110,4 +158,5 @@ def from_arrays(
         images, labels = images[keep], new_labels[keep]
         test = test[keep] if test is not None else None
         class_names = [class_names[i] for i in kept]
-    return Pool(images, labels, class_names, predefined_test=test)
+    assigned = None if test is None else np.where(test, TEST, TRAIN).astype(np.int8)
+    return Pool(images, labels, class_names, assigned=assigned)

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgclf.data import builtin
-from imgclf.data.folder import load_folder
-from imgclf.data.pool import Pool, Split, Splits, conform
+from imgclf.data.folder import load_csv, load_folder
+from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, Split, Splits, conform
+from imgclf.data.store import ImageView
 from imgclf.errors import DataError
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ def load_pool(cfg: DataConfig) -> Pool:
         return builtin.mnist5k(cfg)
     if cfg.source == "folder":
         return load_folder(cfg)
+    if cfg.source == "csv":
+        return load_csv(cfg)
     if cfg.source == "fashion_mnist":
         return builtin.fashion_mnist(cfg)
     if cfg.source.startswith("keras:"):
@@ -55,31 +58,50 @@ def split_indices(
 
 
 def _take(pool: Pool, idx: np.ndarray, cfg: DataConfig) -> Split:
+    """The pool images `idx` as a split: in-memory sources conformed to the configured size,
+    file sources decoded in memory or, for the disk cache and no cache, read on demand."""
     files = [pool.files[i] for i in idx] if pool.files is not None else None
-    images = conform(pool.images[idx], cfg.image_size, cfg.channels)
-    return Split(images, pool.labels[idx], files)
+    if pool.store is None:
+        images = conform(pool.images[idx], cfg.image_size, cfg.channels)
+        return Split(images, pool.labels[idx], files)
+    where = pool.store_index[idx]
+    if pool.store.mode == "memory":
+        return Split(pool.store.read(where)[0], pool.labels[idx], files)
+    return Split(ImageView(pool.store, where), pool.labels[idx], files)
+
+
+def _own_split(pool: Pool, cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The source's own split; a part it lacks (val, or test) comes from its training part,
+    stratified: `val_fraction` for val, `test_fraction` for test. Unassigned images train."""
+    assigned = pool.assigned
+    rest = np.flatnonzero((assigned == TRAIN) | (assigned == UNASSIGNED))
+    val, test = np.flatnonzero(assigned == VAL), np.flatnonzero(assigned == TEST)
+    val_fraction = cfg.val_fraction if len(val) == 0 else 0.0
+    test_fraction = cfg.test_fraction if len(test) == 0 else 0.0
+    train, carved_val, carved_test = split_indices(
+        pool.labels[rest], val_fraction, test_fraction, seed
+    )
+    val = np.sort(np.concatenate([val, rest[carved_val]]))
+    test = np.sort(np.concatenate([test, rest[carved_test]]))
+    return rest[train], val, test
 
 
 def _split(
     pool: Pool, cfg: DataConfig, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(train, val, test indices, how): the source's own test set when `data.split` asks for
-    it (val then comes from its training part; how = "predefined"), else a stratified split of
-    the whole pool (how = "stratified")."""
-    predefined = cfg.split == "predefined" or (
-        cfg.split == "auto" and pool.predefined_test is not None
-    )
-    if not predefined:
+    """(train, val, test indices, how): the source's own split when `data.split` asks for it
+    (how = "predefined"), else a stratified split of the whole pool (how = "stratified")."""
+    own = cfg.split == "predefined" or (cfg.split == "auto" and pool.assigned is not None)
+    if not own:
         train, val, test = split_indices(pool.labels, cfg.val_fraction, cfg.test_fraction, seed)
         return train, val, test, "stratified"
-    if pool.predefined_test is None:
+    if pool.assigned is None:
         raise DataError(
-            f"data.split=predefined: source {cfg.source} has no test set of its own; use "
+            f"data.split=predefined: this {cfg.source} source has no split of its own (a folder "
+            "needs train/, val/ and test/ sub-folders; a CSV a `split` column); use "
             "data.split=stratified"
         )
-    rest = np.flatnonzero(~pool.predefined_test)
-    train, val, _ = split_indices(pool.labels[rest], cfg.val_fraction, 0.0, seed)
-    return rest[train], rest[val], np.flatnonzero(pool.predefined_test), "predefined"
+    return (*_own_split(pool, cfg, seed), "predefined")
 
 
 def cap_per_class(labels: np.ndarray, idx: np.ndarray, max_per_class: int, seed: int) -> np.ndarray:
@@ -141,6 +163,10 @@ def load_data(config: Config) -> Splits:
         "skipped": pool.skipped,
         "ignored": pool.ignored,
     }
+    if pool.store is not None:
+        # How the pixels were read: built now, or a disk cache re-used from an earlier run.
+        reused = pool.store.mode == "disk" and not pool.store.built
+        report["cache"] = {"mode": pool.store.mode, "reused": reused}
     if cfg.classes is not None:
         report["classes_kept"] = list(cfg.classes)
     if cfg.max_per_class is not None:

@@ -86,11 +86,12 @@ def check_split(
     config.yaml, else its saved samples/ (labels unknown then)."""
     from imgclf.config import load_config
     from imgclf.data import load_data
+    from imgclf.data.pool import readable_sample
     from imgclf.images import IMAGE_EXTENSIONS, load_image
 
     try:
         test = load_data(load_config(run_dir / runs.CONFIG)).test
-        return test.x, test.y
+        return readable_sample(test, PARITY_MAX_IMAGES)
     except UserError as exc:
         print(
             f"warning: cannot re-load the test split ({exc}); checking on samples/", file=sys.stderr

@@ -32,12 +32,34 @@ def pixel_input(config: Config, train_images: np.ndarray | None) -> tuple[keras.
     if config.data.normalize == "standardize":
         if train_images is None:
             raise ValueError("normalize='standardize' needs the training images to adapt on")
-        norm = layers.Normalization(axis=-1, name="standardize")
-        norm.adapt(np.asarray(train_images, dtype="float32"))
+        if hasattr(train_images, "read"):  # streamed: per-channel statistics batch by batch
+            mean, variance = channel_statistics(train_images)
+            norm = layers.Normalization(axis=-1, mean=mean, variance=variance, name="standardize")
+        else:
+            norm = layers.Normalization(axis=-1, name="standardize")
+            norm.adapt(np.asarray(train_images, dtype="float32"))
         x = norm(inputs)
     else:
         x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     return inputs, x
+
+
+def channel_statistics(images: Any) -> tuple[list[float], list[float]]:
+    """Per-channel mean and variance of uint8 images (an array or a streamed ImageView), read
+    batch by batch in float64: what Normalization.adapt computes, without holding the set."""
+    from imgclf.data.pool import batches
+
+    total = sq = None
+    count = 0
+    for pixels, _ in batches(images):
+        flat = pixels.reshape(-1, pixels.shape[-1]).astype(np.float64)
+        total = flat.sum(0) if total is None else total + flat.sum(0)
+        sq = (flat**2).sum(0) if sq is None else sq + (flat**2).sum(0)
+        count += len(flat)
+    if not count:
+        raise ValueError("normalize='standardize' found no readable training image")
+    mean = total / count
+    return mean.tolist(), (sq / count - mean**2).tolist()
 
 
 def regularizer(cfg: ModelConfig) -> keras.regularizers.Regularizer | None:

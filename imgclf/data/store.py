@@ -1,0 +1,291 @@
+"""Pixels of file datasets, decoded on demand, with a decoded cache (`data.cache`).
+
+A folder or CSV dataset is held as a list of files; `FileStore.read(indices)` gives their pixels,
+decoded by imgclf's one decoder (`images.load_image`) at the configured size and channels, from:
+
+    memory  every file decoded once, up front, into RAM (right for small sets)
+    disk    every file decoded once into a flat file of uint8 images under the cache folder
+            (`cache.cache_dir()/decoded/`), re-used by every later run on the same files; read
+            back with `os.pread`, so the pages live in the OS page cache, not in this process
+    none    decoded again at every read (no cache)
+    auto    memory when the decoded set is under AUTO_MEMORY_BYTES, else disk
+
+A disk cache entry is keyed by the folder, every file's path, size and modification time, the
+image size, the channel count and the decoder's version: any changed, added or removed file
+gives a new key (and the old entry of that folder is removed). Entries are written under a
+temporary name, flushed to disk and renamed into place, so a crash never leaves a half-written
+cache that a later run would trust. `ImageView` is a split's images as a lazy array.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf.cache import cache_dir
+from imgclf.images import ImageError, load_image
+
+AUTO_MEMORY_BYTES = 1 << 30  # auto: decoded sets under 1 GiB stay in memory
+DECODER_VERSION = 2  # bump when load_image's pixels change: old cache entries then miss
+CHUNK = 256  # files decoded per batch of the thread pool while building
+CACHE_FOLDER = "decoded"
+
+
+def workers() -> int:
+    """Decoding threads: Pillow releases the GIL while decoding, so threads use every core."""
+    return min(8, (os.cpu_count() or 1) * 2)
+
+
+def resolve_mode(mode: str, n: int, size: tuple[int, int], channels: int) -> str:
+    """`auto` -> memory or disk by the decoded size; other modes unchanged."""
+    if mode != "auto":
+        return mode
+    nbytes = n * size[0] * size[1] * channels
+    return "memory" if nbytes < AUTO_MEMORY_BYTES else "disk"
+
+
+def _decode(path: Path, size: tuple[int, int], channels: int) -> np.ndarray | str:
+    try:
+        return load_image(path, size, channels)
+    except ImageError as exc:
+        return exc.reason
+    except OSError as exc:  # vanished, unreadable
+        return f"unreadable ({exc.strerror or exc})"
+
+
+def decode_all(
+    paths: Sequence[Path], size: tuple[int, int], channels: int
+) -> Iterator[np.ndarray | str]:
+    """Decode `paths` in order with a thread pool, CHUNK at a time (memory stays bounded):
+    yields pixels [H, W, C] uint8, or the reason a file failed."""
+    with ThreadPoolExecutor(max_workers=workers()) as pool:
+        for start in range(0, len(paths), CHUNK):
+            chunk = paths[start : start + CHUNK]
+            yield from pool.map(lambda p: _decode(p, size, channels), chunk)
+
+
+def cache_key(
+    root: Path, files: Sequence[str], size: tuple[int, int], channels: int
+) -> tuple[str, list[list[Any]]]:
+    """(hex key, [[file, bytes, mtime_ns], ...]) of a file list: stat only, no pixels read."""
+    stats = []
+    for rel in files:
+        st = (root / rel).stat()
+        stats.append([rel, st.st_size, st.st_mtime_ns])
+    meta = [str(root.resolve()), list(size), channels, DECODER_VERSION, stats]
+    return hashlib.sha256(json.dumps(meta).encode("utf-8", "surrogateescape")).hexdigest(), stats
+
+
+class FileStore:
+    """The pixels of `files` (relative to `root`) at `size` and `channels`, by index.
+
+    `read(indices)` returns the readable images and a mask of which indices they are; a file
+    that fails to decode (found at build time for memory/disk, or at any read for none) is
+    recorded in `failures` and left out, never replaced by a blank image.
+    """
+
+    def __init__(
+        self, root: Path, files: list[str], size: tuple[int, int], channels: int, mode: str
+    ) -> None:
+        self.root, self.files = root, list(files)
+        self.size, self.channels = tuple(size), int(channels)
+        self.mode = resolve_mode(mode, len(files), self.size, self.channels)
+        self.failures: dict[int, str] = {}
+        self.record = self.size[0] * self.size[1] * self.channels  # bytes per image
+        self._array: np.ndarray | None = None
+        self._path: Path | None = None  # the disk cache file
+        self._fd: int | None = None
+        self.built = False  # True when this object decoded the set (not read a cache)
+
+    # -- building -------------------------------------------------------------------------------
+
+    def open(self) -> FileStore:
+        """Decode into memory, or open (building if needed) the disk cache; returns self."""
+        if self.mode == "memory":
+            self._array = np.zeros((len(self.files), *self.size, self.channels), np.uint8)
+            self._fill(lambda i, pixels: self._array.__setitem__(i, pixels))
+            self.built = True
+        elif self.mode == "disk":
+            self._open_disk()
+        elif self.mode != "none":
+            raise ValueError(f"unknown cache mode {self.mode!r}")
+        return self
+
+    def _fill(self, put: Any) -> None:
+        paths = [self.root / rel for rel in self.files]
+        for i, result in enumerate(decode_all(paths, self.size, self.channels)):
+            if isinstance(result, str):
+                self.failures[i] = result
+            else:
+                put(i, result)
+
+    def _open_disk(self) -> None:
+        key, stats = cache_key(self.root, self.files, self.size, self.channels)
+        folder = cache_dir() / CACHE_FOLDER
+        data, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
+        meta = _read_meta(meta_path)
+        if meta is None or not data.is_file() or data.stat().st_size != meta["bytes"]:
+            meta = self._build_disk(folder, key, stats)
+            self.built = True
+        self.failures = {int(i): reason for i, reason in meta["failures"].items()}
+        self._path = data
+        self._fd = os.open(data, os.O_RDONLY)
+
+    def _build_disk(self, folder: Path, key: str, stats: list[list[Any]]) -> dict[str, Any]:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.tmp"
+        blank = bytes(self.record)
+        with open(tmp, "wb") as fh:
+
+            def put(i: int, pixels: np.ndarray) -> None:
+                fh.seek(i * self.record)
+                fh.write(pixels.tobytes())
+
+            self._fill(put)
+            # Failed files keep a blank record, so every image sits at index × record bytes.
+            for i in self.failures:
+                fh.seek(i * self.record)
+                fh.write(blank)
+            fh.truncate(len(self.files) * self.record)
+            fh.flush()
+            os.fsync(fh.fileno())
+        root = str(self.root.resolve())
+        meta = {
+            "root": root,
+            "image_size": list(self.size),
+            "channels": self.channels,
+            "decoder": DECODER_VERSION,
+            "files": stats,
+            "failures": {str(i): r for i, r in self.failures.items()},
+            "bytes": len(self.files) * self.record,
+        }
+        _remove_other_entries(folder, root, keep=key)
+        os.replace(tmp, folder / f"{key}.u8")
+        _write_json_durably(folder / f"{key}.json", meta)
+        return meta
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images [k, H, W, C] of the readable indices, bool mask [len(indices)])."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        ok = np.array([int(i) not in self.failures for i in indices], dtype=bool)
+        wanted = indices[ok]
+        if self._array is not None:
+            return self._array[wanted], ok
+        if self._fd is not None:
+            out = np.empty((len(wanted), *self.size, self.channels), np.uint8)
+            for n, i in enumerate(wanted):
+                raw = os.pread(self._fd, self.record, int(i) * self.record)
+                out[n] = np.frombuffer(raw, np.uint8).reshape(out.shape[1:])
+            return out, ok
+        images, keep = [], ok.copy()
+        for n, i in enumerate(indices):
+            if not ok[n]:
+                continue
+            result = _decode(self.root / self.files[i], self.size, self.channels)
+            if isinstance(result, str):
+                self.failures[int(i)] = result
+                keep[n] = False
+            else:
+                images.append(result)
+        stacked = np.stack(images) if images else np.zeros((0, *self.size, self.channels), np.uint8)
+        return stacked, keep
+
+    def close(self) -> None:
+        """Close the disk cache file (reads then fail)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        return meta if isinstance(meta, dict) and "bytes" in meta and "failures" in meta else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_durably(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _remove_other_entries(folder: Path, root: str, keep: str) -> None:
+    """Older entries of the same folder (its files changed since) and stale temporaries."""
+    for meta_path in folder.glob("*.json"):
+        if meta_path.stem == keep:
+            continue
+        meta = _read_meta(meta_path)
+        if meta is not None and meta.get("root") == root:
+            for stale in (meta_path.with_suffix(".u8"), meta_path):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+    for tmp in folder.glob(".*.tmp"):
+        pid = tmp.name.split(".")[-2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+class ImageView:
+    """A split's images as a lazy uint8 array [N, H, W, C]: `len`, `shape`, and indexing by an
+    int, a slice or an index array decode (or read from the cache) only what is asked for.
+
+    Indexing raises DataError for an image that cannot be decoded; the training pipeline and
+    evaluation read through `read` instead, which leaves such images out.
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, store: FileStore, indices: np.ndarray) -> None:
+        self.store = store
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.indices), *self.store.size, self.store.channels)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, positions: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(readable images, bool mask) for positions within this view."""
+        return self.store.read(self.indices[np.asarray(positions, dtype=np.int64)])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        from imgclf.errors import DataError
+
+        single = isinstance(key, int | np.integer)
+        positions = np.arange(len(self))[key] if not single else np.array([key])
+        images, ok = self.read(np.atleast_1d(positions))
+        if not ok.all():
+            bad = int(self.indices[np.atleast_1d(positions)[~ok][0]])
+            raise DataError(f"{self.store.files[bad]}: {self.store.failures[bad]}")
+        return images[0] if single else images
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        images = self[:]
+        return images if dtype is None else images.astype(dtype)
+
+    def astype(self, dtype: Any) -> np.ndarray:
+        """Every image decoded, as an array of `dtype` (memory: the whole split)."""
+        return self[:].astype(dtype)
