@@ -10,8 +10,6 @@ it needs the Keras model, so a run directory.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,12 +20,14 @@ import numpy as np
 
 from imgclf import runs
 from imgclf.errors import UserError
-from imgclf.images import IMAGE_EXTENSIONS, ImageError, load_image
+from imgclf.images import ImageError, load_image
+from imgclf.predictions import expand_inputs
 
 if TYPE_CHECKING:
     import keras
 
 BATCH_SIZE = 64
+CHUNK = 256  # files decoded (in parallel) and classified at a time by the command line
 IMAGENET_PREFIX = "imagenet:"  # imagenet:efficientnet_lite0, the pretrained ImageNet classifier
 
 
@@ -181,14 +181,27 @@ class Predictor:
 
         Returns (names, uint8 images [N, H, W, C], [(source, reason)] for those that failed).
         """
-        names, arrays, failures = [], [], []
-        for src in sources:
-            name = "<bytes>" if isinstance(src, bytes) else str(src)
+        from concurrent.futures import ThreadPoolExecutor
+
+        from imgclf.data.store import workers
+
+        def decode(src: str | Path | bytes) -> np.ndarray | str:
             try:
-                arrays.append(load_image(src, self.image_size, self.channels))
-                names.append(name)
+                return load_image(src, self.image_size, self.channels)
             except ImageError as exc:
-                failures.append((name, exc.reason))
+                return exc.reason
+
+        names, arrays, failures = [], [], []
+        sources = list(sources)
+        # Pillow releases the GIL while decoding: threads use every core.
+        with ThreadPoolExecutor(max_workers=workers()) as pool:
+            for src, result in zip(sources, pool.map(decode, sources), strict=True):
+                name = "<bytes>" if isinstance(src, bytes) else str(src)
+                if isinstance(result, str):
+                    failures.append((name, result))
+                else:
+                    arrays.append(result)
+                    names.append(name)
         if not arrays:
             return [], np.zeros((0, *self.image_size, self.channels), np.uint8), failures
         return names, np.stack(arrays), failures
@@ -242,63 +255,6 @@ def classify_named(
     return results, failures
 
 
-def expand_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files as given; folders searched recursively for image files (hidden ones skipped)."""
-    files: list[Path] = []
-    missing: list[tuple[str, str]] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            if not found:
-                missing.append((raw, "folder has no image files"))
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
-        else:
-            missing.append((raw, "file not found"))
-    return files, missing
-
-
-def _write(predictions: list[Prediction], fmt: str) -> None:
-    out = sys.stdout
-    if fmt == "json":
-        rows = [
-            {
-                "image": p.source,
-                "label": p.label,
-                "top_k": [
-                    {"label": lab, "probability": round(prob, 6)}
-                    for lab, prob in zip(p.labels, p.probabilities, strict=True)
-                ],
-            }
-            for p in predictions
-        ]
-        json.dump(rows, out, indent=2, ensure_ascii=False)
-        out.write("\n")
-    elif fmt == "csv":
-        writer = csv.writer(out)
-        writer.writerow(["image", "rank", "label", "probability"])
-        for p in predictions:
-            for rank, (lab, prob) in enumerate(zip(p.labels, p.probabilities, strict=True), 1):
-                writer.writerow([p.source, rank, lab, f"{prob:.6f}"])
-    else:
-        width = max([len("image"), *(len(p.source) for p in predictions)])
-        out.write(f"{'image':<{width}}  {'label':<12} {'prob':>6}  top-k\n")
-        for p in predictions:
-            rest = ", ".join(
-                f"{lab} {prob:.3f}"
-                for lab, prob in zip(p.labels[1:], p.probabilities[1:], strict=True)
-            )
-            out.write(f"{p.source:<{width}}  {p.label:<12} {p.probabilities[0]:>6.3f}  {rest}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `imgclf-predict` argument parser (importing it costs no TensorFlow)."""
     parser = argparse.ArgumentParser(
@@ -314,7 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (3)")
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument(
+        "--format",
+        choices=("table", "json", "jsonl", "csv"),
+        default="table",
+        help="table (default), json (an array), jsonl (one object per line) or csv; written "
+        "as the images are classified",
+    )
     parser.add_argument(
         "--explain",
         metavar="DIR",
@@ -385,27 +347,49 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    names, images, unreadable = predictor.decode_files(files)
-    failures += unreadable
-    if names:
-        probs = predictor.predict_arrays(images)
-        _write(predictor.top_k(probs, names, args.top_k), args.format)
-        if args.explain is not None:
-            from imgclf import explain
-
-            # The top-1 class, as printed (argmax takes the first of equal probabilities, like
-            # top_k's stable sort).
-            written = explain.save_overlays(
-                predictor.model, images, names, args.explain, np.argmax(probs, axis=1), layer
-            )
-            # stderr: stdout stays exactly the table/json/csv it is without --explain.
-            print(
-                f"Grad-CAM ({layer}): wrote {len(written)} overlays to {args.explain}",
-                file=sys.stderr,
-            )
     for source, reason in failures:
         print(f"error: {source}: {reason}", file=sys.stderr)
-    return 1 if failures else 0
+    failed = _classify_stream(predictor, files, args, layer)
+    return 1 if failures or failed else 0
+
+
+def _classify_stream(
+    predictor: Predictor, files: list[Path], args: argparse.Namespace, layer: str | None
+) -> int:
+    """Classify `files` CHUNK at a time (decoded in parallel), writing each chunk's predictions
+    at once: memory holds one chunk, whatever the number of files. Returns the failures."""
+    from imgclf.predictions import PredictionWriter
+
+    width = max((len(str(f)) for f in files), default=5)
+    writer = PredictionWriter(sys.stdout, args.format, width)
+    progress = sys.stderr.isatty() and len(files) > CHUNK
+    failed = overlays = 0
+    for start in range(0, len(files), CHUNK):
+        names, images, unreadable = predictor.decode_files(files[start : start + CHUNK])
+        for source, reason in unreadable:
+            print(f"error: {source}: {reason}", file=sys.stderr)
+        failed += len(unreadable)
+        if names:
+            probs = predictor.predict_arrays(images)
+            writer.write(predictor.top_k(probs, names, args.top_k))
+            if args.explain is not None:
+                from imgclf import explain
+
+                # The top-1 class, as printed (argmax takes the first of equal probabilities,
+                # like top_k's stable sort).
+                top1 = np.argmax(probs, axis=1)
+                overlays += len(
+                    explain.save_overlays(predictor.model, images, names, args.explain, top1, layer)
+                )
+        if progress:
+            done = min(start + CHUNK, len(files))
+            print(f"\r{done:,}/{len(files):,} images", end="", file=sys.stderr, flush=True)
+    writer.close()
+    if progress:
+        print(file=sys.stderr)
+    if args.explain is not None:  # stderr: stdout stays exactly the table/json/csv
+        print(f"Grad-CAM ({layer}): wrote {overlays} overlays to {args.explain}", file=sys.stderr)
+    return failed
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""The command line's side of prediction: finding the image files to classify, and writing
+predictions as they come, so classifying a folder of any size holds one batch at a time (an
+aligned table, CSV with one row per rank, a streamed JSON array, or JSON lines)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from imgclf.images import IMAGE_EXTENSIONS
+
+FORMATS = ("table", "json", "jsonl", "csv")
+
+
+def expand_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given; folders searched recursively for image files (hidden ones skipped)."""
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                missing.append((raw, "folder has no image files"))
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            missing.append((raw, "file not found"))
+    return files, missing
+
+
+def as_record(p: Any) -> dict[str, object]:
+    """One `predict.Prediction` as JSON: image, label, top_k [{label, probability}]."""
+    pairs = zip(p.labels, p.probabilities, strict=True)
+    return {
+        "image": p.source,
+        "label": p.label,
+        "top_k": [{"label": lab, "probability": round(prob, 6)} for lab, prob in pairs],
+    }
+
+
+class PredictionWriter:
+    """Writes batches of predictions to `out` in `fmt`; `close()` ends the output (the JSON
+    array's bracket). `width` is the table's image column (the longest name to come)."""
+
+    def __init__(self, out: TextIO, fmt: str, width: int = 5) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        self.out, self.fmt, self.width, self.count = out, fmt, max(width, len("image")), 0
+        if fmt == "csv":
+            self._csv = csv.writer(out)
+            self._csv.writerow(["image", "rank", "label", "probability"])
+        elif fmt == "table":
+            out.write(f"{'image':<{self.width}}  {'label':<12} {'prob':>6}  top-k\n")
+        elif fmt == "json":
+            out.write("[")
+
+    def write(self, predictions: Iterable[Any]) -> None:
+        """Append `predictions` and flush (a reader of the output sees them at once)."""
+        for p in predictions:
+            if self.fmt == "csv":
+                pairs = zip(p.labels, p.probabilities, strict=True)
+                for rank, (lab, prob) in enumerate(pairs, 1):
+                    self._csv.writerow([p.source, rank, lab, f"{prob:.6f}"])
+            elif self.fmt == "table":
+                rest = ", ".join(
+                    f"{lab} {prob:.3f}"
+                    for lab, prob in zip(p.labels[1:], p.probabilities[1:], strict=True)
+                )
+                self.out.write(
+                    f"{p.source:<{self.width}}  {p.label:<12} {p.probabilities[0]:>6.3f}  {rest}\n"
+                )
+            else:
+                text = json.dumps(as_record(p), ensure_ascii=False)
+                if self.fmt == "json":
+                    text = ("\n  " if self.count == 0 else ",\n  ") + text
+                else:
+                    text += "\n"
+                self.out.write(text)
+            self.count += 1
+        self.out.flush()
+
+    def close(self) -> None:
+        """End the output (the JSON array's closing bracket)."""
+        if self.fmt == "json":
+            self.out.write("\n]\n" if self.count else "]\n")
+        self.out.flush()
