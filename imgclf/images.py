@@ -213,14 +213,16 @@ def _decode(
 
 
 def _draft(img: ImageFile.ImageFile, target: tuple[int, int]) -> None:
-    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when it stays at least
-    _REDUCING_GAP × the target on both sides: a 12 MP photo bound for 28×28 then decodes about
-    1/64 of the pixels. The final bilinear resize still averages ≥ 3 source pixels per output
-    pixel, as `resize(reducing_gap=3)` does on a full decode. The longer target side is used
-    for both sides because EXIF rotation may swap them after decoding."""
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, which averages each
+    block of source pixels) at every scale that keeps it at least the target size on both sides:
+    a 640×480 photo bound for 224×224 decodes at 320×240, a 12 MP photo bound for 28×28 at 1/8.
+    The bilinear resize that follows then shrinks by less than 2× (Pillow's resize filters over
+    every source pixel it covers). The longer target side is used for both sides because EXIF
+    rotation may swap them after decoding. The pixel difference to a full decode is measured by
+    benchmarks/data_scale.py and benchmarks/predict_latency.py."""
     if img.format != "JPEG":
         return
-    side = int(max(target) * _REDUCING_GAP)
+    side = max(target)
     img.draft(img.mode, (side, side))
 
 
