@@ -214,7 +214,8 @@ def main() -> None:
 def summarise(results: dict, sizes: list[int]) -> None:
     print(
         f"\n{'N':>6} {'run':>6} {'cache':>9} {'1st step s':>10} {'ep1 img/s':>9} "
-        f"{'ep2 img/s':>9} {'RSS MB':>7} | {'keras img/s':>11} {'keras RSS':>9} | {'predict RSS':>11}"
+        f"{'ep2 img/s':>9} {'RSS MB':>7} | {'keras img/s':>11} {'keras RSS':>9} | "
+        f"{'predict RSS':>11}"
     )
     for n in sizes:
         r = results[str(n)]
@@ -238,9 +239,10 @@ def summarise(results: dict, sizes: list[int]) -> None:
         f"|Δ| {d['max']:.0f} levels, mean {d['mean']:.2f}"
     )
     m, small = results["memory_path"], results[str(min(sizes))]["second"]
+    ratio = m["epoch2_img_s"] / small["epoch2_img_s"]
     print(
         f"later epochs, N={min(sizes)}: in memory {m['epoch2_img_s']:.0f} img/s, from the disk "
-        f"cache {small['epoch2_img_s']:.0f} img/s (ratio {m['epoch2_img_s'] / small['epoch2_img_s']:.2f})"
+        f"cache {small['epoch2_img_s']:.0f} img/s (memory / disk {ratio:.2f})"
     )
 
 
