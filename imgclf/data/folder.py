@@ -101,8 +101,9 @@ def list_csv(path: Path) -> tuple[list[Entry], list[dict[str, str]], bool, Path]
     reader = csv.DictReader(text.splitlines())
     columns = [c.strip().lower() for c in reader.fieldnames or []]
     unknown = [c for c in columns if c not in CSV_COLUMNS]
-    if unknown or "path" not in columns or "label" not in columns:
-        what = f"unknown column {unknown[0]!r}" if unknown else "no `path` and `label` columns"
+    missing = [c for c in CSV_COLUMNS[:2] if c not in columns]
+    if unknown or missing:
+        what = f"unknown column {unknown[0]!r}" if unknown else f"no column {missing[0]!r}"
         raise DataError(
             f"{path}: {what}; the header must name path, label and optionally split "
             "(e.g. `path,label,split`)"
