@@ -114,8 +114,17 @@ def make_training_data(
 
     make = data.make_dataset if resolve_pipeline(pipeline) == "tf.data" else data.make_pydataset
     num_classes = len(splits.class_names)
-    train_data = make(
-        splits.train, batch_size, num_classes, shuffle=True, seed=config.seed, augment=augmenter
-    )
+    options = {"shuffle": True, "seed": config.seed, "augment": augmenter}
+    if config.train.distribute == "multiworker" and splits.train.streamed:
+
+        def per_worker(context: Any) -> Any:
+            # Each worker reads only its own shard of the files, in per-replica batches
+            # (`tf.distribute.Strategy.distribute_datasets_from_function`).
+            shard = (context.num_input_pipelines, context.input_pipeline_id)
+            per_replica = context.get_per_replica_batch_size(batch_size)
+            return data.make_dataset(splits.train, per_replica, num_classes, shard=shard, **options)
+
+        return per_worker, make(splits.val, batch_size, num_classes)
+    train_data = make(splits.train, batch_size, num_classes, **options)
     val_data = make(splits.val, batch_size, num_classes)
     return train_data, val_data

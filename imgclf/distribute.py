@@ -137,7 +137,13 @@ def fit_multiworker(
     import keras
 
     train_step, val_step = _steps(model, strategy, _loss_fn(model, class_weight))
-    distributed = strategy.experimental_distribute_dataset(train_ds)
+    # A function: a per-worker pipeline (streamed files, each worker its own shard); else one
+    # dataset that the strategy splits between the workers.
+    distributed = (
+        strategy.distribute_datasets_from_function(train_ds)
+        if callable(train_ds)
+        else strategy.experimental_distribute_dataset(train_ds)
+    )
     cb = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, verbose=0)
     model.stop_training = False
     cb.on_train_begin()

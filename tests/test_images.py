@@ -320,8 +320,8 @@ def _photo(width: int, height: int) -> Image.Image:
 
 
 def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result():
-    """A JPEG far larger than the target decodes at 1/8 scale (draft mode), still ≥ 3× the
-    target on each side, and gives nearly the pixels of a full decode + resize."""
+    """A JPEG larger than the target decodes at the smallest DCT scale (draft mode) that stays
+    at least the target on each side, and gives nearly the pixels of a full decode + resize."""
     data = _encode(_photo(2400, 1600), "JPEG", quality=90)
     with io.BytesIO(data) as fp:
         decoded = images._decode(fp, "<bytes>", images.MAX_PIXELS, (28, 28))
@@ -334,9 +334,11 @@ def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_result():
         )
     got = load_image(data, (28, 28), 3)
     assert np.abs(got.astype(int) - reference.astype(int)).max() <= 6
-    # A small target that a 1/2 scale would undershoot keeps the full decode.
+    # 1/4 would undershoot 600 on the short side: 1/2. For 1000, even 1/2 would: a full decode.
     with io.BytesIO(data) as fp:
-        assert images._decode(fp, "<bytes>", images.MAX_PIXELS, (600, 600)).size == (2400, 1600)
+        assert images._decode(fp, "<bytes>", images.MAX_PIXELS, (600, 600)).size == (1200, 800)
+    with io.BytesIO(data) as fp:
+        assert images._decode(fp, "<bytes>", images.MAX_PIXELS, (1000, 900)).size == (2400, 1600)
 
 
 def test_reduced_jpeg_decoding_keeps_exif_rotation():

@@ -23,6 +23,7 @@ def make_dataset(
     shuffle: bool = False,
     seed: int = 0,
     augment: Any = None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """A tf.data pipeline over a split: [shuffle], batch, read, [augment], prefetch.
 
@@ -33,13 +34,15 @@ def make_dataset(
     by tf.data; streamed splits (`Split.streamed`) shuffle their positions and read each batch's
     pixels in parallel (decoded, or from the disk cache), so memory does not grow with the set;
     an image that fails to decode is left out of its batch and reported by the store.
+    `shard` = (count, index) keeps every count-th image from index (a worker's own share).
     """
     import tensorflow as tf
 
     if split.streamed:
-        ds = _streamed(split, batch_size, num_classes, shuffle, seed)
+        ds = _streamed(split, batch_size, num_classes, shuffle, seed, shard)
     else:
-        ds = tf.data.Dataset.from_tensor_slices((split.x, split.y)).cache()
+        ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
+        ds = (ds.shard(*shard) if shard else ds).cache()
         if shuffle:
             ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size)
@@ -54,7 +57,9 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _streamed(split: Split, batch_size: int, num_classes: int, shuffle: bool, seed: int):
+def _streamed(
+    split: Split, batch_size: int, num_classes: int, shuffle: bool, seed: int, shard: Any
+):
     """Positions -> [shuffle] -> batch -> read pixels (parallel, in order) -> float32 + one-hot."""
     import tensorflow as tf
 
@@ -80,6 +85,8 @@ def _streamed(split: Split, batch_size: int, num_classes: int, shuffle: bool, se
         return x, y
 
     ds = tf.data.Dataset.from_tensor_slices(np.arange(len(split), dtype=np.int64))
+    if shard:  # before reading anything: a worker decodes only its own files
+        ds = ds.shard(*shard)
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
