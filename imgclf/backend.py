@@ -116,14 +116,20 @@ def make_training_data(
     num_classes = len(splits.class_names)
     options = {"shuffle": True, "seed": config.seed, "augment": augmenter}
     if config.train.distribute == "multiworker" and splits.train.streamed:
+        import tensorflow as tf
+
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)  # set_epoch sets it per epoch
 
         def per_worker(context: Any) -> Any:
             # Each worker reads only its own shard of the files, in per-replica batches
             # (`tf.distribute.Strategy.distribute_datasets_from_function`).
             shard = (context.num_input_pipelines, context.input_pipeline_id)
             per_replica = context.get_per_replica_batch_size(batch_size)
-            return data.make_dataset(splits.train, per_replica, num_classes, shard=shard, **options)
+            return data.make_dataset(
+                splits.train, per_replica, num_classes, shard=shard, epoch=epoch, **options
+            )
 
+        per_worker.imgclf_epoch = epoch  # type: ignore[attr-defined]
         return per_worker, make(splits.val, batch_size, num_classes)
     train_data = make(splits.train, batch_size, num_classes, **options)
     val_data = make(splits.val, batch_size, num_classes)

@@ -165,6 +165,7 @@ def finish_run(
     card = model_card(config, splits, metrics, model, exports, backend_name())
     runs.write_text(run_dir / runs.MODEL_CARD, card)
     runs.write_manifest(run_dir)  # last: the SHA-256 of every artifact, checked when loading
+    runs.set_state(run_dir, runs.COMPLETE)  # only now may anything load the run
     if verbose:
         t = metrics["test"]
         print(

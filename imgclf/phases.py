@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf import runs
+from imgclf.resume import Resume
 
 if TYPE_CHECKING:
     import keras
@@ -67,12 +68,25 @@ class PhaseRunner:
     diagnostics: Any  # a diagnostics callback or None
     strategy: Any  # a tf.distribute strategy or None
     verbose: int | str
+    resume: Resume | None = None  # the run's .resume/ folder (backups, finished phases)
+    augmenter: Any = None  # the training augmentation (its random state is backed up too)
     head_end: tuple[float, list[Any]] | None = field(default=None)  # (best monitored, weights)
 
     def run(self, phase: Phase) -> dict[str, Any]:
-        """Set up and fit one phase; returns its report (metrics.json `phases`)."""
+        """Set up and fit one phase; returns its report (metrics.json `phases`). A phase that
+        finished before an interruption is not run again: its end weights are loaded."""
+        done = self.resume.done(phase.name) if self.resume is not None else None
+        if done is not None:
+            self.resume.load_done(phase.name, self.model, self.augmenter)
+            monitor = phase.train.early_stopping.monitor
+            if phase.name == "head" and done.get(f"best_{monitor}") is not None:
+                self.head_end = (done[f"best_{monitor}"], self.model.get_weights())
+            return done
         report = setup_phase(self, phase)
-        return fit_phase(self, phase, report)
+        report = fit_phase(self, phase, report)
+        if self.resume is not None:
+            self.resume.mark_done(phase.name, report, self.model, self.augmenter)
+        return report
 
 
 def setup_phase(runner: PhaseRunner, phase: Phase) -> dict[str, Any]:
@@ -112,8 +126,15 @@ def setup_phase(runner: PhaseRunner, phase: Phase) -> dict[str, Any]:
 def _early_stopping(runner: PhaseRunner, phase: Phase) -> keras.callbacks.EarlyStopping:
     import keras
 
+    from imgclf.resume import early_stopping
+
     es = phase.train.early_stopping
-    return keras.callbacks.EarlyStopping(
+    make = (
+        keras.callbacks.EarlyStopping
+        if runner.resume is None
+        else lambda **kw: early_stopping(runner.resume, phase.name, **kw)
+    )
+    return make(
         monitor=es.monitor,
         mode="min" if es.monitor == "val_loss" else "max",
         # patience 0 means "never stop early"; best weights are still restored.
@@ -127,18 +148,29 @@ def _early_stopping(runner: PhaseRunner, phase: Phase) -> keras.callbacks.EarlyS
 def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict[str, Any]:
     """Fit `phase` (through the model, on cached backbone features, or multi-worker), with
     early stopping and the phase's schedule; completes and returns `report`."""
+    from imgclf.data.pipeline import epoch_order_callback
     from imgclf.distribute import fit_multiworker
     from imgclf.optim import class_weights, schedule_callbacks
+    from imgclf.resume import backup_callback, random_state
     from imgclf.transfer import can_cache_features, fit_head_on_features
 
     config, tcfg = runner.config, phase.train
     early = _early_stopping(runner, phase)
     runner.history.phase = phase.name
-    callbacks = [*schedule_callbacks(tcfg), runner.history, early]
     cached = phase.name != "train" and can_cache_features(config, phase)
+    callbacks = [*schedule_callbacks(tcfg), runner.history, early]
+    if not cached:  # each epoch's shuffled order (the cached head phase adds its own)
+        callbacks.insert(0, epoch_order_callback(runner.data[0]))
     if runner.diagnostics is not None and not cached:
         runner.diagnostics.phase = phase.name
         callbacks.append(runner.diagnostics)
+    resumed = 0  # epochs of this phase done before an interruption
+    if runner.resume is not None:
+        # Last: the epoch's state is saved after every other callback has taken it in (the
+        # diagnostics' forward pass draws dropout masks too).
+        callbacks.append(random_state(runner.resume, phase.name, runner.augmenter))
+        callbacks.append(backup_callback(runner.resume, phase.name, tcfg.backup_every))
+        resumed = runner.resume.backup_epoch(phase.name)
     if runner.verbose and phase.name != "train":
         print(
             f"phase {phase.name}: {report['trainable_params']:,} trainable / "
@@ -150,7 +182,9 @@ def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict
     weights = class_weights(
         runner.splits.train.y, len(runner.splits.class_names), tcfg.class_weight
     )
-    rows_before, start = len(runner.history.rows), time.perf_counter()
+    rows_before, start = len(runner.history.rows) - resumed, time.perf_counter()
+    if resumed and runner.verbose:
+        print(f"phase {phase.name}: resuming after epoch {resumed}", flush=True)
     if cached:
         fit_head_on_features(
             runner.model, runner.splits, config, phase, runner.batch_size, callbacks, weights,

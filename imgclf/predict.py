@@ -139,7 +139,7 @@ class Predictor:
 
         # Checked against manifest.json, safe mode, Lambda layers refused.
         model = load_run_model(run_dir)
-        runs.verify_manifest(run_dir, runs.LABELS)
+        runs.check_run(run_dir, runs.LABELS)
         _, height, width, channels = model.input_shape
         fn = _serving_function(model, (height, width, channels))
         labels = runs.read_labels(run_dir)

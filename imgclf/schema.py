@@ -240,6 +240,10 @@ class TrainConfig(_Section):
     diagnostics: Literal["auto"] | bool = "auto"  # auto: on for models up to 5M parameters
     distribute: Literal["none", "mirrored", "multiworker"] = "none"  # see imgclf/distribute.py
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    # How often a run backs up its training state for `imgclf-train --resume`: every epoch, or
+    # every N steps (an interrupted epoch then restarts from its beginning with the weights of
+    # its last backup).
+    backup_every: Literal["epoch"] | PositiveInt = "epoch"
     top_k: PositiveInt = 5  # the k of the reported top-k accuracy (capped at the class count)
 
     @model_validator(mode="after")

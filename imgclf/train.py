@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from imgclf import runs
 from imgclf.config import Config, dump_config, load_config
 from imgclf.errors import ConfigError, UserError
+from imgclf.resume import Resume
 
 if TYPE_CHECKING:
     import keras
@@ -54,6 +56,7 @@ class Prepared:
     run_dir: Path
     chief: bool
     verbose: int | str
+    resume: Resume | None = None  # set for `--resume`: what the interrupted run left
 
 
 def preflight(config: Config, out: str | Path | None = None) -> None:
@@ -91,11 +94,34 @@ def _build(config: Config, splits: Splits, strategy: Any, batch_size: int) -> ke
     return model
 
 
+def _run_dir(config: Config, out: Any, runs_root: Path, chief: bool, resume: bool, splits: Any):
+    """The run directory: new (or, resuming, `out` as it is, if its data is still the same);
+    a worker other than the chief gets a throw-away folder."""
+    if not chief:
+        return Path(tempfile.mkdtemp(prefix="imgclf-worker-"))
+    if not resume:
+        return runs.new_run_dir(config.name, out, runs_root)
+    run_dir = Path(out)
+    if runs.read_labels(run_dir) != splits.class_names:
+        raise ConfigError(
+            f"{run_dir}: the data has changed since the run started (its classes were "
+            f"{runs.read_labels(run_dir)}, now {splits.class_names}); it cannot be resumed: "
+            "train it again"
+        )
+    return run_dir
+
+
 def prepare(
-    config: Config, out: str | Path | None, verbose: int | str, runs_root: Path, splits: Any
+    config: Config,
+    out: str | Path | None,
+    verbose: int | str,
+    runs_root: Path,
+    splits: Any,
+    resume: bool = False,
 ) -> Prepared:
     """Step 1: backend checks, seeds, data, model; then the run directory with config.yaml,
-    labels.json and data_report.json. Data and config errors stop before the directory exists."""
+    labels.json and data_report.json, and its state `running`. Data and config errors stop
+    before the directory exists. With `resume`, `out` is an interrupted run to continue."""
     from imgclf.backend import check_backend, set_deterministic
     from imgclf.data import load_data
     from imgclf.distribute import is_chief, make_strategy
@@ -104,7 +130,7 @@ def prepare(
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     chief = is_chief()
-    preflight(config, out if chief else None)  # other workers never write to `out`
+    preflight(config, out if chief and not resume else None)  # workers never write to `out`
     check_backend(config)  # e.g. train.distribute under JAX: a one-line error, nothing written
     # First: a multi-worker strategy must exist before the program does other TensorFlow work.
     strategy = make_strategy(config.train.distribute)
@@ -120,12 +146,9 @@ def prepare(
             f"train.distribute={mode}"
         )
     model = _build(config, splits, strategy, batch_size)
-    # The other workers run the same program; their copy is thrown away at the end.
-    run_dir = (
-        runs.new_run_dir(config.name, out, runs_root)
-        if chief
-        else Path(tempfile.mkdtemp(prefix="imgclf-worker-"))
-    )
+    run_dir = _run_dir(config, out, runs_root, chief, resume, splits)
+    if chief:
+        runs.set_state(run_dir, runs.RUNNING)
     runs.write_text(run_dir / runs.CONFIG, dump_config(config))
     runs.write_json(run_dir / runs.LABELS, splits.class_names)
     runs.write_json(run_dir / runs.DATA_REPORT, splits.report)
@@ -139,7 +162,8 @@ def prepare(
             + (f", {strategy.num_replicas_in_sync} replicas" if strategy is not None else ""),
             flush=True,
         )
-    return Prepared(config, splits, model, strategy, batch_size, run_dir, chief, verbose)
+    track = Resume(run_dir) if chief and config.train.distribute != "multiworker" else None
+    return Prepared(config, splits, model, strategy, batch_size, run_dir, chief, verbose, track)
 
 
 def run_phases(p: Prepared) -> dict[str, Any]:
@@ -162,11 +186,30 @@ def run_phases(p: Prepared) -> dict[str, Any]:
         # Gradient/activation statistics on a fixed batch of training images, every epoch.
         diag_x, diag_y = fixed_batch(p.splits.train.x, p.splits.train.y, n=64, seed=config.seed)
         diagnostics = make_diagnostics(p.run_dir, diag_x, diag_y)
+    if p.resume is not None:
+        _carry_over(p, history, diagnostics, plan_phases(config))
     runner = PhaseRunner(
-        p.model, config, p.splits, data, p.batch_size, history, diagnostics, p.strategy, p.verbose
-    )
+        p.model, config, p.splits, data, p.batch_size, history, diagnostics, p.strategy,
+        p.verbose, p.resume, augmenter,
+    )  # fmt: skip
     reports = [runner.run(phase) for phase in plan_phases(config)]
     return {"epochs_run": len(history.rows), "phases": reports}
+
+
+def _carry_over(p: Prepared, history: Any, diagnostics: Any, phases: list[Any]) -> None:
+    """Resuming: keep history.csv's rows and diagnostics.json's entries of the epochs that are
+    done (finished phases, and the backed-up epochs of the interrupted one); drop the rest."""
+    done = 0
+    for phase in phases:
+        report = p.resume.done(phase.name)
+        if report is None:
+            done += p.resume.backup_epoch(phase.name)
+            break
+        done += int(report["epochs_run"])
+    history.rows = runs.read_history(p.run_dir / runs.HISTORY)[:done]
+    if diagnostics is not None and (p.run_dir / runs.DIAGNOSTICS).is_file():
+        entries = runs.read_json(p.run_dir / runs.DIAGNOSTICS).get("epochs", [])
+        diagnostics.entries = [e for e in entries if e["epoch"] <= done] if done else []
 
 
 def _single_device(p: Prepared) -> keras.Model:
@@ -187,6 +230,7 @@ def train(
     verbose: int | str = "auto",
     runs_root: str | Path = runs.DEFAULT_ROOT,
     splits: Splits | None = None,
+    resume: bool = False,
 ) -> Path:
     """Train `config` end to end and return the run directory holding every artifact.
 
@@ -195,7 +239,12 @@ def train(
     exports.json, model_card.md and manifest.json, each atomically. `splits` (optional) is data
     already loaded and divided (e.g. by `data.splits_from_arrays` for a benchmark's folds); by
     default `load_data(config)` loads `config.data`. `out` is the run directory to create
-    (default `runs_root/<name>-<time>`).
+    (default `runs_root/<name>-<time>`); with `resume`, an interrupted run to continue (see
+    `resume_run`).
+
+    The run's state (state.json) is `running` from the moment its folder exists, `complete`
+    after the manifest, `interrupted` after Ctrl+C or SIGTERM (RunInterrupted is raised, naming
+    the run) and `failed`, with the error's first line, after any other exception.
 
     Raises:
         ConfigError, DataError: the config cannot run or the data is unusable (nothing is
@@ -205,14 +254,53 @@ def train(
     """
     from imgclf.finish import finish_run
 
-    p = prepare(config, out, verbose, Path(runs_root), splits)
-    training = run_phases(p)
-    finish_run(p.run_dir, _single_device(p), p.splits, config, training, p.verbose)
+    p = prepare(config, out, verbose, Path(runs_root), splits, resume)
+    try:
+        training = run_phases(p)
+        finish_run(p.run_dir, _single_device(p), p.splits, config, training, p.verbose)
+    except KeyboardInterrupt as exc:
+        if p.chief:
+            runs.set_state(p.run_dir, runs.INTERRUPTED, "stopped by Ctrl+C or SIGTERM")
+        raise RunInterrupted(p.run_dir) from exc
+    except BaseException as exc:
+        if p.chief:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            runs.set_state(p.run_dir, runs.FAILED, f"{type(exc).__name__}: {reason}")
+        raise
+    if p.resume is not None:
+        p.resume.clear()
     if p.chief and Path(runs_root) in p.run_dir.parents:
         runs.point_latest(p.run_dir)
     if not p.chief:
         shutil.rmtree(p.run_dir, ignore_errors=True)
     return p.run_dir
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training was stopped (Ctrl+C, SIGTERM); `run_dir` is left `interrupted`, resumable."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+def resume_run(run_dir: str | Path, verbose: int | str = "auto") -> Path:
+    """Continue an interrupted (or failed) run to the end, with the config it started with:
+    finished phases are not repeated, the interrupted one continues from its last backup
+    (`imgclf.resume`). Returns the run directory, now complete.
+
+    Raises:
+        UserError: the run is complete, still training, not a run, or a multi-worker run.
+        ConfigError: its data changed since it started.
+    """
+    from imgclf.resume import check_resumable
+
+    config = check_resumable(Path(run_dir))
+    return train(config, out=run_dir, verbose=verbose, resume=True)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # the run is left `interrupted` and resumable, as after Ctrl+C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="dotted overrides, values parsed as YAML (e.g. train.epochs=3)",
     )
     parser.add_argument("--out", help="run directory to create (default runs/<name>-<time>)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the interrupted run RUN with its own config (no other argument)",
+    )
     parser.add_argument(
         "--print-config",
         action="store_true",
@@ -256,20 +349,39 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m imgclf.train` and `imgclf-train`; returns the exit code."""
     from imgclf.console import quiet_tensorflow
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume and (args.config or args.overrides or args.out or args.print_config):
+        parser.error("--resume RUN takes no --config, --out, --print-config or overrides")
+    verbose = 0 if args.quiet else "auto"
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        config = load_config(args.config, args.overrides)
-        if args.print_config:
-            sys.stdout.write(dump_config(config))
-            return 0
-        preflight(config, args.out)  # before TensorFlow loads: these answer at once
-        quiet_tensorflow(args.verbose)
-        run_dir = train(config, out=args.out, verbose=0 if args.quiet else "auto")
+        if args.resume:
+            from imgclf.resume import check_resumable
+
+            check_resumable(Path(args.resume))  # before TensorFlow loads
+            quiet_tensorflow(args.verbose)
+            run_dir = resume_run(args.resume, verbose)
+        else:
+            config = load_config(args.config, args.overrides)
+            if args.print_config:
+                sys.stdout.write(dump_config(config))
+                return 0
+            preflight(config, args.out)  # before TensorFlow loads: these answer at once
+            quiet_tensorflow(args.verbose)
+            run_dir = train(config, out=args.out, verbose=verbose)
     except (UserError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:
+        print(
+            f"interrupted: {exc.run_dir} is left as an interrupted run; continue it with "
+            f"`{runs.resume_command(exc.run_dir)}`",
+            file=sys.stderr,
+        )
+        return 130
     except KeyboardInterrupt:
-        print("interrupted: no model.keras was written for this run", file=sys.stderr)
+        print("interrupted before the run directory was made: nothing was written", file=sys.stderr)
         return 130
     print(run_dir)
     return 0

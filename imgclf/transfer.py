@@ -233,6 +233,7 @@ def fit_head_on_features(
     import numpy as np
 
     from imgclf.backend import make_training_data
+    from imgclf.data.pipeline import epoch_order_callback
     from imgclf.evaluate import predict_readable
     from imgclf.optim import compile_model, steps_per_epoch
 
@@ -251,6 +252,7 @@ def fit_head_on_features(
     head = head_model(model)
     compile_model(head, phase.train, steps_per_epoch(len(splits.train), batch_size))
     train_ds, val_ds = make_training_data(cached, config, batch_size, None)
+    callbacks = [epoch_order_callback(train_ds), *callbacks]  # each epoch's shuffled order
     head.fit(
         train_ds,
         validation_data=val_ds,

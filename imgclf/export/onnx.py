@@ -138,8 +138,8 @@ def load(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str]]:
     Raises UserError (no class names anywhere, not a loadable model) or IntegrityError."""
     path = Path(path)
     run_dir = path.parent
-    if (run_dir / runs.MANIFEST).is_file():
-        runs.verify_manifest(run_dir, path.name)
+    if runs.in_run(run_dir):
+        runs.check_run(run_dir, path.name)
     fn, shape, labels = load_function(path)
     if labels is None:
         if not (run_dir / runs.LABELS).is_file():

@@ -264,9 +264,9 @@ def load(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str]]:
     path = Path(path)
     if not (path / runs.LABELS).is_file():
         raise UserError(f"{path} has no {runs.LABELS}; re-export it with imgclf-export")
-    if (path.parent / runs.MANIFEST).is_file() and path.name == runs.SAVED_MODEL:
-        # A run's own export: every file of it must be what training wrote.
-        runs.verify_manifest(path.parent, runs.SAVED_MODEL)
+    if path.name == runs.SAVED_MODEL and runs.in_run(path.parent):
+        # A run's own export: a complete run, every file of it what training wrote.
+        runs.check_run(path.parent, runs.SAVED_MODEL)
     with runs.glob_safe(path) as readable:
         serving = tf.saved_model.load(str(readable)).signatures[SIGNATURE]
     spec = serving.structured_input_signature[1][INPUT_NAME]

@@ -111,6 +111,6 @@ def load(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str]]:
     run_dir = path.parent
     if not (run_dir / runs.LABELS).is_file():
         raise UserError(f"{path}: no {runs.LABELS} next to it; keep it in its run directory")
-    runs.verify_manifest(run_dir, path.name, runs.LABELS)
+    runs.check_run(run_dir, path.name, runs.LABELS)
     fn, shape = load_function(path)
     return fn, shape, runs.read_labels(run_dir)
