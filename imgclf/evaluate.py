@@ -74,10 +74,11 @@ def classification_metrics(
             "n": len(labels),
         },
         "per_class": {
+            # A class with no test image was never tested: None, not a misleading 0.000.
             name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
+                "precision": float(precision[i]) if support[i] else None,
+                "recall": float(recall[i]) if support[i] else None,
+                "f1": float(f1[i]) if support[i] else None,
                 "support": int(support[i]),
             }
             for i, name in enumerate(class_names)

@@ -11,8 +11,10 @@ Only Pillow and numpy are imported, so this module is cheap to load. This module
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import struct
 
 import numpy as np
@@ -34,6 +36,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )
 MAX_PIXELS: int = 50_000_000
+MAX_FILE_BYTES: int = 200 * 2**20  # no image imgclf decodes is larger; read no more than this
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
@@ -167,23 +170,63 @@ def _read_source(source: object) -> tuple[str, bytes]:
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         name = os.fsdecode(path)
-        # Checked up front because Windows reports opening a directory as PermissionError.
-        if os.path.isdir(path):
-            raise ImageError(name, "is a directory")
+        kind = file_problem(path)
+        if kind is not None:
+            raise ImageError(name, kind)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            # O_NONBLOCK: a FIFO swapped in after the check above cannot block the open.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise ImageError(name, "not a regular file")
+                data = f.read(MAX_FILE_BYTES + 1)
         except FileNotFoundError:
             raise ImageError(name, "file not found") from None
         except PermissionError:
             raise ImageError(name, "permission denied") from None
         except OSError as exc:
             raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from exc
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageError(name, f"file larger than {MAX_FILE_BYTES // 2**20} MB")
     else:
         raise TypeError(f"source must be a path or bytes, got {type(source).__name__}")
     if not data:
         raise ImageError(name, "empty file")
     return name, data
+
+
+def file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` is not a regular file imgclf may read (a FIFO, a device, a socket, a folder,
+    a symlink loop, missing, too large), from its metadata only, or None. Reading a FIFO or a
+    device could block forever or never end, so they are refused before they are opened."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        try:
+            os.lstat(path)
+            return "broken symlink (its target does not exist)"
+        except OSError:
+            return "file not found"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if exc.errno == errno.EACCES:
+            return "permission denied"
+        return f"cannot read file ({exc.strerror or exc})"
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if stat.S_ISFIFO(mode):
+        return "not a regular file (a FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "not a regular file (a device)"
+    if stat.S_ISSOCK(mode):
+        return "not a regular file (a socket)"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    if info.st_size > MAX_FILE_BYTES:
+        return f"file larger than {MAX_FILE_BYTES // 2**20} MB"
+    return None
 
 
 def _decode(

@@ -98,6 +98,12 @@ def _transfer_lines(config: Config, metrics: dict[str, Any]) -> str:
     return "".join(lines)
 
 
+def _class_row(name: str, m: dict[str, Any]) -> str:
+    if m["precision"] is None:  # no test image of the class (data.allow_untested_classes)
+        return f"| {name} | not tested | not tested | not tested | 0 |"
+    return f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+
+
 def model_card(
     config: Config,
     splits: Splits,
@@ -110,10 +116,7 @@ def model_card(
     export parity (`exports`: exports.json's content, None when the SavedModel export was
     skipped) and the limits of intended use, from what the run measured."""
     test = metrics["test"]
-    rows = "\n".join(
-        f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
-        for name, m in metrics["per_class"].items()
-    )
+    rows = "\n".join(_class_row(name, m) for name, m in metrics["per_class"].items())
     counts = splits.report["totals"]
     transfer = _transfer_lines(config, metrics)
     augment = "on" if config.augment.enabled else "off"

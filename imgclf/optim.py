@@ -15,8 +15,20 @@ if TYPE_CHECKING:
 
 
 def resolve_batch_size(cfg: TrainConfig, n_train: int) -> int:
-    """`train.batch_size`, with "full" meaning the whole training split (batch gradient descent)."""
-    return n_train if cfg.batch_size == "full" else min(int(cfg.batch_size), n_train)
+    """`train.batch_size`, with "full" meaning the whole training split (batch gradient descent).
+
+    Raises ConfigError when the batch is larger than the training split: silently training on
+    smaller batches than config.yaml says would misreport the run."""
+    from imgclf.errors import ConfigError
+
+    if cfg.batch_size == "full":
+        return n_train
+    if int(cfg.batch_size) > n_train:
+        raise ConfigError(
+            f"train.batch_size={cfg.batch_size} is larger than the {n_train} training images; "
+            f"set train.batch_size={n_train} or less, or train.batch_size=full for all of them"
+        )
+    return int(cfg.batch_size)
 
 
 def epoch_learning_rate(cfg: TrainConfig, epoch: int, current: float | None = None) -> float:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from imgclf.images import IMAGE_EXTENSIONS
+from imgclf.images import IMAGE_EXTENSIONS, file_problem
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
@@ -32,10 +32,12 @@ def expand_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str
             if not found:
                 missing.append((raw, "folder has no image files"))
             files.extend(found)
-        elif path.exists():
-            files.append(path)
         else:
-            missing.append((raw, "file not found"))
+            problem = file_problem(path)
+            if problem is None:
+                files.append(path)
+            else:  # a FIFO, a device, a symlink loop, ...: one line, and nothing blocks
+                missing.append((raw, problem))
     return files, missing
 
 

@@ -70,6 +70,8 @@ class DataConfig(_Section):
     classes: tuple[str, ...] | None = None
     # Keep at most this many training images per class (seeded); validation and test untouched.
     max_per_class: PositiveInt | None = None
+    # Train even when a class is too small to appear in every split (its metrics: not tested).
+    allow_untested_classes: bool = False
 
     @field_validator("classes", mode="before")
     @classmethod

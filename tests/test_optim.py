@@ -114,7 +114,8 @@ def test_class_weights_balance_the_classes():
 def test_batch_size_regimes():
     assert resolve_batch_size(_train_cfg("train.batch_size=full"), 1234) == 1234
     assert resolve_batch_size(_train_cfg("train.batch_size=1"), 1234) == 1
-    assert resolve_batch_size(_train_cfg("train.batch_size=64"), 10) == 10
+    with pytest.raises(ConfigError, match=r"train.batch_size=64 is larger than the 10 training"):
+        resolve_batch_size(_train_cfg("train.batch_size=64"), 10)
 
 
 def test_compile_switches_reach_the_model():

@@ -104,6 +104,38 @@ def _split(
     return (*_own_split(pool, cfg, seed), "predefined")
 
 
+def minimum_per_class(val_fraction: float, test_fraction: float) -> int:
+    """The fewest images a class needs to keep at least one in train, val and test under the
+    stratified split's rounding (`split_indices`)."""
+    n = 3
+    while round(n * test_fraction) < 1 or round(n * val_fraction) < 1:
+        n += 1
+    return n
+
+
+def _check_every_class_tested(
+    pool: Pool, cfg: DataConfig, train: np.ndarray, val: np.ndarray, test: np.ndarray
+) -> None:
+    """A class with no validation or test image would be reported as 0.000 precision and
+    recall, read as "never recognised" when it was never tested: refuse it before training,
+    unless `data.allow_untested_classes` (the metrics then say "not tested")."""
+    if cfg.allow_untested_classes:
+        return
+    present = [set(pool.labels[idx].tolist()) for idx in (train, val, test)]
+    short = [c for c in range(len(pool.class_names)) if not all(c in p for p in present)]
+    if not short:
+        return
+    counts = np.bincount(pool.labels, minlength=len(pool.class_names))
+    named = ", ".join(f"{pool.class_names[c]!r} ({counts[c]} images)" for c in short[:5])
+    need = minimum_per_class(cfg.val_fraction, cfg.test_fraction)
+    raise DataError(
+        f"class(es) {named} too small to appear in the training, validation and test splits; "
+        f"each class needs at least {need} images with data.val_fraction={cfg.val_fraction} "
+        f"and data.test_fraction={cfg.test_fraction}: add images, or set "
+        "data.allow_untested_classes=true to train anyway (its metrics then say 'not tested')"
+    )
+
+
 def cap_per_class(labels: np.ndarray, idx: np.ndarray, max_per_class: int, seed: int) -> np.ndarray:
     """At most `max_per_class` of the indices `idx` for each class of `labels[idx]`, chosen with a
     generator seeded by `seed`; sorted. Every class is shuffled whatever its size, so the images
@@ -145,6 +177,7 @@ def load_data(config: Config) -> Splits:
                 f"data: the {name} split is empty ({len(pool.labels)} usable images); add images "
                 f"or raise data.{frac}"
             )
+    _check_every_class_tested(pool, cfg, train_idx, val_idx, test_idx)
     train_before_cap = _counts(pool.labels[train_idx], pool.class_names)
     if cfg.max_per_class is not None:
         train_idx = cap_per_class(pool.labels, train_idx, cfg.max_per_class, config.seed)
