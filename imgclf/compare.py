@@ -23,7 +23,7 @@ from imgclf.config import read_yaml
 from imgclf.errors import UserError
 
 FORMATS = ("table", "markdown", "csv", "json")
-RESULT_COLUMNS = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "seconds")
+RESULT_COLUMNS = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "seconds", "state")
 CURVES = ("val_accuracy", "val_loss", "accuracy", "loss")
 IGNORED_KEYS = frozenset({"name"})  # the run's label, not a setting that changes the result
 MISSING = "—"
@@ -44,6 +44,7 @@ class RunSummary:
     best_val_loss: float | None
     epochs: int
     seconds: float | None
+    state: str = "complete"  # runs.RunState: complete, running, interrupted or failed
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -90,6 +91,7 @@ def load_run(path: str | Path) -> RunSummary:
         best_val_loss=min(val_loss) if val_loss else None,
         epochs=epochs,
         seconds=round(sum(seconds), 2) if seconds else None,  # history keeps 2 decimals
+        state=runs.read_state(run.path).state,
     )
 
 
@@ -121,6 +123,7 @@ def _comparison(runs_: list[RunSummary]) -> dict[str, Any]:
             test_loss=test.get("loss"),
             epochs=run.epochs,
             seconds=run.seconds,
+            state=run.state,
         )
         rows.append(row)
     summaries = [

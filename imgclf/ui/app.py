@@ -33,14 +33,18 @@ def _select_finished_job(entries: list[catalog.RunEntry]) -> None:
         st.session_state["run"] = finished
 
 
-def _empty_state(root: Path, builtins: list[catalog.RunEntry]) -> None:
-    """No run yet: say so, offer to train the default model from here, and offer the built-in
-    ImageNet classifier when it is installed."""
+def _empty_state(
+    root: Path, builtins: list[catalog.RunEntry], unfinished: list[catalog.RunEntry]
+) -> None:
+    """No complete run yet: say so (and what the unfinished ones need), offer to train the
+    default model from here, and offer the built-in ImageNet classifier when it is installed."""
     st.title("imgclf")
     st.info(
         f"No trained runs in `{root}` yet. Train the default model (a small CNN on 5,000 real "
         "MNIST digits, about 1½ minutes on a 2-core CPU), or run `imgclf-train` in a terminal."
     )
+    for entry in unfinished:
+        st.warning(entry.refusal())
     train_view.default_offer(root)
     for entry in builtins:
         st.button(
@@ -66,13 +70,27 @@ def _builtin_page(entry: catalog.RunEntry, page: str) -> None:
     )
 
 
+def _run_problem(entry: catalog.RunEntry, exc: Exception) -> None:
+    """One line naming the run and what is wrong with it (a tampered or unreadable file, a
+    refused model); the other runs stay usable. The traceback goes to the server's log."""
+    from imgclf.errors import UserError
+
+    if not isinstance(exc, UserError):
+        import traceback
+
+        traceback.print_exc()
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    st.error(f"`{entry.name}` cannot be shown: {text}")
+
+
 def main() -> None:
     """Render the app once (Streamlit re-runs this on every interaction)."""
     st.set_page_config(page_title="imgclf", page_icon="🔢", layout="wide")
     root = catalog.runs_root()
-    entries = catalog.list_runs(root)
+    listed = catalog.list_runs(root)
+    entries = [e for e in listed if e.complete]  # what pages may load and compare
     builtins = catalog.builtin_entries()
-    choices = {str(e.path): e for e in entries + builtins}
+    choices = {str(e.path): e for e in entries + [e for e in listed if not e.complete] + builtins}
     _select_finished_job(entries)
     with st.sidebar:
         st.header("imgclf")
@@ -81,11 +99,21 @@ def main() -> None:
         chosen = st.session_state.get("run")
         if entries or chosen in choices:
             if chosen not in choices:
-                st.session_state["run"] = str(entries[0].path)  # newest; also after a deletion
+                # The newest complete run; also after a deletion. Never an unfinished one.
+                st.session_state["run"] = str(entries[0].path)
             labels = {path: e.label for path, e in choices.items()}
             st.selectbox("Run", list(choices), format_func=labels.__getitem__, key="run")
-            st.caption(f"{len(entries)} run(s), newest first; built-in classifiers last")
+            unfinished = len(listed) - len(entries)
+            note = f"; {unfinished} not complete (⚠)" if unfinished else ""
+            st.caption(f"{len(entries)} run(s), newest first{note}; built-in classifiers last")
     selected = choices.get(st.session_state.get("run", ""))
+    if selected is not None and not selected.builtin and not selected.complete:
+        if page == "Train":
+            train_view.render(None, entries, root)
+        else:
+            st.title(page)
+            st.warning(selected.refusal())
+        return
     if selected is not None and selected.builtin:
         if page == "Classify":
             PAGES[page](selected, entries, root)
@@ -98,6 +126,9 @@ def main() -> None:
         if page == "Train":
             train_view.render(None, entries, root)
         else:
-            _empty_state(root, builtins)
+            _empty_state(root, builtins, [e for e in listed if not e.complete])
         return
-    PAGES[page](selected, entries, root)
+    try:
+        PAGES[page](selected, entries, root)
+    except Exception as exc:
+        _run_problem(selected, exc)

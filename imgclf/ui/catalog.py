@@ -1,5 +1,7 @@
-"""The runs the app can show: listed from the runs root, newest first, read without loading a
-model. The app only ever loads models from here (no uploads of models)."""
+"""The runs the app can show: listed from the runs root, newest first, with their state, read
+without loading a model. Only complete runs are ever loaded (and only from here: no uploads of
+models); a running, interrupted or failed run is listed with its state and the command that
+continues it."""
 
 from __future__ import annotations
 
@@ -22,47 +24,70 @@ def runs_root() -> Path:
 
 @dataclass(frozen=True)
 class RunEntry:
-    """One finished run as the sidebar lists it."""
+    """One run (or built-in classifier) as the sidebar lists it."""
 
     path: Path
     name: str
     family: str
     test_accuracy: float | None
-    created: float  # seconds since the epoch (model.keras' modification time)
+    created: float  # seconds since the epoch (when its folder last changed state)
     builtin: bool = False  # a built-in classifier (no run directory): Classify only
+    state: str = runs.COMPLETE  # runs.RUNNING, INTERRUPTED, FAILED: listed, never loaded
+    reason: str | None = None  # why it is not complete
+
+    @property
+    def complete(self) -> bool:
+        return self.state == runs.COMPLETE
 
     @property
     def label(self) -> str:
-        """`name · family · acc 0.987 · 2026-11-22 10:03`."""
+        """`name · family · acc 0.987 · 2026-11-22 10:03`, or `⚠ name · interrupted · date`."""
         if self.builtin:
             return f"{self.name} · {self.family} · built in"
-        acc = "no test" if self.test_accuracy is None else f"acc {self.test_accuracy:.3f}"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created))
+        if not self.complete:
+            return f"⚠ {self.name} · {self.state} · {when}"
+        acc = "no test" if self.test_accuracy is None else f"acc {self.test_accuracy:.3f}"
         return f"{self.name} · {self.family} · {acc} · {when}"
+
+    def refusal(self) -> str:
+        """What a page says instead of showing a run that is not complete."""
+        why = f" ({self.reason})" if self.reason else ""
+        if self.state == runs.RUNNING:
+            return f"`{self.name}` is still training{why}; its pages appear when it is complete."
+        return (
+            f"`{self.name}` is {self.state}{why}: nothing of it is shown or loaded until it is "
+            f"complete. Continue it with `{runs.resume_command(self.path)}`."
+        )
 
 
 def _read_entry(path: Path) -> RunEntry | None:
+    state = runs.read_state(path)
     try:
-        config = runs.read_config(path)
+        config = runs.read_config(path) if (path / runs.CONFIG).is_file() else {}
         metrics_path = path / runs.METRICS
-        metrics = runs.read_json(metrics_path) if metrics_path.is_file() else {}
-        created = (path / runs.MODEL).stat().st_mtime
+        metrics = runs.read_json(metrics_path) if state.complete and metrics_path.is_file() else {}
+        stamp = path / (runs.STATE if (path / runs.STATE).exists() else runs.CONFIG)
+        created = stamp.stat().st_mtime
     except (OSError, ValueError, yaml.YAMLError):
-        return None  # a broken or half-deleted run is left out of the list, not fatal
+        return None  # a half-deleted folder is left out of the list, not fatal
     family = str((config.get("model") or {}).get("name", "?"))
-    accuracy = (metrics.get("test") or {}).get("accuracy")
-    return RunEntry(path, path.name, family, accuracy, created)
+    accuracy = (metrics.get("test") or {}).get("accuracy") if isinstance(metrics, dict) else None
+    return RunEntry(path, path.name, family, accuracy, created, False, state.state, state.reason)
 
 
 def list_runs(root: str | Path | None = None) -> list[RunEntry]:
-    """Finished runs (a run directory with model.keras and labels.json) directly under `root`,
-    newest first. The `latest` link is not listed twice."""
+    """Every run directly under `root` (a folder with config.yaml or state.json), newest
+    first, with its state: complete runs and the others alike (`RunEntry.complete`). The
+    `latest` link is not listed twice."""
     root = Path(root) if root is not None else runs_root()
     if not root.is_dir():
         return []
     entries = []
     for path in root.iterdir():
-        if path.is_symlink() or path.name.startswith(".") or not runs.is_run_dir(path):
+        if path.is_symlink() or path.name.startswith(".") or not path.is_dir():
+            continue
+        if not runs.in_run(path):
             continue
         entry = _read_entry(path)
         if entry is not None:
