@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgclf import runs
+from imgclf import faults, runs
 
 if TYPE_CHECKING:
     import keras
@@ -156,6 +156,7 @@ def finish_run(
 
     with runs.atomic_path(run_dir / runs.MODEL) as tmp:
         model.save(tmp)
+    faults.point("model")
     metrics = evaluate_run(run_dir, model, splits, config, extra or {})
     late = report_late_failures(run_dir, splits)
     if late and verbose:
@@ -164,6 +165,7 @@ def finish_run(
     parity, exports = export_run_model(run_dir, model, splits)
     card = model_card(config, splits, metrics, model, exports, backend_name())
     runs.write_text(run_dir / runs.MODEL_CARD, card)
+    faults.point("manifest")
     runs.write_manifest(run_dir)  # last: the SHA-256 of every artifact, checked when loading
     runs.set_state(run_dir, runs.COMPLETE)  # only now may anything load the run
     if verbose:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgclf import runs
+from imgclf import faults, runs
 from imgclf.resume import Resume
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ def history_callback(path: Path) -> keras.callbacks.Callback:
             )
             self.rows.append(row)
             runs.write_history(path, self.rows)
+            faults.point("epoch")
 
     return HistoryCSV()
 

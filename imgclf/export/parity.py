@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf import runs
+from imgclf import faults, runs
 from imgclf.errors import UserError
 
 PARITY_TOLERANCE = 1e-4  # max |p_export - p_keras| over the checked images
@@ -71,6 +71,7 @@ def record_export(run_dir: str | Path, key: str, record: dict[str, Any]) -> None
     exports[key] = record
     runs.write_json(exports_path, exports)
     refresh_export_section(run_dir, exports)
+    faults.point("export")
     runs.write_manifest(run_dir)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf import runs
+from imgclf import faults, runs
 from imgclf.errors import UserError
 from imgclf.export.parity import (
     ACCURACY_KEYS,
@@ -135,6 +135,7 @@ def export_saved_model(
     target = Path(target)
     with runs.atomic_path(target) as tmp:
         write_saved_model(model, tmp, list(class_names))
+        faults.point("saved_model")
         runs.write_json(tmp / runs.LABELS, list(class_names))
         report = check_parity(tmp, model, check_images, check_labels)
         for prefix, signature in (("", SIGNATURE), ("serve_bytes_", BYTES_SIGNATURE)):

@@ -32,7 +32,9 @@ def load_run_model(run_dir: str | Path) -> keras.Model:
     from imgclf.errors import UserError
 
     path = Path(run_dir) / runs.MODEL
-    runs.check_run(run_dir, runs.MODEL)  # complete, and model.keras is what training wrote
+    # Complete, and model.keras and labels.json (every user of the model reads its labels too)
+    # are what training wrote.
+    runs.check_run(run_dir, runs.MODEL, runs.LABELS)
     register_custom_layers()
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)

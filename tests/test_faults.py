@@ -1,0 +1,292 @@
+"""Runs that survive faults and fail closed: a training killed (SIGKILL) at named moments leaves
+no run any reader trusts, and `--resume` finishes it with the uninterrupted run's metrics;
+tampered runs are refused in one line; every edge of input gets a one-line answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import tiny_overrides, write_folder_dataset
+
+from imgclf import runs
+from imgclf.faults import FAULT_ENV
+
+FAST = ["model.name=mlp", "train.epochs=3", "train.early_stopping.patience=0"]
+
+
+def _train(*args: str, fault: str | None = None, **kwargs) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    if fault:
+        env[FAULT_ENV] = fault
+    command = [sys.executable, "-m", "imgclf.train", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(folder_dataset: Path, tmp_path_factory) -> Path:
+    """The uninterrupted run every resumed one must equal."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert _train(*tiny_overrides(folder_dataset), *FAST, "--out", str(out)).returncode == 0
+    return out
+
+
+def _assert_nothing_trusts(run: Path) -> None:
+    from imgclf.predict import Predictor
+    from imgclf.ui import catalog
+
+    for path in run.rglob("*.json"):  # every file present is whole (atomic writes)
+        if not any(part.startswith(".") for part in path.relative_to(run).parts):
+            json.loads(path.read_text())
+    if (run / runs.MODEL).exists():
+        assert zipfile.is_zipfile(run / runs.MODEL)
+    assert runs.read_state(run).state == runs.INTERRUPTED
+    (entry,) = [e for e in catalog.list_runs(run.parent) if e.path == run]
+    assert entry.state == runs.INTERRUPTED and "imgclf-train --resume" in entry.refusal()
+    with pytest.raises(runs.RunNotComplete, match=r"interrupted.*--resume"):
+        Predictor.from_path(run)
+
+
+def _test_metrics(run: Path) -> dict:
+    return json.loads((run / runs.METRICS).read_text())["test"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["epoch:2", "model", "saved_model", "manifest"])
+def test_a_kill_at_each_moment_leaves_nothing_trusted_and_resume_finishes_it(
+    moment: str, folder_dataset: Path, reference: Path, tmp_path: Path
+):
+    run = tmp_path / "run"
+    killed = _train(*tiny_overrides(folder_dataset), *FAST, "--out", str(run), fault=moment)
+    assert killed.returncode == -signal.SIGKILL
+    _assert_nothing_trusts(run)
+    resumed = _train("--resume", str(run), "-q")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert runs.read_state(run).state == runs.COMPLETE
+    assert _test_metrics(run) == _test_metrics(reference)  # bit for bit: no augmentation
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no debris left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_epoch", [1, 3])  # in the head phase; in fine-tuning
+def test_resume_of_a_transfer_run_in_either_phase_gives_the_same_metrics(
+    kill_after_epoch: int, tiny_run: Path, folder_dataset: Path, tmp_path: Path
+):
+    transfer = [
+        *tiny_overrides(folder_dataset), f"model.weights={tiny_run}", "transfer.head_epochs=2",
+        "transfer.fine_tune_epochs=2", "train.early_stopping.patience=0",
+    ]  # fmt: skip
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert _train(*transfer, "--out", str(whole)).returncode == 0
+    killed = _train(*transfer, "--out", str(cut), fault=f"epoch:{kill_after_epoch}")
+    assert killed.returncode == -signal.SIGKILL
+    assert runs.read_state(cut).state == runs.INTERRUPTED
+    assert _train("--resume", str(cut)).returncode == 0
+    assert _test_metrics(cut) == _test_metrics(whole)
+    history = [(run / runs.HISTORY).read_text().splitlines() for run in (cut, whole)]
+    assert len(history[0]) == len(history[1]) == 1 + 4
+
+
+def test_sigterm_leaves_an_interrupted_run_and_names_the_resume_command(
+    folder_dataset: Path, tmp_path: Path
+):
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    command = [sys.executable, "-m", "imgclf.train", *tiny_overrides(folder_dataset),
+               "model.name=mlp", "train.epochs=500", "--out", str(run)]  # fmt: skip
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    while not (run / runs.HISTORY).exists():  # training has begun
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    assert proc.returncode == 130
+    assert f"imgclf-train --resume {run}" in err.strip().splitlines()[-1]
+    state = runs.read_state(run)
+    assert state.state == runs.INTERRUPTED and "SIGTERM" in state.reason
+
+
+# --------------------------------------------------------------------------------------------
+# Tampering: nothing unverified is trusted
+
+
+@pytest.fixture
+def copied_run(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "runs" / "copy"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+def _predict(run: Path, *images: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "imgclf.predict", str(run), *map(str, images)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("damage", ["delete manifest", "model.keras", "labels.json", "state"])
+def test_a_tampered_run_is_refused_in_one_line(copied_run: Path, damage: str):
+    from imgclf.export.cli import main as export_main
+    from imgclf.predict import Predictor
+
+    if damage == "delete manifest":
+        (copied_run / runs.MANIFEST).unlink()
+        named = runs.MANIFEST
+    elif damage == "state":
+        runs.set_state(copied_run, runs.FAILED, "ValueError: x")
+        named = "failed"
+    else:
+        data = bytearray((copied_run / damage).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (copied_run / damage).write_bytes(bytes(data))
+        named = damage
+    with pytest.raises(runs.IntegrityError if damage != "state" else runs.RunNotComplete) as err:
+        Predictor.from_path(copied_run)
+    assert named in str(err.value) and "\n" not in str(err.value)
+    assert export_main([str(copied_run)]) == 2
+
+
+def test_the_predict_cli_refuses_a_run_without_manifest_with_exit_2(copied_run: Path):
+    (copied_run / runs.MANIFEST).unlink()
+    sample = sorted((copied_run / runs.SAMPLES).glob("*.png"))[0]
+    result = _predict(copied_run, sample)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "manifest.json missing" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_stale_temporaries_of_a_dead_writer_go_at_the_next_write(tmp_path: Path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    debris = [tmp_path / f".model.{dead}.0123abcd.tmp.keras", tmp_path / f".saved_model.old-{dead}"]
+    debris[0].write_text("half")
+    debris[1].mkdir()
+    mine = tmp_path / f".x.{os.getpid()}.89abcdef.tmp.json"  # a live writer's: kept
+    mine.write_text("in progress")
+    runs.write_json(tmp_path / "metrics.json", {"ok": 1})
+    assert not any(p.exists() for p in debris) and mine.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Every edge of input, one line
+
+
+def test_a_non_utf8_file_name_trains_and_is_reported_as_escaped_text(tmp_path: Path):
+    from imgclf.config import load_config
+    from imgclf.train import train
+
+    data = write_folder_dataset(tmp_path / "data", per_class=12)
+    folder = os.fsencode(data / "circle")
+    readable = os.fsdecode(os.path.join(folder, b"\xff0.png"))  # e.g. from a Latin-1 archive
+    shutil.copyfile(data / "circle" / "img_00.png", readable)
+    Path(os.fsdecode(os.path.join(folder, b"\xfe1.png"))).write_bytes(b"not an image")
+    overrides = [*tiny_overrides(data), *FAST, "train.epochs=1"]
+    run = train(load_config(None, overrides), out=tmp_path / "run", verbose=0)
+    assert runs.read_state(run).complete
+    report = json.loads((run / runs.DATA_REPORT).read_text(encoding="utf-8"))
+    assert report["skipped"] == [{"file": "circle/\\xfe1.png", "reason": "not an image"}]
+    assert sum(report["totals"].values()) == 37  # the readable odd name is in the data
+    assert "\\udc" not in (run / runs.METRICS).read_text(encoding="utf-8")
+
+
+def test_predict_refuses_special_files_at_once_and_classifies_the_rest(
+    tiny_run: Path, tmp_path: Path
+):
+    good = sorted((tiny_run / runs.SAMPLES).glob("*.png"))[0]
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    device = tmp_path / "zero.png"
+    device.symlink_to("/dev/zero")
+    result = _predict(tiny_run, good, fifo, loop, device)  # a FIFO would block a plain read
+    assert result.returncode == 1 and good.name in result.stdout
+    errors = result.stderr.strip().splitlines()
+    assert f"error: {fifo}: not a regular file (a FIFO)" in errors
+    assert f"error: {loop}: symlink loop" in errors
+    assert f"error: {device}: not a regular file (a device)" in errors
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"", "is empty"),
+        (b"train:\n  epochs: 3\n  epochs: 4\n", "duplicate key 'epochs'"),
+        (b"name: caf\xe9\n", "is not UTF-8 text"),
+    ],
+)
+def test_bad_config_files_are_one_line(tmp_path: Path, text: bytes, message: str):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(text)
+    result = _train("--config", str(path), "--print-config")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(folder_dataset: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    result = _train(*tiny_overrides(folder_dataset), "train.batch_size=100000", "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train.batch_size=100000 is larger than the 21 training images" in result.stderr
+    assert not out.exists()
+
+
+def test_tiny_classes_are_refused_or_marked_not_tested(tmp_path: Path):
+    from imgclf.config import load_config
+    from imgclf.data import load_data
+    from imgclf.errors import DataError
+    from imgclf.train import train
+
+    data = write_folder_dataset(tmp_path / "data", per_class=12)
+    for extra in sorted((data / "circle").iterdir())[2:]:
+        extra.unlink()  # 2 circles: too few for train, val and test
+    overrides = [*tiny_overrides(data), *FAST, "train.epochs=1"]
+    with pytest.raises(DataError, match=r"'circle' \(2 images\).*at least 3 images") as err:
+        load_data(load_config(None, overrides))
+    assert "allow_untested_classes" in str(err.value) and "\n" not in str(err.value)
+    config = load_config(None, [*overrides, "data.allow_untested_classes=true"])
+    run = train(config, out=tmp_path / "run", verbose=0)
+    metrics = json.loads((run / runs.METRICS).read_text())
+    assert metrics["per_class"]["circle"] == {
+        "precision": None, "recall": None, "f1": None, "support": 0,
+    }  # fmt: skip
+    assert (
+        "| circle | not tested | not tested | not tested | 0 |"
+        in (run / runs.MODEL_CARD).read_text()
+    )
+
+
+def test_the_app_shows_a_broken_run_in_one_line_and_keeps_the_others(
+    monkeypatch, app_runs: Path, tmp_path: Path
+):
+    from streamlit.testing.v1 import AppTest
+
+    from imgclf.ui import catalog
+
+    root = tmp_path / "runs"
+    shutil.copytree(app_runs, root, ignore=shutil.ignore_patterns(".jobs"))
+    good, broken = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    (broken / runs.MANIFEST).unlink()  # complete, but unverifiable
+    cut = root / "cut"
+    shutil.copytree(good, cut)
+    runs.set_state(cut, runs.RUNNING)  # and its trainer is long gone: interrupted
+    state = json.loads((cut / runs.STATE).read_text())
+    state["pid"] = 2**22 + 1
+    (cut / runs.STATE).write_text(json.dumps(state))
+    monkeypatch.setenv(catalog.RUNS_ENV, str(root))
+    at = AppTest.from_file(str(Path(__file__).parents[1] / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="run").value != str(cut)  # never selected by default
+    at.sidebar.selectbox(key="run").set_value(str(broken)).run()
+    assert not at.exception and "manifest.json missing" in at.error[0].value
+    at.sidebar.selectbox(key="run").set_value(str(cut)).run()
+    assert "interrupted" in at.warning[0].value and "--resume" in at.warning[0].value
+    at.sidebar.selectbox(key="run").set_value(str(good)).run()
+    assert not at.exception and not at.error
