@@ -104,8 +104,8 @@ class Predictor:
         if str(path).startswith(IMAGENET_PREFIX):
             return cls._from_imagenet(str(path)[len(IMAGENET_PREFIX) :])
         path = Path(path)
-        if runs.is_run_dir(path):
-            return cls._from_keras(path)
+        if runs.is_run_dir(path) or (path.is_dir() and runs.in_run(path)):
+            return cls._from_keras(path)  # an unfinished run is refused there, with its state
         if (path / "saved_model.pb").is_file():
             return cls._from_export("saved_model", path)
         if path.suffix == ".tflite" and path.is_file():

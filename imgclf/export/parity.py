@@ -110,7 +110,7 @@ def load_for_export(run_dir: str | Path) -> tuple[Any, np.ndarray, np.ndarray | 
     from imgclf.models.saving import load_run_model
 
     run_dir = Path(run_dir)
-    if not runs.is_run_dir(run_dir):
+    if not (runs.is_run_dir(run_dir) or runs.in_run(run_dir)):
         raise UserError(f"{run_dir} is not a run directory (no {runs.MODEL} and {runs.LABELS})")
     model = load_run_model(run_dir)
     _, height, width, channels = model.input_shape

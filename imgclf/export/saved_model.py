@@ -222,7 +222,7 @@ def export_run(
     """
 
     run_dir = Path(run_dir)
-    if not runs.is_run_dir(run_dir):
+    if not (runs.is_run_dir(run_dir) or runs.in_run(run_dir)):
         raise UserError(f"{run_dir} is not a run directory (no {runs.MODEL} and {runs.LABELS})")
     from imgclf.models.saving import load_run_model
 

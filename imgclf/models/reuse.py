@@ -35,7 +35,11 @@ def resolve_run(reference: str | Path) -> Path:
         return path
     if path.parent.is_dir():
         named = sorted(
-            (p for p in path.parent.glob(f"{path.name}-*") if runs.is_run_dir(p)),
+            (
+                p
+                for p in path.parent.glob(f"{path.name}-*")
+                if runs.is_run_dir(p) and runs.read_state(p).complete
+            ),
             key=lambda p: p.stat().st_mtime,
         )
         if named:
