@@ -225,6 +225,7 @@ def test_train_page_starts_a_job_and_the_new_run_is_selected(
     field(at.text_input, "Folder (for source folder)").set_value(str(folder_dataset))
     field(at.selectbox, "Model").set_value("mlp")
     field(at.number_input, "Epochs").set_value(1)
+    field(at.number_input, "Batch size").set_value(8)  # the form's 64 exceeds 24 images
     field(at.checkbox, "Augmentation").uncheck()  # off: every transform set to 0
     at.button[0].click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]

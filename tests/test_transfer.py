@@ -299,9 +299,14 @@ def test_cached_features_train_the_same_head_as_the_slow_path(tiny_run: Path, fo
     slow = fresh()
     compile_model(slow, head.train, steps_per_epoch(len(splits.train), 8))
     from imgclf.backend import make_training_data
+    from imgclf.data.pipeline import epoch_order_callback
 
     train_ds, val_ds = make_training_data(splits, config, 8)
-    slow.fit(train_ds, validation_data=val_ds, epochs=3, verbose=0, shuffle=False)
+    # As every fit in imgclf: each epoch its own shuffled order.
+    order = epoch_order_callback(train_ds)
+    slow.fit(
+        train_ds, validation_data=val_ds, epochs=3, verbose=0, shuffle=False, callbacks=[order]
+    )
     for a, b in zip(
         fast.get_layer("probabilities").get_weights(),
         slow.get_layer("probabilities").get_weights(),
