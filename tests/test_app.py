@@ -184,6 +184,7 @@ def test_a_job_trains_in_a_child_process_and_cancel_stops_it(tmp_path: Path, fol
     assert state.status == "cancelled" and not _alive(state.pid)
     run = Path(state.run_dir)
     assert (run / runs.HISTORY).is_file() and not (run / runs.MANIFEST).exists()
+    assert runs.read_state(run).state == runs.INTERRUPTED  # SIGTERM: resumable
     assert TrainingJob(tmp_path / "runs").snapshot().status == "cancelled"  # kept on disk
     assert is_op_determinism_enabled() == determinism
 

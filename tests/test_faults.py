@@ -290,3 +290,22 @@ def test_the_app_shows_a_broken_run_in_one_line_and_keeps_the_others(
     assert "interrupted" in at.warning[0].value and "--resume" in at.warning[0].value
     at.sidebar.selectbox(key="run").set_value(str(good)).run()
     assert not at.exception and not at.error
+
+
+@pytest.mark.slow
+def test_a_kill_during_an_export_leaves_the_run_usable_and_the_file_refused(copied_run: Path):
+    from imgclf.predict import Predictor
+
+    env = {**os.environ, FAULT_ENV: "export"}
+    command = [sys.executable, "-m", "imgclf.export", str(copied_run), "--format", "tflite"]
+    killed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    assert (copied_run / runs.TFLITE).is_file()  # in place, but the manifest never listed it
+    with pytest.raises(runs.IntegrityError, match="an export that did not finish"):
+        Predictor.from_path(copied_run / runs.TFLITE)
+    assert Predictor.from_path(copied_run).class_names  # the run itself is still complete
+    env.pop(FAULT_ENV)
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-1500:]
+    assert Predictor.from_path(copied_run / runs.TFLITE).kind == "tflite"
+    assert [p.name for p in copied_run.iterdir() if p.name.startswith(".")] == []
