@@ -127,15 +127,8 @@ def setup_phase(runner: PhaseRunner, phase: Phase) -> dict[str, Any]:
 def _early_stopping(runner: PhaseRunner, phase: Phase) -> keras.callbacks.EarlyStopping:
     import keras
 
-    from imgclf.resume import early_stopping
-
     es = phase.train.early_stopping
-    make = (
-        keras.callbacks.EarlyStopping
-        if runner.resume is None
-        else lambda **kw: early_stopping(runner.resume, phase.name, **kw)
-    )
-    return make(
+    return keras.callbacks.EarlyStopping(
         monitor=es.monitor,
         mode="min" if es.monitor == "val_loss" else "max",
         # patience 0 means "never stop early"; best weights are still restored.
@@ -152,7 +145,7 @@ def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict
     from imgclf.data.pipeline import epoch_order_callback
     from imgclf.distribute import fit_multiworker
     from imgclf.optim import class_weights, schedule_callbacks
-    from imgclf.resume import backup_callback, random_state
+    from imgclf.resume import backup_callback
     from imgclf.transfer import can_cache_features, fit_head_on_features
 
     config, tcfg = runner.config, phase.train
@@ -169,8 +162,8 @@ def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict
     if runner.resume is not None:
         # Last: the epoch's state is saved after every other callback has taken it in (the
         # diagnostics' forward pass draws dropout masks too).
-        callbacks.append(random_state(runner.resume, phase.name, runner.augmenter))
-        callbacks.append(backup_callback(runner.resume, phase.name, tcfg.backup_every))
+        every = tcfg.backup_every
+        callbacks.append(backup_callback(runner.resume, phase.name, every, early, runner.augmenter))
         resumed = runner.resume.backup_epoch(phase.name)
     if runner.verbose and phase.name != "train":
         print(

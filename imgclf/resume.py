@@ -1,22 +1,31 @@
 """What `imgclf-train --resume RUN` needs, kept in the run's hidden `.resume/` folder (never an
 artifact, removed when the run completes):
 
-    <phase>/              Keras' BackupAndRestore backup of that phase (weights, optimizer state,
-                          epoch), written every epoch (or every `train.backup_every` steps)
-    <phase>/early.json    early stopping's state (best, wait, best epoch) and its best weights
-    <phase>.done.json     a finished phase's report, with its end weights in <phase>.weights.h5
+    data.json            the run's data fingerprint (a resumed run must see the same split)
+    <phase>/snap-NNNNN/  one backup of the phase after epoch NNNNN: weights and optimizer state,
+                         early stopping's state and best weights, the random state of dropout
+                         and augmentation, and whether early stopping had stopped the phase
+    <phase>/current.json which snapshot is the latest (replaced atomically after the snapshot is
+                         complete, so a kill at any moment leaves one whole snapshot named)
+    <phase>.done.json    a finished phase's report; its end weights and random state beside it
 
-A resumed run rebuilds the data (same config and seed: the same split) and the model, loads the
-weights of every finished phase, and continues the interrupted phase from its last backup: its
-weights, optimizer state and epoch counter (BackupAndRestore), early stopping's patience and best
-weights, history.csv and diagnostics.json up to that epoch, and the shuffled order of the next
-epoch. What cannot be carried over: the random state of augmentation and of ReduceLROnPlateau's
-plateau counter; a run with either is continued faithfully but not bit for bit.
+The backup callback is Keras' `BackupAndRestore` (its epoch and step bookkeeping, its way of
+telling `fit` where to start) with its files replaced by these snapshots, so that everything
+belonging to one epoch is saved, and restored, together.
+
+A resumed run rebuilds the data (same config and seed: the same split, checked by fingerprint)
+and the model, loads the end weights of every finished phase, and continues the interrupted one
+from its latest snapshot; history.csv and diagnostics.json keep their rows up to that epoch, and
+the next epoch's shuffled order follows from (seed, epoch). Not carried over: ReduceLROnPlateau's
+plateau counter, and augmentations tf.data drew ahead of time before a kill, so runs with
+augmentation or a plateau schedule continue faithfully but not bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +37,20 @@ from imgclf import runs
 if TYPE_CHECKING:
     import keras
 
+    from imgclf.data import Splits
     from imgclf.schema import Config
+
+CURRENT = "current.json"
+
+
+def fingerprint(splits: Splits) -> str:
+    """A hash of the class names and of every split's labels and files: equal only for the
+    same data split the same way."""
+    digest = hashlib.sha256(json.dumps(splits.class_names).encode())
+    for split in (splits.train, splits.val, splits.test):
+        digest.update(np.asarray(split.y, dtype=np.int64).tobytes())
+        digest.update("\n".join(split.files or []).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 class Resume:
@@ -40,11 +62,29 @@ class Resume:
     def backup_dir(self, phase: str) -> Path:
         return self.folder / phase
 
+    def check_data(self, splits: Splits, resuming: bool) -> None:
+        """Record the data's fingerprint (a new run), or check it is unchanged (resuming).
+
+        Raises ConfigError when a resumed run's data differs: it would train and test on
+        another split than the one it started with."""
+        from imgclf.errors import ConfigError
+
+        path = self.folder / "data.json"
+        now = fingerprint(splits)
+        if resuming and path.is_file():
+            if runs.read_json(path).get("fingerprint") != now:
+                raise ConfigError(
+                    f"{self.folder.parent}: its data has changed since it started (files added, "
+                    "removed or renamed, or another split), so it cannot be resumed without "
+                    "mixing test and training images; train it again"
+                )
+            return
+        runs.write_json(path, {"fingerprint": now})
+
     def done(self, phase: str) -> dict[str, Any] | None:
         """The report of `phase` when it finished before (None otherwise)."""
         path = self.folder / f"{phase}.done.json"
-        weights = self.folder / f"{phase}.weights.h5"
-        if not (path.is_file() and weights.is_file()):
+        if not (path.is_file() and (self.folder / f"{phase}.weights.h5").is_file()):
             return None
         return json.loads(path.read_text(encoding="utf-8"))
 
@@ -57,71 +97,146 @@ class Resume:
         self, phase: str, report: dict[str, Any], model: keras.Model, augmenter: Any = None
     ) -> None:
         """Record a finished phase: its end weights and random state first, then its report
-        (the marker)."""
+        (the marker), then drop its snapshots."""
         with runs.atomic_path(self.folder / f"{phase}.weights.h5") as tmp:
             model.save_weights(str(tmp))
         save_random(self.folder / f"{phase}.random.npz", seed_states(model, augmenter))
         runs.write_json(self.folder / f"{phase}.done.json", report)
         shutil.rmtree(self.backup_dir(phase), ignore_errors=True)
 
-    def backup_epoch(self, phase: str) -> int:
-        """The epochs of `phase` its backup holds (0 without one)."""
-        meta = self.backup_dir(phase) / "training_metadata.json"
+    def snapshot(self, phase: str) -> tuple[Path, dict[str, Any]] | None:
+        """(folder, state) of `phase`'s latest snapshot, or None."""
+        current = self.backup_dir(phase) / CURRENT
         try:
-            return int(json.loads(meta.read_text(encoding="utf-8"))["epoch"])
+            name = json.loads(current.read_text(encoding="utf-8"))["snapshot"]
+            folder = self.backup_dir(phase) / name
+            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError):
-            return 0
+            return None
+        return folder, state
+
+    def backup_epoch(self, phase: str) -> int:
+        """The epochs of `phase` its latest snapshot holds (0 without one)."""
+        found = self.snapshot(phase)
+        return int(found[1]["epoch"]) if found else 0
 
     def clear(self) -> None:
         """Remove the folder (the run is complete)."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def backup_callback(resume: Resume, phase: str, every: str | int) -> keras.callbacks.Callback:
-    """Keras' BackupAndRestore for `phase`: every epoch ("epoch") or every `every` steps, with
-    the previous backup kept too (a kill while writing falls back to it)."""
-    import keras
-
-    return keras.callbacks.BackupAndRestore(
-        str(resume.backup_dir(phase)),
-        save_freq=every,
-        double_checkpoint=True,
-        delete_checkpoint=False,  # removed when the phase is marked done
-    )
+def seed_states(model: keras.Model, augmenter: Any = None) -> list[Any]:
+    """The SeedGenerator state variables of the model's random layers (dropout) and of the
+    augmentation, in a fixed order: Keras keeps random state there, and weight files leave it
+    out."""
+    parts = [getattr(augmenter, "images", None), getattr(augmenter, "mix", None)]
+    extra = [v for part in parts if part is not None for v in part.variables]
+    return [v for v in [*model.variables, *extra] if "seed_generator_state" in v.path]
 
 
-def early_stopping(resume: Resume, phase: str, **kwargs: Any) -> keras.callbacks.Callback:
-    """EarlyStopping whose state (patience so far, best value and weights) is saved with the
-    phase's backup and restored when the phase resumes."""
+def save_random(path: Path, states: list[Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with runs.atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, **{f"s{i}": np.asarray(v) for i, v in enumerate(states)})
+
+
+def load_random(path: Path, states: list[Any]) -> None:
+    if not path.is_file():
+        return
+    with np.load(path, allow_pickle=False) as data:
+        for i, variable in enumerate(states):
+            if f"s{i}" in data.files:
+                variable.assign(data[f"s{i}"])
+
+
+def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
+    with path.open("wb") as fh:
+        np.savez(fh, **{f"w{i}": w for i, w in enumerate(arrays)})
+
+
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return [data[f"w{i}"] for i in range(len(data.files))]
+
+
+def backup_callback(
+    resume: Resume, phase: str, every: str | int, early: Any, augmenter: Any = None
+) -> keras.callbacks.Callback:
+    """The phase's backup: Keras' BackupAndRestore, every epoch ("epoch") or every `every`
+    steps, saving and restoring one consistent snapshot (see the module docstring). `early` is
+    the phase's EarlyStopping, whose state is part of the snapshot. Put it after every other
+    callback: the snapshot then holds what they all did in the epoch."""
     import keras
 
     folder = resume.backup_dir(phase)
 
-    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    class RunBackup(keras.callbacks.BackupAndRestore):
+        def _save_model(self) -> None:
+            name = f"snap-{self._current_epoch:05d}-{self._last_batch_seen:06d}"
+            old = resume.snapshot(phase)
+            with runs.atomic_path(folder / name) as tmp:
+                tmp.mkdir(parents=True)
+                self.model.save_weights(str(tmp / "latest.weights.h5"))  # + optimizer state
+                save_random(tmp / "random.npz", seed_states(self.model, augmenter))
+                _save_best(tmp, old, early)
+                state = {
+                    "epoch": self._current_epoch,
+                    "batch": self._last_batch_seen,
+                    "stopped": bool(getattr(self.model, "stop_training", False)),
+                    "early": _early_state(early),
+                }
+                (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+            runs.write_json(folder / CURRENT, {"snapshot": name})  # now it is the latest
+            for stale in folder.glob("snap-*"):
+                if stale.name != name:
+                    shutil.rmtree(stale, ignore_errors=True)
+
         def on_train_begin(self, logs: dict | None = None) -> None:
-            super().on_train_begin(logs)
-            state = folder / "early.json"
-            if not state.is_file():
+            found = resume.snapshot(phase)
+            if found is None:
                 return
-            saved = json.loads(state.read_text(encoding="utf-8"))
-            self.wait, self.best_epoch = saved["wait"], saved["best_epoch"]
-            self.best = saved["best"] if saved["best"] is not None else self.best
-            weights = folder / "early.weights.npz"
-            if weights.is_file():
-                with np.load(weights, allow_pickle=False) as data:
-                    self.best_weights = [data[f"w{i}"] for i in range(len(data.files))]
+            snap, state = found
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(str(snap / "latest.weights.h5"))
+            load_random(snap / "random.npz", seed_states(self.model, augmenter))
+            _restore_early(early, state["early"], snap)
+            # Where `fit` starts: after the snapshot's epoch; past the end if early stopping
+            # had already stopped the phase (fit then only restores its best weights).
+            epochs = (self.params or {}).get("epochs", state["epoch"])
+            self.model._initial_epoch = epochs if state["stopped"] else state["epoch"]
 
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            super().on_epoch_end(epoch, logs)
-            folder.mkdir(parents=True, exist_ok=True)
-            if self.best_weights is not None:
-                with runs.atomic_path(folder / "early.weights.npz") as tmp, tmp.open("wb") as fh:
-                    np.savez(fh, **{f"w{i}": w for i, w in enumerate(self.best_weights)})
-            best = None if self.best is None else float(self.best)
-            state = {"wait": self.wait, "best": best, "best_epoch": self.best_epoch}
-            runs.write_json(folder / "early.json", state)
+    return RunBackup(str(folder), save_freq=every, delete_checkpoint=False)
 
-    return ResumableEarlyStopping(**kwargs)
+
+def _early_state(early: Any) -> dict[str, Any]:
+    best = None if early.best is None else float(early.best)
+    return {"wait": early.wait, "best": best, "best_epoch": early.best_epoch}
+
+
+def _save_best(tmp: Path, old: tuple[Path, dict[str, Any]] | None, early: Any) -> None:
+    """Early stopping's best weights into the snapshot: linked from the previous snapshot when
+    the best epoch has not changed (no rewrite of a large file every epoch)."""
+    if early.best_weights is None:
+        return
+    target = tmp / "best.npz"
+    if old is not None and old[1]["early"]["best_epoch"] == early.best_epoch:
+        previous = old[0] / "best.npz"
+        if previous.is_file():
+            try:
+                os.link(previous, target)
+                return
+            except OSError:
+                pass
+    _save_arrays(target, early.best_weights)
+
+
+def _restore_early(early: Any, saved: dict[str, Any], snap: Path) -> None:
+    early.wait, early.best_epoch = saved["wait"], saved["best_epoch"]
+    if saved["best"] is not None:
+        early.best = saved["best"]
+    if (snap / "best.npz").is_file():
+        early.best_weights = _load_arrays(snap / "best.npz")
 
 
 def check_resumable(run_dir: Path) -> Config:
@@ -146,47 +261,3 @@ def check_resumable(run_dir: Path) -> Config:
             f"--resume {run_dir}: resuming a multi-worker run is not supported; train it again"
         )
     return config
-
-
-def seed_states(model: keras.Model, augmenter: Any = None) -> list[Any]:
-    """The SeedGenerator state variables of the model's random layers (dropout) and of the
-    augmentation, in a fixed order: Keras keeps random state there, and weight files leave it
-    out."""
-    parts = [getattr(augmenter, "images", None), getattr(augmenter, "mix", None)]
-    variables = [
-        *model.variables,
-        *(v for part in parts if part is not None for v in part.variables),
-    ]
-    return [v for v in variables if "seed_generator_state" in v.path]
-
-
-def save_random(path: Path, states: list[Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with runs.atomic_path(path) as tmp, tmp.open("wb") as fh:
-        np.savez(fh, **{f"s{i}": np.asarray(v) for i, v in enumerate(states)})
-
-
-def load_random(path: Path, states: list[Any]) -> None:
-    if not path.is_file():
-        return
-    with np.load(path, allow_pickle=False) as data:
-        for i, variable in enumerate(states):
-            if f"s{i}" in data.files:
-                variable.assign(data[f"s{i}"])
-
-
-def random_state(resume: Resume, phase: str, augmenter: Any = None) -> keras.callbacks.Callback:
-    """Saves the random state (`seed_states`) with the phase's backup at every epoch's end and
-    restores it when the phase resumes."""
-    import keras
-
-    path = resume.backup_dir(phase) / "random.npz"
-
-    class RandomState(keras.callbacks.Callback):
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            load_random(path, seed_states(self.model, augmenter))
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            save_random(path, seed_states(self.model, augmenter))
-
-    return RandomState()

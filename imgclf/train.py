@@ -147,11 +147,19 @@ def prepare(
         )
     model = _build(config, splits, strategy, batch_size)
     run_dir = _run_dir(config, out, runs_root, chief, resume, splits)
-    if chief:
-        runs.set_state(run_dir, runs.RUNNING)
-    runs.write_text(run_dir / runs.CONFIG, dump_config(config))
-    runs.write_json(run_dir / runs.LABELS, splits.class_names)
-    runs.write_json(run_dir / runs.DATA_REPORT, splits.report)
+    track = Resume(run_dir) if chief and config.train.distribute != "multiworker" else None
+    try:
+        if track is not None:
+            track.check_data(splits, resume)  # resuming: the same split, or a one-line error
+        if chief:
+            runs.set_state(run_dir, runs.RUNNING)
+        runs.write_text(run_dir / runs.CONFIG, dump_config(config))
+        runs.write_json(run_dir / runs.LABELS, splits.class_names)
+        runs.write_json(run_dir / runs.DATA_REPORT, splits.report)
+    except BaseException:
+        if not resume:  # a half-made new run holds nothing worth keeping (Ctrl+C, disk full)
+            _remove_new_run(run_dir)
+        raise
     if verbose:
         totals = splits.report["totals"]
         print(
@@ -162,7 +170,6 @@ def prepare(
             + (f", {strategy.num_replicas_in_sync} replicas" if strategy is not None else ""),
             flush=True,
         )
-    track = Resume(run_dir) if chief and config.train.distribute != "multiworker" else None
     return Prepared(config, splits, model, strategy, batch_size, run_dir, chief, verbose, track)
 
 
@@ -259,21 +266,48 @@ def train(
         training = run_phases(p)
         finish_run(p.run_dir, _single_device(p), p.splits, config, training, p.verbose)
     except KeyboardInterrupt as exc:
-        if p.chief:
-            runs.set_state(p.run_dir, runs.INTERRUPTED, "stopped by Ctrl+C or SIGTERM")
-        raise RunInterrupted(p.run_dir) from exc
+        # A Ctrl+C after the state became `complete` changes nothing: the run is whole.
+        if not (p.chief and runs.read_state(p.run_dir).complete):
+            if p.chief:
+                runs.set_state(p.run_dir, runs.INTERRUPTED, "stopped by Ctrl+C or SIGTERM")
+            raise RunInterrupted(p.run_dir) from exc
     except BaseException as exc:
         if p.chief:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             runs.set_state(p.run_dir, runs.FAILED, f"{type(exc).__name__}: {reason}")
         raise
-    if p.resume is not None:
-        p.resume.clear()
-    if p.chief and Path(runs_root) in p.run_dir.parents:
-        runs.point_latest(p.run_dir)
-    if not p.chief:
-        shutil.rmtree(p.run_dir, ignore_errors=True)
+    _tidy(p, Path(runs_root))
     return p.run_dir
+
+
+def _remove_new_run(run_dir: Path) -> None:
+    """Undo a new run directory whose setup did not finish (what prepare wrote, then the
+    folder itself if it is left empty: a folder the user made for `--out` stays)."""
+    for name in (runs.STATE, runs.CONFIG, runs.LABELS, runs.DATA_REPORT, runs.RESUME):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    runs.remove_debris(run_dir)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
+
+
+def _tidy(p: Prepared, runs_root: Path) -> None:
+    """After a run is complete: drop its resume folder, point `latest` at it, remove a
+    worker's scratch folder. Quick and idempotent, so a Ctrl+C here is answered by finishing."""
+    for _ in range(3):
+        try:
+            if p.resume is not None:
+                p.resume.clear()
+            if p.chief and runs_root in p.run_dir.parents:
+                runs.point_latest(p.run_dir)
+            if not p.chief:
+                shutil.rmtree(p.run_dir, ignore_errors=True)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -381,7 +415,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     except KeyboardInterrupt:
-        print("interrupted before the run directory was made: nothing was written", file=sys.stderr)
+        if args.resume:
+            print(
+                f"interrupted: {args.resume} is left as it was; continue it with "
+                f"`{runs.resume_command(args.resume)}`",
+                file=sys.stderr,
+            )
+        else:
+            print("interrupted before the run had started: nothing was written", file=sys.stderr)
         return 130
     print(run_dir)
     return 0

@@ -13,6 +13,7 @@ group; the run directory is left as it was, without a manifest (an interrupted r
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from typing import Any
 
 from imgclf import runs
 from imgclf.config import dump_config
+from imgclf.processes import alive, identity
 
 JOBS = ".jobs"  # hidden: the run list skips it
 JOB_FILE = "job.json"
@@ -45,6 +47,7 @@ class JobState:
     run_dir: str | None = None
     max_epochs: int = 0
     pid: int | None = None
+    process: dict[str, Any] = field(default_factory=dict)  # processes.identity of the child
     log: str | None = None
     error: str | None = None
     started: float = 0.0
@@ -59,27 +62,16 @@ class JobState:
         return "training" if self.rows else "loading data"
 
     @property
+    def alive(self) -> bool:
+        """Whether the job's process still runs (not merely: some process has its id)."""
+        return self.pid is not None and alive(self.process or {"pid": self.pid})
+
+    @property
     def fraction(self) -> float:
         """Progress 0..1 by epochs (early stopping may end sooner: done is 1)."""
         if self.status == "done":
             return 1.0
         return min(1.0, len(self.rows) / self.max_epochs) if self.max_epochs else 0.0
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by this process) counts as gone.
-    with contextlib.suppress(OSError):
-        if "zombie" in Path(f"/proc/{pid}/status").read_text().lower():
-            return False
-    return True
 
 
 def _last_error(log: str | None) -> str | None:
@@ -96,12 +88,26 @@ class TrainingJob:
 
     def __init__(self, runs_root: str | Path) -> None:
         self.root = Path(runs_root)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._procs: dict[int, subprocess.Popen] = {}  # children this server started
 
     @property
     def _file(self) -> Path:
         return self.root / JOBS / JOB_FILE
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """Hold this server's lock and a file lock on `.jobs/` (other app servers on the same
+        runs folder), so checking for a running job and starting one is a single step."""
+        with self._lock:
+            folder = self.root / JOBS
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder / ".lock").open("a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _read(self) -> JobState:
         try:
@@ -120,7 +126,7 @@ class TrainingJob:
         """Record how a job whose process is gone ended."""
         proc = self._procs.pop(state.pid or -1, None)
         code = proc.wait() if proc is not None else None
-        complete = state.run_dir is not None and (Path(state.run_dir) / runs.MANIFEST).is_file()
+        complete = state.run_dir is not None and runs.read_state(state.run_dir).complete
         if code == 0 or (code is None and complete):
             state.status = "done"
         else:
@@ -134,7 +140,7 @@ class TrainingJob:
         """The current job, its history so far, and how it ended once it has."""
         with self._lock:
             state = self._read()
-            if state.status == "running" and not _alive(state.pid):
+            if state.status == "running" and not state.alive:
                 state = self._finish(state)
         if state.run_dir:
             state.rows = runs.read_history(Path(state.run_dir) / runs.HISTORY)
@@ -151,16 +157,21 @@ class TrainingJob:
         The run directory is chosen here (`<runs root>/<name>-<time>`), so the page can follow
         it from the first epoch. Returns the new job's state.
         """
+        with self._exclusive():
+            if self.running:
+                raise JobBusy(
+                    f"a training job ({self._read().name}) is already running in {self.root}; "
+                    "wait for it to finish or cancel it"
+                )
+            state = self._spawn(config)
+            self._write(state)
+        return state
+
+    def _spawn(self, config: Any) -> JobState:
         from imgclf.transfer import plan_phases
 
-        if self.running:
-            raise JobBusy(
-                f"a training job ({self._read().name}) is already running in {self.root}; wait "
-                "for it to finish or cancel it"
-            )
         stamp = time.strftime("%Y%m%d-%H%M%S")
         jobs = self.root / JOBS
-        jobs.mkdir(parents=True, exist_ok=True)
         run_dir = self.root / f"{config.name}-{stamp}"
         n = 1
         while run_dir.exists():
@@ -179,37 +190,37 @@ class TrainingJob:
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         self._procs[proc.pid] = proc
-        state = JobState(
+        return JobState(
             status="running",
             name=config.name,
             run_dir=str(run_dir),
             max_epochs=sum(phase.train.epochs for phase in plan_phases(config)),
             pid=proc.pid,
+            process=identity(proc.pid),
             log=str(log),
             started=time.time(),
         )
-        with self._lock:
-            self._write(state)
-        return state
 
     def cancel(self) -> JobState:
         """Stop the running job (SIGTERM to its process group, SIGKILL after CANCEL_GRACE_S);
         the run directory stays as it is, an interrupted run. Returns the final state."""
-        with self._lock:
+        with self._exclusive():
             state = self._read()
             if state.status != "running" or state.pid is None:
                 return state
+            if not state.alive:  # gone already (and its id may now be another process's)
+                return self._finish(state)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(state.pid, signal.SIGTERM)
             deadline = time.monotonic() + CANCEL_GRACE_S
-            while _alive(state.pid) and time.monotonic() < deadline:
+            while state.alive and time.monotonic() < deadline:
                 proc = self._procs.get(state.pid)
                 if proc is not None:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=0.2)
                 else:
                     time.sleep(0.2)
-            if _alive(state.pid):
+            if state.alive:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(state.pid, signal.SIGKILL)
             proc = self._procs.pop(state.pid, None)

@@ -1,0 +1,58 @@
+"""Every file name of a run directory, in one place (the run directory's contract)."""
+
+from pathlib import Path
+
+CONFIG = "config.yaml"
+LABELS = "labels.json"
+DATA_REPORT = "data_report.json"
+HISTORY = "history.csv"
+MODEL = "model.keras"
+METRICS = "metrics.json"
+EXPORTS = "exports.json"
+SAVED_MODEL = "saved_model"
+MODEL_CARD = "model_card.md"
+MANIFEST = "manifest.json"
+DIAGNOSTICS = "diagnostics.json"
+TFLITE = "model.tflite"
+TFLITE_INT8 = "model_int8.tflite"
+ONNX = "model.onnx"
+PLOTS = "plots"
+CURVES_PLOT = f"{PLOTS}/curves.png"
+CONFUSION_PLOT = f"{PLOTS}/confusion.png"
+GRADIENTS_PLOT = f"{PLOTS}/gradients.png"
+ACTIVATIONS_PLOT = f"{PLOTS}/activations.png"
+SAMPLES = "samples"
+WORST = "worst"
+DEFAULT_ROOT = Path("runs")
+LATEST = "latest"
+STATE = "state.json"  # running / complete / interrupted / failed (imgclf.runs.state)
+RESUME = ".resume"  # what --resume needs, hidden: never an artifact, removed on completion
+
+
+__all__ = [
+    "ACTIVATIONS_PLOT",
+    "CONFIG",
+    "CONFUSION_PLOT",
+    "CURVES_PLOT",
+    "DATA_REPORT",
+    "DEFAULT_ROOT",
+    "DIAGNOSTICS",
+    "EXPORTS",
+    "GRADIENTS_PLOT",
+    "HISTORY",
+    "LABELS",
+    "LATEST",
+    "MANIFEST",
+    "METRICS",
+    "MODEL",
+    "MODEL_CARD",
+    "ONNX",
+    "PLOTS",
+    "RESUME",
+    "SAMPLES",
+    "SAVED_MODEL",
+    "STATE",
+    "TFLITE",
+    "TFLITE_INT8",
+    "WORST",
+]

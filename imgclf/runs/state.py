@@ -1,0 +1,110 @@
+"""The state of a run: `running`, `complete`, `interrupted` or `failed` (with a one-line reason),
+in state.json, written atomically at every transition. `complete` is written only after the
+manifest, so a run is complete only when everything it made is in place and listed.
+
+A run killed outright (SIGKILL, a power cut) cannot write its state: it stays `running` with the
+process id (and boot and start time) of its trainer, and is read as `interrupted` once that
+process is gone (`imgclf.processes`). A run written
+by an older imgclf (no state.json) is `complete` when it has a manifest, else `interrupted`.
+Everything that reads runs (predict, export, compare, the app) uses `require_complete` or shows
+the state; `imgclf-train --resume RUN` continues an interrupted (or failed) run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgclf.errors import UserError
+from imgclf.processes import alive, identity
+from imgclf.runs.files import read_json, write_json
+from imgclf.runs.names import CONFIG, MANIFEST, STATE
+
+RUNNING, COMPLETE, INTERRUPTED, FAILED = "running", "complete", "interrupted", "failed"
+STATES = (RUNNING, COMPLETE, INTERRUPTED, FAILED)
+
+
+class RunNotComplete(UserError):
+    """A run that is running, was interrupted or failed: nothing of it may be used yet."""
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What state.json says, with a dead trainer's `running` read as `interrupted`."""
+
+    state: str
+    reason: str | None = None
+    pid: int | None = None
+    updated: float | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.state == COMPLETE
+
+
+def set_state(run_dir: str | Path, state: str, reason: str | None = None) -> None:
+    """Record `state` (one of STATES) and its one-line `reason` for `run_dir`, atomically."""
+    if state not in STATES:
+        raise ValueError(f"unknown run state {state!r}")
+    record = {
+        "state": state,
+        "reason": reason.splitlines()[0][:500] if reason else None,
+        **identity(),  # pid, host, boot, process start: whether the writer lives (processes.py)
+        "updated": time.time(),
+    }
+    write_json(Path(run_dir) / STATE, record)
+
+
+def read_state(run_dir: str | Path) -> RunState:
+    """The run's state. Never raises: an unreadable state.json reads as `failed`."""
+    run_dir = Path(run_dir)
+    path = run_dir / STATE
+    if not path.exists():  # an older imgclf
+        if (run_dir / MANIFEST).is_file():
+            return RunState(COMPLETE)
+        return RunState(INTERRUPTED, "no state.json and no manifest.json")
+    try:
+        data = read_json(path)
+        state = data["state"]
+        if state not in STATES:
+            raise ValueError(state)
+    except (OSError, ValueError, KeyError, TypeError):
+        return RunState(FAILED, f"{STATE} is unreadable")
+    pid, updated = data.get("pid"), data.get("updated")
+    if state == RUNNING and not alive(data):
+        return RunState(INTERRUPTED, "the training process stopped (killed?)", pid, updated)
+    return RunState(state, data.get("reason"), pid, updated)
+
+
+def in_run(folder: str | Path) -> bool:
+    """True if `folder` is (or was being made into) a run directory."""
+    folder = Path(folder)
+    return any((folder / name).exists() for name in (STATE, MANIFEST, CONFIG))
+
+
+def check_run(run_dir: str | Path, *names: str) -> None:
+    """Before loading anything of a run: it must be complete, and the files (or folders)
+    `names` must match its manifest. Raises RunNotComplete or IntegrityError, one line each."""
+    from imgclf.runs.manifest import verify_manifest
+
+    require_complete(run_dir)
+    verify_manifest(run_dir, *names)
+
+
+def resume_command(run_dir: str | Path) -> str:
+    """The command that continues `run_dir`."""
+    return f"imgclf-train --resume {run_dir}"
+
+
+def require_complete(run_dir: str | Path) -> None:
+    """Raise RunNotComplete, one line naming the run, its state and what to do, unless the run
+    is complete; then its manifest must exist (IntegrityError from verify_manifest otherwise)."""
+    state = read_state(run_dir)
+    if state.complete:
+        return
+    why = f" ({state.reason})" if state.reason else ""
+    if state.state == RUNNING:
+        raise RunNotComplete(f"{run_dir} is still training{why}; wait until it is complete")
+    fix = f"resume it with `{resume_command(run_dir)}`"
+    raise RunNotComplete(f"{run_dir} is {state.state}{why}, not complete; {fix}")
