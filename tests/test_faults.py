@@ -220,6 +220,7 @@ def test_predict_refuses_special_files_at_once_and_classifies_the_rest(
         (b"", "is empty"),
         (b"train:\n  epochs: 3\n  epochs: 4\n", "duplicate key 'epochs'"),
         (b"name: caf\xe9\n", "is not UTF-8 text"),
+        (b"train:\n  ? [epochs]\n  : 3\n", "a key must be a plain name"),
     ],
 )
 def test_bad_config_files_are_one_line(tmp_path: Path, text: bytes, message: str):
@@ -228,6 +229,15 @@ def test_bad_config_files_are_one_line(tmp_path: Path, text: bytes, message: str
     result = _train("--config", str(path), "--print-config")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path: Path):
+    from imgclf.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  <<: {epochs: 2, learning_rate: 0.01}\n  epochs: 3\n")
+    config = load_config(path)  # a merged key given again is an override, not a duplicate
+    assert (config.train.epochs, config.train.learning_rate) == (3, 0.01)
 
 
 def test_a_batch_larger_than_the_training_split_is_refused(folder_dataset: Path, tmp_path: Path):

@@ -70,8 +70,27 @@ def test_disk_cache_is_reused_and_rebuilt_when_a_file_changes(photos: Path, cach
     rebuilt = _load(photos, "data.cache=disk")
     assert rebuilt.report["cache"] == {"mode": "disk", "reused": False}
     assert np.array_equal(np.asarray(rebuilt.test.x[0]), 255 - np.asarray(first.test.x[0]))
-    assert sorted((cache / "decoded").glob("*.u8")) != entries  # the old entry is gone
-    assert len(list((cache / "decoded").glob("*.u8"))) == 1
+    assert len(list((cache / "decoded").glob("*.u8"))) == 2  # a new entry beside the old
+
+
+def test_the_cache_keeps_the_three_latest_entries_of_a_folder(photos: Path, cache: Path):
+    for size in (8, 10, 12, 14):  # four image sizes of one folder: four entries made
+        _load(photos, "data.cache=disk", f"data.image_size=[{size},{size}]")
+    metas = [json.loads(p.read_text()) for p in (cache / "decoded").glob("*.json")]
+    assert sorted(m["image_size"][0] for m in metas) == [10, 12, 14]  # the oldest went
+    assert len(list((cache / "decoded").glob("*.u8"))) == 3
+
+
+def test_a_cache_that_cannot_be_written_is_one_clear_error(
+    photos: Path, tmp_path: Path, monkeypatch
+):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("IMGCLF_CACHE", str(blocker))  # the cache folder cannot be made
+    with pytest.raises(DataError, match="cannot write the decoded-image cache") as info:
+        _load(photos, "data.cache=disk")
+    assert "data.cache=memory" in str(info.value) and "IMGCLF_CACHE" in str(info.value)
+    assert _load(photos, "data.cache=memory").report["cache"]["mode"] == "memory"
 
 
 def _broken_jpeg(path: Path) -> None:

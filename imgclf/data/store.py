@@ -12,9 +12,10 @@ decoded by imgclf's one decoder (`images.load_image`) at the configured size and
 
 A disk cache entry is keyed by the folder, every file's path, size and modification time, the
 image size, the channel count and the decoder's version: any changed, added or removed file
-gives a new key (and the old entry of that folder is removed). Entries are written under a
-temporary name, flushed to disk and renamed into place, so a crash never leaves a half-written
-cache that a later run would trust. `ImageView` is a split's images as a lazy array.
+gives a new key; the three most recently used entries of a folder are kept. Entries are
+written under a temporary name, flushed to disk and renamed into place, so a crash never leaves
+a half-written cache that a later run would trust; a cache that cannot be written (disk full)
+is a DataError naming the fixes. `ImageView` is a split's images as a lazy array.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from typing import Any
 import numpy as np
 
 from imgclf.cache import cache_dir
+from imgclf.errors import DataError
 from imgclf.images import ImageError, load_image
 
 AUTO_MEMORY_BYTES = 1 << 30  # auto: decoded sets under 1 GiB stay in memory
 DECODER_VERSION = 2  # bump when load_image's pixels change: old cache entries then miss
 CHUNK = 256  # files decoded per batch of the thread pool while building
 CACHE_FOLDER = "decoded"
+KEEP_PER_FOLDER = 3  # cache entries kept per dataset folder (e.g. three image sizes)
 
 
 def workers() -> int:
@@ -131,17 +134,51 @@ class FileStore:
         key, stats = cache_key(self.root, self.files, self.size, self.channels)
         folder = cache_dir() / CACHE_FOLDER
         data, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
-        meta = _read_meta(meta_path)
-        if meta is None or not data.is_file() or data.stat().st_size != meta["bytes"]:
-            meta = self._build_disk(folder, key, stats)
-            self.built = True
+        for attempt in range(2):
+            meta = _read_meta(meta_path)
+            if meta is None or not data.is_file() or data.stat().st_size != meta["bytes"]:
+                meta = self._build_disk(folder, key, stats)
+                self.built = True
+            try:
+                self._fd = os.open(data, os.O_RDONLY)
+                break
+            except FileNotFoundError:  # another run evicted it just now: build it again
+                if attempt:
+                    raise
+        with contextlib.suppress(OSError):
+            os.utime(meta_path)  # recently used: eviction keeps it
         self.failures = {int(i): reason for i, reason in meta["failures"].items()}
         self._path = data
-        self._fd = os.open(data, os.O_RDONLY)
 
     def _build_disk(self, folder: Path, key: str, stats: list[list[Any]]) -> dict[str, Any]:
-        folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{key}.{os.getpid()}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._write_records(tmp)
+            root = str(self.root.resolve())
+            meta = {
+                "root": root,
+                "image_size": list(self.size),
+                "channels": self.channels,
+                "decoder": DECODER_VERSION,
+                "files": stats,
+                "failures": {str(i): r for i, r in self.failures.items()},
+                "bytes": len(self.files) * self.record,
+            }
+            os.replace(tmp, folder / f"{key}.u8")
+            _write_json_durably(folder / f"{key}.json", meta)
+        except OSError as exc:  # disk full, read-only, no permission
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise DataError(
+                f"cannot write the decoded-image cache in {folder} ({exc.strerror or exc}): "
+                "free space there, point IMGCLF_CACHE at another disk, or set "
+                "data.cache=memory (or none)"
+            ) from None
+        _evict(folder, root, keep=key)
+        return meta
+
+    def _write_records(self, tmp: Path) -> None:
         blank = bytes(self.record)
         with open(tmp, "wb") as fh:
 
@@ -157,20 +194,6 @@ class FileStore:
             fh.truncate(len(self.files) * self.record)
             fh.flush()
             os.fsync(fh.fileno())
-        root = str(self.root.resolve())
-        meta = {
-            "root": root,
-            "image_size": list(self.size),
-            "channels": self.channels,
-            "decoder": DECODER_VERSION,
-            "files": stats,
-            "failures": {str(i): r for i, r in self.failures.items()},
-            "bytes": len(self.files) * self.record,
-        }
-        _remove_other_entries(folder, root, keep=key)
-        os.replace(tmp, folder / f"{key}.u8")
-        _write_json_durably(folder / f"{key}.json", meta)
-        return meta
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -228,16 +251,21 @@ def _write_json_durably(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _remove_other_entries(folder: Path, root: str, keep: str) -> None:
-    """Older entries of the same folder (its files changed since) and stale temporaries."""
+def _evict(folder: Path, root: str, keep: str) -> None:
+    """Keep the KEEP_PER_FOLDER most recently used entries of a dataset folder (other image
+    sizes, or its files before they changed) and remove older ones; remove the temporaries of
+    builders that died. A run still reading a removed entry keeps its open file (POSIX)."""
+    entries = []
     for meta_path in folder.glob("*.json"):
-        if meta_path.stem == keep:
-            continue
         meta = _read_meta(meta_path)
-        if meta is not None and meta.get("root") == root:
-            for stale in (meta_path.with_suffix(".u8"), meta_path):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
+        if meta is not None and meta.get("root") == root and meta_path.stem != keep:
+            with contextlib.suppress(OSError):
+                entries.append((meta_path.stat().st_mtime, meta_path))
+    entries.sort(reverse=True)
+    for _, meta_path in entries[KEEP_PER_FOLDER - 1 :]:
+        for stale in (meta_path.with_suffix(".u8"), meta_path):
+            with contextlib.suppress(OSError):
+                stale.unlink()
     for tmp in folder.glob(".*.tmp"):
         pid = tmp.name.split(".")[-2]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
