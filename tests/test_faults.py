@@ -319,3 +319,39 @@ def test_a_kill_during_an_export_leaves_the_run_usable_and_the_file_refused(copi
     assert again.returncode == 0, again.stderr[-1500:]
     assert Predictor.from_path(copied_run / runs.TFLITE).kind == "tflite"
     assert [p.name for p in copied_run.iterdir() if p.name.startswith(".")] == []
+
+
+def test_export_out_never_replaces_a_users_folder(tiny_run: Path, tmp_path: Path, capsys):
+    from imgclf.export.cli import main as export_main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    assert export_main([str(tiny_run), "--out", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty and is not an imgclf SavedModel" in err[0]
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]  # untouched
+
+
+def test_a_reused_process_id_does_not_keep_a_dead_run_running(tmp_path: Path):
+    runs.set_state(tmp_path, runs.RUNNING)  # this process: alive
+    assert runs.read_state(tmp_path).state == runs.RUNNING
+    record = json.loads((tmp_path / runs.STATE).read_text())
+    for field, other in (("start", (record["start"] or 0) + 1), ("boot", "another-boot")):
+        # The same id, now another process's (started later, or before a reboot).
+        (tmp_path / runs.STATE).write_text(json.dumps({**record, field: other}))
+        assert runs.read_state(tmp_path).state == runs.INTERRUPTED
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_run_whose_data_changed(tmp_path: Path):
+    data = write_folder_dataset(tmp_path / "data", per_class=10)
+    run = tmp_path / "run"
+    args = [*tiny_overrides(data), *FAST, "--out", str(run)]
+    assert _train(*args, fault="epoch:1").returncode == -signal.SIGKILL
+    extra = sorted((data / "circle").iterdir())[0]
+    shutil.copy(extra, extra.with_name("added.png"))  # one more image: another split
+    resumed = _train("--resume", str(run))
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    assert "its data has changed since it started" in resumed.stderr
+    assert runs.read_state(run).state == runs.INTERRUPTED  # left as it was, still resumable

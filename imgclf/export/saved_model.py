@@ -201,6 +201,21 @@ def next_serving_version(serving_dir: str | Path) -> int:
     return max(versions, default=0) + 1
 
 
+def check_out(out: Path) -> None:
+    """`--out` must be new, empty, or an earlier imgclf SavedModel (replaced atomically): a
+    folder holding anything else is the user's, and is never replaced. Raises UserError."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the SavedModel")
+    ours = (out / "saved_model.pb").is_file() and (out / runs.LABELS).is_file()
+    if any(out.iterdir()) and not ours:
+        raise UserError(
+            f"--out {out} is not empty and is not an imgclf SavedModel; refusing to replace "
+            "it. Give a new (or empty) folder"
+        )
+
+
 def export_run(
     run_dir: str | Path,
     out: str | Path | None = None,
@@ -216,7 +231,8 @@ def export_run(
     sees a half-written or unchecked version.
 
     Raises:
-        UserError: `run_dir` is not a run directory, or both `out` and `serving_dir` are given.
+        UserError: `run_dir` is not a run directory, both `out` and `serving_dir` are given,
+            or `out` is a file or a non-empty folder that is not an imgclf SavedModel.
         IntegrityError: model.keras differs from the run's manifest.
         ExportError: the SavedModel disagrees with model.keras (nothing is written).
     """
@@ -224,6 +240,8 @@ def export_run(
     run_dir = Path(run_dir)
     if not (runs.is_run_dir(run_dir) or runs.in_run(run_dir)):
         raise UserError(f"{run_dir} is not a run directory (no {runs.MODEL} and {runs.LABELS})")
+    if out is not None:
+        check_out(Path(out))
     from imgclf.models.saving import load_run_model
 
     model = load_run_model(run_dir)  # checked against manifest.json, safe mode

@@ -133,7 +133,8 @@ _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 def printable(text: str) -> str:
     """`text` with the bytes of a non-UTF-8 file name (kept by Python as lone surrogates, e.g.
-    the name b"\\xff0.png") written as `\\xNN`: lossless, and valid UTF-8 in JSON and on a terminal."""
+    the name b"\\xff0.png") written as `\\xNN`: lossless, and valid UTF-8 in JSON and on a
+    terminal."""
     return _UNDECODABLE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from imgclf.runs.files import write_text
 
+
 @dataclass(frozen=True)
 class HistoryRow:
     """One epoch of history.csv. Figures are None where the epoch did not record them (e.g. no

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from imgclf.runs.names import DEFAULT_ROOT, LABELS, LATEST, MODEL
 
+
 def check_new_run_dir(out: str | Path) -> Path:
     """`out` as a Path, if a new run may be written there (absent or an empty folder).
 

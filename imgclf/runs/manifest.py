@@ -10,6 +10,7 @@ from imgclf.errors import UserError
 from imgclf.runs.files import read_json, write_json
 from imgclf.runs.names import MANIFEST, STATE
 
+
 def _artifacts(run_dir: Path) -> list[Path]:
     """Every regular file of the run, hidden (temporary) files and symlinks left out."""
     return sorted(

@@ -9,7 +9,16 @@ from typing import Any
 from imgclf.runs.files import read_config, read_json, read_labels
 from imgclf.runs.history import HistoryRow, read_history
 from imgclf.runs.layout import is_run_dir
-from imgclf.runs.names import CONFIG, DATA_REPORT, DIAGNOSTICS, EXPORTS, HISTORY, METRICS, MODEL_CARD
+from imgclf.runs.names import (
+    CONFIG,
+    DATA_REPORT,
+    DIAGNOSTICS,
+    EXPORTS,
+    HISTORY,
+    METRICS,
+    MODEL_CARD,
+)
+
 
 class Run:
     """A read-only view of a run directory: every file a run can hold, read on first use.
