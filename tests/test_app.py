@@ -168,8 +168,6 @@ def test_a_job_trains_in_a_child_process_and_cancel_stops_it(tmp_path: Path, fol
     from conftest import tiny_overrides
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
-    from imgclf.ui.jobs import _alive
-
     determinism = is_op_determinism_enabled()  # process-wide, and cannot be switched back
     config = load_config(None, [*tiny_overrides(folder_dataset), "train.epochs=500"])
     job = TrainingJob(tmp_path / "runs")
@@ -181,7 +179,7 @@ def test_a_job_trains_in_a_child_process_and_cancel_stops_it(tmp_path: Path, fol
         assert job.snapshot().status == "running", job.snapshot().error
         job.wait(timeout=1)
     state = job.cancel()
-    assert state.status == "cancelled" and not _alive(state.pid)
+    assert state.status == "cancelled" and not state.alive
     run = Path(state.run_dir)
     assert (run / runs.HISTORY).is_file() and not (run / runs.MANIFEST).exists()
     assert runs.read_state(run).state == runs.INTERRUPTED  # SIGTERM: resumable
