@@ -6,13 +6,16 @@ For each N it measures, each in a fresh process:
       the first run builds the decoded cache, the second re-uses it
       -> time to the first training step (the `run:` line), images/s in epoch 1 and 2, peak RSS
   keras.utils.image_dataset_from_directory on the same folder, one pass -> images/s, peak RSS
-  imgclf-predict on the folder -> peak RSS
+  imgclf-predict on the folder -> peak RSS (and on a 1,000-file folder, for comparison)
+  with --baseline DIR: imgclf-train of another checkout (e.g. the code before the decoded cache,
+      which held every image in memory) on the same folder, once -> the "before" row
 and once: decode CPU per image at 224×224 (imgclf's decoder vs TensorFlow's decode_jpeg +
 resize), the pixel difference of the reduced-scale JPEG decode to a full decode, and later-epoch
 speed from the disk cache vs the in-memory path (N = 2,000).
 
     python benchmarks/data_scale.py --sizes 2000 10000 30000 --work /tmp/imgclf-scale
     python benchmarks/data_scale.py --sizes 500 --work /tmp/s          # a quick look
+    python benchmarks/data_scale.py --baseline /path/to/old/checkout ...  # + before rows
 """
 
 from __future__ import annotations
@@ -78,13 +81,15 @@ def make_folder(root: Path, n: int, seed: int = 0) -> Path:
     return root
 
 
-def measured(command: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
+def measured(
+    command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> dict[str, object]:
     """Run `command`; (wall s, peak RSS MB of the process tree's largest, stdout lines with the
     seconds they appeared at)."""
     start = time.perf_counter()
     wrapped = ["/usr/bin/time", "-f", "MAXRSS_KB %M", *command]
     proc = subprocess.Popen(
-        wrapped, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        wrapped, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd
     )
     lines = []
     assert proc.stdout is not None
@@ -98,11 +103,16 @@ def measured(command: list[str], env: dict[str, str] | None = None) -> dict[str,
     return {"wall": time.perf_counter() - start, "rss_mb": rss[-1] / 1024, "lines": lines}
 
 
-def train_once(folder: Path, out: Path, cache: str, env: dict[str, str]) -> dict[str, float]:
-    """imgclf-train on `folder`: time to the first training step, images/s per epoch, RSS."""
+def train_once(
+    folder: Path, out: Path, cache: str | None, env: dict[str, str], code: Path | None = None
+) -> dict[str, float]:
+    """imgclf-train on `folder` (of the checkout `code`, default this one): time to the start of
+    training (its `run:` line), images/s per epoch, peak RSS."""
     cmd = [sys.executable, "-m", "imgclf.train", *TRAIN, f"data.path={folder}",
-           f"data.cache={cache}", "--out", str(out)]  # fmt: skip
-    result = measured(cmd, env)
+           "--out", str(out)]  # fmt: skip
+    if cache is not None:
+        cmd.append(f"data.cache={cache}")
+    result = measured(cmd, env, cwd=code)
     first_step = next(t for t, line in result["lines"] if line.startswith("run:"))
     report = json.loads((out / "data_report.json").read_text())
     n_train = report["totals"]["train"]
@@ -186,6 +196,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000, 30000])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "imgclf-scale")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--baseline", type=Path, help="another checkout: its train is 'before'")
+    parser.add_argument(
+        "--baseline-max", type=int, default=30000, help="largest N to run the baseline at"
+    )
     args = parser.parse_args()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "IMGCLF_CACHE": str(args.work / "cache")}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
@@ -201,8 +215,15 @@ def main() -> None:
         keras_row = keras_pass(folder, env)
         pred = predict_rss(runs_dir / "first", folder, env)
         results[str(n)] = {"first": first, "second": second, "keras": keras_row, "predict": pred}
+        if args.baseline is not None and n <= args.baseline_max:
+            before = train_once(folder, runs_dir / "before", None, env, args.baseline)
+            results[str(n)]["before"] = before
         print(json.dumps(results[str(n)]), flush=True)
     small = args.work / f"photos_{min(args.sizes)}"
+    thousand = make_folder(args.work / "photos_1000", 1000)
+    results["predict_1000"] = predict_rss(
+        args.work / f"runs_{min(args.sizes)}" / "first", thousand, env
+    )
     results["decode"] = decode_cpu(small, 300, env)
     mem = train_once(small, args.work / "runs_mem", "memory", env)
     results["memory_path"] = mem
@@ -219,9 +240,11 @@ def summarise(results: dict, sizes: list[int]) -> None:
     )
     for n in sizes:
         r = results[str(n)]
-        for name in ("first", "second"):
+        for name in ("before", "first", "second"):
+            if name not in r:
+                continue
             t = r[name]
-            cache = f"{t['cache']}{' reused' if t['reused'] else ''}"
+            cache = f"{t['cache'] or 'memory'}{' reused' if t['reused'] else ''}"
             k = r["keras"]
             tail = (
                 f"{k['img_s']:>11.0f} {k['rss_mb']:>9.0f} | {r['predict']:>11.0f}"
@@ -232,6 +255,7 @@ def summarise(results: dict, sizes: list[int]) -> None:
                 f"{n:>6} {name:>6} {cache:>9} {t['first_step_s']:>10.1f} {t['epoch1_img_s']:>9.0f} "
                 f"{t['epoch2_img_s']:>9.0f} {t['rss_mb']:>7.0f} | {tail}"
             )
+    print(f"predict on 1,000 files: peak RSS {results['predict_1000']:.0f} MB")
     d = results["decode"]
     print(
         f"\ndecode at {SIDE}×{SIDE}, one core: imgclf {d['imgclf_ms']:.2f} ms/image, TensorFlow "

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--verbose", action="store_true", help="also show TensorFlow's own start-up log lines"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value before or after options
     from imgclf.console import quiet_tensorflow
 
     quiet_tensorflow(args.verbose)

@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     from imgclf.console import quiet_tensorflow
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value before or after options
     if args.resume and (args.config or args.overrides or args.out or args.print_config):
         parser.error("--resume RUN takes no --config, --out, --print-config or overrides")
     verbose = 0 if args.quiet else "auto"

@@ -148,3 +148,11 @@ def test_augment_overrides_switch_every_transform():
     assert not off.augment.enabled
     on = load_config(None, [*augment_overrides(False, base), *augment_overrides(True, off)])
     assert on.augment == base.augment  # back on: the built-in default transforms
+
+
+def test_overrides_may_come_before_or_after_options(capsys):
+    from imgclf.train import main
+
+    assert main(["train.epochs=2", "--print-config", "train.batch_size=8"]) == 0
+    printed = capsys.readouterr().out
+    assert "epochs: 2" in printed and "batch_size: 8" in printed
