@@ -3,6 +3,7 @@ time), the process kills itself with SIGKILL at that point, as a power cut or `k
 at a moment a test can name exactly. Unset (always, outside tests), a failpoint does nothing.
 
     epoch        after history.csv has the epoch's row (epoch:2 = after the second epoch)
+    backup       after a resume backup is complete (backup:2 = the second backup of the run)
     model        after model.keras is in place
     saved_model  while the SavedModel is written (its temporary folder exists)
     manifest     after everything but the manifest is written

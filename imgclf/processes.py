@@ -50,16 +50,17 @@ def identity(pid: int | None = None) -> dict[str, Any]:
     }
 
 
-def alive(record: dict[str, Any]) -> bool:
+def alive(record: dict[str, Any], local: bool = False) -> bool:
     """Whether the process a record names (see `identity`) is still running: False when its id
-    is gone, is a zombie, or now belongs to another process; True for another host's process
-    (it cannot be checked from here)."""
+    is gone, is a zombie, or now belongs to another process. A process of another host cannot
+    be checked from here: True (it may still run), or False with `local` (for records that only
+    ever name this machine's processes, such as the app's training child)."""
     pid = record.get("pid")
     if not isinstance(pid, int):
         return False
     host = record.get("host")
     if host is not None and host != socket.gethostname():
-        return True
+        return not local
     boot = _boot_id()
     if record.get("boot") and boot and record["boot"] != boot:
         return False  # written before the last reboot

@@ -2,7 +2,7 @@
 artifact, removed when the run completes):
 
     data.json            the run's data fingerprint (a resumed run must see the same split)
-    <phase>/snap-NNNNN/  one backup of the phase after epoch NNNNN: weights and optimizer state,
+    <phase>/snap-E-S-ID/ one backup of the phase at epoch E, step S: weights and optimizer state,
                          early stopping's state and best weights, the random state of dropout
                          and augmentation, and whether early stopping had stopped the phase
     <phase>/current.json which snapshot is the latest (replaced atomically after the snapshot is
@@ -27,12 +27,13 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgclf import runs
+from imgclf import faults, runs
 
 if TYPE_CHECKING:
     import keras
@@ -172,7 +173,10 @@ def backup_callback(
 
     class RunBackup(keras.callbacks.BackupAndRestore):
         def _save_model(self) -> None:
-            name = f"snap-{self._current_epoch:05d}-{self._last_batch_seen:06d}"
+            # Never a name in use: a resumed epoch redoes the same steps, and replacing the
+            # current snapshot in place would open a moment with none.
+            tag = uuid.uuid4().hex[:8]
+            name = f"snap-{self._current_epoch:05d}-{self._last_batch_seen:06d}-{tag}"
             old = resume.snapshot(phase)
             with runs.atomic_path(folder / name) as tmp:
                 tmp.mkdir(parents=True)
@@ -190,12 +194,17 @@ def backup_callback(
             for stale in folder.glob("snap-*"):
                 if stale.name != name:
                     shutil.rmtree(stale, ignore_errors=True)
+            faults.point("backup")
 
         def on_train_begin(self, logs: dict | None = None) -> None:
+            # Keras keeps `_initial_epoch` on the model after fit: the phase before this one
+            # (same model) must not decide where this one starts.
+            self.model._initial_epoch = None
             found = resume.snapshot(phase)
             if found is None:
                 return
             snap, state = found
+            self._current_epoch, self._last_batch_seen = state["epoch"], 0
             if self.model.optimizer is not None and not self.model.optimizer.built:
                 self.model.optimizer.build(self.model.trainable_variables)
             self.model.load_weights(str(snap / "latest.weights.h5"))
@@ -205,6 +214,9 @@ def backup_callback(
             # had already stopped the phase (fit then only restores its best weights).
             epochs = (self.params or {}).get("epochs", state["epoch"])
             self.model._initial_epoch = epochs if state["stopped"] else state["epoch"]
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            self.model._initial_epoch = None
 
     return RunBackup(str(folder), save_freq=every, delete_checkpoint=False)
 
@@ -220,7 +232,8 @@ def _save_best(tmp: Path, old: tuple[Path, dict[str, Any]] | None, early: Any) -
     if early.best_weights is None:
         return
     target = tmp / "best.npz"
-    if old is not None and old[1]["early"]["best_epoch"] == early.best_epoch:
+    same = ("best_epoch", "best")
+    if old is not None and all(old[1]["early"].get(k) == _early_state(early)[k] for k in same):
         previous = old[0] / "best.npz"
         if previous.is_file():
             try:
@@ -252,8 +265,9 @@ def check_resumable(run_dir: Path) -> Config:
         raise UserError(f"--resume {run_dir}: the run is already complete; nothing to resume")
     if state.state == runs.RUNNING:
         raise UserError(
-            f"--resume {run_dir}: the run is still training (process {state.pid}); wait for it "
-            "or stop it first"
+            f"--resume {run_dir}: the run is still training (process {state.pid} on "
+            f"{state.host}); wait for it or stop it first. If that process is gone (e.g. its "
+            f"container was replaced), delete {run_dir / runs.STATE} and resume"
         )
     config = load_config(run_dir / runs.CONFIG)
     if config.train.distribute == "multiworker":

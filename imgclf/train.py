@@ -146,6 +146,7 @@ def prepare(
             f"train.distribute={mode}"
         )
     model = _build(config, splits, strategy, batch_size)
+    made = out is None or not Path(out).exists()  # else an empty folder the user gave
     run_dir = _run_dir(config, out, runs_root, chief, resume, splits)
     track = Resume(run_dir) if chief and config.train.distribute != "multiworker" else None
     try:
@@ -158,7 +159,7 @@ def prepare(
         runs.write_json(run_dir / runs.DATA_REPORT, splits.report)
     except BaseException:
         if not resume:  # a half-made new run holds nothing worth keeping (Ctrl+C, disk full)
-            _remove_new_run(run_dir)
+            _remove_new_run(run_dir, remove_folder=made or not chief)
         raise
     if verbose:
         totals = splits.report["totals"]
@@ -280,9 +281,9 @@ def train(
     return p.run_dir
 
 
-def _remove_new_run(run_dir: Path) -> None:
-    """Undo a new run directory whose setup did not finish (what prepare wrote, then the
-    folder itself if it is left empty: a folder the user made for `--out` stays)."""
+def _remove_new_run(run_dir: Path, remove_folder: bool) -> None:
+    """Undo a new run directory whose setup did not finish: what prepare wrote, then, if
+    `remove_folder` (prepare made it), the folder itself when it is left empty."""
     for name in (runs.STATE, runs.CONFIG, runs.LABELS, runs.DATA_REPORT, runs.RESUME):
         path = run_dir / name
         if path.is_dir():
@@ -290,8 +291,9 @@ def _remove_new_run(run_dir: Path) -> None:
         else:
             path.unlink(missing_ok=True)
     runs.remove_debris(run_dir)
-    with contextlib.suppress(OSError):
-        run_dir.rmdir()
+    if remove_folder:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
 
 
 def _tidy(p: Prepared, runs_root: Path) -> None:

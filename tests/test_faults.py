@@ -76,17 +76,23 @@ def test_a_kill_at_each_moment_leaves_nothing_trusted_and_resume_finishes_it(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after_epoch", [1, 3])  # in the head phase; in fine-tuning
+@pytest.mark.parametrize(
+    ("kill", "cached"),
+    # In the head phase; in fine-tuning; after the head's first backup, with the head trained
+    # through the model (not on cached features), so both phases resume through Keras' fit.
+    [("epoch:1", "auto"), ("epoch:3", "auto"), ("backup:1", "false")],
+)
 def test_resume_of_a_transfer_run_in_either_phase_gives_the_same_metrics(
-    kill_after_epoch: int, tiny_run: Path, folder_dataset: Path, tmp_path: Path
+    kill: str, cached: str, tiny_run: Path, folder_dataset: Path, tmp_path: Path
 ):
     transfer = [
         *tiny_overrides(folder_dataset), f"model.weights={tiny_run}", "transfer.head_epochs=2",
         "transfer.fine_tune_epochs=2", "train.early_stopping.patience=0",
+        f"transfer.cache_features={cached}",
     ]  # fmt: skip
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert _train(*transfer, "--out", str(whole)).returncode == 0
-    killed = _train(*transfer, "--out", str(cut), fault=f"epoch:{kill_after_epoch}")
+    killed = _train(*transfer, "--out", str(cut), fault=kill)
     assert killed.returncode == -signal.SIGKILL
     assert runs.read_state(cut).state == runs.INTERRUPTED
     assert _train("--resume", str(cut)).returncode == 0
@@ -355,3 +361,21 @@ def test_resume_refuses_a_run_whose_data_changed(tmp_path: Path):
     assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
     assert "its data has changed since it started" in resumed.stderr
     assert runs.read_state(run).state == runs.INTERRUPTED  # left as it was, still resumable
+
+
+@pytest.mark.slow
+def test_step_backups_after_a_resume_keep_counting_epochs(folder_dataset: Path, tmp_path: Path):
+    from imgclf.resume import Resume
+
+    run = tmp_path / "run"
+    args = [*tiny_overrides(folder_dataset), *FAST, "train.epochs=4", "train.batch_size=4",
+            "train.backup_every=2", "--out", str(run)]  # fmt: skip
+    assert _train(*args, fault="backup:4").returncode == -signal.SIGKILL  # inside epoch 2
+    first = Resume(run).backup_epoch("train")
+    assert first >= 1
+    again = _train("--resume", str(run), fault="backup:1")  # killed at its first backup
+    assert again.returncode == -signal.SIGKILL
+    assert Resume(run).backup_epoch("train") >= first  # not back to epoch 0
+    assert _train("--resume", str(run)).returncode == 0
+    rows = runs.read_history(run / runs.HISTORY)
+    assert [row.epoch for row in rows] == [1, 2, 3, 4]

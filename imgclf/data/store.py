@@ -135,16 +135,24 @@ class FileStore:
         folder = cache_dir() / CACHE_FOLDER
         data, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
         for attempt in range(2):
-            meta = _read_meta(meta_path)
-            if meta is None or not data.is_file() or data.stat().st_size != meta["bytes"]:
-                meta = self._build_disk(folder, key, stats)
-                self.built = True
             try:
+                meta = _read_meta(meta_path)
+                if meta is None or not data.is_file() or data.stat().st_size != meta["bytes"]:
+                    meta = self._build_disk(folder, key, stats)
+                    self.built = True
                 self._fd = os.open(data, os.O_RDONLY)
                 break
             except FileNotFoundError:  # another run evicted it just now: build it again
                 if attempt:
-                    raise
+                    raise DataError(
+                        f"the decoded-image cache {data} keeps disappearing (another run "
+                        "removing it?); set data.cache=memory (or none) for this run"
+                    ) from None
+            except PermissionError as exc:
+                raise DataError(
+                    f"cannot read the decoded-image cache {data} ({exc.strerror}); point "
+                    "IMGCLF_CACHE at a folder of yours, or set data.cache=memory (or none)"
+                ) from None
         with contextlib.suppress(OSError):
             os.utime(meta_path)  # recently used: eviction keeps it
         self.failures = {int(i): reason for i, reason in meta["failures"].items()}
@@ -152,6 +160,7 @@ class FileStore:
 
     def _build_disk(self, folder: Path, key: str, stats: list[list[Any]]) -> dict[str, Any]:
         tmp = folder / f".{key}.{os.getpid()}.tmp"
+        data, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._write_records(tmp)
@@ -165,11 +174,18 @@ class FileStore:
                 "failures": {str(i): r for i, r in self.failures.items()},
                 "bytes": len(self.files) * self.record,
             }
-            os.replace(tmp, folder / f"{key}.u8")
-            _write_json_durably(folder / f"{key}.json", meta)
+            # The description first, then the pixels: a kill between the two leaves a
+            # description without data (read as "not built"), never data nothing describes.
+            _write_json_durably(meta_path, meta)
+            os.replace(tmp, data)
         except OSError as exc:  # disk full, read-only, no permission
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            for leftover in (
+                tmp,
+                meta_path,
+                meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp"),
+            ):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
             raise DataError(
                 f"cannot write the decoded-image cache in {folder} ({exc.strerror or exc}): "
                 "free space there, point IMGCLF_CACHE at another disk, or set "
@@ -266,6 +282,10 @@ def _evict(folder: Path, root: str, keep: str) -> None:
         for stale in (meta_path.with_suffix(".u8"), meta_path):
             with contextlib.suppress(OSError):
                 stale.unlink()
+    for orphan in folder.glob("*.u8"):  # pixels without a description (an older imgclf)
+        if not orphan.with_suffix(".json").exists():
+            with contextlib.suppress(OSError):
+                orphan.unlink()
     for tmp in folder.glob(".*.tmp"):
         pid = tmp.name.split(".")[-2]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():

@@ -37,6 +37,7 @@ class RunState:
     reason: str | None = None
     pid: int | None = None
     updated: float | None = None
+    host: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -74,7 +75,7 @@ def read_state(run_dir: str | Path) -> RunState:
     pid, updated = data.get("pid"), data.get("updated")
     if state == RUNNING and not alive(data):
         return RunState(INTERRUPTED, "the training process stopped (killed?)", pid, updated)
-    return RunState(state, data.get("reason"), pid, updated)
+    return RunState(state, data.get("reason"), pid, updated, data.get("host"))
 
 
 def in_run(folder: str | Path) -> bool:

@@ -64,7 +64,8 @@ class JobState:
     @property
     def alive(self) -> bool:
         """Whether the job's process still runs (not merely: some process has its id)."""
-        return self.pid is not None and alive(self.process or {"pid": self.pid})
+        # Local: the child is always this machine's (a changed host name means it is gone).
+        return self.pid is not None and alive(self.process or {"pid": self.pid}, local=True)
 
     @property
     def fraction(self) -> float:
@@ -89,6 +90,7 @@ class TrainingJob:
     def __init__(self, runs_root: str | Path) -> None:
         self.root = Path(runs_root)
         self._lock = threading.RLock()
+        self._held = False  # this object holds the file lock (under self._lock)
         self._procs: dict[int, subprocess.Popen] = {}  # children this server started
 
     @property
@@ -100,13 +102,18 @@ class TrainingJob:
         """Hold this server's lock and a file lock on `.jobs/` (other app servers on the same
         runs folder), so checking for a running job and starting one is a single step."""
         with self._lock:
+            if self._held:  # re-entered by this thread (start -> running -> snapshot)
+                yield
+                return
             folder = self.root / JOBS
             folder.mkdir(parents=True, exist_ok=True)
             with (folder / ".lock").open("a") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)
+                self._held = True
                 try:
                     yield
                 finally:
+                    self._held = False
                     fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _read(self) -> JobState:
@@ -138,10 +145,12 @@ class TrainingJob:
 
     def snapshot(self) -> JobState:
         """The current job, its history so far, and how it ended once it has."""
-        with self._lock:
-            state = self._read()
-            if state.status == "running" and not state.alive:
-                state = self._finish(state)
+        state = self._read()
+        if state.status == "running" and not state.alive:
+            with self._exclusive():  # another server may have finished it and started another
+                state = self._read()
+                if state.status == "running" and not state.alive:
+                    state = self._finish(state)
         if state.run_dir:
             state.rows = runs.read_history(Path(state.run_dir) / runs.HISTORY)
         return state
@@ -170,6 +179,7 @@ class TrainingJob:
     def _spawn(self, config: Any) -> JobState:
         from imgclf.transfer import plan_phases
 
+        max_epochs = sum(phase.train.epochs for phase in plan_phases(config))  # before a child
         stamp = time.strftime("%Y%m%d-%H%M%S")
         jobs = self.root / JOBS
         run_dir = self.root / f"{config.name}-{stamp}"
@@ -194,7 +204,7 @@ class TrainingJob:
             status="running",
             name=config.name,
             run_dir=str(run_dir),
-            max_epochs=sum(phase.train.epochs for phase in plan_phases(config)),
+            max_epochs=max_epochs,
             pid=proc.pid,
             process=identity(proc.pid),
             log=str(log),
