@@ -2,6 +2,7 @@
 time), the process kills itself with SIGKILL at that point, as a power cut or `kill -9` would,
 at a moment a test can name exactly. Unset (always, outside tests), a failpoint does nothing.
 
+    setup        after a new run's config.yaml, before its other first files and its state
     epoch        after history.csv has the epoch's row (epoch:2 = after the second epoch)
     backup       after a resume backup is complete (backup:2 = the second backup of the run)
     model        after model.keras is in place

@@ -60,7 +60,7 @@ def _test_metrics(run: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", ["epoch:2", "model", "saved_model", "manifest"])
+@pytest.mark.parametrize("moment", ["setup", "epoch:2", "model", "saved_model", "manifest"])
 def test_a_kill_at_each_moment_leaves_nothing_trusted_and_resume_finishes_it(
     moment: str, folder_dataset: Path, reference: Path, tmp_path: Path
 ):
@@ -379,3 +379,23 @@ def test_step_backups_after_a_resume_keep_counting_epochs(folder_dataset: Path, 
     assert _train("--resume", str(run)).returncode == 0
     rows = runs.read_history(run / runs.HISTORY)
     assert [row.epoch for row in rows] == [1, 2, 3, 4]
+
+
+def test_a_ctrl_c_during_setup_leaves_no_half_made_run(folder_dataset: Path, tmp_path, monkeypatch):
+    from imgclf import faults
+    from imgclf.config import load_config
+    from imgclf.train import train
+
+    def interrupt(name: str) -> None:
+        if name == "setup":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(faults, "point", interrupt)
+    config = load_config(None, [*tiny_overrides(folder_dataset), *FAST])
+    new, given = tmp_path / "new", tmp_path / "given"
+    given.mkdir()  # an empty folder the user made for --out
+    for out in (new, given):
+        with pytest.raises(KeyboardInterrupt):
+            train(config, out=out, verbose=0)
+    assert not new.exists()  # made by the run: removed
+    assert given.is_dir() and list(given.iterdir()) == []  # the user's: kept, empty
