@@ -60,6 +60,7 @@ def _test_metrics(run: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("kill_moments")  # one worker: the reference run is trained once
 @pytest.mark.parametrize("moment", ["setup", "epoch:2", "model", "saved_model", "manifest"])
 def test_a_kill_at_each_moment_leaves_nothing_trusted_and_resume_finishes_it(
     moment: str, folder_dataset: Path, reference: Path, tmp_path: Path
@@ -75,7 +76,29 @@ def test_a_kill_at_each_moment_leaves_nothing_trusted_and_resume_finishes_it(
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no debris left
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_transfer(tiny_run: Path, folder_dataset: Path, tmp_path_factory):
+    """(overrides, uninterrupted run) of a small transfer run, per `transfer.cache_features`
+    setting, each trained once for the module."""
+    made: dict[str, tuple[list[str], Path]] = {}
+
+    def get(cached: str) -> tuple[list[str], Path]:
+        if cached not in made:
+            transfer = [
+                *tiny_overrides(folder_dataset), f"model.weights={tiny_run}",
+                "transfer.head_epochs=2", "transfer.fine_tune_epochs=2",
+                "train.early_stopping.patience=0", f"transfer.cache_features={cached}",
+            ]  # fmt: skip
+            whole = tmp_path_factory.mktemp("whole") / "run"
+            assert _train(*transfer, "--out", str(whole)).returncode == 0
+            made[cached] = transfer, whole
+        return made[cached]
+
+    return get
+
+
 @pytest.mark.slow
+@pytest.mark.xdist_group("transfer_resume")  # one worker: each uninterrupted run made once
 @pytest.mark.parametrize(
     ("kill", "cached"),
     # In the head phase; in fine-tuning; after the head's first backup, with the head trained
@@ -83,15 +106,10 @@ def test_a_kill_at_each_moment_leaves_nothing_trusted_and_resume_finishes_it(
     [("epoch:1", "auto"), ("epoch:3", "auto"), ("backup:1", "false")],
 )
 def test_resume_of_a_transfer_run_in_either_phase_gives_the_same_metrics(
-    kill: str, cached: str, tiny_run: Path, folder_dataset: Path, tmp_path: Path
+    kill: str, cached: str, uninterrupted_transfer, tmp_path: Path
 ):
-    transfer = [
-        *tiny_overrides(folder_dataset), f"model.weights={tiny_run}", "transfer.head_epochs=2",
-        "transfer.fine_tune_epochs=2", "train.early_stopping.patience=0",
-        f"transfer.cache_features={cached}",
-    ]  # fmt: skip
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    assert _train(*transfer, "--out", str(whole)).returncode == 0
+    transfer, whole = uninterrupted_transfer(cached)
+    cut = tmp_path / "cut"
     killed = _train(*transfer, "--out", str(cut), fault=kill)
     assert killed.returncode == -signal.SIGKILL
     assert runs.read_state(cut).state == runs.INTERRUPTED
