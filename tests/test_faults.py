@@ -8,8 +8,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -230,12 +232,25 @@ def test_predict_refuses_special_files_at_once_and_classifies_the_rest(
     loop.symlink_to(loop)
     device = tmp_path / "zero.png"
     device.symlink_to("/dev/zero")
-    result = _predict(tiny_run, good, fifo, loop, device)  # a FIFO would block a plain read
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as fh:
+        fh.truncate(201 * 2**20)  # sparse: 201 MB long, nothing on disk
+    short = Path(tempfile.mkdtemp(prefix="s"))  # a socket's path must be short
+    sock_path = short / "sock.png"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    try:  # a FIFO would block a plain read; /dev/zero would never end
+        result = _predict(tiny_run, good, fifo, loop, device, sock_path, huge)
+    finally:
+        server.close()
+        shutil.rmtree(short)
     assert result.returncode == 1 and good.name in result.stdout
     errors = result.stderr.strip().splitlines()
     assert f"error: {fifo}: not a regular file (a FIFO)" in errors
     assert f"error: {loop}: symlink loop" in errors
     assert f"error: {device}: not a regular file (a device)" in errors
+    assert f"error: {sock_path}: not a regular file (a socket)" in errors
+    assert f"error: {huge}: file larger than 200 MB" in errors
 
 
 @pytest.mark.parametrize(
