@@ -104,11 +104,13 @@ def preview(config: Config, out: str | Path, n_images: int = 8, n_variants: int 
     import numpy as np
 
     from imgclf.data import load_data
+    from imgclf.data.pool import readable_sample
     from imgclf.plots import plot_image_grid
 
     splits = load_data(config)
-    x = splits.train.x[:n_images].astype("float32")
-    y = np.eye(len(splits.class_names), dtype="float32")[splits.train.y[:n_images]]
+    pixels, labels = readable_sample(splits.train, n_images)  # a corrupt file is skipped
+    x = pixels.astype("float32")
+    y = np.eye(len(splits.class_names), dtype="float32")[labels]
     augmenter = build_augmenter(config.augment, config.data.image_size, config.seed)
     columns = [x]
     for _ in range(n_variants):
@@ -117,7 +119,7 @@ def preview(config: Config, out: str | Path, n_images: int = 8, n_variants: int 
         else:
             columns.append(keras.ops.convert_to_numpy(augmenter(x, y)[0]))
     grid = np.stack(columns, axis=1)  # [rows, 1 + variants, H, W, C]
-    titles = [splits.class_names[c] for c in splits.train.y[:n_images]]
+    titles = [splits.class_names[c] for c in labels]
     plot_image_grid(grid, titles, out, column_titles=["original"] + ["augmented"] * n_variants)
     return Path(out)
 

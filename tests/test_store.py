@@ -133,6 +133,17 @@ def test_disk_cache_records_an_unreadable_file_once(photos: Path, cache: Path):
     assert again.report["cache"]["reused"]
 
 
+def test_every_cache_mode_gives_the_same_splits_around_a_broken_file(photos: Path, cache: Path):
+    _broken_jpeg(photos / "circle" / "zz_broken.jpg")  # found up front (memory, disk) or late
+    found = {}
+    for mode in ("memory", "disk", "none"):
+        splits = _load(photos, f"data.cache={mode}")
+        # `none` still lists the file: reading it finds the failure and leaves it out then.
+        found[mode] = [[f for f in getattr(splits, part).files if f != "circle/zz_broken.jpg"]
+                       for part in ("train", "val", "test")]  # fmt: skip
+    assert found["memory"] == found["disk"] == found["none"]
+
+
 def _pre_split(root: Path) -> Path:
     rng = np.random.default_rng(1)
     for split, n in (("train", 8), ("valid", 3), ("test", 4)):
@@ -159,6 +170,18 @@ def test_pre_split_folders_are_used_as_they_are(tmp_path: Path, cache: Path):
     pooled = _load(root, "data.split=stratified")
     assert pooled.report["split"] == "stratified"
     assert any(f.startswith("test/") for f in pooled.train.files)
+    # An archive's __MACOSX folder is not a class; a file loose in train/ is listed as ignored.
+    (root / "__MACOSX" / "train").mkdir(parents=True)
+    (root / "train" / "notes.png").write_bytes(b"x")
+    again = _load(root)
+    assert again.report["split"] == "predefined" and again.class_names == list(CLASSES)
+    assert {"file": "train/notes.png", "reason": "not inside a class sub-folder"} in (
+        again.report["ignored"]
+    )
+    # train/ beside a folder that is not a split: refused, not guessed.
+    (root / "unlabeled").mkdir()
+    with pytest.raises(DataError, match=r"has a train/ folder beside other folders \(unlabeled\)"):
+        _load(root)
 
 
 def test_predefined_split_needs_a_layout_that_has_one(photos: Path, cache: Path):
@@ -180,8 +203,10 @@ def test_csv_source_with_split_column_and_bad_rows(photos: Path, cache: Path):
         for i, f in enumerate(files[cls]):
             split = "test" if i < 3 else "val" if i < 5 else "train"
             lines.append(f"{cls}/{f.name},{cls},{split}")
-    lines += ["circle/missing.png,circle,train", f"{files['circle'][0].relative_to(photos)},,"]
+    lines += ["", "circle/missing.png,circle,train", f"{files['circle'][0].relative_to(photos)},,"]
     lines.append(f"{files['circle'][1].relative_to(photos)},circle,tst")
+    lines.append(f"{files['circle'][2].relative_to(photos)},circle,train,")  # a stray comma
+    lines.append(lines[1])  # the first row again
     csv_path = _csv(photos, lines)
     splits = load_data(
         load_config(None, [*tiny_overrides(photos)[3:], "data.source=csv", f"data.path={csv_path}"])
@@ -189,9 +214,26 @@ def test_csv_source_with_split_column_and_bad_rows(photos: Path, cache: Path):
     assert splits.report["split"] == "predefined" and splits.class_names == list(CLASSES)
     assert splits.report["totals"] == {"train": 15, "val": 6, "test": 9}
     skipped = {s["file"]: s["reason"] for s in splits.report["skipped"]}
-    assert skipped["list.csv line 32: circle/missing.png"] == "file not found"
-    assert skipped["list.csv line 33: circle/img_00.png"] == "empty label"
-    assert skipped["list.csv line 34: circle/img_01.JPG"] == "split 'tst' is not train, val or test"
+    # Physical line numbers: line 32 is blank.
+    assert skipped["list.csv line 33: circle/missing.png"] == "file not found"
+    assert skipped["list.csv line 34: circle/img_00.png"] == "empty label"
+    assert skipped["list.csv line 35: circle/img_01.JPG"] == "split 'tst' is not train, val or test"
+    assert skipped["list.csv line 36: circle/img_02.png"].startswith("1 field(s) more than")
+    assert skipped[f"list.csv line 37: {lines[1].split(',')[0]}"] == "duplicate of line 2"
+
+
+def test_a_csv_giving_one_image_two_labels_is_refused(photos: Path, cache: Path):
+    files = sorted((photos / "circle").iterdir())
+    lines = ["path,label"] + [
+        f"{c}/{f.name},{c}" for c in CLASSES for f in sorted((photos / c).iterdir())
+    ]
+    lines.append(f"circle/{files[0].name},hstripes")
+    csv_path = _csv(photos, lines)
+    config = load_config(
+        None, [*tiny_overrides(photos)[3:], "data.source=csv", f"data.path={csv_path}"]
+    )
+    with pytest.raises(DataError, match=r"line 32 labels circle/.* 'hstripes', line 2 labels it"):
+        load_data(config)
 
 
 @pytest.mark.parametrize(

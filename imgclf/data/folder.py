@@ -9,6 +9,8 @@ reported with their reason; files that are not images are listed as ignored.
 from __future__ import annotations
 
 import csv
+import io
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,9 +47,17 @@ def _is_hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
+# Folders an archive tool adds (macOS zip resource forks): never a class.
+NOT_CLASSES = {"__MACOSX"}
+
+
 def _subfolders(folder: Path) -> list[Path]:
     return sorted(
-        (d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
+        (
+            d
+            for d in folder.iterdir()
+            if d.is_dir() and not d.name.startswith(".") and d.name not in NOT_CLASSES
+        ),
         key=lambda d: d.name,
     )
 
@@ -79,10 +89,25 @@ def list_folder(root: Path) -> tuple[list[Entry], list[str], list[dict[str, str]
     ]
     names = {d.name.lower() for d in tops}
     pre_split = bool(tops) and names <= set(SPLIT_FOLDERS) and "train" in names
+    others = sorted(d.name for d in tops if d.name.lower() not in SPLIT_FOLDERS)
+    if "train" in names and others:
+        # train/ beside class-like folders: neither layout is safe to guess (training "train"
+        # against "test" as classes would be silently wrong).
+        beside = ", ".join(others[:5])
+        raise DataError(
+            f"data.path: {root} has a train/ folder beside other folders ({beside}); use "
+            "either train/, val/ and test/ folders each with one sub-folder per class, or one "
+            "sub-folder per class and no train/ folder"
+        )
     entries: list[Entry] = []
     classes: set[str] = set()
     for top in tops:
         if pre_split:
+            ignored += [
+                {"file": f.relative_to(root).as_posix(), "reason": "not inside a class sub-folder"}
+                for f in sorted(top.iterdir())
+                if f.is_file() and not f.name.startswith(".")
+            ]
             for class_dir in _subfolders(top):
                 classes.add(class_dir.name)
                 entries += _list_class(root, class_dir, SPLIT_FOLDERS[top.name.lower()], ignored)
@@ -102,7 +127,8 @@ def list_csv(path: Path) -> tuple[list[Entry], list[dict[str, str]], bool, Path]
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"data.path: {path} is not a readable UTF-8 CSV file ({exc})") from None
-    reader = csv.DictReader(text.splitlines())
+    # newline="": quoted fields may hold line breaks; line_num counts physical lines.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = [c.strip().lower() for c in reader.fieldnames or []]
     unknown = [c for c in columns if c not in CSV_COLUMNS]
     missing = [c for c in CSV_COLUMNS[:2] if c not in columns]
@@ -113,11 +139,17 @@ def list_csv(path: Path) -> tuple[list[Entry], list[dict[str, str]], bool, Path]
             "(e.g. `path,label,split`)"
         )
     root, entries, skipped = path.parent, [], []
-    for n, row in enumerate(reader, start=2):  # line 1 is the header
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+    seen: dict[str, tuple[int, str]] = {}  # normalised path -> (line, label)
+    for raw in reader:
+        line = reader.line_num
+        extra = raw.pop(None, None)  # fields beyond the header's columns
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
         file, label, split = row.get("path", ""), row.get("label", ""), row.get("split", "")
+        key = os.path.normpath(file) if file else ""
         reason = None
-        if not file:
+        if extra is not None:
+            reason = f"{len(extra)} field(s) more than the header; quote a path holding a comma"
+        elif not file:
             reason = "empty path"
         elif not label:
             reason = "empty label"
@@ -125,19 +157,26 @@ def list_csv(path: Path) -> tuple[list[Entry], list[dict[str, str]], bool, Path]
             reason = f"split {split!r} is not train, val or test"
         elif not (root / file).is_file():
             reason = "file not found"
+        elif key in seen and seen[key][1] != label:
+            raise DataError(
+                f"{path}: line {line} labels {file} {label!r}, line {seen[key][0]} labels it "
+                f"{seen[key][1]!r}; an image has one label: fix one of the two rows"
+            )
+        elif key in seen:
+            reason = f"duplicate of line {seen[key][0]}"
         if reason:
-            skipped.append({"file": f"{path.name} line {n}: {file}", "reason": reason})
+            skipped.append({"file": f"{path.name} line {line}: {file}", "reason": reason})
         else:
+            seen[key] = (line, label)
             entries.append((file, label, SPLIT_VALUES[split.lower()]))
     return entries, skipped, "split" in columns, root
 
 
 def _open_store(
     root: Path, entries: list[Entry], cfg: DataConfig
-) -> tuple[FileStore, list[int], list[dict[str, str]]]:
-    """The store of `entries`, opened; (store, store indices of readable entries, skipped)."""
+) -> tuple[FileStore, list[dict[str, str]]]:
+    """The store of `entries`, opened; (store, skipped: the files found unreadable so far)."""
     files = [file for file, _, _ in entries]
-    skipped: list[dict[str, str]] = []
     store = FileStore(root, files, tuple(cfg.image_size), cfg.channels, cfg.cache)
     if store.mode == "none":  # no decode pass: check each header now, the pixels when read
         for i, file in enumerate(files):
@@ -145,40 +184,43 @@ def _open_store(
             if reason is not None:
                 store.failures[i] = reason
     store.open()
-    for i, reason in sorted(store.failures.items()):
-        skipped.append({"file": files[i], "reason": reason})
-    return store, [i for i in range(len(files)) if i not in store.failures], skipped
+    skipped = [{"file": files[i], "reason": reason} for i, reason in sorted(store.failures.items())]
+    return store, skipped
 
 
 def _pool(
     cfg: DataConfig, root: Path, entries: list[Entry], found: list[str], where: str, own: bool
 ) -> Pool:
-    """A pool of file entries of the classes `found`: keep `data.classes`, open the store, drop
-    unreadable files. `own`: the entries carry the source's own split."""
+    """A pool of file entries of the classes `found`: keep `data.classes`, open the store, and
+    mark the files that do not decode (`Pool.failed`). `own`: the entries carry the source's
+    own split."""
     kept = kept_classes(cfg, found, where)
     class_names = [found[i] for i in kept]
     # Only the kept classes are opened: files of the others are not even read.
     entries = [e for e in entries if e[1] in class_names]
-    store, readable, skipped = _open_store(root, entries, cfg)
+    store, skipped = _open_store(root, entries, cfg)
     index = {name: i for i, name in enumerate(class_names)}
-    labels = np.array([index[entries[i][1]] for i in readable], dtype=np.int64)
-    counts = np.bincount(labels, minlength=len(class_names))
+    labels = np.array([index[label] for _, label, _ in entries], dtype=np.int64)
+    failed = np.zeros(len(entries), dtype=bool)
+    failed[list(store.failures)] = True
+    counts = np.bincount(labels[~failed], minlength=len(class_names))
     empty = [name for name, n in zip(class_names, counts, strict=True) if n == 0]
     if empty:
         raise DataError(
             f"class(es) {', '.join(map(repr, empty))} in {where} have no readable image "
             f"({len(skipped)} file(s) skipped as unreadable); add images or remove the class"
         )
-    assigned = np.array([entries[i][2] for i in readable], dtype=np.int8) if own else None
+    assigned = np.array([split for _, _, split in entries], dtype=np.int8) if own else None
     return Pool(
         images=None,
         labels=labels,
         class_names=class_names,
-        files=[entries[i][0] for i in readable],
+        files=[file for file, _, _ in entries],
         skipped=skipped,
         assigned=assigned,
         store=store,
-        store_index=np.asarray(readable, dtype=np.int64),
+        store_index=np.arange(len(entries), dtype=np.int64),
+        failed=failed,
     )
 
 

@@ -74,13 +74,15 @@ def make_dataset(
     a function of (seed, e): `set_epoch(dataset, e)` selects it (the `epoch_order_callback`
     of every fit does; iterated without one, every pass has epoch 0's order). `epoch` is the
     int64 variable holding the epoch (one is made when None). `shard` = (count, index) keeps
-    every count-th image from index (a worker's own share).
+    every count-th image from index, len(split) // count of them (a worker's equal share).
     """
     import tensorflow as tf
 
     positions = np.arange(len(split), dtype=np.int64)
     if shard:  # before reading anything: a worker reads only its own images
-        positions = positions[shard[1] :: shard[0]]
+        # Equal shares (the last len % count images sit out): every worker must run the same
+        # number of steps, or the one with an extra step waits forever in the all-reduce.
+        positions = positions[shard[1] :: shard[0]][: len(positions) // shard[0]]
     shape = list(split.x.shape[1:])  # [H, W, C] images, or [F] cached features
     read = _reader(split, num_classes)
 

@@ -41,6 +41,9 @@ class Pool:
     assigned: np.ndarray | None = None
     store: FileStore | None = None  # file sources: the pixels, by store index
     store_index: np.ndarray | None = None  # int64 [N]: each pool image's index in `store`
+    # bool [N]: files already known not to decode (listed in `skipped`). They stay in the pool
+    # until after the split, so the split is the same whichever `data.cache` found them.
+    failed: np.ndarray | None = None
 
 
 @dataclass

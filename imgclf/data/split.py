@@ -125,7 +125,9 @@ def _check_every_class_tested(
     short = [c for c in range(len(pool.class_names)) if not all(c in p for p in present)]
     if not short:
         return
-    counts = np.bincount(pool.labels, minlength=len(pool.class_names))
+    counts = np.bincount(
+        pool.labels[_readable(pool, np.arange(len(pool.labels)))], minlength=len(pool.class_names)
+    )
     named = ", ".join(f"{pool.class_names[c]!r} ({counts[c]} images)" for c in short[:5])
     need = minimum_per_class(cfg.val_fraction, cfg.test_fraction)
     raise DataError(
@@ -150,6 +152,11 @@ def cap_per_class(labels: np.ndarray, idx: np.ndarray, max_per_class: int, seed:
     return np.sort(np.concatenate(kept)).astype(np.int64)
 
 
+def _readable(pool: Pool, idx: np.ndarray) -> np.ndarray:
+    """`idx` without the files already known not to decode."""
+    return idx if pool.failed is None else idx[~pool.failed[idx]]
+
+
 def _counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     counts = np.bincount(labels, minlength=len(class_names))
     return {name: int(n) for name, n in zip(class_names, counts, strict=True)}
@@ -158,9 +165,10 @@ def _counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
 def load_data(config: Config) -> Splits:
     """Load `config.data`, split it with `config.seed`, and build the data report.
 
-    The split is computed on every usable image of the kept classes; `data.max_per_class` then
+    The split is computed on every listed image of the kept classes; `data.max_per_class` then
     keeps at most that many training images per class (seeded by `config.seed`), so validation
-    and test are identical with and without the cap.
+    and test are identical with and without the cap; files that do not decode leave their split
+    last (so every `data.cache` mode gives the same splits).
 
     Raises:
         DataError: the source cannot be read (a missing folder or dataset file), has fewer than
@@ -171,16 +179,20 @@ def load_data(config: Config) -> Splits:
     if len(pool.class_names) < 2:
         raise DataError(f"data: found {len(pool.class_names)} class(es); need at least 2")
     train_idx, val_idx, test_idx, how = _split(pool, cfg, config.seed)
+    train_before_cap = _counts(pool.labels[_readable(pool, train_idx)], pool.class_names)
+    if cfg.max_per_class is not None:
+        train_idx = cap_per_class(pool.labels, train_idx, cfg.max_per_class, config.seed)
+    # Files known not to decode leave their split only now, so the split and the cap are the
+    # same whether the decoded cache found them up front or reading finds them later.
+    train_idx, val_idx, test_idx = (_readable(pool, i) for i in (train_idx, val_idx, test_idx))
     for name, idx, frac in (("val", val_idx, "val_fraction"), ("test", test_idx, "test_fraction")):
         if len(idx) == 0:
+            usable = len(pool.labels) - (int(pool.failed.sum()) if pool.failed is not None else 0)
             raise DataError(
-                f"data: the {name} split is empty ({len(pool.labels)} usable images); add images "
+                f"data: the {name} split is empty ({usable} usable images); add images "
                 f"or raise data.{frac}"
             )
     _check_every_class_tested(pool, cfg, train_idx, val_idx, test_idx)
-    train_before_cap = _counts(pool.labels[train_idx], pool.class_names)
-    if cfg.max_per_class is not None:
-        train_idx = cap_per_class(pool.labels, train_idx, cfg.max_per_class, config.seed)
     splits = {"train": _take(pool, train_idx, cfg), "val": _take(pool, val_idx, cfg)}
     splits["test"] = _take(pool, test_idx, cfg)
     report: dict[str, Any] = {

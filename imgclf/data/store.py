@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -81,10 +82,29 @@ def cache_key(
     """(hex key, [[file, bytes, mtime_ns], ...]) of a file list: stat only, no pixels read."""
     stats = []
     for rel in files:
-        st = (root / rel).stat()
-        stats.append([rel, st.st_size, st.st_mtime_ns])
-    meta = [str(root.resolve()), list(size), channels, DECODER_VERSION, stats]
+        try:
+            st = (root / rel).stat()
+            stats.append([rel, st.st_size, st.st_mtime_ns])
+        except OSError:  # gone since it was listed: decoding it fails and reports it
+            stats.append([rel, -1, -1])
+    meta = [str(root.resolve()), list(size), channels, DECODER_VERSION, _pillow(), stats]
     return hashlib.sha256(json.dumps(meta).encode("utf-8", "surrogateescape")).hexdigest(), stats
+
+
+def _pillow() -> list[str | None]:
+    """Pillow's and libjpeg's versions: another version may decode or resize a little
+    differently, so an upgrade must not re-use pixels the old one made."""
+    import PIL
+    from PIL import features
+
+    return [PIL.__version__, features.version("libjpeg_turbo")]
+
+
+def _temporary(folder: Path, name: str) -> Path:
+    """A temporary name for `name` in `folder`, owned by this host and process (the sweep in
+    `_evict` removes only this host's temporaries whose process is gone)."""
+    host = socket.gethostname().replace(".", "_")
+    return folder / f".{name}.{host}.{os.getpid()}.tmp"
 
 
 class FileStore:
@@ -137,6 +157,8 @@ class FileStore:
         for attempt in range(2):
             try:
                 meta = _read_meta(meta_path)
+                if meta is not None and self._readable_again(meta):
+                    meta = None  # a file that could not be read before can be now: rebuild
                 if meta is None or not data.is_file() or data.stat().st_size != meta["bytes"]:
                     meta = self._build_disk(folder, key, stats)
                     self.built = True
@@ -158,8 +180,17 @@ class FileStore:
         self.failures = {int(i): reason for i, reason in meta["failures"].items()}
         self._path = data
 
+    def _readable_again(self, meta: dict[str, Any]) -> bool:
+        """Whether a file the entry records as unreadable (an OS error such as permission
+        denied, not a corrupt image) can be opened now: its size and time need not change."""
+        for i, reason in meta["failures"].items():
+            transient = reason == "permission denied" or reason.startswith("unreadable")
+            if transient and os.access(self.root / self.files[int(i)], os.R_OK):
+                return True
+        return False
+
     def _build_disk(self, folder: Path, key: str, stats: list[list[Any]]) -> dict[str, Any]:
-        tmp = folder / f".{key}.{os.getpid()}.tmp"
+        tmp = _temporary(folder, key)
         data, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -179,11 +210,7 @@ class FileStore:
             _write_json_durably(meta_path, meta)
             os.replace(tmp, data)
         except OSError as exc:  # disk full, read-only, no permission
-            for leftover in (
-                tmp,
-                meta_path,
-                meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp"),
-            ):
+            for leftover in (tmp, meta_path, _temporary(folder, meta_path.name)):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
             raise DataError(
@@ -220,6 +247,8 @@ class FileStore:
         wanted = indices[ok]
         if self._array is not None:
             return self._array[wanted], ok
+        if self.mode == "disk" and self._fd is None:
+            raise ValueError(f"the decoded-image cache of {self.root} is closed")
         if self._fd is not None:
             out = np.empty((len(wanted), *self.size, self.channels), np.uint8)
             for n, i in enumerate(wanted):
@@ -259,7 +288,7 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json_durably(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary(path.parent, path.name)
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh)
         fh.flush()
@@ -286,9 +315,10 @@ def _evict(folder: Path, root: str, keep: str) -> None:
         if not orphan.with_suffix(".json").exists():
             with contextlib.suppress(OSError):
                 orphan.unlink()
+    host = socket.gethostname().replace(".", "_")
     for tmp in folder.glob(".*.tmp"):
-        pid = tmp.name.split(".")[-2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        *_, owner, pid, _ = tmp.name.split(".")
+        if owner == host and pid.isdigit() and not Path(f"/proc/{pid}").exists():
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
