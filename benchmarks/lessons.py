@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("lessons", nargs="*", help="lesson names (default: all)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     names = args.lessons or sorted(p.stem for p in LESSONS.glob("*.yaml"))
     print(f"{os.cpu_count()} CPU cores")
     print(

@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--config", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides before or after --seeds
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print(f"recipe: {args.config or 'embedded default'} {' '.join(args.overrides)}")
     print(f"{'seed':>4} {'test acc':>9} {'top-k':>7} {'epochs':>6} {'wall s':>7}")
