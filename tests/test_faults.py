@@ -33,12 +33,18 @@ def _train(*args: str, fault: str | None = None, **kwargs) -> subprocess.Complet
     return subprocess.run(command, capture_output=True, text=True, env=env, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def reference(folder_dataset: Path, tmp_path_factory) -> Path:
-    """The uninterrupted run every resumed one must equal."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    assert _train(*tiny_overrides(folder_dataset), *FAST, "--out", str(out)).returncode == 0
-    return out
+def _train_here(*overrides: str, out: Path) -> Path:
+    """An uninterrupted run, trained in this process (no second TensorFlow import)."""
+    from imgclf.config import load_config
+    from imgclf.train import train
+
+    return train(load_config(None, list(overrides)), out=out, verbose=0)
+
+
+def _resume_here(run: Path) -> None:
+    from imgclf.train import resume_run
+
+    resume_run(run, verbose=0)
 
 
 def _assert_nothing_trusts(run: Path) -> None:
@@ -61,61 +67,66 @@ def _test_metrics(run: Path) -> dict:
     return json.loads((run / runs.METRICS).read_text())["test"]
 
 
+# Every moment the issue names, in the order training reaches them. A new run is killed at
+# the first; each `--resume` is killed at the next, so one run meets them all (and is resumed
+# five times) before the last resume finishes it.
+MOMENTS = ["setup", "epoch:1", "model", "saved_model", "manifest"]
+
+
 @pytest.mark.slow
-@pytest.mark.xdist_group("kill_moments")  # one worker: the reference run is trained once
-@pytest.mark.parametrize("moment", ["setup", "epoch:2", "model", "saved_model", "manifest"])
 def test_a_kill_at_each_moment_leaves_nothing_trusted_and_resume_finishes_it(
-    moment: str, folder_dataset: Path, reference: Path, tmp_path: Path
+    folder_dataset: Path, tmp_path: Path
 ):
+    overrides = [*tiny_overrides(folder_dataset), *FAST]
+    reference = _train_here(*overrides, out=tmp_path / "reference")
     run = tmp_path / "run"
-    killed = _train(*tiny_overrides(folder_dataset), *FAST, "--out", str(run), fault=moment)
-    assert killed.returncode == -signal.SIGKILL
-    _assert_nothing_trusts(run)
-    resumed = _train("--resume", str(run), "-q")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for moment in MOMENTS:
+        args = ["--resume", str(run)] if run.exists() else [*overrides, "--out", str(run)]
+        killed = _train(*args, fault=moment)
+        assert killed.returncode == -signal.SIGKILL, (moment, killed.stderr[-2000:])
+        _assert_nothing_trusts(run)
+    _resume_here(run)
     assert runs.read_state(run).state == runs.COMPLETE
     assert _test_metrics(run) == _test_metrics(reference)  # bit for bit: no augmentation
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no debris left
 
 
-@pytest.fixture(scope="module")
-def uninterrupted_transfer(tiny_run: Path, folder_dataset: Path, tmp_path_factory):
-    """(overrides, uninterrupted run) of a small transfer run, per `transfer.cache_features`
-    setting, each trained once for the module."""
-    made: dict[str, tuple[list[str], Path]] = {}
-
-    def get(cached: str) -> tuple[list[str], Path]:
-        if cached not in made:
-            transfer = [
-                *tiny_overrides(folder_dataset), f"model.weights={tiny_run}",
-                "transfer.head_epochs=2", "transfer.fine_tune_epochs=2",
-                "train.early_stopping.patience=0", f"transfer.cache_features={cached}",
-            ]  # fmt: skip
-            whole = tmp_path_factory.mktemp("whole") / "run"
-            assert _train(*transfer, "--out", str(whole)).returncode == 0
-            made[cached] = transfer, whole
-        return made[cached]
-
-    return get
+def _transfer(folder_dataset: Path, tiny_run: Path, cached: str) -> list[str]:
+    return [
+        *tiny_overrides(folder_dataset), f"model.weights={tiny_run}",
+        "transfer.head_epochs=2", "transfer.fine_tune_epochs=2",
+        "train.early_stopping.patience=0", f"transfer.cache_features={cached}",
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("transfer_resume")  # one worker: each uninterrupted run made once
 @pytest.mark.parametrize(
-    ("kill", "cached"),
-    # In the head phase; in fine-tuning; after the head's first backup, with the head trained
-    # through the model (not on cached features), so both phases resume through Keras' fit.
-    [("epoch:1", "auto"), ("epoch:3", "auto"), ("backup:1", "false")],
+    ("cached", "kills"),
+    [
+        # Killed in the head phase (on cached features) after its second epoch's row, before
+        # that epoch's backup: the resume continues from the first epoch's backup and is
+        # killed again in fine-tuning, after that phase's first epoch; resumed to the end.
+        # (The epoch failpoint fires before the epoch's backup, so each kill loses an epoch.)
+        ("auto", ["epoch:2", "epoch:2"]),
+        # Killed right after the head's first backup, the head trained through the whole model,
+        # so both phases resume through Keras' fit.
+        ("false", ["backup:1"]),
+    ],
 )
 def test_resume_of_a_transfer_run_in_either_phase_gives_the_same_metrics(
-    kill: str, cached: str, uninterrupted_transfer, tmp_path: Path
+    cached: str, kills: list[str], folder_dataset: Path, tiny_run: Path, tmp_path: Path
 ):
-    transfer, whole = uninterrupted_transfer(cached)
+    transfer = _transfer(folder_dataset, tiny_run, cached)
+    whole = _train_here(*transfer, out=tmp_path / "whole")
     cut = tmp_path / "cut"
-    killed = _train(*transfer, "--out", str(cut), fault=kill)
-    assert killed.returncode == -signal.SIGKILL
-    assert runs.read_state(cut).state == runs.INTERRUPTED
-    assert _train("--resume", str(cut)).returncode == 0
+    for kill in kills:
+        args = ["--resume", str(cut)] if cut.exists() else [*transfer, "--out", str(cut)]
+        killed = _train(*args, fault=kill)
+        assert killed.returncode == -signal.SIGKILL, (kill, killed.stderr[-2000:])
+        assert runs.read_state(cut).state == runs.INTERRUPTED
+    phases = [row.phase for row in runs.read_history(cut / runs.HISTORY)]
+    assert ("fine_tune" in phases) == (len(kills) == 2)  # each phase was cut
+    _resume_here(cut)
     assert _test_metrics(cut) == _test_metrics(whole)
     history = [(run / runs.HISTORY).read_text().splitlines() for run in (cut, whole)]
     assert len(history[0]) == len(history[1]) == 1 + 4
@@ -409,7 +420,7 @@ def test_step_backups_after_a_resume_keep_counting_epochs(folder_dataset: Path, 
     again = _train("--resume", str(run), fault="backup:1")  # killed at its first backup
     assert again.returncode == -signal.SIGKILL
     assert Resume(run).backup_epoch("train") >= first  # not back to epoch 0
-    assert _train("--resume", str(run)).returncode == 0
+    _resume_here(run)
     rows = runs.read_history(run / runs.HISTORY)
     assert [row.epoch for row in rows] == [1, 2, 3, 4]
 
