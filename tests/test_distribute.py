@@ -3,6 +3,7 @@ can only be split before TensorFlow starts)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -142,12 +143,13 @@ print("RESULT " + json.dumps(result))
 
 
 def _free_ports(n: int) -> list[int]:
-    ports = []
-    for _ in range(n):
-        with socket.socket() as sock:
+    """n distinct free ports: every socket stays bound until all are chosen (one closed
+    before the next bind may be handed out again, and two workers on one port never meet)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
             sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    return ports
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def _two_workers(part: str, out: Path, overrides: list[str]) -> list[dict]:
@@ -168,8 +170,14 @@ def _two_workers(part: str, out: Path, overrides: list[str]) -> list[dict]:
         )
     results = []
     try:
-        for proc in procs:
-            stdout, stderr = proc.communicate(timeout=240)
+        for index, proc in enumerate(procs):
+            try:
+                stdout, stderr = proc.communicate(timeout=240)
+            except subprocess.TimeoutExpired:
+                for other in procs:
+                    other.kill()
+                tails = [f"worker {i}:\n{p.communicate()[1][-1500:]}" for i, p in enumerate(procs)]
+                pytest.fail(f"worker {index} hangs; cluster {cluster}\n" + "\n".join(tails))
             lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
             assert proc.returncode == 0 and lines, stderr[-3000:]
             results.append(json.loads(lines[-1][len("RESULT ") :]))
