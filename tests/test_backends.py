@@ -97,15 +97,15 @@ out["tensorflow_imported"] = "tensorflow" in sys.modules
 print("RESULT " + json.dumps(out))
 """
 
+# Appended to JAX_FIT_SCRIPT (one JAX process for both tests): the real `train()`.
 TRAIN_SCRIPT = """
-import json, sys
-from imgclf.config import load_config
 from imgclf.train import train
 
-config = load_config(None, json.loads(sys.argv[1]))
-run_dir = train(config, out=sys.argv[2], verbose=0)
-print("RESULT " + json.dumps({"run_dir": str(run_dir), "tf": "tensorflow" in sys.modules}))
+config = load_config(None, json.loads(sys.argv[3]))
+run_dir = train(config, out=sys.argv[4], verbose=0)
+out["train"] = {"run_dir": str(run_dir), "tf": "tensorflow" in sys.modules}
 """
+RESULT_LINE = 'print("RESULT " + json.dumps(out))'
 
 
 def run_jax(script: str, *args: str, timeout: int = 120) -> tuple[dict, str]:
@@ -151,9 +151,11 @@ def folder_overrides(data_path: Path) -> list[str]:
 # JAX
 
 
-@needs_jax
-@pytest.mark.slow
-def test_jax_trains_mlp_and_cnn_without_tensorflow(folder_dataset: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def jax_result(folder_dataset: Path, tmp_path_factory) -> tuple[dict, str, Path]:
+    """One JAX process (its start-up and compiles are the cost) for both JAX tests: the
+    backend-neutral fit of two recipes, then the real `train()`. (RESULT, stderr, its folder)."""
+    tmp_path = tmp_path_factory.mktemp("jax")
     recipes = {
         # A built-in source: the 8×8 digits, standardised inputs, balanced class weights.
         "mlp": [
@@ -185,10 +187,31 @@ def test_jax_trains_mlp_and_cnn_without_tensorflow(folder_dataset: Path, tmp_pat
             "augment.mixup=0.2",
         ],
     }
-    result, _ = run_jax(JAX_FIT_SCRIPT, json.dumps(recipes), str(tmp_path))
+    overrides = [
+        "name=tiny-jax",
+        *folder_overrides(folder_dataset),
+        "model.filters=[4,8]",
+        "model.convs_per_block=1",
+        "model.hidden=[16]",
+        "augment.rotation=0",
+        "augment.zoom=0",
+        "augment.translate=0.1",
+        "augment.flip=horizontal",
+    ]
+    script = JAX_FIT_SCRIPT.replace(RESULT_LINE, TRAIN_SCRIPT + RESULT_LINE)
+    args = json.dumps(recipes), str(tmp_path), json.dumps(overrides), str(tmp_path / "run")
+    result, stderr = run_jax(script, *args, timeout=600)
+    return result, stderr, tmp_path
+
+
+@needs_jax
+@pytest.mark.slow
+@pytest.mark.xdist_group("jax")  # both read one module-scoped JAX process
+def test_jax_trains_mlp_and_cnn_without_tensorflow(jax_result) -> None:
+    result, _, tmp_path = jax_result
     assert result["backend"] == "jax"
     assert result["tensorflow_imported"] is False
-    for name in recipes:
+    for name in ("mlp", "cnn"):
         r = result[name]
         assert r["pipeline"] == "ArrayDataset" and r["augmented"] and r["epochs"] == 1, r
         assert np.isfinite(r["loss"]) and np.isfinite(r["val_loss"]), r
@@ -202,22 +225,13 @@ def test_jax_trains_mlp_and_cnn_without_tensorflow(folder_dataset: Path, tmp_pat
 
 @needs_jax
 @pytest.mark.slow
-def test_jax_train_end_to_end(folder_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.xdist_group("jax")  # both read one module-scoped JAX process
+def test_jax_train_end_to_end(jax_result) -> None:
     """The real `train()` under JAX: every artifact but the SavedModel, which needs TensorFlow."""
     from imgclf import runs
 
-    overrides = [
-        "name=tiny-jax",
-        *folder_overrides(folder_dataset),
-        "model.filters=[4,8]",
-        "model.convs_per_block=1",
-        "model.hidden=[16]",
-        "augment.rotation=0",
-        "augment.zoom=0",
-        "augment.translate=0.1",
-        "augment.flip=horizontal",
-    ]
-    result, stderr = run_jax(TRAIN_SCRIPT, json.dumps(overrides), str(tmp_path / "run"))
+    full, stderr, _ = jax_result
+    result = full["train"]
     run_dir = Path(result["run_dir"])
     assert result["tf"] is False
     for name in (runs.MODEL, runs.METRICS, runs.HISTORY, runs.CONFIG, runs.LABELS):
