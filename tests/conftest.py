@@ -69,6 +69,9 @@ def tiny_overrides(data_path: Path) -> list[str]:
         "train.epochs=2",
         "train.batch_size=8",
         "train.learning_rate=0.01",
+        # Off for speed (a second or two per run): tiny_run, app_runs and the fault tests switch
+        # it back on, so the diagnostics, their plots and the app's pages are still exercised.
+        "train.diagnostics=false",
     ]
 
 
@@ -78,7 +81,7 @@ def tiny_run(folder_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from imgclf.config import load_config
     from imgclf.train import train
 
-    config = load_config(None, tiny_overrides(folder_dataset))
+    config = load_config(None, [*tiny_overrides(folder_dataset), "train.diagnostics=auto"])
     return train(config, out=tmp_path_factory.mktemp("runs") / "tiny", verbose=0)
 
 
@@ -94,7 +97,15 @@ def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("app") / "runs"
     root.mkdir()
     shutil.copytree(tiny_run, root / "tiny-cnn")
-    config = load_config(None, [*tiny_overrides(folder_dataset), "name=tiny-mlp", "model.name=mlp"])
+    config = load_config(
+        None,
+        [
+            *tiny_overrides(folder_dataset),
+            "name=tiny-mlp",
+            "model.name=mlp",
+            "train.diagnostics=auto",
+        ],
+    )
     job = TrainingJob(root)
     job.start(config)
     state = job.wait()

@@ -329,7 +329,9 @@ def test_imagenet_lite0_trains_two_phases_and_every_export_agrees(
     np.testing.assert_array_equal(backbone.get_layer("stem_conv").get_weights()[0], stem)
     assert explain.validate(model) == "backbone"  # Grad-CAM reads the backbone's feature map
 
-    assert export_main([str(run), "--format", "all"]) == 0
+    # The SavedModel was written and parity-checked by the training run; TFLite and ONNX now.
+    for fmt in ("tflite", "onnx"):
+        assert export_main([str(run), "--format", fmt]) == 0, fmt
     exports = json.loads((run / "exports.json").read_text())
     for fmt in ("saved_model", "tflite", "onnx"):
         assert exports[fmt]["parity"]["top1_agreement"] == 1.0, fmt

@@ -22,7 +22,11 @@ from conftest import tiny_overrides, write_folder_dataset
 from imgclf import runs
 from imgclf.faults import FAULT_ENV
 
-FAST = ["model.name=mlp", "train.epochs=3", "train.early_stopping.patience=0"]
+# Diagnostics on: their forward pass draws dropout masks too, which a resume must restore.
+FAST = [
+    "model.name=mlp", "train.epochs=3", "train.early_stopping.patience=0",
+    "train.diagnostics=auto",
+]  # fmt: skip
 
 
 def _train(*args: str, fault: str | None = None, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -96,6 +100,7 @@ def _transfer(folder_dataset: Path, tiny_run: Path, cached: str) -> list[str]:
         *tiny_overrides(folder_dataset), f"model.weights={tiny_run}",
         "transfer.head_epochs=2", "transfer.fine_tune_epochs=2",
         "train.early_stopping.patience=0", f"transfer.cache_features={cached}",
+        "train.diagnostics=auto",
     ]  # fmt: skip
 
 
