@@ -107,7 +107,7 @@ def export_onnx(
 
     run_dir = Path(run_dir)
     class_names = runs.read_labels(run_dir)
-    images = np.asarray(images[: parity.PARITY_MAX_IMAGES], np.float32)
+    images = np.asarray(images[: parity.PARITY_MAX_IMAGES])  # cast per batch
     with runs.atomic_path(run_dir / runs.ONNX) as tmp:
         convert(model, class_names, tmp)
         fn, _, _ = load_function(tmp)
@@ -116,7 +116,9 @@ def export_onnx(
             "quantized": False,
             "size_bytes": tmp.stat().st_size,
             "runtime": f"onnxruntime {onnxruntime.__version__}",
-            **parity.compare(parity.batched(fn, images), predict_proba(model, images), labels),
+            **parity.compare(
+                parity.batched(fn, images, dtype=np.float32), predict_proba(model, images), labels
+            ),
         }
         parity.require_parity("ONNX model", record["parity"], f"{runs.ONNX} was not written")
     return record

@@ -75,9 +75,11 @@ def record_export(run_dir: str | Path, key: str, record: dict[str, Any]) -> None
     runs.write_manifest(run_dir)
 
 
-def batched(fn: Any, images: np.ndarray, size: int = 256) -> np.ndarray:
-    """`fn` applied to `images` in chunks of `size`, concatenated."""
-    return np.concatenate([fn(images[i : i + size]) for i in range(0, len(images), size)])
+def batched(fn: Any, images: np.ndarray, size: int = 256, dtype: Any = None) -> np.ndarray:
+    """`fn` applied to `images` in chunks of `size` (each cast to `dtype` when given, so a
+    float copy of all the images never exists at once), concatenated."""
+    chunks = (images[i : i + size] for i in range(0, len(images), size))
+    return np.concatenate([fn(c if dtype is None else c.astype(dtype)) for c in chunks])
 
 
 def check_split(
