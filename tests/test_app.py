@@ -18,8 +18,6 @@ from imgclf.ui import catalog
 from imgclf.ui.jobs import JobBusy, TrainingJob
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-# One worker runs every test of the session-scoped `app_runs` (made once, not per worker).
-pytestmark = pytest.mark.xdist_group("app_runs")
 PAGES = ("Classify", "Training curves", "Evaluation", "Compare", "Model", "Train")
 
 

@@ -151,10 +151,10 @@ def folder_overrides(data_path: Path) -> list[str]:
 # JAX
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def jax_result(folder_dataset: Path, tmp_path_factory) -> tuple[dict, str, Path]:
-    """One JAX process (its start-up and compiles are the cost) for both JAX tests: the
-    backend-neutral fit of two recipes, then the real `train()`. (RESULT, stderr, its folder)."""
+    """(RESULT, stderr, its folder) of one JAX process that fits two recipes on the
+    backend-neutral path, then runs the real `train()`."""
     tmp_path = tmp_path_factory.mktemp("jax")
     recipes = {
         # A built-in source: the 8×8 digits, standardised inputs, balanced class weights.
@@ -206,9 +206,11 @@ def jax_result(folder_dataset: Path, tmp_path_factory) -> tuple[dict, str, Path]
 
 @needs_jax
 @pytest.mark.slow
-@pytest.mark.xdist_group("jax")  # both read one module-scoped JAX process
-def test_jax_trains_mlp_and_cnn_without_tensorflow(jax_result) -> None:
-    result, _, tmp_path = jax_result
+def test_jax_trains_without_tensorflow_and_train_runs_end_to_end(jax_result) -> None:
+    """One JAX process (its start-up and compiles are the cost): the backend-neutral fit of two
+    recipes, then the real `train()`, with every artifact but the SavedModel (which needs
+    TensorFlow)."""
+    result, stderr, tmp_path = jax_result
     assert result["backend"] == "jax"
     assert result["tensorflow_imported"] is False
     for name in ("mlp", "cnn"):
@@ -222,16 +224,10 @@ def test_jax_trains_mlp_and_cnn_without_tensorflow(jax_result) -> None:
     if "distribute_error" in result:
         assert "needs the TensorFlow backend" in result["distribute_error"]
 
-
-@needs_jax
-@pytest.mark.slow
-@pytest.mark.xdist_group("jax")  # both read one module-scoped JAX process
-def test_jax_train_end_to_end(jax_result) -> None:
-    """The real `train()` under JAX: every artifact but the SavedModel, which needs TensorFlow."""
+    # The real `train()` under JAX.
     from imgclf import runs
 
-    full, stderr, _ = jax_result
-    result = full["train"]
+    result = result["train"]
     run_dir = Path(result["run_dir"])
     assert result["tf"] is False
     for name in (runs.MODEL, runs.METRICS, runs.HISTORY, runs.CONFIG, runs.LABELS):

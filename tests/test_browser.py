@@ -17,8 +17,6 @@ import pytest
 from imgclf import runs
 
 ROOT = Path(__file__).resolve().parents[1]
-# One worker runs every test of the session-scoped `app_runs` (made once, not per worker).
-pytestmark = pytest.mark.xdist_group("app_runs")
 PAGES = ("Training curves", "Evaluation", "Compare", "Model", "Train")
 
 

@@ -328,7 +328,6 @@ def test_tiny_classes_are_refused_or_marked_not_tested(tmp_path: Path):
     )
 
 
-@pytest.mark.xdist_group("app_runs")  # with the app tests: `app_runs` is made once
 def test_the_app_shows_a_broken_run_in_one_line_and_keeps_the_others(
     monkeypatch, app_runs: Path, tmp_path: Path
 ):
