@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +27,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_intermixed_args()  # overrides before or after --seeds
+    # key=value overrides may stand anywhere, after --seeds too: argparse's nargs="+" would take
+    # them as seeds, so they are taken out of the command line before it is parsed.
+    argv = sys.argv[1:]
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = parser.parse_args([a for a in argv if a not in overrides])
+    args.overrides = overrides
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print(f"recipe: {args.config or 'embedded default'} {' '.join(args.overrides)}")
     print(f"{'seed':>4} {'test acc':>9} {'top-k':>7} {'epochs':>6} {'wall s':>7}")
