@@ -71,6 +71,16 @@ def _test_metrics(run: Path) -> dict:
     return json.loads((run / runs.METRICS).read_text())["test"]
 
 
+def _kill_at_each(overrides: list[str], run: Path, faults: list[str], check) -> None:
+    """Start a new run killed (SIGKILL) at faults[0], then `--resume` it killed at each next
+    fault, calling `check(run)` after every kill."""
+    for fault in faults:
+        args = ["--resume", str(run)] if run.exists() else [*overrides, "--out", str(run)]
+        killed = _train(*args, fault=fault)
+        assert killed.returncode == -signal.SIGKILL, (fault, killed.stderr[-2000:])
+        check(run)
+
+
 # Every moment the issue names, in the order training reaches them. A new run is killed at
 # the first; each `--resume` is killed at the next, so one run meets them all (and is resumed
 # five times) before the last resume finishes it.
@@ -84,11 +94,7 @@ def test_a_kill_at_each_moment_leaves_nothing_trusted_and_resume_finishes_it(
     overrides = [*tiny_overrides(folder_dataset), *FAST]
     reference = _train_here(*overrides, out=tmp_path / "reference")
     run = tmp_path / "run"
-    for moment in MOMENTS:
-        args = ["--resume", str(run)] if run.exists() else [*overrides, "--out", str(run)]
-        killed = _train(*args, fault=moment)
-        assert killed.returncode == -signal.SIGKILL, (moment, killed.stderr[-2000:])
-        _assert_nothing_trusts(run)
+    _kill_at_each(overrides, run, MOMENTS, _assert_nothing_trusts)
     _resume_here(run)
     assert runs.read_state(run).state == runs.COMPLETE
     assert _test_metrics(run) == _test_metrics(reference)  # bit for bit: no augmentation
@@ -124,11 +130,11 @@ def test_resume_of_a_transfer_run_in_either_phase_gives_the_same_metrics(
     transfer = _transfer(folder_dataset, tiny_run, cached)
     whole = _train_here(*transfer, out=tmp_path / "whole")
     cut = tmp_path / "cut"
-    for kill in kills:
-        args = ["--resume", str(cut)] if cut.exists() else [*transfer, "--out", str(cut)]
-        killed = _train(*args, fault=kill)
-        assert killed.returncode == -signal.SIGKILL, (kill, killed.stderr[-2000:])
-        assert runs.read_state(cut).state == runs.INTERRUPTED
+
+    def interrupted(run: Path) -> None:
+        assert runs.read_state(run).state == runs.INTERRUPTED
+
+    _kill_at_each(transfer, cut, kills, interrupted)
     phases = [row.phase for row in runs.read_history(cut / runs.HISTORY)]
     assert ("fine_tune" in phases) == (len(kills) == 2)  # each phase was cut
     _resume_here(cut)
