@@ -30,11 +30,12 @@ from PIL import (  # noqa: F401  (importing a plugin registers its format in Ima
     WebPImagePlugin,
 )
 
-_FORMAT_ORDER = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+from imgclf.formats import IMAGE_EXTENSIONS, PILLOW_FORMATS, missing_plugin, register_plugins
+
+register_plugins()  # HEIC (pillow-heif) when installed; AVIF is Pillow's own
+_FORMAT_ORDER = PILLOW_FORMATS
 SUPPORTED_FORMATS: frozenset[str] = frozenset(_FORMAT_ORDER)
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-)
+__all__ = ["IMAGE_EXTENSIONS", "SUPPORTED_FORMATS", "ImageError", "load_image"]
 MAX_PIXELS: int = 50_000_000
 MAX_FILE_BYTES: int = 200 * 2**20  # no image imgclf decodes is larger; read no more than this
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
@@ -263,7 +264,7 @@ def _draft(img: ImageFile.ImageFile, target: tuple[int, int]) -> None:
     every source pixel it covers). The longer target side is used for both sides because EXIF
     rotation may swap them after decoding. The pixel difference to a full decode is measured by
     benchmarks/data_scale.py and benchmarks/predict_latency.py."""
-    if img.format != "JPEG":
+    if img.format not in ("JPEG", "MPO"):  # MPO: a camera JPEG with extra pictures appended
         return
     side = max(target)
     img.draft(img.mode, (side, side))
@@ -293,6 +294,9 @@ def _open_allowed(fp: io.BytesIO, name: str) -> ImageFile.ImageFile:
     if recognised:
         raise ImageError(name, "truncated or corrupt image")
     fp.seek(0)
+    plugin = missing_plugin(prefix)
+    if plugin is not None:
+        raise ImageError(name, plugin)
     try:
         with Image.open(fp) as other:
             fmt = other.format

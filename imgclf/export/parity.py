@@ -118,3 +118,83 @@ def load_for_export(run_dir: str | Path) -> tuple[Any, np.ndarray, np.ndarray | 
     _, height, width, channels = model.input_shape
     images, labels = check_split(run_dir, (height, width), channels)
     return model, images, labels
+
+
+NEAR_TIE = 0.01  # a reference top-1 this close to its runner-up may flip on a 1-level difference
+CORPUS_IMAGES = 2  # test images each made into every format × mode × orientation
+
+
+def reference_corpus(
+    model: Any, images: np.ndarray
+) -> tuple[list[Any], np.ndarray, np.ndarray, list[str | None]]:
+    """(corpus samples, their pixels as `load_image` decodes them at the model's input, the
+    Keras model's probabilities, per sample the decoder's refusal or None): what `Predictor` on
+    the run answers for each file of the format corpus made from the first test `images`."""
+    from imgclf.evaluate import predict_proba
+    from imgclf.export import corpus
+    from imgclf.images import ImageError, load_image
+
+    _, height, width, channels = model.input_shape
+    samples = corpus.build(images[:CORPUS_IMAGES])
+    pixels = np.zeros((len(samples), height, width, channels), np.uint8)
+    refused: list[str | None] = []
+    for i, sample in enumerate(samples):
+        try:
+            pixels[i] = load_image(sample.data, (height, width), channels)
+            refused.append(None)
+        except ImageError as exc:
+            refused.append(exc.reason)
+    return samples, pixels, predict_proba(model, pixels), refused
+
+
+def format_parity(
+    samples: list[Any],
+    reference: np.ndarray,
+    exported: np.ndarray,
+    status: list[str | None],
+) -> dict[str, dict[str, Any]]:
+    """Per corpus kind ("PNG RGBA", "JPEG EXIF 6", ...): `n`, `top1_agreement` (near ties of
+    the reference, within NEAR_TIE, count as agreeing and are counted in `near_ties`),
+    `max_abs_diff`, and `refused` (the artifact's reason for not answering, or None)."""
+    table: dict[str, dict[str, Any]] = {}
+    for i, sample in enumerate(samples):
+        row = table.setdefault(
+            sample.kind,
+            {"n": 0, "agree": 0, "near_ties": 0, "max_abs_diff": 0.0, "refused": None},
+        )
+        row["n"] += 1
+        if status[i] is not None:
+            row["refused"] = status[i]
+            continue
+        top2 = np.sort(reference[i])[-2:]
+        same = exported[i].argmax() == reference[i].argmax()
+        tie = bool(top2[1] - top2[0] < NEAR_TIE)
+        row["agree"] += int(same or tie)
+        row["near_ties"] += int(tie and not same)
+        diff = float(np.abs(exported[i] - reference[i]).max())
+        row["max_abs_diff"] = max(row["max_abs_diff"], diff)
+    for row in table.values():
+        answered = row["n"] if row["refused"] is None else 0
+        row["top1_agreement"] = row.pop("agree") / answered if answered else None
+    return table
+
+
+def require_format_parity(
+    what: str, table: dict[str, dict[str, Any]], expected_refusals: set[str], not_written: str
+) -> None:
+    """Raise ExportError naming the kinds an artifact got wrong: a different top-1 on a kind it
+    answered, or a refusal of a kind it is documented to read."""
+    wrong = [
+        f"{kind} (top-1 agreement {row['top1_agreement']:.0%})"
+        for kind, row in table.items()
+        if row["top1_agreement"] is not None and row["top1_agreement"] < 1.0
+    ]
+    wrong += [
+        f"{kind} (refused: {row['refused']})"
+        for kind, row in table.items()
+        if row["refused"] is not None and kind not in expected_refusals
+    ]
+    if wrong:
+        raise ExportError(
+            f"{what} disagrees with the run on the format corpus: {'; '.join(wrong)}; {not_written}"
+        )

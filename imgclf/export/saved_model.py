@@ -20,7 +20,10 @@ from imgclf.export.parity import (
     batched,
     check_split,
     compare,
+    format_parity,
     record_export,
+    reference_corpus,
+    require_format_parity,
     require_parity,
 )
 
@@ -30,6 +33,65 @@ OUTPUT_NAME = "probabilities"
 LABEL_NAME = "label"
 BYTES_SIGNATURE = "serve_bytes"
 BYTES_INPUT_NAME = "images"
+STATUS_NAME = "status"
+STATUS_OK = "ok"
+UNDECODABLE = "truncated or corrupt image (TensorFlow's decoder failed)"
+
+
+_DECODERS: dict[tuple[int, int, int], Any] = {}
+
+
+def _decoder(height: int, width: int, channels: int) -> Any:
+    """`decode_batch` as a tf.function with a fixed signature, one per input shape and process:
+    the graph decoder is most of an export's time, and it does not depend on the model, so it
+    is traced once (the export traces serve_bytes twice; the tests export dozens of runs)."""
+    import tensorflow as tf
+
+    key = (height, width, channels)
+    if key not in _DECODERS:
+        _DECODERS[key] = tf.function(
+            lambda images: decode_batch(images, height, width, channels),
+            input_signature=[tf.TensorSpec([None], tf.string)],
+            autograph=False,
+        )
+    return _DECODERS[key]
+
+
+def decode_batch(images: Any, height: int, width: int, channels: int) -> tuple[Any, Any]:
+    """(pixels float32 [N, height, width, channels], status string [N]) for encoded files
+    string [N]: each decoded by `graph_decode`, inside `tf.data` so that a file the decoder
+    rejects is dropped by `ignore_errors` and reported, instead of failing the whole batch."""
+    import tensorflow as tf
+
+    from imgclf.export import graph_decode
+
+    n = tf.shape(images)[0]
+    zeros = tf.zeros([height, width, channels])
+
+    def one(index: tf.Tensor, data: tf.Tensor):
+        fmt, reason, facts = graph_decode.inspect(data, max(height, width))
+        pixels = tf.cond(
+            tf.equal(reason, ""),
+            lambda: graph_decode.decode(fmt, facts, height, width, channels),
+            lambda: zeros,
+        )
+        return index, pixels, reason
+
+    slices = tf.data.Dataset.from_tensor_slices((tf.range(n), images))
+    one = tf.autograph.experimental.do_not_convert(one)  # plain graph code: no conversion
+    decoded = slices.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    decoded = decoded.ignore_errors()
+    # One sentinel element, so the batch below exists even when every file failed.
+    sentinel = tf.data.Dataset.from_tensors((tf.constant(-1), zeros, tf.constant("")))
+    everything = decoded.concatenate(sentinel).batch(tf.cast(n, tf.int64) + 1)
+    index, pixels, reasons = everything.get_single_element()
+    keep = index >= 0
+    where = tf.boolean_mask(index, keep)[:, None]
+    pixels = tf.scatter_nd(where, tf.boolean_mask(pixels, keep), [n, height, width, channels])
+    reasons = tf.boolean_mask(reasons, keep)
+    reasons = tf.where(tf.equal(reasons, ""), STATUS_OK, reasons)
+    status = tf.tensor_scatter_nd_update(tf.fill([n], UNDECODABLE), where, reasons)
+    return pixels, status
 
 
 def write_saved_model(model: Any, path: str | Path, class_names: list[str] | None = None) -> None:
@@ -37,10 +99,11 @@ def write_saved_model(model: Any, path: str | Path, class_names: list[str] | Non
     (float32 [N, classes]) and, given `class_names`, `label` (string [N], the top-1 class):
 
     - `serving_default`: `pixels`, float32 [N, H, W, C], raw 0..255 at the model's size;
-    - `serve_bytes`: `images`, string [N], encoded JPEG/PNG/GIF/BMP/WebP files, decoded to C
-      channels and resized to H×W inside the graph (bilinear, antialiased, rounded to whole
-      levels like imgclf's decoder). In-graph decoding applies no EXIF rotation and drops alpha
-      instead of compositing it: send upright, opaque images.
+    - `serve_bytes`: `images`, string [N], encoded image files, decoded inside the graph the way
+      `images.load_image` decodes them (`graph_decode`: EXIF orientation, alpha over white,
+      16-bit scaling, Pillow's bilinear resize); adds `status` (string [N]): "ok", or why that
+      image was refused (a format TensorFlow cannot decode, a corrupt file). A refused image
+      gets all-zero probabilities and an empty label; the rest of the batch is classified.
 
     Preprocessing is inside the model, so clients need no imgclf code and no label file.
     """
@@ -59,21 +122,20 @@ def write_saved_model(model: Any, path: str | Path, class_names: list[str] | Non
             out[LABEL_NAME] = tf.gather(labels, tf.argmax(probs, axis=1))
         return out
 
-    def decode_one(data: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-        image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
-        return tf.clip_by_value(tf.round(image), 0.0, 255.0)
-
     def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         return outputs(pixels)
 
+    decode = _decoder(height, width, channels)
+
     def serve_bytes(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        pixels = tf.map_fn(
-            decode_one,
-            images,
-            fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32),
-        )
-        return outputs(pixels)
+        pixels, status = decode(images)
+        out = outputs(pixels)
+        ok = tf.equal(status, STATUS_OK)
+        out[OUTPUT_NAME] = tf.where(ok[:, None], out[OUTPUT_NAME], 0.0)
+        if LABEL_NAME in out:
+            out[LABEL_NAME] = tf.where(ok, out[LABEL_NAME], "")
+        out[STATUS_NAME] = status
+        return out
 
     spec = tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)
     archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=[spec])
@@ -90,7 +152,9 @@ def check_parity(
 ) -> dict[str, Any]:
     """Run `images` through the reloaded SavedModel (both signatures; `serve_bytes` gets them as
     PNG files) and the Keras model; compare probabilities and top-1 labels (and, given the true
-    `labels`, report `serving_default`'s test accuracy)."""
+    `labels`, report `serving_default`'s test accuracy). Then the format corpus
+    (`corpus.build` on the first images): `formats` holds, per signature, the agreement per
+    format × mode × orientation with what `Predictor` on the run answers for the same file."""
     import tensorflow as tf
 
     from imgclf.evaluate import predict_proba
@@ -106,9 +170,13 @@ def check_parity(
     def via_pixels(batch: np.ndarray) -> np.ndarray:
         return serving(**{INPUT_NAME: tf.constant(batch)})[OUTPUT_NAME].numpy()
 
+    def via_files(files: list[bytes]) -> tuple[np.ndarray, list[str | None]]:
+        out = from_bytes(**{BYTES_INPUT_NAME: tf.constant(files, tf.string)})
+        status = [s.decode() for s in out[STATUS_NAME].numpy()]
+        return out[OUTPUT_NAME].numpy(), [None if s == STATUS_OK else s for s in status]
+
     def via_png(batch: np.ndarray) -> np.ndarray:
-        encoded = [png_bytes(image.astype(np.uint8)) for image in batch]
-        return from_bytes(**{BYTES_INPUT_NAME: tf.constant(encoded)})[OUTPUT_NAME].numpy()
+        return via_files([png_bytes(image.astype(np.uint8)) for image in batch])[0]
 
     exported = batched(via_pixels, images, dtype=np.float32)
     via_bytes = batched(via_png, images)
@@ -119,7 +187,34 @@ def check_parity(
     from_files = compare(via_bytes, reference, None)["parity"]
     report["serve_bytes_max_abs_diff"] = from_files["max_abs_diff"]
     report["serve_bytes_top1_agreement"] = from_files["top1_agreement"]
+    samples, pixels, reference, refused = reference_corpus(model, images)
+    probs, status = via_files([s.data for s in samples])
+    report["formats"] = {
+        SIGNATURE: format_parity(
+            samples, reference, via_pixels(pixels.astype(np.float32)), refused
+        ),
+        BYTES_SIGNATURE: format_parity(samples, reference, probs, status),
+    }
     return report
+
+
+def require_corpus_parity(report: dict[str, Any], not_written: str) -> None:
+    """ExportError unless both signatures answer every corpus file like the run does, and
+    `serve_bytes` refuses only the kinds documented as outside the graph decoder."""
+    from imgclf.export import corpus
+
+    outside = {kind for kind, graph in corpus.graph_kinds().items() if not graph}
+    tables = report["formats"]
+    unread = {k for k, row in tables[SIGNATURE].items() if row["refused"] is not None}
+    require_format_parity(
+        f"SavedModel signature {SIGNATURE}", tables[SIGNATURE], unread, not_written
+    )
+    require_format_parity(
+        f"SavedModel signature {BYTES_SIGNATURE}",
+        tables[BYTES_SIGNATURE],
+        outside | unread,
+        not_written,
+    )
 
 
 def export_saved_model(
@@ -151,6 +246,7 @@ def export_saved_model(
             require_parity(
                 f"SavedModel signature {signature}", figures, f"nothing was written to {target}"
             )
+        require_corpus_parity(report, f"nothing was written to {target}")
     return report
 
 
@@ -160,10 +256,13 @@ def saved_model_record(
     """The `saved_model` entry of exports.json: where, its size on disk, both signatures, and
     the parity figures."""
     _, height, width, channels = model.input_shape
+    from imgclf.export.graph_decode import GRAPH_FORMATS
+
     outputs = {
         OUTPUT_NAME: {"dtype": "float32", "shape": [None, len(class_names)]},
         LABEL_NAME: {"dtype": "string", "shape": [None]},
     }
+    bytes_outputs = {**outputs, STATUS_NAME: {"dtype": "string", "shape": [None]}}
     return {
         "path": path,
         "signatures": {
@@ -182,14 +281,15 @@ def saved_model_record(
                     BYTES_INPUT_NAME: {
                         "dtype": "string",
                         "shape": [None],
-                        "formats": ["jpeg", "png", "gif", "bmp", "webp"],
+                        "formats": list(GRAPH_FORMATS),
                     }
                 },
-                "outputs": outputs,
+                "outputs": bytes_outputs,
             },
         },
         "size_bytes": size_bytes,
-        "parity": {k: v for k, v in report.items() if k not in ACCURACY_KEYS},
+        "parity": {k: v for k, v in report.items() if k not in (*ACCURACY_KEYS, "formats")},
+        "formats": report.get("formats", {}),
         **{k: report[k] for k in ACCURACY_KEYS if k in report},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

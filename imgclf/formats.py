@@ -1,0 +1,136 @@
+"""What imgclf accepts as an image: the one definition that the decoder (`images`), training's
+folder and CSV listing, `imgclf-predict`, the app's uploader and the docs all read.
+
+Formats are recognised from the file's bytes, never from its name; the extension only decides
+which files of a folder are listed as images (anything else is reported as ignored). HEIC/HEIF
+(the iPhone default) is read by the `pillow-heif` plugin, AVIF by Pillow itself (Pillow >= 11.3
+built with libavif). Every mode Pillow opens is turned into grey or RGB by `images.load_image`:
+alpha over white, 16-bit and float scaled, EXIF orientation applied, the first frame of an
+animation. `graph` marks the formats the SavedModel's `serve_bytes` decodes inside TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Format:
+    """One supported file format: Pillow's format name(s), the extensions that list a file as
+    this format, and whether the SavedModel's in-graph decoder reads it."""
+
+    name: str
+    pillow: tuple[str, ...]
+    extensions: tuple[str, ...]
+    graph: bool
+    note: str = ""
+
+
+FORMATS: tuple[Format, ...] = (
+    Format("JPEG", ("JPEG", "MPO"), (".jpg", ".jpeg", ".jpe", ".jfif"), True,
+           "MPO camera files: the first picture; CMYK and 12-bit are not read in the graph"),
+    Format("PNG", ("PNG",), (".png",), True, "1..16-bit, grey, palette, alpha, tRNS"),
+    Format("WebP", ("WEBP",), (".webp",), True, "animated files: first frame (not in the graph)"),
+    Format("GIF", ("GIF",), (".gif",), True, "first frame"),
+    Format("BMP", ("BMP", "DIB"), (".bmp", ".dib"), True, "1/4/16-bit and RLE not in the graph"),
+    Format("TIFF", ("TIFF",), (".tif", ".tiff"), False, "8/16-bit, float, CMYK; first page"),
+    Format("HEIC", ("HEIF",), (".heic", ".heif", ".hif"), False, "via pillow-heif"),
+    Format("AVIF", ("AVIF",), (".avif",), False, "via Pillow's AVIF plugin"),
+)  # fmt: skip
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(e for f in FORMATS for e in f.extensions)
+# Pillow format names the decoder opens, in the order it tries them.
+PILLOW_FORMATS: tuple[str, ...] = tuple(p for f in FORMATS for p in f.pillow if p != "MPO")
+MODES = (
+    "grey (L, 1-bit)",
+    "RGB",
+    "RGBA / LA (composited over white)",
+    "palette (with tRNS transparency)",
+    "CMYK",
+    "16-bit integer (scaled by 257)",
+    "32-bit float (0..1 or 0..255)",
+)
+UPLOAD_TYPES: list[str] = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+
+
+def register_plugins() -> None:
+    """Register the optional Pillow plugins when they are installed: HEIC via pillow-heif, and
+    Pillow's own AVIF plugin (imported explicitly: Pillow loads only the plugins asked for)."""
+    import contextlib
+    import importlib
+
+    with contextlib.suppress(ImportError):  # Pillow < 11.3 has no AVIF plugin
+        importlib.import_module("PIL.AvifImagePlugin")
+    try:
+        import pillow_heif
+    except ImportError:
+        return
+    pillow_heif.register_heif_opener()
+
+
+def available(pillow_name: str) -> bool:
+    """Whether this installation's Pillow can open `pillow_name` (e.g. "HEIF", "AVIF")."""
+    from PIL import Image
+
+    register_plugins()
+    Image.init()
+    return pillow_name in Image.OPEN
+
+
+def heif_can_write() -> bool:
+    """Whether pillow-heif has an HEVC encoder here (to make test files; reading needs none)."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    return bool(pillow_heif.libheif_info().get("HEIF"))
+
+
+def missing_plugin(head: bytes) -> str | None:
+    """For a file Pillow cannot open: what to install when its first bytes are an HEIC/AVIF
+    container (ISO base media `ftyp` box), else None."""
+    if head[4:8] != b"ftyp":
+        return None
+    brand = head[8:12]
+    if brand in (b"avif", b"avis"):
+        return "AVIF image: this Pillow has no AVIF support; pip install -U 'pillow>=11.3'"
+    return "HEIC/HEIF photo: pip install pillow-heif (imgclf's HEIC plugin)"
+
+
+def is_image_name(path: str | os.PathLike[str]) -> bool:
+    """Whether the file name's extension is one imgclf lists as an image (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def walk(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Every file under `folder`, sorted, following symlinked folders (a user's class folder may
+    be a link to their photo library) but never entering the same real folder twice, so a link
+    loop ends. Hidden names (".x") are skipped."""
+    seen: set[str] = set()
+
+    def visit(path: Path) -> Iterator[Path]:
+        real = os.path.realpath(path)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child = Path(entry.path)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                yield from visit(child)
+            else:
+                yield child
+
+    yield from visit(Path(folder))
