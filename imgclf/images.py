@@ -86,6 +86,24 @@ def load_image(
     return _to_array(img)
 
 
+def thumbnail(
+    source: str | os.PathLike[str] | bytes, max_side: int = 280, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """What a person should see of an image: decoded exactly as `load_image` decodes it (EXIF
+    orientation, alpha over white, 16-bit and float scaled, first frame) as RGB uint8
+    [h, w, 3], shrunk to fit `max_side` with its aspect ratio kept (never enlarged). The app
+    shows this instead of the uploaded file, which a browser may not be able to display (TIFF,
+    16-bit, HEIC). Raises ImageError like `load_image`."""
+    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
+        raise ValueError(f"max_side must be a positive int, got {max_side!r}")
+    name, data = _read_source(source)
+    with io.BytesIO(data) as fp:
+        img = _decode(fp, name, max_pixels, (max_side, max_side))
+    img = _to_l_or_rgb(img, name).convert("RGB")
+    img.thumbnail((max_side, max_side), _RESAMPLE, reducing_gap=_REDUCING_GAP)
+    return _to_array(img)
+
+
 def resize_array(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a uint8 [H, W, C] array (C 1 or 3) to `size` = (height, width) exactly as
     `load_image` resizes decoded files (bilinear stretch); returns a new uint8 [h, w, C] array."""

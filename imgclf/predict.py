@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    files, failures = expand_inputs(args.images)
+    files, failures, notes = expand_inputs(args.images)
     from imgclf.console import quiet_tensorflow
 
     quiet_tensorflow(args.verbose)
@@ -349,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     for source, reason in failures:
         print(f"error: {source}: {reason}", file=sys.stderr)
+    for source, note in notes:
+        print(f"note: {source}: {note}", file=sys.stderr)
     failed = _classify_stream(predictor, files, args, layer)
     return 1 if failures or failed else 0
 

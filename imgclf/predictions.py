@@ -10,27 +10,33 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from imgclf.images import IMAGE_EXTENSIONS, file_problem
+from imgclf.formats import IMAGE_EXTENSIONS, is_image_name, walk
+from imgclf.images import file_problem
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
 
-def expand_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files as given; folders searched recursively for image files (hidden ones skipped)."""
+def expand_inputs(
+    paths: Sequence[str],
+) -> tuple[list[Path], list[tuple[str, str]], list[tuple[str, str]]]:
+    """(files, failures, notes): files as given; folders searched recursively for image files
+    (`formats.IMAGE_EXTENSIONS`; hidden names skipped, symlinked folders followed). A failure
+    is a path that cannot be classified; a note counts the files a folder holds that are not
+    listed as images (so none is skipped silently)."""
     files: list[Path] = []
     missing: list[tuple[str, str]] = []
+    notes: list[tuple[str, str]] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
+            listed = sorted(walk(path))  # hidden names skipped; symlinked folders followed
+            found = [p for p in listed if is_image_name(p)]
+            others = len(listed) - len(found)
             if not found:
                 missing.append((raw, "folder has no image files"))
+            elif others:
+                kinds = " ".join(sorted(IMAGE_EXTENSIONS))
+                notes.append((raw, f"{others} file(s) skipped: not an image extension ({kinds})"))
             files.extend(found)
         else:
             problem = file_problem(path)
@@ -38,7 +44,7 @@ def expand_inputs(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str
                 files.append(path)
             else:  # a FIFO, a device, a symlink loop, ...: one line, and nothing blocks
                 missing.append((raw, problem))
-    return files, missing
+    return files, missing, notes
 
 
 def as_record(p: Any) -> dict[str, object]:

@@ -19,7 +19,8 @@ import numpy as np
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, kept_classes
 from imgclf.data.store import FileStore
 from imgclf.errors import DataError
-from imgclf.images import IMAGE_EXTENSIONS, check_header, file_problem
+from imgclf.formats import is_image_name, walk
+from imgclf.images import check_header, file_problem
 
 if TYPE_CHECKING:
     from imgclf.schema import DataConfig
@@ -63,15 +64,15 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _list_class(root: Path, class_dir: Path, split: int, ignored: list[dict[str, str]]):
-    for path in sorted(class_dir.rglob("*")):
+    for path in sorted(walk(class_dir)):  # follows symlinked folders, once each
         rel = path.relative_to(root)
-        if _is_hidden(rel) or path.is_dir():
+        if _is_hidden(rel):
             continue
         problem = file_problem(path)  # a FIFO, a device, a symlink loop: listed, never opened
         if problem is not None:
             ignored.append({"file": rel.as_posix(), "reason": problem})
             continue
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
+        if is_image_name(path):
             yield (rel.as_posix(), class_dir.name, split)
         else:
             ignored.append({"file": rel.as_posix(), "reason": "not an image file extension"})

@@ -130,7 +130,6 @@ def reference_corpus(
     """(corpus samples, their pixels as `load_image` decodes them at the model's input, the
     Keras model's probabilities, per sample the decoder's refusal or None): what `Predictor` on
     the run answers for each file of the format corpus made from the first test `images`."""
-    from imgclf.evaluate import predict_proba
     from imgclf.export import corpus
     from imgclf.images import ImageError, load_image
 
@@ -144,7 +143,11 @@ def reference_corpus(
             refused.append(None)
         except ImageError as exc:
             refused.append(exc.reason)
-    return samples, pixels, predict_proba(model, pixels), refused
+    # An eager call, not predict_on_batch: a new batch shape would re-trace Keras' predict
+    # function (and warn) at every export.
+    chunks = [pixels[i : i + 32].astype(np.float32) for i in range(0, len(pixels), 32)]
+    reference = np.concatenate([np.asarray(model(c, training=False)) for c in chunks])
+    return samples, pixels, reference, refused
 
 
 def format_parity(
@@ -198,3 +201,17 @@ def require_format_parity(
         raise ExportError(
             f"{what} disagrees with the run on the format corpus: {'; '.join(wrong)}; {not_written}"
         )
+
+
+def pixel_artifact_formats(fn: Any, model: Any, images: np.ndarray) -> dict[str, dict[str, Any]]:
+    """The format table of an artifact that takes pixels (TFLite, ONNX): every corpus file
+    decoded by `load_image` (as `Predictor.from_path(artifact)` does) and run through `fn`,
+    against the run's model on the same file."""
+    samples, pixels, reference, refused = reference_corpus(model, images)
+    return format_parity(samples, reference, fn(pixels.astype(np.float32)), refused)
+
+
+def require_pixel_formats(what: str, table: dict[str, dict[str, Any]], not_written: str) -> None:
+    """ExportError when a pixel artifact's top-1 differs from the run's on a corpus kind."""
+    unread = {kind for kind, row in table.items() if row["refused"] is not None}
+    require_format_parity(what, table, unread, not_written)

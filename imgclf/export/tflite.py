@@ -90,8 +90,11 @@ def export_tflite(
             parity.batched(fn, images, dtype=np.float32), predict_proba(model, images), labels
         ),
     }
+    record["formats"] = parity.pixel_artifact_formats(fn, model, images)
     if not quantize:
-        parity.require_parity("TFLite model", record["parity"], f"{record['path']} was not written")
+        not_written = f"{record['path']} was not written"
+        parity.require_parity("TFLite model", record["parity"], not_written)
+        parity.require_pixel_formats("TFLite model", record["formats"], not_written)
     with runs.atomic_path(run_dir / record["path"]) as tmp:
         tmp.write_bytes(flatbuffer)
     return record

@@ -10,7 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from imgclf.errors import UserError
-from imgclf.images import IMAGE_EXTENSIONS
+from imgclf.formats import FORMATS, UPLOAD_TYPES
+from imgclf.images import ImageError, thumbnail
 from imgclf.predict import Classified, classify_named
 from imgclf.ui import charts
 from imgclf.ui.catalog import RunEntry
@@ -44,8 +45,8 @@ def _unique_names(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
 def _files(use_camera: bool) -> list[tuple[str, bytes]]:
     """The uploads (and the camera photo), named uniquely."""
     uploads = st.file_uploader(
-        "Images (JPEG, PNG, BMP, GIF, WebP, TIFF)",
-        type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
+        f"Images ({', '.join(f.name for f in FORMATS)})",
+        type=UPLOAD_TYPES,
         accept_multiple_files=True,
         key="uploads",
     )
@@ -70,11 +71,16 @@ def _row(result: Classified) -> dict[str, object]:
 
 
 def _show(n: int, result: Classified, original: bytes, predictor, cam_layer, invert: bool) -> None:
-    """One classified image: thumbnail, what the model saw (or Grad-CAM), top-k bars."""
+    """One classified image: the decoded picture (never the raw upload: a browser cannot show
+    TIFF, 16-bit PNG or HEIC, and Streamlit cannot re-encode them), what the model saw (or
+    Grad-CAM), top-k bars."""
     p = result.prediction
     with st.container(border=True):
         left, mid, right = st.columns([1, 1, 3])
-        left.image(original, caption=p.source, width=140)
+        try:
+            left.image(thumbnail(original, 280), caption=p.source, width=140)
+        except ImageError as exc:  # decoded a moment ago; only a change under our feet gets here
+            left.warning(f"{p.source}: {exc.reason}")
         if cam_layer is not None:
             from imgclf import explain
 
@@ -137,5 +143,8 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     by_name = dict(files)
     for n, result in enumerate(results):
         source = result.prediction.source
-        _show(n, result, by_name[source], predictor, layer if cam else None, invert)
+        try:
+            _show(n, result, by_name[source], predictor, layer if cam else None, invert)
+        except Exception as exc:  # one image's display (e.g. Grad-CAM) never hides the others
+            st.error(f"{source}: could not be shown ({type(exc).__name__}: {exc})")
     _results_table([_row(r) for r in results], entry.name)
