@@ -246,3 +246,15 @@ def test_an_export_whose_graph_decoder_fails_a_format_is_not_written(
     out = tmp_path / "served"
     assert main([str(exported["grey"]), "--out", str(out)]) == 1
     assert not out.exists()
+
+
+def test_the_docs_table_lists_every_supported_format_and_extension():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
+    rows: dict[str, str] = {}
+    for line in page.splitlines():  # the first table: one row per format
+        if line.startswith("| "):
+            rows.setdefault(line.split("|")[1].strip(), line)
+    for fmt in formats.FORMATS:
+        assert fmt.name in rows, fmt.name
+        for ext in fmt.extensions:
+            assert f"`{ext}" in rows[fmt.name] or f" {ext}" in rows[fmt.name], (fmt.name, ext)
