@@ -37,8 +37,8 @@ def _corpus(run: Path) -> list[corpus.Sample]:
 @pytest.fixture(scope="module")
 def exported(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> dict[str, Path]:
     """An RGB run (a copy of the session's tiny run) and a grey one trained here with
-    `normalize: standardize` (what ONNX export used to crash on), each exported to every
-    format by `imgclf-export RUN --format all`."""
+    `normalize: standardize` (what ONNX export used to crash on). Training wrote and checked
+    each one's SavedModel; `imgclf-export` adds TFLite and ONNX."""
     from conftest import tiny_overrides
 
     from imgclf.config import load_config
@@ -54,7 +54,8 @@ def exported(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> dict[str
     )
     grey = train(config, out=root / "grey", verbose=0)
     for run in (rgb, grey):
-        assert main([str(run), "--format", "all"]) == 0
+        for fmt in ("tflite", "onnx"):
+            assert main([str(run), "--format", fmt]) == 0
     return {"rgb": rgb, "grey": grey}
 
 
@@ -258,3 +259,37 @@ def test_the_docs_table_lists_every_supported_format_and_extension():
         assert fmt.name in rows, fmt.name
         for ext in fmt.extensions:
             assert f"`{ext}" in rows[fmt.name] or f" {ext}" in rows[fmt.name], (fmt.name, ext)
+
+
+@pytest.mark.parametrize("kind", ["rgb", "grey"])
+def test_the_app_classifies_every_format_and_names_only_the_bad_upload(
+    exported: dict[str, Path], kind: str, monkeypatch, tmp_path: Path
+):
+    """The whole corpus (16-bit, float TIFF, HEIC, AVIF, CMYK, animated...) plus one corrupt
+    file, uploaded at once: every image is shown and classified with Predictor's label, and
+    only the corrupt one gets an error line."""
+    from streamlit.testing.v1 import AppTest
+
+    from imgclf.predict import Predictor
+    from imgclf.ui import catalog
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    run = root / kind
+    shutil.copytree(exported[kind], run)
+    samples = _corpus(run)[: len(corpus.graph_kinds())]  # one image's worth of every kind
+    monkeypatch.setenv(catalog.RUNS_ENV, str(root))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
+    at.run()
+    uploads = [(s.name, s.data, "application/octet-stream") for s in samples]
+    at.file_uploader(key="uploads").set_value([*uploads, ("zz-bad.png", BAD, "image/png")]).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["zz-bad.png: truncated or corrupt image"]
+    table = at.dataframe[0].value
+    assert list(table["image"]) == [s.name for s in samples]
+    files = []
+    for sample in samples:
+        files.append(tmp_path / sample.name)
+        files[-1].write_bytes(sample.data)
+    want, failed = Predictor.from_path(run).predict_files(files, k=1)
+    assert failed == [] and list(table["label"]) == [p.label for p in want]
