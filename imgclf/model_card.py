@@ -62,7 +62,35 @@ def export_section(exports: dict[str, Any] | None, backend: str = "tensorflow") 
         "`model.keras`\n(float exports must agree within 1e-4 and on ≥ 99.9% of top-1 labels; "
         "int8 reports its drop).\n\n"
         "| format | file | size | max \\|Δp\\| | top-1 agreement | test accuracy | images |\n"
-        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n" + _format_lines(exports)
+    )
+
+
+def _format_lines(exports: dict[str, Any]) -> str:
+    """One line per artifact on the format corpus (docs/formats.md): how many kinds give the
+    run's top-1, and which it refuses."""
+    tables = {}
+    for key, what in _FORMATS.items():
+        formats = (exports.get(key) or {}).get("formats")
+        if not formats:
+            continue
+        if key in ("saved_model", "tf_serving"):
+            where = "SavedModel" if key == "saved_model" else "TF Serving version"
+            tables[f"{where} `serving_default`"] = formats.get("serving_default", {})
+            tables[f"{where} `serve_bytes`"] = formats.get("serve_bytes", {})
+        else:
+            tables[what] = formats
+    lines = []
+    for what, table in tables.items():
+        agree = sum(1 for row in table.values() if row.get("top1_agreement") == 1.0)
+        refused = sorted(kind for kind, row in table.items() if row.get("refused"))
+        line = f"- {what}: {agree} of {len(table)} format kinds give the run's top-1"
+        lines.append(line + (f"; refused: {', '.join(refused)}" if refused else ""))
+    if not lines:
+        return ""
+    return (
+        "\nOn the format corpus (every format × mode × EXIF orientation; docs/formats.md):\n\n"
+        + ("\n".join(lines) + "\n")
     )
 
 

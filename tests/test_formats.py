@@ -293,3 +293,28 @@ def test_the_app_classifies_every_format_and_names_only_the_bad_upload(
         files[-1].write_bytes(sample.data)
     want, failed = Predictor.from_path(run).predict_files(files, k=1)
     assert failed == [] and list(table["label"]) == [p.label for p in want]
+
+
+def test_a_model_tf2onnx_cannot_convert_gets_one_line(
+    exported: dict[str, Path], capsys, monkeypatch
+):
+    """tf2onnx failing (as it does on ops it has no mapping for) is one line and exit code 2,
+    and the run's existing model.onnx is kept."""
+    import tf2onnx
+
+    from imgclf.export.cli import main
+
+    run = exported["grey"]
+    before = (run / runs.ONNX).read_bytes()
+
+    def unsupported(*args, **kwargs):
+        raise ValueError("Unsupported ops: Counter({'SomeCustomOp': 1})\nmore detail")
+
+    monkeypatch.setattr(tf2onnx.convert, "from_function", unsupported)
+    assert main([str(run), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: ONNX: tf2onnx cannot convert this model (ValueError: Unsupported ops: "
+        "Counter({'SomeCustomOp': 1})); the SavedModel and TFLite exports do not depend on it"
+    ]
+    assert (run / runs.ONNX).read_bytes() == before

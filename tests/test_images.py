@@ -62,8 +62,10 @@ def test_valid_formats_decode_to_shape_and_colour(tmp_path, fmt, suffix, params,
 
 
 def test_constants():
-    assert {"JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF"} == images.SUPPORTED_FORMATS
-    assert {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"} <= images.IMAGE_EXTENSIONS
+    base = {"JPEG", "PNG", "BMP", "DIB", "GIF", "WEBP", "TIFF", "HEIF", "AVIF"}
+    assert base == images.SUPPORTED_FORMATS
+    wanted = {".jpg", ".jpeg", ".jfif", ".png", ".tif", ".tiff", ".webp", ".heic", ".avif"}
+    assert wanted <= images.IMAGE_EXTENSIONS
     assert all(ext == ext.lower() and ext.startswith(".") for ext in images.IMAGE_EXTENSIONS)
     assert BACKGROUND == (255, 255, 255)
 
