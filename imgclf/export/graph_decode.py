@@ -226,8 +226,8 @@ def _gif_header(b: _Bytes) -> tuple[Any, Any, Any, Any]:
         local_packed = b.u8(pos + 9)
         local = is_image & (tf.bitwise.bitwise_and(local_packed, 0x80) > 0)
         table = tf.where(local, pos + 10, table)
-        nxt = tf.cond(kind == 0x21, lambda: skip_sub_blocks(pos + 2), lambda: b.n)
-        return nxt, flags_at, index, table
+        # The loop runs only while pos is at an extension (0x21): skip its sub-blocks.
+        return skip_sub_blocks(pos + 2), flags_at, index, table
 
     def cond(pos, *_):
         return (pos < b.n) & (b.u8(pos) == 0x21)
@@ -254,20 +254,15 @@ def _patch(data: Any, at: Any, replacement: Any, length: int) -> Any:
 
 
 def _rgba(image: Any) -> Any:
-    """uint8 [h, w, 1|2|3|4] -> uint8 [h, w, 4] (grey replicated, opaque alpha added)."""
+    """uint8 [h, w, 1|2|3|4] -> uint8 [h, w, 4] (grey replicated, opaque alpha added). Plain
+    tensor ops, no branches: every branch is a function to trace at every export."""
     tf = _tf()
     c = tf.shape(image)[2]
-    grey = tf.concat([image[..., :1]] * 3, 2)
-    opaque = tf.fill(tf.concat([tf.shape(image)[:2], [1]], 0), tf.constant(255, tf.uint8))
-    return tf.switch_case(
-        tf.clip_by_value(c - 1, 0, 3),
-        [
-            lambda: tf.concat([grey, opaque], 2),
-            lambda: tf.concat([grey, image[..., 1:2]], 2),
-            lambda: tf.concat([image[..., :3], opaque], 2),
-            lambda: image[..., :4],
-        ],
-    )
+    padded = tf.pad(image, [[0, 0], [0, 0], [0, tf.maximum(4 - c, 0)]])[..., :4]
+    rgb = tf.where(c >= 3, padded[..., :3], tf.tile(padded[..., :1], [1, 1, 3]))
+    opaque = tf.fill(tf.shape(padded[..., :1]), tf.constant(255, tf.uint8))
+    alpha = tf.where(c == 2, padded[..., 1:2], tf.where(c == 4, padded[..., 3:4], opaque))
+    return tf.concat([rgb, alpha], 2)
 
 
 def _decode_jpeg(b: _Bytes, height: Any, width: Any, side: int) -> Any:
@@ -291,9 +286,7 @@ def _decode_png(b: _Bytes, depth: Any, colour: Any, trns: Any, trns_len: Any) ->
         wide = tf.cast(tf.io.decode_png(b.data, channels=0, dtype=tf.uint16), tf.int32)
         # Grey: scaled with rounding (images._to_l_or_rgb); colour: Pillow keeps the high byte.
         grey = tf.cast((wide + 128) // 257, tf.uint8)
-        return tf.cond(
-            colour == 0, lambda: _rgba(grey), lambda: _rgba(tf.cast(wide // 256, tf.uint8))
-        )
+        return _rgba(tf.where(colour == 0, grey, tf.cast(wide // 256, tf.uint8)))
 
     image = tf.cond(depth == 16, sixteen, lambda: _rgba(tf.io.decode_png(b.data, channels=0)))
     # A tRNS colour key on grey or RGB 8-bit data: those pixels are transparent.
@@ -313,12 +306,11 @@ def _decode_gif(b: _Bytes, entry: Any, flags_at: Any) -> Any:
     white into its palette entry and clearing the transparency flag before decoding."""
     tf = _tf()
 
-    def patched():
-        white = _patch(b.data, entry, tf.constant(b"\xff\xff\xff"), 3)
-        flags = tf.bitwise.bitwise_and(b.u8(flags_at), 0xFE)
-        return _patch(white, flags_at, _byte(flags), 1)
-
-    data = tf.cond(entry >= 0, patched, lambda: b.data)
+    keyed = entry >= 0
+    white = _patch(b.data, tf.where(keyed, entry, 0), tf.constant(b"\xff\xff\xff"), 3)
+    flags = tf.bitwise.bitwise_and(b.u8(flags_at), 0xFE)
+    patched = _patch(white, tf.where(keyed, flags_at, 0), _byte(flags), 1)
+    data = tf.where(keyed, patched, b.data)
     return _rgba(tf.io.decode_gif(data)[0])
 
 
@@ -334,27 +326,20 @@ def _decode_bmp(b: _Bytes) -> Any:
     bgr = tf.stack([b.u8(table + 4 * index + k) for k in (2, 1, 0)], 1)
     bgr = tf.where((index < colours)[:, None], bgr, 0)
     paletted = tf.cast(tf.gather(bgr, tf.cast(image[..., 0], tf.int32)), tf.uint8)
-    return tf.cond(depth == 8, lambda: _rgba(paletted), lambda: _rgba(image[..., :3]))
+    return tf.where(depth == 8, _rgba(paletted), _rgba(image[..., :3]))
 
 
 def _transpose(image: Any, orientation: Any) -> Any:
-    """Apply EXIF orientation 1..8 as PIL.ImageOps.exif_transpose does."""
+    """Apply EXIF orientation 1..8 as PIL.ImageOps.exif_transpose does: 5..8 swap the axes
+    (a transpose), then a left-right and/or up-down flip (2: LR, 3: both, 4: UD, 5: none,
+    6: LR, 7: both, 8: UD)."""
     tf = _tf()
-    flip_lr = tf.image.flip_left_right
-    transposed = lambda: tf.transpose(image, [1, 0, 2])  # noqa: E731
-    return tf.switch_case(
-        orientation - 1,
-        [
-            lambda: image,
-            lambda: flip_lr(image),
-            lambda: tf.image.rot90(image, 2),
-            lambda: tf.image.flip_up_down(image),
-            transposed,
-            lambda: tf.image.rot90(image, 3),
-            lambda: tf.image.rot90(transposed(), 2),
-            lambda: tf.image.rot90(image, 1),
-        ],
-    )
+    swap = orientation >= 5
+    image = tf.transpose(image, tf.where(swap, [1, 0, 2], [0, 1, 2]))
+    lr = tf.reduce_any(tf.equal(orientation, [2, 3, 6, 7]))
+    ud = tf.reduce_any(tf.equal(orientation, [3, 4, 7, 8]))
+    image = tf.where(lr, tf.reverse(image, [1]), image)
+    return tf.where(ud, tf.reverse(image, [0]), image)
 
 
 def _flatten(rgba: Any, channels: int) -> Any:
@@ -391,7 +376,7 @@ def _resize(pixels: Any, height: int, width: int) -> Any:
 
         return tf.floor(blocks(total) / blocks(count) + 0.5)
 
-    reduced = tf.cond((fx > 1) | (fy > 1), reduce, lambda: image)
+    reduced = reduce()  # factor 1 × 1 is the identity
     box_h = tf.cast(h, tf.float32) / tf.cast(fy, tf.float32)
     box_w = tf.cast(w, tf.float32) / tf.cast(fx, tf.float32)
     rows = tf.shape(reduced)[1]
@@ -407,19 +392,11 @@ def _resize(pixels: Any, height: int, width: int) -> Any:
         )
         return tf.clip_by_value(tf.floor(out + 0.5), 0.0, 255.0)
 
-    same_w = tf.equal(tf.shape(reduced)[2], width) & tf.equal(box_w, float(width))
-    same_h = tf.equal(rows, height) & tf.equal(box_h, float(height))
-    across = tf.cond(
-        same_w,
-        lambda: reduced,
-        lambda: along(reduced, tf.stack([rows, width]), tf.stack([1.0, width / box_w])),
-    )
-    down = tf.cond(
-        same_h,
-        lambda: across,
-        lambda: along(across, tf.constant([height, width]), tf.stack([height / box_h, 1.0])),
-    )
-    return tf.ensure_shape(down[0], [height, width, None])
+    # At scale 1 the triangle filter weighs only the pixel itself: an axis already at its
+    # size passes through unchanged, so both passes always run (no branch to trace).
+    across = along(reduced, tf.stack([rows, width]), tf.stack([1.0, width / box_w]))
+    down = along(across, tf.constant([height, width]), tf.stack([height / box_h, 1.0]))
+    return down[0]
 
 
 def inspect(data: Any, side: int) -> tuple[Any, Any, dict[str, Any]]:
