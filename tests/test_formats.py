@@ -19,6 +19,7 @@ from PIL import Image
 
 from imgclf import formats, runs
 from imgclf.export import corpus
+from imgclf.export.parity import CORPUS_IMAGES
 from imgclf.images import ImageError, load_image, thumbnail
 
 BAD = b"\x89PNG\r\n\x1a\n" + bytes(40)  # a PNG signature and nothing readable behind it
@@ -219,7 +220,7 @@ def test_exports_json_records_agreement_per_format(exported: dict[str, Path], ki
         row = served["serve_bytes"][name]
         assert (row["refused"] is None) == graph, name
         if graph:
-            assert row["top1_agreement"] == 1.0 and row["n"] == 2, name
+            assert row["top1_agreement"] == 1.0 and row["n"] == CORPUS_IMAGES, name
     for key in ("tflite", "onnx"):
         table = exports[key]["formats"]
         assert set(table) == set(kinds)
