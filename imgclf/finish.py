@@ -162,7 +162,9 @@ def finish_run(
     if late and verbose:
         print(f"data: {late} more file(s) could not be decoded; see data_report.json", flush=True)
     save_samples(run_dir, splits)
-    parity, exports = export_run_model(run_dir, model, splits)
+    parity, exports = (
+        export_run_model(run_dir, model, splits) if config.train.export else (None, None)
+    )
     card = model_card(config, splits, metrics, model, exports, backend_name())
     runs.write_text(run_dir / runs.MODEL_CARD, card)
     faults.point("manifest")

@@ -29,9 +29,17 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.2%}"
 
 
-def export_section(exports: dict[str, Any] | None, backend: str = "tensorflow") -> str:
+def export_section(
+    exports: dict[str, Any] | None, backend: str = "tensorflow", skipped: bool = False
+) -> str:
     """The model card's export table: one row per exported format (and one for the SavedModel's
-    `serve_bytes` signature) with its size and parity figures against model.keras."""
+    `serve_bytes` signature) with its size and parity figures against model.keras. `skipped`:
+    training was told not to export (`train.export: false`)."""
+    if not exports and skipped:
+        return (
+            "- No export yet: this run trained with `train.export: false`. Run\n"
+            "  `imgclf-export <this run directory>` to write and check `saved_model/`.\n"
+        )
     if not exports:
         return (
             f"- SavedModel export skipped: it needs the TensorFlow backend and this run trained "
@@ -159,7 +167,7 @@ def model_card(
             f"\n- Training images capped at {config.data.max_per_class} per class "
             "(validation and test are not capped)"
         )
-    export = export_section(exports, backend)
+    export = export_section(exports, backend, skipped=not config.train.export)
     return f"""# Model card: {config.name}
 
 ## Model

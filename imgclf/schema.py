@@ -241,6 +241,9 @@ class TrainConfig(_Section):
     steps_per_execution: PositiveInt = 1  # batches per compiled call: helps tiny models
     diagnostics: Literal["auto"] | bool = "auto"  # auto: on for models up to 5M parameters
     distribute: Literal["none", "mirrored", "multiworker"] = "none"  # see imgclf/distribute.py
+    # Write and check saved_model/ at the end (every format of docs/formats.md, a few seconds);
+    # false skips it for sweeps and quick experiments: `imgclf-export RUN` writes it later.
+    export: bool = True
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     # How often a run backs up its training state for `imgclf-train --resume`: every epoch, or
     # every N steps (an interrupted epoch then restarts from its beginning with the weights of

@@ -72,6 +72,9 @@ def tiny_overrides(data_path: Path) -> list[str]:
         # Off for speed (a second or two per run): tiny_run, app_runs and the fault tests switch
         # it back on, so the diagnostics, their plots and the app's pages are still exercised.
         "train.diagnostics=false",
+        # Off for speed too (the SavedModel and its format check, ~3 s per run): tiny_run,
+        # app_runs and every export test train with it on.
+        "train.export=false",
     ]
 
 
@@ -81,7 +84,9 @@ def tiny_run(folder_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from imgclf.config import load_config
     from imgclf.train import train
 
-    config = load_config(None, [*tiny_overrides(folder_dataset), "train.diagnostics=auto"])
+    config = load_config(
+        None, [*tiny_overrides(folder_dataset), "train.diagnostics=auto", "train.export=true"]
+    )
     return train(config, out=tmp_path_factory.mktemp("runs") / "tiny", verbose=0)
 
 
@@ -104,6 +109,7 @@ def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
             "name=tiny-mlp",
             "model.name=mlp",
             "train.diagnostics=auto",
+            "train.export=true",
         ],
     )
     job = TrainingJob(root)

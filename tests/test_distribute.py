@@ -78,6 +78,7 @@ def test_mirrored_training_on_two_logical_cpus(tmp_path: Path):
     data = write_folder_dataset(tmp_path / "data", per_class=20, seed=1)
     overrides = [
         *tiny_overrides(data), "model.name=mlp", "train.epochs=6", "model.dropout=0",
+        "train.export=true",
         "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
     ]  # fmt: skip
     out = {}
@@ -201,6 +202,7 @@ def test_multiworker_training_with_two_local_workers(tmp_path: Path):
     # documented as experimental in docs/data.md until the cause is found.
     overrides = [
         *tiny_overrides(data), "model.name=mlp", "train.epochs=2", "data.cache=memory",
+        "train.export=true",
         "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
     ]  # fmt: skip
     chief, worker = _two_workers("train", tmp_path / "run", overrides)

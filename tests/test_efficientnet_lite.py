@@ -307,6 +307,7 @@ def test_imagenet_lite0_trains_two_phases_and_every_export_agrees(
         None,
         [
             *tiny_overrides(folder_dataset),
+            "train.export=true",
             "model.name=efficientnet_lite0",
             "model.weights=imagenet",
             "transfer.head_epochs=1",

@@ -91,7 +91,7 @@ MOMENTS = ["setup", "epoch:1", "model", "saved_model", "manifest"]
 def test_a_kill_at_each_moment_leaves_nothing_trusted_and_resume_finishes_it(
     folder_dataset: Path, tmp_path: Path
 ):
-    overrides = [*tiny_overrides(folder_dataset), *FAST]
+    overrides = [*tiny_overrides(folder_dataset), *FAST, "train.export=true"]
     reference = _train_here(*overrides, out=tmp_path / "reference")
     run = tmp_path / "run"
     _kill_at_each(overrides, run, MOMENTS, _assert_nothing_trusts)

@@ -51,7 +51,12 @@ def exported(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> dict[str
     shutil.copytree(tiny_run, rgb)
     config = load_config(
         None,
-        [*tiny_overrides(folder_dataset), "data.channels=1", "data.normalize=standardize"],
+        [
+            *tiny_overrides(folder_dataset),
+            "data.channels=1",
+            "data.normalize=standardize",
+            "train.export=true",
+        ],
     )
     grey = train(config, out=root / "grey", verbose=0)
     for run in (rgb, grey):
