@@ -237,7 +237,7 @@ def test_an_export_whose_graph_decoder_fails_a_format_is_not_written(
 ):
     """Make the graph decoder refuse PNG files (which it is documented to read): the format
     check must stop the SavedModel from being published, and say which formats failed."""
-    from imgclf.export import graph_decode
+    from imgclf.export import graph_decode, graph_header
     from imgclf.export.cli import main
 
     real = graph_decode.inspect
@@ -246,7 +246,7 @@ def test_an_export_whose_graph_decoder_fails_a_format_is_not_written(
         fmt, reason, facts = real(data, side)
         import tensorflow as tf
 
-        return fmt, tf.where(tf.equal(fmt, graph_decode.PNG), "broken", reason), facts
+        return fmt, tf.where(tf.equal(fmt, graph_header.PNG), "broken", reason), facts
 
     monkeypatch.setattr(graph_decode, "inspect", no_png)
     monkeypatch.setattr("imgclf.export.saved_model._DECODERS", {})  # trace the broken one
