@@ -310,3 +310,44 @@ def test_a_model_tf2onnx_cannot_convert_gets_one_line(
         "Counter({'SomeCustomOp': 1})); the SavedModel and TFLite exports do not depend on it"
     ]
     assert (run / runs.ONNX).read_bytes() == before
+
+
+def _hostile() -> dict[str, bytes]:
+    """Files that are valid for Pillow but built to trip a header parser."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    plain = io.BytesIO()
+    Image.fromarray(pixels).save(plain, "JPEG", quality=90)
+    jpeg = plain.getvalue()
+    # An APP11 segment whose bytes 8..11 read as a PNG/WebP chunk length near 2^31.
+    app11 = b"\xff\xeb\x00\x0a" + b"ab\x7f\xff\xff\xe4ab"
+    four = Image.fromarray(rng.integers(0, 4, (30, 40), dtype=np.uint8), "P")
+    four.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    gif = io.BytesIO()
+    four.save(gif, "GIF", transparency=200)  # an index past the 4-colour table
+    return {"jpeg-app11": jpeg[:2] + app11 + jpeg[2:], "gif-index-past-table": gif.getvalue()}
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_serve_bytes_decodes_the_pixels_of_load_image(channels: int):
+    """The graph decoder against the one decoder, pixel by pixel, on every kind it reads (and
+    on files built to trip its header parsers): equal, or 1 level apart where Pillow rounds
+    in fixed point."""
+    import tensorflow as tf
+
+    from imgclf.export.graph_header import inspect
+    from imgclf.export.saved_model import decode_batch
+
+    rng = np.random.default_rng(2)
+    samples = [s for s in corpus.build([rng.integers(0, 256, (20, 24, 3), np.uint8)]) if s.graph]
+    hostile = _hostile()
+    files = [s.data for s in samples] + list(hostile.values())
+    names = [s.kind for s in samples] + list(hostile)
+    fn = tf.function(lambda x: decode_batch(x, 16, 16, channels))
+    pixels, status = fn(tf.constant(files))
+    for name, data, got, state in zip(names, files, pixels.numpy(), status.numpy(), strict=True):
+        assert state == b"ok", (name, state)
+        want = load_image(data, (16, 16), channels).astype(float)
+        assert np.abs(got - want).max() <= 1, name
+    for data in [*hostile.values(), b"\x89PNG\r\n\x1a\n\x7f\xff\xff\xe4IHDR", b"RIFF" + bytes(40)]:
+        inspect(tf.constant(data), 16)  # never raises, whatever the header says

@@ -108,16 +108,19 @@ def _decode_png(b: FileBytes, depth: Any, colour: Any, trns: Any, trns_len: Any)
     return tf.concat([image[..., :3], alpha[..., None]], 2)
 
 
-def _decode_gif(b: FileBytes, entry: Any, flags_at: Any) -> Any:
-    """First frame; a transparent colour becomes white (the composite over white) by writing
-    white into its palette entry and clearing the transparency flag before decoding."""
+def _decode_gif(b: FileBytes, entry: Any, flags_at: Any, end: Any) -> Any:
+    """The first frame only: the file is cut after that frame's data and closed with the GIF
+    trailer (";"), so a long animation is never decoded whole (TensorFlow's decoder returns
+    every frame). A transparent colour becomes white (the composite over white) by writing
+    white into its palette entry and clearing the transparency flag before decoding; a
+    transparent index past the colour table only loses its flag (no pixel can use it)."""
     tf = _tf()
-
-    keyed = entry >= 0
-    white = _patch(b.data, tf.where(keyed, entry, 0), tf.constant(b"\xff\xff\xff"), 3)
+    first = tf.strings.join([tf.strings.substr(b.data, 0, end), ";"])
+    white = _patch(first, tf.where(entry >= 0, entry, 0), tf.constant(b"\xff\xff\xff"), 3)
+    white = tf.where(entry >= 0, white, first)
     flags = tf.bitwise.bitwise_and(b.u8(flags_at), 0xFE)
-    patched = _patch(white, tf.where(keyed, flags_at, 0), _byte(flags), 1)
-    data = tf.where(keyed, patched, b.data)
+    cleared = _patch(white, tf.where(flags_at >= 0, flags_at, 0), _byte(flags), 1)
+    data = tf.where(flags_at >= 0, cleared, white)
     return _rgba(tf.io.decode_gif(data)[0])
 
 
@@ -218,7 +221,7 @@ def decode(fmt: Any, facts: dict[str, Any], height: int, width: int, channels: i
             lambda: _decode_png(
                 b, facts["depth"], facts["colour"], facts["trns"], facts["trns_len"]
             ),
-            lambda: _decode_gif(b, facts["gif_entry"], facts["gif_flags_at"]),
+            lambda: _decode_gif(b, *(facts[k] for k in ("gif_entry", "gif_flags_at", "gif_end"))),
             lambda: _decode_bmp(b),
             lambda: _rgba(tf.io.decode_webp(b.data, channels=0)[0]),
         ],

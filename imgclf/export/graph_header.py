@@ -54,9 +54,18 @@ class FileBytes:
         """Whether the bytes at `i` are `text`."""
         tf = _tf()
         i = tf.convert_to_tensor(i, tf.int32)
-        inside = (i >= 0) & (i + len(text) <= self.n)
+        inside = (i >= 0) & (i <= self.n - len(text))  # (not i + len: it may wrap around)
         at = tf.where(inside, i, 0)
         return inside & tf.equal(tf.strings.substr(self.data, at, len(text)), text)
+
+
+def _advance(b: FileBytes, pos: Any, header: int, length: Any) -> Any:
+    """The position after a chunk of `length` bytes behind a `header` at `pos`, or the end of
+    the file when the length cannot be right (negative, or longer than the file): a hostile
+    length never wraps the int32 position around."""
+    tf = _tf()
+    sane = (length >= 0) & (length <= b.n)
+    return tf.where(sane, tf.minimum(pos + header + tf.where(sane, length, 0), b.n), b.n)
 
 
 def _loop(cond: Any, body: Any, state: tuple, limit: int) -> tuple:
@@ -116,12 +125,15 @@ def _jpeg_header(b: FileBytes) -> tuple[Any, Any, Any, Any, Any]:
     found = sof >= 0
     height = tf.where(found, b.be(sof + 5, 2), 0)
     width = tf.where(found, b.be(sof + 7, 2), 0)
-    return height, width, b.u8(sof + 9), b.u8(sof + 4), exif
+    components = tf.where(found, b.u8(sof + 9), 0)
+    precision = tf.where(found, b.u8(sof + 4), 8)
+    return height, width, components, precision, exif
 
 
 def _png_header(b: FileBytes) -> tuple[Any, ...]:
     """(height, width, bit depth, colour type, tRNS offset, tRNS length, EXIF TIFF offset) from
-    the chunks before the first IDAT (-1 offsets when absent)."""
+    the chunks up to IEND (-1 offsets when absent): Pillow also reads an `eXIf` chunk that
+    comes after the image data."""
     tf = _tf()
 
     def body(pos, trns, trns_len, exif):
@@ -129,17 +141,18 @@ def _png_header(b: FileBytes) -> tuple[Any, ...]:
         is_trns = b.tag(pos + 4, b"tRNS")
         is_exif = b.tag(pos + 4, b"eXIf")
         return (
-            pos + 12 + tf.maximum(length, 0),
+            _advance(b, pos, 12, length),
             tf.where(is_trns, pos + 8, trns),
             tf.where(is_trns, length, trns_len),
             tf.where(is_exif, pos + 8, exif),
         )
 
     def cond(pos, *_):
-        return (pos + 8 <= b.n) & ~b.tag(pos + 4, b"IDAT") & ~b.tag(pos + 4, b"IEND")
+        return (pos <= b.n - 8) & ~b.tag(pos + 4, b"IEND")
 
     start = (tf.constant(8), tf.constant(-1), tf.constant(0), tf.constant(-1))
-    _, trns, trns_len, exif = _loop(cond, body, start, 256)
+    # Big PNGs have hundreds of IDAT chunks; each step reads 12 bytes.
+    _, trns, trns_len, exif = _loop(cond, body, start, 8192)
     return b.be(20, 4), b.be(16, 4), b.u8(24), b.u8(25), trns, trns_len, exif
 
 
@@ -165,10 +178,10 @@ def _webp_header(b: FileBytes) -> tuple[Any, Any, Any, Any]:
         is_exif = b.tag(pos, b"EXIF") & (exif < 0)
         skip = tf.where(b.tag(data, b"Exif\x00\x00"), 6, 0)
         exif = tf.where(is_exif, data + skip, exif)
-        return pos + 8 + size + size % 2, h, w, animated, exif
+        return _advance(b, pos, 8, size + size % 2), h, w, animated, exif
 
     def cond(pos, *_):
-        return pos + 8 <= b.n
+        return pos <= b.n - 8
 
     zero = tf.constant(0)
     start = (tf.constant(12), zero, zero, tf.constant(False), tf.constant(-1))
@@ -176,43 +189,65 @@ def _webp_header(b: FileBytes) -> tuple[Any, Any, Any, Any]:
     return h, w, animated, exif
 
 
-def _gif_header(b: FileBytes) -> tuple[Any, Any, Any, Any]:
-    """(height, width, offset of the transparent colour's palette entry or -1, offset of the
-    graphic control extension's flags or -1) for the first frame."""
+def _gif_header(b: FileBytes) -> dict[str, Any]:
+    """The first frame of a GIF: canvas `height`/`width`; `entry`, the offset of the
+    transparent colour's palette entry (-1: none, or an index past the colour table);
+    `flags_at`, the offset of the graphic control extension's flags (-1: not transparent);
+    `end`, where the first frame's image data ends; `covers`, whether that frame fills the
+    canvas; `has_table`, whether a colour table applies to it."""
     tf = _tf()
+
+    def table_size(packed):
+        return tf.bitwise.left_shift(2, packed % 8)  # entries: 2^(n+1)
+
     packed = b.u8(10)
     has_global = tf.bitwise.bitwise_and(packed, 0x80) > 0
-    global_size = tf.where(has_global, 3 * tf.bitwise.left_shift(2, packed % 8), 0)
 
     def skip_sub_blocks(pos):
         out = _loop(
-            lambda p: (p < b.n) & (b.u8(p) != 0), lambda p: (p + 1 + b.u8(p),), (pos,), 4096
+            lambda p: (p < b.n) & (b.u8(p) != 0), lambda p: (p + 1 + b.u8(p),), (pos,), 65536
         )
         return out[0] + 1
 
-    def body(pos, flags_at, index, table):
-        kind = b.u8(pos)
-        is_gce = (kind == 0x21) & (b.u8(pos + 1) == 0xF9)
+    def body(pos, flags_at, index):
+        is_gce = b.u8(pos + 1) == 0xF9
         transparent = is_gce & (tf.bitwise.bitwise_and(b.u8(pos + 3), 1) > 0)
         flags_at = tf.where(transparent, pos + 3, flags_at)
         index = tf.where(transparent, b.u8(pos + 6), index)
-        is_image = kind == 0x2C
-        local_packed = b.u8(pos + 9)
-        local = is_image & (tf.bitwise.bitwise_and(local_packed, 0x80) > 0)
-        table = tf.where(local, pos + 10, table)
         # The loop runs only while pos is at an extension (0x21): skip its sub-blocks.
-        return skip_sub_blocks(pos + 2), flags_at, index, table
+        return skip_sub_blocks(pos + 2), flags_at, index
 
     def cond(pos, *_):
         return (pos < b.n) & (b.u8(pos) == 0x21)
 
-    start = (13 + global_size, tf.constant(-1), tf.constant(0), tf.where(has_global, 13, -1))
-    pos, flags_at, index, table = _loop(cond, body, start, 256)
-    # The loop stops at the image descriptor (0x2C) without reading it: read its local table.
-    local = (b.u8(pos) == 0x2C) & (tf.bitwise.bitwise_and(b.u8(pos + 9), 0x80) > 0)
-    table = tf.where(local, pos + 10, table)
-    entry = tf.where((flags_at >= 0) & (table >= 0), table + 3 * index, -1)
-    return b.le(8, 2), b.le(6, 2), entry, flags_at
+    first = 13 + tf.where(has_global, 3 * table_size(packed), 0)
+    pos, flags_at, index = _loop(cond, body, (first, tf.constant(-1), tf.constant(0)), 256)
+    # The loop stops at the image descriptor (0x2C): its own colour table wins over the global.
+    descriptor = b.u8(pos) == 0x2C
+    local_packed = b.u8(pos + 9)
+    local = descriptor & (tf.bitwise.bitwise_and(local_packed, 0x80) > 0)
+    table = tf.where(local, pos + 10, tf.where(has_global, 13, -1))
+    entries = tf.where(local, table_size(local_packed), table_size(packed))
+    local_bytes = tf.where(local, 3 * table_size(local_packed), 0)
+    end = skip_sub_blocks(pos + 11 + local_bytes)  # past the LZW code size and the data
+    height, width = b.le(8, 2), b.le(6, 2)
+    covers = (
+        descriptor
+        & (b.le(pos + 1, 2) == 0)
+        & (b.le(pos + 3, 2) == 0)
+        & (b.le(pos + 5, 2) == width)
+        & (b.le(pos + 7, 2) == height)
+    )
+    usable = (flags_at >= 0) & (table >= 0) & (index < entries)
+    return {
+        "height": height,
+        "width": width,
+        "entry": tf.where(usable, table + 3 * index, -1),
+        "flags_at": flags_at,
+        "end": tf.minimum(end, b.n),
+        "covers": covers,
+        "has_table": table >= 0,
+    }
 
 
 def inspect(data: Any, side: int) -> tuple[Any, Any, dict[str, Any]]:
@@ -230,11 +265,11 @@ def inspect(data: Any, side: int) -> tuple[Any, Any, dict[str, Any]]:
     jh, jw, components, precision, jexif = _jpeg_header(b)
     ph, pw, depth, colour, trns, trns_len, pexif = _png_header(b)
     wh, ww, animated, wexif = _webp_header(b)
-    gh, gw, entry, flags_at = _gif_header(b)
+    gif = _gif_header(b)
     bh, bw = tf.abs(b.le(22, 4)), b.le(18, 4)
     bmp_depth, bmp_compression = b.le(28, 2), b.le(30, 4)
     pick = lambda *v: tf.gather(tf.stack(v), tf.maximum(fmt, 0))  # noqa: E731
-    height, width = pick(jh, ph, gh, bh, wh), pick(jw, pw, gw, bw, ww)
+    height, width = pick(jh, ph, gif["height"], bh, wh), pick(jw, pw, gif["width"], bw, ww)
     exif = pick(jexif, pexif, tf.constant(-1), tf.constant(-1), wexif)
     is_tiff = b.tag(0, b"II*\x00") | b.tag(0, b"MM\x00*")
     is_heif = b.tag(4, b"ftyp")
@@ -249,7 +284,8 @@ def inspect(data: Any, side: int) -> tuple[Any, Any, dict[str, Any]]:
         (is_bmp & ~tf.reduce_any(tf.equal(bmp_depth, [8, 24, 32])), "BMP with 1/4/16-bit pixels"),
         (is_bmp & (bmp_compression != 0), "compressed BMP: TensorFlow reads uncompressed only"),
         (is_webp & animated, "animated WebP: TensorFlow's decoder cannot read it safely"),
-        (is_gif & (flags_at >= 0) & (entry < 0), "GIF with transparency and no colour table"),
+        (is_gif & ~gif["has_table"], "GIF without a colour table"),
+        (is_gif & ~gif["covers"], "GIF whose first frame does not fill its canvas"),
         ((fmt >= 0) & ((height < 1) | (width < 1)), "truncated or corrupt image"),
         (
             (fmt >= 0) & (tf.cast(height, tf.int64) * tf.cast(width, tf.int64) > MAX_PIXELS),
@@ -268,8 +304,9 @@ def inspect(data: Any, side: int) -> tuple[Any, Any, dict[str, Any]]:
         "colour": colour,
         "trns": trns,
         "trns_len": trns_len,
-        "gif_entry": entry,
-        "gif_flags_at": flags_at,
+        "gif_entry": gif["entry"],
+        "gif_flags_at": gif["flags_at"],
+        "gif_end": gif["end"],
         "side": side,
     }
     return fmt, reason, facts
