@@ -32,34 +32,42 @@ def _corpus(run: Path) -> list[corpus.Sample]:
     return corpus.build([load_image(f, size, cfg.data.channels) for f in files])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exported(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> dict[str, Path]:
     """An RGB run (a copy of the session's tiny run) and a grey one trained here with
     `normalize: standardize` (what ONNX export used to crash on). Training wrote and checked
-    each one's SavedModel; `imgclf-export` adds TFLite and ONNX."""
+    each one's SavedModel; `imgclf-export` adds TFLite and ONNX. Built once per test session
+    and shared by the pytest-xdist workers (under a file lock; the tests only read them)."""
+    import fcntl
+
     from conftest import tiny_overrides
 
     from imgclf.config import load_config
     from imgclf.export.cli import main
     from imgclf.train import train
 
-    root = tmp_path_factory.mktemp("formats")
-    rgb = root / "rgb"
-    shutil.copytree(tiny_run, rgb)
-    config = load_config(
-        None,
-        [
-            *tiny_overrides(folder_dataset),
-            "data.channels=1",
-            "data.normalize=standardize",
-            "train.export=true",
-        ],
-    )
-    grey = train(config, out=root / "grey", verbose=0)
-    for run in (rgb, grey):
-        for fmt in ("tflite", "onnx"):
-            assert main([str(run), "--format", fmt]) == 0
-    return {"rgb": rgb, "grey": grey}
+    root = tmp_path_factory.getbasetemp().parent / "formats-exported"
+    root.mkdir(exist_ok=True)
+    runs_made = {"rgb": root / "rgb", "grey": root / "grey"}
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").exists():
+            shutil.copytree(tiny_run, runs_made["rgb"])
+            config = load_config(
+                None,
+                [
+                    *tiny_overrides(folder_dataset),
+                    "data.channels=1",
+                    "data.normalize=standardize",
+                    "train.export=true",
+                ],
+            )
+            train(config, out=runs_made["grey"], verbose=0)
+            for run in runs_made.values():
+                for fmt in ("tflite", "onnx"):
+                    assert main([str(run), "--format", fmt]) == 0
+            (root / "done").touch()
+    return runs_made
 
 
 def test_the_supported_list_names_the_formats_users_have():
