@@ -169,7 +169,11 @@ def test_a_job_trains_in_a_child_process_and_cancel_stops_it(tmp_path: Path, fol
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
     determinism = is_op_determinism_enabled()  # process-wide, and cannot be switched back
-    config = load_config(None, [*tiny_overrides(folder_dataset), "train.epochs=500"])
+    # 500 epochs and no early stop: still training when Cancel comes.
+    config = load_config(
+        None,
+        [*tiny_overrides(folder_dataset), "train.epochs=500", "train.early_stopping.patience=0"],
+    )
     job = TrainingJob(tmp_path / "runs")
     state = job.start(config)
     assert state.pid != os.getpid()

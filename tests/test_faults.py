@@ -149,7 +149,10 @@ def test_sigterm_leaves_an_interrupted_run_and_names_the_resume_command(
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
     command = [sys.executable, "-m", "imgclf.train", *tiny_overrides(folder_dataset),
-               "model.name=mlp", "train.epochs=500", "--out", str(run)]  # fmt: skip
+               "model.name=mlp", "train.epochs=500", "train.early_stopping.patience=0",
+               "--out", str(run)]  # fmt: skip
+    # 500 epochs and no early stop: still training when the signal comes (a tiny run that
+    # stopped early could finish first, and exit 0, before SIGTERM lands).
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
