@@ -5,7 +5,7 @@ every path (load_image, imgclf-predict, the app, serve_bytes, TFLite, ONNX).
 Each file is written by Pillow (HEIC by pillow-heif) from the same pixels, enlarged to an odd
 size so that every path resizes (and big enough that JPEGs decode at a reduced DCT scale).
 `Sample.graph` says whether the SavedModel's in-graph decoder is meant to read it
-(`graph_decode.GRAPH_FORMATS`); the others must come back refused, per image.
+(`formats.FORMATS`, refined per mode); the others must come back refused, per image.
 """
 
 from __future__ import annotations

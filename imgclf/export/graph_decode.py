@@ -33,29 +33,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import tensorflow as tf
+
 from imgclf.export.graph_header import FileBytes, inspect
 
-__all__ = ["GRAPH_FORMATS", "decode", "inspect"]
+__all__ = ["decode", "inspect"]
 
-GRAPH_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
 _REDUCING_GAP = 3.0
 _ALL_BYTES = bytes(range(256))
 
 
-def _tf() -> Any:
-    import tensorflow as tf
-
-    return tf
-
-
 def _byte(value: Any) -> Any:
     """A one-byte string holding `value` (0..255)."""
-    tf = _tf()
     return tf.strings.substr(tf.constant(_ALL_BYTES), value, 1)
 
 
 def _patch(data: Any, at: Any, replacement: Any, length: int) -> Any:
-    tf = _tf()
     rest = tf.strings.substr(data, at + length, tf.int32.max)
     return tf.strings.join([tf.strings.substr(data, 0, at), replacement, rest])
 
@@ -63,7 +56,6 @@ def _patch(data: Any, at: Any, replacement: Any, length: int) -> Any:
 def _rgba(image: Any) -> Any:
     """uint8 [h, w, 1|2|3|4] -> uint8 [h, w, 4] (grey replicated, opaque alpha added). Plain
     tensor ops, no branches: every branch is a function to trace at every export."""
-    tf = _tf()
     c = tf.shape(image)[2]
     padded = tf.pad(image, [[0, 0], [0, 0], [0, tf.maximum(4 - c, 0)]])[..., :4]
     rgb = tf.where(c >= 3, padded[..., :3], tf.tile(padded[..., :1], [1, 1, 3]))
@@ -74,7 +66,6 @@ def _rgba(image: Any) -> Any:
 
 def _decode_jpeg(b: FileBytes, height: Any, width: Any, side: int) -> Any:
     """RGB decode at the DCT scale Pillow's `draft(mode, (side, side))` picks."""
-    tf = _tf()
     scale = tf.minimum(width // side, height // side)
     branch = tf.where(scale >= 8, 3, tf.where(scale >= 4, 2, tf.where(scale >= 2, 1, 0)))
 
@@ -87,7 +78,6 @@ def _decode_jpeg(b: FileBytes, height: Any, width: Any, side: int) -> Any:
 
 
 def _decode_png(b: FileBytes, depth: Any, colour: Any, trns: Any, trns_len: Any) -> Any:
-    tf = _tf()
 
     def sixteen():
         wide = tf.cast(tf.io.decode_png(b.data, channels=0, dtype=tf.uint16), tf.int32)
@@ -114,7 +104,6 @@ def _decode_gif(b: FileBytes, entry: Any, flags_at: Any, end: Any) -> Any:
     every frame). A transparent colour becomes white (the composite over white) by writing
     white into its palette entry and clearing the transparency flag before decoding; a
     transparent index past the colour table only loses its flag (no pixel can use it)."""
-    tf = _tf()
     first = tf.strings.join([tf.strings.substr(b.data, 0, end), ";"])
     white = _patch(first, tf.where(entry >= 0, entry, 0), tf.constant(b"\xff\xff\xff"), 3)
     white = tf.where(entry >= 0, white, first)
@@ -127,7 +116,6 @@ def _decode_gif(b: FileBytes, entry: Any, flags_at: Any, end: Any) -> Any:
 def _decode_bmp(b: FileBytes) -> Any:
     """8-bit BMPs hold palette indices (TensorFlow returns them raw): looked up here. 32-bit
     uncompressed BMPs are opaque RGB to Pillow (the fourth byte is padding): alpha dropped."""
-    tf = _tf()
     image = tf.io.decode_bmp(b.data, channels=0)
     depth = b.le(28, 2)
     table = 14 + b.le(14, 4)
@@ -143,7 +131,6 @@ def _transpose(image: Any, orientation: Any) -> Any:
     """Apply EXIF orientation 1..8 as PIL.ImageOps.exif_transpose does: 5..8 swap the axes
     (a transpose), then a left-right and/or up-down flip (2: LR, 3: both, 4: UD, 5: none,
     6: LR, 7: both, 8: UD)."""
-    tf = _tf()
     swap = orientation >= 5
     image = tf.transpose(image, tf.where(swap, [1, 0, 2], [0, 1, 2]))
     lr = tf.reduce_any(tf.equal(orientation, [2, 3, 6, 7]))
@@ -154,7 +141,6 @@ def _transpose(image: Any, orientation: Any) -> Any:
 
 def _flatten(rgba: Any, channels: int) -> Any:
     """uint8 RGBA -> int32 [h, w, channels]: alpha over white, then ITU-R 601 luma for grey."""
-    tf = _tf()
     pixels = tf.cast(rgba, tf.int32)
     alpha = pixels[..., 3:4]
     rgb = (pixels[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
@@ -166,7 +152,6 @@ def _flatten(rgba: Any, channels: int) -> Any:
 
 def _resize(pixels: Any, height: int, width: int) -> Any:
     """Pillow's `resize((width, height), BILINEAR, reducing_gap=3)` on int pixels -> float32."""
-    tf = _tf()
     image = tf.cast(pixels, tf.float32)[None]
     h, w = tf.shape(pixels)[0], tf.shape(pixels)[1]
     fy = tf.maximum(tf.cast(tf.cast(h, tf.float32) / height / _REDUCING_GAP, tf.int32), 1)
@@ -212,7 +197,6 @@ def _resize(pixels: Any, height: int, width: int) -> Any:
 def decode(fmt: Any, facts: dict[str, Any], height: int, width: int, channels: int) -> Any:
     """float32 [height, width, channels] pixels (whole levels 0..255) of a file `inspect`
     accepted. May raise (inside tf.data: dropped by ignore_errors) on a corrupt body."""
-    tf = _tf()
     b = facts["bytes"]
     rgba = tf.switch_case(
         fmt,

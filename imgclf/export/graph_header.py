@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import tensorflow as tf
+
+from imgclf.images import MAX_PIXELS
+
 # Format codes (the order of the decoder switch in `graph_decode.decode`).
 JPEG, PNG, GIF, BMP, WEBP = 0, 1, 2, 3, 4
-MAX_PIXELS = 50_000_000  # images.MAX_PIXELS, repeated so that this module needs no imgclf import
-
-
-def _tf() -> Any:
-    import tensorflow as tf
-
-    return tf
 
 
 class FileBytes:
@@ -26,19 +23,16 @@ class FileBytes:
     Kept to few ops per read: the graph is traced at every export."""
 
     def __init__(self, data: Any) -> None:
-        tf = _tf()
         self.data = data
         buf = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int32)
         self.n = tf.shape(buf)[0]
         self.padded = tf.concat([buf, [0]], 0)  # index n reads 0
 
     def u8(self, i: Any) -> Any:
-        tf = _tf()
         i = tf.convert_to_tensor(i, tf.int32)
         return tf.gather(self.padded, tf.where((i >= 0) & (i < self.n), i, self.n))
 
     def _word(self, i: Any, width: int, big: bool) -> Any:
-        tf = _tf()
         i = tf.convert_to_tensor(i, tf.int32)
         digits = self.u8(i[..., None] + tf.range(width))
         weights = [256**k for k in range(width)]
@@ -52,7 +46,6 @@ class FileBytes:
 
     def tag(self, i: Any, text: bytes) -> Any:
         """Whether the bytes at `i` are `text`."""
-        tf = _tf()
         i = tf.convert_to_tensor(i, tf.int32)
         inside = (i >= 0) & (i <= self.n - len(text))  # (not i + len: it may wrap around)
         at = tf.where(inside, i, 0)
@@ -63,14 +56,12 @@ def _advance(b: FileBytes, pos: Any, header: int, length: Any) -> Any:
     """The position after a chunk of `length` bytes behind a `header` at `pos`, or the end of
     the file when the length cannot be right (negative, or longer than the file): a hostile
     length never wraps the int32 position around."""
-    tf = _tf()
     sane = (length >= 0) & (length <= b.n)
     return tf.where(sane, tf.minimum(pos + header + tf.where(sane, length, 0), b.n), b.n)
 
 
 def _loop(cond: Any, body: Any, state: tuple, limit: int) -> tuple:
     """tf.while_loop with an iteration cap (a hostile file cannot loop for long)."""
-    tf = _tf()
     out = tf.while_loop(
         lambda it, *s: (it < limit) & cond(*s),
         lambda it, *s: (it + 1, *body(*s)),
@@ -82,7 +73,6 @@ def _loop(cond: Any, body: Any, state: tuple, limit: int) -> tuple:
 def _orientation(b: FileBytes, tiff: Any) -> Any:
     """The EXIF orientation (1..8; 1 when absent or invalid) of the TIFF structure at `tiff`
     (-1: no EXIF)."""
-    tf = _tf()
     little = b.tag(tiff, b"II*\x00")
     big = b.tag(tiff, b"MM\x00*")
 
@@ -102,7 +92,6 @@ def _orientation(b: FileBytes, tiff: Any) -> Any:
 def _jpeg_header(b: FileBytes) -> tuple[Any, Any, Any, Any, Any]:
     """(height, width, components, precision, EXIF TIFF offset or -1) from the JPEG's segments
     up to its frame header (SOF); height 0 when there is none."""
-    tf = _tf()
     sof_markers = tf.constant([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB])
     sof_markers = tf.concat([sof_markers, [0xCD, 0xCE, 0xCF]], 0)
 
@@ -134,7 +123,6 @@ def _png_header(b: FileBytes) -> tuple[Any, ...]:
     """(height, width, bit depth, colour type, tRNS offset, tRNS length, EXIF TIFF offset) from
     the chunks up to IEND (-1 offsets when absent): Pillow also reads an `eXIf` chunk that
     comes after the image data."""
-    tf = _tf()
 
     def body(pos, trns, trns_len, exif):
         length = b.be(pos, 4)
@@ -158,7 +146,6 @@ def _png_header(b: FileBytes) -> tuple[Any, ...]:
 
 def _webp_header(b: FileBytes) -> tuple[Any, Any, Any, Any]:
     """(height, width, animated, EXIF TIFF offset or -1) from the RIFF chunks."""
-    tf = _tf()
 
     def body(pos, h, w, animated, exif):
         size = b.le(pos + 4, 4)
@@ -195,7 +182,6 @@ def _gif_header(b: FileBytes) -> dict[str, Any]:
     `flags_at`, the offset of the graphic control extension's flags (-1: not transparent);
     `end`, where the first frame's image data ends; `covers`, whether that frame fills the
     canvas; `has_table`, whether a colour table applies to it."""
-    tf = _tf()
 
     def table_size(packed):
         return tf.bitwise.left_shift(2, packed % 8)  # entries: 2^(n+1)
@@ -253,7 +239,6 @@ def _gif_header(b: FileBytes) -> dict[str, Any]:
 def inspect(data: Any, side: int) -> tuple[Any, Any, dict[str, Any]]:
     """(format code or -1, refusal reason ("" when the graph can decode it), header facts) for
     one encoded file (a scalar string tensor). Never raises on any input."""
-    tf = _tf()
     b = FileBytes(data)
     is_jpeg = b.tag(0, b"\xff\xd8\xff")
     is_png = b.tag(0, b"\x89PNG\r\n\x1a\n")

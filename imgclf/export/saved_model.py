@@ -256,7 +256,7 @@ def saved_model_record(
     """The `saved_model` entry of exports.json: where, its size on disk, both signatures, and
     the parity figures."""
     _, height, width, channels = model.input_shape
-    from imgclf.export.graph_decode import GRAPH_FORMATS
+    from imgclf.formats import FORMATS
 
     outputs = {
         OUTPUT_NAME: {"dtype": "float32", "shape": [None, len(class_names)]},
@@ -281,7 +281,7 @@ def saved_model_record(
                     BYTES_INPUT_NAME: {
                         "dtype": "string",
                         "shape": [None],
-                        "formats": list(GRAPH_FORMATS),
+                        "formats": [f.name for f in FORMATS if f.graph],
                     }
                 },
                 "outputs": bytes_outputs,
