@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import keras
 
     from imgclf.data import Splits
+    from imgclf.ood import OODStats
     from imgclf.schema import Config
 
 MAX_SAMPLES = 10
@@ -67,7 +68,7 @@ def evaluate_run(
     import numpy as np
 
     from imgclf.evaluate import evaluate
-    from imgclf.plots import plot_confusion, plot_curves
+    from imgclf.plots import plot_confusion, plot_curves, plot_reliability
 
     metrics, _ = evaluate(
         model,
@@ -89,14 +90,17 @@ def evaluate_run(
     plot_curves(curves, run_dir / runs.CURVES_PLOT, [r.phase for r in history])
     confusion = np.asarray(metrics["confusion_matrix"])
     plot_confusion(confusion, splits.class_names, run_dir / runs.CONFUSION_PLOT)
+    if metrics.get("calibration") and "after" in metrics["calibration"]:
+        plot_reliability(metrics["calibration"], run_dir / runs.RELIABILITY_PLOT)
     return metrics
 
 
 def export_run_model(
-    run_dir: Path, model: keras.Model, splits: Splits
+    run_dir: Path, model: keras.Model, splits: Splits, ood_stats: OODStats | None = None
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The SavedModel, parity-checked on the test split, recorded in exports.json; returns
-    (parity report, exports) or (None, None) when the backend cannot write one."""
+    """The SavedModel (with the OOD outputs when `ood_stats`), parity-checked on the test
+    split, recorded in exports.json; returns (parity report, exports) or (None, None) when the
+    backend cannot write one."""
     from imgclf.backend import can_export_saved_model, export_skipped_message
     from imgclf.export.saved_model import export_saved_model, saved_model_record
 
@@ -108,7 +112,7 @@ def export_run_model(
 
     target = run_dir / runs.SAVED_MODEL
     images, labels = readable_sample(splits.test, PARITY_MAX_IMAGES)
-    parity = export_saved_model(model, splits.class_names, target, images, labels)
+    parity = export_saved_model(model, splits.class_names, target, images, labels, ood_stats)
     record = saved_model_record(
         runs.SAVED_MODEL, model, splits.class_names, parity, runs.tree_size(target)
     )
@@ -144,26 +148,38 @@ def finish_run(
     extra: dict[str, Any] | None = None,
     verbose: int | str = 0,
 ) -> dict[str, Any]:
-    """Write every artifact of a trained run (model.keras, metrics.json, worst/, plots/,
-    samples/, saved_model/, exports.json, model_card.md, then manifest.json) and return the
-    metrics. `extra` goes into metrics.json (the phases, epochs run).
+    """Write every artifact of a trained run (model.keras with the temperature folded in,
+    ood.npz, metrics.json, worst/, plots/, samples/, saved_model/, exports.json,
+    model_card.md, then manifest.json) and return the metrics. `extra` goes into metrics.json
+    (the phases, epochs run); so do `calibration` and `ood` (imgclf.confidence).
 
     Raises ExportError (imgclf.export.parity) when the SavedModel disagrees with the model;
     the run then has no manifest.
     """
     from imgclf.backend import backend_name
+    from imgclf.calibration import fold_temperature
+    from imgclf.confidence import fit_confidence
     from imgclf.model_card import model_card
 
+    # Fitted before saving: the temperature is folded into model.keras itself.
+    confidence = fit_confidence(model, splits, config)
+    extra = {**(extra or {}), "calibration": confidence.calibration, "ood": confidence.ood}
+    if confidence.calibration and "temperature" in confidence.calibration:
+        fold_temperature(model, confidence.calibration["temperature"])
     with runs.atomic_path(run_dir / runs.MODEL) as tmp:
         model.save(tmp)
+    if confidence.stats is not None:
+        confidence.stats.save(run_dir / runs.OOD)
     faults.point("model")
-    metrics = evaluate_run(run_dir, model, splits, config, extra or {})
+    metrics = evaluate_run(run_dir, model, splits, config, extra)
     late = report_late_failures(run_dir, splits)
     if late and verbose:
         print(f"data: {late} more file(s) could not be decoded; see data_report.json", flush=True)
     save_samples(run_dir, splits)
     parity, exports = (
-        export_run_model(run_dir, model, splits) if config.train.export else (None, None)
+        export_run_model(run_dir, model, splits, confidence.stats)
+        if config.train.export
+        else (None, None)
     )
     card = model_card(config, splits, metrics, model, exports, backend_name())
     runs.write_text(run_dir / runs.MODEL_CARD, card)

@@ -243,3 +243,32 @@ def plot_activations(diag: dict, path: str | Path) -> None:
         )
         ax_dead.set_axis_off()
     _save(fig, path)
+
+
+def plot_reliability(calibration: dict, path: str | Path) -> None:
+    """Reliability diagram of the test split before and after temperature scaling: accuracy
+    against mean confidence per bin (metrics.json `calibration.*.reliability`), the diagonal
+    being perfect calibration, with each curve's ECE in the legend."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    temperature = calibration["temperature"]
+    for key, style, name in (
+        ("before", "-o", "softmax"),
+        ("after", "-s", f"T = {temperature:.2f}"),
+    ):
+        bins = calibration[key]["reliability"]
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            style,
+            markersize=4,
+            label=f"{name}: ECE {calibration[key]['ece']:.4f}",
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability, test set ({calibration['binning']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    _save(fig, path)

@@ -21,6 +21,9 @@ import numpy as np
 from imgclf import runs
 from imgclf.errors import UserError
 from imgclf.images import ImageError, load_image
+from imgclf.models.names import PROBABILITIES as PROBS
+from imgclf.ood import FLAG_NAME as OOD_FLAG
+from imgclf.ood import SCORE_NAME as OOD_SCORE
 from imgclf.predictions import expand_inputs
 
 if TYPE_CHECKING:
@@ -38,6 +41,11 @@ class Prediction:
     source: str
     labels: list[str]
     probabilities: list[float]
+    # The run's out-of-distribution detector (imgclf.ood), None when the model has none: the
+    # Mahalanobis distance of the image's features to the nearest class mean, and whether it
+    # is above the run's threshold ("doesn't look like the training data").
+    ood_score: float | None = None
+    ood: bool | None = None
 
     @property
     def label(self) -> str:
@@ -45,26 +53,36 @@ class Prediction:
         return self.labels[0]
 
 
-def _serving_function(
-    model: Any, shape: tuple[int, int, int]
-) -> Callable[[np.ndarray], np.ndarray]:
+Outputs = dict[str, np.ndarray]  # "probabilities" [N, K]; "ood_score" [N], "ood" [N] if any
+
+
+def _as_outputs(out: Any) -> Outputs:
+    """A model's output (the probabilities, or the dict of `ood.scored_model`) as Outputs."""
+    from imgclf.models.names import PROBABILITIES
+
+    if isinstance(out, dict):
+        return {k: np.asarray(v) for k, v in out.items()}
+    return {PROBABILITIES: np.asarray(out)}
+
+
+def _serving_function(model: Any, shape: tuple[int, int, int]) -> Callable[[np.ndarray], Outputs]:
     """A forward pass without `model.predict`'s per-call set-up: on TensorFlow one traced
     function for any batch size, warmed up here once (its first call pays the tracing); on
     other backends `predict_on_batch`."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        return lambda batch: np.asarray(model.predict_on_batch(batch))
+        return lambda batch: _as_outputs(model.predict_on_batch(batch))
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32)])
-    def forward(batch: tf.Tensor) -> tf.Tensor:
+    def forward(batch: tf.Tensor) -> Any:
         return model(batch, training=False)
 
     forward(tf.zeros([1, *shape], tf.float32))  # trace now, not on the user's first image
 
-    def fn(batch: np.ndarray) -> np.ndarray:
-        return forward(tf.convert_to_tensor(batch, tf.float32)).numpy()
+    def fn(batch: np.ndarray) -> Outputs:
+        return _as_outputs(forward(tf.convert_to_tensor(batch, tf.float32)))
 
     return fn
 
@@ -74,15 +92,19 @@ class Predictor:
 
     def __init__(
         self,
-        fn: Callable[[np.ndarray], np.ndarray],
+        fn: Callable[[np.ndarray], Outputs],
         class_names: list[str],
         image_size: tuple[int, int],
         channels: int,
         kind: str,
         path: Path,
         model: keras.Model | None = None,
+        ood_threshold: float | None = None,
     ) -> None:
         self._fn = fn
+        self._has_ood: bool | None = None
+        # The run's OOD threshold when known (a run directory); exports carry the flag itself.
+        self.ood_threshold = ood_threshold
         self.class_names = class_names
         self.image_size = image_size
         self.channels = channels
@@ -136,26 +158,50 @@ class Predictor:
     @classmethod
     def _from_keras(cls, run_dir: Path) -> Predictor:
         from imgclf.models.saving import load_run_model
+        from imgclf.ood import load_run_stats, scored_model
 
         # Checked against manifest.json, safe mode, Lambda layers refused.
         model = load_run_model(run_dir)
         runs.check_run(run_dir, runs.LABELS)
+        stats = load_run_stats(run_dir)  # ood.npz, checked against the manifest too
         _, height, width, channels = model.input_shape
-        fn = _serving_function(model, (height, width, channels))
+        serving = model if stats is None else scored_model(model, stats)
+        fn = _serving_function(serving, (height, width, channels))
         labels = runs.read_labels(run_dir)
-        return cls(fn, labels, (height, width), channels, "keras", run_dir, model)
+        threshold = None if stats is None else stats.threshold
+        return cls(fn, labels, (height, width), channels, "keras", run_dir, model, threshold)
 
     @classmethod
     def _from_export(cls, kind: str, path: Path) -> Predictor:
         """An exported artifact, loaded by its format's module in `imgclf.export`."""
         import importlib
 
+        from imgclf.ood import load_run_stats
+
         module = importlib.import_module(f"imgclf.export.{kind}")
         fn, (height, width, channels), labels = module.load(path)
-        return cls(fn, labels, (height, width), channels, kind, path)
+        # An artifact still in its run: the run's threshold, for the warning line (the flag
+        # itself comes from the artifact's own `ood` output).
+        stats = load_run_stats(path.parent) if runs.is_run_dir(path.parent) else None
+        threshold = None if stats is None else stats.threshold
+        return cls(fn, labels, (height, width), channels, kind, path, None, threshold)
 
-    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities [N, classes] for raw images [N, H, W, C] (0..255) at the model's size."""
+    @property
+    def has_ood(self) -> bool:
+        """True when the model reports the out-of-distribution score (a run with ood.npz, or
+        an export of one)."""
+        if self._has_ood is None:
+            blank = np.zeros((1, *self.image_size, self.channels), np.float32)
+            self._has_ood = OOD_SCORE in self._fn(blank)
+        return self._has_ood
+
+    def predict_outputs(self, images: np.ndarray) -> Outputs:
+        """{"probabilities": float [N, classes]} for raw images [N, H, W, C] (0..255) at the
+        model's size, plus "ood_score" (float [N]) and "ood" (bool [N]) when the model has the
+        run's out-of-distribution detector. Probabilities are calibrated when the run was
+        (train.calibrate: the temperature is inside the model).
+
+        Raises ValueError when the images are not [N, H, W, C] at the model's size."""
         images = np.asarray(images, dtype=np.float32)
         if images.shape[1:] != (*self.image_size, self.channels):
             raise ValueError(
@@ -163,15 +209,34 @@ class Predictor:
                 f", got {list(images.shape)}"
             )
         chunks = [self._fn(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.class_names)))
+        if not chunks:
+            return {PROBS: np.zeros((0, len(self.class_names)), np.float32)}
+        return {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
 
-    def top_k(self, probs: np.ndarray, sources: Sequence[str], k: int) -> list[Prediction]:
-        """Turn probabilities into Predictions of the k most probable classes."""
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities float [N, classes] for raw images [N, H, W, C] (0..255) at the model's
+        size (`predict_outputs` without the OOD outputs)."""
+        return self.predict_outputs(images)[PROBS]
+
+    def top_k(
+        self, probs: np.ndarray, sources: Sequence[str], k: int, outputs: Outputs | None = None
+    ) -> list[Prediction]:
+        """Turn probabilities into Predictions of the k most probable classes, with the OOD
+        score and flag of `outputs` (from `predict_outputs`) when it has them."""
         k = max(1, min(k, len(self.class_names)))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        outputs = outputs or {}
+        scores = outputs.get(OOD_SCORE, [None] * len(probs))
+        flags = outputs.get(OOD_FLAG, [None] * len(probs))
         return [
-            Prediction(src, [self.class_names[j] for j in row], [float(p[j]) for j in row])
-            for src, p, row in zip(sources, probs, order, strict=True)
+            Prediction(
+                src,
+                [self.class_names[j] for j in row],
+                [float(p[j]) for j in row],
+                None if score is None else float(score),
+                None if flag is None else bool(flag),
+            )
+            for src, p, row, score, flag in zip(sources, probs, order, scores, flags, strict=True)
         ]
 
     def decode_files(
@@ -216,7 +281,8 @@ class Predictor:
         names, images, failures = self.decode_files(sources)
         if not names:
             return [], failures
-        return self.top_k(self.predict_arrays(images), names, k), failures
+        outputs = self.predict_outputs(images)
+        return self.top_k(outputs[PROBS], names, k, outputs), failures
 
 
 @dataclass(frozen=True)
@@ -249,10 +315,21 @@ def classify_named(
             continue
         if invert:
             pixels = 255 - pixels
-        probs = predictor.predict_arrays(pixels[None])
+        outputs = predictor.predict_outputs(pixels[None])
         elapsed = (time.perf_counter() - start) * 1000
-        results.append(Classified(predictor.top_k(probs, [name], k)[0], pixels, elapsed))
+        prediction = predictor.top_k(outputs[PROBS], [name], k, outputs)[0]
+        results.append(Classified(prediction, pixels, elapsed))
     return results, failures
+
+
+def ood_warning(p: Prediction, threshold: float | None) -> str:
+    """The one line that says an image does not look like the training data."""
+    limit = f" > threshold {threshold:.1f}" if threshold is not None else ""
+    return (
+        f"warning: {p.source}: doesn't look like the training data (OOD score "
+        f"{p.ood_score:.1f}{limit}); its label {p.label!r} (p = {p.probabilities[0]:.3f}) is "
+        "probably meaningless"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,17 +440,21 @@ def _classify_stream(
     from imgclf.predictions import PredictionWriter
 
     width = max((len(str(f)) for f in files), default=5)
-    writer = PredictionWriter(sys.stdout, args.format, width)
+    writer = PredictionWriter(sys.stdout, args.format, width, ood=predictor.has_ood)
     progress = sys.stderr.isatty() and len(files) > CHUNK
     failed = overlays = 0
+    unfamiliar: list[Prediction] = []
     for start in range(0, len(files), CHUNK):
         names, images, unreadable = predictor.decode_files(files[start : start + CHUNK])
         for source, reason in unreadable:
             print(f"error: {source}: {reason}", file=sys.stderr)
         failed += len(unreadable)
         if names:
-            probs = predictor.predict_arrays(images)
-            writer.write(predictor.top_k(probs, names, args.top_k))
+            outputs = predictor.predict_outputs(images)
+            probs = outputs[PROBS]
+            predictions = predictor.top_k(probs, names, args.top_k, outputs)
+            writer.write(predictions)
+            unfamiliar += [p for p in predictions if p.ood]
             if args.explain is not None:
                 from imgclf import explain
 
@@ -389,6 +470,8 @@ def _classify_stream(
     writer.close()
     if progress:
         print(file=sys.stderr)
+    for p in unfamiliar:  # stderr: stdout stays exactly the table/json/csv
+        print(ood_warning(p, predictor.ood_threshold), file=sys.stderr)
     if args.explain is not None:  # stderr: stdout stays exactly the table/json/csv
         print(f"Grad-CAM ({layer}): wrote {overlays} overlays to {args.explain}", file=sys.stderr)
     return failed

@@ -48,28 +48,44 @@ def expand_inputs(
 
 
 def as_record(p: Any) -> dict[str, object]:
-    """One `predict.Prediction` as JSON: image, label, top_k [{label, probability}]."""
+    """One `predict.Prediction` as JSON: image, label, top_k [{label, probability}], and
+    ood_score, ood when the model has an out-of-distribution detector."""
     pairs = zip(p.labels, p.probabilities, strict=True)
-    return {
+    record: dict[str, object] = {
         "image": p.source,
         "label": p.label,
         "top_k": [{"label": lab, "probability": round(prob, 6)} for lab, prob in pairs],
     }
+    if p.ood_score is not None:
+        record["ood_score"] = round(p.ood_score, 4)
+        record["ood"] = p.ood
+    return record
+
+
+def ood_cell(p: Any) -> str:
+    """The table's OOD column: the score, with `!` when above the threshold."""
+    if p.ood_score is None:
+        return "-"
+    return f"{p.ood_score:.1f}{' !' if p.ood else ''}"
 
 
 class PredictionWriter:
     """Writes batches of predictions to `out` in `fmt`; `close()` ends the output (the JSON
-    array's bracket). `width` is the table's image column (the longest name to come)."""
+    array's bracket). `width` is the table's image column (the longest name to come). With
+    `ood`, the table and CSV have the out-of-distribution score and flag as columns."""
 
-    def __init__(self, out: TextIO, fmt: str, width: int = 5) -> None:
+    def __init__(self, out: TextIO, fmt: str, width: int = 5, ood: bool = False) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
         self.out, self.fmt, self.width, self.count = out, fmt, max(width, len("image")), 0
+        self.ood = ood
         if fmt == "csv":
             self._csv = csv.writer(out)
-            self._csv.writerow(["image", "rank", "label", "probability"])
+            extra = ["ood_score", "ood"] if ood else []
+            self._csv.writerow(["image", "rank", "label", "probability", *extra])
         elif fmt == "table":
-            out.write(f"{'image':<{self.width}}  {'label':<12} {'prob':>6}  top-k\n")
+            extra = f"{'ood':>8}  " if ood else ""
+            out.write(f"{'image':<{self.width}}  {'label':<12} {'prob':>6}  {extra}top-k\n")
         elif fmt == "json":
             out.write("[")
 
@@ -78,15 +94,18 @@ class PredictionWriter:
         for p in predictions:
             if self.fmt == "csv":
                 pairs = zip(p.labels, p.probabilities, strict=True)
+                extra = [f"{p.ood_score:.4f}", str(p.ood).lower()] if self.ood else []
                 for rank, (lab, prob) in enumerate(pairs, 1):
-                    self._csv.writerow([p.source, rank, lab, f"{prob:.6f}"])
+                    self._csv.writerow([p.source, rank, lab, f"{prob:.6f}", *extra])
             elif self.fmt == "table":
                 rest = ", ".join(
                     f"{lab} {prob:.3f}"
                     for lab, prob in zip(p.labels[1:], p.probabilities[1:], strict=True)
                 )
+                extra = f"{ood_cell(p):>8}  " if self.ood else ""
                 self.out.write(
-                    f"{p.source:<{self.width}}  {p.label:<12} {p.probabilities[0]:>6.3f}  {rest}\n"
+                    f"{p.source:<{self.width}}  {p.label:<12} {p.probabilities[0]:>6.3f}  "
+                    f"{extra}{rest}\n"
                 )
             else:
                 text = json.dumps(as_record(p), ensure_ascii=False)

@@ -250,6 +250,14 @@ class TrainConfig(_Section):
     # its last backup).
     backup_every: Literal["epoch"] | PositiveInt = "epoch"
     top_k: PositiveInt = 5  # the k of the reported top-k accuracy (capped at the class count)
+    # Temperature scaling fitted on the validation split, folded into the output layer, so the
+    # run and every export answer with calibrated probabilities (imgclf/calibration.py).
+    calibrate: bool = True
+    # The out-of-distribution score (Mahalanobis distance of the features to the nearest class
+    # mean, imgclf/ood.py): fitted on training images, flagged above this quantile of the
+    # validation scores (0.95: about 5% of in-distribution images are false alarms).
+    ood: bool = True
+    ood_quantile: Annotated[float, Field(ge=0.5, lt=1.0)] = 0.95
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

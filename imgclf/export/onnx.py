@@ -36,9 +36,13 @@ def require_onnx() -> None:
         raise UserError(f"ONNX export needs {', '.join(missing)}: {INSTALL}")
 
 
-def load_function(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str] | None]:
+def load_function(
+    path: str | Path, outputs: bool = False
+) -> tuple[Any, tuple[int, int, int], list[str] | None]:
     """(fn: pixels float32 [N, H, W, C] -> probabilities [N, classes], (H, W, C), the class
-    names from the file's metadata or None) for an ONNX model, run by onnxruntime on the CPU."""
+    names from the file's metadata or None) for an ONNX model, run by onnxruntime on the CPU.
+    With `outputs`, fn returns the dict of every output by name (`probabilities`, and
+    `ood_score` and `ood` when the run has an OOD detector)."""
     require_onnx()  # before the import, so a missing extra gets the install line
     import onnxruntime as ort
 
@@ -48,18 +52,20 @@ def load_function(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str
         raise UserError(f"{path}: not a loadable ONNX model ({exc})") from exc
     (inp,) = session.get_inputs()
     shape = tuple(int(d) for d in inp.shape[1:])
-    output = session.get_outputs()[0].name
+    names = [o.name for o in session.get_outputs()]
     meta = session.get_modelmeta().custom_metadata_map
     labels = json.loads(meta[LABELS_KEY]) if LABELS_KEY in meta else None
 
-    def fn(batch: np.ndarray) -> np.ndarray:
-        return session.run([output], {inp.name: np.asarray(batch, np.float32)})[0]
+    def fn(batch: np.ndarray) -> Any:
+        values = session.run(names, {inp.name: np.asarray(batch, np.float32)})
+        return dict(zip(names, values, strict=True)) if outputs else values[0]
 
     return fn, shape, labels  # type: ignore[return-value]
 
 
-def convert(model: Any, class_names: list[str], path: str | Path) -> None:
-    """Write `model` as ONNX to `path`: input `pixels`, output `probabilities`, class names in
+def convert(model: Any, class_names: list[str], path: str | Path, ood_stats: Any = None) -> None:
+    """Write `model` as ONNX to `path`: input `pixels`, output `probabilities` (and, given
+    `ood_stats`, `ood_score` and `ood`: the run's detector, `imgclf.ood`), class names in
     the metadata. The model is traced as a tf.function and converted by tf2onnx
     (`convert.from_function`); constants the model holds as plain tensors rather than variables
     (the adapted mean and variance of `normalize: standardize`) come out of tf2onnx as extra
@@ -80,7 +86,20 @@ def convert(model: Any, class_names: list[str], path: str | Path) -> None:
         raise UserError("ONNX export needs the TensorFlow backend: set KERAS_BACKEND=tensorflow")
     _, height, width, channels = model.input_shape
     spec = [tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)]
-    function = tf.function(lambda pixels: model(pixels, training=False))
+    if ood_stats is None:
+        output_names = [OUTPUT_NAME]
+        function = tf.function(lambda pixels: model(pixels, training=False))
+    else:
+        from imgclf.ood import FLAG_NAME, SCORE_NAME, scored_model
+
+        scored = scored_model(model, ood_stats)
+        output_names = [OUTPUT_NAME, SCORE_NAME, FLAG_NAME]  # tf2onnx keeps the tuple's order
+
+        def both(pixels: tf.Tensor) -> tuple[tf.Tensor, ...]:
+            out = scored(pixels, training=False)
+            return tuple(out[name] for name in output_names)
+
+        function = tf.function(both)
     concrete = function.get_concrete_function(*spec)
     captured = dict(
         zip(
@@ -112,12 +131,13 @@ def convert(model: Any, class_names: list[str], path: str | Path) -> None:
                             f"{INPUT_NAME!r}; this model cannot be exported to ONNX")  # fmt: skip
         graph.initializer.append(numpy_helper.from_array(np.asarray(value), extra.name))
         graph.input.remove(extra)
-    old = graph.output[0].name
-    # Rename the output tensor everywhere it appears (tf2onnx names it after a TF op).
+    # Rename the output tensors everywhere they appear (tf2onnx names them after TF ops).
+    renames = {out.name: new for out, new in zip(graph.output, output_names, strict=True)}
     for node in graph.node:
-        node.output[:] = [OUTPUT_NAME if o == old else o for o in node.output]
-        node.input[:] = [OUTPUT_NAME if i == old else i for i in node.input]
-    graph.output[0].name = OUTPUT_NAME
+        node.output[:] = [renames.get(o, o) for o in node.output]
+        node.input[:] = [renames.get(i, i) for i in node.input]
+    for out in graph.output:
+        out.name = renames[out.name]
     entry = graph_model.metadata_props.add()
     entry.key, entry.value = LABELS_KEY, json.dumps(list(class_names))
     onnx.checker.check_model(graph_model)
@@ -137,8 +157,11 @@ def export_onnx(
     run_dir = Path(run_dir)
     class_names = runs.read_labels(run_dir)
     images = np.asarray(images[: parity.PARITY_MAX_IMAGES])  # cast per batch
+    from imgclf.ood import FLAG_NAME, SCORE_NAME, load_run_stats
+
+    stats = load_run_stats(run_dir)
     with runs.atomic_path(run_dir / runs.ONNX) as tmp:
-        convert(model, class_names, tmp)
+        convert(model, class_names, tmp, stats)
         fn, _, _ = load_function(tmp)
         record: dict[str, Any] = {
             "path": runs.ONNX,
@@ -153,6 +176,17 @@ def export_onnx(
         not_written = f"{runs.ONNX} was not written"
         parity.require_parity("ONNX model", record["parity"], not_written)
         parity.require_pixel_formats("ONNX model", record["formats"], not_written)
+        if stats is not None:
+            every, _, _ = load_function(tmp, outputs=True)
+
+            def columns(batch: np.ndarray) -> np.ndarray:
+                out = every(batch)
+                return np.stack([out[SCORE_NAME], out[FLAG_NAME]], axis=1)
+
+            record["ood_parity"] = parity.ood_parity(
+                parity.batched(columns, images, dtype=np.float32), model, stats, images
+            )
+            parity.require_ood_parity("ONNX model", record["ood_parity"], not_written)
     return record
 
 
@@ -174,7 +208,7 @@ def load(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str]]:
     run_dir = path.parent
     if runs.in_run(run_dir):
         runs.check_run(run_dir, path.name)
-    fn, shape, labels = load_function(path)
+    fn, shape, labels = load_function(path, outputs=True)
     if labels is None:
         if not (run_dir / runs.LABELS).is_file():
             raise UserError(f"{path}: no class names in its metadata and no {runs.LABELS}")

@@ -19,6 +19,7 @@ from imgclf.errors import UserError
 PARITY_TOLERANCE = 1e-4  # max |p_export - p_keras| over the checked images
 PARITY_MAX_IMAGES = 1000
 PARITY_MIN_AGREEMENT = 0.999  # top-1 labels; below 1.0 only so an exact tie cannot fail it
+OOD_TOLERANCE = 1e-3  # max |Δ ood_score| as a fraction of the threshold
 ACCURACY_KEYS = ("test_accuracy", "keras_test_accuracy", "accuracy_drop")
 
 
@@ -47,6 +48,40 @@ def compare(
         record["keras_test_accuracy"] = keras_acc
         record["accuracy_drop"] = keras_acc - record["test_accuracy"]
     return record
+
+
+def ood_parity(exported: np.ndarray, model: Any, stats: Any, images: np.ndarray) -> dict[str, Any]:
+    """An export's OOD outputs (float [N, 2]: ood_score, ood flag) against the Keras model plus
+    detector (`ood.scored_model`, what Predictor runs) on the same images: the largest score
+    difference relative to the threshold, and how many flags differ away from the threshold
+    (an image whose score is within OOD_TOLERANCE of it may fall either side)."""
+    from imgclf.ood import FLAG_NAME, SCORE_NAME, scored_model
+
+    scored = scored_model(model, stats)
+
+    def reference(batch: np.ndarray) -> np.ndarray:
+        out = scored(np.asarray(batch, np.float32), training=False)
+        return np.stack([np.asarray(out[SCORE_NAME]), np.asarray(out[FLAG_NAME])], axis=1)
+
+    ref = batched(reference, images).astype(np.float64)
+    scale = max(abs(stats.threshold), 1e-12)
+    near = np.abs(ref[:, 0] - stats.threshold) <= OOD_TOLERANCE * scale
+    return {
+        "n_images": len(ref),
+        "max_rel_score_diff": float(np.abs(exported[:, 0] - ref[:, 0]).max() / scale),
+        "flag_disagreements": int(((exported[:, 1] > 0.5) != (ref[:, 1] > 0.5))[~near].sum()),
+        "tolerance": OOD_TOLERANCE,
+    }
+
+
+def require_ood_parity(what: str, figures: dict[str, Any], not_written: str) -> None:
+    """Raise ExportError if an export's OOD score or flag disagrees with the run's."""
+    if figures["max_rel_score_diff"] > OOD_TOLERANCE or figures["flag_disagreements"]:
+        raise ExportError(
+            f"{what}: the OOD score disagrees with the run's detector: max |Δscore| = "
+            f"{figures['max_rel_score_diff']:.1e} of the threshold (tolerance {OOD_TOLERANCE:.0e}"
+            f"), {figures['flag_disagreements']} flags differ; {not_written}"
+        )
 
 
 def require_parity(what: str, parity: dict[str, Any], not_written: str) -> None:

@@ -26,6 +26,7 @@ from imgclf.export.parity import (
     require_format_parity,
     require_parity,
 )
+from imgclf.ood import FLAG_NAME, SCORE_NAME
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "pixels"
@@ -94,16 +95,21 @@ def decode_batch(images: Any, height: int, width: int, channels: int) -> tuple[A
     return pixels, status
 
 
-def write_saved_model(model: Any, path: str | Path, class_names: list[str] | None = None) -> None:
+def write_saved_model(
+    model: Any, path: str | Path, class_names: list[str] | None = None, ood_stats: Any = None
+) -> None:
     """Write `model` as a SavedModel with two signatures, both returning `probabilities`
-    (float32 [N, classes]) and, given `class_names`, `label` (string [N], the top-1 class):
+    (float32 [N, classes]), given `class_names` `label` (string [N], the top-1 class), and,
+    given `ood_stats` (imgclf.ood.OODStats), `ood_score` (float32 [N], the Mahalanobis
+    distance to the nearest class mean) and `ood` (bool [N], above the run's threshold):
 
     - `serving_default`: `pixels`, float32 [N, H, W, C], raw 0..255 at the model's size;
     - `serve_bytes`: `images`, string [N], encoded image files, decoded inside the graph the way
       `images.load_image` decodes them (`graph_decode`: EXIF orientation, alpha over white,
       16-bit scaling, Pillow's bilinear resize); adds `status` (string [N]): "ok", or why that
       image was refused (a format TensorFlow cannot decode, a corrupt file). A refused image
-      gets all-zero probabilities and an empty label; the rest of the batch is classified.
+      gets all-zero probabilities, an empty label, ood_score 0 and ood false; the rest of the
+      batch is classified.
 
     Preprocessing is inside the model, so clients need no imgclf code and no label file.
     """
@@ -112,12 +118,20 @@ def write_saved_model(model: Any, path: str | Path, class_names: list[str] | Non
 
     _, height, width, channels = model.input_shape
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    scored = None
+    if ood_stats is not None:
+        from imgclf.ood import scored_model
+
+        scored = scored_model(model, ood_stats)
+    archive.track(scored if scored is not None else model)
     labels = tf.constant(list(class_names)) if class_names else None
 
     def outputs(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        probs = model(pixels, training=False)
-        out = {OUTPUT_NAME: probs}
+        if scored is None:
+            out = {OUTPUT_NAME: model(pixels, training=False)}
+        else:
+            out = dict(scored(pixels, training=False))
+        probs = out[OUTPUT_NAME]
         if labels is not None:
             out[LABEL_NAME] = tf.gather(labels, tf.argmax(probs, axis=1))
         return out
@@ -134,6 +148,9 @@ def write_saved_model(model: Any, path: str | Path, class_names: list[str] | Non
         out[OUTPUT_NAME] = tf.where(ok[:, None], out[OUTPUT_NAME], 0.0)
         if LABEL_NAME in out:
             out[LABEL_NAME] = tf.where(ok, out[LABEL_NAME], "")
+        if SCORE_NAME in out:
+            out[SCORE_NAME] = tf.where(ok, out[SCORE_NAME], 0.0)
+            out[FLAG_NAME] = tf.logical_and(ok, out[FLAG_NAME])
         out[STATUS_NAME] = status
         return out
 
@@ -148,13 +165,19 @@ def write_saved_model(model: Any, path: str | Path, class_names: list[str] | Non
 
 
 def check_parity(
-    saved_model_dir: str | Path, model: Any, images: np.ndarray, labels: np.ndarray | None = None
+    saved_model_dir: str | Path,
+    model: Any,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    ood_stats: Any = None,
 ) -> dict[str, Any]:
     """Run `images` through the reloaded SavedModel (both signatures; `serve_bytes` gets them as
     PNG files) and the Keras model; compare probabilities and top-1 labels (and, given the true
     `labels`, report `serving_default`'s test accuracy). Then the format corpus
     (`corpus.build` on the first images): `formats` holds, per signature, the agreement per
-    format × mode × orientation with what `Predictor` on the run answers for the same file."""
+    format × mode × orientation with what `Predictor` on the run answers for the same file.
+    Given `ood_stats`, `ood` compares the exported `ood_score` and `ood` outputs with the
+    Keras model plus detector (`ood.scored_model`) on the same images."""
     import tensorflow as tf
 
     from imgclf.evaluate import predict_proba
@@ -187,6 +210,14 @@ def check_parity(
     from_files = compare(via_bytes, reference, None)["parity"]
     report["serve_bytes_max_abs_diff"] = from_files["max_abs_diff"]
     report["serve_bytes_top1_agreement"] = from_files["top1_agreement"]
+    if ood_stats is not None:
+        from imgclf.export.parity import ood_parity
+
+        def scores(batch: np.ndarray) -> np.ndarray:
+            out = serving(**{INPUT_NAME: tf.constant(batch, tf.float32)})
+            return np.stack([out[SCORE_NAME].numpy(), out[FLAG_NAME].numpy()], axis=1)
+
+        report["ood"] = ood_parity(batched(scores, images), model, ood_stats, images)
     samples, pixels, reference, refused = reference_corpus(model, images)
     probs, status = via_files([s.data for s in samples])
     report["formats"] = {
@@ -223,8 +254,10 @@ def export_saved_model(
     target: str | Path,
     check_images: np.ndarray,
     check_labels: np.ndarray | None = None,
+    ood_stats: Any = None,
 ) -> dict[str, Any]:
-    """Write `target` (a SavedModel + labels.json) atomically after a parity check passes.
+    """Write `target` (a SavedModel + labels.json) atomically after a parity check passes
+    (with the OOD outputs when `ood_stats`, checked too).
 
     Raises ExportError with the figures if the SavedModel differs from `model` by more than
     PARITY_TOLERANCE; `target` is then left untouched.
@@ -233,10 +266,10 @@ def export_saved_model(
         raise ExportError("no images to check the export against")
     target = Path(target)
     with runs.atomic_path(target) as tmp:
-        write_saved_model(model, tmp, list(class_names))
+        write_saved_model(model, tmp, list(class_names), ood_stats)
         faults.point("saved_model")
         runs.write_json(tmp / runs.LABELS, list(class_names))
-        report = check_parity(tmp, model, check_images, check_labels)
+        report = check_parity(tmp, model, check_images, check_labels, ood_stats)
         for prefix, signature in (("", SIGNATURE), ("serve_bytes_", BYTES_SIGNATURE)):
             figures = {
                 "n_images": report["n_images"],
@@ -246,6 +279,10 @@ def export_saved_model(
             require_parity(
                 f"SavedModel signature {signature}", figures, f"nothing was written to {target}"
             )
+        if "ood" in report:
+            from imgclf.export.parity import require_ood_parity
+
+            require_ood_parity("SavedModel", report["ood"], f"nothing was written to {target}")
         require_corpus_parity(report, f"nothing was written to {target}")
     return report
 
@@ -262,6 +299,9 @@ def saved_model_record(
         OUTPUT_NAME: {"dtype": "float32", "shape": [None, len(class_names)]},
         LABEL_NAME: {"dtype": "string", "shape": [None]},
     }
+    if "ood" in report:  # the run's out-of-distribution detector, in the graph
+        outputs[SCORE_NAME] = {"dtype": "float32", "shape": [None]}
+        outputs[FLAG_NAME] = {"dtype": "bool", "shape": [None]}
     bytes_outputs = {**outputs, STATUS_NAME: {"dtype": "string", "shape": [None]}}
     return {
         "path": path,
@@ -288,8 +328,9 @@ def saved_model_record(
             },
         },
         "size_bytes": size_bytes,
-        "parity": {k: v for k, v in report.items() if k not in (*ACCURACY_KEYS, "formats")},
+        "parity": {k: v for k, v in report.items() if k not in (*ACCURACY_KEYS, "formats", "ood")},
         "formats": report.get("formats", {}),
+        **({"ood_parity": report["ood"]} if "ood" in report else {}),
         **{k: report[k] for k in ACCURACY_KEYS if k in report},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -360,7 +401,10 @@ def export_run(
         target = Path(serving_dir) / str(next_serving_version(serving_dir))
     else:
         target = Path(out) if out is not None else run_dir / runs.SAVED_MODEL
-    report = export_saved_model(model, class_names, target, check_images, check_labels)
+    from imgclf.ood import load_run_stats
+
+    stats = load_run_stats(run_dir)
+    report = export_saved_model(model, class_names, target, check_images, check_labels, stats)
     inside = out is None and serving_dir is None
     record = saved_model_record(
         runs.SAVED_MODEL if inside else str(target.resolve()),
@@ -376,9 +420,10 @@ def export_run(
 
 
 def load(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str]]:
-    """(fn: pixels float32 [N, H, W, C] -> probabilities [N, classes], (H, W, C), class names)
-    for a SavedModel directory written by imgclf (its `serving_default` and labels.json). A
-    run's own `saved_model/` is checked against the run's manifest first.
+    """(fn, (H, W, C), class names) for a SavedModel directory written by imgclf (its
+    `serving_default` and labels.json); fn: pixels float32 [N, H, W, C] -> {"probabilities":
+    [N, classes]} plus `ood_score` and `ood` when the run's detector is in the graph. A run's
+    own `saved_model/` is checked against the run's manifest first.
 
     Raises UserError (no labels.json) or IntegrityError (a file differs from the manifest).
     """
@@ -395,7 +440,8 @@ def load(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str]]:
     spec = serving.structured_input_signature[1][INPUT_NAME]
     _, height, width, channels = spec.shape.as_list()
 
-    def fn(batch: np.ndarray) -> np.ndarray:
-        return serving(**{INPUT_NAME: tf.constant(batch)})[OUTPUT_NAME].numpy()
+    def fn(batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = serving(**{INPUT_NAME: tf.constant(batch, tf.float32)})
+        return {k: v.numpy() for k, v in out.items() if k in (OUTPUT_NAME, SCORE_NAME, FLAG_NAME)}
 
     return fn, (height, width, channels), runs.read_labels(path)

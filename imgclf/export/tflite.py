@@ -19,6 +19,9 @@ from imgclf import runs
 from imgclf.errors import UserError
 from imgclf.export import parity
 from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from imgclf.ood import FLAG_NAME, SCORE_NAME, load_run_stats
+
+OOD_OUTPUTS = (SCORE_NAME, FLAG_NAME)
 
 
 def _interpreter(path_or_bytes: str | Path | bytes) -> Any:
@@ -34,16 +37,23 @@ def _interpreter(path_or_bytes: str | Path | bytes) -> Any:
         return tf.lite.Interpreter(model_path=str(path_or_bytes))
 
 
-def load_function(path_or_bytes: str | Path | bytes) -> tuple[Any, tuple[int, int, int]]:
+def load_function(
+    path_or_bytes: str | Path | bytes, outputs: bool = False
+) -> tuple[Any, tuple[int, int, int]]:
     """(fn: pixels float32 [N, H, W, C] -> probabilities [N, classes], (H, W, C)) for a .tflite
-    model written by imgclf (its `serving_default` signature)."""
+    model written by imgclf (its `serving_default` signature). With `outputs`, fn returns the
+    dict of numeric outputs instead: `probabilities`, and `ood_score` and `ood` when the run
+    has an OOD detector (the string `label` is left out)."""
     interpreter = _interpreter(path_or_bytes)
     runner = interpreter.get_signature_runner(SIGNATURE)
     details = runner.get_input_details()[INPUT_NAME]
     shape = tuple(int(d) for d in details["shape_signature"][1:])
 
-    def fn(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(runner(**{INPUT_NAME: np.asarray(batch, np.float32)})[OUTPUT_NAME])
+    def fn(batch: np.ndarray) -> Any:
+        out = runner(**{INPUT_NAME: np.asarray(batch, np.float32)})
+        if not outputs:
+            return np.asarray(out[OUTPUT_NAME])
+        return {k: np.asarray(v) for k, v in out.items() if k in (OUTPUT_NAME, *OOD_OUTPUTS)}
 
     return fn, shape  # type: ignore[return-value]
 
@@ -61,6 +71,17 @@ def convert(saved_model_dir: str | Path, quantize: str | None = None) -> bytes:
         if quantize == "int8":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no dataset: dynamic range
         return converter.convert()
+
+
+def _ood_columns(flatbuffer: bytes) -> Any:
+    """fn: pixels -> float [N, 2] (ood_score, ood flag), for `parity.ood_parity`."""
+    fn, _ = load_function(flatbuffer, outputs=True)
+
+    def columns(batch: np.ndarray) -> np.ndarray:
+        out = fn(batch)
+        return np.stack([out[SCORE_NAME], out[FLAG_NAME]], axis=1)
+
+    return columns
 
 
 def export_tflite(
@@ -81,6 +102,7 @@ def export_tflite(
     runs.verify_manifest(run_dir, runs.SAVED_MODEL)
     flatbuffer = convert(saved_model, quantize)
     fn, _ = load_function(flatbuffer)
+    stats = load_run_stats(run_dir)
     images = np.asarray(images[: parity.PARITY_MAX_IMAGES])  # cast per batch
     record: dict[str, Any] = {
         "path": runs.TFLITE_INT8 if quantize else runs.TFLITE,
@@ -91,10 +113,16 @@ def export_tflite(
         ),
     }
     record["formats"] = parity.pixel_artifact_formats(fn, model, images)
+    if stats is not None:
+        record["ood_parity"] = parity.ood_parity(
+            parity.batched(_ood_columns(flatbuffer), images, dtype=np.float32), model, stats, images
+        )
     if not quantize:
         not_written = f"{record['path']} was not written"
         parity.require_parity("TFLite model", record["parity"], not_written)
         parity.require_pixel_formats("TFLite model", record["formats"], not_written)
+        if stats is not None:
+            parity.require_ood_parity("TFLite model", record["ood_parity"], not_written)
     with runs.atomic_path(run_dir / record["path"]) as tmp:
         tmp.write_bytes(flatbuffer)
     return record
@@ -117,5 +145,5 @@ def load(path: str | Path) -> tuple[Any, tuple[int, int, int], list[str]]:
     if not (run_dir / runs.LABELS).is_file():
         raise UserError(f"{path}: no {runs.LABELS} next to it; keep it in its run directory")
     runs.check_run(run_dir, path.name, runs.LABELS)
-    fn, shape = load_function(path)
+    fn, shape = load_function(path, outputs=True)
     return fn, shape, runs.read_labels(run_dir)

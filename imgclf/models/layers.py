@@ -5,6 +5,7 @@ refuses). Loading a saved model that holds them needs this module imported first
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -97,3 +98,43 @@ class BackbonePreprocess(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+class MahalanobisScore(keras.layers.Layer):
+    """The out-of-distribution score of `imgclf.ood`: features [N, ...] (flattened to [N, D]) ->
+    float32 [N], the Mahalanobis distance to the nearest class mean (Lee et al., 2018).
+
+    `whiten` L [D, D] (L L^T = the inverse shared covariance) and `centres` [C, D] (the class
+    means times L) are fixed, non-trainable weights, so the exports carry them as constants.
+    Never saved in model.keras (the run keeps them in ood.npz), hence not registered.
+    """
+
+    def __init__(self, whiten, centres, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self._whiten = np.asarray(whiten, np.float32)
+        self._centres = np.asarray(centres, np.float32)
+
+    def build(self, input_shape):
+        d, c = self._whiten.shape[0], self._centres.shape[0]
+        self.whiten = self.add_weight(
+            shape=(d, d), initializer=keras.initializers.Constant(self._whiten),
+            trainable=False, name="whiten",
+        )  # fmt: skip
+        self.centres = self.add_weight(
+            shape=(c, d), initializer=keras.initializers.Constant(self._centres),
+            trainable=False, name="centres",
+        )  # fmt: skip
+        self.built = True
+
+    def call(self, inputs):
+        f = ops.reshape(ops.cast(inputs, "float32"), (ops.shape(inputs)[0], -1))
+        z = ops.matmul(f, self.whiten)
+        d2 = (
+            ops.sum(z * z, axis=1, keepdims=True)
+            - 2.0 * ops.matmul(z, ops.transpose(self.centres))
+            + ops.sum(self.centres * self.centres, axis=1)[None, :]
+        )
+        return ops.sqrt(ops.maximum(ops.min(d2, axis=1), 0.0))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],)

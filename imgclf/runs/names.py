@@ -16,9 +16,11 @@ DIAGNOSTICS = "diagnostics.json"
 TFLITE = "model.tflite"
 TFLITE_INT8 = "model_int8.tflite"
 ONNX = "model.onnx"
+OOD = "ood.npz"  # the out-of-distribution detector's statistics (imgclf/ood.py)
 PLOTS = "plots"
 CURVES_PLOT = f"{PLOTS}/curves.png"
 CONFUSION_PLOT = f"{PLOTS}/confusion.png"
+RELIABILITY_PLOT = f"{PLOTS}/reliability.png"  # calibration: before and after
 GRADIENTS_PLOT = f"{PLOTS}/gradients.png"
 ACTIVATIONS_PLOT = f"{PLOTS}/activations.png"
 SAMPLES = "samples"
@@ -47,7 +49,9 @@ __all__ = [
     "MODEL",
     "MODEL_CARD",
     "ONNX",
+    "OOD",
     "PLOTS",
+    "RELIABILITY_PLOT",
     "RESUME",
     "SAMPLES",
     "SAVED_MODEL",

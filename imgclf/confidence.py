@@ -1,0 +1,83 @@
+"""Trustworthy confidence for a trained run: temperature scaling (`calibration`) and the
+out-of-distribution detector (`ood`), fitted once at the end of training from the model's
+features.
+
+One forward pass per split gives the features the head reads; the logits follow from the output
+layer's weights, so nothing is computed twice. What is fitted on what:
+    temperature      validation split (never test)
+    OOD means/cov    training split (up to ood.MAX_FIT_IMAGES, inference mode, no augmentation)
+    OOD threshold    validation split (train.ood_quantile of its scores)
+    every figure     test split
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgclf import calibration, ood
+
+if TYPE_CHECKING:
+    import keras
+
+    from imgclf.data import Split, Splits
+    from imgclf.schema import Config
+
+
+@dataclass
+class Confidence:
+    """What `fit_confidence` found: metrics.json's `calibration` and `ood` sections (each None
+    when switched off, or a dict with `skipped` and why) and the detector to save."""
+
+    calibration: dict[str, Any] | None
+    ood: dict[str, Any] | None
+    stats: ood.OODStats | None
+    ood_scores: dict[str, np.ndarray]  # "val", "test": the scores behind the figures
+
+
+def _features(extractor: keras.Model, split: Split, limit: int | None, seed: int):
+    """(features float32 [n, D], labels [n]) of the readable images of `split`, at most `limit`
+    of them (a seeded random subset, in split order)."""
+    from imgclf.data.store import ImageView
+    from imgclf.evaluate import predict_readable
+
+    x, y = split.x, np.asarray(split.y)
+    if limit is not None and len(y) > limit:
+        keep = np.sort(np.random.default_rng(seed).choice(len(y), limit, replace=False))
+        x = ImageView(x.store, x.indices[keep]) if isinstance(x, ImageView) else x[keep]
+        y = y[keep]
+    features, kept = predict_readable(extractor, x)
+    return features.reshape(len(kept), -1), y[kept]
+
+
+def fit_confidence(model: keras.Model, splits: Splits, config: Config) -> Confidence:
+    """Fit the temperature (validation) and the OOD detector (train + validation) of `model`,
+    and measure both on test. Does not change the model: `calibration.fold_temperature` does.
+
+    Without validation images neither can be fitted: both sections say `skipped` and why."""
+    want_cal, want_ood = config.train.calibrate, config.train.ood
+    if not (want_cal or want_ood):
+        return Confidence(None, None, None, {})
+    if len(splits.val) == 0:
+        why = {"skipped": "no validation images (data.val_fraction is 0)"}
+        return Confidence(why if want_cal else None, why if want_ood else None, None, {})
+    extractor = ood.feature_model(model)
+    val_f, val_y = _features(extractor, splits.val, None, config.seed)
+    test_f, test_y = _features(extractor, splits.test, None, config.seed)
+    cal = None
+    if want_cal:
+        cal = calibration.calibrate(
+            ood.logits_of(model, val_f), val_y, ood.logits_of(model, test_f), test_y
+        )
+    if not want_ood:
+        return Confidence(cal, None, None, {})
+    train_f, train_y = _features(extractor, splits.train, ood.MAX_FIT_IMAGES, config.seed)
+    quantile = config.train.ood_quantile
+    stats = ood.fit(train_f, train_y, len(splits.class_names))
+    val_scores = stats.score(val_f)
+    stats = ood.with_threshold(stats, val_scores, quantile)
+    test_scores = stats.score(test_f)
+    section = ood.report(stats, quantile, val_scores, test_scores, len(train_y))
+    return Confidence(cal, section, stats, {"val": val_scores, "test": test_scores})
