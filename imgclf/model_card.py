@@ -134,6 +134,33 @@ def _transfer_lines(config: Config, metrics: dict[str, Any]) -> str:
     return "".join(lines)
 
 
+def _confidence_lines(metrics: dict[str, Any]) -> str:
+    """The card's calibration and out-of-distribution lines (empty when the run has neither)."""
+    lines = []
+    cal = metrics.get("calibration")
+    if cal and "temperature" in cal:
+        b, a = cal["before"], cal["after"]
+        lines.append(
+            f"- Calibration: temperature scaling, T = {cal['temperature']:.3f} fitted on "
+            f"{cal['n_val']} validation images; on the test set ECE {b['ece']:.4f} → "
+            f"{a['ece']:.4f}, NLL {b['nll']:.4f} → {a['nll']:.4f}, Brier {b['brier']:.4f} → "
+            f"{a['brier']:.4f} ({cal['binning']}). The model outputs the calibrated "
+            "probabilities."
+        )
+    elif cal:
+        lines.append(f"- Calibration: not fitted ({cal['skipped']})")
+    ood = metrics.get("ood")
+    if ood and "threshold" in ood:
+        lines.append(
+            f"- Out-of-distribution warning: {ood['method']}; threshold {ood['threshold']:.2f} "
+            f"(the {ood['quantile']:.0%} quantile of validation scores), flagging "
+            f"{ood['test_false_alarm_rate']:.1%} of in-distribution test images (false alarms)"
+        )
+    elif ood:
+        lines.append(f"- Out-of-distribution warning: not fitted ({ood['skipped']})")
+    return ("\n" + "\n".join(lines)) if lines else ""
+
+
 def _class_row(name: str, m: dict[str, Any]) -> str:
     if m["precision"] is None:  # no test image of the class (data.allow_untested_classes)
         return f"| {name} | not tested | not tested | not tested | 0 |"
@@ -168,6 +195,12 @@ def model_card(
             "(validation and test are not capped)"
         )
     export = export_section(exports, backend, skipped=not config.train.export)
+    ood_limit = (
+        "The out-of-distribution score flags many such images, not all: it is a warning, "
+        "not a guarantee (docs/confidence.md says where it fails)."
+        if (metrics.get("ood") or {}).get("threshold") is not None
+        else "This run has no out-of-distribution warning (train.ood)."
+    )
     return f"""# Model card: {config.name}
 
 ## Model
@@ -190,7 +223,7 @@ def model_card(
 
 ## Test results (held-out, evaluated once with the best weights)
 - Accuracy {test["accuracy"]:.4f}, top-{test["k"]} accuracy {test["top_k_accuracy"]:.4f},
-  cross-entropy {test["loss"]:.4f} on {test["n"]} images
+  cross-entropy {test["loss"]:.4f} on {test["n"]} images{_confidence_lines(metrics)}
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|
@@ -201,6 +234,7 @@ def model_card(
 ## Intended use and limits
 - Classifies images that resemble the training data into exactly these classes. Any other
   input still receives one of these labels: an image of something else gives a meaningless answer.
+  {ood_limit}
 - Images are stretched to {height}×{width} without keeping the aspect ratio.
 - Figures come from {counts["test"]} test images of the same source; accuracy on other data
   (other cameras, scans, handwriting, lighting) may be lower.

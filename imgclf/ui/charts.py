@@ -167,3 +167,42 @@ def overlay_chart(curves: dict[str, Sequence[HistoryRow]], metric: str) -> alt.C
         )
         .properties(title=metric, height=300)
     )
+
+
+def reliability_chart(calibration: dict[str, Any]) -> alt.Chart:
+    """The reliability diagram (metrics.json `calibration`): accuracy against mean confidence
+    per bin, before and after temperature scaling, points sized by their number of test
+    images, over the diagonal of perfect calibration; the tooltip gives each bin's figures."""
+    temperature = calibration["temperature"]
+    names = {"before": "softmax (T = 1)", "after": f"calibrated (T = {temperature:.2f})"}
+    rows = [
+        {"curve": names[key], **b, "bin": f"{b['lower']:.2f}-{b['upper']:.2f}"}
+        for key in ("before", "after")
+        for b in calibration[key]["reliability"]
+    ]
+    frame = pd.DataFrame(rows)
+    unit = alt.Scale(domain=[0, 1])
+    diagonal = (
+        alt.Chart(pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]}))
+        .mark_line(strokeDash=[4, 4], color="grey")
+        .encode(x=alt.X("x:Q", scale=unit), y=alt.Y("y:Q", scale=unit))
+    )
+    curves = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("confidence:Q", scale=unit, title="confidence (top-1 probability)"),
+            y=alt.Y("accuracy:Q", scale=unit, title="accuracy"),
+            color=alt.Color(
+                "curve:N", scale=alt.Scale(scheme="category10"), legend=alt.Legend(orient="bottom")
+            ),
+            tooltip=[
+                "curve",
+                "bin",
+                "count",
+                alt.Tooltip("confidence:Q", format=".3f"),
+                alt.Tooltip("accuracy:Q", format=".3f"),
+            ],
+        )
+    )
+    return (diagonal + curves).properties(width=360, height=360, title="Reliability (test set)")

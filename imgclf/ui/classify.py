@@ -18,6 +18,7 @@ from imgclf.ui.catalog import RunEntry
 from imgclf.ui.state import predictor_for
 
 LOW_CONFIDENCE = 0.5  # top-1 probability under this gets a warning
+OOD_BADGE = "Doesn't look like the training data"
 
 
 def _gradcam_layer(predictor) -> tuple[str | None, str | None]:
@@ -61,13 +62,30 @@ def _files(use_camera: bool) -> list[tuple[str, bytes]]:
 def _row(result: Classified) -> dict[str, object]:
     p = result.prediction
     pairs = zip(p.labels, p.probabilities, strict=True)
-    return {
+    row: dict[str, object] = {
         "image": p.source,
         "label": p.label,
         "probability": round(p.probabilities[0], 4),
-        "latency_ms": round(result.latency_ms, 2),
-        "top_k": ", ".join(f"{lab} {prob:.3f}" for lab, prob in pairs),
     }
+    if p.ood_score is not None:
+        row["ood_score"] = round(p.ood_score, 2)
+        row["unlike_training_data"] = p.ood
+    row["latency_ms"] = round(result.latency_ms, 2)
+    row["top_k"] = ", ".join(f"{lab} {prob:.3f}" for lab, prob in pairs)
+    return row
+
+
+def _ood_badge(p, threshold: float | None, where) -> None:
+    """The out-of-distribution warning next to the label, whatever its probability."""
+    if not p.ood:
+        return
+    where.badge(OOD_BADGE, icon=":material/warning:", color="red")
+    limit = f" > threshold {threshold:.1f}" if threshold is not None else ""
+    where.caption(
+        f"OOD score {p.ood_score:.1f}{limit}: this image is far from every class of the "
+        "training images in the model's feature space, so its label (and its probability) "
+        "is probably meaningless."
+    )
 
 
 def _show(n: int, result: Classified, original: bytes, predictor, cam_layer, invert: bool) -> None:
@@ -91,9 +109,10 @@ def _show(n: int, result: Classified, original: bytes, predictor, cam_layer, inv
             seen = result.pixels[..., 0] if result.pixels.shape[-1] == 1 else result.pixels
             mid.image(seen, caption="as the model sees it", width=140)
         right.markdown(f"**{p.label}** · p = {p.probabilities[0]:.3f} · {result.latency_ms:.1f} ms")
+        _ood_badge(p, predictor.ood_threshold, right)
         chart = charts.topk_chart(p.labels, p.probabilities)
         right.altair_chart(chart, width="stretch", key=f"topk-{n}")
-        if p.probabilities[0] < LOW_CONFIDENCE:
+        if p.probabilities[0] < LOW_CONFIDENCE and not p.ood:
             right.warning(
                 f"Low confidence ({p.probabilities[0]:.2f}): the image may not look like the "
                 f"training data" + ("" if invert else ", or need inverting") + "."

@@ -13,6 +13,54 @@ from imgclf.ui import charts
 from imgclf.ui.catalog import RunEntry
 
 
+def _calibration(cal: dict | None) -> None:
+    """ECE/NLL/Brier before and after temperature scaling, and the reliability diagram."""
+    st.subheader("Calibration")
+    if not cal:
+        st.caption("Not calibrated (train.calibrate: false, or trained before imgclf had it).")
+        return
+    if "skipped" in cal:
+        st.caption(f"Not calibrated: {cal['skipped']}.")
+        return
+    table = pd.DataFrame(
+        [
+            {"probabilities": name, **{m: cal[key][m] for m in ("ece", "nll", "brier")}}
+            for key, name in (("before", "softmax (T = 1)"), ("after", "calibrated"))
+        ]
+    ).rename(columns={"ece": "ECE", "nll": "NLL", "brier": "Brier"})
+    left, right = st.columns([2, 3])
+    left.metric("Temperature T", f"{cal['temperature']:.3f}")
+    left.dataframe(table.round(4), hide_index=True)
+    left.caption(
+        f"Fitted on {cal['n_val']} validation images, measured on {cal['n_test']} test images. "
+        f"ECE: {cal['binning']}. The run and its exports answer with the calibrated "
+        "probabilities; the accuracy is unchanged."
+    )
+    right.altair_chart(charts.reliability_chart(cal), key="reliability")
+
+
+def _ood(ood: dict | None) -> None:
+    """The out-of-distribution detector: threshold and how often in-distribution images trip it."""
+    st.subheader("Out-of-distribution warning")
+    if not ood:
+        st.caption("No detector (train.ood: false, or trained before imgclf had it).")
+        return
+    if "skipped" in ood:
+        st.caption(f"No detector: {ood['skipped']}.")
+        return
+    cols = st.columns(3)
+    cols[0].metric("Threshold", f"{ood['threshold']:.2f}")
+    cols[1].metric("False alarms, validation", f"{ood['val_false_alarm_rate']:.1%}")
+    cols[2].metric("False alarms, test", f"{ood['test_false_alarm_rate']:.1%}")
+    st.caption(
+        f"{ood['method']}, on {ood['feature_dim']}-dimensional features; fitted on "
+        f"{ood['fitted_on']}. An image scoring above the threshold (the {ood['quantile']:.0%} "
+        "quantile of the validation images' scores) is flagged \"doesn't look like the training "
+        'data" wherever it is classified. The false-alarm rate is the share of in-distribution '
+        "images flagged."
+    )
+
+
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     """The Evaluation page for the selected run."""
     st.title("Evaluation")
@@ -28,6 +76,8 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     cols[2].metric("Cross-entropy", f"{test['loss']:.4f}")
     cols[3].metric("Test images", f"{test['n']:,}")
     st.caption("Held-out test split, evaluated once with the best epoch's weights.")
+    _calibration(metrics.get("calibration"))
+    _ood(metrics.get("ood"))
 
     st.subheader("Confusion matrix")
     mode = st.radio("Show", ["counts", "row-normalised"], horizontal=True, key="confusion_mode")
