@@ -52,10 +52,11 @@ def test_unreadable_files_are_reported_and_the_rest_classified(
     captured = capsys.readouterr()
     assert code == 1
     rows = captured.out.strip().splitlines()
-    assert rows[0] == "image,rank,label,probability"
+    # The run has an out-of-distribution detector: its score and flag are columns too.
+    assert rows[0] == "image,rank,label,probability,ood_score,ood"
     assert {r.split(",")[0] for r in rows[1:]} == {str(good[0]), str(good[1])}
     assert len(rows) == 1 + 2 * 3  # top-3 per image by default
-    err = captured.err.strip().splitlines()
+    err = [line for line in captured.err.strip().splitlines() if line.startswith("error:")]
     assert len(err) == 2
     assert any(str(bad) in line and "corrupt" in line for line in err)
     assert any("missing.png" in line and "not found" in line for line in err)
