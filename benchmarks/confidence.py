@@ -13,6 +13,9 @@ the official 10,000 test photos untouched). Out-of-distribution sets, each decod
     noise     1,000 images of uniform noise (0..255 per pixel), seeded
     photos    the 8 colour photos in scikit-image's wheel, whole and as 20 seeded random crops each
     faces     scikit-image's lfw_subset (200 grey face crops)
+    inverted  the model's own test images as negatives (dark on light, like ink on paper)
+and a third model, configs/pretrain_mnist_0to4.yaml (digits 0-4 only), against the test images
+of the digits 5-9: near out-of-distribution, the hard case.
 AUROC (`sklearn.metrics.roc_auc_score`) of the OOD score, in-distribution test images as
 negatives; for contrast the same for 1 - max softmax probability (the baseline of Hendrycks &
 Gimpel, 2017). "flagged" is the share of each set above the run's threshold.
@@ -67,6 +70,15 @@ def test_images(run: Path, limit: int | None = None) -> tuple[np.ndarray, np.nda
     return readable_sample(test, limit or len(test))
 
 
+def unseen_digits() -> np.ndarray:
+    """mnist5k's test images of the digits 5-9 (the near-OOD set of the 0-4 model)."""
+    from imgclf.config import load_config
+    from imgclf.data import load_data
+
+    config = load_config(None, ['data.classes=["5","6","7","8","9"]'])
+    return np.asarray(load_data(config).test.x)
+
+
 def encoded(images: list[np.ndarray]) -> list[bytes]:
     from imgclf.images import png_bytes
 
@@ -110,7 +122,7 @@ def scores(predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return out["ood_score"], out["ood"], 1.0 - out["probabilities"].max(axis=1)
 
 
-def report(name: str, run: Path, other: np.ndarray, seed: int) -> dict:
+def report(name: str, run: Path, other: np.ndarray, seed: int, other_name: str = "other") -> dict:
     from sklearn.metrics import roc_auc_score
 
     from imgclf import runs
@@ -138,7 +150,8 @@ def report(name: str, run: Path, other: np.ndarray, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     noise = rng.integers(0, 256, (1000, *size, channels)).astype(np.uint8)
     sets = {
-        "other": other,
+        other_name: other,
+        "inverted": 255 - ind,  # its own test images as negatives: dark on light
         "noise": noise,
         "photos": decode_all(predictor, photo_files(seed)),
         "faces": decode_all(predictor, face_files()),
@@ -146,7 +159,7 @@ def report(name: str, run: Path, other: np.ndarray, seed: int) -> dict:
     print(f"\nOOD: {ood['method']}; threshold {ood['threshold']:.2f} "
           f"({ood['quantile']:.0%} of validation scores)")  # fmt: skip
     print(f"false alarms on in-distribution test images: {f_in.mean():.2%} ({len(ind)} images)")
-    print(f"{'OOD set':8} {'n':>6} {'AUROC':>7} {'flagged':>8} {'AUROC 1-maxp':>13}")
+    print(f"{'OOD set':10} {'n':>6} {'AUROC':>7} {'flagged':>8} {'AUROC 1-maxp':>13}")
     rows = {}
     for key, images in sets.items():
         s_out, f_out, m_out = scores(predictor, images)
@@ -155,7 +168,7 @@ def report(name: str, run: Path, other: np.ndarray, seed: int) -> dict:
         base = roc_auc_score(y, np.r_[m_in, m_out])
         rows[key] = {"n": len(images), "auroc": auroc, "flagged": float(f_out.mean()),
                      "auroc_max_softmax": base}  # fmt: skip
-        print(f"{key:8} {len(images):6d} {auroc:7.4f} {f_out.mean():8.2%} {base:13.4f}")
+        print(f"{key:10} {len(images):6d} {auroc:7.4f} {f_out.mean():8.2%} {base:13.4f}")
     return {"calibration": {k: cal[k] for k in ("temperature", "before", "after")},
             "false_alarm_rate": float(f_in.mean()), "ood": rows}  # fmt: skip
 
@@ -164,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mnist", type=Path, help="a finished run of the default recipe")
     parser.add_argument("--fashion", type=Path, help="a finished Fashion-MNIST run")
+    parser.add_argument("--near", type=Path, help="a finished run of pretrain_mnist_0to4.yaml")
     parser.add_argument("--keep", type=Path, help="train into this folder and keep the runs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -175,11 +189,16 @@ def main() -> None:
         fashion = args.fashion or train_run(
             "configs/fashion_cnn.yaml", FASHION_OVERRIDES, root / "fashion"
         )
+        near = args.near or train_run(
+            "configs/pretrain_mnist_0to4.yaml", ["train.export=false"], root / "near"
+        )
         mnist_test, _ = test_images(mnist, OTHER_MAX)
         fashion_test, _ = test_images(fashion, OTHER_MAX)
         figures = {
             "mnist": report("MNIST (default recipe)", mnist, fashion_test, 0),
             "fashion": report("Fashion-MNIST (fashion_cnn subset)", fashion, mnist_test, 0),
+            # Near out-of-distribution: digits of the classes the model never saw.
+            "near": report("MNIST digits 0-4 only", near, unseen_digits(), 0, "digits 5-9"),
         }
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

@@ -187,22 +187,25 @@ def reliability_chart(calibration: dict[str, Any]) -> alt.Chart:
         .mark_line(strokeDash=[4, 4], color="grey")
         .encode(x=alt.X("x:Q", scale=unit), y=alt.Y("y:Q", scale=unit))
     )
-    curves = (
-        alt.Chart(frame)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("confidence:Q", scale=unit, title="confidence (top-1 probability)"),
-            y=alt.Y("accuracy:Q", scale=unit, title="accuracy"),
-            color=alt.Color(
-                "curve:N", scale=alt.Scale(scheme="category10"), legend=alt.Legend(orient="bottom")
-            ),
-            tooltip=[
-                "curve",
-                "bin",
-                "count",
-                alt.Tooltip("confidence:Q", format=".3f"),
-                alt.Tooltip("accuracy:Q", format=".3f"),
-            ],
-        )
+    base = alt.Chart(frame).encode(
+        x=alt.X("confidence:Q", scale=unit, title="confidence (top-1 probability)"),
+        y=alt.Y("accuracy:Q", scale=unit, title="accuracy"),
+        color=alt.Color(
+            "curve:N", scale=alt.Scale(scheme="category10"), legend=alt.Legend(orient="bottom")
+        ),
     )
-    return (diagonal + curves).properties(width=360, height=360, title="Reliability (test set)")
+    # A bin of one or two images swings between 0 and 1: the point's size shows how few.
+    points = base.mark_circle(opacity=0.8).encode(
+        size=alt.Size("count:Q", title="test images in bin", scale=alt.Scale(type="sqrt")),
+        tooltip=[
+            "curve",
+            "bin",
+            "count",
+            alt.Tooltip("confidence:Q", format=".3f"),
+            alt.Tooltip("accuracy:Q", format=".3f"),
+        ],
+    )
+    lines = base.mark_line(strokeWidth=1.5)
+    return (diagonal + lines + points).properties(
+        width=360, height=360, title="Reliability (test set)"
+    )
