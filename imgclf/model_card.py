@@ -161,6 +161,16 @@ def _confidence_lines(metrics: dict[str, Any]) -> str:
     return ("\n" + "\n".join(lines)) if lines else ""
 
 
+def _ood_limit(metrics: dict[str, Any]) -> str:
+    """The limits' sentence about the out-of-distribution warning."""
+    if (metrics.get("ood") or {}).get("threshold") is None:
+        return "This run has no out-of-distribution warning (train.ood)."
+    return (
+        "The out-of-distribution score flags many such images, not all: it is a warning, "
+        "not a guarantee (docs/confidence.md says where it fails)."
+    )
+
+
 def _class_row(name: str, m: dict[str, Any]) -> str:
     if m["precision"] is None:  # no test image of the class (data.allow_untested_classes)
         return f"| {name} | not tested | not tested | not tested | 0 |"
@@ -195,12 +205,6 @@ def model_card(
             "(validation and test are not capped)"
         )
     export = export_section(exports, backend, skipped=not config.train.export)
-    ood_limit = (
-        "The out-of-distribution score flags many such images, not all: it is a warning, "
-        "not a guarantee (docs/confidence.md says where it fails)."
-        if (metrics.get("ood") or {}).get("threshold") is not None
-        else "This run has no out-of-distribution warning (train.ood)."
-    )
     return f"""# Model card: {config.name}
 
 ## Model
@@ -234,7 +238,7 @@ def model_card(
 ## Intended use and limits
 - Classifies images that resemble the training data into exactly these classes. Any other
   input still receives one of these labels: an image of something else gives a meaningless answer.
-  {ood_limit}
+  {_ood_limit(metrics)}
 - Images are stretched to {height}×{width} without keeping the aspect ratio.
 - Figures come from {counts["test"]} test images of the same source; accuracy on other data
   (other cameras, scans, handwriting, lighting) may be lower.

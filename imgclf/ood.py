@@ -130,7 +130,7 @@ def scored_model(model: keras.Model, stats: OODStats) -> keras.Model:
 def report(
     stats: OODStats, quantile: float, val_scores: np.ndarray, test_scores: np.ndarray, n_fit: int
 ) -> dict[str, Any]:
-    """metrics.json's `ood` section: the method, threshold and false-alarm rates."""
+    """The run metrics' `ood` section: the method, threshold and false-alarm rates."""
     return {
         "method": METHOD,
         "threshold": stats.threshold,

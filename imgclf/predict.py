@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     import keras
 
 BATCH_SIZE = 64
-CHUNK = 256  # files decoded (in parallel) and classified at a time by the command line
 IMAGENET_PREFIX = "imagenet:"  # imagenet:efficientnet_lite0, the pretrained ImageNet classifier
 
 
@@ -322,16 +321,6 @@ def classify_named(
     return results, failures
 
 
-def ood_warning(p: Prediction, threshold: float | None) -> str:
-    """The one line that says an image does not look like the training data."""
-    limit = f" > threshold {threshold:.1f}" if threshold is not None else ""
-    return (
-        f"warning: {p.source}: doesn't look like the training data (OOD score "
-        f"{p.ood_score:.1f}{limit}); its label {p.label!r} (p = {p.probabilities[0]:.3f}) is "
-        "probably meaningless"
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `imgclf-predict` argument parser (importing it costs no TensorFlow)."""
     parser = argparse.ArgumentParser(
@@ -428,53 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {source}: {reason}", file=sys.stderr)
     for source, note in notes:
         print(f"note: {source}: {note}", file=sys.stderr)
-    failed = _classify_stream(predictor, files, args, layer)
+    from imgclf.predictions import classify_stream
+
+    failed = classify_stream(predictor, files, args, layer)
     return 1 if failures or failed else 0
-
-
-def _classify_stream(
-    predictor: Predictor, files: list[Path], args: argparse.Namespace, layer: str | None
-) -> int:
-    """Classify `files` CHUNK at a time (decoded in parallel), writing each chunk's predictions
-    at once: memory holds one chunk, whatever the number of files. Returns the failures."""
-    from imgclf.predictions import PredictionWriter
-
-    width = max((len(str(f)) for f in files), default=5)
-    writer = PredictionWriter(sys.stdout, args.format, width, ood=predictor.has_ood)
-    progress = sys.stderr.isatty() and len(files) > CHUNK
-    failed = overlays = 0
-    unfamiliar: list[Prediction] = []
-    for start in range(0, len(files), CHUNK):
-        names, images, unreadable = predictor.decode_files(files[start : start + CHUNK])
-        for source, reason in unreadable:
-            print(f"error: {source}: {reason}", file=sys.stderr)
-        failed += len(unreadable)
-        if names:
-            outputs = predictor.predict_outputs(images)
-            probs = outputs[PROBS]
-            predictions = predictor.top_k(probs, names, args.top_k, outputs)
-            writer.write(predictions)
-            unfamiliar += [p for p in predictions if p.ood]
-            if args.explain is not None:
-                from imgclf import explain
-
-                # The top-1 class, as printed (argmax takes the first of equal probabilities,
-                # like top_k's stable sort).
-                top1 = np.argmax(probs, axis=1)
-                overlays += len(
-                    explain.save_overlays(predictor.model, images, names, args.explain, top1, layer)
-                )
-        if progress:
-            done = min(start + CHUNK, len(files))
-            print(f"\r{done:,}/{len(files):,} images", end="", file=sys.stderr, flush=True)
-    writer.close()
-    if progress:
-        print(file=sys.stderr)
-    for p in unfamiliar:  # stderr: stdout stays exactly the table/json/csv
-        print(ood_warning(p, predictor.ood_threshold), file=sys.stderr)
-    if args.explain is not None:  # stderr: stdout stays exactly the table/json/csv
-        print(f"Grad-CAM ({layer}): wrote {overlays} overlays to {args.explain}", file=sys.stderr)
-    return failed
 
 
 if __name__ == "__main__":

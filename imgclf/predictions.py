@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from imgclf.formats import IMAGE_EXTENSIONS, is_image_name, walk
 from imgclf.images import file_problem
+from imgclf.models.names import PROBABILITIES
 
 FORMATS = ("table", "json", "jsonl", "csv")
+CHUNK = 256  # files decoded (in parallel) and classified at a time by the command line
 
 
 def expand_inputs(
@@ -122,3 +125,57 @@ class PredictionWriter:
         if self.fmt == "json":
             self.out.write("\n]\n" if self.count else "]\n")
         self.out.flush()
+
+
+def ood_warning(p: Any, threshold: float | None) -> str:
+    """The one line that says an image (a `predict.Prediction`) does not look like the
+    training data."""
+    limit = f" > threshold {threshold:.1f}" if threshold is not None else ""
+    return (
+        f"warning: {p.source}: doesn't look like the training data (OOD score "
+        f"{p.ood_score:.1f}{limit}); its label {p.label!r} (p = {p.probabilities[0]:.3f}) is "
+        "probably meaningless"
+    )
+
+
+def classify_stream(predictor: Any, files: list[Path], args: Any, layer: str | None) -> int:
+    """`imgclf-predict`'s loop: classify `files` with a `predict.Predictor`, CHUNK at a time
+    (decoded in parallel), writing each chunk's predictions at once: memory holds one chunk,
+    whatever the number of files. Flagged images get an `ood_warning` line on stderr at the
+    end. Returns the number of files that could not be decoded."""
+    width = max((len(str(f)) for f in files), default=5)
+    writer = PredictionWriter(sys.stdout, args.format, width, ood=predictor.has_ood)
+    progress = sys.stderr.isatty() and len(files) > CHUNK
+    failed = overlays = 0
+    unfamiliar: list[Any] = []
+    for start in range(0, len(files), CHUNK):
+        names, images, unreadable = predictor.decode_files(files[start : start + CHUNK])
+        for source, reason in unreadable:
+            print(f"error: {source}: {reason}", file=sys.stderr)
+        failed += len(unreadable)
+        if names:
+            outputs = predictor.predict_outputs(images)
+            probs = outputs[PROBABILITIES]
+            predictions = predictor.top_k(probs, names, args.top_k, outputs)
+            writer.write(predictions)
+            unfamiliar += [p for p in predictions if p.ood]
+            if args.explain is not None:
+                from imgclf import explain
+
+                # The top-1 class, as printed (argmax takes the first of equal probabilities,
+                # like top_k's stable sort).
+                top1 = probs.argmax(axis=1)
+                overlays += len(
+                    explain.save_overlays(predictor.model, images, names, args.explain, top1, layer)
+                )
+        if progress:
+            done = min(start + CHUNK, len(files))
+            print(f"\r{done:,}/{len(files):,} images", end="", file=sys.stderr, flush=True)
+    writer.close()
+    if progress:
+        print(file=sys.stderr)
+    for p in unfamiliar:  # stderr: stdout stays exactly the table/json/csv
+        print(ood_warning(p, predictor.ood_threshold), file=sys.stderr)
+    if args.explain is not None:  # stderr: stdout stays exactly the table/json/csv
+        print(f"Grad-CAM ({layer}): wrote {overlays} overlays to {args.explain}", file=sys.stderr)
+    return failed

@@ -247,20 +247,19 @@ def test_csv_with_a_bad_header_is_one_line(photos: Path, cache: Path, header: st
     assert "\n" not in str(err.value)
 
 
-def test_predict_streams_a_folder_in_every_format(tiny_run: Path, photos: Path, capsys):
-    from imgclf import predict
+def test_predict_streams_a_folder_in_every_format(
+    tiny_run: Path, photos: Path, capsys, monkeypatch
+):
+    from imgclf import predict, predictions
 
-    predict.CHUNK, chunk = 4, predict.CHUNK  # several chunks on a small folder
-    try:
-        for fmt in ("json", "jsonl", "csv", "table"):
-            assert predict.main([str(tiny_run), str(photos), "--format", fmt, "--top-k", "2"]) == 0
-            out = capsys.readouterr().out
-            if fmt == "json":
-                rows = json.loads(out)
-            elif fmt == "jsonl":
-                rows = [json.loads(line) for line in out.splitlines()]
-            else:
-                rows = out.splitlines()[1:]
-            assert len(rows) == 30 * (2 if fmt == "csv" else 1), fmt
-    finally:
-        predict.CHUNK = chunk
+    monkeypatch.setattr(predictions, "CHUNK", 4)  # several chunks on a small folder
+    for fmt in ("json", "jsonl", "csv", "table"):
+        assert predict.main([str(tiny_run), str(photos), "--format", fmt, "--top-k", "2"]) == 0
+        out = capsys.readouterr().out
+        if fmt == "json":
+            rows = json.loads(out)
+        elif fmt == "jsonl":
+            rows = [json.loads(line) for line in out.splitlines()]
+        else:
+            rows = out.splitlines()[1:]
+        assert len(rows) == 30 * (2 if fmt == "csv" else 1), fmt

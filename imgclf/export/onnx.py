@@ -63,6 +63,25 @@ def load_function(
     return fn, shape, labels  # type: ignore[return-value]
 
 
+def _traced(model: Any, ood_stats: Any) -> tuple[Any, list[str]]:
+    """(tf.function of pixels -> the outputs as a tuple, the outputs' names in that order):
+    the probabilities, and with `ood_stats` the detector's score and flag."""
+    import tensorflow as tf
+
+    if ood_stats is None:
+        return tf.function(lambda pixels: model(pixels, training=False)), [OUTPUT_NAME]
+    from imgclf.ood import FLAG_NAME, SCORE_NAME, scored_model
+
+    scored = scored_model(model, ood_stats)
+    names = [OUTPUT_NAME, SCORE_NAME, FLAG_NAME]  # tf2onnx keeps the tuple's order
+
+    def outputs(pixels: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        out = scored(pixels, training=False)
+        return tuple(out[name] for name in names)
+
+    return tf.function(outputs), names
+
+
 def convert(model: Any, class_names: list[str], path: str | Path, ood_stats: Any = None) -> None:
     """Write `model` as ONNX to `path`: input `pixels`, output `probabilities` (and, given
     `ood_stats`, `ood_score` and `ood`: the run's detector, `imgclf.ood`), class names in
@@ -86,20 +105,7 @@ def convert(model: Any, class_names: list[str], path: str | Path, ood_stats: Any
         raise UserError("ONNX export needs the TensorFlow backend: set KERAS_BACKEND=tensorflow")
     _, height, width, channels = model.input_shape
     spec = [tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)]
-    if ood_stats is None:
-        output_names = [OUTPUT_NAME]
-        function = tf.function(lambda pixels: model(pixels, training=False))
-    else:
-        from imgclf.ood import FLAG_NAME, SCORE_NAME, scored_model
-
-        scored = scored_model(model, ood_stats)
-        output_names = [OUTPUT_NAME, SCORE_NAME, FLAG_NAME]  # tf2onnx keeps the tuple's order
-
-        def both(pixels: tf.Tensor) -> tuple[tf.Tensor, ...]:
-            out = scored(pixels, training=False)
-            return tuple(out[name] for name in output_names)
-
-        function = tf.function(both)
+    function, output_names = _traced(model, ood_stats)
     concrete = function.get_concrete_function(*spec)
     captured = dict(
         zip(
