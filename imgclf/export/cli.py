@@ -22,6 +22,12 @@ def _report(what: str, record: dict[str, Any], path: Path) -> None:
         f"{what}: max |Δp| {p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.2%} "
         f"on {p['n_images']} test images{acc}"
     )
+    ood = record.get("ood_parity")
+    if ood:  # the run's out-of-distribution detector, exported with the model
+        print(
+            f"{what}: ood_score max |Δ| {ood['max_rel_score_diff']:.1e} of the threshold, "
+            f"{ood['flag_disagreements']} ood flags differ"
+        )
     print(path)
 
 
