@@ -37,18 +37,32 @@ class Confidence:
     ood_scores: dict[str, np.ndarray]  # "val", "test": the scores behind the figures
 
 
+def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Sorted positions of at most about `limit` of `labels`: each class in proportion, but
+    at least min(its count, ood.MIN_PER_CLASS), so a rare class keeps its mean."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        n = max(min(len(where), ood.MIN_PER_CLASS), round(limit * len(where) / len(labels)))
+        keep.append(rng.choice(where, min(n, len(where)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
 def _features(extractor: keras.Model, split: Split, limit: int | None, seed: int):
-    """(features float32 [n, D], labels [n]) of the readable images of `split`, at most `limit`
-    of them (a seeded random subset, in split order)."""
+    """(features float32 [n, D], labels [n]) of the readable images of `split`, at most about
+    `limit` of them (a seeded stratified subset, in split order)."""
     from imgclf.data.store import ImageView
     from imgclf.evaluate import predict_readable
 
     x, y = split.x, np.asarray(split.y)
     if limit is not None and len(y) > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(len(y), limit, replace=False))
+        keep = stratified_subset(y, limit, seed)
         x = ImageView(x.store, x.indices[keep]) if isinstance(x, ImageView) else x[keep]
         y = y[keep]
     features, kept = predict_readable(extractor, x)
+    if len(kept) == 0:  # every file of a streamed split failed to decode
+        return np.zeros((0, 0), np.float32), y[:0]
     return features.reshape(len(kept), -1), y[kept]
 
 
@@ -56,16 +70,18 @@ def fit_confidence(model: keras.Model, splits: Splits, config: Config) -> Confid
     """Fit the temperature (validation) and the OOD detector (train + validation) of `model`,
     and measure both on test. Does not change the model: `calibration.fold_temperature` does.
 
-    Without validation images neither can be fitted: both sections say `skipped` and why."""
+    Without a readable validation (or test) image neither can be fitted: both sections say
+    `skipped` and why; so does the OOD section for features wider than ood.MAX_FEATURE_DIM."""
     want_cal, want_ood = config.train.calibrate, config.train.ood
     if not (want_cal or want_ood):
         return Confidence(None, None, None, {})
-    if len(splits.val) == 0:
-        why = {"skipped": "no validation images (data.val_fraction is 0)"}
-        return Confidence(why if want_cal else None, why if want_ood else None, None, {})
     extractor = ood.feature_model(model)
     val_f, val_y = _features(extractor, splits.val, None, config.seed)
     test_f, test_y = _features(extractor, splits.test, None, config.seed)
+    if len(val_y) == 0 or len(test_y) == 0:
+        which = "validation" if len(val_y) == 0 else "test"
+        why = {"skipped": f"no readable {which} image to fit or measure on"}
+        return Confidence(why if want_cal else None, why if want_ood else None, None, {})
     cal = None
     if want_cal:
         cal = calibration.calibrate(
@@ -73,6 +89,13 @@ def fit_confidence(model: keras.Model, splits: Splits, config: Config) -> Confid
         )
     if not want_ood:
         return Confidence(cal, None, None, {})
+    if val_f.shape[1] > ood.MAX_FEATURE_DIM:
+        why = (
+            f"the head reads {val_f.shape[1]} features, more than {ood.MAX_FEATURE_DIM}: a "
+            "flattened feature map (model.hidden: [] or transfer.backbone_layer); add a "
+            "hidden layer or pooling to get the warning"
+        )
+        return Confidence(cal, {"skipped": why}, None, {})
     train_f, train_y = _features(extractor, splits.train, ood.MAX_FIT_IMAGES, config.seed)
     quantile = config.train.ood_quantile
     stats = ood.fit(train_f, train_y, len(splits.class_names))

@@ -33,21 +33,37 @@ if TYPE_CHECKING:
 
 METHOD = "Mahalanobis distance to the nearest class mean, shared covariance (Lee et al., 2018)"
 MAX_FIT_IMAGES = 20_000  # training images whose features estimate the means and covariance
+MIN_PER_CLASS = 50  # a capped sample still keeps this many of each class (or all it has)
+# Above this many feature dimensions (a flattened conv map: model.hidden=[] or a re-used
+# run's `transfer.backbone_layer`) the D x D covariance and the D x D matrix in every export
+# cost too much: the detector is skipped, and says so.
+MAX_FEATURE_DIM = 4096
 SCORE_NAME = "ood_score"  # the exported output: float32 [N], the distance
 FLAG_NAME = "ood"  # the exported output: bool [N], score above the threshold
 
 
 @dataclass(frozen=True)
 class OODStats:
-    """The fitted detector: whiten float [D, D], centres float [C, D], threshold (a distance)."""
+    """The fitted detector: whiten L float [D, D], shift float [D], centres float [C, D] and
+    the threshold (a distance). An image's whitened features are z = f L - shift, the class
+    means' are `centres` (mu_c L - shift): the shift, the mean of the whitened class means,
+    keeps |z|^2 - 2 z.m + |m|^2 from cancelling catastrophically in float32 when features sit
+    far from the origin (post-ReLU features always do)."""
 
     whiten: np.ndarray
+    shift: np.ndarray
     centres: np.ndarray
     threshold: float
 
+    @property
+    def dim(self) -> int:
+        """D, the feature dimension the detector expects."""
+        return int(self.whiten.shape[0])
+
     def score(self, features: np.ndarray) -> np.ndarray:
         """Distances float64 [N] of features [N, D] to the nearest class mean (whitened)."""
-        z = np.asarray(features, np.float64).reshape(len(features), -1) @ self.whiten
+        f = np.asarray(features, np.float64).reshape(len(features), -1)
+        z = f @ self.whiten - self.shift
         d2 = (z**2).sum(1)[:, None] - 2 * z @ self.centres.T + (self.centres**2).sum(1)[None]
         return np.sqrt(np.maximum(d2, 0.0)).min(axis=1)
 
@@ -55,19 +71,32 @@ class OODStats:
         """Write the .npz atomically (plain arrays, no pickle)."""
         from imgclf import runs
 
+        arrays = {"whiten": self.whiten, "shift": self.shift, "centres": self.centres}
         with runs.atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, whiten=self.whiten, centres=self.centres, threshold=self.threshold)
+            np.savez(f, **arrays, threshold=self.threshold)
 
     @classmethod
     def load(cls, path: Path) -> OODStats:
-        """Read an .npz written by `save` (allow_pickle=False: arrays only)."""
+        """Read an .npz written by `save` (allow_pickle=False: arrays only).
+
+        Raises ValueError when a key is missing or the shapes do not fit together."""
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["whiten"], data["centres"], float(data["threshold"]))
+            stats = cls(data["whiten"], data["shift"], data["centres"], float(data["threshold"]))
+        d = stats.whiten.shape[0] if stats.whiten.ndim == 2 else -1
+        if (
+            stats.whiten.shape != (d, d)
+            or stats.shift.shape != (d,)
+            or stats.centres.ndim != 2
+            or stats.centres.shape[1] != d
+            or not np.isfinite(stats.threshold)
+        ):
+            raise ValueError("the arrays' shapes do not fit together")
+        return stats
 
 
 def fit(features: np.ndarray, labels: np.ndarray, num_classes: int) -> OODStats:
     """Class means and the shared Ledoit-Wolf covariance of training features [N, D] with
-    labels int [N]; the threshold is left at +inf until `set_threshold`.
+    labels int [N]; the threshold is left at +inf until `with_threshold`.
 
     Raises ValueError when there are fewer than two feature vectors."""
     from sklearn.covariance import LedoitWolf
@@ -84,12 +113,15 @@ def fit(features: np.ndarray, labels: np.ndarray, num_classes: int) -> OODStats:
     # A tiny ridge guards the factorisation against round-off on a near-singular estimate.
     ridge = 1e-10 * np.trace(precision) / len(precision)
     whiten = np.linalg.cholesky(precision + ridge * np.eye(len(precision)))
-    return OODStats(whiten, means @ whiten, float("inf"))
+    centres = means @ whiten
+    shift = centres.mean(axis=0)
+    return OODStats(whiten, shift, centres - shift, float("inf"))
 
 
 def with_threshold(stats: OODStats, val_scores: np.ndarray, quantile: float) -> OODStats:
     """`stats` with its threshold at the `quantile` of the validation scores."""
-    return OODStats(stats.whiten, stats.centres, float(np.quantile(val_scores, quantile)))
+    threshold = float(np.quantile(val_scores, quantile))
+    return OODStats(stats.whiten, stats.shift, stats.centres, threshold)
 
 
 def feature_model(model: keras.Model) -> keras.Model:
@@ -107,9 +139,10 @@ def logits_of(model: keras.Model, features: np.ndarray) -> np.ndarray:
     dropout before it is the identity at inference)."""
     from imgclf.models.names import PROBABILITIES
 
-    kernel, bias = model.get_layer(PROBABILITIES).get_weights()
+    weights = model.get_layer(PROBABILITIES).get_weights()  # kernel, and the bias if any
     f = np.asarray(features, np.float64).reshape(len(features), -1)
-    return f @ kernel.astype(np.float64) + bias.astype(np.float64)
+    logits = f @ weights[0].astype(np.float64)
+    return logits + weights[1].astype(np.float64) if len(weights) > 1 else logits
 
 
 def scored_model(model: keras.Model, stats: OODStats) -> keras.Model:
@@ -117,11 +150,20 @@ def scored_model(model: keras.Model, stats: OODStats) -> keras.Model:
     model with the detector in the same graph (what Predictor and the exports run)."""
     import keras
 
+    from imgclf.errors import UserError
     from imgclf.models.layers import MahalanobisScore
     from imgclf.models.names import PROBABILITIES
     from imgclf.models.reuse import feature_tensor
 
-    score = MahalanobisScore(stats.whiten, stats.centres, name=SCORE_NAME)(feature_tensor(model))
+    features = feature_tensor(model)
+    dim = int(np.prod(features.shape[1:]))
+    if dim != stats.dim:
+        raise UserError(
+            f"the OOD statistics were fitted on {stats.dim} features, but this model's head "
+            f"reads {dim}; they belong to another model: re-train the run"
+        )
+    layer = MahalanobisScore(stats.whiten, stats.shift, stats.centres, name=SCORE_NAME)
+    score = layer(features)
     flag = keras.ops.greater(score, stats.threshold)
     outputs = {PROBABILITIES: model.outputs[0], SCORE_NAME: score, FLAG_NAME: flag}
     return keras.Model(model.input, outputs, name=f"{model.name}_scored")
@@ -145,17 +187,34 @@ def report(
 
 def load_run_stats(run_dir: Path) -> OODStats | None:
     """The run's detector (ood.npz, checked against the manifest), or None when the run has
-    none (trained with train.ood false, or before imgclf had it).
+    none (trained with train.ood false, or before imgclf had it): the manifest says which, so
+    deleting ood.npz cannot switch the warning off silently.
 
-    Raises IntegrityError when ood.npz differs from the manifest, UserError when unreadable."""
+    Raises IntegrityError when ood.npz differs from (or is missing but listed in) the
+    manifest, UserError when it cannot be read as a detector."""
     from imgclf import runs
     from imgclf.errors import UserError
 
-    path = Path(run_dir) / runs.OOD
-    if not path.is_file():
+    run_dir = Path(run_dir)
+    path = run_dir / runs.OOD
+    listed = (run_dir / runs.MANIFEST).is_file() and runs.OOD in _manifest_files(run_dir)
+    if not path.is_file() and not listed:
         return None
-    runs.verify_manifest(run_dir, runs.OOD)
+    runs.verify_manifest(run_dir, runs.OOD)  # names a missing or changed file in one line
     try:
         return OODStats.load(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{path}: not a readable OOD statistics file ({exc}); re-train") from exc
+    except Exception as exc:  # zipfile, numpy and shape errors alike: one line, never a trace
+        raise UserError(
+            f"{path}: not a readable OOD statistics file ({type(exc).__name__}: {exc}); "
+            "re-train the run"
+        ) from exc
+
+
+def _manifest_files(run_dir: Path) -> dict[str, Any]:
+    """The manifest's file table ({} when it cannot be read: verify_manifest says why)."""
+    from imgclf import runs
+
+    try:
+        return runs.read_json(run_dir / runs.MANIFEST).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}

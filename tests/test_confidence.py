@@ -124,21 +124,34 @@ def test_temperature_is_fitted_on_the_validation_split(monkeypatch, tmp_path, fo
     """Spy on the real fit: the logits it gets are the validation images', nothing else."""
     from imgclf.config import load_config
     from imgclf.data import load_data
+    from imgclf.models.names import PROBABILITIES
+    from imgclf.models.saving import load_run_model
     from imgclf.train import train
 
-    seen = []
-    real = calibration.fit_temperature
+    seen, folded = [], []
+    real, real_fold = calibration.fit_temperature, calibration.fold_temperature
 
     def spy(logits, labels):
         seen.append(np.asarray(labels).copy())
         return real(logits, labels)
 
+    def fold_spy(model, temperature):
+        folded.append(model.get_layer(PROBABILITIES).get_weights())
+        real_fold(model, temperature)
+
     monkeypatch.setattr(calibration, "fit_temperature", spy)
+    monkeypatch.setattr(calibration, "fold_temperature", fold_spy)
     config = load_config(None, tiny_overrides(folder_dataset))
     run = train(config, out=tmp_path / "r", verbose=0)
     splits = load_data(config)
     (labels,) = seen
     assert np.array_equal(labels, splits.val.y)  # the validation labels, in order
+    # model.keras holds the trained output layer divided by T, folded exactly once.
+    (before,) = folded
+    t = runs.read_json(run / runs.METRICS)["calibration"]["temperature"]
+    saved = load_run_model(run).get_layer(PROBABILITIES).get_weights()
+    for w_saved, w_trained in zip(saved, before, strict=True):
+        assert np.allclose(w_saved, w_trained / t, rtol=1e-6, atol=1e-7)
     metrics = runs.read_json(run / runs.METRICS)
     assert metrics["calibration"]["temperature"] == pytest.approx(real(*_val_logits(run, splits)))
     assert metrics["calibration"]["n_val"] == len(splits.val.y)
@@ -246,19 +259,44 @@ def test_imgclf_predict_prints_the_ood_column_and_a_warning_line(digit_run: Path
     assert "ood" in header.split() and " !" in row  # the score column marks it
 
 
-def test_a_tampered_ood_file_is_refused_in_one_line(digit_run: Path, tmp_path: Path):
+def test_a_tampered_or_deleted_ood_file_is_refused_in_one_line(digit_run: Path, tmp_path: Path):
     import shutil
 
-    copy = tmp_path / "run"
-    shutil.copytree(digit_run, copy)
-    data = bytearray((copy / runs.OOD).read_bytes())
+    changed, deleted = tmp_path / "changed", tmp_path / "deleted"
+    shutil.copytree(digit_run, changed)
+    data = bytearray((changed / runs.OOD).read_bytes())
     data[-20] ^= 0xFF
-    (copy / runs.OOD).write_bytes(bytes(data))
-    done = _predict_cli(str(copy), str(sorted((copy / runs.SAMPLES).glob("*.png"))[0]))
-    assert done.returncode == 2
-    assert "Traceback" not in done.stderr
-    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error")]
-    assert runs.OOD in line
+    (changed / runs.OOD).write_bytes(bytes(data))
+    shutil.copytree(digit_run, deleted)
+    (deleted / runs.OOD).unlink()  # must not silently switch the warning off
+    for copy in (changed, deleted):
+        done = _predict_cli(str(copy), str(sorted((copy / runs.SAMPLES).glob("*.png"))[0]))
+        assert done.returncode == 2, copy.name
+        assert "Traceback" not in done.stderr
+        (line,) = [x for x in done.stderr.splitlines() if x.startswith("error")]
+        assert runs.OOD in line
+
+
+def test_ood_statistics_that_do_not_fit_together_are_refused(tmp_path: Path):
+    from imgclf import ood
+
+    path = tmp_path / "ood.npz"
+    np.savez(path, whiten=np.eye(3), shift=np.zeros(4), centres=np.zeros((2, 3)), threshold=1.0)
+    with pytest.raises(ValueError, match="shapes"):
+        ood.OODStats.load(path)
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(Exception):  # noqa: B017  (load_run_stats turns any of them into one line)
+        ood.OODStats.load(path)
+
+
+def test_a_capped_fit_sample_keeps_every_class():
+    from imgclf.confidence import stratified_subset
+
+    labels = np.r_[np.zeros(10_000, int), np.ones(30, int), np.full(5, 2)]
+    keep = stratified_subset(labels, 1_000, seed=0)
+    counts = np.bincount(labels[keep])
+    assert counts[1] == 30 and counts[2] == 5  # rare classes kept whole (under 50)
+    assert 900 <= counts[0] <= 1_000 and len(np.unique(keep)) == len(keep)
 
 
 def test_switched_off_there_is_no_temperature_and_no_detector(tmp_path: Path, folder_dataset):
@@ -306,3 +344,20 @@ def test_the_app_shows_the_badge_whatever_the_probability(monkeypatch, digit_run
     ood = runs.read_json(digit_run / runs.METRICS)["ood"]
     assert shown["False alarms, validation"] == f"{ood['val_false_alarm_rate']:.1%}"
     assert "Temperature T" in shown
+
+
+def test_features_too_wide_for_the_detector_skip_it_and_say_why(tmp_path: Path, folder_dataset):
+    from imgclf import ood
+    from imgclf.config import load_config
+    from imgclf.predict import Predictor
+    from imgclf.train import train
+
+    # An MLP with no hidden layer: its head reads the raw pixels, 64*64*3 = 12,288 features.
+    overrides = [*tiny_overrides(folder_dataset), "model.name=mlp", "model.hidden=[]",
+                 "data.image_size=[64,64]"]  # fmt: skip
+    run = train(load_config(None, overrides), out=tmp_path / "wide", verbose=0)
+    metrics = runs.read_json(run / runs.METRICS)
+    assert "12288 features" in metrics["ood"]["skipped"]
+    assert 12288 > ood.MAX_FEATURE_DIM and not (run / runs.OOD).exists()
+    assert "temperature" in metrics["calibration"]  # calibration does not need the detector
+    assert not Predictor.from_path(run).has_ood

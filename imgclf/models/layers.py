@@ -104,14 +104,16 @@ class MahalanobisScore(keras.layers.Layer):
     """The out-of-distribution score of `imgclf.ood`: features [N, ...] (flattened to [N, D]) ->
     float32 [N], the Mahalanobis distance to the nearest class mean (Lee et al., 2018).
 
-    `whiten` L [D, D] (L L^T = the inverse shared covariance) and `centres` [C, D] (the class
-    means times L) are fixed, non-trainable weights, so the exports carry them as constants.
-    Never saved in model.keras (the run keeps them in ood.npz), hence not registered.
+    `whiten` L [D, D] (L L^T = the inverse shared covariance), `shift` [D] and `centres`
+    [C, D] (the class means times L, minus shift; see `ood.OODStats`) are fixed, non-trainable
+    weights, so the exports carry them as constants. Never saved in model.keras (the run keeps
+    them in ood.npz), hence not registered.
     """
 
-    def __init__(self, whiten, centres, **kwargs):
+    def __init__(self, whiten, shift, centres, **kwargs):
         super().__init__(dtype="float32", **kwargs)
         self._whiten = np.asarray(whiten, np.float32)
+        self._shift = np.asarray(shift, np.float32)
         self._centres = np.asarray(centres, np.float32)
 
     def build(self, input_shape):
@@ -119,6 +121,10 @@ class MahalanobisScore(keras.layers.Layer):
         self.whiten = self.add_weight(
             shape=(d, d), initializer=keras.initializers.Constant(self._whiten),
             trainable=False, name="whiten",
+        )  # fmt: skip
+        self.shift = self.add_weight(
+            shape=(d,), initializer=keras.initializers.Constant(self._shift),
+            trainable=False, name="shift",
         )  # fmt: skip
         self.centres = self.add_weight(
             shape=(c, d), initializer=keras.initializers.Constant(self._centres),
@@ -128,7 +134,7 @@ class MahalanobisScore(keras.layers.Layer):
 
     def call(self, inputs):
         f = ops.reshape(ops.cast(inputs, "float32"), (ops.shape(inputs)[0], -1))
-        z = ops.matmul(f, self.whiten)
+        z = ops.matmul(f, self.whiten) - self.shift[None, :]
         d2 = (
             ops.sum(z * z, axis=1, keepdims=True)
             - 2.0 * ops.matmul(z, ops.transpose(self.centres))
