@@ -100,7 +100,10 @@ def test_mirrored_training_on_two_logical_cpus(tmp_path: Path):
 
 
 MULTIWORKER_SCRIPT = r"""
-import contextlib, json, sys
+import contextlib, faulthandler, json, sys
+# A worker still running after 200 s prints every thread's Python stack to stderr and exits,
+# so a hang shows where it is in the test's failure message (which reads stderr's tail).
+faulthandler.dump_traceback_later(200, exit=True)
 import numpy as np
 import tensorflow as tf
 import keras
@@ -180,7 +183,7 @@ def _two_workers(part: str, out: Path, overrides: list[str]) -> list[dict]:
                 tails = [f"worker {i}:\n{p.communicate()[1][-1500:]}" for i, p in enumerate(procs)]
                 pytest.fail(f"worker {index} hangs; cluster {cluster}\n" + "\n".join(tails))
             lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-            assert proc.returncode == 0 and lines, stderr[-3000:]
+            assert proc.returncode == 0 and lines, stderr[-8000:]
             results.append(json.loads(lines[-1][len("RESULT ") :]))
     finally:
         for proc in procs:
