@@ -149,6 +149,8 @@ def _confidence_lines(metrics: dict[str, Any]) -> str:
         )
     elif cal:
         lines.append(f"- Calibration: not fitted ({cal['skipped']})")
+    else:
+        lines.append("- Calibration: off (train.calibrate: false); raw softmax probabilities")
     ood = metrics.get("ood")
     if ood and "threshold" in ood:
         lines.append(

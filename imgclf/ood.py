@@ -178,6 +178,7 @@ def report(
         "threshold": stats.threshold,
         "quantile": quantile,
         "fitted_on": f"{n_fit} training images (features in inference mode)",
+        "threshold_fitted_on": f"{len(val_scores)} validation images",
         "feature_dim": int(stats.whiten.shape[0]),
         "val_false_alarm_rate": float((val_scores > stats.threshold).mean()),
         "test_false_alarm_rate": float((test_scores > stats.threshold).mean()),

@@ -145,6 +145,14 @@ def classify_stream(predictor: Any, files: list[Path], args: Any, layer: str | N
     end. Returns the number of files that could not be decoded."""
     width = max((len(str(f)) for f in files), default=5)
     writer = PredictionWriter(sys.stdout, args.format, width, ood=predictor.has_ood)
+    if predictor.has_ood and args.format == "table":  # stderr: stdout stays the table
+        limit = predictor.ood_threshold
+        above = f"above {limit:.1f} (marked !)" if limit is not None else "marked !"
+        print(
+            "note: ood = distance of the image to the nearest class of the training data in "
+            f"the model's feature space; {above}: doesn't look like the training data",
+            file=sys.stderr,
+        )
     progress = sys.stderr.isatty() and len(files) > CHUNK
     failed = overlays = 0
     unfamiliar: list[Any] = []
