@@ -89,8 +89,9 @@ class OODStats:
             or stats.centres.ndim != 2
             or stats.centres.shape[1] != d
             or not np.isfinite(stats.threshold)
+            or not all(np.isfinite(a).all() for a in (stats.whiten, stats.shift, stats.centres))
         ):
-            raise ValueError("the arrays' shapes do not fit together")
+            raise ValueError("the arrays' shapes do not fit together, or hold NaN/inf")
         return stats
 
 
@@ -198,8 +199,13 @@ def load_run_stats(run_dir: Path) -> OODStats | None:
 
     run_dir = Path(run_dir)
     path = run_dir / runs.OOD
-    listed = (run_dir / runs.MANIFEST).is_file() and runs.OOD in _manifest_files(run_dir)
-    if not path.is_file() and not listed:
+    files = _manifest_files(run_dir)
+    if not path.is_file() and runs.OOD not in files:
+        if runs.METRICS in files and _metrics_say_detector(run_dir):
+            raise runs.IntegrityError(
+                f"{path} is missing, but the run's {runs.METRICS} records an OOD detector; "
+                "refusing to load without it. Restore it, or re-train the run"
+            )
         return None
     runs.verify_manifest(run_dir, runs.OOD)  # names a missing or changed file in one line
     try:
@@ -219,3 +225,12 @@ def _manifest_files(run_dir: Path) -> dict[str, Any]:
         return runs.read_json(run_dir / runs.MANIFEST).get("files", {})
     except (OSError, ValueError, AttributeError):
         return {}
+
+
+def _metrics_say_detector(run_dir: Path) -> bool:
+    """True when the run's verified metrics.json records a fitted detector (a threshold)."""
+    from imgclf import runs
+
+    runs.verify_manifest(run_dir, runs.METRICS)
+    section = runs.read_json(run_dir / runs.METRICS).get("ood") or {}
+    return isinstance(section, dict) and "threshold" in section

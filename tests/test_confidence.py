@@ -284,6 +284,10 @@ def test_ood_statistics_that_do_not_fit_together_are_refused(tmp_path: Path):
     np.savez(path, whiten=np.eye(3), shift=np.zeros(4), centres=np.zeros((2, 3)), threshold=1.0)
     with pytest.raises(ValueError, match="shapes"):
         ood.OODStats.load(path)
+    np.savez(path, whiten=np.full((3, 3), np.nan), shift=np.zeros(3), centres=np.zeros((2, 3)),
+             threshold=1.0)  # fmt: skip
+    with pytest.raises(ValueError, match="NaN"):
+        ood.OODStats.load(path)
     path.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(Exception):  # noqa: B017  (load_run_stats turns any of them into one line)
         ood.OODStats.load(path)
@@ -361,3 +365,33 @@ def test_features_too_wide_for_the_detector_skip_it_and_say_why(tmp_path: Path, 
     assert ood.MAX_FEATURE_DIM < 12288 and not (run / runs.OOD).exists()
     assert "temperature" in metrics["calibration"]  # calibration does not need the detector
     assert not Predictor.from_path(run).has_ood
+
+
+def test_the_detector_cannot_be_removed_and_exports_never_bless_a_changed_file(
+    digit_run: Path, tmp_path: Path
+):
+    """Deleting ood.npz *and* its manifest entry is still caught (metrics.json, verified,
+    records a detector); an export refuses to re-write the manifest over a changed file."""
+    import shutil
+
+    from imgclf.export import onnx
+    from imgclf.predict import Predictor
+
+    gone = tmp_path / "gone"
+    shutil.copytree(digit_run, gone)
+    (gone / runs.OOD).unlink()
+    manifest = runs.read_json(gone / runs.MANIFEST)
+    del manifest["files"][runs.OOD]
+    (gone / runs.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(runs.IntegrityError, match="records an OOD detector"):
+        Predictor.from_path(gone)
+
+    edited = tmp_path / "edited"
+    shutil.copytree(digit_run, edited)
+    metrics = runs.read_json(edited / runs.METRICS)
+    del metrics["ood"]
+    (edited / runs.METRICS).write_text(json.dumps(metrics))
+    before = (edited / runs.MANIFEST).read_bytes()
+    with pytest.raises(runs.IntegrityError, match=runs.METRICS):
+        onnx.export_run(edited)
+    assert (edited / runs.MANIFEST).read_bytes() == before  # nothing re-blessed

@@ -20,6 +20,9 @@ PARITY_TOLERANCE = 1e-4  # max |p_export - p_keras| over the checked images
 PARITY_MAX_IMAGES = 1000
 PARITY_MIN_AGREEMENT = 0.999  # top-1 labels; below 1.0 only so an exact tie cannot fail it
 OOD_TOLERANCE = 1e-3  # max |Δ ood_score| as a fraction of the threshold
+# What an export writes or rewrites in a run: everything else must match the manifest first.
+EXPORT_FILES = (runs.SAVED_MODEL, runs.TFLITE, runs.TFLITE_INT8, runs.ONNX, runs.EXPORTS,
+                runs.MODEL_CARD)  # fmt: skip
 ACCURACY_KEYS = ("test_accuracy", "keras_test_accuracy", "accuracy_drop")
 
 
@@ -76,7 +79,7 @@ def ood_parity(exported: np.ndarray, model: Any, stats: Any, images: np.ndarray)
 
 def require_ood_parity(what: str, figures: dict[str, Any], not_written: str) -> None:
     """Raise ExportError if an export's OOD score or flag disagrees with the run's."""
-    if figures["max_rel_score_diff"] > OOD_TOLERANCE or figures["flag_disagreements"]:
+    if not figures["max_rel_score_diff"] <= OOD_TOLERANCE or figures["flag_disagreements"]:
         raise ExportError(
             f"{what}: the OOD score disagrees with the run's detector: max |Δscore| = "
             f"{figures['max_rel_score_diff']:.1e} of the threshold (tolerance {OOD_TOLERANCE:.0e}"
@@ -87,7 +90,8 @@ def require_ood_parity(what: str, figures: dict[str, Any], not_written: str) -> 
 def require_parity(what: str, parity: dict[str, Any], not_written: str) -> None:
     """Raise ExportError with the figures if a float export is outside the thresholds."""
     diff, agree = parity["max_abs_diff"], parity["top1_agreement"]
-    if diff > PARITY_TOLERANCE or agree < PARITY_MIN_AGREEMENT:
+    # Written as "not within" so that a NaN (which compares False) fails too.
+    if not (diff <= PARITY_TOLERANCE and agree >= PARITY_MIN_AGREEMENT):
         raise ExportError(
             f"{what} disagrees with model.keras: max |Δp| = {diff:.2e} (tolerance "
             f"{PARITY_TOLERANCE:.0e}), top-1 agreement {agree:.2%} on {parity['n_images']} "
@@ -101,6 +105,10 @@ def record_export(run_dir: str | Path, key: str, record: dict[str, Any]) -> None
     from imgclf.model_card import refresh_export_section
 
     run_dir = Path(run_dir)
+    # The manifest is re-written below: everything else must still be what it lists, or the
+    # re-write would bless a file changed since (IntegrityError, nothing recorded).
+    path = str(record.get("path", ""))
+    runs.verify_all(run_dir, runs.EXPORTS, runs.MODEL_CARD, *([path] if path else []))
     exports_path = run_dir / runs.EXPORTS
     exports = runs.read_json(exports_path) if exports_path.is_file() else {}
     exports[key] = record
@@ -150,6 +158,8 @@ def load_for_export(run_dir: str | Path) -> tuple[Any, np.ndarray, np.ndarray | 
     if not (runs.is_run_dir(run_dir) or runs.in_run(run_dir)):
         raise UserError(f"{run_dir} is not a run directory (no {runs.MODEL} and {runs.LABELS})")
     model = load_run_model(run_dir)
+    # Before any work: the files an export does not replace must be what the manifest lists.
+    runs.verify_all(run_dir, *EXPORT_FILES)
     _, height, width, channels = model.input_shape
     images, labels = check_split(run_dir, (height, width), channels)
     return model, images, labels

@@ -390,6 +390,9 @@ def export_run(
     from imgclf.models.saving import load_run_model
 
     model = load_run_model(run_dir)  # checked against manifest.json, safe mode
+    from imgclf.export.parity import EXPORT_FILES
+
+    runs.verify_all(run_dir, *EXPORT_FILES)  # the rest of the run is what training wrote
     class_names = runs.read_labels(run_dir)
     _, height, width, channels = model.input_shape
     check_labels = None

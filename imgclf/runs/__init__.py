@@ -29,7 +29,7 @@ from imgclf.runs.history import (
     write_history,
 )
 from imgclf.runs.layout import check_new_run_dir, is_run_dir, new_run_dir, point_latest
-from imgclf.runs.manifest import IntegrityError, verify_manifest, write_manifest
+from imgclf.runs.manifest import IntegrityError, verify_all, verify_manifest, write_manifest
 from imgclf.runs.names import *  # noqa: F403  (the file names: runs.MODEL, runs.METRICS, ...)
 from imgclf.runs.names import __all__ as _NAMES
 from imgclf.runs.reader import Run
@@ -81,6 +81,7 @@ __all__ = [
     "resume_command",
     "set_state",
     "tree_size",
+    "verify_all",
     "verify_manifest",
     "write_bytes",
     "write_history",

@@ -77,11 +77,39 @@ def verify_manifest(run_dir: str | Path, *names: str) -> None:
                 "refusing to load. Remove it, or re-export the run"
             )
         for rel, entry in listed.items():
-            path = run_dir / rel
-            if not path.is_file():
-                raise IntegrityError(f"{path} is missing (listed in {MANIFEST}); refusing to load")
-            if path.stat().st_size != entry.get("size") or sha256_file(path) != entry.get("sha256"):
-                raise IntegrityError(
-                    f"{path} does not match its SHA-256 in {MANIFEST} (modified after "
-                    "training); refusing to load it. Restore the file, or re-train or re-export"
-                )
+            _check_file(run_dir / rel, entry)
+
+
+def _check_file(path: Path, entry: dict) -> None:
+    """One listed file against its manifest entry (IntegrityError naming it and the fix)."""
+    if not path.is_file():
+        what = "not a file" if path.exists() else "missing"
+        raise IntegrityError(
+            f"{path} is {what} (listed in {MANIFEST}); refusing to load. Restore it, or "
+            "re-train the run"
+        )
+    try:
+        same = path.stat().st_size == entry.get("size") and sha256_file(path) == entry.get("sha256")
+    except OSError as exc:  # unreadable (permissions, I/O): cannot be verified, so not trusted
+        raise IntegrityError(
+            f"{path} cannot be read ({exc.strerror or exc}); refusing to load. Fix its "
+            "permissions or restore it"
+        ) from None
+    if not same:
+        raise IntegrityError(
+            f"{path} does not match its SHA-256 in {MANIFEST} (modified after "
+            "training); refusing to load it. Restore the file, or re-train or re-export"
+        )
+
+
+def verify_all(run_dir: str | Path, *replaced: str) -> None:
+    """Check every file the manifest lists, except `replaced` (what an export is about to
+    write: re-writing the manifest must never bless a file changed since it was written).
+
+    Raises IntegrityError like `verify_manifest`."""
+    run_dir = Path(run_dir)
+    verify_manifest(run_dir)  # the manifest itself exists and parses
+    files = read_json(run_dir / MANIFEST)["files"]
+    for rel, entry in files.items():
+        if not any(rel == name or rel.startswith(f"{name}/") for name in replaced):
+            _check_file(run_dir / rel, entry)

@@ -22,6 +22,11 @@ def _calibration(cal: dict | None) -> None:
     if "skipped" in cal:
         st.caption(f"Not calibrated: {cal['skipped']}.")
         return
+    needed = ("temperature", "before", "after", "n_val", "n_test", "binning")
+    missing = [k for k in needed if k not in cal]
+    if missing:
+        st.warning(f"{runs.METRICS}: the calibration section lacks {', '.join(missing)}; re-train.")
+        return
     table = pd.DataFrame(
         [
             {"probabilities": name, **{m: cal[key][m] for m in ("ece", "nll", "brier")}}
@@ -47,6 +52,12 @@ def _ood(ood: dict | None) -> None:
         return
     if "skipped" in ood:
         st.caption(f"No detector: {ood['skipped']}.")
+        return
+    keys = ("threshold", "quantile", "val_false_alarm_rate", "test_false_alarm_rate", "method",
+            "feature_dim", "fitted_on")  # fmt: skip
+    missing = [k for k in keys if k not in ood]
+    if missing:
+        st.warning(f"{runs.METRICS}: the ood section lacks {', '.join(missing)}; re-train.")
         return
     cols = st.columns(3)
     cols[0].metric("Threshold", f"{ood['threshold']:.2f}")
