@@ -194,4 +194,28 @@ def finish_run(
             + (f"; SavedModel parity max |Δp| {parity['max_abs_diff']:.1e}" if parity else ""),
             flush=True,
         )
+        summary = confidence_summary(metrics)
+        if summary:
+            print(summary, flush=True)
     return metrics
+
+
+def confidence_summary(metrics: dict[str, Any]) -> str:
+    """One line on the calibration and the OOD detector of a run ("" when it has neither)."""
+    parts = []
+    cal = metrics.get("calibration") or {}
+    if "temperature" in cal:
+        parts.append(
+            f"calibration: T = {cal['temperature']:.3f}, test ECE {cal['before']['ece']:.4f} → "
+            f"{cal['after']['ece']:.4f}"
+        )
+    ood = metrics.get("ood") or {}
+    if "threshold" in ood:
+        parts.append(
+            f"OOD threshold {ood['threshold']:.2f} (false alarms: "
+            f"{ood['test_false_alarm_rate']:.1%} of test images)"
+        )
+    for name, section in (("calibration", cal), ("OOD", ood)):
+        if "skipped" in section:
+            parts.append(f"{name} skipped: {section['skipped']}")
+    return "; ".join(parts)

@@ -395,3 +395,13 @@ def test_the_detector_cannot_be_removed_and_exports_never_bless_a_changed_file(
     with pytest.raises(runs.IntegrityError, match=runs.METRICS):
         onnx.export_run(edited)
     assert (edited / runs.MANIFEST).read_bytes() == before  # nothing re-blessed
+
+
+def test_training_ends_with_a_calibration_and_ood_line(digit_run: Path):
+    from imgclf.finish import confidence_summary
+
+    metrics = runs.read_json(digit_run / runs.METRICS)
+    line = confidence_summary(metrics)
+    assert f"T = {metrics['calibration']['temperature']:.3f}" in line
+    assert f"OOD threshold {metrics['ood']['threshold']:.2f}" in line
+    assert confidence_summary({"calibration": None, "ood": None}) == ""
