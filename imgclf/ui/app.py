@@ -103,6 +103,10 @@ def main() -> None:
                 st.session_state["run"] = str(entries[0].path)
             labels = {path: e.label for path, e in choices.items()}
             st.selectbox("Run", list(choices), format_func=labels.__getitem__, key="run")
+            # The box cuts a long label off; the whole of it stays readable here.
+            shown = choices.get(st.session_state.get("run", ""))
+            if shown is not None:
+                st.caption(f"Selected: {shown.label}")
             unfinished = len(listed) - len(entries)
             note = f"; {unfinished} not complete (⚠)" if unfinished else ""
             st.caption(f"{len(entries)} run(s), newest first{note}; built-in classifiers last")

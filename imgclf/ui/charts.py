@@ -140,10 +140,17 @@ def topk_chart(labels: Sequence[str], probabilities: Sequence[float]) -> alt.Cha
         .mark_bar()
         .encode(
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("label:N", sort=None, title=None),
+            # A fixed step per bar and no overlap pruning: with a total height, Vega squeezed
+            # three bars into ~20 px and dropped the labels that overlapped (2 of 3 shown).
+            y=alt.Y(
+                "label:N",
+                sort=None,
+                title=None,
+                axis=alt.Axis(labelOverlap=False, labelLimit=240),
+            ),
             tooltip=["label", alt.Tooltip("probability:Q", format=".4f")],
         )
-        .properties(height=28 * len(frame) + 20)
+        .properties(height=alt.Step(24))
     )
 
 
