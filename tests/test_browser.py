@@ -65,6 +65,23 @@ def server(app_runs: Path, tmp_path: Path):
         log.close()
 
 
+def _hue(color: str) -> float:
+    """The hue (0..1) of a "#rrggbb" or "rgb(r, g, b)" colour."""
+    import colorsys
+    import re
+
+    if color.startswith("#"):
+        r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    else:
+        r, g, b = (int(v) for v in re.findall(r"\d+", color)[:3])
+    return colorsys.rgb_to_hls(r / 255, g / 255, b / 255)[0]
+
+
+def _hue_gap(a: float, b: float) -> float:
+    """Distance between two hues on the colour circle (0..0.5)."""
+    return min(abs(a - b), 1 - abs(a - b))
+
+
 def _settled(page) -> None:
     """Wait until the script run is over: no running indicator, no stale (greyed) elements left
     from the previous page."""
@@ -122,6 +139,15 @@ def test_upload_in_a_real_browser_shows_the_label(server: str, app_runs: Path, t
                 )
                 _settled(page)
                 expect(page.get_by_text("This app has encountered an error")).to_have_count(0)
+                if name == "Compare":  # two runs: two distinct colours, names in full
+                    legend = page.get_by_test_id("stVegaLiteChart").first
+                    symbols = legend.locator(".role-legend-symbol path")
+                    expect(symbols.first).to_be_attached(timeout=30_000)
+                    fills = [symbols.nth(i).get_attribute("fill") for i in range(symbols.count())]
+                    hues = [_hue(f) for f in fills]
+                    assert len(hues) == 2 and _hue_gap(*hues) > 0.1, fills  # not two blues
+                    names = set(legend.locator(".role-legend-label text").all_text_contents())
+                    assert names == {e.name for e in catalog.list_runs(app_runs)[:2]}, names
                 page.screenshot(path=tmp_path / f"{name.lower().replace(' ', '-')}.png")
         finally:
             browser.close()

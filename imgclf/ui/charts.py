@@ -15,6 +15,12 @@ from imgclf.runs import HistoryRow, phase_starts
 EPOCH = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
 
 
+# Categorical palettes for series that are different things (runs, splits, layers): distinct
+# hues, not shades of one colour. category10 for up to 10 series, tableau20 for layer lists.
+CATEGORICAL = alt.Scale(scheme="category10")
+MANY_CATEGORIES = alt.Scale(scheme="tableau20")
+
+
 def history_frame(history: Sequence[HistoryRow]) -> pd.DataFrame:
     """history.csv rows as a DataFrame with an integer `epoch` column."""
     frame = pd.DataFrame(list(history))
@@ -48,7 +54,7 @@ def metric_chart(history: Sequence[HistoryRow], metric: str) -> alt.Chart:
         .encode(
             x=EPOCH,
             y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
-            color=alt.Color("split:N", title=None),
+            color=alt.Color("split:N", title=None, scale=CATEGORICAL),
             tooltip=["epoch", "split", alt.Tooltip("value:Q", title=metric, format=".4f")],
         )
     )
@@ -95,7 +101,7 @@ def layer_lines(frame: pd.DataFrame, title: str, log: bool = False) -> alt.Chart
         .encode(
             x=EPOCH,
             y=y,
-            color=alt.Color("layer:N", sort=None),
+            color=alt.Color("layer:N", sort=None, scale=MANY_CATEGORIES),
             tooltip=["epoch", "layer", alt.Tooltip("value:Q", format=".4g")],
         )
         .properties(title=title, height=260)
@@ -169,7 +175,13 @@ def overlay_chart(curves: dict[str, Sequence[HistoryRow]], metric: str) -> alt.C
         .encode(
             x=EPOCH,
             y=alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False)),
-            color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=1)),
+            # Distinct hues (the app theme's default drew two runs in two blues), and run
+            # names in full: labelLimit 0 lifts Vega's truncation of long legend labels.
+            color=alt.Color(
+                "run:N",
+                scale=CATEGORICAL,
+                legend=alt.Legend(orient="bottom", columns=1, labelLimit=0),
+            ),
             tooltip=["run", "epoch", alt.Tooltip(f"{metric}:Q", format=".4f")],
         )
         .properties(title=metric, height=300)
