@@ -13,19 +13,27 @@ from imgclf.ui import charts
 from imgclf.ui.catalog import RunEntry
 
 
+def _usable(section: dict | None, key: str, absent: str, switch: str, needed: tuple) -> bool:
+    """True when metrics.json's `key` section can be shown; else one caption or warning says
+    why (switched off, skipped with its reason, or incomplete)."""
+    if not section:
+        st.caption(f"{absent} ({switch}: false, or trained before imgclf had it).")
+        return False
+    if "skipped" in section:
+        st.caption(f"{absent}: {section['skipped']}.")
+        return False
+    missing = [k for k in needed if k not in section]
+    if missing:
+        st.warning(f"{runs.METRICS}: the {key} section lacks {', '.join(missing)}; re-train.")
+        return False
+    return True
+
+
 def _calibration(cal: dict | None) -> None:
     """ECE/NLL/Brier before and after temperature scaling, and the reliability diagram."""
     st.subheader("Calibration")
-    if not cal:
-        st.caption("Not calibrated (train.calibrate: false, or trained before imgclf had it).")
-        return
-    if "skipped" in cal:
-        st.caption(f"Not calibrated: {cal['skipped']}.")
-        return
     needed = ("temperature", "before", "after", "n_val", "n_test", "binning")
-    missing = [k for k in needed if k not in cal]
-    if missing:
-        st.warning(f"{runs.METRICS}: the calibration section lacks {', '.join(missing)}; re-train.")
+    if not _usable(cal, "calibration", "Not calibrated", "train.calibrate", needed):
         return
     table = pd.DataFrame(
         [
@@ -47,17 +55,9 @@ def _calibration(cal: dict | None) -> None:
 def _ood(ood: dict | None) -> None:
     """The out-of-distribution detector: threshold and how often in-distribution images trip it."""
     st.subheader("Out-of-distribution warning")
-    if not ood:
-        st.caption("No detector (train.ood: false, or trained before imgclf had it).")
-        return
-    if "skipped" in ood:
-        st.caption(f"No detector: {ood['skipped']}.")
-        return
     keys = ("threshold", "quantile", "val_false_alarm_rate", "test_false_alarm_rate", "method",
             "feature_dim", "fitted_on")  # fmt: skip
-    missing = [k for k in keys if k not in ood]
-    if missing:
-        st.warning(f"{runs.METRICS}: the ood section lacks {', '.join(missing)}; re-train.")
+    if not _usable(ood, "ood", "No detector", "train.ood", keys):
         return
     cols = st.columns(3)
     cols[0].metric("Threshold", f"{ood['threshold']:.2f}")
