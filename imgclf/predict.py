@@ -239,11 +239,12 @@ class Predictor:
         ]
 
     def decode_files(
-        self, sources: Iterable[str | Path | bytes]
+        self, sources: Iterable[str | Path | bytes], names: Sequence[str] | None = None
     ) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
-        """Decode files (or encoded bytes) at the model's size and channels.
+        """Decode files (or encoded bytes) at the model's size and channels; `names` (one per
+        source) are reported instead of the sources (encoded bytes are otherwise `<bytes>`).
 
-        Returns (names, uint8 images [N, H, W, C], [(source, reason)] for those that failed).
+        Returns (names, uint8 images [N, H, W, C], [(name, reason)] for those that failed).
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -255,12 +256,14 @@ class Predictor:
             except ImageError as exc:
                 return exc.reason
 
-        names, arrays, failures = [], [], []
         sources = list(sources)
+        shown = list(names) if names is not None else [
+            "<bytes>" if isinstance(src, bytes) else str(src) for src in sources
+        ]  # fmt: skip
+        names, arrays, failures = [], [], []
         # Pillow releases the GIL while decoding: threads use every core.
         with ThreadPoolExecutor(max_workers=workers()) as pool:
-            for src, result in zip(sources, pool.map(decode, sources), strict=True):
-                name = "<bytes>" if isinstance(src, bytes) else str(src)
+            for name, result in zip(shown, pool.map(decode, sources), strict=True):
                 if isinstance(result, str):
                     failures.append((name, result))
                 else:

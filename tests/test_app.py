@@ -79,7 +79,7 @@ def test_uploads_are_classified_and_a_bad_one_is_named(monkeypatch, app_runs: Pa
     run = Path(at.sidebar.selectbox(key="run").value)
     labels = runs.read_labels(run)
     good = _png(run)
-    at.file_uploader(key="uploads").set_value(
+    at.file_uploader[0].set_value(
         [("good.png", good, "image/png"), ("garbage.png", b"not an image at all", "image/png")]
     ).run()
     assert not at.exception
@@ -102,7 +102,7 @@ def test_invert_switch_classifies_the_negative(monkeypatch, app_runs: Path):
     negative = io.BytesIO()
     Image.fromarray(255 - pixels).save(negative, "PNG")
     at.toggle(key="invert").set_value(True).run()
-    at.file_uploader(key="uploads").set_value([("neg.png", negative.getvalue(), "image/png")]).run()
+    at.file_uploader[0].set_value([("neg.png", negative.getvalue(), "image/png")]).run()
     table = at.dataframe[0].value
     expected, _ = Predictor.from_path(run).predict_files([_png(run)])
     assert table["label"].iloc[0] == expected[0].label  # inverted back: the original's label
@@ -113,7 +113,7 @@ def test_gradcam_overlay_renders_for_a_conv_model(monkeypatch, app_runs: Path):
     cnn = next(e for e in catalog.list_runs(app_runs) if e.family == "cnn")
     at.sidebar.selectbox(key="run").set_value(str(cnn.path)).run()
     at.toggle(key="gradcam").set_value(True).run()
-    at.file_uploader(key="uploads").set_value([("a.png", _png(cnn.path), "image/png")]).run()
+    at.file_uploader[0].set_value([("a.png", _png(cnn.path), "image/png")]).run()
     assert not at.exception
     captions = [str(n.proto) for n in _walk(at.main) if getattr(n, "type", "") == "image"]
     assert any('caption: "Grad-CAM (' in c for c in captions), captions
@@ -199,7 +199,7 @@ def test_a_camera_photo_is_classified(monkeypatch, app_runs: Path):
     photo = io.BytesIO()
     Image.open(io.BytesIO(_png(run))).convert("RGB").save(photo, "JPEG", quality=95)
     at.toggle(key="use_camera").set_value(True).run()
-    at.camera_input(key="camera").set_value(("photo.jpg", photo.getvalue(), "image/jpeg")).run()
+    at.camera_input[0].set_value(("photo.jpg", photo.getvalue(), "image/jpeg")).run()
     assert not at.exception
     table = at.dataframe[0].value
     expected, _ = Predictor.from_path(run).predict_files([photo.getvalue()])
@@ -254,9 +254,75 @@ def test_the_builtin_imagenet_classifier_names_a_real_photo(monkeypatch, tmp_pat
     assert at.sidebar.selectbox(key="run").value == str(builtin[0].path)
     photo = io.BytesIO()
     Image.fromarray(data.coffee()).save(photo, "JPEG")
-    at.file_uploader(key="uploads").set_value([("coffee.jpg", photo.getvalue(), "image/jpeg")])
+    at.file_uploader[0].set_value([("coffee.jpg", photo.getvalue(), "image/jpeg")])
     at.run()
     assert not at.exception
     assert at.dataframe[0].value["label"].iloc[0] == "espresso"
     at.sidebar.radio(key="page").set_value("Evaluation").run()
     assert not at.exception and "built in" in at.info[0].value
+
+
+def test_uploads_are_kept_per_run_across_pages_until_cleared(monkeypatch, app_runs: Path):
+    at = _app(monkeypatch, app_runs)
+    first, second = (str(e.path) for e in catalog.list_runs(app_runs)[:2])
+    at.sidebar.selectbox(key="run").set_value(first).run()
+    at.file_uploader[0].set_value([("one.png", _png(Path(first)), "image/png")]).run()
+    at.file_uploader[0].set_value([("two.png", _png(Path(first)), "image/png")]).run()
+    assert list(at.dataframe[0].value["image"]) == ["one.png", "two.png"]  # added, not replaced
+    at.sidebar.radio(key="page").set_value("Model").run()
+    at.sidebar.radio(key="page").set_value("Classify").run()
+    assert list(at.dataframe[0].value["image"]) == ["one.png", "two.png"]  # still there
+    at.sidebar.selectbox(key="run").set_value(second).run()  # another run: its own uploads
+    assert not at.dataframe and "Upload one or more images" in at.info[0].value
+    at.sidebar.selectbox(key="run").set_value(first).run()
+    assert len(at.dataframe[0].value) == 2
+    at.button(key="clear_images").click().run()
+    assert not at.dataframe and not at.exception
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def test_a_zip_is_classified_in_one_go_like_the_command_line(monkeypatch, app_runs: Path):
+    from imgclf.predict import Predictor
+    from imgclf.ui import batch_view
+
+    at = _app(monkeypatch, app_runs)
+    run = Path(at.sidebar.selectbox(key="run").value)
+    samples = sorted((run / runs.SAMPLES).glob("*.png"))
+    members = {f"set/{p.name}": p.read_bytes() for p in samples}
+    members |= {"set/bad.png": b"not an image", "readme.txt": b"hi", "__MACOSX/._x.png": b"x"}
+    at.file_uploader[1].set_value([("batch.zip", _zip(members), "application/zip")]).run()
+    at.button(key="batch_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value  # the only table: no uploads
+    expected, _ = Predictor.from_path(run).predict_files(samples, k=3)
+    assert list(table["image"]) == [f"set/{p.name}" for p in samples]
+    assert list(table["label"]) == [p.label for p in expected]
+    assert [e.value for e in at.error] == ["set/bad.png: not an image"]
+    summary = next(m.value for m in at.markdown if "images classified" in m.value)
+    assert f"**{len(samples)}**" in summary and "2 file(s) left out" in summary
+    result = at.session_state[f"_batch::{run}"]
+    csv_text = batch_view._download(result, "csv", ood=True).splitlines()
+    assert csv_text[0] == "image,rank,label,probability,ood_score,ood"
+    assert len(csv_text) == 1 + len(samples) * 3  # one row per rank, as imgclf-predict writes
+
+
+def test_a_folder_that_does_not_exist_is_one_line(monkeypatch, app_runs: Path, tmp_path: Path):
+    from imgclf.ui import batch_view
+
+    at = _app(monkeypatch, app_runs)
+    at.radio(key="batch_from").set_value(batch_view.FOLDER).run()
+    at.text_input(key="batch_folder").set_value(str(tmp_path / "nope")).run()
+    at.button(key="batch_go").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        f"{tmp_path / 'nope'}: no such folder on this machine (the app's server)"
+    ]

@@ -329,7 +329,7 @@ def test_the_app_shows_the_badge_whatever_the_probability(monkeypatch, digit_run
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
     at.run()
     sample = sorted((digit_run / runs.SAMPLES).glob("*.png"))[0]
-    at.file_uploader(key="uploads").set_value(
+    at.file_uploader[0].set_value(
         [
             ("photo.jpg", photo.read_bytes(), "image/jpeg"),
             ("digit.png", sample.read_bytes(), "image/png"),

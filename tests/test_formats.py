@@ -282,7 +282,7 @@ def test_the_app_classifies_every_format_and_names_only_the_bad_upload(
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
     at.run()
     uploads = [(s.name, s.data, "application/octet-stream") for s in samples]
-    at.file_uploader(key="uploads").set_value([*uploads, ("zz-bad.png", BAD, "image/png")]).run()
+    at.file_uploader[0].set_value([*uploads, ("zz-bad.png", BAD, "image/png")]).run()
     assert not at.exception
     assert [e.value for e in at.error] == ["zz-bad.png: truncated or corrupt image"]
     table = at.dataframe[0].value

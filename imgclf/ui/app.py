@@ -1,27 +1,44 @@
 """The app's shell: the sidebar (runs root, run list, page choice), the first-start offer to
-train the default model, and routing to the page modules."""
+train the default model, and routing to the page modules.
+
+The page's title is drawn first and the page modules are imported only when shown (pandas,
+Altair and, through the model, TensorFlow take seconds to import), so a first visit paints at
+once and each page says what it is loading."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
-from imgclf.ui import catalog, classify, compare_view, curves, evaluation, model_view, train_view
-from imgclf.ui.state import training_job
+from imgclf.ui import catalog
 
+# Page -> (module under imgclf.ui with a `render(entry, entries, root)`, title)
 PAGES = {
-    "Classify": classify.render,
-    "Training curves": curves.render,
-    "Evaluation": evaluation.render,
-    "Compare": compare_view.render,
-    "Model": model_view.render,
-    "Train": train_view.render,
+    "Classify": ("classify", "Classify"),
+    "Training curves": ("curves", "Training curves"),
+    "Evaluation": ("evaluation", "Evaluation"),
+    "Compare": ("compare_view", "Compare runs"),
+    "Model": ("model_view", "Model"),
+    "Train": ("train_view", "Train"),
 }
+
+
+def _page(name: str) -> Any:
+    """The page's render function (its module imported on first use)."""
+    return importlib.import_module(f"imgclf.ui.{PAGES[name][0]}").render
+
+
+def _train_view() -> Any:
+    return importlib.import_module("imgclf.ui.train_view")
 
 
 def _select_finished_job(entries: list[catalog.RunEntry]) -> None:
     """Once per finished job, make its run the selected one (before the selectbox exists)."""
+    from imgclf.ui.state import training_job
+
     state = training_job(catalog.runs_root()).snapshot()
     if state.status != "done" or not state.run_dir:
         return
@@ -38,14 +55,13 @@ def _empty_state(
 ) -> None:
     """No complete run yet: say so (and what the unfinished ones need), offer to train the
     default model from here, and offer the built-in ImageNet classifier when it is installed."""
-    st.title("imgclf")
     st.info(
         f"No trained runs in `{root}` yet. Train the default model (a small CNN on 5,000 real "
         "MNIST digits, about 1½ minutes on a 2-core CPU), or run `imgclf-train` in a terminal."
     )
     for entry in unfinished:
         st.warning(entry.refusal())
-    train_view.default_offer(root)
+    _train_view().default_offer(root)
     for entry in builtins:
         st.button(
             f"Try the built-in {entry.name} ({entry.family})",
@@ -62,7 +78,6 @@ def _choose_builtin(path: str) -> None:
 
 def _builtin_page(entry: catalog.RunEntry, page: str) -> None:
     """A page other than Classify for a built-in classifier: nothing to show, say why."""
-    st.title(page)
     st.info(
         f"{entry.name} ({entry.family}) is built in: it was trained on ImageNet elsewhere, so "
         "it has no training history, test metrics or run files here. Use the Classify page with "
@@ -86,6 +101,9 @@ def _run_problem(entry: catalog.RunEntry, exc: Exception) -> None:
 def main() -> None:
     """Render the app once (Streamlit re-runs this on every interaction)."""
     st.set_page_config(page_title="imgclf", page_icon="🔢", layout="wide")
+    if st.session_state.get("page") not in PAGES:
+        st.session_state["page"] = next(iter(PAGES))
+    st.title(PAGES[st.session_state["page"]][1])  # painted before anything slow
     root = catalog.runs_root()
     listed = catalog.list_runs(root)
     entries = [e for e in listed if e.complete]  # what pages may load and compare
@@ -113,26 +131,25 @@ def main() -> None:
     selected = choices.get(st.session_state.get("run", ""))
     if selected is not None and not selected.builtin and not selected.complete:
         if page == "Train":
-            train_view.render(None, entries, root)
+            _train_view().render(None, entries, root)
         else:
-            st.title(page)
             st.warning(selected.refusal())
         return
     if selected is not None and selected.builtin:
         if page == "Classify":
-            PAGES[page](selected, entries, root)
+            _page(page)(selected, entries, root)
         elif page == "Train":
-            train_view.render(None, entries, root)
+            _train_view().render(None, entries, root)
         else:
             _builtin_page(selected, page)
         return
     if not entries:
         if page == "Train":
-            train_view.render(None, entries, root)
+            _train_view().render(None, entries, root)
         else:
             _empty_state(root, builtins, [e for e in listed if not e.complete])
         return
     try:
-        PAGES[page](selected, entries, root)
+        _page(page)(selected, entries, root)
     except Exception as exc:
         _run_problem(selected, exc)

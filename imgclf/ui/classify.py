@@ -1,5 +1,12 @@
 """Classify page: upload images (or take a photo) and see each one's top-k, latency and,
-for conv models, a Grad-CAM overlay; a results table with a CSV download."""
+for conv models, a Grad-CAM overlay; a results table with a CSV download; a folder or zip
+classified in one go (ui/batch_view.py).
+
+The uploads are kept per run in the session (a plain key, not the uploader's own state, which
+Streamlit drops while another page is shown) until **Clear images**: each upload is moved into
+the kept list and the uploader is given a fresh key, so it always reads "add images". The page
+paints its title, controls and uploader before the model loads (TensorFlow's import alone takes
+seconds on a first visit) and says that it is loading."""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from imgclf import runs
 from imgclf.errors import UserError
 from imgclf.formats import FORMATS, UPLOAD_TYPES
 from imgclf.images import ImageError, thumbnail
@@ -43,20 +51,47 @@ def _unique_names(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     return out
 
 
-def _files(use_camera: bool) -> list[tuple[str, bytes]]:
-    """The uploads (and the camera photo), named uniquely."""
-    uploads = st.file_uploader(
+def _kept_key(run: Path) -> str:
+    return f"_kept::{run}"
+
+
+def kept_images(run: Path) -> list[tuple[str, bytes]]:
+    """The images uploaded for `run` in this session, in upload order (kept across pages)."""
+    return st.session_state.setdefault(_kept_key(run), [])
+
+
+def _take(run: Path, key: str, nonce_key: str, name: str | None = None) -> None:
+    """on_change of the uploader or camera: move what it holds into the kept list and give it
+    a fresh key (an empty widget), so a page switch cannot lose it."""
+    value = st.session_state.get(key)
+    items = value if isinstance(value, list) else [value] if value is not None else []
+    kept = kept_images(run)
+    for item in items:
+        kept.append((name or item.name, item.getvalue()))
+    st.session_state[nonce_key] = st.session_state.get(nonce_key, 0) + 1
+
+
+def _clear(run: Path) -> None:
+    st.session_state[_kept_key(run)] = []
+
+
+def _inputs(run: Path, use_camera: bool) -> None:
+    """The uploader (and the camera); what they receive goes to the kept list."""
+    nonce_key = f"_uploads_nonce::{run}"
+    key = f"uploads::{run}::{st.session_state.get(nonce_key, 0)}"
+    st.file_uploader(
         f"Images ({', '.join(f.name for f in FORMATS)})",
         type=UPLOAD_TYPES,
         accept_multiple_files=True,
-        key="uploads",
+        key=key,
+        on_change=_take,
+        args=(run, key, nonce_key),
     )
-    files = [(u.name, u.getvalue()) for u in uploads or []]
     if use_camera:
-        photo = st.camera_input("Take a photo", key="camera")
-        if photo is not None:
-            files.append(("camera.jpg", photo.getvalue()))
-    return _unique_names(files)  # two "IMG_0001.jpg" from different folders stay apart
+        camera_nonce = f"_camera_nonce::{run}"
+        camera = f"camera::{run}::{st.session_state.get(camera_nonce, 0)}"
+        st.camera_input("Take a photo", key=camera, on_change=_take,
+                        args=(run, camera, camera_nonce, "camera.jpg"))  # fmt: skip
 
 
 def _row(result: Classified) -> dict[str, object]:
@@ -130,30 +165,48 @@ def _results_table(rows: list[dict[str, object]], name: str) -> None:
     )
 
 
+def _classes(entry: RunEntry) -> int | None:
+    """The run's number of classes from labels.json, without loading the model."""
+    if entry.builtin:
+        return None
+    try:
+        return len(runs.read_labels(entry.path))
+    except (OSError, ValueError):
+        return None
+
+
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
-    """The Classify page for the selected run."""
-    st.title("Classify")
-    predictor = predictor_for(entry.path)
-    classes = len(predictor.class_names)
-    h, w = predictor.image_size
-    st.caption(
-        f"`{entry.name}`: {classes} classes, input {h}×{w}, "
-        f"{'grey' if predictor.channels == 1 else 'RGB'}; images are stretched to that size."
-    )
-    layer, no_cam = _gradcam_layer(predictor)
+    """The Classify page for the selected run (the caller has drawn the title)."""
+    classes = _classes(entry)
     c1, c2, c3, c4 = st.columns(4)
-    k = c1.number_input("Top-k", 1, min(10, classes), min(3, classes), key="topk")
+    k = c1.number_input("Top-k", 1, min(10, classes or 10), min(3, classes or 10), key="topk")
     invert = c2.toggle(
         "Invert colours",
         key="invert",
         help="For models trained on light-on-dark digits (MNIST): photos of dark ink on white "
         "paper need inverting.",
     )
-    cam = c3.toggle("Grad-CAM overlay", key="gradcam", disabled=layer is None, help=no_cam)
-    files = _files(c4.toggle("Use the camera", key="use_camera"))
+    cam_slot = c3.empty()
+    _inputs(entry.path, c4.toggle("Use the camera", key="use_camera"))
+    files = _unique_names(kept_images(entry.path))  # two "IMG_0001.jpg" stay apart
+    with st.spinner("Loading the model… (on a first visit TensorFlow starts: several seconds)"):
+        predictor = predictor_for(entry.path)
+    h, w = predictor.image_size
+    st.caption(
+        f"`{entry.name}`: {len(predictor.class_names)} classes, input {h}×{w}, "
+        f"{'grey' if predictor.channels == 1 else 'RGB'}; images are stretched to that size."
+    )
+    layer, no_cam = _gradcam_layer(predictor)
+    cam = cam_slot.toggle("Grad-CAM overlay", key="gradcam", disabled=layer is None, help=no_cam)
+    from imgclf.ui import batch_view
+
+    batch_view.render(entry, predictor, int(k), invert)
     if not files:
         st.info("Upload one or more images to classify them.")
         return
+    st.button(
+        f"Clear images ({len(files)})", key="clear_images", on_click=_clear, args=(entry.path,)
+    )
     results, failures = classify_named(predictor, files, int(k), invert)
     for name, reason in failures:
         st.error(f"{name}: {reason}")

@@ -16,7 +16,6 @@ from imgclf.ui.catalog import RunEntry
 
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     """The Compare page: the selected run and the next newest are picked to start with."""
-    st.title("Compare runs")
     if len(entries) < 2:
         st.info("Compare needs at least two runs; train another one (Train page).")
         return

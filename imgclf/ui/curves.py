@@ -24,7 +24,6 @@ def show_history(history: list[runs.HistoryRow], key: str) -> None:
 
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     """The Training curves page for the selected run."""
-    st.title("Training curves")
     run = runs.Run(entry.path)
     history = run.history
     if not history:

@@ -74,7 +74,6 @@ def _ood(ood: dict | None) -> None:
 
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     """The Evaluation page for the selected run."""
-    st.title("Evaluation")
     run = runs.Run(entry.path)
     metrics = run.metrics
     if not metrics or "test" not in metrics:

@@ -35,7 +35,6 @@ def _layers(model) -> pd.DataFrame:
 
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     """The Model page for the selected run."""
-    st.title("Model")
     predictor = predictor_for(entry.path)
     card, layers, exports_tab = st.tabs(["Model card", "Layers", "Exports"])
     card_path = entry.path / runs.MODEL_CARD

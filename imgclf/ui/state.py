@@ -14,7 +14,7 @@ from imgclf.predict import Predictor, classify_named
 from imgclf.ui.jobs import TrainingJob
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+@st.cache_resource(max_entries=4, show_spinner=False)  # the page shows its own
 def _predictor(path: str, stamp: float) -> Predictor:
     # `stamp` (the manifest's time) makes a re-exported or re-trained run load afresh.
     predictor = Predictor.from_path(path)  # traced and warmed up once, here

@@ -84,7 +84,6 @@ def recipes() -> dict[str, Path | None]:
 
 def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
     """The Train page (also reachable before any run exists)."""
-    st.title("Train")
     files = recipes()
     labels = list(files)
     # Kept under a plain key: a widget's own state is dropped while its page is not shown.

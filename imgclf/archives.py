@@ -1,0 +1,108 @@
+"""Zip archives of images, as the app receives them (a folder zipped for batch classification,
+or class folders zipped for the dataset builder): which members are images, under what names,
+read with the same limits as a file on disk. Reading is `zipfile` (the standard library).
+
+A member is listed when its extension is an image extension (`formats.is_image_name`, as a
+folder is listed); hidden names, macOS's `__MACOSX/` resource forks and folders are left out
+and counted. A member larger than `images.MAX_FILE_BYTES` once decompressed, an encrypted one or
+one whose data is corrupt is reported with its reason, and the others are still read. A zip may
+hold at most `MAX_MEMBERS` images and `MAX_TOTAL_BYTES` of them (a zip bomb is refused before
+anything is decompressed).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from imgclf.errors import UserError
+from imgclf.formats import is_image_name
+from imgclf.images import MAX_FILE_BYTES
+
+MAX_MEMBERS = 100_000
+MAX_TOTAL_BYTES = 8 * 2**30  # decompressed, all images together
+
+
+@dataclass
+class ZipListing:
+    """What a zip holds: image members (name inside the zip, normalised to `a/b.png`), members
+    left out (not images), and (member, reason) for images that cannot be read."""
+
+    images: list[str] = field(default_factory=list)
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _clean(name: str) -> PurePosixPath | None:
+    """The member's path without a leading `/` or `..` parts; None for hidden or macOS files."""
+    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("/", "", ".")]
+    if not parts or ".." in parts or parts[0] == "__MACOSX":
+        return None
+    if any(p.startswith(".") for p in parts):
+        return None
+    return PurePosixPath(*parts)
+
+
+def open_zip(data: bytes, name: str = "upload.zip") -> zipfile.ZipFile:
+    """The archive in `data`; UserError (one line) when it is not a readable zip."""
+    try:
+        return zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"{name}: not a readable zip file ({exc}); zip the folder again") from None
+
+
+def list_images(archive: zipfile.ZipFile, name: str = "upload.zip") -> ZipListing:
+    """The image members of `archive`, in name order (see the module's docstring). Raises
+    UserError when the archive holds more than MAX_MEMBERS images or MAX_TOTAL_BYTES."""
+    listing = ZipListing()
+    total = 0
+    for info in sorted(archive.infolist(), key=lambda i: i.filename):
+        if info.is_dir():
+            continue
+        clean = _clean(info.filename)
+        if clean is None or not is_image_name(clean.name):
+            listing.skipped += 1
+            continue
+        if info.flag_bits & 0x1:
+            listing.failures.append((str(clean), "encrypted zip member"))
+            continue
+        if info.file_size > MAX_FILE_BYTES:
+            limit = MAX_FILE_BYTES // 2**20
+            listing.failures.append((str(clean), f"file larger than {limit} MB"))
+            continue
+        total += info.file_size
+        listing.images.append(info.filename)
+    if len(listing.images) > MAX_MEMBERS or total > MAX_TOTAL_BYTES:
+        raise UserError(
+            f"{name}: {len(listing.images)} images, {total / 2**30:.1f} GB decompressed; at most "
+            f"{MAX_MEMBERS} images and {MAX_TOTAL_BYTES // 2**30} GB per zip: split it"
+        )
+    return listing
+
+
+def read_member(archive: zipfile.ZipFile, member: str) -> bytes | str:
+    """The member's bytes (at most MAX_FILE_BYTES are decompressed), or the reason it cannot be
+    read."""
+    try:
+        with archive.open(member) as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, EOFError) as exc:
+        return f"unreadable zip member ({exc})"
+    if len(data) > MAX_FILE_BYTES:  # the header lied about its size
+        return f"file larger than {MAX_FILE_BYTES // 2**20} MB"
+    return data
+
+
+def member_name(member: str) -> str:
+    """The name shown for a member: its cleaned path inside the zip."""
+    clean = _clean(member)
+    return str(clean) if clean is not None else member
+
+
+def iter_images(archive: zipfile.ZipFile, listing: ZipListing) -> Iterator[tuple[str, bytes | str]]:
+    """(shown name, bytes or the reason they cannot be read) for each listed image."""
+    for member in listing.images:
+        yield member_name(member), read_member(archive, member)
