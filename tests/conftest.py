@@ -119,3 +119,17 @@ def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
     assert len(state.rows) == state.max_epochs == 2 and state.stage == "evaluating and exporting"
     assert Path(state.run_dir).parent == root
     return root
+
+
+@pytest.fixture(scope="session")
+def augmented_runs(folder_dataset: Path, tmp_path_factory) -> Path:
+    """A runs root with one tiny run trained with augmentation on (flip and rotation; the
+    other fixture runs train without it): the Data page's augmentation preview."""
+    from imgclf.config import load_config
+    from imgclf.train import train
+
+    root = tmp_path_factory.mktemp("augmented") / "runs"
+    overrides = ["name=tiny-aug", "augment.flip=horizontal", "augment.rotation=0.1"]
+    config = load_config(None, [*tiny_overrides(folder_dataset), *overrides, "train.epochs=1"])
+    train(config, out=root / "tiny-aug", verbose=0)
+    return root
