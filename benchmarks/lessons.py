@@ -20,6 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from imgclf import lessons
 from imgclf.config import load_config
 from imgclf.train import train
 
@@ -29,17 +30,7 @@ LESSONS = Path(__file__).resolve().parents[1] / "configs" / "lessons"
 def gradient_ratio(run: Path) -> float | None:
     """grad-norm(last hidden kernel) / grad-norm(first hidden kernel) at epoch 0."""
     path = run / "diagnostics.json"
-    if not path.is_file():
-        return None
-    diag = json.loads(path.read_text())
-    hidden = [name for name in diag["layers"] if name != "probabilities"]
-    first_epoch = diag["epochs"][0]["grad_norm"]
-    if len(hidden) < 2 or not first_epoch:
-        return None
-    first, last = first_epoch.get(hidden[0]), first_epoch.get(hidden[-1])
-    if not first or not last:
-        return float("inf") if last else None
-    return last / first
+    return lessons.gradient_ratio(json.loads(path.read_text())) if path.is_file() else None
 
 
 def measure(name: str, root: Path) -> dict:

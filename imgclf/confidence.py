@@ -71,7 +71,8 @@ def fit_confidence(model: keras.Model, splits: Splits, config: Config) -> Confid
     and measure both on test. Does not change the model: `calibration.fold_temperature` does.
 
     Without a readable validation (or test) image neither can be fitted: both sections say
-    `skipped` and why; so does the OOD section for features wider than ood.MAX_FEATURE_DIM."""
+    `skipped` and why; so does the OOD section for features wider than ood.MAX_FEATURE_DIM, and
+    for features so uniform that the float32 score is round-off (`ood.FLOAT32_LIMIT`)."""
     want_cal, want_ood = config.train.calibrate, config.train.ood
     if not (want_cal or want_ood):
         return Confidence(None, None, None, {})
@@ -101,6 +102,14 @@ def fit_confidence(model: keras.Model, splits: Splits, config: Config) -> Confid
     stats = ood.fit(train_f, train_y, len(splits.class_names))
     val_scores = stats.score(val_f)
     stats = ood.with_threshold(stats, val_scores, quantile)
+    error = stats.float32_error(np.concatenate([val_f, test_f]))
+    if not error <= ood.FLOAT32_LIMIT:  # NaN too
+        why = (
+            f"the features barely vary between images (float32 round-off is {error:.1e} of the "
+            "threshold): the model has not learned to tell images apart, so a detector would "
+            "flag images at random"
+        )
+        return Confidence(cal, {"skipped": why}, None, {})
     test_scores = stats.score(test_f)
     section = ood.report(stats, quantile, val_scores, test_scores, len(train_y))
     return Confidence(cal, section, stats, {"val": val_scores, "test": test_scores})

@@ -67,6 +67,19 @@ class OODStats:
         d2 = (z**2).sum(1)[:, None] - 2 * z @ self.centres.T + (self.centres**2).sum(1)[None]
         return np.sqrt(np.maximum(d2, 0.0)).min(axis=1)
 
+    def float32_error(self, features: np.ndarray) -> float:
+        """The largest difference between the score computed in float32 (as the model's
+        MahalanobisScore layer and every export compute it) and in float64, over `features`
+        [N, D], as a fraction of the threshold. Large when the features barely vary (a model
+        that has learned nothing): the whitening then scales round-off up to the score's size."""
+        f = np.asarray(features, np.float64).reshape(len(features), -1)
+        w, shift, centres = (a.astype(np.float32) for a in (self.whiten, self.shift, self.centres))
+        z = f.astype(np.float32) @ w - shift
+        d2 = (z * z).sum(1)[:, None] - 2 * z @ centres.T + (centres * centres).sum(1)[None]
+        s32 = np.sqrt(np.maximum(d2.min(axis=1), 0.0)).astype(np.float64)
+        err = np.abs(s32 - self.score(f)).max() if len(f) else 0.0
+        return float(err / abs(self.threshold)) if self.threshold else float("inf")
+
     def save(self, path: Path) -> None:
         """Write the .npz atomically (plain arrays, no pickle)."""
         from imgclf import runs
@@ -93,6 +106,12 @@ class OODStats:
         ):
             raise ValueError("the arrays' shapes do not fit together, or hold NaN/inf")
         return stats
+
+
+# A detector whose float32 score is further than this (a fraction of its threshold) from the
+# float64 one is not kept: the exports' parity check allows 1e-3, and a score that is mostly
+# round-off would flag images at random.
+FLOAT32_LIMIT = 1e-4
 
 
 def fit(features: np.ndarray, labels: np.ndarray, num_classes: int) -> OODStats:

@@ -18,7 +18,16 @@ from imgclf.ui import catalog
 from imgclf.ui.jobs import JobBusy, TrainingJob
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = ("Classify", "Training curves", "Evaluation", "Compare", "Model", "Train")
+PAGES = (
+    "Classify",
+    "Data",
+    "Training curves",
+    "Evaluation",
+    "Compare",
+    "Lessons",
+    "Model",
+    "Train",
+)
 
 
 def _app(monkeypatch, root: Path) -> AppTest:

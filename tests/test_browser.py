@@ -10,7 +10,7 @@ from browser_kit import browser_page, go_to, hue, hue_gap, serve, settled
 
 from imgclf import runs
 
-PAGES = ("Training curves", "Evaluation", "Compare", "Model", "Train")
+PAGES = ("Data", "Training curves", "Evaluation", "Compare", "Lessons", "Model", "Train")
 
 
 @pytest.fixture
@@ -80,3 +80,52 @@ def test_upload_in_a_real_browser_shows_the_label(server: str, app_runs: Path, t
         expect(page.get_by_text(" · p = ")).to_have_count(0)
         expect(page.get_by_text("Upload one or more images")).to_be_visible()
     assert len(list(tmp_path.glob("*.png"))) == 4 + len(PAGES)
+
+
+@pytest.mark.slow
+def test_lessons_page_trains_a_pair_and_overlays_it(tmp_path: Path):
+    """From an empty runs folder: the Activations lesson's two recipes are queued by one button,
+    trained one at a time, and shown side by side with the gradient ratio the lesson is about."""
+    from playwright.sync_api import expect
+
+    from imgclf import lessons
+
+    lesson = next(item for item in lessons.lessons() if item.key == "activations")
+    stems = [r.stem for r in lesson.recipes]
+    with serve(tmp_path / "runs", tmp_path) as url, browser_page(height=1400) as page:
+        page.goto(url)
+        go_to(page, "Lessons")
+        expect(page.get_by_text(lesson.recipes[0].explanation[:40]).first).to_be_visible()
+        page.screenshot(path=tmp_path / "lessons-untrained.png")
+        epochs = page.get_by_label("Epochs", exact=True)
+        epochs.fill("2")  # a quick look: the gradient ratio is measured at initialisation
+        epochs.press("Enter")
+        settled(page)
+        page.get_by_role("button", name="Train the missing runs").click()
+        expect(page.get_by_text("Queued next:")).to_be_visible(timeout=60_000)
+        page.screenshot(path=tmp_path / "lessons-queued.png")
+        table = page.get_by_test_id("stTable").nth(1)  # the runs' table, once both exist
+        expect(table).to_be_visible(timeout=600_000)
+        settled(page)
+        legend = page.get_by_test_id("stVegaLiteChart").first.locator(".role-legend-label text")
+        expect(legend.first).to_be_attached(timeout=30_000)
+        assert set(legend.all_text_contents()) == set(stems)  # the pair, overlaid
+        rows = {}
+        for row in table.locator("tbody tr").all():
+            cells = row.locator("th, td").all_inner_texts()
+            rows[cells[0]] = cells
+        assert set(rows) == set(stems)
+        header = table.locator("thead th").all_inner_texts()
+        col = next(i for i, h in enumerate(header) if h.startswith("grad ratio"))
+        ratio = {s: float(rows[s][col].rstrip("×").replace(",", "")) for s in stems}
+        # What the lesson shows: sigmoid's gradient vanishes towards the input, ReLU + He's not.
+        assert ratio["activations_sigmoid"] > 1000 > 10 > ratio["activations_relu"], ratio
+        page.screenshot(path=tmp_path / "lessons-overlay.png", full_page=True)
+    trained = {runs.read_config(e.path)["name"] for e in _complete(tmp_path / "runs")}
+    assert trained == {r.run_name for r in lesson.recipes}
+
+
+def _complete(root: Path):
+    from imgclf.ui import catalog
+
+    return [e for e in catalog.list_runs(root) if e.complete]

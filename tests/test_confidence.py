@@ -405,3 +405,19 @@ def test_training_ends_with_a_calibration_and_ood_line(digit_run: Path):
     assert f"T = {metrics['calibration']['temperature']:.3f}" in line
     assert f"OOD threshold {metrics['ood']['threshold']:.2f}" in line
     assert confidence_summary({"calibration": None, "ood": None}) == ""
+
+
+def test_a_detector_that_would_be_float32_round_off_is_not_kept():
+    """A model that learned nothing (a saturated sigmoid net) gives nearly constant features;
+    whitening them scales float32 round-off up to the size of the score itself."""
+    from imgclf import ood
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    healthy = rng.normal(size=(600, 8)) + labels[:, None] * 3.0
+    stuck = 0.5 + 1e-9 * rng.normal(size=(600, 8))  # the same vector for every image
+    for features, small in ((healthy, True), (stuck, False)):
+        stats = ood.fit(features[:400], labels[:400], 3)
+        stats = ood.with_threshold(stats, stats.score(features[400:500]), 0.95)
+        error = stats.float32_error(features[500:])
+        assert (error <= ood.FLOAT32_LIMIT) is small, error

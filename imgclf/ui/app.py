@@ -18,12 +18,18 @@ from imgclf.ui import catalog
 # Page -> (module under imgclf.ui with a `render(entry, entries, root)`, title)
 PAGES = {
     "Classify": ("classify", "Classify"),
+    "Data": ("data_view", "Data"),
     "Training curves": ("curves", "Training curves"),
     "Evaluation": ("evaluation", "Evaluation"),
     "Compare": ("compare_view", "Compare runs"),
+    "Lessons": ("lessons_view", "Lessons"),
     "Model": ("model_view", "Model"),
     "Train": ("train_view", "Train"),
 }
+
+
+# Pages that work without a selected run: they make runs, or read data before training.
+RUNLESS = ("Data", "Train", "Lessons")
 
 
 def _page(name: str) -> Any:
@@ -129,25 +135,21 @@ def main() -> None:
             note = f"; {unfinished} not complete (⚠)" if unfinished else ""
             st.caption(f"{len(entries)} run(s), newest first{note}; built-in classifiers last")
     selected = choices.get(st.session_state.get("run", ""))
+    if page in RUNLESS:  # given the selected run only if it is complete and not built in
+        usable = selected if selected is not None and selected.complete else None
+        _page(page)(usable if usable is None or not usable.builtin else None, entries, root)
+        return
     if selected is not None and not selected.builtin and not selected.complete:
-        if page == "Train":
-            _train_view().render(None, entries, root)
-        else:
-            st.warning(selected.refusal())
+        st.warning(selected.refusal())
         return
     if selected is not None and selected.builtin:
         if page == "Classify":
             _page(page)(selected, entries, root)
-        elif page == "Train":
-            _train_view().render(None, entries, root)
         else:
             _builtin_page(selected, page)
         return
     if not entries:
-        if page == "Train":
-            _train_view().render(None, entries, root)
-        else:
-            _empty_state(root, builtins, [e for e in listed if not e.complete])
+        _empty_state(root, builtins, [e for e in listed if not e.complete])
         return
     try:
         _page(page)(selected, entries, root)

@@ -228,3 +228,29 @@ def reliability_chart(calibration: dict[str, Any]) -> alt.Chart:
     return (diagonal + lines + points).properties(
         width=360, height=360, title="Reliability (test set)"
     )
+
+
+def gradient_profile_chart(profiles: dict[str, Sequence[tuple[str, float]]]) -> alt.Chart:
+    """Gradient norm of every kernel layer at initialisation (log scale), input side first, one
+    line per run: a vanishing gradient is a line falling towards the input."""
+    rows = [
+        {"run": run, "depth": n + 1, "layer": layer, "grad_norm": norm}
+        for run, profile in profiles.items()
+        for n, (layer, norm) in enumerate(profile)
+    ]
+    frame = pd.DataFrame(rows, columns=["run", "depth", "layer", "grad_norm"])
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("depth:Q", title="layer (1 = next to the input)", axis=alt.Axis(tickMinStep=1)),
+            y=alt.Y("grad_norm:Q", scale=alt.Scale(type="log"), title="gradient norm at init"),
+            color=alt.Color(
+                "run:N",
+                scale=CATEGORICAL,
+                legend=alt.Legend(orient="bottom", columns=1, labelLimit=0),
+            ),
+            tooltip=["run", "layer", alt.Tooltip("grad_norm:Q", format=".3g")],
+        )
+        .properties(title="gradient norm per layer at initialisation", height=300)
+    )

@@ -273,10 +273,14 @@ def _what_training_sees(listing: data_info.Listing, report: Any, config: Any) ->
     st.table(files.rename_axis("class"))
 
 
-def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
-    """The Data page: the selected run's data, or a folder or CSV before training."""
+def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
+    """The Data page: the selected run's data, or a folder or CSV before training (also
+    reachable with no complete run selected: `entry` None)."""
     source = st.radio("Source", SOURCES, horizontal=True, key="data_source")
     if source == SOURCES[0]:
+        if entry is None:
+            st.info("No complete trained run is selected: choose the folder or CSV source.")
+            return
         _selected_run(entry)
     else:
         _before_training()

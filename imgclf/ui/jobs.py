@@ -8,6 +8,12 @@ back. The page follows the child through the run directory (history.csv is rewri
 epoch) and through a small job file, `<runs root>/.jobs/job.json`, so the job survives page
 switches, browser reloads and a restart of the app. **Cancel** terminates the child's process
 group; the run directory is left as it was, without a manifest (an interrupted run).
+
+Jobs can also be queued (`enqueue`: the Lessons page trains a pair or triple this way): the
+configs wait in `<runs root>/.jobs/queue.json` and start one at a time, in order, each as soon as
+the one before has ended (done, failed or cancelled); a thread of the app server starts them, and
+`advance` (called by every page that shows the job) picks the queue up after a restart. Cancel
+stops the running job and empties the queue.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import runs
-from imgclf.config import dump_config
+from imgclf.config import dump_config, load_config
+from imgclf.errors import UserError
 from imgclf.processes import alive, identity
 
 JOBS = ".jobs"  # hidden: the run list skips it
 JOB_FILE = "job.json"
+QUEUE_FILE = "queue.json"
 CANCEL_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
 
 
@@ -92,6 +100,7 @@ class TrainingJob:
         self._lock = threading.RLock()
         self._held = False  # this object holds the file lock (under self._lock)
         self._procs: dict[int, subprocess.Popen] = {}  # children this server started
+        self._drainer: threading.Thread | None = None  # starts the queued jobs one by one
 
     @property
     def _file(self) -> Path:
@@ -211,10 +220,78 @@ class TrainingJob:
             started=time.time(),
         )
 
-    def cancel(self) -> JobState:
-        """Stop the running job (SIGTERM to its process group, SIGKILL after CANCEL_GRACE_S);
-        the run directory stays as it is, an interrupted run. Returns the final state."""
+    def _read_queue(self) -> list[dict[str, str]]:
+        try:
+            items = json.loads((self.root / JOBS / QUEUE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        return [i for i in items if isinstance(i, dict) and "config" in i and "name" in i]
+
+    def _write_queue(self, items: list[dict[str, str]]) -> None:
+        runs.write_json(self.root / JOBS / QUEUE_FILE, items)
+
+    def queued(self) -> list[str]:
+        """The names of the configs waiting to be trained, in order."""
+        return [item["name"] for item in self._read_queue()]
+
+    def enqueue(self, configs: list[Any]) -> list[str]:
+        """Queue validated Configs to train one after the other (after any running job);
+        returns the queue's names. Each config is saved under `.jobs/` at once."""
         with self._exclusive():
+            items = self._read_queue()
+            for config in configs:
+                path = self.root / JOBS / f"queued-{time.time_ns()}-{config.name}.yaml"
+                runs.write_text(path, dump_config(config))
+                items.append({"name": config.name, "config": str(path)})
+            self._write_queue(items)
+        self.advance()
+        with self._lock:
+            if self._drainer is None or not self._drainer.is_alive():
+                self._drainer = threading.Thread(target=self._drain, daemon=True)
+                self._drainer.start()
+        return self.queued()
+
+    def advance(self) -> JobState | None:
+        """Start the next queued config if no job runs; its state, or None. A queued config
+        that no longer loads is dropped, recorded as a failed job."""
+        with self._exclusive():
+            if self.running:
+                return None
+            items = self._read_queue()
+            while items:
+                item = items.pop(0)
+                self._write_queue(items)
+                path = Path(item["config"])
+                try:
+                    config = load_config(path)
+                except UserError as exc:
+                    failed = JobState(status="failed", name=item["name"], error=str(exc))
+                    failed.started = failed.finished = time.time()
+                    self._write(failed)
+                    continue
+                finally:
+                    path.unlink(missing_ok=True)
+                state = self._spawn(config)
+                self._write(state)
+                return state
+        return None
+
+    def _drain(self) -> None:
+        """The server's queue thread: wait for each job to end, then start the next."""
+        while True:
+            self.wait()
+            if not self._read_queue():
+                return
+            self.advance()  # None when another server of this folder started it first
+
+    def cancel(self) -> JobState:
+        """Stop the running job (SIGTERM to its process group, SIGKILL after CANCEL_GRACE_S) and
+        empty the queue; the run directory stays as it is, an interrupted run. Returns the final
+        state."""
+        with self._exclusive():
+            for item in self._read_queue():
+                Path(item["config"]).unlink(missing_ok=True)
+            self._write_queue([])
             state = self._read()
             if state.status != "running" or state.pid is None:
                 return state

@@ -39,13 +39,18 @@ def _cancel(root: Path) -> None:
 def live_progress(root: Path) -> None:
     """The current job's progress bar, curves and Cancel button, refreshed every second while it
     runs; when it ends, the whole app re-runs once so the new run is listed and selected."""
-    state = training_job(root).snapshot()
+    job = training_job(root)
+    job.advance()  # a queue left by a restarted server
+    state, queued = job.snapshot(), job.queued()
     if state.status == "idle":
         return
     if state.status == "running":
         epochs = f"epoch {len(state.rows)}/{state.max_epochs}" if state.max_epochs else ""
         st.progress(state.fraction, text=f"Training `{state.name}`: {state.stage} {epochs}")
-        st.button("Cancel", key="cancel_job", on_click=_cancel, args=(root,))
+        if queued:
+            st.caption("Queued next: " + ", ".join(f"`{name}`" for name in queued))
+        label = f"Cancel (and the {len(queued)} queued)" if queued else "Cancel"
+        st.button(label, key="cancel_job", on_click=_cancel, args=(root,))
         if state.rows:
             show_history(state.rows, "live")
         return
