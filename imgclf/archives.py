@@ -6,8 +6,9 @@ A member is listed when its extension is an image extension (`formats.is_image_n
 folder is listed); hidden names, macOS's `__MACOSX/` resource forks and folders are left out
 and counted. A member larger than `images.MAX_FILE_BYTES` once decompressed, an encrypted one or
 one whose data is corrupt is reported with its reason, and the others are still read. A zip may
-hold at most `MAX_MEMBERS` images and `MAX_TOTAL_BYTES` of them (a zip bomb is refused before
-anything is decompressed).
+hold at most `MAX_MEMBERS` images and `MAX_TOTAL_BYTES` of them, and a large member that
+decompresses more than `MAX_RATIO` times is refused (a zip bomb is refused before anything is
+decompressed).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from imgclf.formats import is_image_name
 from imgclf.images import MAX_FILE_BYTES
 
 MAX_MEMBERS = 100_000
-MAX_TOTAL_BYTES = 8 * 2**30  # decompressed, all images together
+MAX_TOTAL_BYTES = 2 * 2**30  # decompressed, all images together
+# A member over 10 MB that decompresses to more than 100x its stored size is refused: image
+# formats are compressed already (even BMP and TIFF rarely shrink 100x), a zip bomb is not.
+MAX_RATIO, RATIO_FROM = 100, 10 * 2**20
 
 
 @dataclass
@@ -72,6 +76,10 @@ def list_images(archive: zipfile.ZipFile, name: str = "upload.zip") -> ZipListin
         if info.file_size > MAX_FILE_BYTES:
             limit = MAX_FILE_BYTES // 2**20
             listing.failures.append((str(clean), f"file larger than {limit} MB"))
+            continue
+        if info.file_size > RATIO_FROM and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            ratio = info.file_size / max(info.compress_size, 1)
+            listing.failures.append((str(clean), f"decompresses {ratio:.0f}x: not an image"))
             continue
         total += info.file_size
         listing.images.append(info.filename)

@@ -71,10 +71,17 @@ def parse_header(text: str) -> tuple[str, dict[str, str]]:
     return explanation, fields
 
 
-def _recipe(path: Path) -> Recipe:
-    text = path.read_text(encoding="utf-8")
+def _recipe(path: Path) -> Recipe | None:
+    """The recipe of `path`, or None when it is not a readable YAML mapping (left out; the
+    Train page reports the file's problem when it is chosen as a recipe)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(values, dict):
+        return None
     explanation, fields = parse_header(text)
-    values = yaml.safe_load(text) or {}
     name = str(values.get("name") or path.stem)
     return Recipe(path.stem, path, name, explanation, fields.get("expected", ""),
                   fields.get("time", ""), fields.get("measured", ""))  # fmt: skip
@@ -88,10 +95,13 @@ def _group(stem: str) -> str:
 
 
 def lessons(folder: str | Path = LESSONS_DIR) -> list[Lesson]:
-    """Every lesson of `folder` (groups of 2 or more recipes), in title order."""
+    """Every lesson of `folder` (groups of 2 or more readable recipes), in title order; none
+    when the folder is missing (an installed wheel has no configs/)."""
     groups: dict[str, list[Recipe]] = {}
     for path in sorted(Path(folder).glob("*.yaml")):
-        groups.setdefault(_group(path.stem), []).append(_recipe(path))
+        recipe = _recipe(path)
+        if recipe is not None:
+            groups.setdefault(_group(path.stem), []).append(recipe)
     found = [
         Lesson(key, TITLES.get(key, key.replace("_", " ").capitalize()), recipes)
         for key, recipes in groups.items()

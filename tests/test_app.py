@@ -335,3 +335,33 @@ def test_a_folder_that_does_not_exist_is_one_line(monkeypatch, app_runs: Path, t
     assert [e.value for e in at.error] == [
         f"{tmp_path / 'nope'}: no such folder on this machine (the app's server)"
     ]
+
+
+def test_batch_names_stay_apart_and_an_empty_folder_field_is_refused(monkeypatch, app_runs: Path):
+    from imgclf.ui import batch_view
+
+    at = _app(monkeypatch, app_runs)
+    run = Path(at.sidebar.selectbox(key="run").value)
+    data = _png(run)
+    at.file_uploader[1].set_value([("d.zip", _zip({"/a.png": data, "a.png": data}), "x")]).run()
+    at.button(key="batch_go").click().run()
+    assert list(at.dataframe[0].value["image"]) == ["a.png", "a.png (2)"]
+    at.radio(key="batch_from").set_value(batch_view.FOLDER).run()
+    at.text_input(key="batch_folder").set_value("   ").run()
+    at.button(key="batch_go").click().run()
+    assert [e.value for e in at.error] == [
+        "(empty): no such folder on this machine (the app's server)"
+    ]
+    assert not at.dataframe  # the old result is not shown under the new error
+
+
+def test_kept_uploads_are_capped_with_a_line_saying_so(monkeypatch, app_runs: Path):
+    from imgclf.ui import classify
+
+    monkeypatch.setattr(classify, "MAX_KEPT", 2)
+    at = _app(monkeypatch, app_runs)
+    run = Path(at.sidebar.selectbox(key="run").value)
+    files = [(f"{n}.png", _png(run), "image/png") for n in range(3)]
+    at.file_uploader[0].set_value(files).run()
+    assert list(at.dataframe[0].value["image"]) == ["0.png", "1.png"]
+    assert at.warning[0].value.startswith("1 image(s) not added: the page keeps at most 2")

@@ -129,3 +129,66 @@ def _complete(root: Path):
     from imgclf.ui import catalog
 
     return [e for e in catalog.list_runs(root) if e.complete]
+
+
+@pytest.mark.slow
+def test_a_dataset_built_in_the_browser_lands_on_disk_and_trains(tmp_path: Path):
+    """Teachable-Machine style: classes made by name, images added by upload and by a zip,
+    saved as a folder dataset, then trained from the same page."""
+    import zipfile
+
+    import numpy as np
+    from conftest import make_image
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    rng = np.random.default_rng(0)
+    files = []
+    for cls in ("circle", "vstripes"):
+        for i in range(6):
+            path = tmp_path / "src" / cls / f"{cls} {i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(make_image(cls, rng)).save(path)
+            files.append(path)
+    with zipfile.ZipFile(tmp_path / "stripes.zip", "w") as zf:
+        for path in files[6:]:
+            zf.write(path, f"vstripes/{path.name}")
+    data = tmp_path / "data"
+    with serve(tmp_path / "runs", tmp_path, IMGCLF_DATA=str(data)) as url, browser_page() as page:
+        page.goto(url)
+        go_to(page, "Train")
+        name = page.get_by_label("Dataset name")
+        name.fill("web shapes")
+        name.press("Enter")
+        settled(page)
+        page.get_by_label("New class").fill("circle")  # the new class is the one added to
+        page.get_by_role("button", name="Add class").click()
+        settled(page)
+        uploader = page.get_by_test_id("stFileUploader").filter(has_text="Images for")
+        uploader.locator("input[type=file]").set_input_files([str(p) for p in files[:6]])
+        expect(page.get_by_text("Added 6 image(s).")).to_be_visible(timeout=60_000)
+        settled(page)
+        # The zip makes its own class (its folder).
+        zipped = page.get_by_test_id("stFileUploader").filter(has_text="zip of class folders")
+        zipped.locator("input[type=file]").set_input_files(str(tmp_path / "stripes.zip"))
+        expect(page.get_by_text("Added 6 image(s).")).to_be_visible(timeout=60_000)
+        settled(page)
+        page.screenshot(path=tmp_path / "builder.png", full_page=True)
+        root = data / "web_shapes"
+        on_disk = {d.name: sorted(p.name for p in d.iterdir()) for d in root.iterdir()}
+        assert on_disk == {
+            "circle": [f"circle_{i}.png" for i in range(6)],
+            "vstripes": [f"vstripes_{i}.png" for i in range(6)],
+        }  # one folder per class, names sanitised
+        page.get_by_role("button", name="Use this dataset in the form below").click()
+        settled(page)
+        epochs = page.get_by_label("Epochs", exact=True)
+        epochs.fill("1")
+        page.get_by_role("button", name="Start training").click()
+        done = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Trained web_shapes")
+        expect(done).to_be_visible(timeout=300_000)
+        page.screenshot(path=tmp_path / "builder-trained.png", full_page=True)
+    (run,) = _complete(tmp_path / "runs")
+    report = runs.read_json(run.path / runs.DATA_REPORT)
+    assert report["classes"] == ["circle", "vstripes"] and report["path"] == str(root)
+    assert sum(report["totals"].values()) == 12 and not report["skipped"]

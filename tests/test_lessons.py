@@ -3,6 +3,7 @@ time (`TrainingJob.enqueue`), and the app's Lessons page through AppTest."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,31 @@ def test_the_lessons_page_lists_missing_runs_and_offers_to_train(monkeypatch, ap
     table = at.table[0].value
     assert list(table.index) == [r.stem for r in first.recipes]
     assert list(table["measured"]) == [r.expected for r in first.recipes]
+
+
+def test_a_broken_queue_file_is_ignored_and_never_deletes_outside_jobs(tmp_path: Path):
+    from imgclf.ui.jobs import JOBS, QUEUE_FILE
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    job = TrainingJob(tmp_path / "runs")
+    queue = tmp_path / "runs" / JOBS / QUEUE_FILE
+    queue.parent.mkdir(parents=True)
+    outside = json.dumps([{"name": "x", "config": str(victim)}])
+    for content in ("null", "5", "{", outside, '[{"name": 3}]'):
+        queue.write_text(content)
+        assert job.queued() == [] and job.advance() is None
+        assert job.cancel().status == "idle"
+    assert victim.read_text() == "keep me"
+
+
+def test_unreadable_recipes_are_left_out_of_the_lessons(tmp_path: Path):
+    import shutil
+
+    for path in lessons.LESSONS_DIR.glob("activations_*.yaml"):
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "skip_on.yaml").write_text("model: [unclosed\n")  # broken YAML
+    (tmp_path / "skip_off.yaml").write_text("- a list\n")  # not a mapping
+    found = lessons.lessons(tmp_path)
+    assert [lesson.key for lesson in found] == ["activations"]
+    assert lessons.lessons(tmp_path / "missing") == []

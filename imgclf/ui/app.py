@@ -91,17 +91,27 @@ def _builtin_page(entry: catalog.RunEntry, page: str) -> None:
     )
 
 
-def _run_problem(entry: catalog.RunEntry, exc: Exception) -> None:
-    """One line naming the run and what is wrong with it (a tampered or unreadable file, a
-    refused model); the other runs stay usable. The traceback goes to the server's log."""
+def _first_line(exc: Exception) -> str:
+    """The exception's first line; a traceback goes to the server's log unless it is a
+    UserError (whose message is the whole story)."""
     from imgclf.errors import UserError
 
     if not isinstance(exc, UserError):
         import traceback
 
         traceback.print_exc()
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    st.error(f"`{entry.name}` cannot be shown: {text}")
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _run_problem(entry: catalog.RunEntry, exc: Exception) -> None:
+    """One line naming the run and what is wrong with it (a tampered or unreadable file, a
+    refused model); the other runs stay usable."""
+    st.error(f"`{entry.name}` cannot be shown: {_first_line(exc)}")
+
+
+def _page_problem(page: str, exc: Exception) -> None:
+    """One line for a page that needs no run (Data, Train, Lessons) when it fails."""
+    st.error(f"The {page} page failed: {_first_line(exc)}")
 
 
 def main() -> None:
@@ -137,7 +147,11 @@ def main() -> None:
     selected = choices.get(st.session_state.get("run", ""))
     if page in RUNLESS:  # given the selected run only if it is complete and not built in
         usable = selected if selected is not None and selected.complete else None
-        _page(page)(usable if usable is None or not usable.builtin else None, entries, root)
+        usable = usable if usable is None or not usable.builtin else None
+        try:
+            _page(page)(usable, entries, root)
+        except Exception as exc:
+            _page_problem(page, exc)
         return
     if selected is not None and not selected.builtin and not selected.complete:
         st.warning(selected.refusal())

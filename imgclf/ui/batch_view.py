@@ -18,6 +18,7 @@ from imgclf.models.names import PROBABILITIES
 from imgclf.ui.catalog import RunEntry
 
 CHUNK = 64  # images decoded and classified per step of the progress bar
+CHUNK_BYTES = 256 * 2**20  # and at most this much of a zip decompressed at a time
 SHOWN_FAILURES = 20  # listed one per line; the rest are counted (all are in the downloads' note)
 ZIP, FOLDER = "A zip of images", "A folder on this machine"
 
@@ -39,33 +40,60 @@ def _sources(kind: str, value: Any) -> tuple[str, list[tuple[str, Any]], BatchRe
     from imgclf.predictions import expand_inputs
 
     if kind == FOLDER:
-        folder = Path(str(value).strip()).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"{folder}: no such folder on this machine (the app's server)")
+        text = str(value).strip()
+        folder = Path(text).expanduser()
+        if not text or not folder.is_dir():
+            raise UserError(
+                f"{text or '(empty)'}: no such folder on this machine (the app's server)"
+            )
         files, missing, notes = expand_inputs([str(folder)])
+        if len(files) > archives.MAX_MEMBERS:
+            raise UserError(
+                f"{folder}: {len(files)} images, more than {archives.MAX_MEMBERS} at a time; "
+                f"pick a sub-folder, or use `imgclf-predict {folder}` (no limit)"
+            )
         result = BatchResult(str(folder), failures=list(missing))
         result.skipped = sum(int(text.split()[0]) for _, text in notes)
         return str(folder), [(str(p.relative_to(folder)), p) for p in files], result
     archive = archives.open_zip(value.getvalue(), value.name)
     listing = archives.list_images(archive, value.name)
     result = BatchResult(value.name, failures=list(listing.failures), skipped=listing.skipped)
-    return value.name, [(archives.member_name(m), (archive, m)) for m in listing.images], result
+    shown = _unique([archives.member_name(m) for m in listing.images])
+    return (
+        value.name,
+        [(name, (archive, m)) for name, m in zip(shown, listing.images, strict=True)],
+        result,
+    )
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Names made unique with " (2)", " (3)", ... (`/a.png` and `a.png` both show as a.png)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
 
 
 def _chunks(items: list[tuple[str, Any]]) -> Iterator[tuple[list[str], list[Any], list]]:
     """(names, sources for decode_files, failures) per CHUNK; zip members are read here."""
     from imgclf import archives
 
-    for start in range(0, len(items), CHUNK):
-        names, sources, failures = [], [], []
-        for name, src in items[start : start + CHUNK]:
-            if isinstance(src, tuple):
-                src = archives.read_member(*src)
-                if isinstance(src, str):
-                    failures.append((name, src))
-                    continue
-            names.append(name)
-            sources.append(src)
+    names, sources, failures, held = [], [], [], 0
+    for name, src in items:
+        if isinstance(src, tuple):
+            src = archives.read_member(*src)
+            if isinstance(src, str):
+                failures.append((name, src))
+                continue
+            held += len(src)
+        names.append(name)
+        sources.append(src)
+        if len(names) + len(failures) >= CHUNK or held >= CHUNK_BYTES:
+            yield names, sources, failures
+            names, sources, failures, held = [], [], [], 0
+    if names or failures:
         yield names, sources, failures
 
 
@@ -74,6 +102,10 @@ def classify_all(predictor: Any, kind: str, value: Any, k: int, invert: bool) ->
     folder or zip itself cannot be read."""
     label, items, result = _sources(kind, value)
     if not items:
+        if result.failures:  # say why (an encrypted member, an unreadable folder)
+            name, reason = result.failures[0]
+            more = f" (and {len(result.failures) - 1} more)" if len(result.failures) > 1 else ""
+            raise UserError(f"{label}: nothing could be classified: {name}: {reason}{more}")
         raise UserError(f"{label}: no image files found (extensions: see docs/formats.md)")
     bar = st.progress(0.0, text=f"Classifying {len(items)} images from {label}…")
     done = 0
@@ -132,12 +164,13 @@ def _show(result: BatchResult, entry: RunEntry, ood: bool) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True)
     stem = f"{entry.name}-batch-predictions"
     c1, c2 = st.columns(2)
+    # Callables: the files are written when a button is pressed, not on every rerun.
     c1.download_button(
-        "Download CSV (one row per rank)", _download(result, "csv", ood),
+        "Download CSV (one row per rank)", lambda: _download(result, "csv", ood),
         file_name=f"{stem}.csv", mime="text/csv", key="batch_csv",
     )  # fmt: skip
     c2.download_button(
-        "Download JSON", _download(result, "json", ood),
+        "Download JSON", lambda: _download(result, "json", ood),
         file_name=f"{stem}.json", mime="application/json", key="batch_json",
     )  # fmt: skip
 
@@ -157,6 +190,7 @@ def render(entry: RunEntry, predictor: Any, k: int, invert: bool) -> None:
                 key="batch_folder",
             )
         if st.button("Classify all", key="batch_go", disabled=not value, type="primary"):
+            st.session_state.pop(kept, None)  # never an old result under a new error
             try:
                 st.session_state[kept] = classify_all(predictor, kind, value, k, invert)
             except UserError as exc:

@@ -26,6 +26,8 @@ from imgclf.ui.catalog import RunEntry
 from imgclf.ui.state import predictor_for
 
 LOW_CONFIDENCE = 0.5  # top-1 probability under this gets a warning
+MAX_KEPT = 100  # images kept per run; more belong in "Classify a whole folder or a zip"
+MAX_KEPT_BYTES = 200 * 2**20
 OOD_BADGE = "Doesn't look like the training data"
 
 
@@ -66,13 +68,41 @@ def _take(run: Path, key: str, nonce_key: str, name: str | None = None) -> None:
     value = st.session_state.get(key)
     items = value if isinstance(value, list) else [value] if value is not None else []
     kept = kept_images(run)
+    held = sum(len(data) for _, data in kept)
+    left_out = 0
     for item in items:
-        kept.append((name or item.name, item.getvalue()))
+        data = item.getvalue()
+        if len(kept) >= MAX_KEPT or held + len(data) > MAX_KEPT_BYTES:
+            left_out += 1
+            continue
+        kept.append((name or item.name, data))
+        held += len(data)
+    st.session_state[f"_left_out::{run}"] = left_out
     st.session_state[nonce_key] = st.session_state.get(nonce_key, 0) + 1
 
 
 def _clear(run: Path) -> None:
     st.session_state[_kept_key(run)] = []
+    st.session_state.pop(f"_left_out::{run}", None)
+
+
+def _classify(run: Path, predictor, files: list[tuple[str, bytes]], k: int, invert: bool):
+    """`classify_named` of the kept images, each classified once per model, k and invert
+    (every widget change reruns the page; the kept images need not be classified again)."""
+    import hashlib
+
+    memo = st.session_state.setdefault(f"_classified::{run}", {})
+    results, failures = [], []
+    for name, data in files:
+        key = (id(predictor), name, hashlib.sha256(data).hexdigest(), k, invert)
+        if key not in memo:
+            done, failed = classify_named(predictor, [(name, data)], k, invert)
+            memo[key] = done[0] if done else failed[0]
+        outcome = memo[key]
+        (results if isinstance(outcome, Classified) else failures).append(outcome)
+    if len(memo) > 4 * MAX_KEPT:  # old settings' entries
+        st.session_state[f"_classified::{run}"] = {}
+    return results, failures
 
 
 def _inputs(run: Path, use_camera: bool) -> None:
@@ -207,7 +237,14 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     st.button(
         f"Clear images ({len(files)})", key="clear_images", on_click=_clear, args=(entry.path,)
     )
-    results, failures = classify_named(predictor, files, int(k), invert)
+    left_out = st.session_state.get(f"_left_out::{entry.path}", 0)
+    if left_out:
+        st.warning(
+            f"{left_out} image(s) not added: the page keeps at most {MAX_KEPT} images "
+            f'({MAX_KEPT_BYTES // 2**20} MB); classify more at once with "Classify a whole '
+            'folder or a zip" above, or clear these first.'
+        )
+    results, failures = _classify(entry.path, predictor, files, int(k), invert)
     for name, reason in failures:
         st.error(f"{name}: {reason}")
     if not results:

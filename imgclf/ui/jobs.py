@@ -220,12 +220,30 @@ class TrainingJob:
             started=time.time(),
         )
 
+    def _queued_file(self, value: object) -> Path | None:
+        """A queue entry's config file, only if it is one this job wrote (`.jobs/queued-*`)."""
+        if not isinstance(value, str) or not value:
+            return None
+        path = Path(value)
+        ours = path.parent == self.root / JOBS and path.name.startswith("queued-")
+        return path if ours and path.suffix == ".yaml" else None
+
     def _read_queue(self) -> list[dict[str, str]]:
+        """The queue's entries; anything else in queue.json (a hand edit, a broken file) is
+        dropped: never a path outside `.jobs/`, which the queue deletes once read."""
         try:
             items = json.loads((self.root / JOBS / QUEUE_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return []
-        return [i for i in items if isinstance(i, dict) and "config" in i and "name" in i]
+        if not isinstance(items, list):
+            return []
+        return [
+            {"name": i["name"], "config": i["config"]}
+            for i in items
+            if isinstance(i, dict)
+            and isinstance(i.get("name"), str)
+            and self._queued_file(i.get("config")) is not None
+        ]
 
     def _write_queue(self, items: list[dict[str, str]]) -> None:
         runs.write_json(self.root / JOBS / QUEUE_FILE, items)
@@ -239,7 +257,10 @@ class TrainingJob:
         returns the queue's names. Each config is saved under `.jobs/` at once."""
         with self._exclusive():
             items = self._read_queue()
+            waiting = {item["name"] for item in items}
             for config in configs:
+                if config.name in waiting:  # pressed twice: queued once
+                    continue
                 path = self.root / JOBS / f"queued-{time.time_ns()}-{config.name}.yaml"
                 runs.write_text(path, dump_config(config))
                 items.append({"name": config.name, "config": str(path)})
@@ -264,13 +285,14 @@ class TrainingJob:
                 path = Path(item["config"])
                 try:
                     config = load_config(path)
-                except UserError as exc:
+                except (UserError, OSError) as exc:
                     failed = JobState(status="failed", name=item["name"], error=str(exc))
                     failed.started = failed.finished = time.time()
                     self._write(failed)
                     continue
                 finally:
-                    path.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
                 state = self._spawn(config)
                 self._write(state)
                 return state
@@ -290,7 +312,8 @@ class TrainingJob:
         state."""
         with self._exclusive():
             for item in self._read_queue():
-                Path(item["config"]).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    Path(item["config"]).unlink(missing_ok=True)
             self._write_queue([])
             state = self._read()
             if state.status != "running" or state.pid is None:

@@ -81,14 +81,20 @@ def _train(lesson: lessons.Lesson, missing: list[lessons.Recipe], root: Path) ->
     """The button that queues the lesson's missing (or all) recipes."""
     job = training_job(root)
     recipes = missing or lesson.recipes
-    default = max(load_config(r.path).train.epochs for r in recipes)
+    try:
+        default = max(load_config(r.path).train.epochs for r in recipes)
+    except UserError as exc:  # a recipe edited into an invalid one
+        st.error(str(exc))
+        return
     epochs = st.number_input(
         "Epochs", 1, 1000, default, key=f"lesson_epochs::{lesson.key}",
         help="The recipes' own number gives the measured figures; fewer is a quick look (the "
         "gradient ratio is measured at initialisation, so it shows at once).",
     )  # fmt: skip
     what = "Train the missing runs" if missing else "Train the lesson again"
-    if st.button(f"{what} ({len(recipes)}, one at a time)", key="train_lesson", type="primary"):
+    busy = job.running or bool(job.queued())  # one lesson at a time: no double queue
+    label = f"{what} ({len(recipes)}, one at a time)"
+    if st.button(label, key="train_lesson", type="primary", disabled=busy):
         try:
             configs = [load_config(r.path, [f"train.epochs={int(epochs)}"]) for r in recipes]
             job.enqueue(configs)
@@ -101,6 +107,12 @@ def _train(lesson: lessons.Lesson, missing: list[lessons.Recipe], root: Path) ->
 def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
     """The Lessons page (also reachable before any run exists)."""
     all_lessons = lessons.lessons()
+    if not all_lessons:
+        st.info(
+            f"No lessons in `{lessons.LESSONS_DIR}`: they ship with the source checkout "
+            "(configs/lessons/); run the app from a clone of the repository."
+        )
+        return
     titles = [lesson.title for lesson in all_lessons]
     chosen = st.session_state.get("_lesson", titles[0])  # kept across page switches
     title = st.selectbox("Lesson", titles, index=titles.index(chosen) if chosen in titles else 0)

@@ -87,6 +87,19 @@ def recipes() -> dict[str, Path | None]:
     return found
 
 
+def _batch_size(base: Config, built: str | None) -> int:
+    """The recipe's batch size; for a dataset built in the browser, at most its training images
+    (a handful of photos per class would otherwise be refused by training)."""
+    size = base.train.batch_size if isinstance(base.train.batch_size, int) else 64
+    if not built:
+        return size
+    from imgclf.data.builder import DatasetBuilder
+
+    total = sum(DatasetBuilder(built).classes().values())
+    train_share = 1.0 - base.data.val_fraction - base.data.test_fraction
+    return max(1, min(size, int(total * train_share)))
+
+
 def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
     """The Train page (also reachable before any run exists)."""
     files = recipes()
@@ -100,23 +113,26 @@ def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
     except UserError as exc:
         st.error(f"{recipe}: {exc}")
         return
+    from imgclf.ui import builder_view
+
+    builder_view.render(base)
+    built = st.session_state.get(builder_view.USE)  # "Use this dataset": the form's data
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
-        name = c1.text_input("Run name", base.name)
-        source = c2.selectbox("Data source", SOURCES, index=SOURCES.index(base.data.source))
+        name = c1.text_input("Run name", Path(built).name if built else base.name)
+        data_source = "folder" if built else base.data.source
+        source = c2.selectbox("Data source", SOURCES, index=SOURCES.index(data_source))
         path = c3.text_input(
-            "Folder (for source folder)", base.data.path or "", help="one sub-folder per class"
-        )
+            "Folder (for source folder)", built or base.data.path or "",
+            help="one sub-folder per class",
+        )  # fmt: skip
         models = available_models()
         model = c1.selectbox("Model", models, index=models.index(base.model.name))
         epochs = c2.number_input("Epochs", 1, 1000, base.train.epochs)
         lr = c3.number_input(
             "Learning rate", 1e-6, 10.0, float(base.train.learning_rate), format="%.5f"
         )
-        batch = c1.number_input(
-            "Batch size", 1, 4096, base.train.batch_size if isinstance(base.train.batch_size, int)
-            else 64,
-        )  # fmt: skip
+        batch = c1.number_input("Batch size", 1, 4096, _batch_size(base, built))
         augment = c2.checkbox("Augmentation", base.augment.enabled)
         st.caption("Transfer phases (used when the model starts from trained weights)")
         t1, t2, _ = st.columns(3)

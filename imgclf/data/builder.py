@@ -1,0 +1,180 @@
+"""A folder dataset built from images a user adds one by one (the app's dataset builder, in the
+manner of Teachable Machine): `<data root>/<dataset>/<class>/<image>`, the layout
+`data.source: folder` trains on, so the command line trains the same data.
+
+Every name is sanitised (`sanitise`): class and dataset names keep letters, digits, `-`, `_`
+and `.` (whitespace and anything else become `_`), so a name is one safe path component; the
+split folder names (`train`, `val`, `test`, ...) are refused as class names, because the folder
+listing would read them as a split. Every image goes through `images.load_image` (the one
+decoder, with its size and pixel limits) before it is written, and is written atomically
+(`runs.write_bytes`: a crash never leaves half a file). An image whose bytes (SHA-256) are
+already anywhere in the dataset is skipped and reported with the copy it duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgclf.data.folder import NOT_CLASSES, SPLIT_FOLDERS
+from imgclf.errors import UserError
+from imgclf.formats import is_image_name, walk
+
+DATA_ENV = "IMGCLF_DATA"
+MAX_NAME = 64
+
+
+def data_root() -> Path:
+    """Where built datasets are saved: `$IMGCLF_DATA`, else `datasets/` (relative to the
+    working directory, like `runs/`)."""
+    return Path(os.environ.get(DATA_ENV) or "datasets")
+
+
+def sanitise(name: str, what: str = "class name") -> str:
+    """`name` as one safe folder name (see the module's docstring). Raises UserError when
+    nothing is left of it or it is a split folder's name."""
+    text = unicodedata.normalize("NFKC", str(name)).strip()
+    text = re.sub(r"[^\w.\-]+", "_", text).strip("._")[:MAX_NAME].strip("._")
+    if not text:
+        raise UserError(f"{what} {name!r}: use letters or digits")
+    if text.lower() in SPLIT_FOLDERS or text in NOT_CLASSES:
+        raise UserError(
+            f"{what} {text!r} is reserved (a train/val/test split folder): choose another name"
+        )
+    return text
+
+
+@dataclass(frozen=True)
+class Added:
+    """What became of one added image: status `added` (saved as `path`), `duplicate` (the same
+    bytes are already saved as `path`) or `refused` (with the decoder's `reason`)."""
+
+    source: str
+    status: str
+    path: str = ""
+    reason: str = ""
+
+
+class DatasetBuilder:
+    """Adds classes and images to the folder dataset at `root` (created on the first class)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._hashes: dict[str, str] | None = None  # SHA-256 -> path relative to root
+        self._listed = -1  # files the index was built from
+
+    def classes(self) -> dict[str, int]:
+        """Class name -> number of image files, in name order."""
+        if not self.root.is_dir():
+            return {}
+        return {
+            d.name: sum(1 for p in walk(d) if is_image_name(p))
+            for d in sorted(self.root.iterdir(), key=lambda d: d.name)
+            if d.is_dir() and not d.name.startswith(".") and d.name not in NOT_CLASSES
+        }
+
+    def add_class(self, name: str) -> str:
+        """Create the class folder (sanitised name; case-insensitively unique); returns the
+        name. An existing class of the same name is kept as it is."""
+        clean = sanitise(name)
+        for existing in self.classes():
+            if existing.lower() == clean.lower():
+                return existing
+        (self.root / clean).mkdir(parents=True, exist_ok=True)
+        return clean
+
+    def _index(self) -> dict[str, str]:
+        """The hashes of every image in the dataset (re-read when files changed under us)."""
+        files = [p for p in walk(self.root) if is_image_name(p)] if self.root.is_dir() else []
+        if self._hashes is None or len(files) != self._listed:
+            self._hashes = {}
+            for path in sorted(files):
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                self._hashes.setdefault(digest, path.relative_to(self.root).as_posix())
+            self._listed = len(files)
+        return self._hashes
+
+    def add(self, class_name: str, filename: str, data: bytes) -> Added:
+        """Check `data` with the decoder and save it in the class folder (created if needed)
+        under its sanitised file name; a different image of the same name gets its hash's first
+        8 hex digits appended. Raises UserError for a bad class name."""
+        from imgclf.images import ImageError, load_image
+        from imgclf.runs import write_bytes
+
+        cls = self.add_class(class_name)
+        digest = hashlib.sha256(data).hexdigest()
+        index = self._index()
+        if digest in index:
+            return Added(filename, "duplicate", index[digest])
+        try:
+            load_image(data, (8, 8), 3)  # the decoder's checks and limits, not just the header
+        except ImageError as exc:
+            return Added(filename, "refused", reason=exc.reason)
+        path = self.root / cls / _file_name(filename, digest, data)
+        if path.exists():  # the same name, other bytes (the same bytes were found above)
+            path = path.with_name(f"{path.stem}-{digest[:8]}{path.suffix}")
+        write_bytes(path, data)
+        index[digest] = path.relative_to(self.root).as_posix()
+        self._listed += 1
+        return Added(filename, "added", index[digest])
+
+    def add_zip(self, data: bytes, zip_name: str = "upload.zip") -> list[Added]:
+        """Add a zip of class folders (`cat/1.jpg`, or one top folder holding them:
+        `pets/cat/1.jpg`); images outside a class folder are refused. Raises UserError when
+        the zip cannot be read or is too large (`archives.list_images`)."""
+        from imgclf import archives
+
+        archive = archives.open_zip(data, zip_name)
+        listing = archives.list_images(archive, zip_name)
+        names = [archives.member_name(m) for m in listing.images]
+        parts = [n.split("/") for n in names]
+        strip = (
+            1
+            if parts and all(len(p) >= 3 for p in parts) and len({p[0] for p in parts}) == 1
+            else 0
+        )
+        results = [Added(name, "refused", reason=why) for name, why in listing.failures]
+        for member, name, part in zip(listing.images, names, parts, strict=True):
+            inner = part[strip:]
+            if len(inner) < 2:
+                results.append(Added(name, "refused", reason="not inside a class folder"))
+                continue
+            content = archives.read_member(archive, member)
+            if isinstance(content, str):
+                results.append(Added(name, "refused", reason=content))
+                continue
+            try:
+                results.append(self.add(inner[0], name, content))
+            except UserError as exc:
+                results.append(Added(name, "refused", reason=str(exc)))
+        return results
+
+
+def _detected_extension(data: bytes) -> str:
+    """The first extension of the format Pillow finds in `data` (a decoded image's)."""
+    import io
+
+    from PIL import Image
+
+    from imgclf.formats import FORMATS, register_plugins
+
+    register_plugins()
+    with Image.open(io.BytesIO(data)) as img:
+        found = img.format
+    return next((f.extensions[0] for f in FORMATS if found in f.pillow), ".png")
+
+
+def _file_name(filename: str, digest: str, data: bytes) -> str:
+    """A safe file name for an upload: its sanitised stem and lower-case image extension; a name
+    without an image extension gets the extension of the format found in its bytes, and an
+    empty stem the hash's first 12 hex digits."""
+    name = Path(unicodedata.normalize("NFKC", filename).replace("\\", "/")).name
+    stem, suffix = Path(name).stem, Path(name).suffix.lower()
+    if not is_image_name(f"x{suffix}"):
+        stem, suffix = name, _detected_extension(data)
+    clean = re.sub(r"[^\w.\-]+", "_", stem).strip("._")[:MAX_NAME] or digest[:12]
+    return f"{clean}{suffix}"

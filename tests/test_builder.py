@@ -1,0 +1,141 @@
+"""The dataset builder (`imgclf.data.builder`) and the Train page's "Build a dataset" section:
+images added by name, upload or zip land in a folder dataset training reads."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from imgclf.data.builder import DATA_ENV, DatasetBuilder, sanitise
+from imgclf.data.folder import list_folder
+from imgclf.errors import UserError
+from imgclf.ui import catalog
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def _png(cls: str, seed: int, fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(make_image(cls, np.random.default_rng(seed))).save(out, fmt)
+    return out.getvalue()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def test_names_are_sanitised_to_one_safe_folder_name():
+    assert sanitise("  Golden retriever! ") == "Golden_retriever"
+    assert sanitise("../../etc/passwd") == "etc_passwd"
+    assert sanitise("Ça va") == "Ça_va"  # letters of any script stay
+    assert sanitise("__MACOSX") == "MACOSX"  # not the archive tool's folder any more
+    for bad in ("", "...", "///", "train", "VAL"):
+        with pytest.raises(UserError):
+            sanitise(bad)
+
+
+def test_images_are_checked_deduplicated_and_saved_where_training_reads(tmp_path: Path):
+    builder = DatasetBuilder(tmp_path / "pets")
+    assert builder.add_class("Cat s") == "Cat_s" and builder.add_class("cat_S") == "Cat_s"
+    first = builder.add("Cat s", "../a b.PNG", _png("circle", 0))
+    assert (first.status, first.path) == ("added", "Cat_s/a_b.png")
+    again = builder.add("dog", "copy.png", _png("circle", 0))  # same bytes, other class
+    assert (again.status, again.path) == ("duplicate", "Cat_s/a_b.png")
+    other = builder.add("Cat s", "a b.png", _png("circle", 1))  # same name, other bytes
+    assert other.status == "added" and other.path.startswith("Cat_s/a_b-")
+    jpeg = builder.add("dog", "camera", _png("vstripes", 2, "JPEG"))  # no extension: by bytes
+    assert jpeg.path == "dog/camera.jpg"
+    bad = builder.add("dog", "x.png", b"not an image")
+    assert bad.status == "refused" and bad.reason == "not an image"
+    assert builder.classes() == {"Cat_s": 2, "dog": 1}
+    entries, classes, ignored, _ = list_folder(builder.root)
+    assert classes == ["Cat_s", "dog"] and len(entries) == 3 and not ignored
+    assert not list(builder.root.rglob(".*"))  # no temporary left behind
+
+
+def test_a_zip_of_class_folders_is_added_with_one_top_folder_stripped(tmp_path: Path):
+    builder = DatasetBuilder(tmp_path / "shapes")
+    members = {
+        "shapes/circle/1.png": _png("circle", 0),
+        "shapes/circle/2.png": _png("circle", 1),
+        "shapes/vstripes/1.png": _png("vstripes", 2),
+        "shapes/vstripes/bad.png": b"garbage",
+        "shapes/notes.txt": b"x",
+    }
+    results = builder.add_zip(_zip(members))
+    outcome = {r.source: r.status for r in results}
+    assert outcome == {
+        "shapes/circle/1.png": "added",
+        "shapes/circle/2.png": "added",
+        "shapes/vstripes/1.png": "added",
+        "shapes/vstripes/bad.png": "refused",
+    }
+    assert builder.classes() == {"circle": 2, "vstripes": 1}
+    loose = builder.add_zip(
+        _zip({"loose.png": _png("circle", 5), "train/x.png": _png("circle", 6)})
+    )
+    assert [r.reason for r in loose] == [
+        "not inside a class folder",
+        "class name 'train' is reserved (a train/val/test split folder): choose another name",
+    ]
+    with pytest.raises(UserError, match="not a readable zip"):
+        builder.add_zip(b"no zip here", "x.zip")
+
+
+def _train_page(monkeypatch, runs: Path, data: Path) -> AppTest:
+    monkeypatch.setenv(catalog.RUNS_ENV, str(runs))
+    monkeypatch.setenv(DATA_ENV, str(data))
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.sidebar.radio(key="page").set_value("Train").run()
+    return at
+
+
+def test_the_train_page_builds_a_dataset_and_hands_it_to_the_form(monkeypatch, tmp_path: Path):
+    at = _train_page(monkeypatch, tmp_path / "runs", tmp_path / "data")
+    at.text_input(key="builder_name").set_value("My shapes").run()
+    for name in ("circle", "Stripes V"):
+        at.text_input(key="builder_new").set_value(name).run()
+        at.button(key="builder_add").click().run()
+    assert not at.exception
+    root = tmp_path / "data" / "My_shapes"
+    assert sorted(p.name for p in root.iterdir()) == ["Stripes_V", "circle"]
+    at.selectbox[1].set_value("circle").run()  # [0] is the recipe
+    files = [(f"c{i}.png", _png("circle", i), "image/png") for i in range(5)]
+    at.file_uploader[0].set_value([*files, ("dup.png", files[0][1], "image/png")]).run()
+    assert [s.value for s in at.success] == ["Added 5 image(s)."]
+    assert next(w.value for w in at.warning).startswith("dup.png: skipped, the same image")
+    zipped = _zip({f"Stripes_V/v{i}.png": _png("vstripes", 10 + i) for i in range(5)})
+    at.file_uploader[1].set_value([("more.zip", zipped, "application/zip")]).run()
+    assert not at.exception
+    assert {p.name for p in (root / "Stripes_V").iterdir()} == {f"v{i}.png" for i in range(5)}
+    table = at.table[0].value
+    assert dict(zip(table.index, table["images"], strict=True)) == {"Stripes_V": 5, "circle": 5}
+    at.button(key="builder_use").click().run()
+    form = {w.label: w.value for w in [*at.selectbox, *at.text_input]}
+    assert form["Data source"] == "folder" and form["Folder (for source folder)"] == str(root)
+    assert form["Run name"] == "My_shapes"
+
+
+def test_a_zip_bomb_member_is_refused_before_it_is_decompressed():
+    from imgclf import archives
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb/zeros.bmp", b"\0" * (11 * 2**20))  # 11 MB of zeros: ~11 kB stored
+        zf.writestr("ok/a.png", _png("circle", 0))
+    archive = archives.open_zip(out.getvalue())
+    listing = archives.list_images(archive)
+    assert listing.images == ["ok/a.png"]
+    ((name, reason),) = listing.failures
+    assert name == "bomb/zeros.bmp" and "decompresses" in reason
