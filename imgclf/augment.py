@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from imgclf.errors import UserError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from imgclf.schema import AugmentConfig, Config
 
 VALUE_RANGE = (0, 255)  # augmentation sees raw pixels; the model rescales afterwards
@@ -98,14 +100,17 @@ def build_augmenter(
     return Augmenter(cfg, image_size, seed) if cfg.enabled else None
 
 
-def preview(config: Config, out: str | Path, n_images: int = 8, n_variants: int = 5) -> Path:
-    """Write a PNG grid: each row one training image, then `n_variants` augmented versions."""
+def preview_grid(
+    config: Config, n_images: int = 8, n_variants: int = 5
+) -> tuple[np.ndarray, list[str]]:
+    """(grid float32 [rows, 1 + n_variants, H, W, C] in 0..255, class name per row): training
+    images of `config`, each followed by `n_variants` augmented versions (no matplotlib: the
+    app shows it as it is)."""
     import keras
     import numpy as np
 
     from imgclf.data import load_data
     from imgclf.data.pool import readable_sample
-    from imgclf.plots import plot_image_grid
 
     splits = load_data(config)
     pixels, labels = readable_sample(splits.train, n_images)  # a corrupt file is skipped
@@ -119,7 +124,14 @@ def preview(config: Config, out: str | Path, n_images: int = 8, n_variants: int 
         else:
             columns.append(keras.ops.convert_to_numpy(augmenter(x, y)[0]))
     grid = np.stack(columns, axis=1)  # [rows, 1 + variants, H, W, C]
-    titles = [splits.class_names[c] for c in labels]
+    return grid, [splits.class_names[c] for c in labels]
+
+
+def preview(config: Config, out: str | Path, n_images: int = 8, n_variants: int = 5) -> Path:
+    """Write a PNG grid: each row one training image, then `n_variants` augmented versions."""
+    from imgclf.plots import plot_image_grid
+
+    grid, titles = preview_grid(config, n_images, n_variants)
     plot_image_grid(grid, titles, out, column_titles=["original"] + ["augmented"] * n_variants)
     return Path(out)
 

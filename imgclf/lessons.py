@@ -16,7 +16,15 @@ from typing import Any
 
 import yaml
 
-LESSONS_DIR = Path(__file__).resolve().parents[1] / "configs" / "lessons"
+
+def _lessons_dir() -> Path:
+    """configs/lessons of the source checkout this package is in, else of the working
+    directory (a `pip install .` leaves configs/ in the clone the app is run from)."""
+    beside = Path(__file__).resolve().parents[1] / "configs" / "lessons"
+    return beside if beside.is_dir() else Path.cwd() / "configs" / "lessons"
+
+
+LESSONS_DIR = _lessons_dir()
 TITLES = {
     "activations": "Activations: sigmoid vs ReLU",
     "batchnorm": "Batch-norm on a deep sigmoid MLP",

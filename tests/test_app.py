@@ -42,6 +42,11 @@ def _walk(node):
         yield from _walk(child)
 
 
+def _start_button(at: AppTest):
+    """The Train form's submit button (the dataset builder's buttons come first)."""
+    return next(b for b in at.button if b.label == "Start training")
+
+
 def _png(run: Path) -> bytes:
     return sorted((run / runs.SAMPLES).glob("*.png"))[0].read_bytes()
 
@@ -149,8 +154,8 @@ def test_compare_shows_both_runs_and_what_differs(monkeypatch, app_runs: Path):
 def test_train_form_config_error_is_one_line(monkeypatch, app_runs: Path):
     at = _app(monkeypatch, app_runs)
     at.sidebar.radio(key="page").set_value("Train").run()
-    at.text_input[0].set_value("bad name with spaces")
-    at.button[0].click().run()
+    next(t for t in at.text_input if t.label == "Run name").set_value("bad name with spaces")
+    _start_button(at).click().run()
     assert not at.exception
     assert len(at.error) == 1 and at.error[0].value.startswith("name")
 
@@ -239,7 +244,7 @@ def test_train_page_starts_a_job_and_the_new_run_is_selected(
     field(at.number_input, "Epochs").set_value(1)
     field(at.number_input, "Batch size").set_value(8)  # the form's 64 exceeds 24 images
     field(at.checkbox, "Augmentation").uncheck()  # off: every transform set to 0
-    at.button[0].click().run()
+    _start_button(at).click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.button(key="cancel_job")  # shown while the child trains
     assert all(b.disabled for b in at.button if b.label in ("Start training",))

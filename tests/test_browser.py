@@ -79,7 +79,38 @@ def test_upload_in_a_real_browser_shows_the_label(server: str, app_runs: Path, t
         settled(page)
         expect(page.get_by_text(" · p = ")).to_have_count(0)
         expect(page.get_by_text("Upload one or more images")).to_be_visible()
-    assert len(list(tmp_path.glob("*.png"))) == 4 + len(PAGES)
+        _batch_zip(page, entry.path, tmp_path)
+    assert len(list(tmp_path.glob("*.png"))) == 5 + len(PAGES)
+
+
+def _batch_zip(page, run: Path, tmp_path: Path) -> None:
+    """A zip of the run's samples classified in one go; the CSV downloaded is imgclf-predict's
+    (one row per rank) for every image."""
+    import csv
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    samples = sorted((run / runs.SAMPLES).glob("*.png"))
+    with zipfile.ZipFile(tmp_path / "batch.zip", "w") as zf:
+        for path in samples:
+            zf.write(path, f"set/{path.name}")
+        zf.writestr("set/broken.png", b"not an image")
+    page.get_by_text("Classify a whole folder or a zip of images").click()
+    zipped = page.get_by_test_id("stFileUploader").filter(has_text="Zip of images")
+    zipped.locator("input[type=file]").set_input_files(str(tmp_path / "batch.zip"))
+    settled(page)
+    page.get_by_role("button", name="Classify all").click()
+    summary = page.get_by_text(f"{len(samples)} images classified from batch.zip")
+    expect(summary).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("set/broken.png: not an image")).to_be_visible()
+    settled(page)
+    page.screenshot(path=tmp_path / "classify-batch.png", full_page=True)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    rows = list(csv.DictReader(download.value.path().open()))
+    assert {r["image"] for r in rows} == {f"set/{p.name}" for p in samples}
+    assert len(rows) == 3 * len(samples) and {r["rank"] for r in rows} == {"1", "2", "3"}
 
 
 @pytest.mark.slow

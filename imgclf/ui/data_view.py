@@ -7,10 +7,10 @@ augmentation on real training images."""
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -174,23 +174,32 @@ def _augmentation(config: Any, n_classes: int, key: str) -> None:
         return
     try:
         with st.spinner("Augmenting training images (loads Keras)…"):
-            png = _preview_png(config, n_classes)
+            mosaic, titles = _preview_mosaic(config, n_classes)
     except UserError as exc:
         st.error(str(exc))
         return
     st.image(
-        png,
-        caption="Each row: a training image, then five augmented versions.",
+        mosaic,
+        caption="Each row: a training image, then five augmented versions. Rows: "
+        + ", ".join(titles),
         alt="augmentation preview",
     )
 
 
-def _preview_png(config: Any, n_classes: int) -> bytes:
-    from imgclf.augment import preview
+def _preview_mosaic(config: Any, n_classes: int) -> tuple[np.ndarray, list[str]]:
+    """`augment.preview_grid` as one uint8 picture: tiles at least 96 px (nearest-neighbour,
+    so the pixels the model gets stay visible), 4 px white between them."""
+    from imgclf.augment import preview_grid
 
     preview_cfg, rows = data_info.preview_config(config, n_classes)
-    with tempfile.TemporaryDirectory(prefix="imgclf-augment-") as tmp:
-        return preview(preview_cfg, Path(tmp) / "preview.png", n_images=rows).read_bytes()
+    grid, titles = preview_grid(preview_cfg, n_images=rows)
+    tiles = np.clip(grid, 0, 255).astype(np.uint8)
+    scale = max(1, -(-96 // tiles.shape[2]))
+    tiles = tiles.repeat(scale, axis=2).repeat(scale, axis=3)
+    tiles = np.pad(tiles, ((0, 0), (0, 0), (2, 2), (2, 2), (0, 0)), constant_values=255)
+    n_rows, n_cols, h, w, c = tiles.shape
+    mosaic = tiles.transpose(0, 2, 1, 3, 4).reshape(n_rows * h, n_cols * w, c)
+    return (mosaic[..., 0] if c == 1 else mosaic), titles
 
 
 def _run_files(report: dict[str, Any]) -> None:
