@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -156,8 +157,15 @@ def _free_ports(n: int) -> list[int]:
         return [sock.getsockname()[1] for sock in socks]
 
 
-def _two_workers(part: str, out: Path, overrides: list[str]) -> list[dict]:
-    """Run MULTIWORKER_SCRIPT as a 2-worker cluster on 127.0.0.1; return each worker's result."""
+class _Hang(Exception):
+    """A worker of the 2-worker cluster hung (the faulthandler timeout in the script, or ours)."""
+
+
+HANG = "Timeout (0:03:20)!"  # faulthandler's line when the script's 200 s limit fires
+
+
+def _launch(part: str, out: Path, overrides: list[str]) -> list[dict]:
+    """Run MULTIWORKER_SCRIPT once as a 2-worker cluster on 127.0.0.1; each worker's result."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     procs = []
     for index in range(2):
@@ -172,23 +180,44 @@ def _two_workers(part: str, out: Path, overrides: list[str]) -> list[dict]:
                 env=env,
             )
         )
-    results = []
+    outputs = []
     try:
-        for index, proc in enumerate(procs):
+        for proc in procs:
             try:
-                stdout, stderr = proc.communicate(timeout=240)
+                outputs.append(proc.communicate(timeout=240))
             except subprocess.TimeoutExpired:
-                for other in procs:
-                    other.kill()
-                tails = [f"worker {i}:\n{p.communicate()[1][-1500:]}" for i, p in enumerate(procs)]
-                pytest.fail(f"worker {index} hangs; cluster {cluster}\n" + "\n".join(tails))
-            lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-            assert proc.returncode == 0 and lines, stderr[-8000:]
-            results.append(json.loads(lines[-1][len("RESULT ") :]))
+                outputs.append(("", HANG))
     finally:
         for proc in procs:
             proc.kill()
+    tails = "\n".join(
+        f"worker {i} (exit {proc.returncode}):\n{err[-3000:]}"
+        for i, (proc, (_, err)) in enumerate(zip(procs, outputs, strict=True))
+    )
+    if any(HANG in err for _, err in outputs):
+        raise _Hang(f"cluster {cluster}\n{tails}")
+    results = []
+    for proc, (stdout, _) in zip(procs, outputs, strict=True):
+        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+        assert proc.returncode == 0 and lines, tails
+        results.append(json.loads(lines[-1][len("RESULT ") :]))
     return results
+
+
+def _two_workers(part: str, out: Path, overrides: list[str]) -> list[dict]:
+    """`_launch`, once more when a worker hangs in TensorFlow's collective set-up (seen in
+    about 1 of 5 full-suite runs on the 2-core machine, both workers' stacks inside TF's
+    collective ops; docs/distributed.md). A second hang, or any other failure, fails the test;
+    the first hang's stacks are printed either way."""
+    try:
+        return _launch(part, out, overrides)
+    except _Hang as first:
+        print(f"multi-worker cluster hung once, launching it again:\n{first}", file=sys.stderr)
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            return _launch(part, out, overrides)
+        except _Hang as second:
+            pytest.fail(f"the 2-worker cluster hung twice:\n{first}\n--- again:\n{second}")
 
 
 @pytest.mark.slow

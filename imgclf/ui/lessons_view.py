@@ -104,6 +104,40 @@ def _train(lesson: lessons.Lesson, missing: list[lessons.Recipe], root: Path) ->
             st.rerun()
 
 
+def _labs() -> None:
+    """The newest folder of each `imgclf-lab` experiment: its table, picture and settings."""
+    from imgclf.labs import cli, folder
+
+    st.header("Labs")
+    found = {}
+    for path in folder.list_labs():  # newest first
+        try:
+            found.setdefault(runs.read_json(path / folder.LAB_JSON)["lab"], path)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # read_lab names the problem when it is the newest of its lab
+    st.caption(
+        f"The course's experiments, run with `imgclf-lab NAME` into `{folder.labs_root()}` "
+        f"(`$IMGCLF_LABS`): {', '.join(sorted(cli.LABS))}."
+    )
+    for name in sorted(cli.LABS):
+        path = found.get(name)
+        st.subheader(name)
+        if path is None:
+            st.info(f"Not run yet: `imgclf-lab {name}` (add `--quick` for a short look).")
+            continue
+        try:
+            lab = folder.read_lab(path)  # every file checked against the manifest
+        except (UserError, OSError, ValueError) as exc:
+            st.error(f"`{path.name}` cannot be shown: {exc}")
+            continue
+        mode = "quick" if lab.get("quick") else "full"
+        st.caption(f"`{path.name}`: {mode} mode, {lab.get('finished')}, {lab.get('machine')}, "
+                   f"{lab.get('seconds')} s")  # fmt: skip
+        st.table(pd.DataFrame(lab["rows"]).astype(str))
+        for picture in lab.get("pictures", []):
+            st.image(str(path / picture), caption=picture)
+
+
 def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
     """The Lessons page (also reachable before any run exists)."""
     all_lessons = lessons.lessons()
@@ -136,3 +170,4 @@ def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
     present = {stem: e for stem, e in found.items() if e is not None}
     if len(present) >= 2:
         _side_by_side(present)
+    _labs()

@@ -1,0 +1,82 @@
+"""`imgclf-lab NAME [--quick] [--out DIR] [--seed N]`: run one of the course's experiments and
+write its lab folder (`imgclf.labs.folder`); prints the table and where it went.
+
+    imgclf-lab regions          # linear regions of a deep and a wide ReLU net (2-D input)
+    imgclf-lab double-descent   # test error against width of a one-hidden-layer MLP on MNIST
+    imgclf-lab lecun1989        # the 1989 digit net, then the modern changes one at a time
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+LABS = {
+    "regions": ("imgclf.labs.regions", "regions.png"),
+    "double-descent": ("imgclf.labs.double_descent", "double_descent.png"),
+    "lecun1989": ("imgclf.labs.lecun1989", "lecun1989.png"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgclf-lab", description=__doc__.split("\n")[0])
+    parser.add_argument("lab", choices=sorted(LABS), help="which experiment")
+    parser.add_argument("--quick", action="store_true", help="minutes on 2 cores (tests)")
+    parser.add_argument("--out", help="the lab folder (default: labs/<lab>-<time>)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label-noise", type=float, default=0.1,
+                        help="double-descent: share of training labels made wrong")  # fmt: skip
+    return parser
+
+
+def run_lab(name: str, quick: bool = False, seed: int = 0, out: str | None = None, **options):
+    """Run lab `name` and write its folder; returns (folder, rows)."""
+    import importlib
+
+    from imgclf.labs.folder import write_lab
+
+    module_name, picture = LABS[name]
+    module = importlib.import_module(module_name)
+    start = time.perf_counter()
+    rows, summary = module.run(quick=quick, seed=seed, **options)
+    seconds = round(time.perf_counter() - start, 1)
+    public = {k: v for k, v in summary.items() if not k.startswith("_")}
+    public["seconds"] = seconds
+    folder = write_lab(name, rows, {picture: lambda p: module.draw(p, rows, summary)}, public, out)
+    return folder, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from imgclf.console import quiet_tensorflow
+    from imgclf.errors import UserError
+    from imgclf.labs.folder import markdown_table
+
+    args = build_parser().parse_args(argv)
+    if args.out and Path(args.out).exists():  # before minutes of training, not after
+        print(f"error: {args.out} already exists: give --out a new folder", file=sys.stderr)
+        return 2
+    quiet_tensorflow()
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes, one per model
+    options = {"label_noise": args.label_noise} if args.lab == "double-descent" else {}
+    if not 0.0 <= args.label_noise < 0.9:
+        print("error: --label-noise must be in [0, 0.9)", file=sys.stderr)
+        return 2
+    try:
+        folder, rows = run_lab(args.lab, args.quick, args.seed, args.out, **options)
+    except (UserError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown_table(rows), end="")
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""`imgclf-lab` in quick mode: each lab's table has its columns, every number is finite, its
+picture is written, and the folder is complete (manifest) and refused when changed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imgclf import runs
+from imgclf.labs import cli, folder
+
+
+def _finite(rows):
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, (int, float)):
+                assert math.isfinite(value), (key, row)
+
+
+@pytest.mark.slow
+def test_regions_quick_counts_regions_and_draws_them(tmp_path: Path):
+    from imgclf.diagnostics import linear_regions_bound
+
+    out = tmp_path / "regions"
+    assert cli.main(["regions", "--quick", "--out", str(out)]) == 0
+    lab = folder.read_lab(out)  # manifest checked
+    rows = lab["rows"]
+    assert [r["net"] for r in rows] == ["deep", "wide"]
+    _finite(rows)
+    for row, widths in zip(rows, ([10] * 4, [40]), strict=True):
+        assert row["hidden units"] == 40
+        assert row["Montúfar bound"] == linear_regions_bound(widths, 2)
+        # A ReLU net with 40 units cuts the square into many pieces, and never more than the
+        # grid has cells.
+        assert 40 <= row["regions at init"] <= 200 * 200
+        assert 40 <= row["regions trained"] <= 200 * 200
+    with Image.open(out / "regions.png") as img:
+        assert img.size[0] > 500 and img.size[1] > 500
+    table = (out / folder.TABLE_CSV).read_text().splitlines()
+    assert table[0].startswith("net,hidden layers,hidden units") and len(table) == 3
+    (out / folder.TABLE_CSV).write_text("tampered\n")
+    with pytest.raises(runs.IntegrityError):
+        folder.read_lab(out)
+
+
+def test_region_ids_count_the_activation_patterns_of_a_known_net():
+    """One hidden layer of 2 units with boundaries x = 0 and y = 0: 4 quadrants, 4 regions."""
+    import numpy as np
+
+    from imgclf.labs import regions
+
+    model = regions.build([2], seed=0)
+    model.get_layer("hidden1").set_weights([np.eye(2, dtype="float32"), np.zeros(2, "float32")])
+    ids = regions.region_ids(model, regions.grid(20))
+    assert ids.max() + 1 == 4
+    quadrant = ids.reshape(20, 20)
+    assert len({quadrant[0, 0], quadrant[0, -1], quadrant[-1, 0], quadrant[-1, -1]}) == 4
+
+
+@pytest.mark.slow
+def test_double_descent_quick_writes_the_sweep(tmp_path: Path):
+    from imgclf.labs import double_descent
+
+    out = tmp_path / "dd"
+    assert cli.main(["double-descent", "--quick", "--out", str(out)]) == 0
+    lab = folder.read_lab(out)
+    rows = lab["rows"]
+    _finite(rows)
+    assert [r["width"] for r in rows] == double_descent.QUICK_WIDTHS
+    assert [r["parameters"] for r in rows] == [
+        double_descent.parameters(w) for w in double_descent.QUICK_WIDTHS
+    ]
+    assert all(0 <= r["train error"] <= 1 and 0 <= r["test error"] <= 1 for r in rows)
+    assert lab["interpolation_threshold_parameters"] == 500 * 10 and lab["label_noise"] == 0.1
+    assert (out / "double_descent.png").stat().st_size > 10_000
+
+
+def test_label_noise_changes_exactly_that_share_to_other_classes():
+    import numpy as np
+
+    from imgclf.labs import double_descent
+
+    y = np.repeat(np.arange(10), 100)
+    noisy = double_descent.with_label_noise(y, 0.2, seed=0)
+    assert (noisy != y).sum() == 200 and noisy.min() >= 0 and noisy.max() <= 9
+
+
+def test_an_existing_out_folder_is_refused_and_kept(tmp_path: Path):
+    (tmp_path / "keep.txt").write_text("x")
+    assert cli.main(["regions", "--quick", "--out", str(tmp_path)]) == 2
+    assert (tmp_path / "keep.txt").read_text() == "x"
+
+
+@pytest.mark.slow
+def test_lecun1989_quick_has_one_row_per_cumulative_change(tmp_path: Path):
+    from imgclf.labs import lecun1989
+
+    out = tmp_path / "lecun"
+    assert cli.main(["lecun1989", "--quick", "--out", str(out)]) == 0
+    lab = folder.read_lab(out)
+    rows = lab["rows"]
+    _finite(rows)
+    assert [r["recipe"] for r in rows] == [r.label for r in lecun1989.recipes(1, 2)]
+    assert rows[0]["recipe"].startswith("1989") and len(rows) == 7
+    assert all(0 <= r["test error %"] <= 100 and 0 <= r["train error %"] <= 100 for r in rows)
+    assert "mnist5k resized to 16x16" in lab["data"] and lab["batch"] == lecun1989.BATCH
+    assert (out / "lecun1989.png").stat().st_size > 10_000
+
+
+def test_the_1989_net_has_the_papers_shapes():
+    from imgclf.labs import lecun1989
+
+    model = lecun1989.build(lecun1989.recipes()[0], seed=0)
+    shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in model.layers}
+    assert shapes["H1"] == (8, 8, 12) and shapes["H2"] == (4, 4, 12)
+    assert shapes["H3"] == (30,) and shapes["out"] == (10,)
+    x = lecun1989.digits16(seed=0, limit=100)[0]
+    assert x.shape[1:] == (16, 16, 1) and x.min() >= -1.0 and x.max() <= 1.0
+    out = model.predict(x[:4], verbose=0)
+    assert abs(out).max() <= 1.7159 + 1e-6  # the scaled tanh's range
