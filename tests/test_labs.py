@@ -21,10 +21,10 @@ def _finite(rows):
 
 
 @pytest.mark.slow
-def test_regions_quick_counts_regions_and_draws_them(tmp_path: Path):
+def test_regions_quick_counts_regions_and_draws_them(tmp_path: Path, monkeypatch):
     from imgclf.diagnostics import linear_regions_bound
 
-    out = tmp_path / "regions"
+    out = tmp_path / "labs" / "regions"
     assert cli.main(["regions", "--quick", "--out", str(out)]) == 0
     lab = folder.read_lab(out)  # manifest checked
     rows = lab["rows"]
@@ -41,9 +41,40 @@ def test_regions_quick_counts_regions_and_draws_them(tmp_path: Path):
         assert img.size[0] > 500 and img.size[1] > 500
     table = (out / folder.TABLE_CSV).read_text().splitlines()
     assert table[0].startswith("net,hidden layers,hidden units") and len(table) == 3
+    # The app's Lessons page lists it: its table and its picture.
+    at = _lessons_page(monkeypatch, tmp_path)
+    shown = at.table[-1].value
+    assert list(shown["net"]) == ["deep", "wide"]
+    assert list(shown["regions trained"]) == [str(r["regions trained"]) for r in rows]
+    assert any("regions.png" in str(node.proto) for node in _images(at))
     (out / folder.TABLE_CSV).write_text("tampered\n")
     with pytest.raises(runs.IntegrityError):
         folder.read_lab(out)
+    at = _lessons_page(monkeypatch, tmp_path)
+    assert any(e.value.startswith("`regions` cannot be shown:") for e in at.error)
+
+
+def _lessons_page(monkeypatch, tmp_path: Path):
+    from streamlit.testing.v1 import AppTest
+
+    from imgclf.ui import catalog
+
+    monkeypatch.setenv(catalog.RUNS_ENV, str(tmp_path / "runs"))
+    monkeypatch.setenv(folder.LABS_ENV, str(tmp_path / "labs"))
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=120).run()
+    at.sidebar.radio(key="page").set_value("Lessons").run()
+    assert not at.exception
+    return at
+
+
+def _images(at):
+    def walk(node):
+        yield node
+        for child in getattr(node, "children", {}).values():
+            yield from walk(child)
+
+    return [n for n in walk(at.main) if getattr(n, "type", "") == "image"]
 
 
 def test_region_ids_count_the_activation_patterns_of_a_known_net():
