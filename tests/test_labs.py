@@ -37,6 +37,8 @@ def test_regions_quick_counts_regions_and_draws_them(tmp_path: Path, monkeypatch
         # grid has cells.
         assert 40 <= row["regions at init"] <= 200 * 200
         assert 40 <= row["regions trained"] <= 200 * 200
+    # Zero biases at init: the wide net's 40 boundaries are lines through the origin, 80 wedges.
+    assert rows[1]["regions at init"] == 80
     with Image.open(out / "regions.png") as img:
         assert img.size[0] > 500 and img.size[1] > 500
     table = (out / folder.TABLE_CSV).read_text().splitlines()
@@ -150,5 +152,35 @@ def test_the_1989_net_has_the_papers_shapes():
     assert shapes["H3"] == (30,) and shapes["out"] == (10,)
     x = lecun1989.digits16(seed=0, limit=100)[0]
     assert x.shape[1:] == (16, 16, 1) and x.min() >= -1.0 and x.max() <= 1.0
-    out = model.predict(x[:4], verbose=0)
-    assert abs(out).max() <= 1.7159 + 1e-6  # the scaled tanh's range
+    params = {layer.name: layer.count_params() for layer in model.layers}
+    assert (params["H1"], params["H2"], params["H3"], params["out"]) == (312, 3612, 5790, 310)
+    h1 = model.get_layer("H1").get_weights()[0]
+    assert abs(h1).max() <= 2.4 / 5  # uniform in +-2.4 / sqrt(fan-in 25)
+    import keras
+
+    scaled_tanh = lecun1989._activation("scaled_tanh")
+    assert float(keras.ops.convert_to_numpy(scaled_tanh(keras.ops.ones(1)))[0]) == pytest.approx(
+        1.0, abs=1e-4
+    )  # LeCun's choice: f(1) = 1
+
+
+def test_the_peak_is_a_bump_near_the_threshold_not_the_smallest_net():
+    from imgclf.labs.double_descent import peak_near
+
+    rows = [{"width": w, "parameters": p, "test error": e} for w, p, e in [
+        (1, 805, 0.80), (10, 7960, 0.20), (40, 31810, 0.35), (60, 47710, 0.30),
+        (200, 159010, 0.12), (800, 636010, 0.10)]]  # fmt: skip
+    assert peak_near(rows, 40_000) == {"width": 40, "parameters": 31810, "test error": 0.35}
+    flat = [dict(r, **{"test error": 0.9 - 0.1 * i}) for i, r in enumerate(rows)]
+    assert peak_near(flat, 40_000) is None  # monotone: no peak reported
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["regions", "--seed", "-1"], ["regions", "--label-noise", "0.1"],
+     ["double-descent", "--label-noise", "0.95"]],
+)  # fmt: skip
+def test_bad_arguments_are_one_line_before_any_training(args, capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")

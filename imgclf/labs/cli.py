@@ -16,6 +16,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+MAX_SEED = 2**31 - 16  # every lab adds small offsets to the seed for its layers
+
 LABS = {
     "regions": ("imgclf.labs.regions", "regions.png"),
     "double-descent": ("imgclf.labs.double_descent", "double_descent.png"),
@@ -28,9 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("lab", choices=sorted(LABS), help="which experiment")
     parser.add_argument("--quick", action="store_true", help="minutes on 2 cores (tests)")
     parser.add_argument("--out", help="the lab folder (default: labs/<lab>-<time>)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--label-noise", type=float, default=0.1,
-                        help="double-descent: share of training labels made wrong")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help=f"0..{MAX_SEED}")
+    parser.add_argument("--label-noise", type=float, default=None,
+                        help="double-descent only: share of training labels made wrong, "
+                        "0 <= x < 0.9 (default 0.1)")  # fmt: skip
     return parser
 
 
@@ -51,28 +54,53 @@ def run_lab(name: str, quick: bool = False, seed: int = 0, out: str | None = Non
     return folder, rows
 
 
+def _check(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments (before minutes of training), or None."""
+    from imgclf.labs.folder import labs_root
+
+    if not 0 <= args.seed <= MAX_SEED:
+        return f"--seed must be in 0..{MAX_SEED}, got {args.seed}"
+    if args.label_noise is not None:
+        if args.lab != "double-descent":
+            return "--label-noise is for double-descent only"
+        if not 0.0 <= args.label_noise < 0.9:
+            return f"--label-noise must be in [0, 0.9), got {args.label_noise}"
+    target = Path(args.out) if args.out else labs_root() / "x"
+    if args.out and target.exists():
+        return f"{args.out} already exists: give --out a new folder"
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        return f"{parent} is not writable: give --out a folder you can write"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from imgclf.console import quiet_tensorflow
     from imgclf.errors import UserError
     from imgclf.labs.folder import markdown_table
 
     args = build_parser().parse_args(argv)
-    if args.out and Path(args.out).exists():  # before minutes of training, not after
-        print(f"error: {args.out} already exists: give --out a new folder", file=sys.stderr)
+    problem = _check(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     quiet_tensorflow()
     import logging
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes, one per model
-    options = {"label_noise": args.label_noise} if args.lab == "double-descent" else {}
-    if not 0.0 <= args.label_noise < 0.9:
-        print("error: --label-noise must be in [0, 0.9)", file=sys.stderr)
-        return 2
+    options = {}
+    if args.lab == "double-descent":
+        options["label_noise"] = 0.1 if args.label_noise is None else args.label_noise
     try:
         folder, rows = run_lab(args.lab, args.quick, args.seed, args.out, **options)
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     print(markdown_table(rows), end="")
     print(folder)
     return 0

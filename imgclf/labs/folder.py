@@ -46,6 +46,10 @@ def write_lab(
     name to a function that draws it at the given path. Returns the folder."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = Path(out) if out is not None else labs_root() / f"{name}-{stamp}"
+    n = 1
+    while out is None and target.exists():  # two labs finished in the same second
+        n += 1
+        target = labs_root() / f"{name}-{stamp}-{n}"
     if target.exists():
         raise UserError(f"{target} already exists: give --out a new folder (nothing is replaced)")
     with runs.atomic_path(target) as tmp:
@@ -62,6 +66,7 @@ def write_lab(
             "lab": name,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+            "versions": _versions(),
             "pictures": list(pictures),
             **summary,
             "rows": rows,
@@ -69,6 +74,18 @@ def write_lab(
         runs.write_json(tmp / LAB_JSON, meta)
         runs.write_manifest(tmp)
     return target
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("tensorflow", "keras", "numpy"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 def list_labs(root: str | Path | None = None) -> list[Path]:

@@ -1,14 +1,17 @@
 """`imgclf-lab regions`: depth vs width as linear regions. A ReLU network is piecewise linear
-in its input; each piece (a linear region) is where one pattern of active and inactive hidden
-units holds. For 2-D inputs the regions can be counted and drawn: evaluate every hidden unit's
-sign on a fine grid of the input square [-1, 1]^2 and count the distinct activation patterns.
+in its input; where one pattern of active and inactive hidden units holds, every unit is one
+affine function of the input, so the network is too: an *activation region* (Hanin & Rolnick,
+2019), always convex. For 2-D inputs they can be counted and drawn: evaluate every hidden
+unit's sign on a fine grid of the input square [-1, 1]^2 and count the distinct patterns.
 
 A deep net (4 layers of 10 ReLU units) and a wide one (1 layer of 40: the same 40 hidden units)
 are counted at initialisation (He normal, seeded) and after training on two interleaved spirals
 (a 2-D task that needs many pieces), and the counts are printed next to the Montúfar et al.
-(2014) lower bound on the *maximal* number of regions (`diagnostics.linear_regions_bound`: 821
-for 1 x 40, 875,000 for 4 x 10). The grid count is a lower bound of the true count: a region
-smaller than a grid cell is missed, and a pattern that holds in two separate places counts once.
+(2014) lower bound on the *maximal* number of linear regions (`diagnostics.linear_regions_bound`:
+821 for 1 x 40, 875,000 for 4 x 10; the bound is over all of R^2, the count over the square).
+A region smaller than a grid cell is missed; two neighbouring activation regions can carry the
+same affine map (a unit that flips but feeds only inactive units), so for the deep net the count
+can exceed its number of distinct linear pieces. For one hidden layer the two are the same.
 At initialisation Keras' biases are zero, so every unit's boundary passes through the origin
 and the regions are wedges around it; training moves them apart.
 """
@@ -38,13 +41,17 @@ def build(widths: list[int], seed: int) -> Any:
     """A ReLU MLP on 2 inputs with He-normal initialisation (seeded) and a 2-way softmax."""
     import keras
 
-    init = keras.initializers.HeNormal(seed=seed)
+    # One initialiser per layer: a Keras initialiser with a fixed seed draws the same values
+    # every time it is called, so a shared one would start every layer alike.
     inputs = keras.Input((2,))
     h = inputs
     for n, width in enumerate(widths):
+        init = keras.initializers.HeNormal(seed=seed + n)
         h = keras.layers.Dense(width, activation="relu", kernel_initializer=init,
                                name=f"hidden{n + 1}")(h)  # fmt: skip
-    outputs = keras.layers.Dense(2, activation="softmax", name="probabilities")(h)
+    out_init = keras.initializers.GlorotUniform(seed=seed + len(widths))
+    outputs = keras.layers.Dense(2, activation="softmax", kernel_initializer=out_init,
+                                 name="probabilities")(h)  # fmt: skip
     return keras.Model(inputs, outputs)
 
 
@@ -92,7 +99,10 @@ def run(quick: bool = False, seed: int = 0) -> tuple[list[dict[str, Any]], dict[
     x, y = spirals(n, seed)
     points = grid(resolution)
     rows, maps = [], {}
+    import keras
+
     for name, widths in NETS.items():
+        keras.utils.set_random_seed(seed)
         model = build(widths, seed)
         start = time.perf_counter()
         at_init = region_ids(model, points)

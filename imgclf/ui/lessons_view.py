@@ -112,9 +112,10 @@ def _labs() -> None:
     found = {}
     for path in folder.list_labs():  # newest first
         try:
-            found.setdefault(runs.read_json(path / folder.LAB_JSON)["lab"], path)
+            name = str(runs.read_json(path / folder.LAB_JSON)["lab"])
         except (OSError, ValueError, KeyError, TypeError):
-            continue  # read_lab names the problem when it is the newest of its lab
+            name = path.name.split("-2", 1)[0]  # `<lab>-<date>`: read_lab below names the problem
+        found.setdefault(name, path)
     st.caption(
         f"The course's experiments, run with `imgclf-lab NAME` into `{folder.labs_root()}` "
         f"(`$IMGCLF_LABS`): {', '.join(sorted(cli.LABS))}."
@@ -146,6 +147,7 @@ def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
             f"No lessons in `{lessons.LESSONS_DIR}`: they ship with the source checkout "
             "(configs/lessons/); run the app from a clone of the repository."
         )
+        _labs()
         return
     titles = [lesson.title for lesson in all_lessons]
     chosen = st.session_state.get("_lesson", titles[0])  # kept across page switches
