@@ -152,7 +152,10 @@ def draw(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> Non
     ax.set_xscale("log")
     ax.set_xlabel(f"parameters (one hidden layer, widths {rows[0]['width']}..{rows[-1]['width']})")
     ax.set_ylabel("error")
-    ax.set_title(f"Double descent? {summary['data']}, label noise {summary['label_noise']:.0%}")
+    ax.set_title(
+        f"Double descent? Label noise {summary['label_noise']:.0%}, seed {summary['seed']}"
+    )
+    fig.text(0.01, 0.01, summary["data"], fontsize=8)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
