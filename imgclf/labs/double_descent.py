@@ -157,6 +157,6 @@ def draw(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> Non
     )
     fig.text(0.01, 0.01, summary["data"], fontsize=8)
     ax.legend()
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

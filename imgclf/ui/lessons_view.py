@@ -134,7 +134,9 @@ def _labs() -> None:
         mode = "quick" if lab.get("quick") else "full"
         st.caption(f"`{path.name}`: {mode} mode, {lab.get('finished')}, {lab.get('machine')}, "
                    f"{lab.get('seconds')} s")  # fmt: skip
-        st.table(pd.DataFrame(lab["rows"]).astype(str))
+        # st.table reads cells as Markdown: "+ ReLU" would become a bullet.
+        table = pd.DataFrame(lab["rows"]).astype(str)
+        st.table(table.map(lambda v: "\\" + v if v.startswith(("+", "-", "*")) else v))
         for picture in lab.get("pictures", []):
             st.image(str(path / picture), caption=picture)
 
