@@ -106,7 +106,7 @@ def _batch_zip(page, run: Path, tmp_path: Path) -> None:
     expect(page.get_by_text("set/broken.png: not an image")).to_be_visible()
     settled(page)
     page.screenshot(path=tmp_path / "classify-batch.png", full_page=True)
-    with page.expect_download() as download:
+    with page.expect_download(timeout=60_000) as download:
         page.get_by_role("button", name="Download CSV").click()
     rows = list(csv.DictReader(download.value.path().open()))
     assert {r["image"] for r in rows} == {f"set/{p.name}" for p in samples}

@@ -164,14 +164,15 @@ def _show(result: BatchResult, entry: RunEntry, ood: bool) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True)
     stem = f"{entry.name}-batch-predictions"
     c1, c2 = st.columns(2)
-    # Callables: the files are written when a button is pressed, not on every rerun.
+    # Callables: the files are written when a button is pressed, not on every rerun; no rerun
+    # on the click (a rerun while the browser fetches a deferred file can replace it first).
     c1.download_button(
         "Download CSV (one row per rank)", lambda: _download(result, "csv", ood),
-        file_name=f"{stem}.csv", mime="text/csv", key="batch_csv",
+        file_name=f"{stem}.csv", mime="text/csv", key="batch_csv", on_click="ignore",
     )  # fmt: skip
     c2.download_button(
         "Download JSON", lambda: _download(result, "json", ood),
-        file_name=f"{stem}.json", mime="application/json", key="batch_json",
+        file_name=f"{stem}.json", mime="application/json", key="batch_json", on_click="ignore",
     )  # fmt: skip
 
 
