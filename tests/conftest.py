@@ -133,3 +133,15 @@ def augmented_runs(folder_dataset: Path, tmp_path_factory) -> Path:
     config = load_config(None, [*tiny_overrides(folder_dataset), *overrides, "train.epochs=1"])
     train(config, out=root / "tiny-aug", verbose=0)
     return root
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A zip archive (in memory) holding `members`: name inside the zip -> bytes."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return out.getvalue()

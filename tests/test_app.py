@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import zip_bytes
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -294,16 +295,6 @@ def test_uploads_are_kept_per_run_across_pages_until_cleared(monkeypatch, app_ru
     assert not at.dataframe and not at.exception
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    import zipfile
-
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return out.getvalue()
-
-
 def test_a_zip_is_classified_in_one_go_like_the_command_line(monkeypatch, app_runs: Path):
     from imgclf.predict import Predictor
     from imgclf.ui import batch_view
@@ -313,7 +304,7 @@ def test_a_zip_is_classified_in_one_go_like_the_command_line(monkeypatch, app_ru
     samples = sorted((run / runs.SAMPLES).glob("*.png"))
     members = {f"set/{p.name}": p.read_bytes() for p in samples}
     members |= {"set/bad.png": b"not an image", "readme.txt": b"hi", "__MACOSX/._x.png": b"x"}
-    at.file_uploader[1].set_value([("batch.zip", _zip(members), "application/zip")]).run()
+    at.file_uploader[1].set_value([("batch.zip", zip_bytes(members), "application/zip")]).run()
     at.button(key="batch_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
     table = at.dataframe[0].value  # the only table: no uploads
@@ -348,7 +339,9 @@ def test_batch_names_stay_apart_and_an_empty_folder_field_is_refused(monkeypatch
     at = _app(monkeypatch, app_runs)
     run = Path(at.sidebar.selectbox(key="run").value)
     data = _png(run)
-    at.file_uploader[1].set_value([("d.zip", _zip({"/a.png": data, "a.png": data}), "x")]).run()
+    at.file_uploader[1].set_value(
+        [("d.zip", zip_bytes({"/a.png": data, "a.png": data}), "x")]
+    ).run()
     at.button(key="batch_go").click().run()
     assert list(at.dataframe[0].value["image"]) == ["a.png", "a.png (2)"]
     at.radio(key="batch_from").set_value(batch_view.FOLDER).run()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
+from conftest import make_image, zip_bytes
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -24,14 +24,6 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 def _png(cls: str, seed: int, fmt: str = "PNG") -> bytes:
     out = io.BytesIO()
     Image.fromarray(make_image(cls, np.random.default_rng(seed))).save(out, fmt)
-    return out.getvalue()
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
     return out.getvalue()
 
 
@@ -73,7 +65,7 @@ def test_a_zip_of_class_folders_is_added_with_one_top_folder_stripped(tmp_path: 
         "shapes/vstripes/bad.png": b"garbage",
         "shapes/notes.txt": b"x",
     }
-    results = builder.add_zip(_zip(members))
+    results = builder.add_zip(zip_bytes(members))
     outcome = {r.source: r.status for r in results}
     assert outcome == {
         "shapes/circle/1.png": "added",
@@ -83,7 +75,7 @@ def test_a_zip_of_class_folders_is_added_with_one_top_folder_stripped(tmp_path: 
     }
     assert builder.classes() == {"circle": 2, "vstripes": 1}
     loose = builder.add_zip(
-        _zip({"loose.png": _png("circle", 5), "train/x.png": _png("circle", 6)})
+        zip_bytes({"loose.png": _png("circle", 5), "train/x.png": _png("circle", 6)})
     )
     assert [r.reason for r in loose] == [
         "not inside a class folder",
@@ -115,7 +107,7 @@ def test_the_train_page_builds_a_dataset_and_hands_it_to_the_form(monkeypatch, t
     at.file_uploader[0].set_value([*files, ("dup.png", files[0][1], "image/png")]).run()
     assert [s.value for s in at.success] == ["Added 5 image(s)."]
     assert next(w.value for w in at.warning).startswith("dup.png: skipped, the same image")
-    zipped = _zip({f"Stripes_V/v{i}.png": _png("vstripes", 10 + i) for i in range(5)})
+    zipped = zip_bytes({f"Stripes_V/v{i}.png": _png("vstripes", 10 + i) for i in range(5)})
     at.file_uploader[1].set_value([("more.zip", zipped, "application/zip")]).run()
     assert not at.exception
     assert {p.name for p in (root / "Stripes_V").iterdir()} == {f"v{i}.png" for i in range(5)}
