@@ -192,10 +192,14 @@ def test_a_dataset_built_in_the_browser_lands_on_disk_and_trains(tmp_path: Path)
         name.fill("web shapes")
         name.press("Enter")
         settled(page)
-        page.get_by_label("New class").fill("circle")  # the new class is the one added to
+        new_class = page.get_by_label("New class")
+        new_class.fill("circle")  # the new class is the one added to
+        new_class.press("Enter")  # commit the text before the button reads it
+        settled(page)
         page.get_by_role("button", name="Add class").click()
         settled(page)
         uploader = page.get_by_test_id("stFileUploader").filter(has_text="Images for")
+        expect(uploader).to_be_visible(timeout=60_000)
         uploader.locator("input[type=file]").set_input_files([str(p) for p in files[:6]])
         expect(page.get_by_text("Added 6 image(s).")).to_be_visible(timeout=60_000)
         settled(page)
