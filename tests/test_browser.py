@@ -206,7 +206,10 @@ def test_a_dataset_built_in_the_browser_lands_on_disk_and_trains(tmp_path: Path)
         # The zip makes its own class (its folder).
         zipped = page.get_by_test_id("stFileUploader").filter(has_text="zip of class folders")
         zipped.locator("input[type=file]").set_input_files(str(tmp_path / "stripes.zip"))
-        expect(page.get_by_text("Added 6 image(s).")).to_be_visible(timeout=60_000)
+        # "Added 6 image(s)." is already on the page from the first upload, so wait for what
+        # only the zip brings: a second class, which is what shows the "Use this dataset" button.
+        use = page.get_by_role("button", name="Use this dataset in the form below")
+        expect(use).to_be_visible(timeout=60_000)
         settled(page)
         page.screenshot(path=tmp_path / "builder.png", full_page=True)
         root = data / "web_shapes"
@@ -215,7 +218,7 @@ def test_a_dataset_built_in_the_browser_lands_on_disk_and_trains(tmp_path: Path)
             "circle": [f"circle_{i}.png" for i in range(6)],
             "vstripes": [f"vstripes_{i}.png" for i in range(6)],
         }  # one folder per class, names sanitised
-        page.get_by_role("button", name="Use this dataset in the form below").click()
+        use.click()
         settled(page)
         epochs = page.get_by_label("Epochs", exact=True)
         epochs.fill("1")
