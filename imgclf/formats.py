@@ -105,10 +105,14 @@ def is_image_name(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def walk(folder: str | os.PathLike[str]) -> Iterator[Path]:
+def walk(
+    folder: str | os.PathLike[str], errors: list[tuple[Path, str]] | None = None
+) -> Iterator[Path]:
     """Every file under `folder`, sorted, following symlinked folders (a user's class folder may
     be a link to their photo library) but never entering the same real folder twice, so a link
-    loop ends. Hidden names (".x") are skipped."""
+    loop ends. Hidden names (".x") are skipped. A folder that cannot be read (no permission, an
+    I/O error) is appended to `errors` as (folder, reason) so the caller can name it; without
+    `errors` it raises the OSError, never skips silently."""
     seen: set[str] = set()
 
     def visit(path: Path) -> Iterator[Path]:
@@ -118,7 +122,10 @@ def walk(folder: str | os.PathLike[str]) -> Iterator[Path]:
         seen.add(real)
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            if errors is None:
+                raise
+            errors.append((path, f"folder cannot be read ({exc.strerror or exc})"))
             return
         for entry in entries:
             if entry.name.startswith("."):
@@ -127,7 +134,7 @@ def walk(folder: str | os.PathLike[str]) -> Iterator[Path]:
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
-                is_dir = False
+                is_dir = False  # yielded as a file: the caller's file check names the problem
             if is_dir:
                 yield from visit(child)
             else:

@@ -32,10 +32,12 @@ def expand_inputs(
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            listed = sorted(walk(path))  # hidden names skipped; symlinked folders followed
+            unread: list[tuple[Path, str]] = []
+            listed = sorted(walk(path, unread))  # hidden names skipped; symlinked folders followed
+            missing += [(str(folder), reason) for folder, reason in unread]
             found = [p for p in listed if is_image_name(p)]
             others = len(listed) - len(found)
-            if not found:
+            if not found and not unread:
                 missing.append((raw, "folder has no image files"))
             elif others:
                 kinds = " ".join(sorted(IMAGE_EXTENSIONS))

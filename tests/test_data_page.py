@@ -215,3 +215,15 @@ def test_a_builtin_source_shows_its_size_and_samples(monkeypatch, tmp_path):
     assert any("Every digits image is 8×8 pixels with 1 channel(s)" in m.value for m in at.markdown)
     alts = _image_alts(at)
     assert all(f"{name} sample 1" in alts for name in report["classes"]), alts
+
+
+def test_a_csv_training_would_refuse_still_shows_why_each_row_was(monkeypatch, app_runs, tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\nmissing.png,circle\n,circle\nother.png,\n")
+    at = _read_folder(_data_page(monkeypatch, app_runs), csv)
+    assert not at.exception
+    (warning,) = at.warning
+    assert warning.value.startswith("Training would stop here:")
+    skipped = _table_in(at, "data-skipped").to_dict("records")
+    assert [r["reason"] for r in skipped] == ["file not found", "empty path", "empty label"]
+    assert skipped[0]["file"] == "labels.csv line 2: missing.png"

@@ -72,7 +72,7 @@ class DatasetBuilder:
         if not self.root.is_dir():
             return {}
         return {
-            d.name: sum(1 for p in walk(d) if is_image_name(p))
+            d.name: sum(1 for p in walk(d, []) if is_image_name(p))
             for d in sorted(self.root.iterdir(), key=lambda d: d.name)
             if d.is_dir() and not d.name.startswith(".") and d.name not in NOT_CLASSES
         }
@@ -89,7 +89,7 @@ class DatasetBuilder:
 
     def _index(self) -> dict[str, str]:
         """The hashes of every image in the dataset (re-read when files changed under us)."""
-        files = [p for p in walk(self.root) if is_image_name(p)] if self.root.is_dir() else []
+        files = [p for p in walk(self.root, []) if is_image_name(p)] if self.root.is_dir() else []
         if self._hashes is None or len(files) != self._listed:
             self._hashes = {}
             for path in sorted(files):

@@ -64,7 +64,8 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _list_class(root: Path, class_dir: Path, split: int, ignored: list[dict[str, str]]):
-    for path in sorted(walk(class_dir)):  # follows symlinked folders, once each
+    unread: list[tuple[Path, str]] = []
+    for path in sorted(walk(class_dir, unread)):  # follows symlinked folders, once each
         rel = path.relative_to(root)
         if _is_hidden(rel):
             continue
@@ -76,6 +77,8 @@ def _list_class(root: Path, class_dir: Path, split: int, ignored: list[dict[str,
             yield (rel.as_posix(), class_dir.name, split)
         else:
             ignored.append({"file": rel.as_posix(), "reason": "not an image file extension"})
+    for folder, reason in unread:  # named, so a class is never silently missing files
+        ignored.append({"file": folder.relative_to(root).as_posix() + "/", "reason": reason})
 
 
 def list_folder(root: Path) -> tuple[list[Entry], list[str], list[dict[str, str]], bool]:

@@ -9,7 +9,7 @@ NumPy only (built-in `keras:*` sources excepted, which Keras itself loads)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,10 @@ class Listing:
     kind: str  # "folder" or "csv"
     root: Path  # the files are relative to it
     files: dict[str, list[str]]  # class -> its files, in listing order (empty classes too)
+    # What the listing itself left out, with reasons (the data report has them too, but the
+    # page must show them also when training would stop before writing a report):
+    skipped: list[dict[str, str]] = field(default_factory=list)  # CSV rows refused
+    ignored: list[dict[str, str]] = field(default_factory=list)  # not images, unreadable folders
 
 
 def source_kind(path: str | Path) -> str:
@@ -49,16 +53,18 @@ def list_source(path: str | Path) -> Listing:
     class sub-folders) or of a CSV, listed by `list_folder` / `list_csv`. DataError (one line)
     for a missing folder, a missing or malformed CSV, or a bad layout."""
     kind = source_kind(path)
+    skipped: list[dict[str, str]] = []
+    ignored: list[dict[str, str]] = []
     if kind == "csv":
-        entries, _, _, root = list_csv(Path(path))
+        entries, skipped, _, root = list_csv(Path(path))
         classes = sorted({label for _, label, _ in entries})
     else:
         root = check_root(path)
-        entries, classes, _, _ = list_folder(root)
+        entries, classes, ignored, _ = list_folder(root)
     files: dict[str, list[str]] = {name: [] for name in classes}
     for file, label, _ in entries:
         files[label].append(file)
-    return Listing(kind, root, files)
+    return Listing(kind, root, files, skipped, ignored)
 
 
 def training_config(path: str | Path, kind: str, base: dict[str, Any] | None = None) -> Config:

@@ -90,7 +90,11 @@ def _file_table(title: str, rows: list[dict[str, str]], what: str) -> None:
 def _problems(report: dict[str, Any]) -> None:
     st.subheader("Skipped and ignored files")
     _file_table("Skipped", report.get("skipped") or [], "unreadable: left out of every split")
-    _file_table("Ignored", report.get("ignored") or [], "not images: never opened")
+    _file_table(
+        "Ignored",
+        report.get("ignored") or [],
+        "never opened (not images, or in a folder that cannot be read)",
+    )
 
 
 def _file_sizes(rows: list[dict[str, Any]]) -> None:
@@ -256,8 +260,9 @@ def _before_training() -> None:
     config = data_info.training_config(path, listing.kind)
     report = _would_report(path, listing.kind)
     _what_training_sees(listing, report, config)
-    if isinstance(report, dict):
-        _problems(report)
+    # When training would stop there is no report: the listing's own reasons are shown instead
+    # (a CSV whose every row is refused must say why each row was).
+    _problems(report if isinstance(report, dict) else vars(listing))
     _file_sizes(rows)
     _file_samples(listing, list(listing.files))
     _augmentation(config, len(listing.files), "path")
