@@ -10,11 +10,11 @@ prediction never see it and the exported model contains none of it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imgclf.arguments import ArgumentParser
 from imgclf.errors import UserError
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def preview(config: Config, out: str | Path, n_images: int = 8, n_variants: int 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m imgclf.augment [--config C] [key=value ...] --out grid.png`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="imgclf-augment",
         description="Preview the augmentation of a config on its training images.",
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import runs
+from imgclf.arguments import ArgumentParser
 from imgclf.config import read_yaml
 from imgclf.errors import UserError
 
@@ -265,7 +266,7 @@ def write_outputs(runs_: list[RunSummary], out: str | Path) -> list[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `imgclf-compare` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="imgclf-compare",
         description="Compare training runs: config differences, results, overlaid curves.",
         epilog="example:\n  imgclf-compare runs/sigmoid-run runs/relu-run --out runs/compare",

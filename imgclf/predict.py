@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgclf import runs
+from imgclf.arguments import ArgumentParser
 from imgclf.errors import UserError
 from imgclf.images import ImageError, load_image
 from imgclf.models.names import PROBABILITIES as PROBS
@@ -326,7 +327,7 @@ def classify_named(
 
 def build_parser() -> argparse.ArgumentParser:
     """The `imgclf-predict` argument parser (importing it costs no TensorFlow)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="imgclf-predict",
         description="Classify images with a run directory or an export of it (SavedModel "
         "directory, .tflite or .onnx file).",
@@ -401,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     files, failures, notes = expand_inputs(args.images)
+    if not files:  # nothing to classify (a missing path, an empty folder): said before loading
+        for source, reason in failures:
+            print(f"error: {source}: {reason}", file=sys.stderr)
+        return 2
     from imgclf.console import quiet_tensorflow
 
     quiet_tensorflow(args.verbose)

@@ -132,7 +132,7 @@ class PredictionWriter:
 def ood_warning(p: Any, threshold: float | None) -> str:
     """The one line that says an image (a `predict.Prediction`) does not look like the
     training data."""
-    limit = f" > threshold {threshold:.1f}" if threshold is not None else ""
+    limit = f" > threshold {threshold:.2f}" if threshold is not None else ""
     return (
         f"warning: {p.source}: doesn't look like the training data (OOD score "
         f"{p.ood_score:.1f}{limit}); its label {p.label!r} (p = {p.probabilities[0]:.3f}) is "
@@ -149,7 +149,7 @@ def classify_stream(predictor: Any, files: list[Path], args: Any, layer: str | N
     writer = PredictionWriter(sys.stdout, args.format, width, ood=predictor.has_ood)
     if predictor.has_ood and args.format == "table":  # stderr: stdout stays the table
         limit = predictor.ood_threshold
-        above = f"above {limit:.1f} (marked !)" if limit is not None else "marked !"
+        above = f"above {limit:.2f} (marked !)" if limit is not None else "marked !"
         print(
             "note: ood = distance of the image to the nearest class of the training data in "
             f"the model's feature space; {above}: doesn't look like the training data",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf import runs
+from imgclf.arguments import ArgumentParser
 from imgclf.config import Config, dump_config, load_config
 from imgclf.errors import UserError
 from imgclf.prepare import Prepared, preflight, prepare
@@ -193,7 +194,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `imgclf-train` argument parser (importing it costs no TensorFlow)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="imgclf-train",
         description="Train an image classifier. With no --config, trains the embedded default "
         "(configs/default.yaml: a CNN on 5,000 MNIST digits).",

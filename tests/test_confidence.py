@@ -421,3 +421,21 @@ def test_a_detector_that_would_be_float32_round_off_is_not_kept():
         stats = ood.with_threshold(stats, stats.score(features[400:500]), 0.95)
         error = stats.float32_error(features[500:])
         assert (error <= ood.FLOAT32_LIMIT) is small, error
+
+
+def test_a_temperature_at_the_end_of_its_range_is_not_used():
+    """Every validation label is the model's least likely class: the best fit flattens every
+    probability towards 1/K, T runs to the top of T_RANGE, and the run keeps its own
+    probabilities and says why."""
+    val_logits = np.random.default_rng(4).normal(0, 4, (6, 3))
+    val_labels = val_logits.argmin(axis=1)
+    test_logits, test_labels = _sampled(200, 3, 1.0, seed=5)
+    assert calibration.fit_temperature(val_logits, val_labels) > 0.99 * calibration.T_RANGE[1]
+    report = calibration.calibrate(val_logits, val_labels, test_logits, test_labels)
+    assert "temperature" not in report and "after" not in report  # nothing folded, no figures
+    assert report["skipped"].startswith("the temperature ran to the top of its range")
+    assert "on 6 validation images" in report["skipped"] and report["n_val"] == 6
+    from imgclf.finish import confidence_summary
+
+    line = confidence_summary({"calibration": report})
+    assert line.startswith("calibration skipped: the temperature ran to the top")

@@ -156,3 +156,19 @@ def test_overrides_may_come_before_or_after_options(capsys):
     assert main(["train.epochs=2", "--print-config", "train.batch_size=8"]) == 0
     printed = capsys.readouterr().out
     assert "epochs: 2" in printed and "batch_size: 8" in printed
+
+
+@pytest.mark.parametrize(
+    "module", ["train", "predict", "compare", "augment", "export.cli", "labs.cli"]
+)
+def test_every_command_answers_a_usage_mistake_in_one_line(module: str, capsys):
+    import importlib
+
+    main = importlib.import_module(f"imgclf.{module}").main
+    with pytest.raises(SystemExit) as exit_:
+        main(["--no-such-option", "x"])
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    (line,) = err.strip().splitlines()  # argparse's own error prints the usage block first
+    assert line.startswith("error: ") and line.endswith(" --help)") and "(see imgclf-" in line
+    assert not out

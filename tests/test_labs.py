@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -128,19 +129,74 @@ def test_an_existing_out_folder_is_refused_and_kept(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_lecun1989_quick_has_one_row_per_cumulative_change(tmp_path: Path):
+def _fake_keras_mnist(tmp_path: Path, monkeypatch, copies: np.ndarray) -> None:
+    """Keras' MNIST loader fed a local file in its cache's format: 60 random digits plus
+    `copies` (uint8 [N, 28, 28]), which stand for the mnist5k digits MNIST also holds."""
+    import keras.src.datasets.mnist as keras_mnist
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.integers(0, 256, (60, 28, 28), dtype=np.uint8), copies])
+    y = np.arange(len(x)) % 10
+    np.savez(tmp_path / "mnist.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
+    monkeypatch.setattr(keras_mnist, "get_file", lambda *a, **k: str(tmp_path / "mnist.npz"))
+
+
+def test_lecun1989_quick_has_one_row_per_cumulative_change_then_the_data_rows(
+    tmp_path: Path, monkeypatch
+):
     from imgclf.labs import lecun1989
 
+    ours = lecun1989._pool("mnist5k").images[:7, ..., 0]
+    _fake_keras_mnist(tmp_path, monkeypatch, ours)
     out = tmp_path / "lecun"
-    assert cli.main(["lecun1989", "--quick", "--out", str(out)]) == 0
+    assert cli.main(["lecun1989", "--quick", "--more-data", "--out", str(out)]) == 0
     lab = folder.read_lab(out)
     rows = lab["rows"]
     _finite(rows)
-    assert [r["recipe"] for r in rows] == [r.label for r in lecun1989.recipes(1, 2)]
-    assert rows[0]["recipe"].startswith("1989") and len(rows) == 7
+    ablation = [r.label for r in lecun1989.recipes(1, 2)]
+    assert [r["recipe"] for r in rows] == [
+        *ablation,
+        "1989, half the training images",
+        "all changes, half the training images",
+        "1989 + MNIST's digits (more data)",
+        "all changes + MNIST's digits (more data)",
+    ]
+    assert rows[0]["recipe"].startswith("1989") and len(rows) == 11
     assert all(0 <= r["test error %"] <= 100 and 0 <= r["train error %"] <= 100 for r in rows)
+    n = rows[0]["training images"]
+    assert {r["training images"] for r in rows[:7]} == {n}
+    # Half of each class (rounded down, 10 classes): half of all, or up to 5 fewer.
+    assert rows[7]["training images"] == rows[8]["training images"]
+    assert n // 2 - 5 <= rows[7]["training images"] <= n // 2
+    # 60 new digits added; the 7 that are mnist5k's own are left out (no test image leaks).
+    assert rows[9]["training images"] == rows[10]["training images"] == n + 60
+    assert "60 added, 7 left out as copies" in lab["more_data"]
+    assert rows[9]["epochs"] == rows[0]["epochs"] and rows[10]["epochs"] == rows[6]["epochs"]
     assert "mnist5k resized to 16x16" in lab["data"] and lab["batch"] == lecun1989.BATCH
     assert (out / "lecun1989.png").stat().st_size > 10_000
+
+
+def test_more_data_offline_is_one_line_before_any_training(tmp_path: Path, monkeypatch, capsys):
+    import keras.src.datasets.mnist as keras_mnist
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: Name or service not known")
+
+    monkeypatch.setattr(keras_mnist, "get_file", offline)
+    out = tmp_path / "lecun"
+    assert cli.main(["lecun1989", "--quick", "--more-data", "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: could not load Keras dataset 'mnist'") and not out.exists()
+
+
+def test_half_keeps_half_of_every_class_and_the_test_images():
+    from imgclf.labs import lecun1989
+
+    y = np.repeat(np.arange(10), 11)
+    data = (np.arange(110.0), y, np.arange(5.0), np.arange(5))
+    x2, y2, xt, yt = lecun1989.half(data, seed=0)
+    assert np.bincount(y2, minlength=10).tolist() == [5] * 10
+    assert set(x2) < set(data[0]) and xt is data[2] and yt is data[3]
 
 
 def test_the_1989_net_has_the_papers_shapes():
@@ -178,7 +234,7 @@ def test_the_peak_is_a_bump_near_the_threshold_not_the_smallest_net():
 @pytest.mark.parametrize(
     "args",
     [["regions", "--seed", "-1"], ["regions", "--label-noise", "0.1"],
-     ["double-descent", "--label-noise", "0.95"]],
+     ["double-descent", "--label-noise", "0.95"], ["regions", "--more-data"]],
 )  # fmt: skip
 def test_bad_arguments_are_one_line_before_any_training(args, capsys):
     assert cli.main(args) == 2

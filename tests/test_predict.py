@@ -188,3 +188,25 @@ def test_a_model_with_a_lambda_layer_is_refused(tmp_path: Path):
     runs.set_state(run, runs.COMPLETE)
     with pytest.raises(UserError, match="contains a Lambda layer"):
         Predictor.from_path(run)
+
+
+def test_nothing_to_classify_is_exit_2_before_the_model_loads(tiny_run: Path, tmp_path: Path):
+    """A missing file and an empty folder, and nothing else: their lines, exit 2, no output and
+    no TensorFlow (the model is never loaded)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "empty").mkdir()
+    code = (
+        "import sys; from imgclf.predict import main\n"
+        f"rc = main([{str(tiny_run)!r}, {str(tmp_path / 'nope.jpg')!r}, "
+        f"{str(tmp_path / 'empty')!r}])\n"
+        "print('TF_LOADED' if 'tensorflow' in sys.modules else 'TF_NOT_LOADED'); sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stdout.strip() == "TF_NOT_LOADED"  # no table header, no model loaded
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope.jpg'}: file not found",
+        f"error: {tmp_path / 'empty'}: folder has no image files",
+    ]

@@ -3,12 +3,12 @@ package (argument parsing and the report; the work is in the format modules)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 from imgclf import runs
+from imgclf.arguments import ArgumentParser
 from imgclf.console import quiet_tensorflow
 from imgclf.errors import UserError
 from imgclf.export.parity import ExportError
@@ -34,7 +34,7 @@ def _report(what: str, record: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m imgclf.export RUN_DIR [--format saved_model|tflite|onnx|all]
     [--quantize int8] [--out DIR | --serving-dir DIR]`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="imgclf-export",
         description="Export a trained run (SavedModel, TFLite, ONNX), each checked for parity "
         "against model.keras on the run's test split.",

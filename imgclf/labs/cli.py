@@ -4,6 +4,7 @@ write its lab folder (`imgclf.labs.folder`); prints the table and where it went.
     imgclf-lab regions          # linear regions of a deep and a wide ReLU net (2-D input)
     imgclf-lab double-descent   # test error against width of a one-hidden-layer MLP on MNIST
     imgclf-lab lecun1989        # the 1989 digit net, then the modern changes one at a time
+                                # (--more-data: and with MNIST's digits, through Keras)
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from imgclf.arguments import ArgumentParser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,7 +29,7 @@ LABS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgclf-lab", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="imgclf-lab", description=__doc__.split("\n")[0])
     parser.add_argument("lab", choices=sorted(LABS), help="which experiment")
     parser.add_argument("--quick", action="store_true", help="minutes on 2 cores (tests)")
     parser.add_argument("--out", help="the lab folder (default: labs/<lab>-<time>)")
@@ -34,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-noise", type=float, default=None,
                         help="double-descent only: share of training labels made wrong, "
                         "0 <= x < 0.9 (default 0.1)")  # fmt: skip
+    parser.add_argument("--more-data", action="store_true",
+                        help="lecun1989 only: also train on MNIST's 70,000 digits (Keras' "
+                        "cache, or a download)")  # fmt: skip
     return parser
 
 
@@ -65,6 +71,8 @@ def _check(args: argparse.Namespace) -> str | None:
             return "--label-noise is for double-descent only"
         if not 0.0 <= args.label_noise < 0.9:
             return f"--label-noise must be in [0, 0.9), got {args.label_noise}"
+    if args.more_data and args.lab != "lecun1989":
+        return "--more-data is for lecun1989 only"
     target = Path(args.out) if args.out else labs_root() / "x"
     if args.out and target.exists():
         return f"{args.out} already exists: give --out a new folder"
@@ -93,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     options = {}
     if args.lab == "double-descent":
         options["label_noise"] = 0.1 if args.label_noise is None else args.label_noise
+    if args.more_data:
+        options["more_data"] = True
     try:
         folder, rows = run_lab(args.lab, args.quick, args.seed, args.out, **options)
     except (UserError, OSError) as exc:
@@ -102,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
     print(markdown_table(rows), end="")
+    if args.quick:
+        print("note: --quick is a smoke test (few images, 1-2 epochs): these figures are not the "
+              "lab's results; run without --quick for them", file=sys.stderr)  # fmt: skip
     print(folder)
     return 0
 

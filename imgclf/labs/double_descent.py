@@ -117,7 +117,10 @@ def run(quick: bool = False, seed: int = 0, label_noise: float = 0.1) -> tuple[l
     rows = []
     for width in widths:
         rows.append(_fit(width, (x, y, x_test, y_test), epochs, seed))
-        print(f"width {width}: {rows[-1]}", file=sys.stderr, flush=True)  # minutes per width
+        r = rows[-1]  # a line per width: minutes each in full mode
+        print(f"width {width} ({r['parameters']:,} parameters): train error "
+              f"{r['train error']:.3f}, test error {r['test error']:.3f} after {r['epochs']} "
+              f"epochs, {r['seconds']:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
     threshold = n_train * 10
     peak = peak_near(rows, threshold)
     fitted = next((r for r in rows if r["train error"] == 0), None)
