@@ -5,7 +5,6 @@ answered as one line on stderr, exit code 2, like every other bad input (argpars
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import NoReturn
 
 
@@ -14,9 +13,4 @@ class ArgumentParser(argparse.ArgumentParser):
     then exit code 2. `--help` prints the full usage as usual."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            sys.stderr.write(message)
-        sys.exit(status)
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")  # argparse writes it

@@ -98,6 +98,14 @@ def figures(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
             "reliability": rel["bins"]}  # fmt: skip
 
 
+def mean_nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood of softmax(logits / temperature) at `labels`, in float64."""
+    s = np.asarray(logits, np.float64) / temperature
+    s = s - s.max(axis=1, keepdims=True)
+    rows = np.arange(len(s))
+    return float((np.log(np.exp(s).sum(axis=1)) - s[rows, np.asarray(labels, np.int64)]).mean())
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) on (validation) logits
     [N, K] float and labels int [N] (Guo et al., 2017). A bounded scalar search on log T
@@ -108,17 +116,13 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     if len(logits) == 0:
         raise ValueError("fit_temperature needs at least one validation image")
-    z = np.asarray(logits, np.float64)
-    rows = np.arange(len(z))
-    labels = np.asarray(labels, np.int64)
-
-    def loss(log_t: float) -> float:
-        s = z / np.exp(log_t)
-        s = s - s.max(axis=1, keepdims=True)
-        return float((np.log(np.exp(s).sum(axis=1)) - s[rows, labels]).mean())
-
     bounds = (float(np.log(T_RANGE[0])), float(np.log(T_RANGE[1])))
-    result = minimize_scalar(loss, bounds=bounds, method="bounded", options={"xatol": 1e-4})
+    result = minimize_scalar(
+        lambda log_t: mean_nll(logits, labels, float(np.exp(log_t))),
+        bounds=bounds,
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return float(np.exp(result.x))
 
 
@@ -134,7 +138,7 @@ def calibrate(
     the validation split cannot fit one, and the probabilities are left as trained (decided on
     validation alone: the test split only measures)."""
     temperature = fit_temperature(val_logits, val_labels)
-    why = at_limit(temperature, len(val_labels))
+    why = at_limit(val_logits, val_labels, temperature)
     if why:
         return {"skipped": why, "fitted_temperature": temperature, "n_val": len(val_labels)}
     return {
@@ -150,20 +154,35 @@ def calibrate(
     }
 
 
-def at_limit(temperature: float, n_val: int) -> str | None:
-    """Why a fitted `temperature` is not used (it lies within 1% of an end of T_RANGE), or
-    None. At the top end, lowering every confidence towards 1/K kept improving the validation
-    likelihood: the model is near chance on those images, or they are too few to fit T (a
-    45-image folder split 33/6/6 gave T = 19.999 and a worse test ECE, 0.23 -> 0.33)."""
+def at_limit(logits: np.ndarray, labels: np.ndarray, temperature: float) -> str | None:
+    """Why the fitted `temperature` is not used, or None: it is not a number, or the NLL of
+    (validation) `logits` [N, K] at `labels` [N] is no worse at an end of T_RANGE than at T,
+    i.e. it keeps falling towards that end and no finite temperature minimises it.
+      top end:    lowering every confidence towards 1/K kept helping: the model is near chance
+                  on those images, or they are too few (a 45-image folder split 33/6/6 gave
+                  T = 19.999 and a worse test ECE, 0.23 -> 0.33);
+      bottom end: every image is already right with a margin, so sharper is always better on
+                  them: T would make the model ever more confident, which nothing supports."""
     low, high = T_RANGE
-    if low * 1.01 < temperature < high * 0.99:
-        return None
-    end = "top" if temperature >= high * 0.99 else "bottom"
-    return (
-        f"the temperature ran to the {end} of its range ({temperature:.3g}, allowed {low}-{high}) "
-        f"on {n_val} validation images: too few, or a model near chance on them, to fit one; "
-        "the probabilities are left as trained (more validation images or more training fix it)"
-    )
+    n = len(labels)
+    if not np.isfinite(temperature):
+        return f"the temperature fit failed ({temperature}) on {n} validation images"
+    here = mean_nll(logits, labels, temperature) + 1e-9
+    if mean_nll(logits, labels, high) <= here:
+        return (
+            f"the validation likelihood kept improving up to the largest temperature ({high}, "
+            f"probabilities towards 1/K) on {n} validation images: too few, or a model near "
+            "chance on them, to fit one; the probabilities are left as trained (more "
+            "validation images or more training fix it)"
+        )
+    if mean_nll(logits, labels, low) <= here:
+        return (
+            f"the validation likelihood kept improving down to the smallest temperature ({low}, "
+            f"ever sharper probabilities) on {n} validation images: every one is already "
+            "right with a margin, so they cannot say how confident to be; the probabilities are "
+            "left as trained (a larger validation split, with some errors, fits one)"
+        )
+    return None
 
 
 def fold_temperature(model: keras.Model, temperature: float) -> None:

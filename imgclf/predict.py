@@ -405,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     if not files:  # nothing to classify (a missing path, an empty folder): said before loading
         for source, reason in failures:
             print(f"error: {source}: {reason}", file=sys.stderr)
+        for source, note in notes:
+            print(f"note: {source}: {note}", file=sys.stderr)
         return 2
     from imgclf.console import quiet_tensorflow
 

@@ -145,3 +145,17 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             zf.writestr(name, data)
     return out.getvalue()
+
+
+def refuse_to_read(monkeypatch, folder: Path) -> None:
+    """Make `folder` unreadable as a permission error would (the suite may run as root, for
+    whom chmod 000 does not stop a read), leaving every other folder alone."""
+    for name in ("scandir", "listdir"):  # Path.iterdir reads through one or the other
+        real = getattr(os, name)
+
+        def refused(path=".", _real=real):
+            if Path(path).resolve() == folder.resolve():
+                raise PermissionError(13, "Permission denied", str(path))
+            return _real(path)
+
+        monkeypatch.setattr(os, name, refused)

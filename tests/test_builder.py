@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image, zip_bytes
+from conftest import make_image, refuse_to_read, zip_bytes
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -131,3 +131,14 @@ def test_a_zip_bomb_member_is_refused_before_it_is_decompressed():
     assert listing.images == ["ok/a.png"]
     ((name, reason),) = listing.failures
     assert name == "bomb/zeros.bmp" and "decompresses" in reason
+
+
+def test_a_folder_the_builder_cannot_read_is_named(tmp_path: Path, monkeypatch):
+    builder = DatasetBuilder(tmp_path / "pets")
+    builder.add("cat", "a.png", _png("circle", 0))
+    (builder.root / "cat" / "old").mkdir()
+    refuse_to_read(monkeypatch, builder.root / "cat" / "old")
+    assert builder.classes() == {"cat": 1}
+    assert builder.unreadable == [
+        (builder.root / "cat" / "old", "folder cannot be read (Permission denied)")
+    ]

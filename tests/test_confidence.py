@@ -424,8 +424,8 @@ def test_a_detector_that_would_be_float32_round_off_is_not_kept():
 
 
 def test_a_temperature_at_the_end_of_its_range_is_not_used():
-    """Every validation label is the model's least likely class: the best fit flattens every
-    probability towards 1/K, T runs to the top of T_RANGE, and the run keeps its own
+    """Every validation label is the model's least likely class: the likelihood improves all
+    the way to probabilities of 1/K, T runs to the top of T_RANGE, and the run keeps its own
     probabilities and says why."""
     val_logits = np.random.default_rng(4).normal(0, 4, (6, 3))
     val_labels = val_logits.argmin(axis=1)
@@ -433,9 +433,31 @@ def test_a_temperature_at_the_end_of_its_range_is_not_used():
     assert calibration.fit_temperature(val_logits, val_labels) > 0.99 * calibration.T_RANGE[1]
     report = calibration.calibrate(val_logits, val_labels, test_logits, test_labels)
     assert "temperature" not in report and "after" not in report  # nothing folded, no figures
-    assert report["skipped"].startswith("the temperature ran to the top of its range")
+    assert report["skipped"].startswith("the validation likelihood kept improving up to")
     assert "on 6 validation images" in report["skipped"] and report["n_val"] == 6
     from imgclf.finish import confidence_summary
 
     line = confidence_summary({"calibration": report})
-    assert line.startswith("calibration skipped: the temperature ran to the top")
+    assert line.startswith("calibration skipped: the validation likelihood kept improving up")
+
+
+@pytest.mark.parametrize("margin", [5.0, 8.0, 30.0])
+def test_a_validation_split_with_no_error_cannot_fit_a_temperature(margin: float):
+    """Every validation image right with a margin: sharper is always better on them, so the
+    search ends near the bottom of T_RANGE, wherever it stops (0.05 or a little above), and
+    that is refused, with its own reason."""
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 4, 40)
+    logits = rng.normal(0, 1, (40, 4))
+    logits[np.arange(40), labels] += margin
+    report = calibration.calibrate(logits, labels, *_sampled(200, 4, 1.0, seed=7))
+    assert report["skipped"].startswith("the validation likelihood kept improving down to")
+    assert "every one is already right" in report["skipped"]
+
+
+def test_an_interior_temperature_is_kept():
+    logits, labels = _sampled(500, 4, 0.3, seed=8)  # under-confident: the best T is about 0.3
+    assert calibration.at_limit(logits, labels, calibration.fit_temperature(logits, labels)) is None
+    assert calibration.at_limit(logits, labels, float("nan")).startswith(
+        "the temperature fit failed"
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, tiny_overrides, write_folder_dataset
+from conftest import CLASSES, refuse_to_read, tiny_overrides, write_folder_dataset
 
 from imgclf.config import load_config
 from imgclf.data import conform, load_data, load_pool, make_dataset, split_indices
@@ -366,27 +366,12 @@ def test_predefined_split_needs_a_source_that_has_one():
         load_config(None, ["data.split=predefined"])
 
 
-def _refuse_to_read(monkeypatch, folder: Path) -> None:
-    """Make `folder` unreadable as a permission error would (the suite may run as root, for
-    whom chmod 000 does not stop a read), leaving every other folder alone."""
-    import os
-
-    real_scandir = os.scandir
-
-    def scandir(path):
-        if Path(path).resolve() == folder.resolve():
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
-
-
 def test_an_unreadable_sub_folder_is_named_not_silently_left_out(tmp_path: Path, monkeypatch):
     root = write_folder_dataset(tmp_path / "ds", per_class=8)
     locked = root / "circle" / "from-phone"
     locked.mkdir()
     shutil.copy(root / "circle" / "img_00.png", locked / "a.png")
-    _refuse_to_read(monkeypatch, locked)
+    refuse_to_read(monkeypatch, locked)
     splits = load_data(_folder_config(root))
     assert splits.report["ignored"] == [
         {"file": "circle/from-phone/", "reason": "folder cannot be read (Permission denied)"}
@@ -398,11 +383,29 @@ def test_predict_names_an_unreadable_folder_and_keeps_the_rest(tmp_path: Path, m
     from imgclf.predictions import expand_inputs
 
     root = write_folder_dataset(tmp_path / "ds", per_class=2)
-    _refuse_to_read(monkeypatch, root / "hstripes")
+    refuse_to_read(monkeypatch, root / "hstripes")
     files, failures, _ = expand_inputs([str(root)])
     assert failures == [(str(root / "hstripes"), "folder cannot be read (Permission denied)")]
     assert sorted(p.parent.name for p in files) == ["circle"] * 2 + ["vstripes"] * 2
-    _refuse_to_read(monkeypatch, root)  # the folder itself: its reason, not "has no images"
+    refuse_to_read(monkeypatch, root)  # the folder itself: its reason, not "has no images"
     assert expand_inputs([str(root)])[1] == [
         (str(root), "folder cannot be read (Permission denied)")
     ]
+
+
+def test_an_unreadable_data_folder_or_class_folder_stops_with_one_line(tmp_path, monkeypatch):
+    root = write_folder_dataset(tmp_path / "ds", per_class=4)
+    with monkeypatch.context() as m:
+        refuse_to_read(m, root)
+        with pytest.raises(DataError, match=r"^data.path: .*ds cannot be read \(Permission denied"):
+            load_data(_folder_config(root))
+    with monkeypatch.context() as m:
+        refuse_to_read(m, root / "hstripes")  # a whole class: never trained without it
+        with pytest.raises(DataError, match=r"^data.path: class hstripes/: folder cannot be read"):
+            load_data(_folder_config(root))
+    split = tmp_path / "split"
+    for part in ("train", "test"):
+        write_folder_dataset(split / part, per_class=4)
+    refuse_to_read(monkeypatch, split / "test")
+    with pytest.raises(DataError, match=r"split/test cannot be read \(Permission denied"):
+        load_data(_folder_config(split))

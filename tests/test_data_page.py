@@ -227,3 +227,25 @@ def test_a_csv_training_would_refuse_still_shows_why_each_row_was(monkeypatch, a
     skipped = _table_in(at, "data-skipped").to_dict("records")
     assert [r["reason"] for r in skipped] == ["file not found", "empty path", "empty label"]
     assert skipped[0]["file"] == "labels.csv line 2: missing.png"
+
+
+def test_an_unreadable_folder_is_listed_with_its_reason(
+    monkeypatch, app_runs, folder_dataset, tmp_path
+):
+    from conftest import refuse_to_read
+
+    data = shutil.copytree(folder_dataset, tmp_path / "shapes")
+    (data / "circle" / "from-phone").mkdir()
+    shutil.copy(next((data / "circle").glob("*.png")), data / "circle" / "from-phone" / "a.png")
+    at = _data_page(monkeypatch, app_runs)
+    refuse_to_read(monkeypatch, data / "circle" / "from-phone")
+    at = _read_folder(at, data)
+    ignored = _table_in(at, "data-ignored").to_dict("records")
+    assert ignored == [
+        {"file": "circle/from-phone/", "reason": "folder cannot be read (Permission denied)"}
+    ]
+    refuse_to_read(monkeypatch, data)  # the data folder itself: one error line, no traceback
+    at.button(key="data-reread").click().run()
+    assert not at.exception
+    (error,) = at.error
+    assert error.value.startswith(f"data.path: {data} cannot be read (Permission denied)")

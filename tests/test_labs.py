@@ -128,7 +128,6 @@ def test_an_existing_out_folder_is_refused_and_kept(tmp_path: Path):
     assert (tmp_path / "keep.txt").read_text() == "x"
 
 
-@pytest.mark.slow
 def _fake_keras_mnist(tmp_path: Path, monkeypatch, copies: np.ndarray) -> None:
     """Keras' MNIST loader fed a local file in its cache's format: 60 random digits plus
     `copies` (uint8 [N, 28, 28]), which stand for the mnist5k digits MNIST also holds."""
@@ -141,12 +140,13 @@ def _fake_keras_mnist(tmp_path: Path, monkeypatch, copies: np.ndarray) -> None:
     monkeypatch.setattr(keras_mnist, "get_file", lambda *a, **k: str(tmp_path / "mnist.npz"))
 
 
+@pytest.mark.slow
 def test_lecun1989_quick_has_one_row_per_cumulative_change_then_the_data_rows(
     tmp_path: Path, monkeypatch
 ):
     from imgclf.labs import lecun1989
 
-    ours = lecun1989._pool("mnist5k").images[:7, ..., 0]
+    ours = lecun1989._pool("mnist5k").images[..., 0]  # MNIST holds every mnist5k digit
     _fake_keras_mnist(tmp_path, monkeypatch, ours)
     out = tmp_path / "lecun"
     assert cli.main(["lecun1989", "--quick", "--more-data", "--out", str(out)]) == 0
@@ -168,12 +168,25 @@ def test_lecun1989_quick_has_one_row_per_cumulative_change_then_the_data_rows(
     # Half of each class (rounded down, 10 classes): half of all, or up to 5 fewer.
     assert rows[7]["training images"] == rows[8]["training images"]
     assert n // 2 - 5 <= rows[7]["training images"] <= n // 2
-    # 60 new digits added; the 7 that are mnist5k's own are left out (no test image leaks).
+    # 60 new digits added; the ones that are mnist5k's own are left out (no test image leaks).
     assert rows[9]["training images"] == rows[10]["training images"] == n + 60
-    assert "60 added, 7 left out as copies" in lab["more_data"]
+    assert f"60 added, {len(ours)} left out as copies" in lab["more_data"]
     assert rows[9]["epochs"] == rows[0]["epochs"] and rows[10]["epochs"] == rows[6]["epochs"]
     assert "mnist5k resized to 16x16" in lab["data"] and lab["batch"] == lecun1989.BATCH
     assert (out / "lecun1989.png").stat().st_size > 10_000
+
+
+def test_more_data_stops_when_mnist5k_cannot_be_found_in_mnist(tmp_path, monkeypatch, capsys):
+    """Copies are recognised pixel for pixel; an MNIST that lacks some of mnist5k's digits
+    could hide copies of test images, so the lab refuses it before any training."""
+    from imgclf.labs import lecun1989
+
+    ours = lecun1989._pool("mnist5k").images[:7, ..., 0]
+    _fake_keras_mnist(tmp_path, monkeypatch, ours)
+    out = tmp_path / "lecun"
+    assert cli.main(["lecun1989", "--quick", "--more-data", "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: only 7 of mnist5k's") and not out.exists()
 
 
 def test_more_data_offline_is_one_line_before_any_training(tmp_path: Path, monkeypatch, capsys):

@@ -66,13 +66,17 @@ class DatasetBuilder:
         self.root = Path(root)
         self._hashes: dict[str, str] | None = None  # SHA-256 -> path relative to root
         self._listed = -1  # files the index was built from
+        # (folder, reason) of the folders `classes` could not read: the page names them.
+        self.unreadable: list[tuple[Path, str]] = []
 
     def classes(self) -> dict[str, int]:
-        """Class name -> number of image files, in name order."""
+        """Class name -> number of image files, in name order; folders that cannot be read are
+        left in `unreadable`, with the reason."""
+        self.unreadable = []
         if not self.root.is_dir():
             return {}
         return {
-            d.name: sum(1 for p in walk(d, []) if is_image_name(p))
+            d.name: sum(1 for p in walk(d, self.unreadable) if is_image_name(p))
             for d in sorted(self.root.iterdir(), key=lambda d: d.name)
             if d.is_dir() and not d.name.startswith(".") and d.name not in NOT_CLASSES
         }
@@ -89,6 +93,7 @@ class DatasetBuilder:
 
     def _index(self) -> dict[str, str]:
         """The hashes of every image in the dataset (re-read when files changed under us)."""
+        # An unreadable folder's images cannot be hashed; `classes` names such folders.
         files = [p for p in walk(self.root, []) if is_image_name(p)] if self.root.is_dir() else []
         if self._hashes is None or len(files) != self._listed:
             self._hashes = {}

@@ -52,15 +52,24 @@ def _is_hidden(rel: Path) -> bool:
 NOT_CLASSES = {"__MACOSX"}
 
 
+def _listed(folder: Path) -> list[Path]:
+    """The entries of a folder the layout depends on (the root, a train/val/test folder),
+    sorted by name; DataError when it cannot be read (guessing the layout without it would
+    train on the wrong classes)."""
+    try:
+        return sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise DataError(
+            f"data.path: {folder} cannot be read ({exc.strerror or exc}); fix its permissions"
+        ) from None
+
+
 def _subfolders(folder: Path) -> list[Path]:
-    return sorted(
-        (
-            d
-            for d in folder.iterdir()
-            if d.is_dir() and not d.name.startswith(".") and d.name not in NOT_CLASSES
-        ),
-        key=lambda d: d.name,
-    )
+    return [
+        d
+        for d in _listed(folder)
+        if d.is_dir() and not d.name.startswith(".") and d.name not in NOT_CLASSES
+    ]
 
 
 def _list_class(root: Path, class_dir: Path, split: int, ignored: list[dict[str, str]]):
@@ -78,7 +87,10 @@ def _list_class(root: Path, class_dir: Path, split: int, ignored: list[dict[str,
         else:
             ignored.append({"file": rel.as_posix(), "reason": "not an image file extension"})
     for folder, reason in unread:  # named, so a class is never silently missing files
-        ignored.append({"file": folder.relative_to(root).as_posix() + "/", "reason": reason})
+        rel = folder.relative_to(root).as_posix()
+        if folder == class_dir:  # the whole class: training it without its images is wrong
+            raise DataError(f"data.path: class {rel}/: {reason}; fix its permissions")
+        ignored.append({"file": rel + "/", "reason": reason})
 
 
 def list_folder(root: Path) -> tuple[list[Entry], list[str], list[dict[str, str]], bool]:
@@ -88,7 +100,7 @@ def list_folder(root: Path) -> tuple[list[Entry], list[str], list[dict[str, str]
     tops = _subfolders(root)
     ignored = [
         {"file": f.name, "reason": "not inside a class sub-folder"}
-        for f in sorted(root.iterdir())
+        for f in _listed(root)
         if f.is_file() and not f.name.startswith(".")
     ]
     names = {d.name.lower() for d in tops}
@@ -109,7 +121,7 @@ def list_folder(root: Path) -> tuple[list[Entry], list[str], list[dict[str, str]
         if pre_split:
             ignored += [
                 {"file": f.relative_to(root).as_posix(), "reason": "not inside a class sub-folder"}
-                for f in sorted(top.iterdir())
+                for f in _listed(top)
                 if f.is_file() and not f.name.startswith(".")
             ]
             for class_dir in _subfolders(top):

@@ -117,11 +117,23 @@ def with_more_digits(
     copies). MNIST comes through the `keras:mnist` source (Keras' cache, or a download; raises
     DataError offline without it). mnist5k is drawn from MNIST, so every MNIST digit identical
     (pixel for pixel at 28x28) to one of `ours` (mnist5k's uint8 images) is left out: no test
-    image may leak into training, and no training image counts twice."""
+    image may leak into training, and no training image counts twice. DataError when some of
+    `ours` are not found in MNIST that way: then copies could not be recognised, and the test
+    images could leak."""
+    from imgclf.errors import DataError
+
     x, y, x_test, y_test = data
     mnist = _pool("keras:mnist")
     seen = {img.tobytes() for img in ours}
-    fresh = np.array([img.tobytes() not in seen for img in mnist.images])
+    theirs = [img.tobytes() for img in mnist.images]
+    found = len(seen.intersection(theirs))
+    if found < len(seen):
+        raise DataError(
+            f"only {found} of mnist5k's {len(seen)} digits were found pixel for pixel in Keras' "
+            "MNIST, so its copies of the test images cannot be left out of training: "
+            "--more-data stops here (nothing was trained)"
+        )
+    fresh = np.array([b not in seen for b in theirs])
     idx = np.flatnonzero(fresh)[:limit] if limit else np.flatnonzero(fresh)
     extra = _to16(mnist.images[idx])
     grown = (np.concatenate([x, extra]), np.concatenate([y, mnist.labels[idx]]), x_test, y_test)
@@ -249,8 +261,8 @@ def run(
             f"MNIST's digits from Keras (keras:mnist) added to the training images: "
             f"{len(more[0]) - len(data[0])} added, {copies} left out as copies of mnist5k's"
             if more_data
-            else "not run (offline): `--more-data` adds MNIST's 70,000 digits through Keras "
-            "(its cache, or a download); the half-data rows show the effect of data instead"
+            else "not requested: `--more-data` adds MNIST's 70,000 digits through Keras (its "
+            "cache, or a download); the half-data rows show the effect of data instead"
         ),
         "modern_over_1989": round(rows[len(plan) - 1]["test error %"] / rows[0]["test error %"], 3)
         if rows[0]["test error %"]

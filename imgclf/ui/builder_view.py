@@ -130,6 +130,8 @@ def render(base: Any) -> None:
         c1.text_input("New class", key="builder_new", placeholder="e.g. cat")
         c2.button("Add class", key="builder_add", on_click=_add_class, args=(builder,))
         classes = builder.classes()
+        for folder, reason in builder.unreadable:
+            st.warning(f"{folder}: {reason}; its images are not counted (training lists it too)")
         if classes:
             names = list(classes)
             chosen = st.session_state.get("_builder_class")
