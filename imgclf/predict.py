@@ -380,6 +380,14 @@ def _prepare_explain(predictor: Predictor, args: argparse.Namespace) -> str:
     return layer
 
 
+def _print_listing(failures: list[tuple[str, str]], notes: list[tuple[str, str]]) -> None:
+    """What listing the inputs found wrong (`error:`) or left out (`note:`), a line each."""
+    for source, reason in failures:
+        print(f"error: {source}: {reason}", file=sys.stderr)
+    for source, note in notes:
+        print(f"note: {source}: {note}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m imgclf.predict MODEL IMAGE_OR_DIR... [--top-k K] [--format table|json|csv]
     [--explain DIR [--explain-layer NAME]]`."""
@@ -403,10 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files, failures, notes = expand_inputs(args.images)
     if not files:  # nothing to classify (a missing path, an empty folder): said before loading
-        for source, reason in failures:
-            print(f"error: {source}: {reason}", file=sys.stderr)
-        for source, note in notes:
-            print(f"note: {source}: {note}", file=sys.stderr)
+        _print_listing(failures, notes)
         return 2
     from imgclf.console import quiet_tensorflow
 
@@ -423,10 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    for source, reason in failures:
-        print(f"error: {source}: {reason}", file=sys.stderr)
-    for source, note in notes:
-        print(f"note: {source}: {note}", file=sys.stderr)
+    _print_listing(failures, notes)
     from imgclf.predictions import classify_stream
 
     failed = classify_stream(predictor, files, args, layer)

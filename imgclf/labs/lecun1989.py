@@ -244,6 +244,7 @@ def run(
     plan = recipes(1, 2) if quick else recipes()
     rows = [train_one(r, data, seed) for r in plan]
     first, last = plan[0], plan[-1]
+    error_1989, error_modern = rows[0]["test error %"], rows[-1]["test error %"]
     halved = half(data, seed)
     rows += [train_one(replace(r, label=f"{tag}, half the training images"), halved, seed)
              for r, tag in ((first, "1989"), (last, "all changes"))]  # fmt: skip
@@ -264,9 +265,7 @@ def run(
             else "not requested: `--more-data` adds MNIST's 70,000 digits through Keras (its "
             "cache, or a download); the half-data rows show the effect of data instead"
         ),
-        "modern_over_1989": round(rows[len(plan) - 1]["test error %"] / rows[0]["test error %"], 3)
-        if rows[0]["test error %"]
-        else None,
+        "modern_over_1989": round(error_modern / error_1989, 3) if error_1989 else None,
         "notes_table": {"1989 reproduction": 4.14, "modern changes": 2.09,
                         "1989 + more data": 3.05, "modern + more data": 1.31},
     }  # fmt: skip
