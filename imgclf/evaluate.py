@@ -8,37 +8,28 @@ from typing import Any
 import numpy as np
 
 
-def _forward(model: Any, batch: np.ndarray, batch_size: int, first: bool) -> np.ndarray:
-    batch = np.asarray(batch, dtype=np.float32)
-    n = len(batch)
-    if n < batch_size and not first:
-        # Pad a short batch to the traced shape: a new shape would re-trace the function.
-        pad = np.zeros((batch_size - n, *batch.shape[1:]), np.float32)
-        batch = np.concatenate([batch, pad])
-    return np.asarray(model.predict_on_batch(batch), dtype=np.float32)[:n]
+def predict_proba(model: Any, images: np.ndarray, batch_size: int | str = "auto") -> np.ndarray:
+    """The outputs of `model` for uint8/float images [N, H, W, C] in memory, through a compiled
+    function on bounded batches (`forward.Forward`; `batch_size` images at a time)."""
+    from imgclf.forward import Forward
 
-
-def predict_proba(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities for uint8/float images [N, H, W, C], in batches (one call per batch)."""
-    out = [
-        _forward(model, images[start : start + batch_size], batch_size, start == 0)
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    if len(images) == 0:
+        return np.zeros((0, 0), np.float32)
+    return np.asarray(Forward(model, batch_size)(images), dtype=np.float32)
 
 
 def predict_readable(
-    model: Any, images: Any, batch_size: int = 256
+    model: Any, images: Any, batch_size: int | str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(outputs [k, ...], positions [k]) for every readable image of `images`, an array or a
-    streamed split's ImageView (whose unreadable files are left out), `batch_size` at a time."""
-    from imgclf.data.pool import batches
+    streamed split's ImageView (whose unreadable files are left out), through a compiled
+    function `batch_size` images at a time (`forward.Forward`)."""
+    from imgclf.forward import Forward
 
     outs, kept = [], []
-    for n, (pixels, positions) in enumerate(batches(images, batch_size)):
-        if len(positions):
-            outs.append(_forward(model, pixels, batch_size, n == 0))
-            kept.append(positions)
+    for out, positions in Forward(model, batch_size).stream(images):
+        outs.append(np.asarray(out, dtype=np.float32))
+        kept.append(positions)
     if not outs:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     return np.concatenate(outs), np.concatenate(kept)
@@ -100,11 +91,27 @@ def evaluate(
     """Evaluate `model` on a test split; returns (metrics dict, probabilities).
 
     `images` is an array or a streamed split's ImageView: a test file that cannot be decoded is
-    left out (and reported by the store), so `test.n` counts the images evaluated. The metrics
-    also list the `worst` test images with the highest cross-entropy (the lowest probability on
-    their true class), by file and position in the split, with their prediction.
+    left out (and reported by the store), so `test.n` counts the images evaluated. See
+    `evaluate_probabilities` for what the metrics hold.
     """
     probs, kept = predict_readable(model, images)
+    metrics = evaluate_probabilities(probs, labels, kept, class_names, k, files, worst)
+    return metrics, probs
+
+
+def evaluate_probabilities(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    kept: np.ndarray,
+    class_names: Sequence[str],
+    k: int = 5,
+    files: Sequence[str] | None = None,
+    worst: int = 10,
+) -> dict[str, Any]:
+    """The test metrics of probabilities float [n, K] of the readable test images at positions
+    `kept` [n] of a split whose labels are `labels` [N]: `classification_metrics`, plus the
+    `worst` test images with the highest cross-entropy (the lowest probability on their true
+    class), by file and position in the split, with their prediction."""
     labels = np.asarray(labels)[kept]
     metrics = classification_metrics(probs, labels, class_names, k)
     predicted = probs.argmax(axis=1)
@@ -122,4 +129,4 @@ def evaluate(
         }
         for i in order
     ]
-    return metrics, probs
+    return metrics

@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     import keras
 
     from imgclf.data import Splits
+    from imgclf.export.parity import Reference
     from imgclf.ood import OODStats
     from imgclf.schema import Config
+    from imgclf.split_outputs import SplitOutputs
 
 MAX_SAMPLES = 10
 
@@ -61,19 +63,25 @@ def save_worst(run_dir: Path, splits: Splits, metrics: dict[str, Any]) -> None:
 
 
 def evaluate_run(
-    run_dir: Path, model: keras.Model, splits: Splits, config: Config, extra: dict[str, Any]
+    run_dir: Path,
+    test: SplitOutputs,
+    temperature: float,
+    splits: Splits,
+    config: Config,
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """Evaluate on the test split once and write metrics.json (with `extra`: phases, epochs),
-    worst/ and the plots; returns the metrics."""
+    """Evaluate on the test split once, from the model's test outputs (`test`, computed once
+    for the confidence fit too) with the calibration `temperature`, and write metrics.json
+    (with `extra`: phases, epochs), worst/ and the plots; returns the metrics."""
     import numpy as np
 
-    from imgclf.evaluate import evaluate
+    from imgclf.evaluate import evaluate_probabilities
     from imgclf.plots import plot_confusion, plot_curves, plot_reliability
 
-    metrics, _ = evaluate(
-        model,
-        splits.test.x,
+    metrics = evaluate_probabilities(
+        test.probabilities(temperature),
         splits.test.y,
+        test.positions,
         splits.class_names,
         k=config.train.top_k,
         files=splits.test.files,
@@ -95,24 +103,50 @@ def evaluate_run(
     return metrics
 
 
+def run_reference(
+    splits: Splits, test: SplitOutputs, temperature: float, stats: OODStats | None
+) -> Reference:
+    """The SavedModel's parity reference from the run's own test outputs: its first
+    PARITY_MAX_IMAGES readable test images (read again, in batches) with the probabilities and
+    OOD scores evaluation and the confidence fit computed for them; no extra forward pass."""
+    import numpy as np
+
+    from imgclf.export.parity import PARITY_MAX_IMAGES, Reference
+
+    n = min(len(test), PARITY_MAX_IMAGES)
+    x = splits.test.x
+    positions = test.positions[:n]
+    if hasattr(x, "read"):  # streamed: read those files again (or from the decoded cache)
+        images, ok = x.read(positions)
+        if not ok.all():  # a file that changed since it was read: check on the rest
+            positions = positions[ok]
+    else:
+        images = np.asarray(x[positions])
+    rows = np.searchsorted(test.positions, positions)
+    scores = None if stats is None else stats.score(test.features[rows])
+    return Reference(
+        images,
+        test.labels[rows],
+        test.probabilities(temperature)[rows],
+        scores,
+        None if stats is None else stats.threshold,
+    )
+
+
 def export_run_model(
-    run_dir: Path, model: keras.Model, splits: Splits, ood_stats: OODStats | None = None
+    run_dir: Path, model: keras.Model, splits: Splits, reference: Reference, ood_stats: OODStats | None = None
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The SavedModel (with the OOD outputs when `ood_stats`), parity-checked on the test
-    split, recorded in exports.json; returns (parity report, exports) or (None, None) when the
-    backend cannot write one."""
+    """The SavedModel (with the OOD outputs when `ood_stats`), parity-checked against
+    `reference` (`run_reference`), recorded in exports.json; returns (parity report, exports) or
+    (None, None) when the backend cannot write one."""
     from imgclf.backend import can_export_saved_model, export_skipped_message
     from imgclf.export.saved_model import export_saved_model, saved_model_record
 
     if not can_export_saved_model():
         print(export_skipped_message(run_dir), file=sys.stderr, flush=True)
         return None, None
-    from imgclf.data.pool import readable_sample
-    from imgclf.export.parity import PARITY_MAX_IMAGES
-
     target = run_dir / runs.SAVED_MODEL
-    images, labels = readable_sample(splits.test, PARITY_MAX_IMAGES)
-    parity = export_saved_model(model, splits.class_names, target, images, labels, ood_stats)
+    parity = export_saved_model(model, splits.class_names, target, reference, ood_stats)
     record = saved_model_record(
         runs.SAVED_MODEL, model, splits.class_names, parity, runs.tree_size(target)
     )
@@ -159,28 +193,37 @@ def finish_run(
     from imgclf.backend import backend_name
     from imgclf.calibration import fold_temperature
     from imgclf.confidence import fit_confidence
+    from imgclf.forward import inference_batch_size
     from imgclf.model_card import model_card
+    from imgclf.ood import MAX_FIT_IMAGES
+    from imgclf.split_outputs import run_outputs
 
-    # Fitted before saving: the temperature is folded into model.keras itself.
-    confidence = fit_confidence(model, splits, config)
+    # One bounded, compiled pass per split, shared by the confidence fit, evaluation and the
+    # SavedModel's parity check.
+    batch = inference_batch_size(model, config.train.eval_batch_size)
+    train_limit = MAX_FIT_IMAGES if config.train.ood else 0
+    outputs = run_outputs(model, splits, batch, train_limit, config.seed)
+    confidence = fit_confidence(model, outputs, len(splits.class_names), config)
     extra = {**(extra or {}), "calibration": confidence.calibration, "ood": confidence.ood}
+    temperature = 1.0
     if confidence.calibration and "temperature" in confidence.calibration:
-        fold_temperature(model, confidence.calibration["temperature"])
+        # Fitted before saving: the temperature is folded into model.keras itself.
+        temperature = confidence.calibration["temperature"]
+        fold_temperature(model, temperature)
     with runs.atomic_path(run_dir / runs.MODEL) as tmp:
         model.save(tmp)
     if confidence.stats is not None:
         confidence.stats.save(run_dir / runs.OOD)
     faults.point("model")
-    metrics = evaluate_run(run_dir, model, splits, config, extra)
+    metrics = evaluate_run(run_dir, outputs["test"], temperature, splits, config, extra)
     late = report_late_failures(run_dir, splits)
     if late and verbose:
         print(f"data: {late} more file(s) could not be decoded; see data_report.json", flush=True)
     save_samples(run_dir, splits)
-    parity, exports = (
-        export_run_model(run_dir, model, splits, confidence.stats)
-        if config.train.export
-        else (None, None)
-    )
+    parity, exports = None, None
+    if config.train.export:
+        reference = run_reference(splits, outputs["test"], temperature, confidence.stats)
+        parity, exports = export_run_model(run_dir, model, splits, reference, confidence.stats)
     card = model_card(config, splits, metrics, model, exports, backend_name())
     runs.write_text(run_dir / runs.MODEL_CARD, card)
     faults.point("manifest")

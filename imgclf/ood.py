@@ -118,13 +118,16 @@ def fit(features: np.ndarray, labels: np.ndarray, num_classes: int) -> OODStats:
     """Class means and the shared Ledoit-Wolf covariance of training features [N, D] with
     labels int [N]; the threshold is left at +inf until `with_threshold`.
 
-    Raises ValueError when there are fewer than two feature vectors."""
+    Raises ValueError when there are fewer than two feature vectors, a feature is not finite,
+    or the covariance cannot be factorised (numpy's LinAlgError, re-raised with the reason)."""
     from sklearn.covariance import LedoitWolf
 
     f = np.asarray(features, np.float64).reshape(len(features), -1)
     labels = np.asarray(labels, np.int64)
     if len(f) < 2:
         raise ValueError("the OOD score needs at least two training images")
+    if not np.isfinite(f).all():
+        raise ValueError("the training features hold NaN or inf (a diverged model)")
     present = [c for c in range(num_classes) if (labels == c).any()]
     means = np.stack([f[labels == c].mean(0) for c in present])
     centred = f - means[np.searchsorted(present, labels)]
@@ -132,7 +135,13 @@ def fit(features: np.ndarray, labels: np.ndarray, num_classes: int) -> OODStats:
     # Cholesky of the precision: L L^T = Sigma^-1, so |(f - mu) L|^2 is the squared distance.
     # A tiny ridge guards the factorisation against round-off on a near-singular estimate.
     ridge = 1e-10 * np.trace(precision) / len(precision)
-    whiten = np.linalg.cholesky(precision + ridge * np.eye(len(precision)))
+    try:
+        whiten = np.linalg.cholesky(precision + ridge * np.eye(len(precision)))
+    except np.linalg.LinAlgError:  # a degenerate covariance: e.g. features that never vary
+        raise ValueError(
+            "the feature covariance is singular (features that barely vary between images: "
+            "a model that has not learned to tell them apart)"
+        ) from None
     centres = means @ whiten
     shift = centres.mean(axis=0)
     return OODStats(whiten, shift, centres - shift, float("inf"))

@@ -250,6 +250,10 @@ class TrainConfig(_Section):
     # its last backup).
     backup_every: Literal["epoch"] | PositiveInt = "epoch"
     top_k: PositiveInt = 5  # the k of the reported top-k accuracy (capped at the class count)
+    # Images per forward pass after training (confidence fit, evaluation, parity checks) and in
+    # a cached-feature head phase: auto sizes it from the model's largest activation so that a
+    # batch holds at most 512 MB of activations (imgclf/forward.py); an int fixes it.
+    eval_batch_size: Literal["auto"] | PositiveInt = "auto"
     # Temperature scaling fitted on the validation split, folded into the output layer, so the
     # run and every export answer with calibrated probabilities (imgclf/calibration.py).
     calibrate: bool = True

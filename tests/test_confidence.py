@@ -294,7 +294,7 @@ def test_ood_statistics_that_do_not_fit_together_are_refused(tmp_path: Path):
 
 
 def test_a_capped_fit_sample_keeps_every_class():
-    from imgclf.confidence import stratified_subset
+    from imgclf.split_outputs import stratified_subset
 
     labels = np.r_[np.zeros(10_000, int), np.ones(30, int), np.full(5, 2)]
     keep = stratified_subset(labels, 1_000, seed=0)

@@ -150,19 +150,17 @@ def convert(model: Any, class_names: list[str], path: str | Path, ood_stats: Any
     onnx.save(graph_model, str(path))
 
 
-def export_onnx(
-    run_dir: str | Path, model: Any, images: np.ndarray, labels: np.ndarray | None
-) -> dict[str, Any]:
-    """Write `model.onnx` into the run after checking it in onnxruntime on `images` (raw
-    pixels, with their true `labels` when known); returns its exports.json record."""
-    from imgclf.evaluate import predict_proba
+def export_onnx(run_dir: str | Path, model: Any, reference: parity.Reference) -> dict[str, Any]:
+    """Write `model.onnx` into the run after checking it in onnxruntime against `reference`
+    (the run's answers on its test images); returns its exports.json record."""
+    from imgclf.forward import inference_batch_size
 
     require_onnx()
     import onnxruntime
 
     run_dir = Path(run_dir)
     class_names = runs.read_labels(run_dir)
-    images = np.asarray(images[: parity.PARITY_MAX_IMAGES])  # cast per batch
+    images, size = reference.images, inference_batch_size(model)
     from imgclf.ood import FLAG_NAME, SCORE_NAME, load_run_stats
 
     stats = load_run_stats(run_dir)
@@ -175,7 +173,9 @@ def export_onnx(
             "size_bytes": tmp.stat().st_size,
             "runtime": f"onnxruntime {onnxruntime.__version__}",
             **parity.compare(
-                parity.batched(fn, images, dtype=np.float32), predict_proba(model, images), labels
+                parity.batched(fn, images, size, np.float32),
+                reference.probabilities,
+                reference.labels,
             ),
         }
         record["formats"] = parity.pixel_artifact_formats(fn, model, images)
@@ -190,7 +190,7 @@ def export_onnx(
                 return np.stack([out[SCORE_NAME], out[FLAG_NAME]], axis=1)
 
             record["ood_parity"] = parity.ood_parity(
-                parity.batched(columns, images, dtype=np.float32), model, stats, images
+                parity.batched(columns, images, size, np.float32), reference
             )
             parity.require_ood_parity("ONNX model", record["ood_parity"], not_written)
     return record
@@ -200,8 +200,8 @@ def export_run(run_dir: str | Path) -> dict[str, Any]:
     """`imgclf-export RUN --format onnx`: convert, check on the run's test split, write the
     file, and record it in exports.json (and the manifest)."""
     require_onnx()
-    model, images, labels = parity.load_for_export(run_dir)
-    record = export_onnx(run_dir, model, images, labels)
+    model, reference = parity.load_for_export(run_dir)
+    record = export_onnx(run_dir, model, reference)
     parity.record_export(run_dir, "onnx", record)
     return record
 

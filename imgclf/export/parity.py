@@ -8,6 +8,7 @@ its artifact, checks it here, and loads it for `Predictor`.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,15 @@ from imgclf import faults, runs
 from imgclf.errors import UserError
 
 PARITY_TOLERANCE = 1e-4  # max |p_export - p_keras| over the checked images
-PARITY_MAX_IMAGES = 1000
+# Test images every export is checked on (the first readable ones of the test split). An export
+# and the run compute the same deterministic function: a wrong op or weight shows on every
+# image, and a fault that hits even 2% of images is missed by 256 with probability
+# 0.98^256 < 0.6%. Image-dependent paths (decoders, EXIF, alpha, 16-bit) are covered by the
+# format corpus instead. Bounded so the check costs the same at any dataset size.
+PARITY_MAX_IMAGES = 256
+# Of those, the ones sent as PNG files through a SavedModel's serve_bytes signature (lossless:
+# any difference is the graph decoder's, which the corpus checks format by format).
+BYTES_CHECK_IMAGES = 64
 PARITY_MIN_AGREEMENT = 0.999  # top-1 labels; below 1.0 only so an exact tie cannot fail it
 OOD_TOLERANCE = 1e-3  # max |Δ ood_score| as a fraction of the threshold
 # What an export writes or rewrites in a run: everything else must match the manifest first.
@@ -30,9 +39,49 @@ class ExportError(RuntimeError):
     """The exported artifact does not reproduce the trained model."""
 
 
-def compare(
-    exported: np.ndarray, reference: np.ndarray, labels: np.ndarray | None
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Reference:
+    """What the run answers on the images an export is checked on: uint8 `images` [n, H, W, C]
+    (n <= PARITY_MAX_IMAGES), their true `labels` [n] when known, model.keras' `probabilities`
+    [n, K] and, for a run with an OOD detector, its `ood_scores` [n] and `threshold`."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    probabilities: np.ndarray
+    ood_scores: np.ndarray | None = None
+    threshold: float | None = None
+
+    @property
+    def ood_flags(self) -> np.ndarray | None:
+        """bool [n]: the run's `ood` output (score above the threshold)."""
+        return None if self.ood_scores is None else self.ood_scores > self.threshold
+
+
+def model_reference(
+    model: Any, stats: Any, images: np.ndarray, labels: np.ndarray | None
+) -> Reference:
+    """The Reference of `model` (with the OOD detector `stats`, when not None) on `images`:
+    one compiled pass on bounded batches (`forward.Forward`) of the model plus detector
+    (`ood.scored_model`, what Predictor runs)."""
+    from imgclf.forward import Forward
+    from imgclf.models.names import PROBABILITIES
+    from imgclf.ood import SCORE_NAME, scored_model
+
+    images = np.asarray(images[:PARITY_MAX_IMAGES])
+    labels = None if labels is None else np.asarray(labels)[: len(images)]
+    if stats is None:
+        return Reference(images, labels, np.asarray(Forward(model)(images), np.float64))
+    out = Forward(scored_model(model, stats))(images)
+    return Reference(
+        images,
+        labels,
+        np.asarray(out[PROBABILITIES], np.float64),
+        np.asarray(out[SCORE_NAME], np.float64),
+        stats.threshold,
+    )
+
+
+def compare(exported: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
     """The parity figures of an export's probabilities against model.keras' on the same images:
     `parity` (max |Δp|, top-1 agreement) and, when the true `labels` are known, the test accuracy
     of each and the drop."""
@@ -53,26 +102,18 @@ def compare(
     return record
 
 
-def ood_parity(exported: np.ndarray, model: Any, stats: Any, images: np.ndarray) -> dict[str, Any]:
-    """An export's OOD outputs (float [N, 2]: ood_score, ood flag) against the Keras model plus
-    detector (`ood.scored_model`, what Predictor runs) on the same images: the largest score
+def ood_parity(exported: np.ndarray, reference: Reference) -> dict[str, Any]:
+    """An export's OOD outputs (float [n, 2]: ood_score, ood flag) against the run's
+    (`reference.ood_scores`, above `reference.threshold`) on the same images: the largest score
     difference relative to the threshold, and how many flags differ away from the threshold
     (an image whose score is within OOD_TOLERANCE of it may fall either side)."""
-    from imgclf.ood import FLAG_NAME, SCORE_NAME, scored_model
-
-    scored = scored_model(model, stats)
-
-    def reference(batch: np.ndarray) -> np.ndarray:
-        out = scored(np.asarray(batch, np.float32), training=False)
-        return np.stack([np.asarray(out[SCORE_NAME]), np.asarray(out[FLAG_NAME])], axis=1)
-
-    ref = batched(reference, images).astype(np.float64)
-    scale = max(abs(stats.threshold), 1e-12)
-    near = np.abs(ref[:, 0] - stats.threshold) <= OOD_TOLERANCE * scale
+    ref = np.asarray(reference.ood_scores, np.float64)
+    scale = max(abs(float(reference.threshold)), 1e-12)
+    near = np.abs(ref - reference.threshold) <= OOD_TOLERANCE * scale
     return {
         "n_images": len(ref),
-        "max_rel_score_diff": float(np.abs(exported[:, 0] - ref[:, 0]).max() / scale),
-        "flag_disagreements": int(((exported[:, 1] > 0.5) != (ref[:, 1] > 0.5))[~near].sum()),
+        "max_rel_score_diff": float(np.abs(exported[:, 0] - ref).max() / scale),
+        "flag_disagreements": int(((exported[:, 1] > 0.5) != reference.ood_flags)[~near].sum()),
         "tolerance": OOD_TOLERANCE,
     }
 
@@ -118,25 +159,36 @@ def record_export(run_dir: str | Path, key: str, record: dict[str, Any]) -> None
     runs.write_manifest(run_dir)
 
 
-def batched(fn: Any, images: np.ndarray, size: int = 256, dtype: Any = None) -> np.ndarray:
-    """`fn` applied to `images` in chunks of `size` (each cast to `dtype` when given, so a
-    float copy of all the images never exists at once), concatenated."""
-    chunks = (images[i : i + size] for i in range(0, len(images), size))
-    return np.concatenate([fn(c if dtype is None else c.astype(dtype)) for c in chunks])
+def batched(fn: Any, images: np.ndarray, size: int, dtype: Any = None) -> np.ndarray:
+    """`fn` (an exported artifact's function) applied to `images` in chunks of `size` (the
+    model's `forward.inference_batch_size`: an artifact's activations are the model's), each
+    cast to `dtype` when given, so a float copy of all the images never exists at once."""
+    from imgclf.forward import Forward
+
+    out = []
+    for start in range(0, len(images), size):
+        chunk = images[start : start + size]
+        Forward.largest = max(Forward.largest, len(chunk))
+        out.append(fn(chunk if dtype is None else chunk.astype(dtype)))
+    return np.concatenate(out)
 
 
 def check_split(
     run_dir: Path, image_size: tuple[int, int], channels: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(images, labels or None) to check an export against: the run's test split re-made from
-    config.yaml, else its saved samples/ (labels unknown then)."""
+    """(images, labels or None) to check an export against: the first PARITY_MAX_IMAGES
+    readable images of the run's test split re-made from config.yaml, else its saved samples/
+    (labels unknown then). Only those images are decoded (data.cache: none for this read): the
+    split is the same whatever the cache, and the rest of the dataset is never read."""
     from imgclf.config import load_config
     from imgclf.data import load_data
     from imgclf.data.pool import readable_sample
     from imgclf.images import IMAGE_EXTENSIONS, load_image
 
     try:
-        test = load_data(load_config(run_dir / runs.CONFIG)).test
+        config = load_config(run_dir / runs.CONFIG)
+        data = config.data.model_copy(update={"cache": "none"})
+        test = load_data(config.model_copy(update={"data": data})).test
         return readable_sample(test, PARITY_MAX_IMAGES)
     except UserError as exc:
         print(
@@ -150,9 +202,11 @@ def check_split(
     return np.stack([load_image(p, image_size, channels) for p in samples]), None
 
 
-def load_for_export(run_dir: str | Path) -> tuple[Any, np.ndarray, np.ndarray | None]:
-    """(model.keras checked against the manifest, check images, their labels or None)."""
+def load_for_export(run_dir: str | Path) -> tuple[Any, Reference]:
+    """(model.keras checked against the manifest, the Reference to check an export against:
+    the run's model and OOD detector on its test images)."""
     from imgclf.models.saving import load_run_model
+    from imgclf.ood import load_run_stats
 
     run_dir = Path(run_dir)
     if not (runs.is_run_dir(run_dir) or runs.in_run(run_dir)):
@@ -162,7 +216,7 @@ def load_for_export(run_dir: str | Path) -> tuple[Any, np.ndarray, np.ndarray | 
     runs.verify_all(run_dir, *EXPORT_FILES)
     _, height, width, channels = model.input_shape
     images, labels = check_split(run_dir, (height, width), channels)
-    return model, images, labels
+    return model, model_reference(model, load_run_stats(run_dir), images, labels)
 
 
 NEAR_TIE = 0.01  # a reference top-1 this close to its runner-up may flip on a 1-level difference
@@ -176,6 +230,7 @@ def reference_corpus(
     Keras model's probabilities, per sample the decoder's refusal or None): what `Predictor` on
     the run answers for each file of the format corpus made from the first test `images`."""
     from imgclf.export import corpus
+    from imgclf.forward import Forward
     from imgclf.images import ImageError, load_image
 
     _, height, width, channels = model.input_shape
@@ -188,10 +243,7 @@ def reference_corpus(
             refused.append(None)
         except ImageError as exc:
             refused.append(exc.reason)
-    # An eager call, not predict_on_batch: a new batch shape would re-trace Keras' predict
-    # function (and warn) at every export.
-    chunks = [pixels[i : i + 32].astype(np.float32) for i in range(0, len(pixels), 32)]
-    reference = np.concatenate([np.asarray(model(c, training=False)) for c in chunks])
+    reference = np.asarray(Forward(model)(pixels), np.float64)  # compiled, bounded batches
     return samples, pixels, reference, refused
 
 
@@ -252,8 +304,11 @@ def pixel_artifact_formats(fn: Any, model: Any, images: np.ndarray) -> dict[str,
     """The format table of an artifact that takes pixels (TFLite, ONNX): every corpus file
     decoded by `load_image` (as `Predictor.from_path(artifact)` does) and run through `fn`,
     against the run's model on the same file."""
+    from imgclf.forward import inference_batch_size
+
     samples, pixels, reference, refused = reference_corpus(model, images)
-    return format_parity(samples, reference, fn(pixels.astype(np.float32)), refused)
+    exported = batched(fn, pixels, inference_batch_size(model), np.float32)
+    return format_parity(samples, reference, exported, refused)
 
 
 def require_pixel_formats(what: str, table: dict[str, dict[str, Any]], not_written: str) -> None:

@@ -15,12 +15,13 @@ from imgclf import faults, runs
 from imgclf.errors import UserError
 from imgclf.export.parity import (
     ACCURACY_KEYS,
-    PARITY_MAX_IMAGES,
     ExportError,
+    Reference,
     batched,
     check_split,
     compare,
     format_parity,
+    model_reference,
     record_export,
     reference_corpus,
     require_format_parity,
@@ -164,34 +165,36 @@ def write_saved_model(
     archive.write_out(str(path), verbose=False)
 
 
-def check_parity(
-    saved_model_dir: str | Path,
-    model: Any,
-    images: np.ndarray,
-    labels: np.ndarray | None = None,
-    ood_stats: Any = None,
-) -> dict[str, Any]:
-    """Run `images` through the reloaded SavedModel (both signatures; `serve_bytes` gets them as
-    PNG files) and the Keras model; compare probabilities and top-1 labels (and, given the true
-    `labels`, report `serving_default`'s test accuracy). Then the format corpus
-    (`corpus.build` on the first images): `formats` holds, per signature, the agreement per
-    format × mode × orientation with what `Predictor` on the run answers for the same file.
-    Given `ood_stats`, `ood` compares the exported `ood_score` and `ood` outputs with the
-    Keras model plus detector (`ood.scored_model`) on the same images."""
+def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) -> dict[str, Any]:
+    """Run `reference.images` through the reloaded SavedModel and compare with the run's answers
+    on them (`reference`): `serving_default` on every image (probabilities, and the `ood_score`
+    and `ood` outputs when the run has a detector, in the same call), `serve_bytes` on the first
+    BYTES_CHECK_IMAGES as PNG files; given the true labels, `serving_default`'s test accuracy.
+    Then the format corpus (`corpus.build` on the first image): `formats` holds, per signature,
+    the agreement per format × mode × orientation with what `Predictor` on the run answers for
+    the same file. Every batch is at most the model's inference batch
+    (`forward.inference_batch_size`), so memory does not follow the number of images."""
     import tensorflow as tf
 
-    from imgclf.evaluate import predict_proba
+    from imgclf.export.parity import BYTES_CHECK_IMAGES, ood_parity
+    from imgclf.forward import inference_batch_size
     from imgclf.images import png_bytes
 
     # Kept as given (uint8 from the data): each batch is cast to float32 or encoded as PNG on
-    # its own, so memory holds one batch's copies, not 1,000 float images (600 MB at 224×224).
-    images = np.asarray(images[:PARITY_MAX_IMAGES])
+    # its own, so memory holds one batch's copies, not a float copy of every image.
+    images = reference.images
+    size = inference_batch_size(model)
     with runs.glob_safe(saved_model_dir) as readable:
         loaded = tf.saved_model.load(str(readable))
     serving, from_bytes = loaded.signatures[SIGNATURE], loaded.signatures[BYTES_SIGNATURE]
+    has_ood = reference.ood_scores is not None
 
     def via_pixels(batch: np.ndarray) -> np.ndarray:
-        return serving(**{INPUT_NAME: tf.constant(batch)})[OUTPUT_NAME].numpy()
+        out = serving(**{INPUT_NAME: tf.constant(batch)})
+        columns = [out[OUTPUT_NAME].numpy()]
+        if has_ood:  # probabilities, then the score and the flag: one call for all three
+            columns += [out[SCORE_NAME].numpy()[:, None], out[FLAG_NAME].numpy()[:, None]]
+        return np.concatenate(columns, axis=1)
 
     def via_files(files: list[bytes]) -> tuple[np.ndarray, list[str | None]]:
         out = from_bytes(**{BYTES_INPUT_NAME: tf.constant(files, tf.string)})
@@ -201,30 +204,27 @@ def check_parity(
     def via_png(batch: np.ndarray) -> np.ndarray:
         return via_files([png_bytes(image.astype(np.uint8)) for image in batch])[0]
 
-    exported = batched(via_pixels, images, dtype=np.float32)
-    via_bytes = batched(via_png, images)
-    reference = predict_proba(model, images)
-    figures = compare(exported, reference, labels)
+    pixels_out = batched(via_pixels, images, size, np.float32)
+    k = reference.probabilities.shape[1]
+    exported = pixels_out[:, :k]
+    via_bytes = batched(via_png, images[:BYTES_CHECK_IMAGES], size)
+    figures = compare(exported, reference.probabilities, reference.labels)
     report = figures.pop("parity")
     report.update(figures)  # test_accuracy, keras_test_accuracy, accuracy_drop when labelled
-    from_files = compare(via_bytes, reference, None)["parity"]
+    from_files = compare(via_bytes, reference.probabilities[: len(via_bytes)], None)["parity"]
+    report["serve_bytes_n_images"] = from_files["n_images"]
     report["serve_bytes_max_abs_diff"] = from_files["max_abs_diff"]
     report["serve_bytes_top1_agreement"] = from_files["top1_agreement"]
-    if ood_stats is not None:
-        from imgclf.export.parity import ood_parity
-
-        def scores(batch: np.ndarray) -> np.ndarray:
-            out = serving(**{INPUT_NAME: tf.constant(batch, tf.float32)})
-            return np.stack([out[SCORE_NAME].numpy(), out[FLAG_NAME].numpy()], axis=1)
-
-        report["ood"] = ood_parity(batched(scores, images), model, ood_stats, images)
-    samples, pixels, reference, refused = reference_corpus(model, images)
+    if has_ood:
+        report["ood"] = ood_parity(pixels_out[:, k:], reference)
+    samples, pixels, corpus_reference, refused = reference_corpus(model, images)
     probs, status = via_files([s.data for s in samples])
     report["formats"] = {
         SIGNATURE: format_parity(
-            samples, reference, via_pixels(pixels.astype(np.float32)), refused
-        ),
-        BYTES_SIGNATURE: format_parity(samples, reference, probs, status),
+            samples, corpus_reference, batched(via_pixels, pixels, size, np.float32)[:, :k],
+            refused,
+        ),  # fmt: skip
+        BYTES_SIGNATURE: format_parity(samples, corpus_reference, probs, status),
     }
     return report
 
@@ -252,27 +252,27 @@ def export_saved_model(
     model: Any,
     class_names: list[str],
     target: str | Path,
-    check_images: np.ndarray,
-    check_labels: np.ndarray | None = None,
+    reference: Reference,
     ood_stats: Any = None,
 ) -> dict[str, Any]:
-    """Write `target` (a SavedModel + labels.json) atomically after a parity check passes
-    (with the OOD outputs when `ood_stats`, checked too).
+    """Write `target` (a SavedModel + labels.json) atomically after a parity check against
+    `reference` (the run's answers on its check images) passes, with the OOD outputs when
+    `ood_stats`, checked too.
 
     Raises ExportError with the figures if the SavedModel differs from `model` by more than
     PARITY_TOLERANCE; `target` is then left untouched.
     """
-    if len(check_images) == 0:
+    if len(reference.images) == 0:
         raise ExportError("no images to check the export against")
     target = Path(target)
     with runs.atomic_path(target) as tmp:
         write_saved_model(model, tmp, list(class_names), ood_stats)
         faults.point("saved_model")
         runs.write_json(tmp / runs.LABELS, list(class_names))
-        report = check_parity(tmp, model, check_images, check_labels, ood_stats)
+        report = check_parity(tmp, model, reference)
         for prefix, signature in (("", SIGNATURE), ("serve_bytes_", BYTES_SIGNATURE)):
             figures = {
-                "n_images": report["n_images"],
+                "n_images": report[f"{prefix}n_images"],
                 "max_abs_diff": report[f"{prefix}max_abs_diff"],
                 "top1_agreement": report[f"{prefix}top1_agreement"],
             }
@@ -398,16 +398,17 @@ def export_run(
     check_labels = None
     if check_images is None:
         check_images, check_labels = check_split(run_dir, (height, width), channels)
+    from imgclf.ood import load_run_stats
+
+    stats = load_run_stats(run_dir)
+    reference = model_reference(model, stats, check_images, check_labels)
     if serving_dir is not None and out is not None:
         raise UserError("give either --out or --serving-dir, not both")
     if serving_dir is not None:
         target = Path(serving_dir) / str(next_serving_version(serving_dir))
     else:
         target = Path(out) if out is not None else run_dir / runs.SAVED_MODEL
-    from imgclf.ood import load_run_stats
-
-    stats = load_run_stats(run_dir)
-    report = export_saved_model(model, class_names, target, check_images, check_labels, stats)
+    report = export_saved_model(model, class_names, target, reference, stats)
     inside = out is None and serving_dir is None
     record = saved_model_record(
         runs.SAVED_MODEL if inside else str(target.resolve()),

@@ -85,15 +85,11 @@ def _ood_columns(flatbuffer: bytes) -> Any:
 
 
 def export_tflite(
-    run_dir: str | Path,
-    model: Any,
-    images: np.ndarray,
-    labels: np.ndarray | None,
-    quantize: str | None = None,
+    run_dir: str | Path, model: Any, reference: parity.Reference, quantize: str | None = None
 ) -> dict[str, Any]:
-    """Write `model.tflite` (or `model_int8.tflite`) into the run after checking it on `images`
-    (raw pixels, with their true `labels` when known); returns its exports.json record."""
-    from imgclf.evaluate import predict_proba
+    """Write `model.tflite` (or `model_int8.tflite`) into the run after checking it against
+    `reference` (the run's answers on its test images); returns its exports.json record."""
+    from imgclf.forward import inference_batch_size
 
     run_dir = Path(run_dir)
     saved_model = run_dir / runs.SAVED_MODEL
@@ -102,26 +98,25 @@ def export_tflite(
     runs.verify_manifest(run_dir, runs.SAVED_MODEL)
     flatbuffer = convert(saved_model, quantize)
     fn, _ = load_function(flatbuffer)
-    stats = load_run_stats(run_dir)
-    images = np.asarray(images[: parity.PARITY_MAX_IMAGES])  # cast per batch
+    images, size = reference.images, inference_batch_size(model)
     record: dict[str, Any] = {
         "path": runs.TFLITE_INT8 if quantize else runs.TFLITE,
         "quantized": quantize or False,
         "size_bytes": len(flatbuffer),
         **parity.compare(
-            parity.batched(fn, images, dtype=np.float32), predict_proba(model, images), labels
+            parity.batched(fn, images, size, np.float32), reference.probabilities, reference.labels
         ),
     }
     record["formats"] = parity.pixel_artifact_formats(fn, model, images)
-    if stats is not None:
+    if reference.ood_scores is not None:
         record["ood_parity"] = parity.ood_parity(
-            parity.batched(_ood_columns(flatbuffer), images, dtype=np.float32), model, stats, images
+            parity.batched(_ood_columns(flatbuffer), images, size, np.float32), reference
         )
     if not quantize:
         not_written = f"{record['path']} was not written"
         parity.require_parity("TFLite model", record["parity"], not_written)
         parity.require_pixel_formats("TFLite model", record["formats"], not_written)
-        if stats is not None:
+        if reference.ood_scores is not None:
             parity.require_ood_parity("TFLite model", record["ood_parity"], not_written)
     with runs.atomic_path(run_dir / record["path"]) as tmp:
         tmp.write_bytes(flatbuffer)
@@ -131,8 +126,8 @@ def export_tflite(
 def export_run(run_dir: str | Path, quantize: str | None = None) -> dict[str, Any]:
     """`imgclf-export RUN --format tflite [--quantize int8]`: convert, check on the run's test
     split, write the file, and record it in exports.json (and the manifest)."""
-    model, images, labels = parity.load_for_export(run_dir)
-    record = export_tflite(run_dir, model, images, labels, quantize)
+    model, reference = parity.load_for_export(run_dir)
+    record = export_tflite(run_dir, model, reference, quantize)
     parity.record_export(run_dir, "tflite_int8" if quantize else "tflite", record)
     return record
 
