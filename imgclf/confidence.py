@@ -58,7 +58,9 @@ def fit_confidence(
         which = "validation" if len(val) == 0 else "test"
         why = {"skipped": f"no readable {which} image to fit or measure on"}
         return Confidence(why if want_cal else None, why if want_ood else None, None, {})
-    cal = calibration.calibrate(val.logits, val.labels, test.logits, test.labels) if want_cal else None
+    cal = None
+    if want_cal:
+        cal = calibration.calibrate(val.logits, val.labels, test.logits, test.labels)
     if not want_ood:
         return Confidence(cal, None, None, {})
     if val.features is None:

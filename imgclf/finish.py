@@ -134,7 +134,11 @@ def run_reference(
 
 
 def export_run_model(
-    run_dir: Path, model: keras.Model, splits: Splits, reference: Reference, ood_stats: OODStats | None = None
+    run_dir: Path,
+    model: keras.Model,
+    splits: Splits,
+    reference: Reference,
+    ood_stats: OODStats | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The SavedModel (with the OOD outputs when `ood_stats`), parity-checked against
     `reference` (`run_reference`), recorded in exports.json; returns (parity report, exports) or

@@ -81,7 +81,9 @@ def model_reference(
     )
 
 
-def compare(exported: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+def compare(
+    exported: np.ndarray, reference: np.ndarray, labels: np.ndarray | None
+) -> dict[str, Any]:
     """The parity figures of an export's probabilities against model.keras' on the same images:
     `parity` (max |Δp|, top-1 agreement) and, when the true `labels` are known, the test accuracy
     of each and the drop."""

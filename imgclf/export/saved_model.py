@@ -219,11 +219,9 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
         report["ood"] = ood_parity(pixels_out[:, k:], reference)
     samples, pixels, corpus_reference, refused = reference_corpus(model, images)
     probs, status = via_files([s.data for s in samples])
+    corpus_pixels = batched(via_pixels, pixels, size, np.float32)[:, :k]
     report["formats"] = {
-        SIGNATURE: format_parity(
-            samples, corpus_reference, batched(via_pixels, pixels, size, np.float32)[:, :k],
-            refused,
-        ),  # fmt: skip
+        SIGNATURE: format_parity(samples, corpus_reference, corpus_pixels, refused),
         BYTES_SIGNATURE: format_parity(samples, corpus_reference, probs, status),
     }
     return report

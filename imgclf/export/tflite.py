@@ -19,7 +19,7 @@ from imgclf import runs
 from imgclf.errors import UserError
 from imgclf.export import parity
 from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME, SIGNATURE
-from imgclf.ood import FLAG_NAME, SCORE_NAME, load_run_stats
+from imgclf.ood import FLAG_NAME, SCORE_NAME
 
 OOD_OUTPUTS = (SCORE_NAME, FLAG_NAME)
 
