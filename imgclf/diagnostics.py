@@ -19,6 +19,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ import numpy as np
 
 from imgclf import runs
 
-AUTO_MAX_PARAMS = 5_000_000  # "auto" skips bigger models: a gradient pass per epoch adds up
+# The probe batch every record measures: PROBE_IMAGES training images, fewer (down to
+# MIN_PROBE_IMAGES) when their activations would pass PROBE_BUDGET bytes; `auto` switches
+# diagnostics off when even MIN_PROBE_IMAGES do (EfficientNet-Lite0 at 224 px: 64 images held
+# 6.8 GB in float64 before this budget existed).
+PROBE_IMAGES = 64
+MIN_PROBE_IMAGES = 16
+PROBE_BUDGET = 256 << 20
 # Activations whose units can be dead (output exactly 0 for every input). Leaky ReLU and PReLU
 # have a non-zero slope below 0, so their units never die: their dead_fraction is null.
 DEAD_KINDS = frozenset({"relu", "relu6"})
@@ -64,14 +71,58 @@ def linear_regions_bound(units: Sequence[int], n_inputs: int) -> int:
     return folds * sum(math.comb(units[-1], j) for j in range(n_inputs + 1))
 
 
-def should_enable(model: keras.Model, setting: bool | str = "auto") -> bool:
-    """Whether to record diagnostics: True/False force it; "auto" enables them for models up to
-    5M parameters (a per-epoch gradient pass on a big backbone costs real time)."""
-    if isinstance(setting, bool):
-        return setting
-    if setting == "auto":
-        return model.count_params() <= AUTO_MAX_PARAMS
-    raise ValueError(f"diagnostics setting must be true, false or 'auto'; got {setting!r}")
+@dataclass(frozen=True)
+class Plan:
+    """Whether a run records diagnostics, on how many probe images, and what they cost: the
+    estimated activation memory of one record and why `auto` decided as it did."""
+
+    enabled: bool
+    probe_images: int
+    estimated_bytes: int
+    reason: str
+
+    def line(self) -> str:
+        """The one line training prints about it."""
+        mb = self.estimated_bytes / 2**20
+        if self.enabled:
+            return (
+                f"diagnostics: on, a probe batch of {self.probe_images} training images after "
+                f"every epoch (about {mb:,.0f} MB of activations; {self.reason})"
+            )
+        return f"diagnostics: off ({self.reason})"
+
+
+def plan(model: keras.Model, setting: bool | str = "auto") -> Plan:
+    """Whether (and on how many images) to record diagnostics for `model`.
+
+    Their cost follows the activations, not the parameters: a record keeps every layer's
+    output for the gradient tape and every activation layer's output for its statistics, for
+    each probe image, so one record holds about 2 × 4 bytes × (the sum of the layer outputs per
+    image) × probe images (`forward.activation_sizes`). The probe is PROBE_IMAGES images, fewer
+    when that estimate passes PROBE_BUDGET (down to MIN_PROBE_IMAGES). `auto` records them when
+    the probe fits; True records them anyway (on at least MIN_PROBE_IMAGES); False never.
+
+    Raises ValueError for a setting other than True, False or "auto"."""
+    from imgclf.forward import activation_sizes
+
+    if not isinstance(setting, bool) and setting != "auto":
+        raise ValueError(f"diagnostics setting must be true, false or 'auto'; got {setting!r}")
+    per_image = 2 * 4 * activation_sizes(model)[1]
+    fits = PROBE_BUDGET // per_image if per_image else PROBE_IMAGES
+    probe = int(min(PROBE_IMAGES, max(MIN_PROBE_IMAGES, fits)))
+    cost = probe * per_image
+    if setting is False:
+        return Plan(False, 0, 0, "train.diagnostics: false")
+    if setting is True:
+        return Plan(True, probe, cost, "train.diagnostics: true")
+    if fits < MIN_PROBE_IMAGES:
+        return Plan(
+            False, 0, cost,
+            f"auto: a probe of {probe} images would hold about {cost / 2**20:,.0f} MB of "
+            f"activations, more than {PROBE_BUDGET >> 20} MB; train.diagnostics=true records "
+            "them anyway",
+        )  # fmt: skip
+    return Plan(True, probe, cost, f"auto: within the {PROBE_BUDGET >> 20} MB probe budget")
 
 
 def default_loss(labels: Any, probs: Any) -> Any:
@@ -180,8 +231,10 @@ class DiagnosticsCallback(keras.callbacks.Callback):
         labels: np.ndarray,
         loss_fn: LossFn | None = None,
         phase: str = "train",
+        plan: Plan | None = None,
     ) -> None:
         super().__init__()
+        self.plan = plan
         self.run_dir = Path(run_dir)
         self.images = np.asarray(images, dtype="float32")
         self.labels = np.asarray(labels).astype("int64").reshape(-1)
@@ -257,15 +310,18 @@ class DiagnosticsCallback(keras.callbacks.Callback):
             outputs = [outputs]
         stats: dict[str, dict[str, float | None]] = {}
         for layer, out in zip(self._act_layers, outputs, strict=True):
-            out = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)
+            # float32 as computed (a float64 copy of every activation doubled the memory);
+            # the sums accumulate in float64.
+            out = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)
             dead = None
             if self._act_kinds[layer.name] in DEAD_KINDS:
                 # A unit (channel) is dead when it is exactly 0 for every image and position.
                 per_unit = out.reshape(-1, out.shape[-1])
                 dead = float(np.mean(np.all(per_unit == 0.0, axis=0)))
+            mean = out.mean(dtype=np.float64)
             stats[layer.name] = {
-                "mean": _finite(out.mean()),
-                "std": _finite(out.std()),
+                "mean": _finite(mean),
+                "std": _finite(np.sqrt(np.square(out - np.float32(mean)).mean(dtype=np.float64))),
                 "dead_fraction": dead,
             }
         return stats
@@ -305,6 +361,12 @@ class DiagnosticsCallback(keras.callbacks.Callback):
             "n_images": len(self.images),
             "epochs": self.entries,
             "linear_regions_bound": self._bound,
+            # What recording cost: the estimate `plan` decided on, and the measured seconds.
+            "cost": {
+                "estimated_activation_bytes": self.plan.estimated_bytes if self.plan else None,
+                "decided": self.plan.reason if self.plan else None,
+                "seconds": round(sum(e["seconds"] for e in self.entries), 3),
+            },
         }
 
     def write_plots(self) -> None:
@@ -349,5 +411,5 @@ def make_diagnostics(
 ) -> DiagnosticsCallback:
     """A DiagnosticsCallback on a fixed batch of raw training images (float32 0..255, e.g. 64)
     and their integer labels; `options` are its `loss_fn` (`(labels, probs) -> scalar`, default
-    the mean sparse categorical cross-entropy) and `phase`."""
+    the mean sparse categorical cross-entropy), `phase` and `plan` (what `plan` decided)."""
     return DiagnosticsCallback(run_dir, images, labels, **options)

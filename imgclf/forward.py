@@ -28,17 +28,21 @@ ACTIVATION_BUDGET = 512 << 20  # bytes of activations one inference batch may ho
 ACTIVATION_COPIES = 4
 
 
-def largest_activation(model: Any) -> int:
-    """The largest output of any layer of `model` (nested models included), in elements per
-    image; 0 when no layer has a known static shape."""
+def activation_sizes(model: Any) -> tuple[int, int]:
+    """(largest, total): the largest output of any layer of `model` (nested models included)
+    and the sum of every layer's output, in elements per image; (0, 0) when no layer has a
+    known static shape."""
     import keras
 
-    largest = 0
+    largest = total = 0
     stack = list(model.layers)
     while stack:
         layer = stack.pop()
         if isinstance(layer, keras.Model):
             stack.extend(layer.layers)
+            continue  # its layers count, not their output a second time
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
         try:
             outputs = layer.output
         except (AttributeError, ValueError):  # a layer used twice, or never called
@@ -46,8 +50,9 @@ def largest_activation(model: Any) -> int:
         for tensor in keras.tree.flatten(outputs):
             dims = tuple(getattr(tensor, "shape", ())[1:])
             if dims and all(isinstance(d, int) for d in dims):
-                largest = max(largest, int(np.prod(dims)))
-    return largest
+                size = int(np.prod(dims))
+                largest, total = max(largest, size), total + size
+    return largest, total
 
 
 def inference_batch_size(model: Any, setting: int | str = "auto") -> int:
@@ -55,7 +60,7 @@ def inference_batch_size(model: Any, setting: int | str = "auto") -> int:
     a multiple of 8 from 8 up) whose activations fit ACTIVATION_BUDGET (float32)."""
     if isinstance(setting, int) and not isinstance(setting, bool):
         return setting
-    per_image = largest_activation(model) * 4 * ACTIVATION_COPIES
+    per_image = activation_sizes(model)[0] * 4 * ACTIVATION_COPIES
     if per_image <= 0:
         return MAX_BATCH
     fits = ACTIVATION_BUDGET // per_image

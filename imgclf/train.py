@@ -47,7 +47,8 @@ def run_phases(p: Prepared) -> dict[str, Any]:
     about training (`phases`, `epochs_run`)."""
     from imgclf.augment import build_augmenter
     from imgclf.backend import make_training_data
-    from imgclf.diagnostics import fixed_batch, make_diagnostics, should_enable
+    from imgclf.diagnostics import fixed_batch, make_diagnostics
+    from imgclf.diagnostics import plan as plan_diagnostics
     from imgclf.phases import PhaseRunner, history_callback
     from imgclf.transfer import plan_phases
 
@@ -58,10 +59,15 @@ def run_phases(p: Prepared) -> dict[str, Any]:
     history = history_callback(p.run_dir / runs.HISTORY)
     diagnostics = None
     # Diagnostics read gradients outside the strategy's replica context: single device only.
-    if p.strategy is None and should_enable(p.model, config.train.diagnostics):
+    plan = plan_diagnostics(p.model, config.train.diagnostics) if p.strategy is None else None
+    if plan is not None and p.verbose and config.train.diagnostics is not False:
+        print(plan.line(), flush=True)
+    if plan is not None and plan.enabled:
         # Gradient/activation statistics on a fixed batch of training images, every epoch.
-        diag_x, diag_y = fixed_batch(p.splits.train.x, p.splits.train.y, n=64, seed=config.seed)
-        diagnostics = make_diagnostics(p.run_dir, diag_x, diag_y)
+        diag_x, diag_y = fixed_batch(
+            p.splits.train.x, p.splits.train.y, n=plan.probe_images, seed=config.seed
+        )
+        diagnostics = make_diagnostics(p.run_dir, diag_x, diag_y, plan=plan)
     if p.resume is not None:
         _carry_over(p, history, diagnostics, plan_phases(config))
     runner = PhaseRunner(

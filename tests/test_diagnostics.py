@@ -15,7 +15,7 @@ from imgclf.diagnostics import (
     fixed_batch,
     linear_regions_bound,
     make_diagnostics,
-    should_enable,
+    plan,
 )
 
 DEEP = "[32,32,32,32,32,32,32,32,32,32]"
@@ -288,18 +288,33 @@ def test_fixed_batch_is_seeded_and_float(digits) -> None:
     assert fixed_batch(images[:10], labels[:10], n=64)[0].shape[0] == 10
 
 
-# -- should_enable ----------------------------------------------------------------------------
+# -- plan (auto by activation memory) ---------------------------------------------------------
 
 
-def test_should_enable() -> None:
+def test_plan_follows_activations_not_parameters() -> None:
     import keras
 
-    tiny = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    big = keras.Sequential([keras.Input((2500,)), keras.layers.Dense(2001)])  # ~5.0M params
-    assert big.count_params() > 5_000_000
-    assert should_enable(tiny, "auto") is True
-    assert should_enable(big, "auto") is False
-    assert should_enable(tiny, False) is False
-    assert should_enable(big, True) is True
+    from imgclf.diagnostics import MIN_PROBE_IMAGES, PROBE_BUDGET, PROBE_IMAGES
+
+    # Many parameters, tiny activations: recorded on the full probe.
+    wide = keras.Sequential([keras.Input((2500,)), keras.layers.Dense(2001)])
+    assert wide.count_params() > 5_000_000
+    auto = plan(wide, "auto")
+    assert auto.enabled and auto.probe_images == PROBE_IMAGES
+    assert auto.estimated_bytes == PROBE_IMAGES * 2 * 4 * 2001
+    # Few parameters, big activations (one conv at 224 px: 3.2 M outputs per image).
+    big = keras.Sequential([keras.Input((224, 224, 3)), keras.layers.Conv2D(64, 3, padding="same")])
+    assert big.count_params() < 2_000
+    off = plan(big, "auto")
+    assert not off.enabled and "MB of activations" in off.reason
+    assert off.estimated_bytes > PROBE_BUDGET
+    forced = plan(big, True)
+    assert forced.enabled and forced.probe_images == MIN_PROBE_IMAGES
+    # In between: the probe shrinks until it fits.
+    mid = keras.Sequential([keras.Input((128, 128, 3)), keras.layers.Conv2D(64, 3, padding="same")])
+    fitted = plan(mid, "auto")
+    assert fitted.enabled and MIN_PROBE_IMAGES <= fitted.probe_images < PROBE_IMAGES
+    assert fitted.estimated_bytes <= PROBE_BUDGET
+    assert not plan(wide, False).enabled
     with pytest.raises(ValueError, match="auto"):
-        should_enable(tiny, "sometimes")
+        plan(wide, "sometimes")
