@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf import faults, runs
+from imgclf.progress import Meter, cost_line
 
 if TYPE_CHECKING:
     import keras
@@ -185,11 +186,15 @@ def finish_run(
     config: Config,
     extra: dict[str, Any] | None = None,
     verbose: int | str = 0,
+    meter: Meter | None = None,
+    estimate: Any = None,
 ) -> dict[str, Any]:
     """Write every artifact of a trained run (model.keras with the temperature folded in,
     ood.npz, metrics.json, worst/, plots/, samples/, saved_model/, exports.json,
     model_card.md, then manifest.json) and return the metrics. `extra` goes into metrics.json
-    (the phases, epochs run); so do `calibration` and `ood` (imgclf.confidence).
+    (the phases, epochs run); so do `calibration` and `ood` (imgclf.confidence) and, given the
+    run's `meter` (imgclf.progress.Meter), `resources`: the wall time, CPU time and peak memory
+    of every stage. `estimate` (imgclf.estimate.Estimate) is told that the end has begun.
 
     Raises ExportError (imgclf.export.parity) when the SavedModel disagrees with the model;
     the run then has no manifest.
@@ -202,12 +207,16 @@ def finish_run(
     from imgclf.ood import MAX_FIT_IMAGES
     from imgclf.split_outputs import run_outputs
 
+    meter = meter or Meter()
+    if estimate is not None:
+        estimate.finishing()
     # One bounded, compiled pass per split, shared by the confidence fit, evaluation and the
     # SavedModel's parity check.
     batch = inference_batch_size(model, config.train.eval_batch_size)
     train_limit = MAX_FIT_IMAGES if config.train.ood else 0
-    outputs = run_outputs(model, splits, batch, train_limit, config.seed)
-    confidence = fit_confidence(model, outputs, len(splits.class_names), config)
+    with meter.stage("confidence"):
+        outputs = run_outputs(model, splits, batch, train_limit, config.seed)
+        confidence = fit_confidence(model, outputs, len(splits.class_names), config)
     extra = {**(extra or {}), "calibration": confidence.calibration, "ood": confidence.ood}
     temperature = 1.0
     if confidence.calibration and "temperature" in confidence.calibration:
@@ -219,15 +228,21 @@ def finish_run(
     if confidence.stats is not None:
         confidence.stats.save(run_dir / runs.OOD)
     faults.point("model")
-    metrics = evaluate_run(run_dir, outputs["test"], temperature, splits, config, extra)
-    late = report_late_failures(run_dir, splits)
+    with meter.stage("evaluation"):
+        metrics = evaluate_run(run_dir, outputs["test"], temperature, splits, config, extra)
+        late = report_late_failures(run_dir, splits)
+        save_samples(run_dir, splits)
     if late and verbose:
         print(f"data: {late} more file(s) could not be decoded; see data_report.json", flush=True)
-    save_samples(run_dir, splits)
     parity, exports = None, None
     if config.train.export:
-        reference = run_reference(splits, outputs["test"], temperature, confidence.stats)
-        parity, exports = export_run_model(run_dir, model, splits, reference, confidence.stats)
+        with meter.stage("export"):
+            reference = run_reference(splits, outputs["test"], temperature, confidence.stats)
+            parity, exports = export_run_model(run_dir, model, splits, reference, confidence.stats)
+    # What the run cost, in metrics.json (rewritten: the export's stage is measured too).
+    metrics["resources"] = meter.report()
+    runs.write_json(run_dir / runs.METRICS, metrics)
+    (run_dir / runs.PROGRESS).unlink(missing_ok=True)  # the estimate is over
     card = model_card(config, splits, metrics, model, exports, backend_name())
     runs.write_text(run_dir / runs.MODEL_CARD, card)
     faults.point("manifest")
@@ -244,6 +259,7 @@ def finish_run(
         summary = confidence_summary(metrics)
         if summary:
             print(summary, flush=True)
+        print(cost_line(metrics["resources"]), flush=True)
     return metrics
 
 

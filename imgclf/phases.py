@@ -71,6 +71,7 @@ class PhaseRunner:
     verbose: int | str
     resume: Resume | None = None  # the run's .resume/ folder (backups, finished phases)
     augmenter: Any = None  # the training augmentation (its random state is backed up too)
+    estimate: Any = None  # the run's time-left estimate (imgclf.estimate.Estimate) or None
     head_end: tuple[float, list[Any]] | None = field(default=None)  # (best monitored, weights)
 
     def run(self, phase: Phase) -> dict[str, Any]:
@@ -158,6 +159,9 @@ def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict
     if runner.diagnostics is not None and not cached:
         runner.diagnostics.phase = phase.name
         callbacks.append(runner.diagnostics)
+    if runner.estimate is not None:  # after the diagnostics: an epoch's time includes them
+        runner.estimate.phase = phase.name
+        callbacks.append(runner.estimate.callback())
     resumed = 0  # epochs of this phase done before an interruption
     if runner.resume is not None:
         # Last: the epoch's state is saved after every other callback has taken it in (the
@@ -182,7 +186,7 @@ def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict
     if cached:
         fit_head_on_features(
             runner.model, runner.splits, config, phase, runner.batch_size, callbacks, weights,
-            runner.verbose,
+            runner.verbose, runner.estimate,
         )  # fmt: skip
     elif tcfg.distribute == "multiworker":
         fit_multiworker(

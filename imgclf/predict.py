@@ -87,6 +87,19 @@ def _serving_function(model: Any, shape: tuple[int, int, int]) -> Callable[[np.n
     return fn
 
 
+def batch_size_for(model: keras.Model | None, shape: tuple[int, int, int]) -> int:
+    """Images per forward pass: for a Keras model the run's inference batch
+    (`forward.inference_batch_size`: bounded activation memory); for an exported artifact,
+    whose layers are not visible, BATCH_SIZE scaled down by the input's pixels beyond 64×64×3
+    (at least 8: 224×224×3 gives 8)."""
+    if model is not None:
+        from imgclf.forward import inference_batch_size
+
+        return min(BATCH_SIZE, inference_batch_size(model))
+    scale = (64 * 64 * 3) / float(np.prod(shape))
+    return int(max(8, min(BATCH_SIZE, BATCH_SIZE * scale)))
+
+
 class Predictor:
     """A loaded model plus its labels and input geometry; call `predict_*` to classify."""
 
@@ -112,6 +125,7 @@ class Predictor:
         self.kind = kind
         self.path = path
         self.model = model  # the Keras model of a run directory (Grad-CAM needs it); else None
+        self.batch_size = batch_size_for(model, (*image_size, channels))
 
     @classmethod
     def from_path(cls, path: str | Path) -> Predictor:
@@ -202,13 +216,16 @@ class Predictor:
         (train.calibrate: the temperature is inside the model).
 
         Raises ValueError when the images are not [N, H, W, C] at the model's size."""
-        images = np.asarray(images, dtype=np.float32)
+        images = np.asarray(images)  # cast to float32 a batch at a time, not all at once
         if images.shape[1:] != (*self.image_size, self.channels):
             raise ValueError(
                 f"images must be [N, {self.image_size[0]}, {self.image_size[1]}, {self.channels}]"
                 f", got {list(images.shape)}"
             )
-        chunks = [self._fn(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
+        size = self.batch_size
+        chunks = [
+            self._fn(images[i : i + size].astype(np.float32)) for i in range(0, len(images), size)
+        ]
         if not chunks:
             return {PROBS: np.zeros((0, len(self.class_names)), np.float32)}
         return {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}

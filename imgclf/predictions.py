@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -140,11 +140,29 @@ def ood_warning(p: Any, threshold: float | None) -> str:
     )
 
 
+def _decoded_chunks(predictor: Any, files: list[Path]) -> Iterator[tuple[int, Any]]:
+    """(start, `predictor.decode_files` of files[start : start + CHUNK]) per chunk, in order,
+    the next chunk decoding in a background thread while the caller runs the model on this
+    one: decoding and the forward pass overlap, and memory holds two chunks at most."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = list(range(0, len(files), CHUNK))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-decode") as ahead:
+        pending = ahead.submit(predictor.decode_files, files[:CHUNK]) if starts else None
+        for n, start in enumerate(starts):
+            decoded = pending.result()
+            if n + 1 < len(starts):
+                nxt = starts[n + 1]
+                pending = ahead.submit(predictor.decode_files, files[nxt : nxt + CHUNK])
+            yield start, decoded
+
+
 def classify_stream(predictor: Any, files: list[Path], args: Any, layer: str | None) -> int:
     """`imgclf-predict`'s loop: classify `files` with a `predict.Predictor`, CHUNK at a time
-    (decoded in parallel), writing each chunk's predictions at once: memory holds one chunk,
-    whatever the number of files. Flagged images get an `ood_warning` line on stderr at the
-    end. Returns the number of files that could not be decoded."""
+    (decoded in parallel, the next chunk while the model runs on this one), writing each
+    chunk's predictions at once: memory holds two chunks, whatever the number of files.
+    Flagged images get an `ood_warning` line on stderr at the end. Returns the number of files
+    that could not be decoded."""
     width = max((len(str(f)) for f in files), default=5)
     writer = PredictionWriter(sys.stdout, args.format, width, ood=predictor.has_ood)
     if predictor.has_ood and args.format == "table":  # stderr: stdout stays the table
@@ -158,8 +176,7 @@ def classify_stream(predictor: Any, files: list[Path], args: Any, layer: str | N
     progress = sys.stderr.isatty() and len(files) > CHUNK
     failed = overlays = 0
     unfamiliar: list[Any] = []
-    for start in range(0, len(files), CHUNK):
-        names, images, unreadable = predictor.decode_files(files[start : start + CHUNK])
+    for start, (names, images, unreadable) in _decoded_chunks(predictor, files):
         for source, reason in unreadable:
             print(f"error: {source}: {reason}", file=sys.stderr)
         failed += len(unreadable)

@@ -157,7 +157,29 @@ def prepare(
             + (f", {strategy.num_replicas_in_sync} replicas" if strategy is not None else ""),
             flush=True,
         )
+        cache = splits.report.get("cache")
+        if cache:
+            print(cache_line(cache), flush=True)
     return Prepared(config, splits, model, strategy, batch_size, run_dir, chief, verbose, track)
+
+
+def cache_line(cache: dict[str, Any]) -> str:
+    """One line on the decoded pixels of a folder or CSV source (data_report.json `cache`)."""
+    size = f"{cache['bytes'] / 2**20:,.0f} MB"
+    if cache["mode"] == "disk":
+        where = f"decoded cache: {size} on disk ({cache.get('file', '')})"
+        how = (
+            f"re-used: nothing decoded, {cache['seconds']:.1f} s"
+            if cache["reused"]
+            else f"built in {cache['seconds']:.1f} s; the next run on these files re-uses it"
+        )
+        line = f"{where}, {how}"
+    elif cache["mode"] == "memory":
+        line = f"decoded into memory: {size} in {cache['seconds']:.1f} s (decoded again next run)"
+    else:
+        line = "no decoded cache: every file is decoded at every read (data.cache: none)"
+    note = cache.get("note")
+    return f"data: {line}" + (f"\ndata: note: {note}" if note else "")
 
 
 def _remove_new_run(run_dir: Path, remove_folder: bool) -> None:

@@ -17,6 +17,7 @@ SavedModel export at the end needs TensorFlow, and is skipped under other backen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import signal
 import sys
@@ -28,6 +29,7 @@ from imgclf.arguments import ArgumentParser
 from imgclf.config import Config, dump_config, load_config
 from imgclf.errors import UserError
 from imgclf.prepare import Prepared, preflight, prepare
+from imgclf.progress import Meter
 
 if TYPE_CHECKING:
     import keras
@@ -42,8 +44,9 @@ EXAMPLES = (
 )
 
 
-def run_phases(p: Prepared) -> dict[str, Any]:
-    """Step 2: every phase of the schedule on `p.model`; returns what metrics.json records
+def run_phases(p: Prepared, meter: Meter | None = None, estimate: Any = None) -> dict[str, Any]:
+    """Step 2: every phase of the schedule on `p.model` (each a stage of `meter`, timed by
+    `estimate`, an `imgclf.estimate.Estimate`, when given); returns what metrics.json records
     about training (`phases`, `epochs_run`)."""
     from imgclf.augment import build_augmenter
     from imgclf.backend import make_training_data
@@ -72,9 +75,12 @@ def run_phases(p: Prepared) -> dict[str, Any]:
         _carry_over(p, history, diagnostics, plan_phases(config))
     runner = PhaseRunner(
         p.model, config, p.splits, data, p.batch_size, history, diagnostics, p.strategy,
-        p.verbose, p.resume, augmenter,
+        p.verbose, p.resume, augmenter, estimate=estimate,
     )  # fmt: skip
-    reports = [runner.run(phase) for phase in plan_phases(config)]
+    reports = []
+    for phase in plan_phases(config):
+        with meter.stage(phase.name) if meter is not None else contextlib.nullcontext():
+            reports.append(runner.run(phase))
     return {"epochs_run": len(history.rows), "phases": reports}
 
 
@@ -134,12 +140,25 @@ def train(
         FileExistsError: `out` exists and is not empty.
         ExportError: the SavedModel disagrees with the trained model (the run has no manifest).
     """
+    from imgclf.estimate import Estimate, job_shape
     from imgclf.finish import finish_run
 
-    p = prepare(config, out, verbose, Path(runs_root), splits, resume)
+    meter = Meter()
     try:
-        training = run_phases(p)
-        finish_run(p.run_dir, _single_device(p), p.splits, config, training, p.verbose)
+        with meter.stage("prepare"):
+            p = prepare(config, out, verbose, Path(runs_root), splits, resume)
+    except BaseException:
+        meter.close()
+        raise
+    estimate = None
+    if p.chief:
+        shape = job_shape(config, p.splits, p.batch_size)
+        estimate = Estimate(p.run_dir, shape, meter.start_wall, p.verbose)
+    try:
+        training = run_phases(p, meter, estimate)
+        finish_run(
+            p.run_dir, _single_device(p), p.splits, config, training, p.verbose, meter, estimate
+        )
     except KeyboardInterrupt as exc:
         # A Ctrl+C after the state became `complete` changes nothing: the run is whole.
         if not (p.chief and runs.read_state(p.run_dir).complete):
@@ -151,6 +170,8 @@ def train(
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             runs.set_state(p.run_dir, runs.FAILED, f"{type(exc).__name__}: {reason}")
         raise
+    finally:
+        meter.close()
     _tidy(p, Path(runs_root))
     return p.run_dir
 

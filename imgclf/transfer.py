@@ -222,29 +222,45 @@ def fit_head_on_features(
     callbacks: list[Any],
     class_weight: dict[int, float] | None,
     verbose: int | str,
+    estimate: Any = None,
 ) -> keras.Model:
     """Train the head of `model` on backbone features computed once per image (phase 1).
 
     The backbone (frozen, inference mode) maps an image to the same features in every epoch,
     so computing them once and fitting the head on them trains the same head, with the same
-    batches in the same order, as `model.fit` through the backbone. Returns the head model.
+    batches in the same order, as `model.fit` through the backbone. The features are computed
+    by a compiled function on bounded batches (`forward.Forward`, `train.eval_batch_size`),
+    reading streamed images batch by batch. Returns the head model; `estimate` (the run's
+    imgclf.estimate.Estimate) is told how long a forward pass took.
     """
+    import time
+
     import keras
     import numpy as np
 
     from imgclf.backend import make_training_data
     from imgclf.data.pipeline import epoch_order_callback
-    from imgclf.evaluate import predict_readable
+    from imgclf.forward import Forward
     from imgclf.optim import compile_model, steps_per_epoch
 
-    extractor = keras.Model(model.inputs, model.get_layer(FEATURES).output)
+    extractor = Forward(
+        keras.Model(model.inputs, model.get_layer(FEATURES).output), config.train.eval_batch_size
+    )
 
     def features(split: Split) -> Split:
-        # Streamed images are read in batches; a file that fails to decode is left out.
-        if not split.streamed:
-            x = extractor.predict(split.x.astype("float32"), batch_size=batch_size, verbose=0)
-            return dataclasses.replace(split, x=x)
-        x, kept = predict_readable(extractor, split.x, batch_size)
+        # A file that fails to decode is left out (streamed splits are read batch by batch).
+        start, outs, kept = time.perf_counter(), [], []
+        for out, positions in extractor.stream(split.x):
+            outs.append(np.asarray(out, np.float32))
+            kept.append(positions)
+        x = (
+            np.concatenate(outs)
+            if outs
+            else np.zeros((0, *model.get_layer(FEATURES).output.shape[1:]), np.float32)
+        )
+        kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+        if estimate is not None:
+            estimate.observe_forward(len(kept), time.perf_counter() - start)
         files = [split.files[i] for i in kept] if split.files is not None else None
         return dataclasses.replace(split, x=x, y=np.asarray(split.y)[kept], files=files)
 

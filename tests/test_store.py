@@ -57,18 +57,20 @@ def test_streamed_batches_are_exactly_the_in_memory_ones(photos: Path, cache: Pa
 
 def test_disk_cache_is_reused_and_rebuilt_when_a_file_changes(photos: Path, cache: Path):
     first = _load(photos, "data.cache=disk")
-    assert first.report["cache"] == {"mode": "disk", "reused": False}
+    assert first.report["cache"]["mode"] == "disk" and first.report["cache"]["reused"] is False
     entries = sorted((cache / "decoded").glob("*.u8"))
     assert len(entries) == 1 and not list((cache / "decoded").glob(".*"))  # no debris
+    assert first.report["cache"]["bytes"] == entries[0].stat().st_size
     again = _load(photos, "data.cache=disk")
-    assert again.report["cache"] == {"mode": "disk", "reused": True}
+    assert again.report["cache"]["mode"] == "disk" and again.report["cache"]["reused"] is True
+    assert Path(again.report["cache"]["file"]) == entries[0]
     assert np.array_equal(np.asarray(first.test.x), np.asarray(again.test.x))
 
     changed = photos / first.test.files[0]  # a test image changes its content
     Image.fromarray(255 - np.asarray(first.test.x[0])).save(changed)
     os.utime(changed, ns=(0, changed.stat().st_mtime_ns + 10**9))
     rebuilt = _load(photos, "data.cache=disk")
-    assert rebuilt.report["cache"] == {"mode": "disk", "reused": False}
+    assert rebuilt.report["cache"]["mode"] == "disk" and not rebuilt.report["cache"]["reused"]
     assert np.array_equal(np.asarray(rebuilt.test.x[0]), 255 - np.asarray(first.test.x[0]))
     assert len(list((cache / "decoded").glob("*.u8"))) == 2  # a new entry beside the old
 
@@ -91,6 +93,16 @@ def test_a_cache_that_cannot_be_written_is_one_clear_error(
         _load(photos, "data.cache=disk")
     assert "data.cache=memory" in str(info.value) and "IMGCLF_CACHE" in str(info.value)
     assert _load(photos, "data.cache=memory").report["cache"]["mode"] == "memory"
+    # The default (auto) never stops a run for its cache: it decodes into memory, and says why.
+    fallback = _load(photos).report["cache"]
+    assert fallback["mode"] == "memory" and "cannot write the decoded-image cache" in fallback["note"]
+
+
+def test_the_default_caches_on_disk_so_a_second_run_decodes_nothing(photos: Path, cache: Path):
+    first = _load(photos).report["cache"]  # data.cache: auto, a disk with room
+    assert first["mode"] == "disk" and not first["reused"]
+    second = _load(photos).report["cache"]
+    assert second["mode"] == "disk" and second["reused"] and second["file"] == first["file"]
 
 
 def _broken_jpeg(path: Path) -> None:

@@ -210,8 +210,16 @@ def load_data(config: Config) -> Splits:
     }
     if pool.store is not None:
         # How the pixels were read: built now, or a disk cache re-used from an earlier run.
-        reused = pool.store.mode == "disk" and not pool.store.built
-        report["cache"] = {"mode": pool.store.mode, "reused": reused}
+        store = pool.store
+        reused = store.mode == "disk" and not store.built
+        report["cache"] = {
+            "mode": store.mode,
+            "reused": reused,
+            "bytes": store.nbytes if store.mode != "none" else 0,
+            "seconds": round(store.seconds, 2),  # to decode the set (or open the cache)
+            **({"file": str(store.path)} if store.path is not None else {}),
+            **({"note": store.note} if store.note else {}),
+        }
     if cfg.classes is not None:
         report["classes_kept"] = list(cfg.classes)
     if cfg.max_per_class is not None:

@@ -8,7 +8,8 @@ decoded by imgclf's one decoder (`images.load_image`) at the configured size and
             (`cache.cache_dir()/decoded/`), re-used by every later run on the same files; read
             back with `os.pread`, so the pages live in the OS page cache, not in this process
     none    decoded again at every read (no cache)
-    auto    memory when the decoded set is under AUTO_MEMORY_BYTES, else disk
+    auto    disk when its disk has room for the set (DISK_HEADROOM to spare), so a second run
+            on the same files skips decoding; else memory under AUTO_MEMORY_BYTES, else none
 
 A disk cache entry is keyed by the folder, every file's path, size and modification time, the
 image size, the channel count and the decoder's version: any changed, added or removed file
@@ -24,7 +25,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +39,8 @@ from imgclf.cache import cache_dir
 from imgclf.errors import DataError
 from imgclf.images import ImageError, load_image
 
-AUTO_MEMORY_BYTES = 1 << 30  # auto: decoded sets under 1 GiB stay in memory
+AUTO_MEMORY_BYTES = 1 << 30  # auto without room on disk: sets under 1 GiB stay in memory
+DISK_HEADROOM = 2 << 30  # auto: the disk cache only when this much stays free besides it
 DECODER_VERSION = 2  # bump when load_image's pixels change: old cache entries then miss
 CHUNK = 256  # files decoded per batch of the thread pool while building
 CACHE_FOLDER = "decoded"
@@ -48,12 +52,27 @@ def workers() -> int:
     return min(8, (os.cpu_count() or 1) * 2)
 
 
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the disk that holds `folder` (or its nearest existing parent); 0 when it
+    cannot be told."""
+    for candidate in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:  # not there yet (or not a folder): ask its parent
+            continue
+    return 0
+
+
 def resolve_mode(mode: str, n: int, size: tuple[int, int], channels: int) -> str:
-    """`auto` -> memory or disk by the decoded size; other modes unchanged."""
+    """`auto` -> disk when the cache folder's disk has room for the decoded set with
+    DISK_HEADROOM to spare (a later run on the same files then skips decoding), else memory
+    under AUTO_MEMORY_BYTES, else none; other modes unchanged."""
     if mode != "auto":
         return mode
     nbytes = n * size[0] * size[1] * channels
-    return "memory" if nbytes < AUTO_MEMORY_BYTES else "disk"
+    if free_bytes(cache_dir() / CACHE_FOLDER) >= nbytes + DISK_HEADROOM:
+        return "disk"
+    return "memory" if nbytes < AUTO_MEMORY_BYTES else "none"
 
 
 def _decode(path: Path, size: tuple[int, int], channels: int) -> np.ndarray | str:
@@ -120,6 +139,7 @@ class FileStore:
     ) -> None:
         self.root, self.files = root, list(files)
         self.size, self.channels = tuple(size), int(channels)
+        self.requested = mode
         self.mode = resolve_mode(mode, len(files), self.size, self.channels)
         self.failures: dict[int, str] = {}
         self.record = self.size[0] * self.size[1] * self.channels  # bytes per image
@@ -127,19 +147,43 @@ class FileStore:
         self._path: Path | None = None  # the disk cache file
         self._fd: int | None = None
         self.built = False  # True when this object decoded the set (not read a cache)
+        self.seconds = 0.0  # how long opening took (decoding everything, when built)
+        self.note: str | None = None  # why `auto` did not end up with the disk cache
 
     # -- building -------------------------------------------------------------------------------
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded set (what the disk cache file, or the memory, holds)."""
+        return len(self.files) * self.record
+
+    @property
+    def path(self) -> Path | None:
+        """The disk cache file, once open."""
+        return self._path
+
     def open(self) -> FileStore:
-        """Decode into memory, or open (building if needed) the disk cache; returns self."""
+        """Decode into memory, or open (building if needed) the disk cache; returns self.
+
+        `auto` that chose the disk but cannot write there (a read-only or full disk) falls
+        back to memory (or none, for a set of AUTO_MEMORY_BYTES and more) and says why in
+        `note`; an explicit `disk` raises DataError instead."""
+        start = time.perf_counter()
+        if self.mode == "disk":
+            try:
+                self._open_disk()
+            except DataError as exc:
+                if self.requested != "auto":
+                    raise
+                self.mode = "memory" if self.nbytes < AUTO_MEMORY_BYTES else "none"
+                self.note = f"{exc} (this run: data.cache={self.mode})"
         if self.mode == "memory":
             self._array = np.zeros((len(self.files), *self.size, self.channels), np.uint8)
             self._fill(lambda i, pixels: self._array.__setitem__(i, pixels))
             self.built = True
-        elif self.mode == "disk":
-            self._open_disk()
-        elif self.mode != "none":
+        elif self.mode not in ("disk", "none"):
             raise ValueError(f"unknown cache mode {self.mode!r}")
+        self.seconds = time.perf_counter() - start
         return self
 
     def _fill(self, put: Any) -> None:

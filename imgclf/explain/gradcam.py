@@ -31,7 +31,9 @@ from imgclf.errors import UserError
 if TYPE_CHECKING:
     import keras
 
-BATCH_SIZE = 64  # images per forward/backward pass: bounds memory on big backbones
+BATCH_SIZE = 64  # images per forward/backward pass at most (fewer for big activations)
+# A gradient tape keeps every activation of its batch: at most this many bytes of them.
+TAPE_BUDGET = 512 << 20
 _NAMES_SHOWN = 8  # valid layer names listed in an unknown-layer error
 
 
@@ -293,6 +295,16 @@ def _class_indices(class_index: int | Sequence[int] | None, n: int, classes: int
     return idx
 
 
+def tape_batch_size(model: keras.Model) -> int:
+    """Images per Grad-CAM pass: BATCH_SIZE, fewer when the tape's activations (2 × 4 bytes ×
+    every layer's output per image, `forward.activation_sizes`) would pass TAPE_BUDGET
+    (EfficientNet-Lite0 at 224 px: 3 images)."""
+    from imgclf.forward import activation_sizes
+
+    per_image = 8 * activation_sizes(model)[1]
+    return int(max(1, min(BATCH_SIZE, TAPE_BUDGET // per_image if per_image else BATCH_SIZE)))
+
+
 def gradcam(
     model: keras.Model,
     images: np.ndarray,
@@ -348,9 +360,10 @@ def gradcam(
         cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(feats, tf.float32), axis=-1))
         return tf.image.resize(cam[..., None], (height, width), method="bilinear")[..., 0]
 
+    size = tape_batch_size(model)
     maps = [
-        heat(images[i : i + BATCH_SIZE], wanted[i : i + BATCH_SIZE].astype(np.int32)).numpy()
-        for i in range(0, n, BATCH_SIZE)
+        heat(images[i : i + size], wanted[i : i + size].astype(np.int32)).numpy()
+        for i in range(0, n, size)
     ]  # [B, H, W] each
     if not maps:
         return np.zeros((0, height, width), dtype=np.float32)

@@ -28,6 +28,7 @@ WORST = "worst"
 DEFAULT_ROOT = Path("runs")
 LATEST = "latest"
 STATE = "state.json"  # running / complete / interrupted / failed (imgclf.runs.state)
+PROGRESS = "progress.json"  # while training: the time-left estimate (imgclf.estimate); removed
 RESUME = ".resume"  # what --resume needs, hidden: never an artifact, removed on completion
 
 
@@ -51,6 +52,7 @@ __all__ = [
     "ONNX",
     "OOD",
     "PLOTS",
+    "PROGRESS",
     "RELIABILITY_PLOT",
     "RESUME",
     "SAMPLES",
