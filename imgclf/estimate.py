@@ -44,6 +44,7 @@ class PhaseShape:
     name: str
     max_epochs: int
     cost: float
+    once: int = 0  # forward passes over the training images before the epochs (cached views)
     done: int = 0
     epoch_s: list[float] = field(default_factory=list)
 
@@ -69,11 +70,15 @@ def job_shape(config: Any, splits: Any, batch_size: int) -> JobShape:
 
     phases = []
     for phase in plan_phases(config):
+        once = 0
         if phase.name == "head":
-            cost = 0.0 if can_cache_features(config, phase) else 1.0
+            cached = can_cache_features(config, phase)
+            cost = 0.0 if cached else 1.0
+            if cached:
+                once = config.transfer.augmented_views if config.augment.enabled else 1
         else:
             cost = FINE_TUNE_COST
-        phases.append(PhaseShape(phase.name, phase.train.epochs, cost))
+        phases.append(PhaseShape(phase.name, phase.train.epochs, cost, once))
     n_train, n_test = len(splits.train), len(splits.test)
     return JobShape(
         phases,
@@ -149,8 +154,8 @@ class Estimate:
         return fwd * (max(phase.cost, 0.05) * self.shape.n_train + self.shape.n_val)
 
     def _phase_guess(self, phase: PhaseShape, fwd: float) -> float:
-        if phase.cost == 0:  # features once, then epochs of a tiny head
-            return fwd * (self.shape.n_train + self.shape.n_val)
+        if phase.cost == 0:  # features once (per cached view), then epochs of a tiny head
+            return fwd * (max(1, phase.once) * self.shape.n_train + self.shape.n_val)
         return phase.max_epochs * self._epoch_guess(phase, fwd)
 
     def finish_guess(self, fwd: float | None = None) -> float:

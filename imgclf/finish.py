@@ -105,7 +105,11 @@ def evaluate_run(
 
 
 def run_reference(
-    splits: Splits, test: SplitOutputs, temperature: float, stats: OODStats | None
+    splits: Splits,
+    test: SplitOutputs,
+    temperature: float,
+    stats: OODStats | None,
+    batch_size: int,
 ) -> Reference:
     """The SavedModel's parity reference from the run's own test outputs: its first
     PARITY_MAX_IMAGES readable test images (read again, in batches) with the probabilities and
@@ -131,6 +135,7 @@ def run_reference(
         test.probabilities(temperature)[rows],
         scores,
         None if stats is None else stats.threshold,
+        batch_size,
     )
 
 
@@ -237,7 +242,7 @@ def finish_run(
     parity, exports = None, None
     if config.train.export:
         with meter.stage("export"):
-            reference = run_reference(splits, outputs["test"], temperature, confidence.stats)
+            reference = run_reference(splits, outputs["test"], temperature, confidence.stats, batch)
             parity, exports = export_run_model(run_dir, model, splits, reference, confidence.stats)
     # What the run cost, in metrics.json (rewritten: the export's stage is measured too).
     metrics["resources"] = meter.report()

@@ -186,7 +186,7 @@ def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict
     if cached:
         fit_head_on_features(
             runner.model, runner.splits, config, phase, runner.batch_size, callbacks, weights,
-            runner.verbose, runner.estimate,
+            runner.verbose, runner.estimate, runner.augmenter,
         )  # fmt: skip
     elif tcfg.distribute == "multiworker":
         fit_multiworker(

@@ -296,6 +296,11 @@ class TransferConfig(_Section):
     # Phase 1 on cached backbone features (the same model, much faster): when augmentation is
     # off. auto = whenever it applies; false = always through the backbone.
     cache_features: Literal["auto"] | bool = "auto"
+    # Phase 1 with augmentation on: train the head on the cached features of this many
+    # augmented views of every training image (views × one backbone pass, once), epoch e
+    # reading view e mod views, instead of a backbone pass per image per epoch. 0 = through the
+    # backbone every epoch (the exact path, augmented afresh each epoch).
+    augmented_views: Annotated[int, Field(ge=0, le=32)] = 0
     # Re-using a run (model.weights: runs/<run>): the layer whose output the new head reads.
     # null = what the old head read (the penultimate features); e.g. `flatten` keeps only the
     # convolutional part of a cnn. A 4-D feature map is flattened.
@@ -325,10 +330,23 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Config:
-        if self.transfer.cache_features is True and self.augment.enabled:
+        views = self.transfer.augmented_views
+        if self.transfer.cache_features is True and self.augment.enabled and not views:
             raise ValueError(
-                "transfer.cache_features=true needs augmentation off (cached features cannot be "
-                "augmented); switch augment.* off or set transfer.cache_features=auto"
+                "transfer.cache_features=true needs augmentation off, or cached augmented views "
+                "(transfer.augmented_views, e.g. 4); switch augment.* off or set "
+                "transfer.cache_features=auto"
+            )
+        if views and self.transfer.cache_features is False:
+            raise ValueError(
+                f"transfer.augmented_views={views} caches features, and "
+                "transfer.cache_features=false forbids it; set one of them back"
+            )
+        if views and (self.augment.mixup or self.augment.cutmix):
+            raise ValueError(
+                f"transfer.augmented_views={views} cannot cache MixUp or CutMix (they blend "
+                "images and labels within each batch); set augment.mixup and augment.cutmix to "
+                "0, or transfer.augmented_views=0"
             )
         if self.model.pretrained and self.train.distribute != "none":
             raise ValueError(

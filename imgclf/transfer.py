@@ -19,6 +19,8 @@ import difflib
 import re
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from imgclf.errors import ConfigError
 from imgclf.models.names import BACKBONE, FEATURES, HEAD
 
@@ -207,10 +209,67 @@ def head_model(model: keras.Model) -> keras.Model:
 
 
 def can_cache_features(config: Config, phase: Phase) -> bool:
-    """Phase 1 may train on cached features when the backbone is frozen and nothing changes
-    an image between epochs (no augmentation)."""
+    """Phase 1 may train on cached features when the backbone is frozen and either nothing
+    changes an image between epochs (no augmentation) or the features of a fixed number of
+    augmented views are cached (`transfer.augmented_views`)."""
     setting = config.transfer.cache_features
-    return phase.name == "head" and setting is not False and not config.augment.enabled
+    views = config.transfer.augmented_views > 0
+    return phase.name == "head" and setting is not False and (views or not config.augment.enabled)
+
+
+class AugmentedViews:
+    """The cached features of `views` augmented versions of every training image, float32
+    [views, N, D] (a memory-mapped temporary file: the pages are the OS's file cache, not this
+    process's memory), read as one array [N, D] whose rows come from view `epoch % views`:
+    `set_epoch(e)` (called at every epoch's start) selects it, so a resumed run reads the same
+    views as the run it continues."""
+
+    def __init__(self, features: np.ndarray) -> None:
+        self.features = features
+        self.current = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.features.shape[1:])
+
+    def __len__(self) -> int:
+        return int(self.features.shape[1])
+
+    def __getitem__(self, positions: Any) -> np.ndarray:
+        return np.asarray(self.features[self.current][positions])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.current = epoch % len(self.features)
+
+
+def augmented_views(
+    extractor: Any, split: Split, augmenter: Any, views: int, num_classes: int, store: Any
+) -> tuple[AugmentedViews, np.ndarray]:
+    """(views of the features, positions of the readable images): `views` passes over
+    `split`, each batch augmented by `augmenter` (as training augments it) and run through
+    `extractor` (a `forward.Forward` of the backbone up to the features), written into the
+    open temporary file `store`."""
+    from imgclf.data.pool import batches
+
+    width = int(np.prod(extractor.model.output.shape[1:]))
+    readable = split.readable()
+    features = np.memmap(store, np.float32, "w+", shape=(views, len(readable), width))
+    eye = np.eye(num_classes, dtype=np.float32)
+    kept = readable
+    for view in range(views):
+        row, positions_seen = 0, []
+        for pixels, positions in batches(split.x, extractor.batch_size):
+            if not len(positions):
+                continue
+            images, _ = augmenter(pixels.astype(np.float32), eye[np.asarray(split.y)[positions]])
+            out = extractor.run_batch(np.asarray(images)).reshape(len(positions), width)
+            features[view, row : row + len(out)] = out
+            row += len(out)
+            positions_seen.append(positions)
+        kept = np.concatenate(positions_seen) if positions_seen else readable[:0]
+        if len(kept) != features.shape[1]:  # a file that failed to decode only now
+            features = features[:, : len(kept)]
+    return AugmentedViews(features), kept
 
 
 def fit_head_on_features(
@@ -223,6 +282,7 @@ def fit_head_on_features(
     class_weight: dict[int, float] | None,
     verbose: int | str,
     estimate: Any = None,
+    augmenter: Any = None,
 ) -> keras.Model:
     """Train the head of `model` on backbone features computed once per image (phase 1).
 
@@ -230,13 +290,17 @@ def fit_head_on_features(
     so computing them once and fitting the head on them trains the same head, with the same
     batches in the same order, as `model.fit` through the backbone. The features are computed
     by a compiled function on bounded batches (`forward.Forward`, `train.eval_batch_size`),
-    reading streamed images batch by batch. Returns the head model; `estimate` (the run's
-    imgclf.estimate.Estimate) is told how long a forward pass took.
+    reading streamed images batch by batch. With augmentation (`augmenter`) and
+    `transfer.augmented_views` = K, the training features are those of K augmented views of
+    every image (`augmented_views`), epoch e reading view e mod K: K backbone passes instead of
+    one per epoch, an approximation of augmenting afresh every epoch. Returns the head model;
+    `estimate` (the run's imgclf.estimate.Estimate) is told how long a forward pass took.
     """
+    import contextlib
+    import tempfile
     import time
 
     import keras
-    import numpy as np
 
     from imgclf.backend import make_training_data
     from imgclf.data.pipeline import epoch_order_callback
@@ -246,6 +310,7 @@ def fit_head_on_features(
     extractor = Forward(
         keras.Model(model.inputs, model.get_layer(FEATURES).output), config.train.eval_batch_size
     )
+    views = config.transfer.augmented_views if augmenter is not None else 0
 
     def features(split: Split) -> Split:
         # A file that fails to decode is left out (streamed splits are read batch by batch).
@@ -264,20 +329,62 @@ def fit_head_on_features(
         files = [split.files[i] for i in kept] if split.files is not None else None
         return dataclasses.replace(split, x=x, y=np.asarray(split.y)[kept], files=files)
 
-    cached = dataclasses.replace(splits, train=features(splits.train), val=features(splits.val))
+    store = contextlib.ExitStack()
+    if views:  # augmented: `views` passes over the training images, each augmented afresh
+        from imgclf.cache import cache_dir
+
+        start = time.perf_counter()
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = store.enter_context(
+            tempfile.NamedTemporaryFile(dir=folder, prefix="imgclf-views-", suffix=".f32")  # noqa: SIM115 (closed by the ExitStack)
+        )
+        try:
+            x, kept = augmented_views(
+                extractor, splits.train, augmenter, views, len(splits.class_names), temporary
+            )
+        except OSError as exc:  # a full disk: the run stops with one line, its state failed
+            from imgclf.errors import DataError
+
+            raise DataError(
+                f"cannot write the cached augmented views in {folder} ({exc.strerror or exc}): "
+                "free space there, point IMGCLF_CACHE at another disk, or set "
+                "transfer.augmented_views=0"
+            ) from None
+        if estimate is not None:
+            estimate.observe_forward(views * len(kept), time.perf_counter() - start)
+        files = splits.train.files
+        train = dataclasses.replace(
+            splits.train,
+            x=x,
+            y=np.asarray(splits.train.y)[kept],
+            files=[files[i] for i in kept] if files is not None else None,
+        )
+        if verbose:
+            print(
+                f"phase {phase.name}: features of {views} augmented views of {len(kept):,} "
+                f"training images cached in {time.perf_counter() - start:.1f} s",
+                flush=True,
+            )
+    else:
+        train = features(splits.train)
+    cached = dataclasses.replace(splits, train=train, val=features(splits.val))
     head = head_model(model)
     compile_model(head, phase.train, steps_per_epoch(len(splits.train), batch_size))
     train_ds, val_ds = make_training_data(cached, config, batch_size, None)
     callbacks = [epoch_order_callback(train_ds), *callbacks]  # each epoch's shuffled order
-    head.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=phase.train.epochs,
-        callbacks=callbacks,
-        verbose=verbose,
-        shuffle=False,
-        class_weight=class_weight,
-    )
+    if views:
+        callbacks.insert(0, epoch_order_callback(train.x))  # each epoch's view
+    with store:  # the views' temporary file is removed when the phase ends
+        head.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=phase.train.epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+            class_weight=class_weight,
+        )
     return head
 
 

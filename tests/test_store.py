@@ -95,7 +95,8 @@ def test_a_cache_that_cannot_be_written_is_one_clear_error(
     assert _load(photos, "data.cache=memory").report["cache"]["mode"] == "memory"
     # The default (auto) never stops a run for its cache: it decodes into memory, and says why.
     fallback = _load(photos).report["cache"]
-    assert fallback["mode"] == "memory" and "cannot write the decoded-image cache" in fallback["note"]
+    assert fallback["mode"] == "memory"
+    assert "cannot write the decoded-image cache" in fallback["note"]
 
 
 def test_the_default_caches_on_disk_so_a_second_run_decodes_nothing(photos: Path, cache: Path):

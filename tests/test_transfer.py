@@ -407,3 +407,72 @@ def test_gradcam_finds_the_feature_map_inside_a_reused_backbone(tiny_run: Path):
     assert find_target_layer(model) == "backbone/conv2_2_act"
     heat = gradcam(model, _batch(2)[0])
     assert heat.shape == (2, 32, 32) and float(heat.max()) == pytest.approx(1.0)
+
+
+def test_augmented_views_are_cached_once_each_and_epochs_take_turns(
+    tiny_run: Path, folder_dataset: Path, tmp_path: Path
+):
+    """transfer.augmented_views: every cached view is the backbone's features of the training
+    images as the augmentation changed them (here a random horizontal flip: each row is the
+    image's own features or its mirror's), and epoch e reads view e mod K."""
+    import keras
+
+    from imgclf.augment import build_augmenter
+    from imgclf.data import load_data
+    from imgclf.forward import Forward
+    from imgclf.transfer import augmented_views
+
+    config = load_config(
+        None,
+        [*tiny_overrides(folder_dataset), f"model.weights={tiny_run}", "augment.flip=horizontal",
+         "transfer.augmented_views=3"],
+    )  # fmt: skip
+    splits = load_data(config)
+    model = build_model(config, 3)
+    extractor = Forward(keras.Model(model.inputs, model.get_layer("features").output), 4)
+    augmenter = build_augmenter(config.augment, config.data.image_size, config.seed)
+    x = np.asarray(splits.train.x)
+    plain, mirrored = extractor(x), extractor(x[:, :, ::-1])
+    with open(tmp_path / "views.f32", "w+b") as store:
+        views, kept = augmented_views(extractor, splits.train, augmenter, 3, 3, store)
+        assert views.features.shape == (3, len(x), plain.shape[1])
+        assert np.array_equal(kept, np.arange(len(x)))
+        for view in np.asarray(views.features):
+            as_is = np.isclose(view, plain, atol=1e-4).all(axis=1)
+            flipped = np.isclose(view, mirrored, atol=1e-4).all(axis=1)
+            assert (as_is | flipped).all()  # nothing but the configured augmentation
+            assert flipped.any() and as_is.any()  # and it is random per image
+        assert not np.allclose(views.features[0], views.features[1])
+        for epoch in (0, 1, 2, 4):
+            views.set_epoch(epoch)
+            assert np.array_equal(views[np.arange(5)], views.features[epoch % 3][:5])
+
+
+def test_augmented_views_run_end_to_end(tiny_run: Path, folder_dataset: Path, tmp_path: Path):
+    from imgclf import runs
+    from imgclf.train import train
+
+    config = load_config(
+        None,
+        [*tiny_overrides(folder_dataset), f"model.weights={tiny_run}", "augment.flip=horizontal",
+         "transfer.augmented_views=2", "transfer.head_epochs=3", "transfer.fine_tune_epochs=1"],
+    )  # fmt: skip
+    run = train(config, out=tmp_path / "views", verbose=0)
+    phases = runs.read_json(run / runs.METRICS)["phases"]
+    assert phases[0]["phase"] == "head" and phases[0]["cached_features"] is True
+    assert phases[0]["epochs_run"] == 3 and phases[1]["cached_features"] is False
+    from imgclf.cache import cache_dir
+
+    assert not list(cache_dir().glob("imgclf-views-*"))  # the views' file went with the phase
+
+
+def test_augmented_views_refuse_what_they_cannot_cache(folder_dataset: Path):
+    base = [
+        *tiny_overrides(folder_dataset),
+        "augment.flip=horizontal",
+        "transfer.augmented_views=2",
+    ]
+    with pytest.raises(ConfigError, match="MixUp or CutMix"):
+        load_config(None, [*base, "augment.mixup=0.2"])
+    with pytest.raises(ConfigError, match="cache_features=false"):
+        load_config(None, [*base, "transfer.cache_features=false"])

@@ -153,14 +153,12 @@ def convert(model: Any, class_names: list[str], path: str | Path, ood_stats: Any
 def export_onnx(run_dir: str | Path, model: Any, reference: parity.Reference) -> dict[str, Any]:
     """Write `model.onnx` into the run after checking it in onnxruntime against `reference`
     (the run's answers on its test images); returns its exports.json record."""
-    from imgclf.forward import inference_batch_size
-
     require_onnx()
     import onnxruntime
 
     run_dir = Path(run_dir)
     class_names = runs.read_labels(run_dir)
-    images, size = reference.images, inference_batch_size(model)
+    images, size = reference.images, reference.batch_size
     from imgclf.ood import FLAG_NAME, SCORE_NAME, load_run_stats
 
     stats = load_run_stats(run_dir)
@@ -178,7 +176,7 @@ def export_onnx(run_dir: str | Path, model: Any, reference: parity.Reference) ->
                 reference.labels,
             ),
         }
-        record["formats"] = parity.pixel_artifact_formats(fn, model, images)
+        record["formats"] = parity.pixel_artifact_formats(fn, model, reference)
         not_written = f"{runs.ONNX} was not written"
         parity.require_parity("ONNX model", record["parity"], not_written)
         parity.require_pixel_formats("ONNX model", record["formats"], not_written)

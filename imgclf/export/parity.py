@@ -43,13 +43,15 @@ class ExportError(RuntimeError):
 class Reference:
     """What the run answers on the images an export is checked on: uint8 `images` [n, H, W, C]
     (n <= PARITY_MAX_IMAGES), their true `labels` [n] when known, model.keras' `probabilities`
-    [n, K] and, for a run with an OOD detector, its `ood_scores` [n] and `threshold`."""
+    [n, K] and, for a run with an OOD detector, its `ood_scores` [n] and `threshold`; every
+    check runs the artifact and the model `batch_size` images at a time."""
 
     images: np.ndarray
     labels: np.ndarray | None
     probabilities: np.ndarray
     ood_scores: np.ndarray | None = None
     threshold: float | None = None
+    batch_size: int = 32  # images per forward pass of every check (the run's inference batch)
 
     @property
     def ood_flags(self) -> np.ndarray | None:
@@ -58,26 +60,34 @@ class Reference:
 
 
 def model_reference(
-    model: Any, stats: Any, images: np.ndarray, labels: np.ndarray | None
+    model: Any,
+    stats: Any,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    batch_size: int | str = "auto",
 ) -> Reference:
     """The Reference of `model` (with the OOD detector `stats`, when not None) on `images`:
-    one compiled pass on bounded batches (`forward.Forward`) of the model plus detector
-    (`ood.scored_model`, what Predictor runs)."""
-    from imgclf.forward import Forward
+    one compiled pass on bounded batches (`forward.Forward`, `batch_size` images: the run's
+    `train.eval_batch_size`) of the model plus detector (`ood.scored_model`, what Predictor
+    runs)."""
+    from imgclf.forward import Forward, inference_batch_size
     from imgclf.models.names import PROBABILITIES
     from imgclf.ood import SCORE_NAME, scored_model
 
+    batch = inference_batch_size(model, batch_size)
     images = np.asarray(images[:PARITY_MAX_IMAGES])
     labels = None if labels is None else np.asarray(labels)[: len(images)]
     if stats is None:
-        return Reference(images, labels, np.asarray(Forward(model)(images), np.float64))
-    out = Forward(scored_model(model, stats))(images)
+        probs = np.asarray(Forward(model, batch)(images), np.float64)
+        return Reference(images, labels, probs, batch_size=batch)
+    out = Forward(scored_model(model, stats), batch)(images)
     return Reference(
         images,
         labels,
         np.asarray(out[PROBABILITIES], np.float64),
         np.asarray(out[SCORE_NAME], np.float64),
         stats.threshold,
+        batch,
     )
 
 
@@ -218,7 +228,18 @@ def load_for_export(run_dir: str | Path) -> tuple[Any, Reference]:
     runs.verify_all(run_dir, *EXPORT_FILES)
     _, height, width, channels = model.input_shape
     images, labels = check_split(run_dir, (height, width), channels)
-    return model, model_reference(model, load_run_stats(run_dir), images, labels)
+    stats = load_run_stats(run_dir)
+    return model, model_reference(model, stats, images, labels, run_batch_size(run_dir))
+
+
+def run_batch_size(run_dir: Path) -> int | str:
+    """The run's `train.eval_batch_size` ("auto" when its config cannot say)."""
+    from imgclf.config import load_config
+
+    try:
+        return load_config(run_dir / runs.CONFIG).train.eval_batch_size
+    except UserError:
+        return "auto"
 
 
 NEAR_TIE = 0.01  # a reference top-1 this close to its runner-up may flip on a 1-level difference
@@ -226,7 +247,7 @@ CORPUS_IMAGES = 1  # test images each made into every format × mode × orientat
 
 
 def reference_corpus(
-    model: Any, images: np.ndarray
+    model: Any, images: np.ndarray, batch_size: int | str = "auto"
 ) -> tuple[list[Any], np.ndarray, np.ndarray, list[str | None]]:
     """(corpus samples, their pixels as `load_image` decodes them at the model's input, the
     Keras model's probabilities, per sample the decoder's refusal or None): what `Predictor` on
@@ -245,7 +266,7 @@ def reference_corpus(
             refused.append(None)
         except ImageError as exc:
             refused.append(exc.reason)
-    reference = np.asarray(Forward(model)(pixels), np.float64)  # compiled, bounded batches
+    reference = np.asarray(Forward(model, batch_size)(pixels), np.float64)  # bounded batches
     return samples, pixels, reference, refused
 
 
@@ -302,15 +323,15 @@ def require_format_parity(
         )
 
 
-def pixel_artifact_formats(fn: Any, model: Any, images: np.ndarray) -> dict[str, dict[str, Any]]:
+def pixel_artifact_formats(fn: Any, model: Any, reference: Reference) -> dict[str, dict[str, Any]]:
     """The format table of an artifact that takes pixels (TFLite, ONNX): every corpus file
-    decoded by `load_image` (as `Predictor.from_path(artifact)` does) and run through `fn`,
-    against the run's model on the same file."""
-    from imgclf.forward import inference_batch_size
-
-    samples, pixels, reference, refused = reference_corpus(model, images)
-    exported = batched(fn, pixels, inference_batch_size(model), np.float32)
-    return format_parity(samples, reference, exported, refused)
+    (made from the reference's first image) decoded by `load_image` (as
+    `Predictor.from_path(artifact)` does) and run through `fn`, against the run's model on the
+    same file, `reference.batch_size` images at a time."""
+    batch = reference.batch_size
+    samples, pixels, expected, refused = reference_corpus(model, reference.images, batch)
+    exported = batched(fn, pixels, batch, np.float32)
+    return format_parity(samples, expected, exported, refused)
 
 
 def require_pixel_formats(what: str, table: dict[str, dict[str, Any]], not_written: str) -> None:

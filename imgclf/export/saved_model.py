@@ -26,6 +26,7 @@ from imgclf.export.parity import (
     reference_corpus,
     require_format_parity,
     require_parity,
+    run_batch_size,
 )
 from imgclf.ood import FLAG_NAME, SCORE_NAME
 
@@ -177,13 +178,11 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
     import tensorflow as tf
 
     from imgclf.export.parity import BYTES_CHECK_IMAGES, ood_parity
-    from imgclf.forward import inference_batch_size
     from imgclf.images import png_bytes
 
     # Kept as given (uint8 from the data): each batch is cast to float32 or encoded as PNG on
     # its own, so memory holds one batch's copies, not a float copy of every image.
-    images = reference.images
-    size = inference_batch_size(model)
+    images, size = reference.images, reference.batch_size
     with runs.glob_safe(saved_model_dir) as readable:
         loaded = tf.saved_model.load(str(readable))
     serving, from_bytes = loaded.signatures[SIGNATURE], loaded.signatures[BYTES_SIGNATURE]
@@ -217,7 +216,7 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
     report["serve_bytes_top1_agreement"] = from_files["top1_agreement"]
     if has_ood:
         report["ood"] = ood_parity(pixels_out[:, k:], reference)
-    samples, pixels, corpus_reference, refused = reference_corpus(model, images)
+    samples, pixels, corpus_reference, refused = reference_corpus(model, images, size)
     probs, status = via_files([s.data for s in samples])
     corpus_pixels = batched(via_pixels, pixels, size, np.float32)[:, :k]
     report["formats"] = {
@@ -399,7 +398,8 @@ def export_run(
     from imgclf.ood import load_run_stats
 
     stats = load_run_stats(run_dir)
-    reference = model_reference(model, stats, check_images, check_labels)
+    batch = run_batch_size(run_dir)
+    reference = model_reference(model, stats, check_images, check_labels, batch)
     if serving_dir is not None and out is not None:
         raise UserError("give either --out or --serving-dir, not both")
     if serving_dir is not None:

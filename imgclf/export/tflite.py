@@ -89,8 +89,6 @@ def export_tflite(
 ) -> dict[str, Any]:
     """Write `model.tflite` (or `model_int8.tflite`) into the run after checking it against
     `reference` (the run's answers on its test images); returns its exports.json record."""
-    from imgclf.forward import inference_batch_size
-
     run_dir = Path(run_dir)
     saved_model = run_dir / runs.SAVED_MODEL
     if not (saved_model / "saved_model.pb").is_file():
@@ -98,7 +96,7 @@ def export_tflite(
     runs.verify_manifest(run_dir, runs.SAVED_MODEL)
     flatbuffer = convert(saved_model, quantize)
     fn, _ = load_function(flatbuffer)
-    images, size = reference.images, inference_batch_size(model)
+    images, size = reference.images, reference.batch_size
     record: dict[str, Any] = {
         "path": runs.TFLITE_INT8 if quantize else runs.TFLITE,
         "quantized": quantize or False,
@@ -107,7 +105,7 @@ def export_tflite(
             parity.batched(fn, images, size, np.float32), reference.probabilities, reference.labels
         ),
     }
-    record["formats"] = parity.pixel_artifact_formats(fn, model, images)
+    record["formats"] = parity.pixel_artifact_formats(fn, model, reference)
     if reference.ood_scores is not None:
         record["ood_parity"] = parity.ood_parity(
             parity.batched(_ood_columns(flatbuffer), images, size, np.float32), reference
