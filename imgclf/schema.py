@@ -63,7 +63,8 @@ class DataConfig(_Section):
     split: Literal["auto", "stratified", "predefined"] = "auto"
     # Decoded pixels of folder/CSV sources: memory (decoded once into RAM), disk (decoded once
     # into ~/.cache/imgclf/decoded/, re-used by later runs on the same files), none (decoded at
-    # every read), auto (memory under 1 GiB decoded, else disk). Built-in sets stay in memory.
+    # every read), auto (disk when its disk has room, so a re-run decodes nothing; else memory
+    # under 1 GiB decoded, else none). Built-in sets stay in memory.
     cache: Literal["auto", "memory", "disk", "none"] = "auto"
     # Keep only these classes of the source, by the source's names, in this order (labels.json
     # follows it); names unknown to the source are reported when the data is loaded.
@@ -239,7 +240,9 @@ class TrainConfig(_Section):
     mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
     jit_compile: Literal["auto"] | bool = "auto"  # XLA; "auto" leaves it off on CPU
     steps_per_execution: PositiveInt = 1  # batches per compiled call: helps tiny models
-    diagnostics: Literal["auto"] | bool = "auto"  # auto: on for models up to 5M parameters
+    # Per-layer gradients and activations every epoch (imgclf/diagnostics.py). auto: on when a
+    # probe batch of at least 16 images fits 256 MB of activations (small images and models).
+    diagnostics: Literal["auto"] | bool = "auto"
     distribute: Literal["none", "mirrored", "multiworker"] = "none"  # see imgclf/distribute.py
     # Write and check saved_model/ at the end (every format of docs/formats.md, a few seconds);
     # false skips it for sweeps and quick experiments: `imgclf-export RUN` writes it later.

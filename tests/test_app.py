@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from imgclf import runs
 from imgclf.config import load_config
 from imgclf.ui import catalog
-from imgclf.ui.jobs import JobBusy, TrainingJob
+from imgclf.ui.jobs import JobBusy, TrainingJob, estimate_text
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = (
@@ -197,6 +197,10 @@ def test_a_job_trains_in_a_child_process_and_cancel_stops_it(tmp_path: Path, fol
     while not job.snapshot().rows:  # the child has finished its first epoch
         assert job.snapshot().status == "running", job.snapshot().error
         job.wait(timeout=1)
+    # The child's time-left estimate reaches the page (progress.json in its run directory).
+    progress = job.snapshot().progress
+    assert progress and progress["remaining_s"] > 0 and progress["stage"] == "training"
+    assert "left (ends around" in estimate_text(progress)
     state = job.cancel()
     assert state.status == "cancelled" and not state.alive
     run = Path(state.run_dir)
@@ -363,3 +367,29 @@ def test_kept_uploads_are_capped_with_a_line_saying_so(monkeypatch, app_runs: Pa
     at.file_uploader[0].set_value(files).run()
     assert list(at.dataframe[0].value["image"]) == ["0.png", "1.png"]
     assert at.warning[0].value.startswith("1 image(s) not added: the page keeps at most 2")
+
+
+def test_diagnostics_of_a_deep_network_are_grouped_into_readable_lines():
+    """A 50-layer backbone's diagnostics: one line per block (the gradient norm of the whole
+    block), or the first and last layers, instead of 50 lines in one chart."""
+    import pandas as pd
+
+    from imgclf.ui import charts
+
+    layers = [f"block{b}{s}_{kind}" for b in range(1, 6) for s in "ab" for kind in ("a", "b")]
+    layers += ["top_conv", "probabilities"]
+    frame = pd.DataFrame(
+        [{"epoch": e, "layer": name, "value": float(i + 1)} for e in (0, 1)
+         for i, name in enumerate(layers)]
+    )  # fmt: skip
+    assert frame.layer.nunique() > charts.MAX_LINES
+    blocks = charts.group_layers(frame, "blocks", layers, "norm")
+    assert blocks.layer.nunique() == 12  # 10 blocks, top_conv, probabilities
+    first = blocks[(blocks.epoch == 0) & (blocks.layer == "block1a")].value.item()
+    assert first == pytest.approx(np.sqrt(1**2 + 2**2))  # the norm of both layers' gradients
+    means = charts.group_layers(frame, "blocks", layers, "fraction")
+    assert means[(means.epoch == 1) & (means.layer == "block1a")].value.item() == 1.5
+    ends = charts.group_layers(frame, "ends", layers, "norm")
+    kept = list(dict.fromkeys(ends.layer))
+    assert kept == layers[:6] + layers[-6:]
+    assert charts.group_layers(frame, "all", layers, "norm").equals(frame)

@@ -4,7 +4,7 @@
 preprocessing is inside the graph, as in every imgclf model) and returns `probabilities`
 (float32 [N, classes]); the class names travel in the file's metadata (`labels`, a JSON list),
 so a client needs nothing else. It is converted from model.keras by tf2onnx (constants baked in,
-see `convert`), then run on the test split (up to 1,000 images) in
+see `convert`), then run on the first 256 test images (`parity.PARITY_MAX_IMAGES`) in
 onnxruntime and compared with model.keras; an export outside the thresholds is not written.
 
 Needs the `[onnx]` extra (tf2onnx, onnx, onnxruntime) and the TensorFlow backend.

@@ -2,10 +2,10 @@
 
 `model.tflite` (float32) is converted from the run's checked SavedModel (`serving_default`: raw
 pixels in, probabilities and label out); `model_int8.tflite` uses dynamic-range int8 weights
-(`--quantize int8`). Each is run on the test split (up to 1,000 images) in the interpreter and
-compared with model.keras: max |Δp|, top-1 agreement and test accuracy go to exports.json. A float
-export that disagrees (more than 1e-4, or under 99.9% top-1 agreement) is not written; a
-quantised one reports its accuracy drop and is marked `quantized`.
+(`--quantize int8`). Each is run on the first 256 test images (`parity.PARITY_MAX_IMAGES`) in
+the interpreter and compared with model.keras: max |Δp|, top-1 agreement and test accuracy go to
+exports.json. A float export that disagrees (more than 1e-4, or under 99.9% top-1 agreement) is
+not written; a quantised one reports its accuracy drop and is marked `quantized`.
 """
 
 from __future__ import annotations

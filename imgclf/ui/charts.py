@@ -92,6 +92,33 @@ def diagnostics_frame(diag: dict[str, Any], key: str, field: str | None = None) 
     return pd.DataFrame(rows, columns=["epoch", "layer", "value"])
 
 
+MAX_LINES = 12  # layers one diagnostics chart shows as lines before it groups them
+
+
+def group_layers(frame: pd.DataFrame, how: str, order: Sequence[str], kind: str) -> pd.DataFrame:
+    """A diagnostics frame (epoch, layer, value) made readable for a deep network: `how` is
+    "all"; "ends" (the first and last MAX_LINES // 2 layers, in network order `order`); or
+    "blocks" (one line per block of the backbone's naming, `transfer.block_of`: for gradient
+    norms (`kind` "norm") the block's root-sum-square, i.e. the norm of all its layers'
+    gradients together; for fractions their mean)."""
+    if how == "all" or frame.empty:
+        return frame
+    if how == "ends":
+        present = [name for name in order if name in set(frame.layer)]
+        keep = set(present[: MAX_LINES // 2] + present[-(MAX_LINES // 2) :])
+        return frame[frame.layer.isin(keep)]
+    from imgclf.transfer import block_of
+
+    grouped = frame.assign(layer=frame.layer.map(block_of))
+    if kind == "norm":
+        agg = grouped.groupby(["epoch", "layer"], sort=False)["value"].apply(
+            lambda v: float(np.sqrt((v**2).sum()))
+        )
+    else:
+        agg = grouped.groupby(["epoch", "layer"], sort=False)["value"].mean()
+    return agg.reset_index()
+
+
 def layer_lines(frame: pd.DataFrame, title: str, log: bool = False) -> alt.Chart:
     """One line per layer over epochs (diagnostics)."""
     y = alt.Y("value:Q", title=title, scale=alt.Scale(type="log" if log else "linear"))
@@ -101,7 +128,12 @@ def layer_lines(frame: pd.DataFrame, title: str, log: bool = False) -> alt.Chart
         .encode(
             x=EPOCH,
             y=y,
-            color=alt.Color("layer:N", sort=None, scale=MANY_CATEGORIES),
+            color=alt.Color(
+                "layer:N",
+                sort=None,
+                scale=MANY_CATEGORIES,
+                legend=alt.Legend(labelLimit=0, symbolLimit=0, columns=1),
+            ),
             tooltip=["epoch", "layer", alt.Tooltip("value:Q", format=".4g")],
         )
         .properties(title=title, height=260)

@@ -45,13 +45,49 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     st.caption(
         f"Measured each epoch on a fixed batch of {diag.get('n_images', '?')} training images."
     )
-    left, right = st.columns(2)
     grads = charts.diagnostics_frame(diag, "grad_norm")
+    dead = charts.diagnostics_frame(diag, "activation", "dead_fraction")
+    how = _grouping(max(grads.layer.nunique(), dead.layer.nunique()))
+    left, right = st.columns(2)
     if not grads.empty:
+        grads = charts.group_layers(grads, how, diag.get("layers", []), "norm")
         left.altair_chart(
-            charts.layer_lines(grads, "gradient norm per layer", log=bool((grads.value > 0).all())),
+            charts.layer_lines(
+                grads, f"gradient norm per {_unit(how)}", log=bool((grads.value > 0).all())
+            ),
             width="stretch",
         )
-    dead = charts.diagnostics_frame(diag, "activation", "dead_fraction")
     if not dead.empty:
-        right.altair_chart(charts.layer_lines(dead, "dead-unit fraction"), width="stretch")
+        dead = charts.group_layers(dead, how, diag.get("activation_layers", []), "fraction")
+        right.altair_chart(
+            charts.layer_lines(dead, f"dead-unit fraction per {_unit(how)}"), width="stretch"
+        )
+
+
+GROUPINGS = {
+    "blocks": "one line per block",
+    "ends": f"the first and last {charts.MAX_LINES // 2} layers",
+    "all": "every layer",
+}
+
+
+def _grouping(layers: int) -> str:
+    """How to draw `layers` lines: every layer when they are few; else the user's choice of
+    grouping by block (the default) or the first and last layers."""
+    if layers <= charts.MAX_LINES:
+        return "all"
+    st.caption(
+        f"{layers} layers are too many for one chart: by default each block of the network "
+        "is one line (gradient norm of the whole block; mean dead fraction)."
+    )
+    return st.radio(
+        "Show",
+        list(GROUPINGS),
+        format_func=GROUPINGS.get,
+        horizontal=True,
+        key="diagnostics_grouping",
+    )
+
+
+def _unit(how: str) -> str:
+    return "block" if how == "blocks" else "layer"

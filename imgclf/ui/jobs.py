@@ -61,6 +61,8 @@ class JobState:
     started: float = 0.0
     finished: float = 0.0
     rows: list[runs.HistoryRow] = field(default_factory=list)
+    # The run's time-left estimate (progress.json, imgclf.estimate) while it trains, else None.
+    progress: dict[str, Any] | None = None
 
     @property
     def stage(self) -> str:
@@ -81,6 +83,28 @@ class JobState:
         if self.status == "done":
             return 1.0
         return min(1.0, len(self.rows) / self.max_epochs) if self.max_epochs else 0.0
+
+
+def _read_progress(path: Path) -> dict[str, Any] | None:
+    """progress.json as written by the training process, or None (not yet, gone, unreadable)."""
+    try:
+        data = runs.read_json(path)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def estimate_text(progress: dict[str, Any] | None) -> str:
+    """'about 4 min 10 s left (ends around 14:32)' from progress.json, or ''."""
+    from imgclf.progress import duration
+
+    if not progress:
+        return ""
+    left, ends = progress.get("remaining_s"), progress.get("ends_at")
+    if not isinstance(left, int | float) or not isinstance(ends, int | float):
+        return ""
+    at = time.strftime("%H:%M", time.localtime(ends))
+    return f"at most about {duration(left)} left (ends around {at})"
 
 
 def _last_error(log: str | None) -> str | None:
@@ -129,6 +153,7 @@ class TrainingJob:
         try:
             data = json.loads(self._file.read_text(encoding="utf-8"))
             data.pop("rows", None)
+            data.pop("progress", None)
             return JobState(**data)
         except (OSError, ValueError, TypeError):
             return JobState()
@@ -136,6 +161,7 @@ class TrainingJob:
     def _write(self, state: JobState) -> None:
         data = asdict(state)
         data.pop("rows")
+        data.pop("progress")
         runs.write_json(self._file, data)
 
     def _finish(self, state: JobState) -> JobState:
@@ -162,6 +188,8 @@ class TrainingJob:
                     state = self._finish(state)
         if state.run_dir:
             state.rows = runs.read_history(Path(state.run_dir) / runs.HISTORY)
+            if state.status == "running":
+                state.progress = _read_progress(Path(state.run_dir) / runs.PROGRESS)
         return state
 
     @property

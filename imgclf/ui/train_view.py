@@ -13,7 +13,7 @@ from imgclf.errors import UserError
 from imgclf.models.registry import available_models
 from imgclf.ui.catalog import RunEntry
 from imgclf.ui.curves import show_history
-from imgclf.ui.jobs import JobBusy
+from imgclf.ui.jobs import JobBusy, estimate_text
 from imgclf.ui.state import training_job
 
 # The recipes shipped with imgclf (the repository's configs/, whatever the working directory),
@@ -46,7 +46,11 @@ def live_progress(root: Path) -> None:
         return
     if state.status == "running":
         epochs = f"epoch {len(state.rows)}/{state.max_epochs}" if state.max_epochs else ""
-        st.progress(state.fraction, text=f"Training `{state.name}`: {state.stage} {epochs}")
+        left = estimate_text(state.progress)
+        st.progress(
+            state.fraction,
+            text=f"Training `{state.name}`: {state.stage} {epochs}" + (f"; {left}" if left else ""),
+        )
         if queued:
             st.caption("Queued next: " + ", ".join(f"`{name}`" for name in queued))
         label = f"Cancel (and the {len(queued)} queued)" if queued else "Cancel"
