@@ -24,6 +24,10 @@ Sections (`--only`; all by default, in this order, back to back):
             upscaled to 224×224 RGB JPEGs, 100 training and 20 validation photos per class and
             100 test photos per class from the official test set, as train/ val/ test/ folders
             (both arms test on the same 1,000 photos), 3 + 2 epochs
+  views     (not in the default set) the head phase alone on that Fashion-MNIST folder, 15
+            epochs as the recipe ships them: through the backbone every epoch with fresh
+            augmentation (the exact path) against cached features of K augmented views
+            (transfer.augmented_views = 2, 4, 8) and against no augmentation (cached features)
 
     python benchmarks/photo_job.py --work /tmp/photo-job                 # everything (~1.5 h)
     python benchmarks/photo_job.py --work /tmp/photo-job --only small    # one section
@@ -48,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_scale import make_folder  # noqa: E402  (the scale benchmark's photo generator)
 
 RECIPE = ROOT / "configs" / "photos_transfer.yaml"
-SECTIONS = ("small", "shipped", "memory", "predict", "accuracy")
+SECTIONS = ("small", "shipped", "memory", "predict", "accuracy", "views")
 POLL_S = 0.05
 
 
@@ -121,11 +125,14 @@ def environment(cache: Path) -> dict[str, str]:
     return env
 
 
-def imgclf_arm(folder: Path, out: Path, cache: Path, epochs: tuple[int, int] | None) -> dict:
-    """imgclf-train with the recipe (its own epochs when `epochs` is None)."""
+def imgclf_arm(
+    folder: Path, out: Path, cache: Path, epochs: tuple[int, int] | None, *extra: str
+) -> dict:
+    """imgclf-train with the recipe (its own epochs when `epochs` is None; `extra` overrides)."""
     over = [] if epochs is None else [
         f"transfer.head_epochs={epochs[0]}", f"transfer.fine_tune_epochs={epochs[1]}"
     ]  # fmt: skip
+    over += list(extra)
     cmd = [sys.executable, "-m", "imgclf.train", "--config", str(RECIPE),
            f"data.path={folder}", *over, "--out", str(out)]  # fmt: skip
     result = measured(cmd, environment(cache))
@@ -269,10 +276,39 @@ def predict_arms(run: Path, folders: list[Path], work: Path) -> None:
         sys.stdout.flush()
 
 
+def views_section(work: Path, runs: Path, stamp: str, fresh) -> None:
+    """The head phase alone (15 epochs) on the Fashion-MNIST folder: exact, K views, no
+    augmentation."""
+    fashion = fashion_folder(work / "fashion-224")
+    variants = {
+        "exact (backbone every epoch)": [],
+        "2 cached views": ["transfer.augmented_views=2"],
+        "4 cached views": ["transfer.augmented_views=4"],
+        "8 cached views": ["transfer.augmented_views=8"],
+        "no augmentation (cached)": ["augment.flip=none", "augment.zoom=0",
+                                     "augment.translate=0", "augment.contrast=0"],
+    }  # fmt: skip
+    print("\n### The head phase (15 epochs) with augmentation: exact against cached views\n")
+    print("| variant | head phase s | head CPU s | whole run s | test acc | val loss (best) |")
+    print("|---|---|---|---|---|---|")
+    for i, (name, extra) in enumerate(variants.items()):
+        out = runs / f"views{i}-{stamp}"
+        r = imgclf_arm(fashion, out, fresh(f"v{i}"), (15, 0), *extra)
+        head = r["stages"]["head"]
+        best = json.loads((out / "metrics.json").read_text())["phases"][0].get("best_val_loss")
+        print(
+            f"| {name} | {head['wall_s']:.0f} | {head['cpu_s']:.0f} | {r['wall_s']:.0f} | "
+            f"{r['test_accuracy']:.3f} | {best:.4f} |"
+        )
+        sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/imgclf-photo-job"))
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS[:-1]))
+    parser.add_argument("--small", type=int, default=1000, help="photos of the small section")
+    parser.add_argument("--shipped", type=int, default=2000, help="photos of the shipped one")
     parser.add_argument("--big", type=int, default=10_000, help="photos of the memory curve")
     args = parser.parse_args()
     work = args.work
@@ -291,17 +327,17 @@ def main() -> None:
 
     small = tuple((3, 2))
     if "small" in args.only or ("predict" in args.only and not list(runs.glob("small-[0-9]*"))):
-        p1k = make_folder(work / "photos-1000", 1000)
+        p1k = make_folder(work / f"photos-{args.small}", args.small)
         cache = fresh("small")
         arms = {"imgclf": imgclf_arm(p1k, runs / f"small-{stamp}", cache, small)}
         arms["bare"] = bare_arm(p1k, runs / f"small-bare-{stamp}", fresh("bare"), small)
         arms["imgclf, again"] = imgclf_arm(p1k, runs / f"small-again-{stamp}", cache, small)
-        table("1,000 photos, 3 + 2 epochs", arms)
+        table(f"{args.small:,} photos, 3 + 2 epochs", arms)
     if "shipped" in args.only:
-        p2k = make_folder(work / "photos-2000", 2000)
+        p2k = make_folder(work / f"photos-{args.shipped}", args.shipped)
         arms = {"imgclf": imgclf_arm(p2k, runs / f"shipped-{stamp}", fresh("shipped"), None)}
         arms["bare"] = bare_arm(p2k, runs / f"shipped-bare-{stamp}", fresh("sbare"), None)
-        table("2,000 photos, the recipe as shipped", arms)
+        table(f"{args.shipped:,} photos, the recipe as shipped", arms)
     if "memory" in args.only:
         arms = {}
         for n in (1000, args.big):
@@ -313,7 +349,10 @@ def main() -> None:
         grew = b["peak_anon_mb"] - a["peak_anon_mb"]
         print(f"\npeak anon at {args.big:,} minus at 1,000: {grew:+,.0f} MB")
     if "predict" in args.only:
-        folders = [work / "photos-1000", make_folder(work / "photos-2000", 2000)]
+        folders = [
+            make_folder(work / f"photos-{args.small}", args.small),
+            make_folder(work / f"photos-{args.shipped}", args.shipped),
+        ]
         small_runs = sorted(runs.glob("small-[0-9]*"), key=lambda p: p.stat().st_mtime)
         predict_arms(small_runs[-1], folders, work)
     if "accuracy" in args.only:
@@ -323,6 +362,8 @@ def main() -> None:
             "bare": bare_arm(fashion, runs / f"fashion-bare-{stamp}", fresh("fbare"), small),
         }
         table("Fashion-MNIST at 224 px, 100 photos per class, 3 + 2 epochs", arms)
+    if "views" in args.only:
+        views_section(work, runs, stamp, fresh)
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)")
 

@@ -19,7 +19,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,8 @@ import keras
 import numpy as np
 
 from imgclf import runs
+from imgclf.diagnostics_cost import Plan
 
-# The probe batch every record measures: PROBE_IMAGES training images, fewer (down to
-# MIN_PROBE_IMAGES) when their activations would pass PROBE_BUDGET bytes; `auto` switches
-# diagnostics off when even MIN_PROBE_IMAGES do (EfficientNet-Lite0 at 224 px: 64 images held
-# 6.8 GB in float64 before this budget existed).
-PROBE_IMAGES = 64
-MIN_PROBE_IMAGES = 16
-PROBE_BUDGET = 256 << 20
 # Activations whose units can be dead (output exactly 0 for every input). Leaky ReLU and PReLU
 # have a non-zero slope below 0, so their units never die: their dead_fraction is null.
 DEAD_KINDS = frozenset({"relu", "relu6"})
@@ -69,60 +62,6 @@ def linear_regions_bound(units: Sequence[int], n_inputs: int) -> int:
         return 1
     folds = math.prod((u // n_inputs) ** n_inputs for u in units[:-1])
     return folds * sum(math.comb(units[-1], j) for j in range(n_inputs + 1))
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Whether a run records diagnostics, on how many probe images, and what they cost: the
-    estimated activation memory of one record and why `auto` decided as it did."""
-
-    enabled: bool
-    probe_images: int
-    estimated_bytes: int
-    reason: str
-
-    def line(self) -> str:
-        """The one line training prints about it."""
-        mb = self.estimated_bytes / 2**20
-        if self.enabled:
-            return (
-                f"diagnostics: on, a probe batch of {self.probe_images} training images after "
-                f"every epoch (about {mb:,.0f} MB of activations; {self.reason})"
-            )
-        return f"diagnostics: off ({self.reason})"
-
-
-def plan(model: keras.Model, setting: bool | str = "auto") -> Plan:
-    """Whether (and on how many images) to record diagnostics for `model`.
-
-    Their cost follows the activations, not the parameters: a record keeps every layer's
-    output for the gradient tape and every activation layer's output for its statistics, for
-    each probe image, so one record holds about 2 × 4 bytes × (the sum of the layer outputs per
-    image) × probe images (`forward.activation_sizes`). The probe is PROBE_IMAGES images, fewer
-    when that estimate passes PROBE_BUDGET (down to MIN_PROBE_IMAGES). `auto` records them when
-    the probe fits; True records them anyway (on at least MIN_PROBE_IMAGES); False never.
-
-    Raises ValueError for a setting other than True, False or "auto"."""
-    from imgclf.forward import activation_sizes
-
-    if not isinstance(setting, bool) and setting != "auto":
-        raise ValueError(f"diagnostics setting must be true, false or 'auto'; got {setting!r}")
-    per_image = 2 * 4 * activation_sizes(model)[1]
-    fits = PROBE_BUDGET // per_image if per_image else PROBE_IMAGES
-    probe = int(min(PROBE_IMAGES, max(MIN_PROBE_IMAGES, fits)))
-    cost = probe * per_image
-    if setting is False:
-        return Plan(False, 0, 0, "train.diagnostics: false")
-    if setting is True:
-        return Plan(True, probe, cost, "train.diagnostics: true")
-    if fits < MIN_PROBE_IMAGES:
-        return Plan(
-            False, 0, cost,
-            f"auto: a probe of {probe} images would hold about {cost / 2**20:,.0f} MB of "
-            f"activations, more than {PROBE_BUDGET >> 20} MB; train.diagnostics=true records "
-            "them anyway",
-        )  # fmt: skip
-    return Plan(True, probe, cost, f"auto: within the {PROBE_BUDGET >> 20} MB probe budget")
 
 
 def default_loss(labels: Any, probs: Any) -> Any:

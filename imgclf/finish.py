@@ -184,6 +184,26 @@ def report_late_failures(run_dir: Path, splits: Splits) -> int:
     return len(added)
 
 
+def confidence_step(
+    model: keras.Model, splits: Splits, config: Config, batch: int
+) -> tuple[dict[str, SplitOutputs], Any, float]:
+    """(outputs per split, the Confidence, the temperature): one bounded, compiled pass per
+    split (`batch` images at a time), shared by the confidence fit, evaluation and the
+    SavedModel's parity check; the fitted temperature is folded into `model` (1.0: none)."""
+    from imgclf.calibration import fold_temperature
+    from imgclf.confidence import fit_confidence
+    from imgclf.ood import MAX_FIT_IMAGES
+    from imgclf.split_outputs import run_outputs
+
+    train_limit = MAX_FIT_IMAGES if config.train.ood else 0
+    outputs = run_outputs(model, splits, batch, train_limit, config.seed)
+    confidence = fit_confidence(model, outputs, len(splits.class_names), config)
+    temperature = (confidence.calibration or {}).get("temperature", 1.0)
+    if temperature != 1.0:  # folded before saving: model.keras answers calibrated
+        fold_temperature(model, temperature)
+    return outputs, confidence, temperature
+
+
 def finish_run(
     run_dir: Path,
     model: keras.Model,
@@ -205,29 +225,16 @@ def finish_run(
     the run then has no manifest.
     """
     from imgclf.backend import backend_name
-    from imgclf.calibration import fold_temperature
-    from imgclf.confidence import fit_confidence
     from imgclf.forward import inference_batch_size
     from imgclf.model_card import model_card
-    from imgclf.ood import MAX_FIT_IMAGES
-    from imgclf.split_outputs import run_outputs
 
     meter = meter or Meter()
     if estimate is not None:
         estimate.finishing()
-    # One bounded, compiled pass per split, shared by the confidence fit, evaluation and the
-    # SavedModel's parity check.
     batch = inference_batch_size(model, config.train.eval_batch_size)
-    train_limit = MAX_FIT_IMAGES if config.train.ood else 0
     with meter.stage("confidence"):
-        outputs = run_outputs(model, splits, batch, train_limit, config.seed)
-        confidence = fit_confidence(model, outputs, len(splits.class_names), config)
+        outputs, confidence, temperature = confidence_step(model, splits, config, batch)
     extra = {**(extra or {}), "calibration": confidence.calibration, "ood": confidence.ood}
-    temperature = 1.0
-    if confidence.calibration and "temperature" in confidence.calibration:
-        # Fitted before saving: the temperature is folded into model.keras itself.
-        temperature = confidence.calibration["temperature"]
-        fold_temperature(model, temperature)
     with runs.atomic_path(run_dir / runs.MODEL) as tmp:
         model.save(tmp)
     if confidence.stats is not None:
@@ -254,18 +261,24 @@ def finish_run(
     runs.write_manifest(run_dir)  # last: the SHA-256 of every artifact, checked when loading
     runs.set_state(run_dir, runs.COMPLETE)  # only now may anything load the run
     if verbose:
-        t = metrics["test"]
-        print(
-            f"test: accuracy {t['accuracy']:.4f}, top-{t['k']} {t['top_k_accuracy']:.4f}, "
-            f"loss {t['loss']:.4f} ({t['n']} images)"
-            + (f"; SavedModel parity max |Δp| {parity['max_abs_diff']:.1e}" if parity else ""),
-            flush=True,
-        )
-        summary = confidence_summary(metrics)
-        if summary:
-            print(summary, flush=True)
-        print(cost_line(metrics["resources"]), flush=True)
+        print(summary_lines(metrics, parity), flush=True)
     return metrics
+
+
+def summary_lines(metrics: dict[str, Any], parity: dict[str, Any] | None) -> str:
+    """What a run prints at its end: the test figures, the confidence line, the cost line."""
+    t = metrics["test"]
+    lines = [
+        f"test: accuracy {t['accuracy']:.4f}, top-{t['k']} {t['top_k_accuracy']:.4f}, "
+        f"loss {t['loss']:.4f} ({t['n']} images)"
+        + (f"; SavedModel parity max |Δp| {parity['max_abs_diff']:.1e}" if parity else "")
+    ]
+    summary = confidence_summary(metrics)
+    if summary:
+        lines.append(summary)
+    if "resources" in metrics:
+        lines.append(cost_line(metrics["resources"]))
+    return "\n".join(lines)
 
 
 def confidence_summary(metrics: dict[str, Any]) -> str:

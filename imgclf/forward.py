@@ -69,6 +69,16 @@ def inference_batch_size(model: Any, setting: int | str = "auto") -> int:
     return int(max(1, min(MAX_BATCH, fits)))
 
 
+def predict_batch_size(model: Any, shape: tuple[int, ...]) -> int:
+    """Images per forward pass of a predictor: a Keras `model`'s `inference_batch_size`; for an
+    exported artifact (`model` None), whose layers are not visible, 64 scaled down by its input
+    `shape` (H, W, C) beyond 64×64×3, at least 8 (224×224×3 gives 8)."""
+    if model is not None:
+        return inference_batch_size(model)
+    scale = (64 * 64 * 3) / float(np.prod(shape))
+    return int(max(8, min(64, 64 * scale)))
+
+
 def _numpy(out: Any) -> Any:
     """A model's output as NumPy: an array, or a dict of arrays (`ood.scored_model`)."""
     if isinstance(out, dict):

@@ -140,28 +140,39 @@ def _early_stopping(runner: PhaseRunner, phase: Phase) -> keras.callbacks.EarlyS
     )
 
 
+def _callbacks(runner: PhaseRunner, phase: Phase, early: Any, cached: bool) -> list[Any]:
+    """The callbacks of a phase's fit, in order (the resume backup is added last by
+    `fit_phase`): each epoch's shuffled order (the cached head phase adds its own), the
+    schedule, history, early stopping, diagnostics, then the time-left estimate (after the
+    diagnostics: an epoch's time includes them)."""
+    from imgclf.data.pipeline import epoch_order_callback
+    from imgclf.optim import schedule_callbacks
+
+    runner.history.phase = phase.name
+    callbacks = [*schedule_callbacks(phase.train), runner.history, early]
+    if not cached:
+        callbacks.insert(0, epoch_order_callback(runner.data[0]))
+    if runner.diagnostics is not None and not cached:
+        runner.diagnostics.phase = phase.name
+        callbacks.append(runner.diagnostics)
+    if runner.estimate is not None:
+        runner.estimate.phase = phase.name
+        callbacks.append(runner.estimate.callback())
+    return callbacks
+
+
 def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict[str, Any]:
     """Fit `phase` (through the model, on cached backbone features, or multi-worker), with
     early stopping and the phase's schedule; completes and returns `report`."""
-    from imgclf.data.pipeline import epoch_order_callback
     from imgclf.distribute import fit_multiworker
-    from imgclf.optim import class_weights, schedule_callbacks
+    from imgclf.optim import class_weights
     from imgclf.resume import backup_callback
     from imgclf.transfer import can_cache_features, fit_head_on_features
 
     config, tcfg = runner.config, phase.train
     early = _early_stopping(runner, phase)
-    runner.history.phase = phase.name
     cached = phase.name != "train" and can_cache_features(config, phase)
-    callbacks = [*schedule_callbacks(tcfg), runner.history, early]
-    if not cached:  # each epoch's shuffled order (the cached head phase adds its own)
-        callbacks.insert(0, epoch_order_callback(runner.data[0]))
-    if runner.diagnostics is not None and not cached:
-        runner.diagnostics.phase = phase.name
-        callbacks.append(runner.diagnostics)
-    if runner.estimate is not None:  # after the diagnostics: an epoch's time includes them
-        runner.estimate.phase = phase.name
-        callbacks.append(runner.estimate.callback())
+    callbacks = _callbacks(runner, phase, early, cached)
     resumed = 0  # epochs of this phase done before an interruption
     if runner.resume is not None:
         # Last: the epoch's state is saved after every other callback has taken it in (the

@@ -21,6 +21,7 @@ import numpy as np
 from imgclf import runs
 from imgclf.arguments import ArgumentParser
 from imgclf.errors import UserError
+from imgclf.forward import predict_batch_size
 from imgclf.images import ImageError, load_image
 from imgclf.models.names import PROBABILITIES as PROBS
 from imgclf.ood import FLAG_NAME as OOD_FLAG
@@ -87,19 +88,6 @@ def _serving_function(model: Any, shape: tuple[int, int, int]) -> Callable[[np.n
     return fn
 
 
-def batch_size_for(model: keras.Model | None, shape: tuple[int, int, int]) -> int:
-    """Images per forward pass: for a Keras model the run's inference batch
-    (`forward.inference_batch_size`: bounded activation memory); for an exported artifact,
-    whose layers are not visible, BATCH_SIZE scaled down by the input's pixels beyond 64×64×3
-    (at least 8: 224×224×3 gives 8)."""
-    if model is not None:
-        from imgclf.forward import inference_batch_size
-
-        return min(BATCH_SIZE, inference_batch_size(model))
-    scale = (64 * 64 * 3) / float(np.prod(shape))
-    return int(max(8, min(BATCH_SIZE, BATCH_SIZE * scale)))
-
-
 class Predictor:
     """A loaded model plus its labels and input geometry; call `predict_*` to classify."""
 
@@ -125,7 +113,8 @@ class Predictor:
         self.kind = kind
         self.path = path
         self.model = model  # the Keras model of a run directory (Grad-CAM needs it); else None
-        self.batch_size = batch_size_for(model, (*image_size, channels))
+        # A Keras model's inference batch; an artifact's from its input size (layers unseen).
+        self.batch_size = min(BATCH_SIZE, predict_batch_size(model, (*image_size, channels)))
 
     @classmethod
     def from_path(cls, path: str | Path) -> Predictor:

@@ -147,20 +147,28 @@ def prepare(
         if not resume:  # a half-made new run holds nothing worth keeping (Ctrl+C, disk full)
             _remove_new_run(run_dir, remove_folder=made or not chief)
         raise
+    prepared = Prepared(config, splits, model, strategy, batch_size, run_dir, chief, verbose, track)
     if verbose:
-        totals = splits.report["totals"]
-        print(
-            f"run: {run_dir}\ndata: {len(splits.class_names)} classes, {totals['train']} train / "
-            f"{totals['val']} val / {totals['test']} test images, "
-            f"{len(splits.report['skipped'])} skipped\nmodel: {config.model.name}, "
-            f"{model.count_params():,} parameters"
-            + (f", {strategy.num_replicas_in_sync} replicas" if strategy is not None else ""),
-            flush=True,
-        )
-        cache = splits.report.get("cache")
-        if cache:
-            print(cache_line(cache), flush=True)
-    return Prepared(config, splits, model, strategy, batch_size, run_dir, chief, verbose, track)
+        print(announce(prepared), flush=True)
+    return prepared
+
+
+def announce(p: Prepared) -> str:
+    """The lines a run prints before its first epoch: the run directory, the data (and where
+    its pixels come from), the model."""
+    totals, strategy = p.splits.report["totals"], p.strategy
+    lines = [
+        f"run: {p.run_dir}",
+        f"data: {len(p.splits.class_names)} classes, {totals['train']} train / "
+        f"{totals['val']} val / {totals['test']} test images, "
+        f"{len(p.splits.report['skipped'])} skipped",
+        f"model: {p.config.model.name}, {p.model.count_params():,} parameters"
+        + (f", {strategy.num_replicas_in_sync} replicas" if strategy is not None else ""),
+    ]
+    cache = p.splits.report.get("cache")
+    if cache:
+        lines.append(cache_line(cache))
+    return "\n".join(lines)
 
 
 def cache_line(cache: dict[str, Any]) -> str:

@@ -115,7 +115,8 @@ class Meter:
         return time.perf_counter() - self.start_wall
 
     def report(self) -> dict[str, Any]:
-        """metrics.json's `resources`: per stage and in all, with what measured it."""
+        """The run's `resources` record (in its metrics): per stage and in all, with what
+        measured it."""
         peak = self.peak_anon_mb
         return {
             "stages": self.stages,

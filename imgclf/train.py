@@ -51,7 +51,7 @@ def run_phases(p: Prepared, meter: Meter | None = None, estimate: Any = None) ->
     from imgclf.augment import build_augmenter
     from imgclf.backend import make_training_data
     from imgclf.diagnostics import fixed_batch, make_diagnostics
-    from imgclf.diagnostics import plan as plan_diagnostics
+    from imgclf.diagnostics_cost import plan as plan_diagnostics
     from imgclf.phases import PhaseRunner, history_callback
     from imgclf.transfer import plan_phases
 
@@ -143,17 +143,15 @@ def train(
     from imgclf.estimate import Estimate, job_shape
     from imgclf.finish import finish_run
 
-    meter = Meter()
+    meter = Meter()  # the run's cost, stage by stage, from here (metrics.json `resources`)
     try:
         with meter.stage("prepare"):
             p = prepare(config, out, verbose, Path(runs_root), splits, resume)
     except BaseException:
         meter.close()
         raise
-    estimate = None
-    if p.chief:
-        shape = job_shape(config, p.splits, p.batch_size)
-        estimate = Estimate(p.run_dir, shape, meter.start_wall, p.verbose)
+    shape = job_shape(config, p.splits, p.batch_size)
+    estimate = Estimate(p.run_dir, shape, meter.start_wall, p.verbose) if p.chief else None
     try:
         training = run_phases(p, meter, estimate)
         finish_run(

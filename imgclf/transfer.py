@@ -27,7 +27,7 @@ from imgclf.models.names import BACKBONE, FEATURES, HEAD
 if TYPE_CHECKING:
     import keras
 
-    from imgclf.data import Split, Splits
+    from imgclf.data import Splits
     from imgclf.schema import Config, TrainConfig
 
 
@@ -217,61 +217,6 @@ def can_cache_features(config: Config, phase: Phase) -> bool:
     return phase.name == "head" and setting is not False and (views or not config.augment.enabled)
 
 
-class AugmentedViews:
-    """The cached features of `views` augmented versions of every training image, float32
-    [views, N, D] (a memory-mapped temporary file: the pages are the OS's file cache, not this
-    process's memory), read as one array [N, D] whose rows come from view `epoch % views`:
-    `set_epoch(e)` (called at every epoch's start) selects it, so a resumed run reads the same
-    views as the run it continues."""
-
-    def __init__(self, features: np.ndarray) -> None:
-        self.features = features
-        self.current = 0
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.features.shape[1:])
-
-    def __len__(self) -> int:
-        return int(self.features.shape[1])
-
-    def __getitem__(self, positions: Any) -> np.ndarray:
-        return np.asarray(self.features[self.current][positions])
-
-    def set_epoch(self, epoch: int) -> None:
-        self.current = epoch % len(self.features)
-
-
-def augmented_views(
-    extractor: Any, split: Split, augmenter: Any, views: int, num_classes: int, store: Any
-) -> tuple[AugmentedViews, np.ndarray]:
-    """(views of the features, positions of the readable images): `views` passes over
-    `split`, each batch augmented by `augmenter` (as training augments it) and run through
-    `extractor` (a `forward.Forward` of the backbone up to the features), written into the
-    open temporary file `store`."""
-    from imgclf.data.pool import batches
-
-    width = int(np.prod(extractor.model.output.shape[1:]))
-    readable = split.readable()
-    features = np.memmap(store, np.float32, "w+", shape=(views, len(readable), width))
-    eye = np.eye(num_classes, dtype=np.float32)
-    kept = readable
-    for view in range(views):
-        row, positions_seen = 0, []
-        for pixels, positions in batches(split.x, extractor.batch_size):
-            if not len(positions):
-                continue
-            images, _ = augmenter(pixels.astype(np.float32), eye[np.asarray(split.y)[positions]])
-            out = extractor.run_batch(np.asarray(images)).reshape(len(positions), width)
-            features[view, row : row + len(out)] = out
-            row += len(out)
-            positions_seen.append(positions)
-        kept = np.concatenate(positions_seen) if positions_seen else readable[:0]
-        if len(kept) != features.shape[1]:  # a file that failed to decode only now
-            features = features[:, : len(kept)]
-    return AugmentedViews(features), kept
-
-
 def fit_head_on_features(
     model: keras.Model,
     splits: Splits,
@@ -288,20 +233,19 @@ def fit_head_on_features(
 
     The backbone (frozen, inference mode) maps an image to the same features in every epoch,
     so computing them once and fitting the head on them trains the same head, with the same
-    batches in the same order, as `model.fit` through the backbone. The features are computed
-    by a compiled function on bounded batches (`forward.Forward`, `train.eval_batch_size`),
-    reading streamed images batch by batch. With augmentation (`augmenter`) and
-    `transfer.augmented_views` = K, the training features are those of K augmented views of
-    every image (`augmented_views`), epoch e reading view e mod K: K backbone passes instead of
-    one per epoch, an approximation of augmenting afresh every epoch. Returns the head model;
-    `estimate` (the run's imgclf.estimate.Estimate) is told how long a forward pass took.
+    batches in the same order, as `model.fit` through the backbone. With augmentation
+    (`augmenter`) and `transfer.augmented_views` = K, the training features are those of K
+    augmented views of every image, epoch e reading view e mod K: K backbone passes instead of
+    one per epoch, an approximation of augmenting afresh every epoch (K is capped at the
+    phase's epochs: more views than epochs would never be read). See `imgclf.feature_cache`.
+    Returns the head model; `estimate` (the run's imgclf.estimate.Estimate) is told how long
+    a forward pass took.
     """
     import contextlib
-    import tempfile
-    import time
 
     import keras
 
+    from imgclf import feature_cache
     from imgclf.backend import make_training_data
     from imgclf.data.pipeline import epoch_order_callback
     from imgclf.forward import Forward
@@ -311,71 +255,18 @@ def fit_head_on_features(
         keras.Model(model.inputs, model.get_layer(FEATURES).output), config.train.eval_batch_size
     )
     views = config.transfer.augmented_views if augmenter is not None else 0
-
-    def features(split: Split) -> Split:
-        # A file that fails to decode is left out (streamed splits are read batch by batch).
-        start, outs, kept = time.perf_counter(), [], []
-        for out, positions in extractor.stream(split.x):
-            outs.append(np.asarray(out, np.float32))
-            kept.append(positions)
-        x = (
-            np.concatenate(outs)
-            if outs
-            else np.zeros((0, *model.get_layer(FEATURES).output.shape[1:]), np.float32)
-        )
-        kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-        if estimate is not None:
-            estimate.observe_forward(len(kept), time.perf_counter() - start)
-        files = [split.files[i] for i in kept] if split.files is not None else None
-        return dataclasses.replace(split, x=x, y=np.asarray(split.y)[kept], files=files)
-
-    store = contextlib.ExitStack()
-    if views:  # augmented: `views` passes over the training images, each augmented afresh
-        from imgclf.cache import cache_dir
-
-        start = time.perf_counter()
-        folder = cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = store.enter_context(
-            tempfile.NamedTemporaryFile(dir=folder, prefix="imgclf-views-", suffix=".f32")  # noqa: SIM115 (closed by the ExitStack)
-        )
-        try:
-            x, kept = augmented_views(
-                extractor, splits.train, augmenter, views, len(splits.class_names), temporary
-            )
-        except OSError as exc:  # a full disk: the run stops with one line, its state failed
-            from imgclf.errors import DataError
-
-            raise DataError(
-                f"cannot write the cached augmented views in {folder} ({exc.strerror or exc}): "
-                "free space there, point IMGCLF_CACHE at another disk, or set "
-                "transfer.augmented_views=0"
-            ) from None
-        if estimate is not None:
-            estimate.observe_forward(views * len(kept), time.perf_counter() - start)
-        files = splits.train.files
-        train = dataclasses.replace(
-            splits.train,
-            x=x,
-            y=np.asarray(splits.train.y)[kept],
-            files=[files[i] for i in kept] if files is not None else None,
-        )
-        if verbose:
-            print(
-                f"phase {phase.name}: features of {views} augmented views of {len(kept):,} "
-                f"training images cached in {time.perf_counter() - start:.1f} s",
-                flush=True,
-            )
-    else:
-        train = features(splits.train)
-    cached = dataclasses.replace(splits, train=train, val=features(splits.val))
-    head = head_model(model)
-    compile_model(head, phase.train, steps_per_epoch(len(splits.train), batch_size))
-    train_ds, val_ds = make_training_data(cached, config, batch_size, None)
-    callbacks = [epoch_order_callback(train_ds), *callbacks]  # each epoch's shuffled order
-    if views:
-        callbacks.insert(0, epoch_order_callback(train.x))  # each epoch's view
-    with store:  # the views' temporary file is removed when the phase ends
+    views = min(views, phase.train.epochs)
+    with contextlib.ExitStack() as stack:  # the views' temporary file goes with the phase
+        cached = feature_cache.head_splits(extractor, splits, augmenter, views, stack, estimate)
+        if views and verbose:
+            print(f"phase {phase.name}: {feature_cache.describe(cached.train)}", flush=True)
+        train = cached.train
+        head = head_model(model)
+        compile_model(head, phase.train, steps_per_epoch(len(splits.train), batch_size))
+        train_ds, val_ds = make_training_data(cached, config, batch_size, None)
+        callbacks = [epoch_order_callback(train_ds), *callbacks]  # each epoch's shuffled order
+        if views:
+            callbacks.insert(0, epoch_order_callback(train.x))  # each epoch's view
         head.fit(
             train_ds,
             validation_data=val_ds,
@@ -390,7 +281,6 @@ def fit_head_on_features(
 
 def trainable_summary(model: keras.Model) -> dict[str, int]:
     """Trainable and frozen parameter counts (for the log and metrics.json)."""
-    import numpy as np
 
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     return {"trainable_params": trainable, "frozen_params": model.count_params() - trainable}

@@ -15,8 +15,8 @@ from imgclf.diagnostics import (
     fixed_batch,
     linear_regions_bound,
     make_diagnostics,
-    plan,
 )
+from imgclf.diagnostics_cost import plan
 
 DEEP = "[32,32,32,32,32,32,32,32,32,32]"
 
@@ -294,7 +294,7 @@ def test_fixed_batch_is_seeded_and_float(digits) -> None:
 def test_plan_follows_activations_not_parameters() -> None:
     import keras
 
-    from imgclf.diagnostics import MIN_PROBE_IMAGES, PROBE_BUDGET, PROBE_IMAGES
+    from imgclf.diagnostics_cost import MIN_PROBE_IMAGES, PROBE_BUDGET, PROBE_IMAGES
 
     # Many parameters, tiny activations: recorded on the full probe.
     wide = keras.Sequential([keras.Input((2500,)), keras.layers.Dense(2001)])

@@ -419,8 +419,8 @@ def test_augmented_views_are_cached_once_each_and_epochs_take_turns(
 
     from imgclf.augment import build_augmenter
     from imgclf.data import load_data
+    from imgclf.feature_cache import augmented_views
     from imgclf.forward import Forward
-    from imgclf.transfer import augmented_views
 
     config = load_config(
         None,

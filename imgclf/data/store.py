@@ -22,11 +22,8 @@ is a DataError naming the fixes. `ImageView` is a split's images as a lazy array
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,15 +33,21 @@ from typing import Any
 import numpy as np
 
 from imgclf.cache import cache_dir
+from imgclf.data.cache_files import (
+    DECODER_VERSION,
+    cache_key,
+    evict,
+    read_meta,
+    temporary,
+    write_json_durably,
+)
 from imgclf.errors import DataError
 from imgclf.images import ImageError, load_image
 
 AUTO_MEMORY_BYTES = 1 << 30  # auto without room on disk: sets under 1 GiB stay in memory
 DISK_HEADROOM = 2 << 30  # auto: the disk cache only when this much stays free besides it
-DECODER_VERSION = 2  # bump when load_image's pixels change: old cache entries then miss
 CHUNK = 256  # files decoded per batch of the thread pool while building
 CACHE_FOLDER = "decoded"
-KEEP_PER_FOLDER = 3  # cache entries kept per dataset folder (e.g. three image sizes)
 
 
 def workers() -> int:
@@ -93,37 +96,6 @@ def decode_all(
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start : start + CHUNK]
             yield from pool.map(lambda p: _decode(p, size, channels), chunk)
-
-
-def cache_key(
-    root: Path, files: Sequence[str], size: tuple[int, int], channels: int
-) -> tuple[str, list[list[Any]]]:
-    """(hex key, [[file, bytes, mtime_ns], ...]) of a file list: stat only, no pixels read."""
-    stats = []
-    for rel in files:
-        try:
-            st = (root / rel).stat()
-            stats.append([rel, st.st_size, st.st_mtime_ns])
-        except OSError:  # gone since it was listed: decoding it fails and reports it
-            stats.append([rel, -1, -1])
-    meta = [str(root.resolve()), list(size), channels, DECODER_VERSION, _pillow(), stats]
-    return hashlib.sha256(json.dumps(meta).encode("utf-8", "surrogateescape")).hexdigest(), stats
-
-
-def _pillow() -> list[str | None]:
-    """Pillow's and libjpeg's versions: another version may decode or resize a little
-    differently, so an upgrade must not re-use pixels the old one made."""
-    import PIL
-    from PIL import features
-
-    return [PIL.__version__, features.version("libjpeg_turbo")]
-
-
-def _temporary(folder: Path, name: str) -> Path:
-    """A temporary name for `name` in `folder`, owned by this host and process (the sweep in
-    `_evict` removes only this host's temporaries whose process is gone)."""
-    host = socket.gethostname().replace(".", "_")
-    return folder / f".{name}.{host}.{os.getpid()}.tmp"
 
 
 class FileStore:
@@ -200,7 +172,7 @@ class FileStore:
         data, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
         for attempt in range(2):
             try:
-                meta = _read_meta(meta_path)
+                meta = read_meta(meta_path)
                 if meta is not None and self._readable_again(meta):
                     meta = None  # a file that could not be read before can be now: rebuild
                 if meta is None or not data.is_file() or data.stat().st_size != meta["bytes"]:
@@ -234,7 +206,7 @@ class FileStore:
         return False
 
     def _build_disk(self, folder: Path, key: str, stats: list[list[Any]]) -> dict[str, Any]:
-        tmp = _temporary(folder, key)
+        tmp = temporary(folder, key)
         data, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -251,10 +223,10 @@ class FileStore:
             }
             # The description first, then the pixels: a kill between the two leaves a
             # description without data (read as "not built"), never data nothing describes.
-            _write_json_durably(meta_path, meta)
+            write_json_durably(meta_path, meta)
             os.replace(tmp, data)
         except OSError as exc:  # disk full, read-only, no permission
-            for leftover in (tmp, meta_path, _temporary(folder, meta_path.name)):
+            for leftover in (tmp, meta_path, temporary(folder, meta_path.name)):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
             raise DataError(
@@ -262,7 +234,7 @@ class FileStore:
                 "free space there, point IMGCLF_CACHE at another disk, or set "
                 "data.cache=memory (or none)"
             ) from None
-        _evict(folder, root, keep=key)
+        evict(folder, root, keep=key)
         return meta
 
     def _write_records(self, tmp: Path) -> None:
@@ -321,50 +293,6 @@ class FileStore:
 
     def __del__(self) -> None:
         self.close()
-
-
-def _read_meta(path: Path) -> dict[str, Any] | None:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        return meta if isinstance(meta, dict) and "bytes" in meta and "failures" in meta else None
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json_durably(path: Path, data: Any) -> None:
-    tmp = _temporary(path.parent, path.name)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _evict(folder: Path, root: str, keep: str) -> None:
-    """Keep the KEEP_PER_FOLDER most recently used entries of a dataset folder (other image
-    sizes, or its files before they changed) and remove older ones; remove the temporaries of
-    builders that died. A run still reading a removed entry keeps its open file (POSIX)."""
-    entries = []
-    for meta_path in folder.glob("*.json"):
-        meta = _read_meta(meta_path)
-        if meta is not None and meta.get("root") == root and meta_path.stem != keep:
-            with contextlib.suppress(OSError):
-                entries.append((meta_path.stat().st_mtime, meta_path))
-    entries.sort(reverse=True)
-    for _, meta_path in entries[KEEP_PER_FOLDER - 1 :]:
-        for stale in (meta_path.with_suffix(".u8"), meta_path):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-    for orphan in folder.glob("*.u8"):  # pixels without a description (an older imgclf)
-        if not orphan.with_suffix(".json").exists():
-            with contextlib.suppress(OSError):
-                orphan.unlink()
-    host = socket.gethostname().replace(".", "_")
-    for tmp in folder.glob(".*.tmp"):
-        *_, owner, pid, _ = tmp.name.split(".")
-        if owner == host and pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
 
 class ImageView:
