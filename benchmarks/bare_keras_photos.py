@@ -100,9 +100,9 @@ def main() -> None:
     with meter.stage("head"):
         backbone.trainable = False
         model.compile(
-            keras.optimizers.Adam(config.train.learning_rate),
-            "sparse_categorical_crossentropy",
-            ["accuracy"],
+            optimizer=keras.optimizers.Adam(config.train.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
         )
         early = keras.callbacks.EarlyStopping(patience=stop, restore_best_weights=True)
         model.fit(
@@ -117,7 +117,9 @@ def main() -> None:
                     layer.trainable = False
             rate = config.train.learning_rate * config.transfer.fine_tune_lr_factor
             model.compile(
-                keras.optimizers.Adam(rate), "sparse_categorical_crossentropy", ["accuracy"]
+                optimizer=keras.optimizers.Adam(rate),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
             )
             early = keras.callbacks.EarlyStopping(patience=stop, restore_best_weights=True)
             model.fit(

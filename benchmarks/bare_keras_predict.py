@@ -20,7 +20,7 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    import imgclf.models  # noqa: F401  (registers imgclf's layers for loading model.keras)
+X
 
     model = keras.saving.load_model(os.path.join(run, "model.keras"))
     _, height, width, channels = model.input_shape
