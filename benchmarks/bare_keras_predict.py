@@ -20,7 +20,7 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-X
+    import imgclf.models.layers  # noqa: F401  (registers imgclf's layers for model.keras)
 
     model = keras.saving.load_model(os.path.join(run, "model.keras"))
     _, height, width, channels = model.input_shape

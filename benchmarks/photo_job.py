@@ -18,6 +18,8 @@ Sections (`--only`; all by default, in this order, back to back):
   small     1,000 photos, 3 head + 2 fine-tune epochs: imgclf, bare, imgclf again
   shipped   2,000 photos, the recipe as shipped (15 + 10 epochs, early stopping): imgclf, bare
   memory    imgclf alone at 1,000 and 10,000 photos, 1 + 1 epochs: the memory curve
+  rerun     time to the first epoch of a first and a second run (default settings) at 1,000,
+            2,000 and 10,000 photos
   predict   imgclf-predict on the 1,000- and 2,000-photo folders with the `small` run, against
             benchmarks/bare_keras_predict.py (a tf.data decode loop + the same model.keras)
   accuracy  both arms on Fashion-MNIST (real photos of clothes, Debian's dataset-fashion-mnist)
@@ -52,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_scale import make_folder  # noqa: E402  (the scale benchmark's photo generator)
 
 RECIPE = ROOT / "configs" / "photos_transfer.yaml"
-SECTIONS = ("small", "shipped", "memory", "predict", "accuracy", "views")
+SECTIONS = ("small", "shipped", "memory", "rerun", "predict", "accuracy", "views")
 POLL_S = 0.05
 
 
@@ -117,6 +119,45 @@ def measured(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> dict:
         raise RuntimeError(f"{command[:4]} failed ({proc.returncode}): {''.join(errors)[-2000:]}")
     cpu = usage.ru_utime + usage.ru_stime
     return {"wall_s": wall, "cpu_s": cpu, "peak_anon_mb": peak / 1024, "lines": lines}
+
+
+def first_epoch_s(folder: Path, cache: Path) -> float:
+    """Seconds from starting imgclf-train with the recipe (every default) on `folder` to its
+    first epoch's start (Keras' `Epoch 1/` line); the process is then stopped (SIGTERM: the run
+    is left interrupted, and is not used)."""
+    import signal
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="first-epoch-", dir=cache.parent)) / "run"
+    cmd = [sys.executable, "-m", "imgclf.train", "--config", str(RECIPE),
+           f"data.path={folder}", "--out", str(out)]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=environment(cache), cwd=ROOT,
+    )  # fmt: skip
+    seconds = float("nan")
+    for line in proc.stdout:
+        if line.startswith("Epoch 1/"):
+            seconds = time.perf_counter() - start
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.wait()
+    return seconds
+
+
+def rerun_table(folders: list[Path], work: Path, stamp: str) -> None:
+    """Time to the first epoch of a first run (fresh cache folder: the photos are decoded and
+    the weights converted) and of a second run on the same folder (default settings)."""
+    print("\n### A second run on the same folder: time to the first epoch\n")
+    print("| photos | first run s | second run s | second sooner by |")
+    print("|---|---|---|---|")
+    for folder in folders:
+        cache = work / f"cache-rerun-{folder.name}-{stamp}"
+        first, second = first_epoch_s(folder, cache), first_epoch_s(folder, cache)
+        n = sum(1 for _ in folder.rglob("*.jpg"))
+        print(f"| {n:,} | {first:.1f} | {second:.1f} | {first / second:.2f}× |")
+        sys.stdout.flush()
 
 
 def environment(cache: Path) -> dict[str, str]:
@@ -348,6 +389,9 @@ def main() -> None:
         a, b = arms["imgclf 1,000"], arms[f"imgclf {args.big:,}"]
         grew = b["peak_anon_mb"] - a["peak_anon_mb"]
         print(f"\npeak anon at {args.big:,} minus at 1,000: {grew:+,.0f} MB")
+    if "rerun" in args.only:
+        sizes = (args.small, args.shipped, args.big)
+        rerun_table([make_folder(work / f"photos-{n}", n) for n in sizes], work, stamp)
     if "predict" in args.only:
         folders = [
             make_folder(work / f"photos-{args.small}", args.small),
