@@ -179,6 +179,21 @@ def _class_row(name: str, m: dict[str, Any]) -> str:
     return f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
 
 
+def _cost_line(metrics: dict[str, Any]) -> str:
+    """What training this run cost (metrics' `resources`), as a recipe line, or ""."""
+    from imgclf.progress import duration
+
+    total = (metrics.get("resources") or {}).get("total")
+    if not total:
+        return ""
+    peak = total.get("peak_anon_mb") or total.get("peak_rss_mb")
+    cpus = metrics["resources"].get("cpus")
+    return (
+        f"\n- Cost of this run: {duration(total['wall_s'])} wall time, "
+        f"{duration(total['cpu_s'])} CPU time ({cpus} cores), peak memory {peak / 1024:.2f} GB"
+    )
+
+
 def model_card(
     config: Config,
     splits: Splits,
@@ -225,7 +240,7 @@ def model_card(
 - Optimizer `{config.train.optimizer}`, learning rate {config.train.learning_rate}, batch size
   {config.train.batch_size}, {epochs}early stopping on
   `{config.train.early_stopping.monitor}` (patience {config.train.early_stopping.patience})
-- Augmentation: {augment}; the full recipe is in `config.yaml`{transfer}
+- Augmentation: {augment}; the full recipe is in `config.yaml`{transfer}{_cost_line(metrics)}
 
 ## Test results (held-out, evaluated once with the best weights)
 - Accuracy {test["accuracy"]:.4f}, top-{test["k"]} accuracy {test["top_k_accuracy"]:.4f},

@@ -97,6 +97,7 @@ def test_everything_after_training_runs_in_bounded_batches(
     assert {"prepare", "train", "confidence", "evaluation", "export"} <= set(stages)
     assert all(s["wall_s"] >= 0 and s["cpu_s"] >= 0 for s in stages.values())
     assert not (run / runs.PROGRESS).exists()  # the estimate is over, and not in the manifest
+    assert "Cost of this run" in (run / runs.MODEL_CARD).read_text()
 
 
 @pytest.fixture(scope="module")
