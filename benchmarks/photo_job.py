@@ -121,10 +121,16 @@ def measured(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> dict:
     return {"wall_s": wall, "cpu_s": cpu, "peak_anon_mb": peak / 1024, "lines": lines}
 
 
+def starts_training(line: str) -> bool:
+    """The first line of training: a transfer phase's start (`phase head: ...`, printed before
+    it caches features) or Keras' first epoch."""
+    return line.startswith(("phase ", "Epoch 1/"))
+
+
 def first_epoch_s(folder: Path, cache: Path) -> float:
-    """Seconds from starting imgclf-train with the recipe (every default) on `folder` to its
-    first epoch's start (Keras' `Epoch 1/` line); the process is then stopped (SIGTERM: the run
-    is left interrupted, and is not used)."""
+    """Seconds from starting imgclf-train with the recipe (every default) on `folder` to the
+    start of training (`starts_training`); the process is then stopped (SIGTERM: the run is left
+    interrupted, and is not used)."""
     import signal
     import tempfile
 
@@ -138,7 +144,7 @@ def first_epoch_s(folder: Path, cache: Path) -> float:
     )  # fmt: skip
     seconds = float("nan")
     for line in proc.stdout:
-        if line.startswith("Epoch 1/"):
+        if starts_training(line):
             seconds = time.perf_counter() - start
             break
     proc.send_signal(signal.SIGTERM)
@@ -149,7 +155,7 @@ def first_epoch_s(folder: Path, cache: Path) -> float:
 def rerun_table(folders: list[Path], work: Path, stamp: str) -> None:
     """Time to the first epoch of a first run (fresh cache folder: the photos are decoded and
     the weights converted) and of a second run on the same folder (default settings)."""
-    print("\n### A second run on the same folder: time to the first epoch\n")
+    print("\n### A second run on the same folder: time to the start of training\n")
     print("| photos | first run s | second run s | second sooner by |")
     print("|---|---|---|---|")
     for folder in folders:
@@ -178,7 +184,7 @@ def imgclf_arm(
            f"data.path={folder}", *over, "--out", str(out)]  # fmt: skip
     result = measured(cmd, environment(cache))
     metrics = json.loads((out / "metrics.json").read_text())
-    first = next((t for t, line in result["lines"] if line.startswith("Epoch 1/")), None)
+    first = next((t for t, line in result["lines"] if starts_training(line)), None)
     exports = json.loads((out / "exports.json").read_text())
     return {
         **result,
@@ -231,7 +237,7 @@ def stage_rows(name: str, r: dict) -> list[str]:
 
 def table(title: str, arms: dict[str, dict]) -> None:
     print(f"\n### {title}\n")
-    print("| arm | wall s | CPU s | peak anon MB | to first epoch s | test acc |")
+    print("| arm | wall s | CPU s | peak anon MB | to training s | test acc |")
     print("|---|---|---|---|---|---|")
     for name, r in arms.items():
         print(row(name, r))
@@ -251,7 +257,7 @@ def table(title: str, arms: dict[str, dict]) -> None:
     if again and arms.get("imgclf", {}).get("first_step_s") and again.get("first_step_s"):
         first = arms["imgclf"]["first_step_s"]
         print(
-            f"to the first epoch: first run {first:.1f} s, second run "
+            f"to the start of training: first run {first:.1f} s, second run "
             f"{again['first_step_s']:.1f} s ({first / again['first_step_s']:.2f}× sooner)"
         )
     sys.stdout.flush()
