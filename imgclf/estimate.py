@@ -141,8 +141,8 @@ class Estimate:
                 epochs_left = phase.max_epochs - phase.done
                 if phase.epoch_s:
                     epoch = sum(phase.epoch_s[-2:]) / len(phase.epoch_s[-2:])
-                elif self.batch_s is not None:
-                    epoch = self.batch_s * s.steps + fwd * s.n_val
+                elif self.batch_s is not None:  # validation: cached features cost ~nothing
+                    epoch = self.batch_s * s.steps + (fwd * s.n_val if phase.cost else 0.0)
                 else:
                     epoch = self._epoch_guess(phase, fwd)
                 left += max(0, epochs_left) * epoch
