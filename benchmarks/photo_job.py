@@ -26,6 +26,8 @@ Sections (`--only`; all by default, in this order, back to back):
             upscaled to 224×224 RGB JPEGs, 100 training and 20 validation photos per class and
             100 test photos per class from the official test set, as train/ val/ test/ folders
             (both arms test on the same 1,000 photos), 3 + 2 epochs
+  recipe    (not in the default set) imgclf alone, the recipe as shipped, on 1,000 photos: the
+            figures of the recipe's header
   views     (not in the default set) the head phase alone on that Fashion-MNIST folder, 15
             epochs as the recipe ships them: through the backbone every epoch with fresh
             augmentation (the exact path) against cached features of K augmented views
@@ -54,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_scale import make_folder  # noqa: E402  (the scale benchmark's photo generator)
 
 RECIPE = ROOT / "configs" / "photos_transfer.yaml"
-SECTIONS = ("small", "shipped", "memory", "rerun", "predict", "accuracy", "views")
+SECTIONS = ("small", "shipped", "memory", "rerun", "predict", "accuracy", "views", "recipe")
 POLL_S = 0.05
 
 
@@ -353,7 +355,7 @@ def views_section(work: Path, runs: Path, stamp: str, fresh) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/imgclf-photo-job"))
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS[:-1]))
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS[:-2]))
     parser.add_argument("--small", type=int, default=1000, help="photos of the small section")
     parser.add_argument("--shipped", type=int, default=2000, help="photos of the shipped one")
     parser.add_argument("--big", type=int, default=10_000, help="photos of the memory curve")
@@ -412,6 +414,10 @@ def main() -> None:
             "bare": bare_arm(fashion, runs / f"fashion-bare-{stamp}", fresh("fbare"), small),
         }
         table("Fashion-MNIST at 224 px, 100 photos per class, 3 + 2 epochs", arms)
+    if "recipe" in args.only:
+        folder = make_folder(work / f"photos-{args.small}", args.small)
+        arms = {"imgclf": imgclf_arm(folder, runs / f"recipe-{stamp}", fresh("recipe"), None)}
+        table(f"{args.small:,} photos, the recipe as shipped (imgclf alone)", arms)
     if "views" in args.only:
         views_section(work, runs, stamp, fresh)
     load = os.getloadavg()

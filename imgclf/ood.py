@@ -122,7 +122,9 @@ def fit(features: np.ndarray, labels: np.ndarray, num_classes: int) -> OODStats:
     or the covariance cannot be factorised (numpy's LinAlgError, re-raised with the reason)."""
     from sklearn.covariance import LedoitWolf
 
-    f = np.asarray(features, np.float64).reshape(len(features), -1)
+    # One float64 copy of the features, centred in place class by class: the fit holds this
+    # copy and Ledoit-Wolf's own work arrays, not a copy per step (+275 MB at 7,000 images).
+    f = np.array(features, np.float64).reshape(len(features), -1)
     labels = np.asarray(labels, np.int64)
     if len(f) < 2:
         raise ValueError("the OOD score needs at least two training images")
@@ -130,8 +132,10 @@ def fit(features: np.ndarray, labels: np.ndarray, num_classes: int) -> OODStats:
         raise ValueError("the training features hold NaN or inf (a diverged model)")
     present = [c for c in range(num_classes) if (labels == c).any()]
     means = np.stack([f[labels == c].mean(0) for c in present])
-    centred = f - means[np.searchsorted(present, labels)]
-    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    for mean, c in zip(means, present, strict=True):
+        rows = np.flatnonzero(labels == c)
+        f[rows] -= mean
+    precision = LedoitWolf(assume_centered=True).fit(f).precision_
     # Cholesky of the precision: L L^T = Sigma^-1, so |(f - mu) L|^2 is the squared distance.
     # A tiny ridge guards the factorisation against round-off on a near-singular estimate.
     ridge = 1e-10 * np.trace(precision) / len(precision)
