@@ -199,11 +199,6 @@ class Estimate:
         estimate = self
 
         class EstimateCallback(keras.callbacks.Callback):
-            # It only reads the clock at a batch's end: Keras may call it from its dispatch
-            # thread, after the step, so the next step is not held up waiting for the logs (a
-            # batch-end hook without this flag made every training step synchronous).
-            async_safe = True
-
             def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
                 self._epoch_start = self._batch_start = time.perf_counter()
                 self._batches = 0

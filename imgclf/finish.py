@@ -105,18 +105,22 @@ def evaluate_run(
 
 
 def run_reference(
+    model: keras.Model,
     splits: Splits,
     test: SplitOutputs,
-    temperature: float,
     stats: OODStats | None,
     batch_size: int,
 ) -> Reference:
     """The SavedModel's parity reference from the run's own test outputs: its first
-    PARITY_MAX_IMAGES readable test images (read again, in batches) with the probabilities and
-    OOD scores evaluation and the confidence fit computed for them; no extra forward pass."""
+    PARITY_MAX_IMAGES readable test images (read again, in batches), with `model`'s output
+    layer (the temperature folded in) and the detector's layer applied to the features the
+    confidence fit computed for them (`split_outputs.head_outputs`): the same TensorFlow ops on
+    the same device as the export runs them, without another pass through the backbone. A run
+    whose features were too wide to keep runs the images through `model` instead."""
     import numpy as np
 
-    from imgclf.export.parity import PARITY_MAX_IMAGES, Reference
+    from imgclf.export.parity import PARITY_MAX_IMAGES, Reference, model_reference
+    from imgclf.split_outputs import head_outputs
 
     n = min(len(test), PARITY_MAX_IMAGES)
     x = splits.test.x
@@ -128,33 +132,32 @@ def run_reference(
     else:
         images = np.asarray(x[positions])
     rows = np.searchsorted(test.positions, positions)
-    scores = None if stats is None else stats.score(test.features[rows])
-    return Reference(
-        images,
-        test.labels[rows],
-        test.probabilities(temperature)[rows],
-        scores,
-        None if stats is None else stats.threshold,
-        batch_size,
-    )
+    if test.features is None:
+        return model_reference(model, stats, images, test.labels[rows], batch_size)
+    probs, scores = head_outputs(model, stats, test.features[rows], batch_size)
+    threshold = None if stats is None else stats.threshold
+    return Reference(images, test.labels[rows], probs, scores, threshold, batch_size)
 
 
 def export_run_model(
     run_dir: Path,
     model: keras.Model,
     splits: Splits,
-    reference: Reference,
-    ood_stats: OODStats | None = None,
+    test: SplitOutputs,
+    ood_stats: OODStats | None,
+    batch_size: int,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The SavedModel (with the OOD outputs when `ood_stats`), parity-checked against
-    `reference` (`run_reference`), recorded in exports.json; returns (parity report, exports) or
-    (None, None) when the backend cannot write one."""
+    """The SavedModel (with the OOD outputs when `ood_stats`), parity-checked against the run's
+    own answers on its test images (`run_reference`), recorded in exports.json; returns
+    (parity report, exports) or (None, None) when the backend cannot write one (said first,
+    before any work)."""
     from imgclf.backend import can_export_saved_model, export_skipped_message
     from imgclf.export.saved_model import export_saved_model, saved_model_record
 
     if not can_export_saved_model():
         print(export_skipped_message(run_dir), file=sys.stderr, flush=True)
         return None, None
+    reference = run_reference(model, splits, test, ood_stats, batch_size)
     target = run_dir / runs.SAVED_MODEL
     parity = export_saved_model(model, splits.class_names, target, reference, ood_stats)
     record = saved_model_record(
@@ -249,8 +252,9 @@ def finish_run(
     parity, exports = None, None
     if config.train.export:
         with meter.stage("export"):
-            reference = run_reference(splits, outputs["test"], temperature, confidence.stats, batch)
-            parity, exports = export_run_model(run_dir, model, splits, reference, confidence.stats)
+            parity, exports = export_run_model(
+                run_dir, model, splits, outputs["test"], confidence.stats, batch
+            )
     # What the run cost, in metrics.json (rewritten: the export's stage is measured too).
     metrics["resources"] = meter.report()
     runs.write_json(run_dir / runs.METRICS, metrics)

@@ -13,7 +13,7 @@ and bias (`ood.logits_of`), and the probabilities from the logits and the temper
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,28 @@ class SplitOutputs:
         from imgclf.calibration import softmax
 
         return softmax(self.logits, temperature)
+
+
+def head_outputs(
+    model: keras.Model, stats: Any, features: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities float64 [n, K], OOD scores float64 [n] or None) of features [n, D]:
+    `model`'s own output layer and, given `stats` (ood.OODStats), the detector's
+    MahalanobisScore layer, in a compiled function (`forward.Forward`), so they are computed by
+    the same ops, in float32 on the same device, as the model and its exports compute them."""
+    import keras
+
+    from imgclf.models.layers import MahalanobisScore
+    from imgclf.models.names import PROBABILITIES
+
+    inputs = keras.Input(shape=(features.shape[1],), name="head_features")
+    outputs = {PROBABILITIES: model.get_layer(PROBABILITIES)(inputs)}
+    if stats is not None:
+        score = MahalanobisScore(stats.whiten, stats.shift, stats.centres, name=ood.SCORE_NAME)
+        outputs[ood.SCORE_NAME] = score(inputs)
+    out = Forward(keras.Model(inputs, outputs), batch_size)(features)
+    scores = None if stats is None else np.asarray(out[ood.SCORE_NAME], np.float64)
+    return np.asarray(out[PROBABILITIES], np.float64), scores
 
 
 def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:

@@ -168,6 +168,16 @@ def write_saved_model(
     archive.write_out(str(path), verbose=False)
 
 
+def reload(saved_model_dir: str | Path) -> Any:
+    """The SavedModel at `saved_model_dir` reloaded with `tf.saved_model.load`, as a model
+    server loads it: its `signatures` are what every parity check runs (keep the object: its
+    signatures need its variables)."""
+    import tensorflow as tf
+
+    with runs.glob_safe(saved_model_dir) as readable:
+        return tf.saved_model.load(str(readable))
+
+
 def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) -> dict[str, Any]:
     """Run `reference.images` through the reloaded SavedModel and compare with the run's answers
     on them (`reference`): `serving_default` on every image (probabilities, and the `ood_score`
@@ -180,13 +190,13 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
     import tensorflow as tf
 
     from imgclf.export.parity import BYTES_CHECK_IMAGES, ood_parity
+    from imgclf.forward import Forward
     from imgclf.images import png_bytes
 
     # Kept as given (uint8 from the data): each batch is cast to float32 or encoded as PNG on
     # its own, so memory holds one batch's copies, not a float copy of every image.
     images, size = reference.images, reference.batch_size
-    with runs.glob_safe(saved_model_dir) as readable:
-        loaded = tf.saved_model.load(str(readable))
+    loaded = reload(saved_model_dir)
     serving, from_bytes = loaded.signatures[SIGNATURE], loaded.signatures[BYTES_SIGNATURE]
     has_ood = reference.ood_scores is not None
 
@@ -219,7 +229,14 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
     if has_ood:
         report["ood"] = ood_parity(pixels_out[:, k:], reference)
     samples, pixels, corpus_reference, refused = reference_corpus(model, images, size)
-    probs, status = via_files([s.data for s in samples])
+    probs, status = [], []
+    for start in range(0, len(samples), size):  # bounded batches, like every other check
+        chunk = samples[start : start + size]
+        Forward.largest = max(Forward.largest, len(chunk))
+        p, s = via_files([sample.data for sample in chunk])
+        probs.append(p)
+        status += s
+    probs = np.concatenate(probs)
     corpus_pixels = batched(via_pixels, pixels, size, np.float32)[:, :k]
     report["formats"] = {
         SIGNATURE: format_parity(samples, corpus_reference, corpus_pixels, refused),
@@ -384,6 +401,8 @@ def export_run(
     run_dir = Path(run_dir)
     if not (runs.is_run_dir(run_dir) or runs.in_run(run_dir)):
         raise UserError(f"{run_dir} is not a run directory (no {runs.MODEL} and {runs.LABELS})")
+    if serving_dir is not None and out is not None:  # before any work
+        raise UserError("give either --out or --serving-dir, not both")
     if out is not None:
         check_out(Path(out))
     from imgclf.models.saving import load_run_model
@@ -402,8 +421,6 @@ def export_run(
     stats = load_run_stats(run_dir)
     batch = run_batch_size(run_dir)
     reference = model_reference(model, stats, check_images, check_labels, batch)
-    if serving_dir is not None and out is not None:
-        raise UserError("give either --out or --serving-dir, not both")
     if serving_dir is not None:
         target = Path(serving_dir) / str(next_serving_version(serving_dir))
     else:
