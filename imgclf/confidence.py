@@ -70,7 +70,9 @@ def fit_confidence(
             "transfer.backbone_layer); add a hidden layer or pooling to get the warning"
         )
         return Confidence(cal, {"skipped": why}, None, {})
-    train = outputs["train"]
+    train = outputs.get("train")
+    if train is None or train.features is None or len(train) == 0:
+        return Confidence(cal, {"skipped": "no readable training image to fit it on"}, None, {})
     quantile = config.train.ood_quantile
     try:
         stats = ood.fit(train.features, train.labels, num_classes)

@@ -74,8 +74,9 @@ def job_shape(config: Any, splits: Any, batch_size: int) -> JobShape:
         if phase.name == "head":
             cached = can_cache_features(config, phase)
             cost = 0.0 if cached else 1.0
-            if cached:
-                once = config.transfer.augmented_views if config.augment.enabled else 1
+            if cached:  # the views actually computed: at most one per epoch
+                views = min(config.transfer.augmented_views, phase.train.epochs)
+                once = views if config.augment.enabled and views else 1
         else:
             cost = FINE_TUNE_COST
         phases.append(PhaseShape(phase.name, phase.train.epochs, cost, once))

@@ -47,24 +47,25 @@ def _keep(split: Split, x: Any, kept: np.ndarray) -> Split:
 
 class AugmentedViews:
     """The cached features of `views` augmented versions of every training image, float32
-    [views, N, D], read as one array [N, D] whose rows come from view `epoch % views`:
-    `set_epoch(e)` (called at every epoch's start) selects it, so a resumed run reads the same
-    views as the run it continues."""
+    [views, N, D] (`rows`: the rows of it in use), read as one array [n, D] whose rows come
+    from view `epoch % views`: `set_epoch(e)` (called at every epoch's start) selects it, so
+    a resumed run reads the same views as the run it continues."""
 
-    def __init__(self, features: np.ndarray) -> None:
+    def __init__(self, features: np.ndarray, rows: np.ndarray | None = None) -> None:
         self.features = features
+        self.rows = np.arange(features.shape[1]) if rows is None else rows
         self.current = 0
         self.seconds = 0.0  # how long computing them took
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.features.shape[1:])
+        return (len(self.rows), *self.features.shape[2:])
 
     def __len__(self) -> int:
-        return int(self.features.shape[1])
+        return len(self.rows)
 
     def __getitem__(self, positions: Any) -> np.ndarray:
-        return np.asarray(self.features[self.current][positions])
+        return np.asarray(self.features[self.current][self.rows[positions]])
 
     def set_epoch(self, epoch: int) -> None:
         self.current = epoch % len(self.features)
@@ -73,30 +74,40 @@ class AugmentedViews:
 def augmented_views(
     extractor: Forward, split: Split, augmenter: Any, views: int, num_classes: int, store: Any
 ) -> tuple[AugmentedViews, np.ndarray]:
-    """(views of the features, positions of the readable images): `views` passes over
-    `split`, each batch augmented by `augmenter` (as training augments it) and run through
-    `extractor` (the backbone up to the features), written into the open file `store`."""
+    """(views of the features, positions of the images read in every view): `views` passes
+    over `split`, each batch augmented by `augmenter` (as training augments it) and run through
+    `extractor` (the backbone up to the features), written into the open file `store` (its
+    space reserved first: a full disk is an OSError here, not a crash on a page write). An
+    image that failed to decode in any pass is left out of all of them, so every row keeps its
+    label.
+
+    Raises DataError when no training image could be read."""
+    import os
+
     from imgclf.data.pool import batches
 
     width = int(np.prod(extractor.model.output.shape[1:]))
     readable = split.readable()
+    if not len(readable):
+        raise DataError("no training image could be read: nothing to cache features of")
+    nbytes = views * len(readable) * width * 4
+    os.posix_fallocate(store.fileno(), 0, nbytes)
     features = np.memmap(store, np.float32, "w+", shape=(views, len(readable), width))
+    seen = np.zeros((views, len(readable)), bool)
     eye = np.eye(num_classes, dtype=np.float32)
-    kept = readable
     for view in range(views):
-        row, seen = 0, []
         for pixels, positions in batches(split.x, extractor.batch_size):
             if not len(positions):
                 continue
             images, _ = augmenter(pixels.astype(np.float32), eye[np.asarray(split.y)[positions]])
             out = extractor.run_batch(np.asarray(images)).reshape(len(positions), width)
-            features[view, row : row + len(out)] = out
-            row += len(out)
-            seen.append(positions)
-        kept = np.concatenate(seen) if seen else readable[:0]
-        if len(kept) != features.shape[1]:  # a file that failed to decode only now
-            features = features[:, : len(kept)]
-    return AugmentedViews(features), kept
+            rows = np.searchsorted(readable, positions)
+            features[view, rows] = out
+            seen[view, rows] = True
+    rows = np.flatnonzero(seen.all(axis=0))  # read in every view
+    if not len(rows):
+        raise DataError("no training image could be read: nothing to cache features of")
+    return AugmentedViews(features, rows), readable[rows]
 
 
 def views_split(

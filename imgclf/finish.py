@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf import faults, runs
+from imgclf.errors import DataError
 from imgclf.progress import Meter, cost_line
 
 if TYPE_CHECKING:
@@ -199,12 +200,25 @@ def confidence_step(
     from imgclf.split_outputs import run_outputs
 
     train_limit = MAX_FIT_IMAGES if config.train.ood else 0
-    outputs = run_outputs(model, splits, batch, train_limit, config.seed)
+    need_val = config.train.calibrate or config.train.ood
+    outputs = run_outputs(model, splits, batch, train_limit, config.seed, need_val)
     confidence = fit_confidence(model, outputs, len(splits.class_names), config)
     temperature = (confidence.calibration or {}).get("temperature", 1.0)
     if temperature != 1.0:  # folded before saving: model.keras answers calibrated
         fold_temperature(model, temperature)
     return outputs, confidence, temperature
+
+
+def require_test_images(run_dir: Path, splits: Splits, test: SplitOutputs) -> None:
+    """DataError (after recording them in data_report.json) when every test file failed to
+    decode while it was read (`data.cache: none` finds them only then)."""
+    if len(test) == 0:
+        report_late_failures(run_dir, splits)
+        raise DataError(
+            f"no test image could be read (each failed to decode; {runs.DATA_REPORT} lists them "
+            "under skipped): nothing to evaluate the model on. Fix or replace the files, or "
+            "set data.cache=disk so they are checked before training"
+        )
 
 
 def finish_run(
@@ -220,13 +234,12 @@ def finish_run(
     """Write every artifact of a trained run (model.keras with the temperature folded in,
     ood.npz, metrics.json, worst/, plots/, samples/, saved_model/, exports.json,
     model_card.md, then manifest.json) and return the metrics. `extra` goes into metrics.json
-    (the phases, epochs run); so do `calibration` and `ood` (imgclf.confidence) and, given the
-    run's `meter` (imgclf.progress.Meter), `resources`: the wall time, CPU time and peak memory
-    of every stage. `estimate` (imgclf.estimate.Estimate) is told that the end has begun.
+    (the phases, epochs run); so do `calibration`, `ood` (imgclf.confidence) and `resources`
+    (the run's `meter`, imgclf.progress.Meter: wall time, CPU time and peak memory of every
+    stage). `estimate` (imgclf.estimate.Estimate) is told that the end has begun.
 
-    Raises ExportError (imgclf.export.parity) when the SavedModel disagrees with the model;
-    the run then has no manifest.
-    """
+    Raises ExportError (imgclf.export.parity) when the SavedModel disagrees with the model,
+    DataError when no test image can be read; the run then has no manifest."""
     from imgclf.backend import backend_name
     from imgclf.forward import inference_batch_size
     from imgclf.model_card import model_card
@@ -237,6 +250,7 @@ def finish_run(
     batch = inference_batch_size(model, config.train.eval_batch_size)
     with meter.stage("confidence"):
         outputs, confidence, temperature = confidence_step(model, splits, config, batch)
+    require_test_images(run_dir, splits, outputs["test"])
     extra = {**(extra or {}), "calibration": confidence.calibration, "ood": confidence.ood}
     with runs.atomic_path(run_dir / runs.MODEL) as tmp:
         model.save(tmp)

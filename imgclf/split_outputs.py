@@ -104,7 +104,10 @@ def split_outputs(
         features.append(f.astype(np.float32) if keep_features else None)
         kept.append(chosen[positions])
     if not kept:  # every file of a streamed split failed to decode
-        return SplitOutputs(np.zeros(0, np.int64), y[:0], np.zeros((0, 0)), None)
+        from imgclf.models.names import PROBABILITIES
+
+        classes = int(model.get_layer(PROBABILITIES).units)
+        return SplitOutputs(np.zeros(0, np.int64), y[:0], np.zeros((0, classes)), None)
     positions = np.concatenate(kept)
     stacked = np.concatenate(features) if keep_features else None
     return SplitOutputs(positions, y[positions], np.concatenate(logits), stacked)
@@ -112,17 +115,17 @@ def split_outputs(
 
 def run_outputs(
     model: keras.Model, splits: Splits, batch_size: int | str = "auto", train_limit: int = 0,
-    seed: int = 0,
+    seed: int = 0, need_val: bool = True,
 ) -> dict[str, SplitOutputs]:  # fmt: skip
-    """{"val", "test"} (and "train", at most about `train_limit` images, when it is above 0
-    and the features are narrow enough to keep): every split the end of a run reads, each
-    through the model once, `batch_size` images at a time."""
+    """{"test"}, "val" (unless not `need_val`: nothing is calibrated or fitted) and "train"
+    (at most about `train_limit` images, when it is above 0 and the features are narrow enough
+    to keep): every split the end of a run reads, each through the model once, `batch_size`
+    images at a time."""
     forward = Forward(ood.feature_model(model), batch_size)
-    outputs = {
-        "val": split_outputs(forward, model, splits.val),
-        "test": split_outputs(forward, model, splits.test),
-    }
+    outputs = {"test": split_outputs(forward, model, splits.test)}
+    if need_val:
+        outputs["val"] = split_outputs(forward, model, splits.val)
     # Training features only feed the OOD detector, which needs features narrow enough to keep.
-    if train_limit > 0 and outputs["val"].features is not None:
+    if train_limit > 0 and need_val and outputs["val"].features is not None:
         outputs["train"] = split_outputs(forward, model, splits.train, train_limit, seed)
     return outputs

@@ -147,10 +147,10 @@ def train(
     try:
         with meter.stage("prepare"):
             p = prepare(config, out, verbose, Path(runs_root), splits, resume)
+            shape = job_shape(config, p.splits, p.batch_size)
     except BaseException:
         meter.close()
         raise
-    shape = job_shape(config, p.splits, p.batch_size)
     estimate = Estimate(p.run_dir, shape, meter.start_wall, p.verbose) if p.chief else None
     try:
         training = run_phases(p, meter, estimate)

@@ -191,3 +191,10 @@ def test_a_detector_that_cannot_be_fitted_is_skipped_not_a_traceback(trained):
     assert result.stats is None and "skipped" in result.ood
     assert "covariance" in result.ood["skipped"] or "barely vary" in result.ood["skipped"]
     assert result.calibration is not None  # calibration is not lost with it
+    # Features that are not finite (a diverged model): skipped too, with the reason.
+    nan = {
+        name: dataclasses.replace(out, features=np.full_like(out.features, np.nan))
+        for name, out in outputs.items()
+    }
+    diverged = fit_confidence(model, nan, len(splits.class_names), config)
+    assert diverged.stats is None and "NaN" in diverged.ood["skipped"]

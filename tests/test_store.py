@@ -276,3 +276,29 @@ def test_predict_streams_a_folder_in_every_format(
         else:
             rows = out.splitlines()[1:]
         assert len(rows) == 30 * (2 if fmt == "csv" else 1), fmt
+
+
+def test_a_disk_short_of_room_still_reuses_an_entry_it_holds(
+    photos: Path, cache: Path, monkeypatch
+):
+    from imgclf.data import store
+
+    built = _load(photos, "data.cache=disk").report["cache"]
+    monkeypatch.setattr(store, "free_bytes", lambda folder: 0)  # no room for anything new
+    again = _load(photos).report["cache"]  # auto
+    assert again["mode"] == "disk" and again["reused"] and again["file"] == built["file"]
+    other = _load(photos, "data.image_size=[12,12]").report["cache"]  # not cached: no room
+    assert other["mode"] == "memory"
+
+
+def test_the_whole_cache_is_capped_least_recently_used_first(
+    photos: Path, cache: Path, monkeypatch
+):
+    from imgclf.data import cache_files
+
+    first = _load(photos, "data.cache=disk", "data.image_size=[10,10]").report["cache"]
+    one_entry = Path(first["file"]).stat().st_size
+    monkeypatch.setattr(cache_files, "TOTAL_LIMIT_BYTES", one_entry + 1)
+    second = _load(photos, "data.cache=disk", "data.image_size=[11,11]").report["cache"]
+    left = sorted((cache / "decoded").glob("*.u8"))
+    assert left == [Path(second["file"])]  # the older entry went: two did not fit the cap

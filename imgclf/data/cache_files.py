@@ -21,6 +21,7 @@ from typing import Any
 
 DECODER_VERSION = 2  # bump when load_image's pixels change: old cache entries then miss
 KEEP_PER_FOLDER = 3  # cache entries kept per dataset folder (e.g. three image sizes)
+TOTAL_LIMIT_BYTES = 20 << 30  # all entries together: the least recently used go beyond it
 
 
 def cache_key(
@@ -73,10 +74,40 @@ def write_json_durably(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _cap_total(folder: Path, keep: str) -> None:
+    """Remove the least recently used entries (of any dataset folder, never `keep`) until all
+    of them together take at most TOTAL_LIMIT_BYTES: `data.cache: auto` caches every folder
+    trained on, and the cache must not grow without end."""
+    entries = []
+    for meta_path in folder.glob("*.json"):
+        data = meta_path.with_suffix(".u8")
+        with contextlib.suppress(OSError):
+            entries.append((meta_path.stat().st_mtime, data.stat().st_size, meta_path))
+    total = sum(size for _, size, _ in entries)
+    for _, size, meta_path in sorted(entries):  # oldest use first
+        if total <= TOTAL_LIMIT_BYTES:
+            return
+        if meta_path.stem == keep:
+            continue
+        for stale in (meta_path.with_suffix(".u8"), meta_path):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        total -= size
+
+
+def entry_exists(folder: Path, key: str) -> bool:
+    """Whether a complete entry `key` is in `folder` (its description and pixels of the size
+    it records)."""
+    meta = read_meta(folder / f"{key}.json")
+    data = folder / f"{key}.u8"
+    return meta is not None and data.is_file() and data.stat().st_size == meta["bytes"]
+
+
 def evict(folder: Path, root: str, keep: str) -> None:
     """Keep the KEEP_PER_FOLDER most recently used entries of a dataset folder (other image
-    sizes, or its files before they changed) and remove older ones; remove the temporaries of
-    builders that died. A run still reading a removed entry keeps its open file (POSIX)."""
+    sizes, or its files before they changed) and remove older ones; keep all entries together
+    under TOTAL_LIMIT_BYTES (least recently used first); remove the temporaries of builders
+    that died. A run still reading a removed entry keeps its open file (POSIX)."""
     entries = []
     for meta_path in folder.glob("*.json"):
         meta = read_meta(meta_path)
@@ -92,6 +123,7 @@ def evict(folder: Path, root: str, keep: str) -> None:
         if not orphan.with_suffix(".json").exists():
             with contextlib.suppress(OSError):
                 orphan.unlink()
+    _cap_total(folder, keep)
     host = socket.gethostname().replace(".", "_")
     for tmp in folder.glob(".*.tmp"):
         *_, owner, pid, _ = tmp.name.split(".")

@@ -36,6 +36,7 @@ from imgclf.cache import cache_dir
 from imgclf.data.cache_files import (
     DECODER_VERSION,
     cache_key,
+    entry_exists,
     evict,
     read_meta,
     temporary,
@@ -66,14 +67,19 @@ def free_bytes(folder: Path) -> int:
     return 0
 
 
-def resolve_mode(mode: str, n: int, size: tuple[int, int], channels: int) -> str:
+def resolve_mode(
+    mode: str, n: int, size: tuple[int, int], channels: int, cached: Any = None
+) -> str:
     """`auto` -> disk when the cache folder's disk has room for the decoded set with
-    DISK_HEADROOM to spare (a later run on the same files then skips decoding), else memory
-    under AUTO_MEMORY_BYTES, else none; other modes unchanged."""
+    DISK_HEADROOM to spare (a later run on the same files then skips decoding), or when
+    `cached()` says the entry is there already; else memory under AUTO_MEMORY_BYTES, else none.
+    Other modes unchanged."""
     if mode != "auto":
         return mode
     nbytes = n * size[0] * size[1] * channels
     if free_bytes(cache_dir() / CACHE_FOLDER) >= nbytes + DISK_HEADROOM:
+        return "disk"
+    if cached is not None and cached():  # built before: re-using it writes nothing
         return "disk"
     return "memory" if nbytes < AUTO_MEMORY_BYTES else "none"
 
@@ -112,7 +118,7 @@ class FileStore:
         self.root, self.files = root, list(files)
         self.size, self.channels = tuple(size), int(channels)
         self.requested = mode
-        self.mode = resolve_mode(mode, len(files), self.size, self.channels)
+        self.mode = resolve_mode(mode, len(files), self.size, self.channels, self._cached)
         self.failures: dict[int, str] = {}
         self.record = self.size[0] * self.size[1] * self.channels  # bytes per image
         self._array: np.ndarray | None = None
@@ -123,6 +129,11 @@ class FileStore:
         self.note: str | None = None  # why `auto` did not end up with the disk cache
 
     # -- building -------------------------------------------------------------------------------
+
+    def _cached(self) -> bool:
+        """Whether the disk cache already holds these files (stat only, no pixel read)."""
+        key, _ = cache_key(self.root, self.files, self.size, self.channels)
+        return entry_exists(cache_dir() / CACHE_FOLDER, key)
 
     @property
     def nbytes(self) -> int:

@@ -185,16 +185,13 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
     BYTES_CHECK_IMAGES as PNG files; given the true labels, `serving_default`'s test accuracy.
     Then the format corpus (`corpus.build` on the first image): `formats` holds, per signature,
     the agreement per format × mode × orientation with what `Predictor` on the run answers for
-    the same file. Every batch is at most the model's inference batch
-    (`forward.inference_batch_size`), so memory does not follow the number of images."""
+    the same file. Every call gets at most `reference.batch_size` images, each batch cast to
+    float32 (or encoded) on its own: memory does not follow the number of images."""
     import tensorflow as tf
 
     from imgclf.export.parity import BYTES_CHECK_IMAGES, ood_parity
-    from imgclf.forward import Forward
     from imgclf.images import png_bytes
 
-    # Kept as given (uint8 from the data): each batch is cast to float32 or encoded as PNG on
-    # its own, so memory holds one batch's copies, not a float copy of every image.
     images, size = reference.images, reference.batch_size
     loaded = reload(saved_model_dir)
     serving, from_bytes = loaded.signatures[SIGNATURE], loaded.signatures[BYTES_SIGNATURE]
@@ -229,14 +226,14 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
     if has_ood:
         report["ood"] = ood_parity(pixels_out[:, k:], reference)
     samples, pixels, corpus_reference, refused = reference_corpus(model, images, size)
-    probs, status = [], []
-    for start in range(0, len(samples), size):  # bounded batches, like every other check
-        chunk = samples[start : start + size]
-        Forward.largest = max(Forward.largest, len(chunk))
-        p, s = via_files([sample.data for sample in chunk])
-        probs.append(p)
-        status += s
-    probs = np.concatenate(probs)
+    status: list[str | None] = []
+
+    def via_corpus(chunk: list[Any]) -> np.ndarray:
+        probs, refused = via_files([sample.data for sample in chunk])
+        status.extend(refused)
+        return probs
+
+    probs = batched(via_corpus, samples, size)  # bounded batches, like every other check
     corpus_pixels = batched(via_pixels, pixels, size, np.float32)[:, :k]
     report["formats"] = {
         SIGNATURE: format_parity(samples, corpus_reference, corpus_pixels, refused),
