@@ -14,7 +14,7 @@ following the Keras and TensorFlow tutorials, with the same model.
 
 No calibration, no OOD detector, no parity check, no decoded cache on disk, no run directory:
 that is the point of comparing. Each stage is measured in this process with imgclf's own meter
-(`imgclf.progress.Meter`, a sampling thread; nothing else of imgclf runs), and the last line
+(`training.progress.Meter`, a sampling thread; nothing else of imgclf runs), and the last line
 printed is a JSON object: stages, test accuracy, images per split.
 
     python benchmarks/bare_keras_photos.py FOLDER OUT_DIR --head-epochs 3 --fine-tune-epochs 2
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from imgclf.progress import Meter
+    from imgclf.training.progress import Meter
 
     meter = Meter()
     with meter.stage("prepare"):

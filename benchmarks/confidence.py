@@ -126,7 +126,7 @@ def report(name: str, run: Path, other: np.ndarray, seed: int, other_name: str =
     from sklearn.metrics import roc_auc_score
 
     from imgclf import runs
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     metrics = runs.read_json(run / runs.METRICS)
     cal, ood = metrics["calibration"], metrics["ood"]

@@ -69,7 +69,7 @@ def paths(run: Path, saved_model: Path | None) -> None:
     from imgclf.config import load_config
     from imgclf.export import corpus
     from imgclf.images import ImageError, thumbnail
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     cfg = load_config(run / run_files.CONFIG)
     size, channels = tuple(cfg.data.image_size), cfg.data.channels

@@ -4,7 +4,7 @@ transfer recipe (`configs/photos_transfer.yaml`) on folders of 640×480 JPEG pho
 Arms, each a fresh process, measured from outside (wall time; CPU time of the process from
 `wait4`'s rusage; peak anonymous memory, `RssAnon` of /proc/PID/status polled every 0.05 s:
 the heap and tensors, not the page cache nor shared libraries) and from inside (per stage:
-imgclf's `metrics.json` `resources`, the bare script's own report, both `imgclf.progress.Meter`):
+imgclf's `metrics.json` `resources`, the bare script's own report, both `training.progress.Meter`):
 
   imgclf   python -m imgclf.train --config configs/photos_transfer.yaml data.path=FOLDER
            (+ the epochs of the section), every default as shipped: decoded cache on disk,

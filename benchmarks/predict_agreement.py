@@ -20,7 +20,7 @@ from PIL import Image
 
 from imgclf.config import load_config
 from imgclf.data import load_data
-from imgclf.predict import main as predict_main
+from imgclf.predict.cli import main as predict_main
 
 
 def _predict(model: Path, folder: Path) -> dict[str, str]:

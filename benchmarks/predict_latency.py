@@ -29,7 +29,7 @@ from PIL import Image
 
 from imgclf import runs
 from imgclf.models.saving import load_run_model
-from imgclf.predict import Predictor
+from imgclf.predict.predictor import Predictor
 
 
 def _median_ms(fn, repeats: int) -> float:

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from imgclf.errors import UserError
 from imgclf.formats import is_image_name
 from imgclf.images import MAX_FILE_BYTES
+from imgclf.infra.errors import UserError
 
 MAX_MEMBERS = 100_000
 MAX_TOTAL_BYTES = 2 * 2**30  # decompressed, all images together

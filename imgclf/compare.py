@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import runs
-from imgclf.arguments import ArgumentParser
 from imgclf.config import read_yaml
-from imgclf.errors import UserError
+from imgclf.infra.arguments import ArgumentParser
+from imgclf.infra.errors import UserError
 
 FORMATS = ("table", "markdown", "csv", "json")
 RESULT_COLUMNS = ("best_val_accuracy", "test_accuracy", "test_loss", "epochs", "seconds", "state")

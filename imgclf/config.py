@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
+from imgclf.models.registry import available_models, is_pretrainable
 from imgclf.schema import (
     ACTIVATIONS,
     INITIALIZERS,
@@ -227,7 +228,6 @@ def build_config(values: dict[str, Any]) -> Config:
 def check_model(cfg: ModelConfig) -> None:
     """The model checks that need the registry: `model.name` is registered, and published
     weights (`imagenet`, a .h5 file) go to a family that has them. Raises ConfigError."""
-    from imgclf.models.registry import available_models, is_pretrainable
 
     names = available_models()
     if cfg.name not in names:

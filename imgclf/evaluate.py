@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from imgclf.forward import Forward
+
 
 def predict_proba(model: Any, images: np.ndarray, batch_size: int | str = "auto") -> np.ndarray:
     """The outputs of `model` for uint8/float images [N, H, W, C] in memory, through a compiled
     function on bounded batches (`forward.Forward`; `batch_size` images at a time)."""
-    from imgclf.forward import Forward
 
     if len(images) == 0:
         return np.zeros((0, 0), np.float32)
@@ -24,7 +25,6 @@ def predict_readable(
     """(outputs [k, ...], positions [k]) for every readable image of `images`, an array or a
     streamed split's ImageView (whose unreadable files are left out), through a compiled
     function `batch_size` images at a time (`forward.Forward`)."""
-    from imgclf.forward import Forward
 
     outs, kept = [], []
     for out, positions in Forward(model, batch_size).stream(images):

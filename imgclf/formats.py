@@ -11,6 +11,8 @@ animation. `graph` marks the formats the SavedModel's `serve_bytes` decodes insi
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,8 +61,6 @@ UPLOAD_TYPES: list[str] = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 def register_plugins() -> None:
     """Register the optional Pillow plugins when they are installed: HEIC via pillow-heif, and
     Pillow's own AVIF plugin (imported explicitly: Pillow loads only the plugins asked for)."""
-    import contextlib
-    import importlib
 
     with contextlib.suppress(ImportError):  # Pillow < 11.3 has no AVIF plugin
         importlib.import_module("PIL.AvifImagePlugin")

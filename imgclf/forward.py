@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from imgclf.data.pool import batches
+
 MAX_BATCH = 256
 ACTIVATION_BUDGET = 512 << 20  # bytes of activations one inference batch may hold
 ACTIVATION_COPIES = 4
@@ -80,7 +82,7 @@ def predict_batch_size(model: Any, shape: tuple[int, ...]) -> int:
 
 
 def _numpy(out: Any) -> Any:
-    """A model's output as NumPy: an array, or a dict of arrays (`ood.scored_model`)."""
+    """A model's output as NumPy: an array, or a dict of arrays (`graph.scored_model`)."""
     if isinstance(out, dict):
         return {k: np.asarray(v) for k, v in out.items()}
     if isinstance(out, list | tuple):
@@ -150,7 +152,6 @@ class Forward:
     def stream(self, x: Any) -> Iterator[tuple[Any, np.ndarray]]:
         """(outputs, positions) per batch of the readable images of `x` (an array or a streamed
         split's ImageView), in order."""
-        from imgclf.data.pool import batches
 
         for pixels, positions in batches(x, self.batch_size):
             if len(positions):

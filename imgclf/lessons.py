@@ -1,7 +1,7 @@
 """The lessons of `configs/lessons/`: recipes in pairs or triples that differ in one switch
 (`activations_sigmoid` / `activations_relu`, ...), grouped by the name before their last `_`,
 each with the explanation and measured figures of its header comment; and the two diagnostics
-a lesson is about, read from a run's diagnostics.json (see `imgclf.diagnostics`).
+a lesson is about, read from a run's diagnostics.json (see `imgclf.training.diagnostics`).
 
 Reading lessons needs neither TensorFlow nor a run; the app's Lessons page and
 `benchmarks/lessons.py` use this module.

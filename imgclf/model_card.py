@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf import runs
+from imgclf.training.progress import duration
 
 if TYPE_CHECKING:
     from imgclf.data import Splits
@@ -181,7 +182,6 @@ def _class_row(name: str, m: dict[str, Any]) -> str:
 
 def _cost_line(metrics: dict[str, Any]) -> str:
     """What training this run cost (metrics' `resources`), as a recipe line, or ""."""
-    from imgclf.progress import duration
 
     total = (metrics.get("resources") or {}).get("total")
     if not total:

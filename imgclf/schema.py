@@ -240,10 +240,12 @@ class TrainConfig(_Section):
     mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
     jit_compile: Literal["auto"] | bool = "auto"  # XLA; "auto" leaves it off on CPU
     steps_per_execution: PositiveInt = 1  # batches per compiled call: helps tiny models
-    # Per-layer gradients and activations every epoch (imgclf/diagnostics.py). auto: on when a
+    # Per-layer gradients and activations every epoch (training/diagnostics.py). auto: on when a
     # probe batch of at least 16 images fits 256 MB of activations (small images and models).
     diagnostics: Literal["auto"] | bool = "auto"
-    distribute: Literal["none", "mirrored", "multiworker"] = "none"  # see imgclf/distribute.py
+    distribute: Literal["none", "mirrored", "multiworker"] = (
+        "none"  # see imgclf/training/distribute.py
+    )
     # Write and check saved_model/ at the end (every format of docs/formats.md, a few seconds);
     # false skips it for sweeps and quick experiments: `imgclf-export RUN` writes it later.
     export: bool = True
@@ -258,10 +260,10 @@ class TrainConfig(_Section):
     # batch holds at most 512 MB of activations (imgclf/forward.py); an int fixes it.
     eval_batch_size: Literal["auto"] | PositiveInt = "auto"
     # Temperature scaling fitted on the validation split, folded into the output layer, so the
-    # run and every export answer with calibrated probabilities (imgclf/calibration.py).
+    # run and every export answer with calibrated probabilities (imgclf/confidence/calibration.py).
     calibrate: bool = True
     # The out-of-distribution score (Mahalanobis distance of the features to the nearest class
-    # mean, imgclf/ood.py): fitted on training images, flagged above this quantile of the
+    # mean, imgclf/confidence/ood.py): fitted on training images, flagged above this quantile of the
     # validation scores (0.95: about 5% of in-distribution images are false alarms).
     ood: bool = True
     ood_quantile: Annotated[float, Field(ge=0.5, lt=1.0)] = 0.95

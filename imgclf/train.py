@@ -1,16 +1,16 @@
 """Training: `train(config)` runs three steps and returns the run directory:
 
     prepare      data, model, strategy, the run directory with config.yaml, labels, data report
-                 (imgclf.prepare)
+                 (imgclf.training.prepare)
     run_phases   the phases of `transfer.plan_phases` (one `train` phase, or `head` then
-                 `fine_tune`), history.csv rewritten after every epoch (imgclf.phases)
+                 `fine_tune`), history.csv rewritten after every epoch (imgclf.training.phases)
     finish_run   model.keras, test metrics, plots, samples, SavedModel, model card, manifest
-                 (imgclf.finish)
+                 (imgclf.training.finish)
 
 `python -m imgclf.train` parses arguments, checks what it can without TensorFlow (the config,
 the data folder, the output folder: `preflight`), and calls `train`. Keras is imported inside
 the steps, so `--help`, `--print-config` and every preflight error answer at once. Training runs
-on any Keras backend (`KERAS_BACKEND`, default tensorflow; see imgclf/backend.py): only the
+on any Keras backend (`KERAS_BACKEND`, default tensorflow; see imgclf/training/backend.py): only the
 SavedModel export at the end needs TensorFlow, and is skipped under other backends.
 """
 
@@ -25,11 +25,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf import runs
-from imgclf.arguments import ArgumentParser
 from imgclf.config import Config, dump_config, load_config
-from imgclf.errors import UserError
-from imgclf.prepare import Prepared, preflight, prepare
-from imgclf.progress import Meter
+from imgclf.infra.arguments import ArgumentParser
+from imgclf.infra.console import quiet_tensorflow
+from imgclf.infra.errors import UserError
+from imgclf.models import build_model
+from imgclf.training.augment import build_augmenter
+from imgclf.training.backend import make_training_data
+from imgclf.training.diagnostics_cost import plan as plan_diagnostics
+from imgclf.training.estimate import Estimate, job_shape
+from imgclf.training.phases import PhaseRunner, history_callback
+from imgclf.training.prepare import Prepared, preflight, prepare
+from imgclf.training.progress import Meter
+from imgclf.training.resume import check_resumable
+from imgclf.training.transfer import plan_phases
 
 if TYPE_CHECKING:
     import keras
@@ -46,14 +55,9 @@ EXAMPLES = (
 
 def run_phases(p: Prepared, meter: Meter | None = None, estimate: Any = None) -> dict[str, Any]:
     """Step 2: every phase of the schedule on `p.model` (each a stage of `meter`, timed by
-    `estimate`, an `imgclf.estimate.Estimate`, when given); returns what metrics.json records
+    `estimate`, an `training.estimate.Estimate`, when given); returns what metrics.json records
     about training (`phases`, `epochs_run`)."""
-    from imgclf.augment import build_augmenter
-    from imgclf.backend import make_training_data
-    from imgclf.diagnostics import fixed_batch, make_diagnostics
-    from imgclf.diagnostics_cost import plan as plan_diagnostics
-    from imgclf.phases import PhaseRunner, history_callback
-    from imgclf.transfer import plan_phases
+    from imgclf.training.diagnostics import fixed_batch, make_diagnostics
 
     config = p.config
     augmenter = build_augmenter(config.augment, config.data.image_size, config.seed)
@@ -73,10 +77,7 @@ def run_phases(p: Prepared, meter: Meter | None = None, estimate: Any = None) ->
         diagnostics = make_diagnostics(p.run_dir, diag_x, diag_y, plan=plan)
     if p.resume is not None:
         _carry_over(p, history, diagnostics, plan_phases(config))
-    runner = PhaseRunner(
-        p.model, config, p.splits, data, p.batch_size, history, diagnostics, p.strategy,
-        p.verbose, p.resume, augmenter, estimate=estimate,
-    )  # fmt: skip
+    runner = PhaseRunner(p, data, history, diagnostics, augmenter, estimate)
     reports = []
     for phase in plan_phases(config):
         with meter.stage(phase.name) if meter is not None else contextlib.nullcontext():
@@ -103,7 +104,6 @@ def _carry_over(p: Prepared, history: Any, diagnostics: Any, phases: list[Any]) 
 def _single_device(p: Prepared) -> keras.Model:
     """The trained weights in a model built without the strategy, so model.keras and the
     SavedModel do not depend on how training ran."""
-    from imgclf.models import build_model
 
     if p.strategy is None:
         return p.model
@@ -140,8 +140,7 @@ def train(
         FileExistsError: `out` exists and is not empty.
         ExportError: the SavedModel disagrees with the trained model (the run has no manifest).
     """
-    from imgclf.estimate import Estimate, job_shape
-    from imgclf.finish import finish_run
+    from imgclf.training.finish import finish_run
 
     meter = Meter()  # the run's cost, stage by stage, from here (metrics.json `resources`)
     try:
@@ -201,13 +200,12 @@ class RunInterrupted(KeyboardInterrupt):
 def resume_run(run_dir: str | Path, verbose: int | str = "auto") -> Path:
     """Continue an interrupted (or failed) run to the end, with the config it started with:
     finished phases are not repeated, the interrupted one continues from its last backup
-    (`imgclf.resume`). Returns the run directory, now complete.
+    (`imgclf.training.resume`). Returns the run directory, now complete.
 
     Raises:
         UserError: the run is complete, still training, not a run, or a multi-worker run.
         ConfigError: its data changed since it started.
     """
-    from imgclf.resume import check_resumable
 
     config = check_resumable(Path(run_dir))
     return train(config, out=run_dir, verbose=verbose, resume=True)
@@ -261,7 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m imgclf.train` and `imgclf-train`; returns the exit code."""
-    from imgclf.console import quiet_tensorflow
 
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # key=value before or after options
@@ -271,8 +268,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.resume:
-            from imgclf.resume import check_resumable
-
             check_resumable(Path(args.resume))  # before TensorFlow loads
             quiet_tensorflow(args.verbose)
             run_dir = resume_run(args.resume, verbose)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,10 +48,29 @@ def write_folder_dataset(root: Path, per_class: int = 12, seed: int = 0) -> Path
     return root
 
 
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """`build(path)` once per test session, whichever pytest-xdist worker asks first: the
+    folder lives beside the workers' own temporary folders, a file lock makes the other workers
+    wait and then reuse it (the tests only read it). A build that failed is tried again."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of this session
+    root = base / "built-once"
+    root.mkdir(exist_ok=True)
+    target = root / name
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / f"{name}.done").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            build(target)
+            (root / f"{name}.done").touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def folder_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clean 3-class folder dataset (12 images per class)."""
-    return write_folder_dataset(tmp_path_factory.mktemp("data") / "shapes")
+    """A clean 3-class folder dataset (12 images per class), shared by every worker."""
+    return built_once(tmp_path_factory, "shapes", write_folder_dataset)
 
 
 def tiny_overrides(data_path: Path) -> list[str]:
@@ -87,37 +109,39 @@ def tiny_run(folder_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     config = load_config(
         None, [*tiny_overrides(folder_dataset), "train.diagnostics=auto", "train.export=true"]
     )
-    return train(config, out=tmp_path_factory.mktemp("runs") / "tiny", verbose=0)
+    return built_once(tmp_path_factory, "tiny", lambda out: train(config, out=out, verbose=0))
 
 
 @pytest.fixture(scope="session")
 def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
     """A runs root with two real runs: a copy of the session's tiny cnn run, and a tiny mlp
-    trained through the app's own TrainingJob (so the job is exercised end to end)."""
-    import shutil
-
+    trained through the app's own TrainingJob (so the job is exercised end to end, in a real
+    child process)."""
     from imgclf.config import load_config
     from imgclf.ui.jobs import TrainingJob
 
-    root = tmp_path_factory.mktemp("app") / "runs"
-    root.mkdir()
-    shutil.copytree(tiny_run, root / "tiny-cnn")
-    config = load_config(
-        None,
-        [
-            *tiny_overrides(folder_dataset),
-            "name=tiny-mlp",
-            "model.name=mlp",
-            "train.diagnostics=auto",
-            "train.export=true",
-        ],
-    )
-    job = TrainingJob(root)
-    job.start(config)
-    state = job.wait()
-    assert state.status == "done", state.error
-    assert len(state.rows) == state.max_epochs == 2 and state.stage == "evaluating and exporting"
-    assert Path(state.run_dir).parent == root
+    def build(root: Path) -> None:
+        root.mkdir()
+        shutil.copytree(tiny_run, root / "tiny-cnn")
+        config = load_config(
+            None,
+            [
+                *tiny_overrides(folder_dataset),
+                "name=tiny-mlp",
+                "model.name=mlp",
+                "train.diagnostics=auto",
+                "train.export=true",
+            ],
+        )
+        job = TrainingJob(root)
+        job.start(config)
+        state = job.wait()
+        assert state.status == "done", state.error
+        assert len(state.rows) == state.max_epochs == 2
+        assert state.stage == "evaluating and exporting"
+        assert Path(state.run_dir).parent == root
+
+    root = built_once(tmp_path_factory, "app-runs", build)
     return root
 
 
@@ -128,11 +152,11 @@ def augmented_runs(folder_dataset: Path, tmp_path_factory) -> Path:
     from imgclf.config import load_config
     from imgclf.train import train
 
-    root = tmp_path_factory.mktemp("augmented") / "runs"
     overrides = ["name=tiny-aug", "augment.flip=horizontal", "augment.rotation=0.1"]
     config = load_config(None, [*tiny_overrides(folder_dataset), *overrides, "train.epochs=1"])
-    train(config, out=root / "tiny-aug", verbose=0)
-    return root
+    return built_once(
+        tmp_path_factory, "augmented", lambda root: train(config, out=root / "tiny-aug", verbose=0)
+    )
 
 
 def zip_bytes(members: dict[str, bytes]) -> bytes:

@@ -88,7 +88,7 @@ def test_runs_are_listed_newest_first_with_family_and_accuracy(app_runs: Path):
 
 
 def test_uploads_are_classified_and_a_bad_one_is_named(monkeypatch, app_runs: Path):
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     at = _app(monkeypatch, app_runs)
     run = Path(at.sidebar.selectbox(key="run").value)
@@ -109,7 +109,7 @@ def test_uploads_are_classified_and_a_bad_one_is_named(monkeypatch, app_runs: Pa
 
 
 def test_invert_switch_classifies_the_negative(monkeypatch, app_runs: Path):
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     at = _app(monkeypatch, app_runs)
     run = Path(at.sidebar.selectbox(key="run").value)
@@ -211,7 +211,7 @@ def test_a_job_trains_in_a_child_process_and_cancel_stops_it(tmp_path: Path, fol
 
 
 def test_a_camera_photo_is_classified(monkeypatch, app_runs: Path):
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     at = _app(monkeypatch, app_runs)
     run = Path(at.sidebar.selectbox(key="run").value)
@@ -300,8 +300,8 @@ def test_uploads_are_kept_per_run_across_pages_until_cleared(monkeypatch, app_ru
 
 
 def test_a_zip_is_classified_in_one_go_like_the_command_line(monkeypatch, app_runs: Path):
-    from imgclf.predict import Predictor
-    from imgclf.ui import batch_view
+    from imgclf.predict.predictor import Predictor
+    from imgclf.ui.pages import batch as batch_view
 
     at = _app(monkeypatch, app_runs)
     run = Path(at.sidebar.selectbox(key="run").value)
@@ -325,7 +325,7 @@ def test_a_zip_is_classified_in_one_go_like_the_command_line(monkeypatch, app_ru
 
 
 def test_a_folder_that_does_not_exist_is_one_line(monkeypatch, app_runs: Path, tmp_path: Path):
-    from imgclf.ui import batch_view
+    from imgclf.ui.pages import batch as batch_view
 
     at = _app(monkeypatch, app_runs)
     at.radio(key="batch_from").set_value(batch_view.FOLDER).run()
@@ -338,7 +338,7 @@ def test_a_folder_that_does_not_exist_is_one_line(monkeypatch, app_runs: Path, t
 
 
 def test_batch_names_stay_apart_and_an_empty_folder_field_is_refused(monkeypatch, app_runs: Path):
-    from imgclf.ui import batch_view
+    from imgclf.ui.pages import batch as batch_view
 
     at = _app(monkeypatch, app_runs)
     run = Path(at.sidebar.selectbox(key="run").value)
@@ -358,7 +358,7 @@ def test_batch_names_stay_apart_and_an_empty_folder_field_is_refused(monkeypatch
 
 
 def test_kept_uploads_are_capped_with_a_line_saying_so(monkeypatch, app_runs: Path):
-    from imgclf.ui import classify
+    from imgclf.ui.pages import classify
 
     monkeypatch.setattr(classify, "MAX_KEPT", 2)
     at = _app(monkeypatch, app_runs)

@@ -9,10 +9,10 @@ import pytest
 from conftest import make_image, tiny_overrides
 from PIL import Image
 
-from imgclf.augment import build_augmenter
-from imgclf.augment import main as augment_main
 from imgclf.config import load_config
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
+from imgclf.training.augment import build_augmenter
+from imgclf.training.augment import main as augment_main
 
 
 def _batch(n: int = 6):

@@ -43,14 +43,14 @@ JAX_FIT_SCRIPT = """
 import json, sys
 import keras
 import numpy as np
-from imgclf.augment import build_augmenter
-from imgclf.backend import backend_name, make_training_data, set_deterministic
+from imgclf.training.augment import build_augmenter
+from imgclf.training.backend import backend_name, make_training_data, set_deterministic
 from imgclf.config import load_config
 from imgclf.data import load_data
-from imgclf.diagnostics import fixed_batch, make_diagnostics
+from imgclf.training.diagnostics import fixed_batch, make_diagnostics
 from imgclf.evaluate import evaluate
 from imgclf.models import build_model
-from imgclf.optim import class_weights, compile_model, resolve_batch_size, steps_per_epoch
+from imgclf.training.optim import class_weights, compile_model, resolve_batch_size, steps_per_epoch
 
 out = {"backend": backend_name()}
 for name, overrides in json.loads(sys.argv[1]).items():
@@ -83,9 +83,9 @@ for name, overrides in json.loads(sys.argv[1]).items():
         "test": metrics["test"],
         "prob_sum_error": float(np.abs(probs.sum(axis=1) - 1).max()),
     }
-from imgclf.backend import check_backend
+from imgclf.training.backend import check_backend
 from imgclf.config import TrainConfig
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
 
 if "distribute" in TrainConfig.model_fields:  # tf.distribute is refused with a clear error
     try:
@@ -281,7 +281,7 @@ def epoch_ids(dataset) -> tuple[list[int], list[np.ndarray]]:
 
 
 def test_backend_helpers_under_tensorflow() -> None:
-    from imgclf import backend
+    from imgclf.training import backend
 
     assert backend.backend_name() == "tensorflow"
     assert backend.uses_tensorflow() and backend.can_export_saved_model()
@@ -297,8 +297,8 @@ def test_backend_helpers_under_tensorflow() -> None:
 
 
 def test_check_backend_accepts_every_setting_under_tensorflow() -> None:
-    from imgclf.backend import check_backend
     from imgclf.config import TrainConfig
+    from imgclf.training.backend import check_backend
 
     check_backend(tiny_config())
     if "distribute" in TrainConfig.model_fields:
@@ -308,7 +308,7 @@ def test_check_backend_accepts_every_setting_under_tensorflow() -> None:
 def test_set_deterministic_repeats_draws() -> None:
     import keras
 
-    from imgclf.backend import set_deterministic
+    from imgclf.training.backend import set_deterministic
 
     def draws() -> tuple:
         layer = keras.layers.Dense(3, kernel_initializer="glorot_uniform")
@@ -325,7 +325,7 @@ def test_set_deterministic_repeats_draws() -> None:
 def test_make_training_data_is_tf_data_on_tensorflow() -> None:
     import tensorflow as tf
 
-    from imgclf.backend import make_training_data
+    from imgclf.training.backend import make_training_data
 
     splits = tiny_splits()
     train_ds, val_ds = make_training_data(splits, tiny_config(), 8, None)
@@ -336,7 +336,7 @@ def test_make_training_data_is_tf_data_on_tensorflow() -> None:
 def test_pydataset_epochs_match_tf_data_and_reshuffle_deterministically() -> None:
     import keras
 
-    from imgclf.backend import make_training_data
+    from imgclf.training.backend import make_training_data
 
     splits = tiny_splits()
     n = len(splits.train)
@@ -369,8 +369,8 @@ def test_pydataset_epochs_match_tf_data_and_reshuffle_deterministically() -> Non
 
 
 def test_pydataset_applies_the_augmenter_and_returns_numpy() -> None:
-    from imgclf.augment import build_augmenter
-    from imgclf.backend import make_training_data
+    from imgclf.training.augment import build_augmenter
+    from imgclf.training.backend import make_training_data
 
     config = tiny_config(0, "augment.rotation=0", "augment.zoom=0", "augment.mixup=0.4")
     augmenter = build_augmenter(config.augment, config.data.image_size, config.seed)
@@ -387,9 +387,9 @@ def test_pydataset_applies_the_augmenter_and_returns_numpy() -> None:
 
 def test_tensorflow_fit_accepts_the_pydataset() -> None:
     """The forced PyDataset path trains under TensorFlow too (class weights included)."""
-    from imgclf.backend import make_training_data
     from imgclf.models import build_model
-    from imgclf.optim import class_weights, compile_model
+    from imgclf.training.backend import make_training_data
+    from imgclf.training.optim import class_weights, compile_model
 
     config = tiny_config(0, "model.name=mlp", "model.hidden=[8]", "data.channels=1")
     splits = tiny_splits()

@@ -24,7 +24,7 @@ def server(app_runs: Path, tmp_path: Path):
 def test_upload_in_a_real_browser_shows_the_label(server: str, app_runs: Path, tmp_path: Path):
     from playwright.sync_api import expect
 
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
     from imgclf.ui import catalog
 
     entry = catalog.list_runs(app_runs)[0]

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from imgclf.data.builder import DATA_ENV, DatasetBuilder, sanitise
 from imgclf.data.folder import list_folder
-from imgclf.errors import UserError
+from imgclf.infra.errors import UserError
 from imgclf.ui import catalog
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

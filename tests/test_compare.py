@@ -11,25 +11,31 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
+from conftest import built_once, tiny_overrides
 from PIL import Image
 
 from imgclf.compare import compare as compare_runs
 from imgclf.compare import config_differences, load_run, main
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def two_runs(folder_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """sigmoid-run and relu-run: the same tiny MLP recipe, only model.activation differs."""
+    """sigmoid-run and relu-run: the same tiny MLP recipe, only model.activation differs
+    (trained once for both workers)."""
     from imgclf.config import load_config
     from imgclf.train import train
 
-    root = tmp_path_factory.mktemp("compare")
-    paths = []
-    for act in ("sigmoid", "relu"):
-        overrides = [*tiny_overrides(folder_dataset), "model.name=mlp", f"model.activation={act}"]
-        paths.append(train(load_config(None, overrides), out=root / f"{act}-run", verbose=0))
-    return paths
+    def build(root: Path) -> None:
+        for act in ("sigmoid", "relu"):
+            overrides = [
+                *tiny_overrides(folder_dataset),
+                "model.name=mlp",
+                f"model.activation={act}",
+            ]
+            train(load_config(None, overrides), out=root / f"{act}-run", verbose=0)
+
+    root = built_once(tmp_path_factory, "compare", build)
+    return [root / "sigmoid-run", root / "relu-run"]
 
 
 @pytest.mark.slow

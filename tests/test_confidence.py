@@ -1,4 +1,4 @@
-"""Trustworthy confidence (imgclf.calibration, imgclf.ood, imgclf.confidence): the temperature is
+"""Trustworthy confidence (imgclf.confidence): the temperature is
 fitted on validation only and folded into the model, calibrated probabilities keep the argmax,
 every artifact agrees with the run on them and on the OOD score, and an image unlike the
 training data is flagged in Predictor, imgclf-predict and the app."""
@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import built_once
 from PIL import Image
 
-from imgclf import calibration, runs
+from imgclf import runs
+from imgclf.confidence import calibration, graph, ood
 from tests.conftest import tiny_overrides
 
 # ---------------------------------------------------------------- the maths (no TensorFlow)
@@ -67,7 +69,6 @@ def test_reliability_bins_and_scores_match_their_definitions():
 
 
 def test_the_ood_score_is_the_mahalanobis_distance_to_the_nearest_class_mean():
-    from imgclf import ood
 
     rng = np.random.default_rng(0)
     cov = np.array([[4.0, 1.0], [1.0, 1.0]])
@@ -83,9 +84,10 @@ def test_the_ood_score_is_the_mahalanobis_distance_to_the_nearest_class_mean():
 # ------------------------------------------------------------------------ a tiny digit run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digit_run(tmp_path_factory) -> Path:
-    """A real tiny run on scikit-learn's digits (30 per class for training), with export."""
+    """A real tiny run on scikit-learn's digits (30 per class for training), with export;
+    trained once for both workers."""
     from imgclf.config import load_config
     from imgclf.train import train
 
@@ -99,7 +101,10 @@ def digit_run(tmp_path_factory) -> Path:
         "train.diagnostics=false",
         "train.export=true",
     ]
-    return train(load_config(None, overrides), out=tmp_path_factory.mktemp("c") / "d", verbose=0)
+    config = load_config(None, overrides)
+    return built_once(
+        tmp_path_factory, "digits-conf", lambda out: train(config, out=out, verbose=0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -160,21 +165,19 @@ def test_temperature_is_fitted_on_the_validation_split(monkeypatch, tmp_path, fo
 
 def _val_logits(run: Path, splits) -> tuple[np.ndarray, np.ndarray]:
     """The run's raw validation logits, from model.keras with the temperature taken out."""
-    from imgclf import ood
     from imgclf.evaluate import predict_proba
     from imgclf.models.saving import load_run_model
 
     model = load_run_model(run)
     t = runs.read_json(run / runs.METRICS)["calibration"]["temperature"]
-    features = predict_proba(ood.feature_model(model), np.asarray(splits.val.x))
-    return ood.logits_of(model, features) * t, splits.val.y
+    features = predict_proba(graph.feature_model(model), np.asarray(splits.val.x))
+    return graph.logits_of(model, features) * t, splits.val.y
 
 
 def test_calibrated_probabilities_sum_to_one_and_keep_the_argmax(digit_run: Path):
-    from imgclf import ood
     from imgclf.evaluate import predict_proba
     from imgclf.models.saving import load_run_model
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     images, labels = _test_images(digit_run)
     metrics = runs.read_json(digit_run / runs.METRICS)
@@ -184,7 +187,7 @@ def test_calibrated_probabilities_sum_to_one_and_keep_the_argmax(digit_run: Path
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     model = load_run_model(digit_run)
     raw = calibration.softmax(
-        ood.logits_of(model, predict_proba(ood.feature_model(model), images)) * t
+        graph.logits_of(model, predict_proba(graph.feature_model(model), images)) * t
     )
     assert np.array_equal(probs.argmax(1), raw.argmax(1))
     assert np.allclose(probs, calibration.softmax(np.log(raw), t), atol=1e-5)
@@ -200,7 +203,7 @@ def test_every_artifact_agrees_with_the_run_on_calibrated_probabilities_and_ood(
     digit_run: Path, photo: Path
 ):
     from imgclf.export import onnx, tflite
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     tflite.export_run(digit_run)
     onnx.export_run(digit_run)
@@ -224,7 +227,7 @@ def test_every_artifact_agrees_with_the_run_on_calibrated_probabilities_and_ood(
 
 
 def test_uniform_noise_and_a_colour_photo_score_above_the_threshold(digit_run: Path, photo: Path):
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     predictor = Predictor.from_path(digit_run)
     noise = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype(np.float32)
@@ -278,7 +281,6 @@ def test_a_tampered_or_deleted_ood_file_is_refused_in_one_line(digit_run: Path, 
 
 
 def test_ood_statistics_that_do_not_fit_together_are_refused(tmp_path: Path):
-    from imgclf import ood
 
     path = tmp_path / "ood.npz"
     np.savez(path, whiten=np.eye(3), shift=np.zeros(4), centres=np.zeros((2, 3)), threshold=1.0)
@@ -294,7 +296,7 @@ def test_ood_statistics_that_do_not_fit_together_are_refused(tmp_path: Path):
 
 
 def test_a_capped_fit_sample_keeps_every_class():
-    from imgclf.split_outputs import stratified_subset
+    from imgclf.training.split_outputs import stratified_subset
 
     labels = np.r_[np.zeros(10_000, int), np.ones(30, int), np.full(5, 2)]
     keep = stratified_subset(labels, 1_000, seed=0)
@@ -305,7 +307,7 @@ def test_a_capped_fit_sample_keeps_every_class():
 
 def test_switched_off_there_is_no_temperature_and_no_detector(tmp_path: Path, folder_dataset):
     from imgclf.config import load_config
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
     from imgclf.train import train
 
     overrides = [*tiny_overrides(folder_dataset), "train.calibrate=false", "train.ood=false"]
@@ -351,9 +353,8 @@ def test_the_app_shows_the_badge_whatever_the_probability(monkeypatch, digit_run
 
 
 def test_features_too_wide_for_the_detector_skip_it_and_say_why(tmp_path: Path, folder_dataset):
-    from imgclf import ood
     from imgclf.config import load_config
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
     from imgclf.train import train
 
     # An MLP with no hidden layer: its head reads the raw pixels, 64*64*3 = 12,288 features.
@@ -375,7 +376,7 @@ def test_the_detector_cannot_be_removed_and_exports_never_bless_a_changed_file(
     import shutil
 
     from imgclf.export import onnx
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     gone = tmp_path / "gone"
     shutil.copytree(digit_run, gone)
@@ -398,7 +399,7 @@ def test_the_detector_cannot_be_removed_and_exports_never_bless_a_changed_file(
 
 
 def test_training_ends_with_a_calibration_and_ood_line(digit_run: Path):
-    from imgclf.finish import confidence_summary
+    from imgclf.training.finish import confidence_summary
 
     metrics = runs.read_json(digit_run / runs.METRICS)
     line = confidence_summary(metrics)
@@ -410,7 +411,6 @@ def test_training_ends_with_a_calibration_and_ood_line(digit_run: Path):
 def test_a_detector_that_would_be_float32_round_off_is_not_kept():
     """A model that learned nothing (a saturated sigmoid net) gives nearly constant features;
     whitening them scales float32 round-off up to the size of the score itself."""
-    from imgclf import ood
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 600)
@@ -435,7 +435,7 @@ def test_a_temperature_at_the_end_of_its_range_is_not_used():
     assert "temperature" not in report and "after" not in report  # nothing folded, no figures
     assert report["skipped"].startswith("the validation likelihood kept improving up to")
     assert "on 6 validation images" in report["skipped"] and report["n_val"] == 6
-    from imgclf.finish import confidence_summary
+    from imgclf.training.finish import confidence_summary
 
     line = confidence_summary({"calibration": report})
     assert line.startswith("calibration skipped: the validation likelihood kept improving up")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from imgclf.config import Config, dump_config, load_config, parse_overrides
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def test_cli_help_does_not_import_tensorflow():
     code = (
         "import sys; from imgclf.train import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "from imgclf.predict import build_parser as _p\n"
+        "from imgclf.predict.cli import build_parser as _p\n"
         "print('TF_LOADED' if 'tensorflow' in sys.modules else 'TF_NOT_LOADED')"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -158,13 +158,25 @@ def test_overrides_may_come_before_or_after_options(capsys):
     assert "epochs: 2" in printed and "batch_size: 8" in printed
 
 
-@pytest.mark.parametrize(
-    "module", ["train", "predict", "compare", "augment", "export.cli", "labs.cli"]
-)
-def test_every_command_answers_a_usage_mistake_in_one_line(module: str, capsys):
-    import importlib
+COMMANDS = ["imgclf-train", "imgclf-predict", "imgclf-export", "imgclf-compare", "imgclf-augment",
+            "imgclf-lab"]  # fmt: skip
 
-    main = importlib.import_module(f"imgclf.{module}").main
+
+def test_the_commands_are_the_installed_console_scripts():
+    from importlib.metadata import entry_points
+
+    installed = {
+        e.name for e in entry_points(group="console_scripts") if e.value.startswith("imgclf")
+    }
+    assert installed == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_answers_a_usage_mistake_in_one_line(command: str, capsys):
+    from importlib.metadata import entry_points
+
+    (entry,) = entry_points(group="console_scripts", name=command)
+    main = entry.load()
     with pytest.raises(SystemExit) as exit_:
         main(["--no-such-option", "x"])
     assert exit_.value.code == 2

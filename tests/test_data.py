@@ -11,8 +11,8 @@ from conftest import CLASSES, refuse_to_read, tiny_overrides, write_folder_datas
 
 from imgclf.config import load_config
 from imgclf.data import conform, load_data, load_pool, make_dataset, split_indices
-from imgclf.errors import DataError
 from imgclf.images import load_image
+from imgclf.infra.errors import DataError
 
 
 def test_split_is_stratified_disjoint_complete_and_repeatable():
@@ -190,7 +190,7 @@ def test_classes_order_is_the_configs():
 
 
 def test_classes_errors_are_one_line():
-    from imgclf.errors import ConfigError
+    from imgclf.infra.errors import ConfigError
 
     with pytest.raises(DataError) as err:
         load_pool(_mnist("data.classes=['3','11','x']").data)
@@ -360,7 +360,7 @@ def test_fashion_mnist_missing_or_corrupt_is_one_line(keras_fashion: Path, tmp_p
 
 
 def test_predefined_split_needs_a_source_that_has_one():
-    from imgclf.errors import ConfigError
+    from imgclf.infra.errors import ConfigError
 
     with pytest.raises(ConfigError, match="mnist5k has no test set of its own"):
         load_config(None, ["data.split=predefined"])
@@ -380,7 +380,7 @@ def test_an_unreadable_sub_folder_is_named_not_silently_left_out(tmp_path: Path,
 
 
 def test_predict_names_an_unreadable_folder_and_keeps_the_rest(tmp_path: Path, monkeypatch):
-    from imgclf.predictions import expand_inputs
+    from imgclf.predict.files import expand_inputs
 
     root = write_folder_dataset(tmp_path / "ds", per_class=2)
     refuse_to_read(monkeypatch, root / "hstripes")

@@ -185,7 +185,8 @@ def test_preview_augmentation_shows_the_runs_augmentation(monkeypatch, augmented
 def test_the_data_page_and_its_helpers_import_no_tensorflow(folder_dataset: Path):
     code = f"""
 import sys
-from imgclf.ui import data_info, data_view
+from imgclf.ui import data_info
+from imgclf.ui.pages import data as data_view
 listing = data_info.list_source({str(folder_dataset)!r})
 report = data_info.training_report(data_info.training_config({str(folder_dataset)!r}, "folder"))
 rows = data_info.header_rows(listing)

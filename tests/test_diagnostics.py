@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf.diagnostics import (
+from imgclf.training.diagnostics import (
     DiagnosticsCallback,
     fixed_batch,
     linear_regions_bound,
     make_diagnostics,
 )
-from imgclf.diagnostics_cost import plan
+from imgclf.training.diagnostics_cost import plan
 
 DEEP = "[32,32,32,32,32,32,32,32,32,32]"
 
@@ -294,7 +294,7 @@ def test_fixed_batch_is_seeded_and_float(digits) -> None:
 def test_plan_follows_activations_not_parameters() -> None:
     import keras
 
-    from imgclf.diagnostics_cost import MIN_PROBE_IMAGES, PROBE_BUDGET, PROBE_IMAGES
+    from imgclf.training.diagnostics_cost import MIN_PROBE_IMAGES, PROBE_BUDGET, PROBE_IMAGES
 
     # Many parameters, tiny activations: recorded on the full probe.
     wide = keras.Sequential([keras.Input((2500,)), keras.layers.Dense(2001)])

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import tiny_overrides, write_folder_dataset
 
-from imgclf.distribute import is_chief, make_strategy
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
+from imgclf.training.distribute import is_chief, make_strategy
 
 SCRIPT = r"""
 import contextlib, json, sys
@@ -27,10 +27,10 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from imgclf.config import load_config
-from imgclf.distribute import make_strategy
-from imgclf.errors import ConfigError
+from imgclf.training.distribute import make_strategy
+from imgclf.infra.errors import ConfigError
 from imgclf.models import build_model
-from imgclf.optim import compile_model
+from imgclf.training.optim import compile_model
 from imgclf.train import train
 
 part, out_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -109,9 +109,9 @@ import numpy as np
 import tensorflow as tf
 import keras
 from imgclf.config import load_config
-from imgclf.distribute import fit_multiworker, make_strategy
+from imgclf.training.distribute import fit_multiworker, make_strategy
 from imgclf.models import build_model
-from imgclf.optim import compile_model
+from imgclf.training.optim import compile_model
 from imgclf.train import train
 
 part, out_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]

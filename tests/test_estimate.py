@@ -1,4 +1,4 @@
-"""The time-left estimate (imgclf.estimate): its arithmetic is the documented model, it only
+"""The time-left estimate (training.estimate): its arithmetic is the documented model, it only
 falls as measured epochs replace guesses, and it reaches progress.json."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from imgclf import runs
-from imgclf.estimate import EXPORT_S, FINE_TUNE_COST, Estimate, JobShape, PhaseShape
+from imgclf.training.estimate import EXPORT_S, FINE_TUNE_COST, Estimate, JobShape, PhaseShape
 
 
 def _shape() -> JobShape:

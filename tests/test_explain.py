@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.errors import UserError
 from imgclf.explain import explain_files, find_target_layer, gradcam, overlay
+from imgclf.infra.errors import UserError
 
 SEED = 0
 SIZE = 32
@@ -62,8 +62,8 @@ def train_square_model(seed: int = SEED):
     images in inference mode (a few seconds)."""
     import keras
 
-    from imgclf.backend import set_deterministic
     from imgclf.models import build_model
+    from imgclf.training.backend import set_deterministic
 
     set_deterministic(seed)
     rng = np.random.default_rng(seed)

@@ -133,7 +133,7 @@ def test_serving_dir_gets_numbered_versions_and_never_a_failed_one(
 def test_tflite_export_is_checked_and_predicts_like_the_run(tiny_run: Path, tmp_path: Path):
     import shutil
 
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -166,8 +166,8 @@ def test_onnx_export_is_checked_and_runs_without_tensorflow(tiny_run: Path, tmp_
     `Predictor` on it agrees with the run; a modified file is refused."""
     import shutil
 
-    from imgclf.errors import UserError
-    from imgclf.predict import Predictor
+    from imgclf.infra.errors import UserError
+    from imgclf.predict.predictor import Predictor
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -238,7 +238,7 @@ def test_export_of_a_run_whose_path_has_glob_characters(tiny_run: Path, tmp_path
     break export or loading."""
     import shutil
 
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     run = tmp_path / "runs" / "a[1]"
     shutil.copytree(tiny_run, run)

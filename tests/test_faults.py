@@ -20,7 +20,7 @@ import pytest
 from conftest import tiny_overrides, write_folder_dataset
 
 from imgclf import runs
-from imgclf.faults import FAULT_ENV
+from imgclf.infra.faults import FAULT_ENV
 
 # Diagnostics on: their forward pass draws dropout masks too, which a resume must restore.
 FAST = [
@@ -52,7 +52,7 @@ def _resume_here(run: Path) -> None:
 
 
 def _assert_nothing_trusts(run: Path) -> None:
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
     from imgclf.ui import catalog
 
     for path in run.rglob("*.json"):  # every file present is whole (atomic writes)
@@ -186,7 +186,7 @@ def _predict(run: Path, *images: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("damage", ["delete manifest", "model.keras", "labels.json", "state"])
 def test_a_tampered_run_is_refused_in_one_line(copied_run: Path, damage: str):
     from imgclf.export.cli import main as export_main
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     if damage == "delete manifest":
         (copied_run / runs.MANIFEST).unlink()
@@ -315,7 +315,7 @@ def test_a_batch_larger_than_the_training_split_is_refused(folder_dataset: Path,
 def test_tiny_classes_are_refused_or_marked_not_tested(tmp_path: Path):
     from imgclf.config import load_config
     from imgclf.data import load_data
-    from imgclf.errors import DataError
+    from imgclf.infra.errors import DataError
     from imgclf.train import train
 
     data = write_folder_dataset(tmp_path / "data", per_class=12)
@@ -368,7 +368,7 @@ def test_the_app_shows_a_broken_run_in_one_line_and_keeps_the_others(
 
 @pytest.mark.slow
 def test_a_kill_during_an_export_leaves_the_run_usable_and_the_file_refused(copied_run: Path):
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
 
     env = {**os.environ, FAULT_ENV: "export"}
     command = [sys.executable, "-m", "imgclf.export", str(copied_run), "--format", "tflite"]
@@ -408,7 +408,7 @@ def test_a_reused_process_id_does_not_keep_a_dead_run_running(tmp_path: Path):
 
 
 def test_resume_refuses_a_run_whose_data_changed(tmp_path: Path, monkeypatch):
-    from imgclf import faults
+    from imgclf.infra import faults
     from imgclf.train import RunInterrupted
 
     def ctrl_c(name: str) -> None:
@@ -431,7 +431,7 @@ def test_resume_refuses_a_run_whose_data_changed(tmp_path: Path, monkeypatch):
 
 @pytest.mark.slow
 def test_step_backups_after_a_resume_keep_counting_epochs(folder_dataset: Path, tmp_path: Path):
-    from imgclf.resume import Resume
+    from imgclf.training.resume import Resume
 
     run = tmp_path / "run"
     args = [*tiny_overrides(folder_dataset), *FAST, "train.epochs=4", "train.batch_size=4",
@@ -448,8 +448,8 @@ def test_step_backups_after_a_resume_keep_counting_epochs(folder_dataset: Path, 
 
 
 def test_a_ctrl_c_during_setup_leaves_no_half_made_run(folder_dataset: Path, tmp_path, monkeypatch):
-    from imgclf import faults
     from imgclf.config import load_config
+    from imgclf.infra import faults
     from imgclf.train import train
 
     def interrupt(name: str) -> None:

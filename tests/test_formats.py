@@ -165,8 +165,8 @@ def test_every_path_gives_the_predictors_answer_on_every_format(
     others are still answered."""
     import tensorflow as tf
 
-    from imgclf.predict import Predictor
-    from imgclf.predict import main as predict_main
+    from imgclf.predict.cli import main as predict_main
+    from imgclf.predict.predictor import Predictor
 
     run = exported[kind]
     samples = _corpus(run)
@@ -270,7 +270,7 @@ def test_the_app_classifies_every_format_and_names_only_the_bad_upload(
     only the corrupt one gets an error line."""
     from streamlit.testing.v1 import AppTest
 
-    from imgclf.predict import Predictor
+    from imgclf.predict.predictor import Predictor
     from imgclf.ui import catalog
 
     root = tmp_path / "runs"

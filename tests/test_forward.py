@@ -1,4 +1,4 @@
-"""Bounded forward passes after training (imgclf.forward, imgclf.split_outputs): nothing after
+"""Bounded forward passes after training (forward, training.split_outputs): nothing after
 the last epoch runs the model on more images at once than the configured batch, and the outputs
 computed once per split give the calibration, OOD detector and evaluation that separate passes
 for each consumer give."""
@@ -41,10 +41,10 @@ def test_everything_after_training_runs_in_bounded_batches(
 
     import keras
 
-    from imgclf import finish
     from imgclf.export import saved_model
     from imgclf.forward import Forward
     from imgclf.train import train
+    from imgclf.training import finish
 
     seen: list[int] = []
     recording = [False]
@@ -125,10 +125,10 @@ def trained(folder_dataset: Path):
     """A tiny model after one epoch, its config and splits (not a run: nothing written)."""
     import keras
 
-    from imgclf.backend import make_training_data
     from imgclf.data import load_data
     from imgclf.models import build_model
-    from imgclf.optim import compile_model
+    from imgclf.training.backend import make_training_data
+    from imgclf.training.optim import compile_model
 
     config = load_config(None, [*tiny_overrides(folder_dataset), "train.epochs=1"])
     splits = load_data(config)
@@ -141,10 +141,10 @@ def trained(folder_dataset: Path):
 
 
 def test_shared_outputs_give_the_per_consumer_calibration_ood_and_evaluation(trained):
-    from imgclf import calibration, ood
-    from imgclf.confidence import fit_confidence
+    from imgclf.confidence import calibration, graph, ood
+    from imgclf.confidence.fit import fit_confidence
     from imgclf.evaluate import evaluate
-    from imgclf.split_outputs import run_outputs
+    from imgclf.training.split_outputs import run_outputs
 
     model, config, splits = trained
     outputs = run_outputs(model, splits, 3, ood.MAX_FIT_IMAGES, config.seed)
@@ -152,11 +152,11 @@ def test_shared_outputs_give_the_per_consumer_calibration_ood_and_evaluation(tra
 
     # Each consumer on its own, as before: its own eager pass through the feature model.
     def features(split):
-        return np.asarray(ood.feature_model(model)(np.asarray(split.x, np.float32)))
+        return np.asarray(graph.feature_model(model)(np.asarray(split.x, np.float32)))
 
     val_f, test_f, train_f = features(splits.val), features(splits.test), features(splits.train)
     alone = calibration.calibrate(
-        ood.logits_of(model, val_f), splits.val.y, ood.logits_of(model, test_f), splits.test.y
+        graph.logits_of(model, val_f), splits.val.y, graph.logits_of(model, test_f), splits.test.y
     )
     assert shared.calibration["temperature"] == pytest.approx(alone["temperature"], rel=1e-4)
     assert shared.calibration["after"]["ece"] == pytest.approx(alone["after"]["ece"], abs=1e-5)
@@ -178,8 +178,8 @@ def test_a_detector_that_cannot_be_fitted_is_skipped_not_a_traceback(trained):
     run says so instead of losing everything after training."""
     import dataclasses
 
-    from imgclf.confidence import fit_confidence
-    from imgclf.split_outputs import run_outputs
+    from imgclf.confidence.fit import fit_confidence
+    from imgclf.training.split_outputs import run_outputs
 
     model, config, splits = trained
     outputs = run_outputs(model, splits, 8, 100, config.seed)

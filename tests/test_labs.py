@@ -23,7 +23,7 @@ def _finite(rows):
 
 @pytest.mark.slow
 def test_regions_quick_counts_regions_and_draws_them(tmp_path: Path, monkeypatch):
-    from imgclf.diagnostics import linear_regions_bound
+    from imgclf.training.diagnostics import linear_regions_bound
 
     out = tmp_path / "labs" / "regions"
     assert cli.main(["regions", "--quick", "--out", str(out)]) == 0

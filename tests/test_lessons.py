@@ -107,7 +107,8 @@ def test_the_lessons_page_lists_missing_runs_and_offers_to_train(monkeypatch, ap
 
 
 def test_a_broken_queue_file_is_ignored_and_never_deletes_outside_jobs(tmp_path: Path):
-    from imgclf.ui.jobs import JOBS, QUEUE_FILE
+    from imgclf.ui.job_queue import QUEUE_FILE
+    from imgclf.ui.jobs import JOBS
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")

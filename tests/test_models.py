@@ -13,7 +13,7 @@ import pytest
 from conftest import CLASSES, make_image
 
 from imgclf.config import ACTIVATIONS, load_config
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
 from imgclf.models import available_models, build_model
 from imgclf.models.registry import is_pretrainable
 

@@ -10,8 +10,9 @@ import pytest
 from conftest import tiny_overrides
 
 from imgclf.config import load_config
-from imgclf.errors import ConfigError
-from imgclf.optim import (
+from imgclf.infra.errors import ConfigError
+from imgclf.train import train
+from imgclf.training.optim import (
     class_weights,
     compile_model,
     epoch_learning_rate,
@@ -20,7 +21,6 @@ from imgclf.optim import (
     resolve_batch_size,
     schedule_callbacks,
 )
-from imgclf.train import train
 
 
 def _train_cfg(*overrides: str):

@@ -11,8 +11,9 @@ from conftest import make_image
 from PIL import Image
 
 from imgclf import runs
-from imgclf.errors import UserError
-from imgclf.predict import Predictor, main
+from imgclf.infra.errors import UserError
+from imgclf.predict.cli import main
+from imgclf.predict.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +199,7 @@ def test_nothing_to_classify_is_exit_2_before_the_model_loads(tiny_run: Path, tm
 
     (tmp_path / "empty").mkdir()
     code = (
-        "import sys; from imgclf.predict import main\n"
+        "import sys; from imgclf.predict.cli import main\n"
         f"rc = main([{str(tiny_run)!r}, {str(tmp_path / 'nope.jpg')!r}, "
         f"{str(tmp_path / 'empty')!r}])\n"
         "print('TF_LOADED' if 'tensorflow' in sys.modules else 'TF_NOT_LOADED'); sys.exit(rc)"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from imgclf.config import load_config
 from imgclf.data import load_data, make_dataset
-from imgclf.errors import DataError
+from imgclf.infra.errors import DataError
 
 
 @pytest.fixture
@@ -263,7 +263,8 @@ def test_csv_with_a_bad_header_is_one_line(photos: Path, cache: Path, header: st
 def test_predict_streams_a_folder_in_every_format(
     tiny_run: Path, photos: Path, capsys, monkeypatch
 ):
-    from imgclf import predict, predictions
+    from imgclf.predict import cli as predict
+    from imgclf.predict import files as predictions
 
     monkeypatch.setattr(predictions, "CHUNK", 4)  # several chunks on a small folder
     for fmt in ("json", "jsonl", "csv", "table"):

@@ -148,7 +148,7 @@ def test_cli_trains_and_prints_the_run_directory_last(tmp_path: Path, folder_dat
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == str(out)
-    # TensorFlow's C++ start-up lines are filtered out of stderr (imgclf.console).
+    # TensorFlow's C++ start-up lines are filtered out of stderr (imgclf.infra.console).
     noise = [ln for ln in result.stderr.splitlines() if ln[:5] in ("I0000", "W0000", "E0000")]
     assert noise == [] and "absl::InitializeLog" not in result.stderr, result.stderr[-2000:]
     # Not a terminal: one summary line per epoch, no progress bar redraws.
@@ -180,7 +180,7 @@ def test_missing_folder_and_used_out_answer_before_tensorflow_loads(tmp_path: Pa
 
 
 def test_console_filter_drops_only_tensorflows_start_up_lines():
-    from imgclf.console import filter_lines, is_noise
+    from imgclf.infra.console import filter_lines, is_noise
 
     noise = [
         b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",

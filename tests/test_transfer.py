@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_overrides
 
 from imgclf.config import load_config
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
 from imgclf.models import available_models, build_model
 from imgclf.models.backbones import APPLICATIONS
 from imgclf.models.registry import is_pretrainable
@@ -47,7 +47,7 @@ def _pretrained(weights: Path, *extra: str):
 def _bn_stats(model) -> list[np.ndarray]:
     import keras
 
-    from imgclf.transfer import backbone_of, leaf_layers
+    from imgclf.training.transfer import backbone_of, leaf_layers
 
     return [
         np.array(v)
@@ -139,7 +139,7 @@ def test_imagenet_or_file_weights_need_a_backbone_family():
 
 
 def test_freeze_leaves_exactly_the_head_trainable(resnet_weights: Path):
-    from imgclf.transfer import freeze_backbone
+    from imgclf.training.transfer import freeze_backbone
 
     model = _pretrained(resnet_weights)
     freeze_backbone(model)
@@ -150,7 +150,7 @@ def test_freeze_leaves_exactly_the_head_trainable(resnet_weights: Path):
 def test_unfreeze_top_n_and_by_name_and_never_batch_norm(resnet_weights: Path):
     import keras
 
-    from imgclf.transfer import backbone_of, freeze_backbone, leaf_layers, unfreeze_top
+    from imgclf.training.transfer import backbone_of, freeze_backbone, leaf_layers, unfreeze_top
 
     model = _pretrained(resnet_weights)
     leaves = leaf_layers(backbone_of(model))
@@ -173,7 +173,7 @@ def test_unfreeze_top_n_and_by_name_and_never_batch_norm(resnet_weights: Path):
 
 @pytest.mark.slow
 def test_batch_norm_statistics_do_not_change_in_either_phase(resnet_weights: Path):
-    from imgclf.transfer import freeze_backbone, unfreeze_top
+    from imgclf.training.transfer import freeze_backbone, unfreeze_top
 
     model = _pretrained(resnet_weights)
     x, y = _batch()
@@ -194,7 +194,7 @@ def test_batch_norm_statistics_do_not_change_in_either_phase(resnet_weights: Pat
 
 
 def test_block_names_group_backbone_layers():
-    from imgclf.transfer import block_of
+    from imgclf.training.transfer import block_of
 
     assert block_of("conv4_block3_2_conv") == "conv4_block3"
     assert block_of("conv1_conv") == "conv1"
@@ -206,7 +206,12 @@ def test_block_names_group_backbone_layers():
 def test_layer_lr_decay_scales_each_block_update(tiny_run: Path):
     import keras
 
-    from imgclf.transfer import freeze_backbone, layerwise_rates, unfreeze_top, with_layer_rates
+    from imgclf.training.transfer import (
+        freeze_backbone,
+        layerwise_rates,
+        unfreeze_top,
+        with_layer_rates,
+    )
 
     config = load_config(None, [*tiny_overrides(Path("unused")), f"model.weights={tiny_run}"])
     model = build_model(config, 3)
@@ -232,7 +237,7 @@ def test_layer_lr_decay_scales_each_block_update(tiny_run: Path):
 
 def test_reuse_loads_the_backbone_of_a_run(tiny_run: Path):
     from imgclf.models.saving import load_run_model
-    from imgclf.transfer import backbone_of
+    from imgclf.training.transfer import backbone_of
 
     config = load_config(None, [*tiny_overrides(Path("unused")), f"model.weights={tiny_run}"])
     model = build_model(config, 5)
@@ -277,8 +282,8 @@ def test_cached_features_train_the_same_head_as_the_slow_path(tiny_run: Path, fo
     import keras
 
     from imgclf.data import load_data
-    from imgclf.optim import compile_model, steps_per_epoch
-    from imgclf.transfer import fit_head_on_features, freeze_backbone, plan_phases
+    from imgclf.training.optim import compile_model, steps_per_epoch
+    from imgclf.training.transfer import fit_head_on_features, freeze_backbone, plan_phases
 
     config = load_config(
         None,
@@ -298,8 +303,8 @@ def test_cached_features_train_the_same_head_as_the_slow_path(tiny_run: Path, fo
     fit_head_on_features(fast, splits, config, head, 8, [], None, 0)
     slow = fresh()
     compile_model(slow, head.train, steps_per_epoch(len(splits.train), 8))
-    from imgclf.backend import make_training_data
     from imgclf.data.pipeline import epoch_order_callback
+    from imgclf.training.backend import make_training_data
 
     train_ds, val_ds = make_training_data(splits, config, 8)
     # As every fit in imgclf: each epoch its own shuffled order.
@@ -375,7 +380,7 @@ def test_phase_starts_mark_fine_tuning():
 
 
 def test_backbone_layer_cuts_the_reused_model_where_asked(tiny_run: Path):
-    from imgclf.transfer import backbone_of
+    from imgclf.training.transfer import backbone_of
 
     base = [*tiny_overrides(Path("unused")), f"model.weights={tiny_run}"]
     model = build_model(load_config(None, [*base, "transfer.backbone_layer=conv2_pool"]), 3)
@@ -417,10 +422,10 @@ def test_augmented_views_are_cached_once_each_and_epochs_take_turns(
     image's own features or its mirror's), and epoch e reads view e mod K."""
     import keras
 
-    from imgclf.augment import build_augmenter
     from imgclf.data import load_data
-    from imgclf.feature_cache import augmented_views
     from imgclf.forward import Forward
+    from imgclf.training.augment import build_augmenter
+    from imgclf.training.feature_cache import augmented_views
 
     config = load_config(
         None,
@@ -461,7 +466,7 @@ def test_augmented_views_run_end_to_end(tiny_run: Path, folder_dataset: Path, tm
     phases = runs.read_json(run / runs.METRICS)["phases"]
     assert phases[0]["phase"] == "head" and phases[0]["cached_features"] is True
     assert phases[0]["epochs_run"] == 3 and phases[1]["cached_features"] is False
-    from imgclf.cache import cache_dir
+    from imgclf.infra.cache import cache_dir
 
     assert not list(cache_dir().glob("imgclf-views-*"))  # the views' file went with the phase
 

@@ -14,15 +14,19 @@ already anywhere in the dataset is skipped and reported with the copy it duplica
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgclf import archives
 from imgclf.data.folder import NOT_CLASSES, SPLIT_FOLDERS
-from imgclf.errors import UserError
-from imgclf.formats import is_image_name, walk
+from imgclf.formats import FORMATS, is_image_name, register_plugins, walk
+from imgclf.images import ImageError, load_image
+from imgclf.infra.errors import UserError
+from imgclf.runs import write_bytes
 
 DATA_ENV = "IMGCLF_DATA"
 MAX_NAME = 64
@@ -107,8 +111,6 @@ class DatasetBuilder:
         """Check `data` with the decoder and save it in the class folder (created if needed)
         under its sanitised file name; a different image of the same name gets its hash's first
         8 hex digits appended. Raises UserError for a bad class name."""
-        from imgclf.images import ImageError, load_image
-        from imgclf.runs import write_bytes
 
         cls = self.add_class(class_name)
         digest = hashlib.sha256(data).hexdigest()
@@ -131,7 +133,6 @@ class DatasetBuilder:
         """Add a zip of class folders (`cat/1.jpg`, or one top folder holding them:
         `pets/cat/1.jpg`); images outside a class folder are refused. Raises UserError when
         the zip cannot be read or is too large (`archives.list_images`)."""
-        from imgclf import archives
 
         archive = archives.open_zip(data, zip_name)
         listing = archives.list_images(archive, zip_name)
@@ -161,11 +162,8 @@ class DatasetBuilder:
 
 def _detected_extension(data: bytes) -> str:
     """The first extension of the format Pillow finds in `data` (a decoded image's)."""
-    import io
 
     from PIL import Image
-
-    from imgclf.formats import FORMATS, register_plugins
 
     register_plugins()
     with Image.open(io.BytesIO(data)) as img:

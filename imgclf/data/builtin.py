@@ -3,14 +3,16 @@ Fashion-MNIST and Keras' downloadable sets (`keras:*`)."""
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imgclf.data.pool import Pool, from_arrays
-from imgclf.errors import DataError
+from imgclf.infra.errors import DataError
 
 if TYPE_CHECKING:
     from imgclf.schema import DataConfig
@@ -78,8 +80,6 @@ def fashion_mnist_dirs() -> list[Path]:
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """A gzipped IDX file (the MNIST format: magic 0x0000080<ndim>, big-endian dimensions, then
     uint8 data) as a uint8 array. Raises DataError naming the file when it is not one."""
-    import gzip
-    import struct
 
     try:
         with gzip.open(path, "rb") as fh:

@@ -18,9 +18,9 @@ import numpy as np
 
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, kept_classes
 from imgclf.data.store import FileStore
-from imgclf.errors import DataError
 from imgclf.formats import is_image_name, walk
 from imgclf.images import check_header, file_problem
+from imgclf.infra.errors import DataError
 
 if TYPE_CHECKING:
     from imgclf.schema import DataConfig

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgclf.data.store import FileStore, ImageView
-from imgclf.errors import DataError
 from imgclf.images import resize_array, to_pil
+from imgclf.infra.errors import DataError
 
 if TYPE_CHECKING:
     from imgclf.schema import DataConfig

@@ -12,7 +12,7 @@ from imgclf.data import builtin
 from imgclf.data.folder import load_csv, load_folder
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, Split, Splits, conform
 from imgclf.data.store import ImageView
-from imgclf.errors import DataError
+from imgclf.infra.errors import DataError
 
 if TYPE_CHECKING:
     from imgclf.schema import Config, DataConfig

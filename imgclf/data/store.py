@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.cache import cache_dir
 from imgclf.data.cache_files import (
     DECODER_VERSION,
     cache_key,
@@ -42,8 +41,9 @@ from imgclf.data.cache_files import (
     temporary,
     write_json_durably,
 )
-from imgclf.errors import DataError
 from imgclf.images import ImageError, load_image
+from imgclf.infra.cache import cache_dir
+from imgclf.infra.errors import DataError
 
 AUTO_MEMORY_BYTES = 1 << 30  # auto without room on disk: sets under 1 GiB stay in memory
 DISK_HEADROOM = 2 << 30  # auto: the disk cache only when this much stays free besides it
@@ -333,7 +333,6 @@ class ImageView:
         return self.store.read(self.indices[np.asarray(positions, dtype=np.int64)])
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        from imgclf.errors import DataError
 
         single = isinstance(key, int | np.integer)
         positions = np.arange(len(self))[key] if not single else np.array([key])

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgclf.errors import UserError
+from imgclf.forward import activation_sizes
+from imgclf.infra.errors import UserError
 
 if TYPE_CHECKING:
     import keras
@@ -299,7 +300,6 @@ def tape_batch_size(model: keras.Model) -> int:
     """Images per Grad-CAM pass: BATCH_SIZE, fewer when the tape's activations (2 × 4 bytes ×
     every layer's output per image, `forward.activation_sizes`) would pass TAPE_BUDGET
     (EfficientNet-Lite0 at 224 px: 3 images)."""
-    from imgclf.forward import activation_sizes
 
     per_image = 8 * activation_sizes(model)[1]
     return int(max(1, min(BATCH_SIZE, TAPE_BUDGET // per_image if per_image else BATCH_SIZE)))

@@ -7,10 +7,15 @@ side, all checked by `parity` against model.keras before anything is moved into 
     onnx.py         ONNX (via Keras' model.export and tf2onnx), run in onnxruntime
     cli.py          `imgclf-export`
 
-A new format is one new module with `export_run(run_dir)` and `load(path)`, and a line in cli.py
-and in `Predictor.from_path`. Nothing here imports TensorFlow until an export or a load runs.
+A new format is one new module with `export_run(run_dir)` and `load(path)`, a line in `FORMATS`
+below, in cli.py and in `Predictor.from_path`. Nothing here imports TensorFlow until an export or
+a load runs (each format module imports it inside its functions).
 """
 
+from imgclf.export import onnx, saved_model, tflite
 from imgclf.export.parity import ExportError
 
-__all__ = ["ExportError"]
+# Format name (as in exports.json and `Predictor.kind`) -> its module: the one table of formats.
+FORMATS = {"saved_model": saved_model, "tflite": tflite, "onnx": onnx}
+
+__all__ = ["FORMATS", "ExportError"]

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import runs
-from imgclf.arguments import ArgumentParser
-from imgclf.console import quiet_tensorflow
-from imgclf.errors import UserError
+from imgclf.export import onnx, tflite
+from imgclf.export.onnx import require_onnx
 from imgclf.export.parity import ExportError
+from imgclf.export.saved_model import export_run
+from imgclf.infra.arguments import ArgumentParser
+from imgclf.infra.console import quiet_tensorflow
+from imgclf.infra.errors import UserError
 
 
 def _report(what: str, record: dict[str, Any], path: Path) -> None:
@@ -67,24 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.quantize and "tflite" not in formats:
             raise UserError("--quantize int8 applies to --format tflite (or all)")
         if "onnx" in formats:
-            from imgclf.export.onnx import require_onnx
-
             require_onnx()  # before minutes of other exports, not after
         quiet_tensorflow(args.verbose)
         if "saved_model" in formats:
-            from imgclf.export.saved_model import export_run
-
             path = export_run(run_dir, args.out, serving_dir=args.serving_dir)
             key = "tf_serving" if args.serving_dir else "saved_model"
             _report("saved_model", runs.read_json(run_dir / runs.EXPORTS)[key], path)
         if "tflite" in formats:
-            from imgclf.export import tflite
-
             record = tflite.export_run(run_dir, args.quantize)
             _report(f"tflite{' int8' if args.quantize else ''}", record, run_dir / record["path"])
         if "onnx" in formats:
-            from imgclf.export import onnx
-
             record = onnx.export_run(run_dir)
             _report("onnx", record, run_dir / record["path"])
     except (UserError, ExportError) as exc:

@@ -12,16 +12,22 @@ Needs the `[onnx]` extra (tf2onnx, onnx, onnxruntime) and the TensorFlow backend
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from imgclf import runs
-from imgclf.errors import UserError
+from imgclf.confidence.graph import scored_model
+from imgclf.confidence.ood import FLAG_NAME, SCORE_NAME, load_run_stats
 from imgclf.export import parity
 from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME
+from imgclf.infra.errors import UserError
 
 LABELS_KEY = "labels"  # metadata_props key holding the class names
 INSTALL = "pip install 'imgclf[onnx]' (tf2onnx, onnx, onnxruntime)"
@@ -29,7 +35,6 @@ INSTALL = "pip install 'imgclf[onnx]' (tf2onnx, onnx, onnxruntime)"
 
 def require_onnx() -> None:
     """Raise UserError naming the extra to install if the ONNX packages are missing."""
-    import importlib.util
 
     missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
@@ -70,7 +75,6 @@ def _traced(model: Any, ood_stats: Any) -> tuple[Any, list[str]]:
 
     if ood_stats is None:
         return tf.function(lambda pixels: model(pixels, training=False)), [OUTPUT_NAME]
-    from imgclf.ood import FLAG_NAME, SCORE_NAME, scored_model
 
     scored = scored_model(model, ood_stats)
     names = [OUTPUT_NAME, SCORE_NAME, FLAG_NAME]  # tf2onnx keeps the tuple's order
@@ -84,16 +88,13 @@ def _traced(model: Any, ood_stats: Any) -> tuple[Any, list[str]]:
 
 def convert(model: Any, class_names: list[str], path: str | Path, ood_stats: Any = None) -> None:
     """Write `model` as ONNX to `path`: input `pixels`, output `probabilities` (and, given
-    `ood_stats`, `ood_score` and `ood`: the run's detector, `imgclf.ood`), class names in
+    `ood_stats`, `ood_score` and `ood`: the run's detector, `imgclf.confidence.ood`), class names in
     the metadata. The model is traced as a tf.function and converted by tf2onnx
     (`convert.from_function`); constants the model holds as plain tensors rather than variables
     (the adapted mean and variance of `normalize: standardize`) come out of tf2onnx as extra
     graph inputs, and are baked back in here as initializers.
 
     Raises UserError (one line) when tf2onnx cannot convert the model."""
-    import contextlib
-    import io
-    import warnings
 
     import keras
     import onnx
@@ -159,7 +160,6 @@ def export_onnx(run_dir: str | Path, model: Any, reference: parity.Reference) ->
     run_dir = Path(run_dir)
     class_names = runs.read_labels(run_dir)
     images, size = reference.images, reference.batch_size
-    from imgclf.ood import FLAG_NAME, SCORE_NAME, load_run_stats
 
     stats = load_run_stats(run_dir)
     with runs.atomic_path(run_dir / runs.ONNX) as tmp:

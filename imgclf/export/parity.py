@@ -14,8 +14,20 @@ from typing import Any
 
 import numpy as np
 
-from imgclf import faults, runs
-from imgclf.errors import UserError
+from imgclf import runs
+from imgclf.confidence.graph import scored_model
+from imgclf.confidence.ood import SCORE_NAME, load_run_stats
+from imgclf.config import load_config
+from imgclf.data import load_data
+from imgclf.data.pool import readable_sample
+from imgclf.export import corpus
+from imgclf.forward import Forward, inference_batch_size
+from imgclf.images import IMAGE_EXTENSIONS, ImageError, load_image
+from imgclf.infra import faults
+from imgclf.infra.errors import UserError
+from imgclf.model_card import refresh_export_section
+from imgclf.models.names import PROBABILITIES
+from imgclf.models.saving import load_run_model
 
 PARITY_TOLERANCE = 1e-4  # max |p_export - p_keras| over the checked images
 # Test images every export is checked on (the first readable ones of the test split). An export
@@ -69,11 +81,8 @@ def model_reference(
 ) -> Reference:
     """The Reference of `model` (with the OOD detector `stats`, when not None) on `images`:
     one compiled pass on bounded batches (`forward.Forward`, `batch_size` images: the run's
-    `train.eval_batch_size`) of the model plus detector (`ood.scored_model`, what Predictor
+    `train.eval_batch_size`) of the model plus detector (`graph.scored_model`, what Predictor
     runs)."""
-    from imgclf.forward import Forward, inference_batch_size
-    from imgclf.models.names import PROBABILITIES
-    from imgclf.ood import SCORE_NAME, scored_model
 
     batch = inference_batch_size(model, batch_size)
     images = np.asarray(images[:PARITY_MAX_IMAGES])
@@ -156,7 +165,6 @@ def require_parity(what: str, parity: dict[str, Any], not_written: str) -> None:
 def record_export(run_dir: str | Path, key: str, record: dict[str, Any]) -> None:
     """Store `record` as exports.json[key], refresh the model card's export table, and re-write
     the manifest (the new artifact and both files are part of the run)."""
-    from imgclf.model_card import refresh_export_section
 
     run_dir = Path(run_dir)
     # The manifest is re-written below: everything else must still be what it lists, or the
@@ -176,7 +184,6 @@ def batched(fn: Any, images: np.ndarray, size: int, dtype: Any = None) -> np.nda
     """`fn` (an exported artifact's function) applied to `images` in chunks of `size` (the
     model's `forward.inference_batch_size`: an artifact's activations are the model's), each
     cast to `dtype` when given, so a float copy of all the images never exists at once."""
-    from imgclf.forward import Forward
 
     out = []
     for start in range(0, len(images), size):
@@ -193,10 +200,6 @@ def check_split(
     readable images of the run's test split re-made from config.yaml, else its saved samples/
     (labels unknown then). Only those images are decoded (data.cache: none for this read): the
     split is the same whatever the cache, and the rest of the dataset is never read."""
-    from imgclf.config import load_config
-    from imgclf.data import load_data
-    from imgclf.data.pool import readable_sample
-    from imgclf.images import IMAGE_EXTENSIONS, load_image
 
     try:
         config = load_config(run_dir / runs.CONFIG)
@@ -218,8 +221,6 @@ def check_split(
 def load_for_export(run_dir: str | Path) -> tuple[Any, Reference]:
     """(model.keras checked against the manifest, the Reference to check an export against:
     the run's model and OOD detector on its test images)."""
-    from imgclf.models.saving import load_run_model
-    from imgclf.ood import load_run_stats
 
     run_dir = Path(run_dir)
     if not (runs.is_run_dir(run_dir) or runs.in_run(run_dir)):
@@ -235,7 +236,6 @@ def load_for_export(run_dir: str | Path) -> tuple[Any, Reference]:
 
 def run_batch_size(run_dir: Path) -> int | str:
     """The run's `train.eval_batch_size` ("auto" when its config cannot say)."""
-    from imgclf.config import load_config
 
     try:
         return load_config(run_dir / runs.CONFIG).train.eval_batch_size
@@ -253,9 +253,6 @@ def reference_corpus(
     """(corpus samples, their pixels as `load_image` decodes them at the model's input, the
     Keras model's probabilities, per sample the decoder's refusal or None): what `Predictor` on
     the run answers for each file of the format corpus made from the first test `images`."""
-    from imgclf.export import corpus
-    from imgclf.forward import Forward
-    from imgclf.images import ImageError, load_image
 
     _, height, width, channels = model.input_shape
     samples = corpus.build(images[:CORPUS_IMAGES])

@@ -11,10 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from imgclf import faults, runs
-from imgclf.errors import UserError
+from imgclf import runs
+from imgclf.confidence.graph import scored_model
+from imgclf.confidence.ood import FLAG_NAME, SCORE_NAME, load_run_stats
+from imgclf.export import corpus
 from imgclf.export.parity import (
     ACCURACY_KEYS,
+    BYTES_CHECK_IMAGES,
+    EXPORT_FILES,
     ExportError,
     Reference,
     batched,
@@ -22,13 +26,19 @@ from imgclf.export.parity import (
     compare,
     format_parity,
     model_reference,
+    ood_parity,
     record_export,
     reference_corpus,
     require_format_parity,
+    require_ood_parity,
     require_parity,
     run_batch_size,
 )
-from imgclf.ood import FLAG_NAME, SCORE_NAME
+from imgclf.formats import FORMATS
+from imgclf.images import png_bytes
+from imgclf.infra import faults
+from imgclf.infra.errors import UserError
+from imgclf.models.saving import load_run_model
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "pixels"
@@ -102,7 +112,7 @@ def write_saved_model(
 ) -> None:
     """Write `model` as a SavedModel with two signatures, both returning `probabilities`
     (float32 [N, classes]), given `class_names` `label` (string [N], the top-1 class), and,
-    given `ood_stats` (imgclf.ood.OODStats), `ood_score` (float32 [N], the Mahalanobis
+    given `ood_stats` (imgclf.confidence.ood.OODStats), `ood_score` (float32 [N], the Mahalanobis
     distance to the nearest class mean) and `ood` (bool [N], above the run's threshold):
 
     - `serving_default`: `pixels`, float32 [N, H, W, C], raw 0..255 at the model's size;
@@ -122,8 +132,6 @@ def write_saved_model(
     archive = keras.export.ExportArchive()
     scored = None
     if ood_stats is not None:
-        from imgclf.ood import scored_model
-
         scored = scored_model(model, ood_stats)
     archive.track(scored if scored is not None else model)
     labels = tf.constant(list(class_names)) if class_names else None
@@ -189,9 +197,6 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
     float32 (or encoded) on its own: memory does not follow the number of images."""
     import tensorflow as tf
 
-    from imgclf.export.parity import BYTES_CHECK_IMAGES, ood_parity
-    from imgclf.images import png_bytes
-
     images, size = reference.images, reference.batch_size
     loaded = reload(saved_model_dir)
     serving, from_bytes = loaded.signatures[SIGNATURE], loaded.signatures[BYTES_SIGNATURE]
@@ -245,7 +250,6 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
 def require_corpus_parity(report: dict[str, Any], not_written: str) -> None:
     """ExportError unless both signatures answer every corpus file like the run does, and
     `serve_bytes` refuses only the kinds documented as outside the graph decoder."""
-    from imgclf.export import corpus
 
     outside = {kind for kind, graph in corpus.graph_kinds().items() if not graph}
     tables = report["formats"]
@@ -293,8 +297,6 @@ def export_saved_model(
                 f"SavedModel signature {signature}", figures, f"nothing was written to {target}"
             )
         if "ood" in report:
-            from imgclf.export.parity import require_ood_parity
-
             require_ood_parity("SavedModel", report["ood"], f"nothing was written to {target}")
         require_corpus_parity(report, f"nothing was written to {target}")
     return report
@@ -306,7 +308,6 @@ def saved_model_record(
     """The `saved_model` entry of exports.json: where, its size on disk, both signatures, and
     the parity figures."""
     _, height, width, channels = model.input_shape
-    from imgclf.formats import FORMATS
 
     outputs = {
         OUTPUT_NAME: {"dtype": "float32", "shape": [None, len(class_names)]},
@@ -402,10 +403,8 @@ def export_run(
         raise UserError("give either --out or --serving-dir, not both")
     if out is not None:
         check_out(Path(out))
-    from imgclf.models.saving import load_run_model
 
     model = load_run_model(run_dir)  # checked against manifest.json, safe mode
-    from imgclf.export.parity import EXPORT_FILES
 
     runs.verify_all(run_dir, *EXPORT_FILES)  # the rest of the run is what training wrote
     class_names = runs.read_labels(run_dir)
@@ -413,7 +412,6 @@ def export_run(
     check_labels = None
     if check_images is None:
         check_images, check_labels = check_split(run_dir, (height, width), channels)
-    from imgclf.ood import load_run_stats
 
     stats = load_run_stats(run_dir)
     batch = run_batch_size(run_dir)

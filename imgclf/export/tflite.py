@@ -10,22 +10,22 @@ not written; a quantised one reports its accuracy drop and is marked `quantized`
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from imgclf import runs
-from imgclf.errors import UserError
+from imgclf.confidence.ood import FLAG_NAME, SCORE_NAME
 from imgclf.export import parity
 from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME, SIGNATURE
-from imgclf.ood import FLAG_NAME, SCORE_NAME
+from imgclf.infra.errors import UserError
 
 OOD_OUTPUTS = (SCORE_NAME, FLAG_NAME)
 
 
 def _interpreter(path_or_bytes: str | Path | bytes) -> Any:
-    import warnings
 
     import tensorflow as tf
 

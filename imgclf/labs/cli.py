@@ -10,12 +10,17 @@ write its lab folder (`imgclf.labs.folder`); prints the table and where it went.
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from imgclf.arguments import ArgumentParser
+from imgclf.infra.arguments import ArgumentParser
+from imgclf.infra.console import quiet_tensorflow
+from imgclf.infra.errors import UserError
+from imgclf.labs.folder import labs_root, markdown_table, write_lab
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -45,9 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_lab(name: str, quick: bool = False, seed: int = 0, out: str | None = None, **options):
     """Run lab `name` and write its folder; returns (folder, rows)."""
-    import importlib
-
-    from imgclf.labs.folder import write_lab
 
     module_name, picture = LABS[name]
     module = importlib.import_module(module_name)
@@ -62,7 +64,6 @@ def run_lab(name: str, quick: bool = False, seed: int = 0, out: str | None = Non
 
 def _check(args: argparse.Namespace) -> str | None:
     """What is wrong with the arguments (before minutes of training), or None."""
-    from imgclf.labs.folder import labs_root
 
     if not 0 <= args.seed <= MAX_SEED:
         return f"--seed must be in 0..{MAX_SEED}, got {args.seed}"
@@ -85,9 +86,6 @@ def _check(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from imgclf.console import quiet_tensorflow
-    from imgclf.errors import UserError
-    from imgclf.labs.folder import markdown_table
 
     args = build_parser().parse_args(argv)
     problem = _check(args)
@@ -95,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     quiet_tensorflow()
-    import logging
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes, one per model
     options = {}

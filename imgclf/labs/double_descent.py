@@ -11,11 +11,15 @@ is reported where it is: the table and `double_descent.png` say what the curve s
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from imgclf.config import load_config
+from imgclf.data.split import load_pool
 
 FULL_WIDTHS = [1, 4, 16, 32, 40, 45, 50, 55, 60, 80, 150, 400]
 QUICK_WIDTHS = [2, 8, 32, 128]
@@ -24,8 +28,6 @@ QUICK_WIDTHS = [2, 8, 32, 128]
 def mnist_subset(n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, ...]:
     """Stratified, seeded train and test subsets of mnist5k: x float32 [N, 784] in 0..1,
     y int64 [N]."""
-    from imgclf.config import load_config
-    from imgclf.data.split import load_pool
 
     pool = load_pool(load_config(None, ["data.source=mnist5k"]).data)
     x = pool.images.reshape(len(pool.images), -1).astype(np.float32) / 255.0
@@ -112,7 +114,6 @@ def run(quick: bool = False, seed: int = 0, label_noise: float = 0.1) -> tuple[l
     widths, epochs = (QUICK_WIDTHS, 20) if quick else (FULL_WIDTHS, 1000)
     x, y, x_test, y_test = mnist_subset(n_train, n_test, seed)
     y = with_label_noise(y, label_noise, seed)
-    import sys
 
     rows = []
     for width in widths:

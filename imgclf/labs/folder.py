@@ -12,11 +12,12 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from imgclf import runs
-from imgclf.errors import UserError
+from imgclf.infra.errors import UserError
 
 LABS_ENV = "IMGCLF_LABS"
 TABLE_CSV, TABLE_MD, LAB_JSON = "table.csv", "table.md", "lab.json"
@@ -77,7 +78,6 @@ def write_lab(
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
     for package in ("tensorflow", "keras", "numpy"):

@@ -31,6 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from imgclf.config import load_config
+from imgclf.data.split import load_pool
+from imgclf.images import resize_array
+from imgclf.infra.errors import DataError
+
 PAPER_TRAIN, PAPER_TEST = 7291, 2007
 BATCH = 16
 
@@ -62,15 +67,12 @@ def recipes(epochs: int = 23, long_epochs: int = 60) -> list[Recipe]:
 
 
 def _pool(source: str) -> Any:
-    from imgclf.config import load_config
-    from imgclf.data.split import load_pool
 
     return load_pool(load_config(None, [f"data.source={source}"]).data)
 
 
 def _to16(images: np.ndarray) -> np.ndarray:
     """uint8 [N, 28, 28, 1] -> float32 [N, 16, 16, 1] in [-1, 1] (the decoder's resize)."""
-    from imgclf.images import resize_array
 
     small = np.stack([resize_array(img, (16, 16)) for img in images])
     return small.astype(np.float32) / 127.5 - 1.0
@@ -120,7 +122,6 @@ def with_more_digits(
     image may leak into training, and no training image counts twice. DataError when some of
     `ours` are not found in MNIST that way: then copies could not be recognised, and the test
     images could leak."""
-    from imgclf.errors import DataError
 
     x, y, x_test, y_test = data
     mnist = _pool("keras:mnist")

@@ -93,7 +93,7 @@ def _train(model: Any, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> 
 
 def run(quick: bool = False, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The lab: (table rows, summary with the region maps for the picture)."""
-    from imgclf.diagnostics import linear_regions_bound
+    from imgclf.training.diagnostics import linear_regions_bound
 
     resolution, epochs, n = (200, 30, 1000) if quick else (1000, 300, 2000)
     x, y = spirals(n, seed)

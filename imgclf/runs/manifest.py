@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgclf.cache import sha256_file
-from imgclf.errors import UserError
+from imgclf.infra.cache import sha256_file
+from imgclf.infra.errors import UserError
 from imgclf.runs.files import read_json, write_json
 from imgclf.runs.names import MANIFEST, STATE
 

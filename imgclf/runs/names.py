@@ -16,7 +16,7 @@ DIAGNOSTICS = "diagnostics.json"
 TFLITE = "model.tflite"
 TFLITE_INT8 = "model_int8.tflite"
 ONNX = "model.onnx"
-OOD = "ood.npz"  # the out-of-distribution detector's statistics (imgclf/ood.py)
+OOD = "ood.npz"  # the out-of-distribution detector's statistics (imgclf/confidence/ood.py)
 PLOTS = "plots"
 CURVES_PLOT = f"{PLOTS}/curves.png"
 CONFUSION_PLOT = f"{PLOTS}/confusion.png"
@@ -28,7 +28,9 @@ WORST = "worst"
 DEFAULT_ROOT = Path("runs")
 LATEST = "latest"
 STATE = "state.json"  # running / complete / interrupted / failed (imgclf.runs.state)
-PROGRESS = "progress.json"  # while training: the time-left estimate (imgclf.estimate); removed
+PROGRESS = (
+    "progress.json"  # while training: the time-left estimate (imgclf.training.estimate); removed
+)
 RESUME = ".resume"  # what --resume needs, hidden: never an artifact, removed on completion
 
 

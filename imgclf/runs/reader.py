@@ -9,14 +9,17 @@ from typing import Any
 from imgclf.runs.files import read_config, read_json, read_labels
 from imgclf.runs.history import HistoryRow, read_history
 from imgclf.runs.layout import is_run_dir
+from imgclf.runs.manifest import IntegrityError, verify_manifest
 from imgclf.runs.names import (
     CONFIG,
     DATA_REPORT,
     DIAGNOSTICS,
     EXPORTS,
     HISTORY,
+    MANIFEST,
     METRICS,
     MODEL_CARD,
+    OOD,
 )
 
 
@@ -89,3 +92,37 @@ class Run:
         """model_card.md, or None."""
         card = self.path / MODEL_CARD
         return card.read_text(encoding="utf-8") if card.is_file() else None
+
+    def detector_file(self) -> Path | None:
+        """ood.npz (the out-of-distribution detector), verified against the manifest, or None
+        when the run has none (trained with train.ood false, or before imgclf had it). The
+        manifest and metrics.json say which, so deleting ood.npz cannot switch the warning off
+        silently.
+
+        Raises IntegrityError when ood.npz differs from the manifest, or is missing while the
+        manifest lists it or the verified metrics.json records a fitted detector."""
+        path = self.path / OOD
+        listed = self._manifest_files()
+        if not path.is_file() and OOD not in listed:
+            if METRICS in listed and self._metrics_say_detector():
+                raise IntegrityError(
+                    f"{path} is missing, but the run's {METRICS} records an OOD detector; "
+                    "refusing to load without it. Restore it, or re-train the run"
+                )
+            return None
+        verify_manifest(self.path, OOD)  # names a missing or changed file in one line
+        return path
+
+    def _manifest_files(self) -> dict[str, Any]:
+        """The manifest's file table ({} when it cannot be read: verify_manifest says why)."""
+        try:
+            files = read_json(self.path / MANIFEST).get("files", {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return files if isinstance(files, dict) else {}
+
+    def _metrics_say_detector(self) -> bool:
+        """True when the run's verified metrics.json records a fitted detector (a threshold)."""
+        verify_manifest(self.path, METRICS)
+        section = read_json(self.path / METRICS).get("ood") or {}
+        return isinstance(section, dict) and "threshold" in section

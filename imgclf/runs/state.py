@@ -4,7 +4,7 @@ manifest, so a run is complete only when everything it made is in place and list
 
 A run killed outright (SIGKILL, a power cut) cannot write its state: it stays `running` with the
 process id (and boot and start time) of its trainer, and is read as `interrupted` once that
-process is gone (`imgclf.processes`). A run written
+process is gone (`imgclf.infra.processes`). A run written
 by an older imgclf (no state.json) is `complete` when it has a manifest, else `interrupted`.
 Everything that reads runs (predict, export, compare, the app) uses `require_complete` or shows
 the state; `imgclf-train --resume RUN` continues an interrupted (or failed) run.
@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.errors import UserError
-from imgclf.processes import alive, identity
+from imgclf.infra.errors import UserError
+from imgclf.infra.processes import alive, identity
 from imgclf.runs.files import read_json, write_json
+from imgclf.runs.manifest import verify_manifest
 from imgclf.runs.names import CONFIG, MANIFEST, STATE
 
 RUNNING, COMPLETE, INTERRUPTED, FAILED = "running", "complete", "interrupted", "failed"
@@ -87,7 +88,6 @@ def in_run(folder: str | Path) -> bool:
 def check_run(run_dir: str | Path, *names: str) -> None:
     """Before loading anything of a run: it must be complete, and the files (or folders)
     `names` must match its manifest. Raises RunNotComplete or IntegrityError, one line each."""
-    from imgclf.runs.manifest import verify_manifest
 
     require_complete(run_dir)
     verify_manifest(run_dir, *names)

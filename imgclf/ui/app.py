@@ -8,23 +8,25 @@ once and each page says what it is loading."""
 from __future__ import annotations
 
 import importlib
+import traceback
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
+from imgclf.infra.errors import UserError
 from imgclf.ui import catalog
 
-# Page -> (module under imgclf.ui with a `render(entry, entries, root)`, title)
+# Page -> (module under imgclf.ui.pages with a `render(entry, entries, root)`, title)
 PAGES = {
     "Classify": ("classify", "Classify"),
-    "Data": ("data_view", "Data"),
+    "Data": ("data", "Data"),
     "Training curves": ("curves", "Training curves"),
     "Evaluation": ("evaluation", "Evaluation"),
-    "Compare": ("compare_view", "Compare runs"),
-    "Lessons": ("lessons_view", "Lessons"),
-    "Model": ("model_view", "Model"),
-    "Train": ("train_view", "Train"),
+    "Compare": ("compare", "Compare runs"),
+    "Lessons": ("lessons", "Lessons"),
+    "Model": ("model", "Model"),
+    "Train": ("train", "Train"),
 }
 
 
@@ -34,11 +36,11 @@ RUNLESS = ("Data", "Train", "Lessons")
 
 def _page(name: str) -> Any:
     """The page's render function (its module imported on first use)."""
-    return importlib.import_module(f"imgclf.ui.{PAGES[name][0]}").render
+    return importlib.import_module(f"imgclf.ui.pages.{PAGES[name][0]}").render
 
 
 def _train_view() -> Any:
-    return importlib.import_module("imgclf.ui.train_view")
+    return importlib.import_module("imgclf.ui.pages.train")
 
 
 def _select_finished_job(entries: list[catalog.RunEntry]) -> None:
@@ -94,11 +96,8 @@ def _builtin_page(entry: catalog.RunEntry, page: str) -> None:
 def _first_line(exc: Exception) -> str:
     """The exception's first line; a traceback goes to the server's log unless it is a
     UserError (whose message is the whole story)."""
-    from imgclf.errors import UserError
 
     if not isinstance(exc, UserError):
-        import traceback
-
         traceback.print_exc()
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 

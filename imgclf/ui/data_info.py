@@ -17,6 +17,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from imgclf.config import build_config
+from imgclf.data import load_data, load_pool
 from imgclf.data.folder import check_root, list_csv, list_folder
 from imgclf.images import ImageError, thumbnail
 from imgclf.ui.charts import CATEGORICAL
@@ -70,7 +72,6 @@ def list_source(path: str | Path) -> Listing:
 def training_config(path: str | Path, kind: str, base: dict[str, Any] | None = None) -> Config:
     """`base` (default: the built-in default config) reading `path` as a `kind` source, with no
     decoded cache: loading it checks every file's header and decodes no pixel."""
-    from imgclf.config import build_config
 
     values = dict(base or {})
     data = {**(values.get("data") or {}), "source": kind, "path": str(path), "cache": "none"}
@@ -81,7 +82,6 @@ def training_report(config: Config) -> dict[str, Any]:
     """The data report `load_data` builds for `config`: classes, counts per split and class (the
     configured split: stratified with the config's fractions and seed, or the source's own),
     skipped and ignored files. Raises DataError where training would stop."""
-    from imgclf.data import load_data
 
     return load_data(config).report
 
@@ -132,7 +132,6 @@ def file_samples(root: Path, files: list[str], k: int, side: int = 96) -> list[n
 def builtin_samples(config: Config, k: int) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
     """({class: uint8 [<=k, h, w, c]}, the source's own image shape (h, w, c)) of a built-in
     source, loaded by `load_pool` exactly as training loads it (the run's classes kept)."""
-    from imgclf.data import load_pool
 
     pool = load_pool(config.data)
     samples = {}
@@ -146,7 +145,6 @@ def preview_config(config: Config, n_classes: int) -> tuple[Config, int]:
     """(config, rows) for `augment.preview`: the same data and augmentation, no decoded cache,
     and the training split capped (`data.max_per_class`) so that its first rows cover the
     classes instead of all coming from the first one."""
-    from imgclf.config import build_config
 
     per_class = max(1, -(-6 // max(n_classes, 1)))  # ceil(6 / classes): about six rows
     per_class = min(config.data.max_per_class or per_class, per_class)

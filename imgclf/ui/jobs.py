@@ -27,18 +27,20 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imgclf import runs
-from imgclf.config import dump_config, load_config
-from imgclf.errors import UserError
-from imgclf.processes import alive, identity
+from imgclf.config import dump_config
+from imgclf.infra.processes import alive, identity
+from imgclf.training.progress import duration
+from imgclf.training.transfer import plan_phases
+from imgclf.ui.job_queue import JobQueue
 
 JOBS = ".jobs"  # hidden: the run list skips it
 JOB_FILE = "job.json"
-QUEUE_FILE = "queue.json"
 CANCEL_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
 
 
@@ -61,7 +63,7 @@ class JobState:
     started: float = 0.0
     finished: float = 0.0
     rows: list[runs.HistoryRow] = field(default_factory=list)
-    # The run's time-left estimate (progress.json, imgclf.estimate) while it trains, else None.
+    # The run's time-left estimate (progress.json, training.estimate) while it trains, else None.
     progress: dict[str, Any] | None = None
 
     @property
@@ -96,7 +98,6 @@ def _read_progress(path: Path) -> dict[str, Any] | None:
 
 def estimate_text(progress: dict[str, Any] | None) -> str:
     """'about 4 min 10 s left (ends around 14:32)' from progress.json, or ''."""
-    from imgclf.progress import duration
 
     if not progress:
         return ""
@@ -116,11 +117,30 @@ def _last_error(log: str | None) -> str | None:
     return errors[-1] if errors else (lines[-1] if lines else None)
 
 
+def train_command(config_file: Path, run_dir: Path) -> list[str]:
+    """The child a job runs: `python -m imgclf.train --config FILE --out RUN -q`."""
+    return [
+        sys.executable,
+        "-m",
+        "imgclf.train",
+        "--config",
+        str(config_file),
+        "--out",
+        str(run_dir),
+        "-q",
+    ]
+
+
 class TrainingJob:
     """Starts, follows and cancels the training child process of one runs folder."""
 
-    def __init__(self, runs_root: str | Path) -> None:
+    def __init__(
+        self, runs_root: str | Path, command: Callable[[Path, Path], list[str]] | None = None
+    ) -> None:
         self.root = Path(runs_root)
+        # argv of the child for (config file, run directory); the job tests pass a stub trainer
+        self.command = command or train_command
+        self.queue = JobQueue(self.root / JOBS)
         self._lock = threading.RLock()
         self._held = False  # this object holds the file lock (under self._lock)
         self._procs: dict[int, subprocess.Popen] = {}  # children this server started
@@ -214,7 +234,6 @@ class TrainingJob:
         return state
 
     def _spawn(self, config: Any) -> JobState:
-        from imgclf.transfer import plan_phases
 
         max_epochs = sum(phase.train.epochs for phase in plan_phases(config))  # before a child
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -227,10 +246,7 @@ class TrainingJob:
         config_file = jobs / f"{run_dir.name}.yaml"
         log = jobs / f"{run_dir.name}.log"
         runs.write_text(config_file, dump_config(config))
-        command = [
-            sys.executable, "-m", "imgclf.train", "--config", str(config_file),
-            "--out", str(run_dir), "-q",
-        ]  # fmt: skip
+        command = self.command(config_file, run_dir)
         with log.open("wb") as out:
             # A session of its own: Cancel stops the child and anything it started.
             proc = subprocess.Popen(
@@ -248,57 +264,21 @@ class TrainingJob:
             started=time.time(),
         )
 
-    def _queued_file(self, value: object) -> Path | None:
-        """A queue entry's config file, only if it is one this job wrote (`.jobs/queued-*`)."""
-        if not isinstance(value, str) or not value:
-            return None
-        path = Path(value)
-        ours = path.parent == self.root / JOBS and path.name.startswith("queued-")
-        return path if ours and path.suffix == ".yaml" else None
-
-    def _read_queue(self) -> list[dict[str, str]]:
-        """The queue's entries; anything else in queue.json (a hand edit, a broken file) is
-        dropped: never a path outside `.jobs/`, which the queue deletes once read."""
-        try:
-            items = json.loads((self.root / JOBS / QUEUE_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return []
-        if not isinstance(items, list):
-            return []
-        return [
-            {"name": i["name"], "config": i["config"]}
-            for i in items
-            if isinstance(i, dict)
-            and isinstance(i.get("name"), str)
-            and self._queued_file(i.get("config")) is not None
-        ]
-
-    def _write_queue(self, items: list[dict[str, str]]) -> None:
-        runs.write_json(self.root / JOBS / QUEUE_FILE, items)
-
-    def queued(self) -> list[str]:
-        """The names of the configs waiting to be trained, in order."""
-        return [item["name"] for item in self._read_queue()]
-
     def enqueue(self, configs: list[Any]) -> list[str]:
         """Queue validated Configs to train one after the other (after any running job);
         returns the queue's names. Each config is saved under `.jobs/` at once."""
         with self._exclusive():
-            items = self._read_queue()
-            waiting = {item["name"] for item in items}
-            for config in configs:
-                if config.name in waiting:  # pressed twice: queued once
-                    continue
-                path = self.root / JOBS / f"queued-{time.time_ns()}-{config.name}.yaml"
-                runs.write_text(path, dump_config(config))
-                items.append({"name": config.name, "config": str(path)})
-            self._write_queue(items)
+            self.queue.add(configs)
         self.advance()
         with self._lock:
             if self._drainer is None or not self._drainer.is_alive():
                 self._drainer = threading.Thread(target=self._drain, daemon=True)
                 self._drainer.start()
-        return self.queued()
+        return self.queue.names()
+
+    def queued(self) -> list[str]:
+        """The names of the configs waiting to be trained, in order."""
+        return self.queue.names()
 
     def advance(self) -> JobState | None:
         """Start the next queued config if no job runs; its state, or None. A queued config
@@ -306,21 +286,13 @@ class TrainingJob:
         with self._exclusive():
             if self.running:
                 return None
-            items = self._read_queue()
-            while items:
-                item = items.pop(0)
-                self._write_queue(items)
-                path = Path(item["config"])
-                try:
-                    config = load_config(path)
-                except (UserError, OSError) as exc:
-                    failed = JobState(status="failed", name=item["name"], error=str(exc))
+            while (item := self.queue.pop()) is not None:
+                name, config = item
+                if isinstance(config, Exception):  # a queued config that no longer loads
+                    failed = JobState(status="failed", name=name, error=str(config))
                     failed.started = failed.finished = time.time()
                     self._write(failed)
                     continue
-                finally:
-                    with contextlib.suppress(OSError):
-                        path.unlink(missing_ok=True)
                 state = self._spawn(config)
                 self._write(state)
                 return state
@@ -330,7 +302,7 @@ class TrainingJob:
         """The server's queue thread: wait for each job to end, then start the next."""
         while True:
             self.wait()
-            if not self._read_queue():
+            if not self.queue.names():
                 return
             self.advance()  # None when another server of this folder started it first
 
@@ -339,10 +311,7 @@ class TrainingJob:
         empty the queue; the run directory stays as it is, an interrupted run. Returns the final
         state."""
         with self._exclusive():
-            for item in self._read_queue():
-                with contextlib.suppress(OSError):
-                    Path(item["config"]).unlink(missing_ok=True)
-            self._write_queue([])
+            self.queue.clear()
             state = self._read()
             if state.status != "running" or state.pid is None:
                 return state

@@ -10,7 +10,8 @@ import streamlit as st
 
 from imgclf import runs
 from imgclf.images import png_bytes
-from imgclf.predict import Predictor, classify_named
+from imgclf.predict.predictor import Predictor, classify_named
+from imgclf.ui.catalog import runs_root
 from imgclf.ui.jobs import TrainingJob
 
 
@@ -39,6 +40,5 @@ def _job(root: str) -> TrainingJob:
 def training_job(root: str | Path | None = None) -> TrainingJob:
     """The training job of the runs folder `root` (default: the app's runs root), shared by
     every browser session of this server."""
-    from imgclf.ui.catalog import runs_root
 
     return _job(str(Path(root) if root is not None else runs_root()))

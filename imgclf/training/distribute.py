@@ -1,0 +1,165 @@
+"""`train.distribute`: data-parallel training with tf.distribute.
+
+- `none`: the default device (a GPU if TensorFlow sees one, else the CPU).
+- `mirrored`: MirroredStrategy over every visible GPU, or over the logical CPU devices when there
+  is no GPU (split the CPU with `tf.config.set_logical_device_configuration` to try it on a laptop).
+- `multiworker`: MultiWorkerMirroredStrategy, the cluster and this process's role from the
+  `TF_CONFIG` environment variable. Every worker runs the same program. Keras 3's `fit` fails
+  under this strategy (keras-team/keras#20585), so `fit_multiworker` is imgclf's own loop. Only
+  the chief (worker 0) keeps its run directory; the others write to a temporary folder that is
+  deleted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from imgclf.infra.errors import ConfigError
+
+
+def make_strategy(mode: str) -> Any:
+    """The tf.distribute strategy for `mode`, or None for `none`."""
+    if mode == "none":
+        return None
+    import tensorflow as tf
+
+    if mode == "mirrored":
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+        if not devices:
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if mode == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError(
+                "train.distribute=multiworker needs the TF_CONFIG environment variable (cluster "
+                'and task), e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}}'
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"train.distribute: unknown mode {mode!r}")
+
+
+def is_chief() -> bool:
+    """True unless TF_CONFIG names this process a worker other than worker 0 (or a non-chief)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    task = json.loads(raw).get("task", {})
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    return kind == "chief" or (kind == "worker" and index == 0)
+
+
+def _loss_fn(model: Any, class_weight: dict[int, float] | None) -> Any:
+    """Per-example loss of the compiled loss object (label smoothing / MSE as configured),
+    weighted by `class_weight`: (one-hot y [N, K], probabilities [N, K]) -> [N]."""
+    import keras
+    import tensorflow as tf
+
+    loss_obj = model.loss
+    weights = None
+    if class_weight:
+        weights = tf.constant([class_weight[c] for c in sorted(class_weight)], tf.float32)
+
+    def per_example_loss(y: Any, probs: Any) -> Any:
+        if isinstance(loss_obj, keras.losses.MeanSquaredError):
+            losses = keras.losses.mean_squared_error(y, probs)
+        else:
+            smoothing = getattr(loss_obj, "label_smoothing", 0.0)
+            losses = keras.losses.categorical_crossentropy(y, probs, label_smoothing=smoothing)
+        if weights is not None:
+            losses = losses * tf.gather(weights, tf.argmax(y, axis=-1))
+        return losses
+
+    return per_example_loss
+
+
+def _steps(model: Any, strategy: Any, per_example_loss: Any) -> tuple[Any, Any]:
+    """(train_step, val_step): each returns (summed loss, correct, images) of a global batch."""
+    import tensorflow as tf
+
+    def replica_step(x: Any, y: Any) -> tuple[Any, Any, Any]:
+        with tf.GradientTape() as tape:
+            probs = model(x, training=True)
+            losses = per_example_loss(y, probs)
+            # Mean over the *global* batch; the optimiser sums gradients over replicas.
+            loss = tf.nn.compute_average_loss(losses)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        correct = tf.cast(tf.argmax(probs, -1) == tf.argmax(y, -1), tf.float32)
+        count = tf.cast(tf.shape(y)[0], tf.float32)
+        return tf.reduce_sum(losses), tf.reduce_sum(correct), count
+
+    @tf.function
+    def train_step(x: Any, y: Any) -> list[Any]:
+        per_replica = strategy.run(replica_step, args=(x, y))
+        return [strategy.reduce("SUM", value, axis=None) for value in per_replica]
+
+    @tf.function
+    def val_step(x: Any, y: Any) -> tuple[Any, Any, Any]:
+        probs = model(x, training=False)
+        correct = tf.cast(tf.argmax(probs, -1) == tf.argmax(y, -1), tf.float32)
+        n = tf.cast(tf.shape(y)[0], tf.float32)
+        return tf.reduce_sum(per_example_loss(y, probs)), tf.reduce_sum(correct), n
+
+    return train_step, val_step
+
+
+def _totals(step: Any, batches: Any) -> list[float]:
+    totals = [0.0, 0.0, 0.0]
+    for x, y in batches:
+        totals = [t + float(v) for t, v in zip(totals, step(x, y), strict=True)]
+    return totals
+
+
+def fit_multiworker(
+    model: Any,
+    strategy: Any,
+    train_ds: Any,
+    val_ds: Any,
+    epochs: int,
+    callbacks: list[Any],
+    class_weight: dict[int, float] | None = None,
+    verbose: int = 0,
+) -> None:
+    """Train `model` (built and compiled under `strategy`) with imgclf's own loop.
+
+    Keras 3's `fit()` does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585),
+    so this loop does what it would: one distributed step per global batch (the optimiser
+    all-reduces the gradients), training loss and accuracy summed over all workers, validation on
+    the full validation split (every worker computes the same figures, so every worker's
+    callbacks take the same decisions), and the usual Keras callbacks (history, early stopping,
+    schedules) driven with the same logs `fit()` would give them.
+    """
+    import keras
+
+    train_step, val_step = _steps(model, strategy, _loss_fn(model, class_weight))
+    # A function: a per-worker pipeline (streamed files, each worker its own shard); else one
+    # dataset that the strategy splits between the workers.
+    distributed = (
+        strategy.distribute_datasets_from_function(train_ds)
+        if callable(train_ds)
+        else strategy.experimental_distribute_dataset(train_ds)
+    )
+    cb = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, verbose=0)
+    model.stop_training = False
+    cb.on_train_begin()
+    for epoch in range(epochs):
+        cb.on_epoch_begin(epoch)
+        train, val = _totals(train_step, distributed), _totals(val_step, val_ds)
+        logs = {
+            "loss": train[0] / train[2],
+            "accuracy": train[1] / train[2],
+            "val_loss": val[0] / val[2],
+            "val_accuracy": val[1] / val[2],
+        }
+        if verbose:
+            shown = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+            print(f"Epoch {epoch + 1}/{epochs} - {shown}", flush=True)
+        cb.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    cb.on_train_end()

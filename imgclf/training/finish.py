@@ -1,0 +1,314 @@
+"""The end of a run: everything written after training, from the trained model and its data.
+
+`finish_run` saves model.keras, evaluates once on the held-out test split (metrics.json, the
+worst predictions under worst/), draws the plots, saves sample images, exports the SavedModel
+(parity-checked), writes the model card and, last, the manifest. It needs only the run
+directory, the model and the splits, so it also re-evaluates and re-exports an existing run.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgclf import runs
+from imgclf.confidence.fit import fit_confidence
+from imgclf.confidence.ood import MAX_FIT_IMAGES
+from imgclf.evaluate import evaluate_probabilities
+from imgclf.export.parity import PARITY_MAX_IMAGES, Reference, model_reference
+from imgclf.export.saved_model import export_saved_model, saved_model_record
+from imgclf.forward import inference_batch_size
+from imgclf.images import png_bytes
+from imgclf.infra import faults
+from imgclf.infra.errors import DataError
+from imgclf.model_card import model_card
+from imgclf.training.backend import backend_name, can_export_saved_model, export_skipped_message
+from imgclf.training.progress import Meter, cost_line
+from imgclf.training.split_outputs import head_outputs, run_outputs
+
+if TYPE_CHECKING:
+    import keras
+
+    from imgclf.confidence.ood import OODStats
+    from imgclf.data import Splits
+    from imgclf.schema import Config
+    from imgclf.training.split_outputs import SplitOutputs
+
+MAX_SAMPLES = 10
+
+
+def _safe(name: str) -> str:
+    """A class name as a file-name fragment."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def save_samples(run_dir: Path, splits: Splits) -> None:
+    """A few test images (one per class first) as PNGs, so a user can try predict at once."""
+
+    test = splits.test
+    readable = test.readable()  # a streamed file that failed to decode is never a sample
+    firsts = [int(readable[test.y[readable] == c][0]) for c in np.unique(test.y[readable])]
+    firsts = firsts[:MAX_SAMPLES]
+    folder = run_dir / runs.SAMPLES
+    folder.mkdir(exist_ok=True)
+    for n, i in enumerate(firsts):
+        label = _safe(splits.class_names[test.y[i]])
+        runs.write_bytes(folder / f"test{n:02d}_true-{label}.png", png_bytes(test.x[i]))
+
+
+def save_worst(run_dir: Path, splits: Splits, metrics: dict[str, Any]) -> None:
+    """The highest-loss test images as PNGs under worst/, named in metrics' worst_predictions
+    (`image`), so the app can show them without the dataset."""
+
+    folder = run_dir / runs.WORST
+    folder.mkdir(exist_ok=True)
+    for n, entry in enumerate(metrics["worst_predictions"]):
+        name = f"{n:02d}_true-{_safe(entry['true'])}_pred-{_safe(entry['predicted'])}.png"
+        runs.write_bytes(folder / name, png_bytes(splits.test.x[entry["index"]]))
+        entry["image"] = f"{runs.WORST}/{name}"
+
+
+def evaluate_run(
+    run_dir: Path,
+    test: SplitOutputs,
+    temperature: float,
+    splits: Splits,
+    config: Config,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Evaluate on the test split once, from the model's test outputs (`test`, computed once
+    for the confidence fit too) with the calibration `temperature`, and write metrics.json
+    (with `extra`: phases, epochs), worst/ and the plots; returns the metrics."""
+
+    from imgclf.plots import plot_confusion, plot_curves, plot_reliability
+
+    metrics = evaluate_probabilities(
+        test.probabilities(temperature),
+        splits.test.y,
+        test.positions,
+        splits.class_names,
+        k=config.train.top_k,
+        files=splits.test.files,
+    )
+    metrics["counts"] = splits.report["totals"]
+    metrics.update(extra)
+    save_worst(run_dir, splits, metrics)
+    runs.write_json(run_dir / runs.METRICS, metrics)
+    history = runs.read_history(run_dir / runs.HISTORY)
+    curves = {
+        key: [r.get(key) for r in history if r.get(key) is not None]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy")
+    }
+    plot_curves(curves, run_dir / runs.CURVES_PLOT, [r.phase for r in history])
+    confusion = np.asarray(metrics["confusion_matrix"])
+    plot_confusion(confusion, splits.class_names, run_dir / runs.CONFUSION_PLOT)
+    if metrics.get("calibration") and "after" in metrics["calibration"]:
+        plot_reliability(metrics["calibration"], run_dir / runs.RELIABILITY_PLOT)
+    return metrics
+
+
+def run_reference(
+    model: keras.Model,
+    splits: Splits,
+    test: SplitOutputs,
+    stats: OODStats | None,
+    batch_size: int,
+) -> Reference:
+    """The SavedModel's parity reference from the run's own test outputs: its first
+    PARITY_MAX_IMAGES readable test images (read again, in batches), with `model`'s output
+    layer (the temperature folded in) and the detector's layer applied to the features the
+    confidence fit computed for them (`split_outputs.head_outputs`): the same TensorFlow ops on
+    the same device as the export runs them, without another pass through the backbone. A run
+    whose features were too wide to keep runs the images through `model` instead."""
+
+    n = min(len(test), PARITY_MAX_IMAGES)
+    x = splits.test.x
+    positions = test.positions[:n]
+    if hasattr(x, "read"):  # streamed: read those files again (or from the decoded cache)
+        images, ok = x.read(positions)
+        if not ok.all():  # a file that changed since it was read: check on the rest
+            positions = positions[ok]
+    else:
+        images = np.asarray(x[positions])
+    rows = np.searchsorted(test.positions, positions)
+    if test.features is None:
+        return model_reference(model, stats, images, test.labels[rows], batch_size)
+    probs, scores = head_outputs(model, stats, test.features[rows], batch_size)
+    threshold = None if stats is None else stats.threshold
+    return Reference(images, test.labels[rows], probs, scores, threshold, batch_size)
+
+
+def export_run_model(
+    run_dir: Path,
+    model: keras.Model,
+    splits: Splits,
+    test: SplitOutputs,
+    ood_stats: OODStats | None,
+    batch_size: int,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The SavedModel (with the OOD outputs when `ood_stats`), parity-checked against the run's
+    own answers on its test images (`run_reference`), recorded in exports.json; returns
+    (parity report, exports) or (None, None) when the backend cannot write one (said first,
+    before any work)."""
+
+    if not can_export_saved_model():
+        print(export_skipped_message(run_dir), file=sys.stderr, flush=True)
+        return None, None
+    reference = run_reference(model, splits, test, ood_stats, batch_size)
+    target = run_dir / runs.SAVED_MODEL
+    parity = export_saved_model(model, splits.class_names, target, reference, ood_stats)
+    record = saved_model_record(
+        runs.SAVED_MODEL, model, splits.class_names, parity, runs.tree_size(target)
+    )
+    exports = {"saved_model": record}
+    runs.write_json(run_dir / runs.EXPORTS, exports)
+    return parity, exports
+
+
+def report_late_failures(run_dir: Path, splits: Splits) -> int:
+    """Add to data_report.json's `skipped` the streamed files that failed to decode while they
+    were read (data.cache: none finds them then); returns how many were added."""
+    known = {entry["file"] for entry in splits.report["skipped"]}
+    added = []
+    for split in (splits.train, splits.val, splits.test):
+        if not split.streamed:
+            continue
+        store = split.x.store
+        for i in sorted(set(split.x.indices.tolist()) & set(store.failures)):
+            if store.files[i] not in known:
+                known.add(store.files[i])
+                added.append({"file": store.files[i], "reason": store.failures[i]})
+    if added:
+        splits.report["skipped"].extend(added)
+        runs.write_json(run_dir / runs.DATA_REPORT, splits.report)
+    return len(added)
+
+
+def confidence_step(
+    model: keras.Model, splits: Splits, config: Config, batch: int
+) -> tuple[dict[str, SplitOutputs], Any, float]:
+    """(outputs per split, the Confidence, the temperature): one bounded, compiled pass per
+    split (`batch` images at a time), shared by the confidence fit, evaluation and the
+    SavedModel's parity check; the fitted temperature is folded into `model` (1.0: none)."""
+    from imgclf.confidence.calibration import fold_temperature
+
+    train_limit = MAX_FIT_IMAGES if config.train.ood else 0
+    need_val = config.train.calibrate or config.train.ood
+    outputs = run_outputs(model, splits, batch, train_limit, config.seed, need_val)
+    confidence = fit_confidence(model, outputs, len(splits.class_names), config)
+    temperature = (confidence.calibration or {}).get("temperature", 1.0)
+    if temperature != 1.0:  # folded before saving: model.keras answers calibrated
+        fold_temperature(model, temperature)
+    return outputs, confidence, temperature
+
+
+def require_test_images(run_dir: Path, splits: Splits, test: SplitOutputs) -> None:
+    """DataError (after recording them in data_report.json) when every test file failed to
+    decode while it was read (`data.cache: none` finds them only then)."""
+    if len(test) == 0:
+        report_late_failures(run_dir, splits)
+        raise DataError(
+            f"no test image could be read (each failed to decode; {runs.DATA_REPORT} lists them "
+            "under skipped): nothing to evaluate the model on. Fix or replace the files, or "
+            "set data.cache=disk so they are checked before training"
+        )
+
+
+def finish_run(
+    run_dir: Path,
+    model: keras.Model,
+    splits: Splits,
+    config: Config,
+    extra: dict[str, Any] | None = None,
+    verbose: int | str = 0,
+    meter: Meter | None = None,
+    estimate: Any = None,
+) -> dict[str, Any]:
+    """Write every artifact of a trained run (model.keras with the temperature folded in,
+    ood.npz, metrics.json, worst/, plots/, samples/, saved_model/, exports.json,
+    model_card.md, then manifest.json) and return the metrics. `extra` goes into metrics.json
+    (the phases, epochs run); so do `calibration`, `ood` (imgclf.confidence) and `resources`
+    (the run's `meter`, imgclf.training.progress.Meter: wall time, CPU time and peak memory of every
+    stage). `estimate` (imgclf.training.estimate.Estimate) is told that the end has begun.
+
+    Raises ExportError (imgclf.export.parity) when the SavedModel disagrees with the model,
+    DataError when no test image can be read; the run then has no manifest."""
+
+    meter = meter or Meter()
+    if estimate is not None:
+        estimate.finishing()
+    batch = inference_batch_size(model, config.train.eval_batch_size)
+    with meter.stage("confidence"):
+        outputs, confidence, temperature = confidence_step(model, splits, config, batch)
+    require_test_images(run_dir, splits, outputs["test"])
+    extra = {**(extra or {}), "calibration": confidence.calibration, "ood": confidence.ood}
+    with runs.atomic_path(run_dir / runs.MODEL) as tmp:
+        model.save(tmp)
+    if confidence.stats is not None:
+        confidence.stats.save(run_dir / runs.OOD)
+    faults.point("model")
+    with meter.stage("evaluation"):
+        metrics = evaluate_run(run_dir, outputs["test"], temperature, splits, config, extra)
+        late = report_late_failures(run_dir, splits)
+        save_samples(run_dir, splits)
+    if late and verbose:
+        print(f"data: {late} more file(s) could not be decoded; see data_report.json", flush=True)
+    parity, exports = None, None
+    if config.train.export:
+        with meter.stage("export"):
+            parity, exports = export_run_model(
+                run_dir, model, splits, outputs["test"], confidence.stats, batch
+            )
+    # What the run cost, in metrics.json (rewritten: the export's stage is measured too).
+    metrics["resources"] = meter.report()
+    runs.write_json(run_dir / runs.METRICS, metrics)
+    (run_dir / runs.PROGRESS).unlink(missing_ok=True)  # the estimate is over
+    card = model_card(config, splits, metrics, model, exports, backend_name())
+    runs.write_text(run_dir / runs.MODEL_CARD, card)
+    faults.point("manifest")
+    runs.write_manifest(run_dir)  # last: the SHA-256 of every artifact, checked when loading
+    runs.set_state(run_dir, runs.COMPLETE)  # only now may anything load the run
+    if verbose:
+        print(summary_lines(metrics, parity), flush=True)
+    return metrics
+
+
+def summary_lines(metrics: dict[str, Any], parity: dict[str, Any] | None) -> str:
+    """What a run prints at its end: the test figures, the confidence line, the cost line."""
+    t = metrics["test"]
+    lines = [
+        f"test: accuracy {t['accuracy']:.4f}, top-{t['k']} {t['top_k_accuracy']:.4f}, "
+        f"loss {t['loss']:.4f} ({t['n']} images)"
+        + (f"; SavedModel parity max |Δp| {parity['max_abs_diff']:.1e}" if parity else "")
+    ]
+    summary = confidence_summary(metrics)
+    if summary:
+        lines.append(summary)
+    if "resources" in metrics:
+        lines.append(cost_line(metrics["resources"]))
+    return "\n".join(lines)
+
+
+def confidence_summary(metrics: dict[str, Any]) -> str:
+    """One line on the calibration and the OOD detector of a run ("" when it has neither)."""
+    parts = []
+    cal = metrics.get("calibration") or {}
+    if "temperature" in cal:
+        parts.append(
+            f"calibration: T = {cal['temperature']:.3f}, test ECE {cal['before']['ece']:.4f} → "
+            f"{cal['after']['ece']:.4f}"
+        )
+    ood = metrics.get("ood") or {}
+    if "threshold" in ood:
+        parts.append(
+            f"OOD threshold {ood['threshold']:.2f} (false alarms: "
+            f"{ood['test_false_alarm_rate']:.1%} of test images)"
+        )
+    for name, section in (("calibration", cal), ("OOD", ood)):
+        if "skipped" in section:
+            parts.append(f"{name} skipped: {section['skipped']}")
+    return "; ".join(parts)

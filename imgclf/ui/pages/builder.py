@@ -1,0 +1,145 @@
+"""Train page, "Build a dataset": make classes by name and add images to each by upload (many
+files), camera, or a zip of class folders, in the manner of Teachable Machine; every image is
+saved at once into a normal folder dataset (`imgclf.data.builder`), so the form below, or the
+command line, trains on it. What each addition did (added, duplicate, refused and why) is
+listed; the counts say when a class is still too small for the stratified split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from imgclf.data.builder import Added, DatasetBuilder, data_root, sanitise
+from imgclf.data.split import minimum_per_class
+from imgclf.formats import UPLOAD_TYPES
+from imgclf.infra.errors import UserError
+
+LOG = "_builder_log"  # the last additions' outcomes, shown until the next
+USE = "_builder_path"  # the dataset the form below trains on (set by "Use this dataset")
+
+
+def _builder(name: str) -> DatasetBuilder:
+    """One builder (and its hash index) per dataset folder and session."""
+    path = data_root() / sanitise(name, "dataset name")
+    cached = st.session_state.get("_builder")
+    if cached is None or cached.root != path:
+        cached = st.session_state["_builder"] = DatasetBuilder(path)
+    return cached
+
+
+def _record(results: list[Added]) -> None:
+    st.session_state[LOG] = results
+
+
+def _add_files(builder: DatasetBuilder, cls: str, key: str, nonce: str) -> None:
+    """on_change of the uploader and the camera: save what they hold, then re-key them."""
+    value = st.session_state.get(key)
+    items = value if isinstance(value, list) else [value] if value is not None else []
+    try:
+        _record([builder.add(cls, item.name, item.getvalue()) for item in items])
+    except UserError as exc:
+        _record([Added(cls, "refused", reason=str(exc))])
+    st.session_state[nonce] = st.session_state.get(nonce, 0) + 1
+
+
+def _add_zip(builder: DatasetBuilder, key: str, nonce: str) -> None:
+    upload = st.session_state.get(key)
+    if upload is not None:
+        try:
+            _record(builder.add_zip(upload.getvalue(), upload.name))
+        except UserError as exc:
+            _record([Added(upload.name, "refused", reason=str(exc))])
+    st.session_state[nonce] = st.session_state.get(nonce, 0) + 1
+
+
+def _add_class(builder: DatasetBuilder) -> None:
+    try:
+        st.session_state["_builder_class"] = builder.add_class(st.session_state["builder_new"])
+        st.session_state["builder_new"] = ""
+    except UserError as exc:
+        _record([Added(st.session_state["builder_new"], "refused", reason=str(exc))])
+
+
+def _log() -> None:
+    results = st.session_state.get(LOG) or []
+    added = [r for r in results if r.status == "added"]
+    if added:
+        st.success(f"Added {len(added)} image(s).")
+    for r in results:
+        if r.status == "duplicate":
+            st.warning(f"{r.source}: skipped, the same image is already saved as {r.path}")
+        elif r.status == "refused":
+            st.error(f"{r.source}: {r.reason}")
+
+
+def _inputs(builder: DatasetBuilder, cls: str) -> None:
+    """Uploader, camera and zip for the chosen class (each re-keyed after it is read)."""
+    tag = f"{builder.root}::{cls}"
+    nonce = f"_builder_nonce::{tag}"
+    key = f"builder_files::{tag}::{st.session_state.get(nonce, 0)}"
+    st.file_uploader(f"Images for `{cls}`", type=UPLOAD_TYPES, accept_multiple_files=True,
+                     key=key, on_change=_add_files, args=(builder, cls, key, nonce))  # fmt: skip
+    if st.toggle("Use the camera", key="builder_camera"):
+        cam = f"builder_cam::{tag}::{st.session_state.get(nonce, 0)}"
+        st.camera_input(f"Photo for `{cls}`", key=cam, on_change=_add_files,
+                        args=(builder, cls, cam, nonce))  # fmt: skip
+
+
+def _zip_input(builder: DatasetBuilder) -> None:
+    znonce = f"_builder_znonce::{builder.root}"
+    zkey = f"builder_zip::{builder.root}::{st.session_state.get(znonce, 0)}"
+    st.file_uploader("Or add a zip of class folders (cat/1.jpg, dog/2.jpg, ...)", type=["zip"],
+                     key=zkey, on_change=_add_zip, args=(builder, zkey, znonce))  # fmt: skip
+
+
+def _counts(builder: DatasetBuilder, classes: dict[str, int], base: Any) -> None:
+
+    st.table(
+        pd.DataFrame({"class": list(classes), "images": list(classes.values())}).set_index("class")
+    )
+    need = minimum_per_class(base.data.val_fraction, base.data.test_fraction)
+    small = [c for c, n in classes.items() if n < need]
+    if len(classes) < 2:
+        st.info("Add at least two classes to train a classifier.")
+    elif small:
+        st.warning(
+            f"Fewer than {need} images in {', '.join(small)}: the stratified split needs at "
+            "least that many per class (one each for validation and test); add more."
+        )
+    elif st.button("Use this dataset in the form below", key="builder_use"):
+        st.session_state[USE] = str(builder.root)
+
+
+def render(base: Any) -> None:
+    """The builder, inside an expander of the Train page; `base` is the chosen recipe."""
+    with st.expander("Build a dataset in the browser", expanded=USE not in st.session_state):
+        name = st.text_input("Dataset name", "my-dataset", key="builder_name")
+        try:
+            builder = _builder(name)
+        except UserError as exc:
+            st.error(str(exc))
+            return
+        st.caption(
+            f"Saved in `{builder.root}/<class>/<image>` as you add images (the data root is "
+            "`$IMGCLF_DATA`, else `datasets/`); the command line trains on it with "
+            f"`data.source=folder data.path={builder.root}`."
+        )
+        c1, c2 = st.columns([3, 1])
+        c1.text_input("New class", key="builder_new", placeholder="e.g. cat")
+        c2.button("Add class", key="builder_add", on_click=_add_class, args=(builder,))
+        classes = builder.classes()
+        for folder, reason in builder.unreadable:
+            st.warning(f"{folder}: {reason}; its images are not counted (training lists it too)")
+        if classes:
+            names = list(classes)
+            chosen = st.session_state.get("_builder_class")
+            cls = st.selectbox("Add images to", names,
+                               index=names.index(chosen) if chosen in names else 0)  # fmt: skip
+            st.session_state["_builder_class"] = cls
+            _inputs(builder, cls)
+        _zip_input(builder)
+        _log()
+        if classes:
+            _counts(builder, builder.classes(), base)
