@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -113,6 +116,23 @@ def tiny_run(folder_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
+def exported_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's tiny run with every export: `imgclf-export --format all`
+    (SavedModel, TFLite float32, ONNX; what it printed is `export-all.out` beside the run), then
+    `--format tflite --quantize int8`. Built once for both workers; the tests only read it."""
+
+    def build(run: Path) -> None:
+        shutil.copytree(tiny_run, run)
+        done = run_command("imgclf-export", run, "--format", "all")
+        assert done.returncode == 0, done.stderr
+        (run.parent / "export-all.out").write_text(done.stdout)
+        int8 = run_command("imgclf-export", run, "--format", "tflite", "--quantize", "int8")
+        assert int8.returncode == 0, int8.stderr
+
+    return built_once(tmp_path_factory, "exported", build)
+
+
+@pytest.fixture(scope="session")
 def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
     """A runs root with two real runs: a copy of the session's tiny cnn run, and a tiny mlp
     trained through the app's own TrainingJob (so the job is exercised end to end, in a real
@@ -183,3 +203,29 @@ def refuse_to_read(monkeypatch, folder: Path) -> None:
             return _real(path)
 
         monkeypatch.setattr(os, name, refused)
+
+
+@dataclass
+class Done:
+    """What a command did: its exit code and what it printed (as subprocess.CompletedProcess)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_command(command: str, *args: object) -> Done:
+    """An installed console script (`imgclf-train`, `imgclf-predict`, ...) run in this process
+    through its entry point, with what it printed. An exception that escapes it fails the test,
+    which is stronger than checking a child's stderr for "Traceback". Tests whose point is a
+    fresh process (a kill, a signal, "never imports imgclf") spawn one instead."""
+    from importlib.metadata import entry_points
+
+    (entry,) = entry_points(group="console_scripts", name=command)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = entry.load()([str(a) for a in args])
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return Done(int(code or 0), out.getvalue(), err.getvalue())

@@ -48,10 +48,15 @@ def test_each_image_transform_changes_the_batch(switch: str):
 
 
 def test_flip_mirrors_whole_images():
-    x, y = _batch()
+    x, y = _batch(12)
     out = np.asarray(_augment("augment.flip=horizontal")(x, y)[0])
+    mirrored = 0
     for original, flipped in zip(x, out, strict=True):
+        assert not np.allclose(original, original[:, ::-1])  # a flip would show
         assert np.allclose(flipped, original) or np.allclose(flipped, original[:, ::-1])
+        mirrored += bool(np.allclose(flipped, original[:, ::-1]))
+    # Each image is mirrored with probability 1/2: some are, some are not (a seeded draw).
+    assert 0 < mirrored < len(x)
 
 
 @pytest.mark.parametrize("switch", ["augment.mixup=0.4", "augment.cutmix=1.0"])

@@ -6,13 +6,11 @@ training data is flagged in Predictor, imgclf-predict and the app."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import built_once
+from conftest import Done, built_once, run_command
 from PIL import Image
 
 from imgclf import runs
@@ -241,10 +239,8 @@ def test_uniform_noise_and_a_colour_photo_score_above_the_threshold(digit_run: P
     assert metrics["threshold"] == pytest.approx(predictor.ood_threshold)
 
 
-def _predict_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "imgclf.predict", *args], capture_output=True, text=True
-    )
+def _predict_cli(*args: str) -> Done:
+    return run_command("imgclf-predict", *args)
 
 
 def test_imgclf_predict_prints_the_ood_column_and_a_warning_line(digit_run: Path, photo: Path):
@@ -296,7 +292,7 @@ def test_ood_statistics_that_do_not_fit_together_are_refused(tmp_path: Path):
 
 
 def test_a_capped_fit_sample_keeps_every_class():
-    from imgclf.training.split_outputs import stratified_subset
+    from imgclf.confidence.split_outputs import stratified_subset
 
     labels = np.r_[np.zeros(10_000, int), np.ones(30, int), np.full(5, 2)]
     keep = stratified_subset(labels, 1_000, seed=0)

@@ -130,15 +130,10 @@ def test_serving_dir_gets_numbered_versions_and_never_a_failed_one(
 
 
 @pytest.mark.slow
-def test_tflite_export_is_checked_and_predicts_like_the_run(tiny_run: Path, tmp_path: Path):
-    import shutil
-
+def test_tflite_export_is_checked_and_predicts_like_the_run(exported_run: Path):
     from imgclf.predict.predictor import Predictor
 
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    assert main([str(run), "--format", "tflite"]) == 0
-    assert main([str(run), "--format", "tflite", "--quantize", "int8"]) == 0
+    run = exported_run  # imgclf-export --format all, then --format tflite --quantize int8
     exports = json.loads((run / "exports.json").read_text())
     flt, int8 = exports["tflite"], exports["tflite_int8"]
     assert flt["quantized"] is False and int8["quantized"] == "int8"
@@ -160,7 +155,7 @@ def test_tflite_export_is_checked_and_predicts_like_the_run(tiny_run: Path, tmp_
 
 
 @pytest.mark.slow
-def test_onnx_export_is_checked_and_runs_without_tensorflow(tiny_run: Path, tmp_path: Path):
+def test_onnx_export_is_checked_and_runs_without_tensorflow(exported_run: Path, tmp_path: Path):
     """model.onnx passes parity in onnxruntime, carries its class names, is in the manifest and
     the model card, answers in a process that imports only onnxruntime and NumPy, and
     `Predictor` on it agrees with the run; a modified file is refused."""
@@ -169,9 +164,7 @@ def test_onnx_export_is_checked_and_runs_without_tensorflow(tiny_run: Path, tmp_
     from imgclf.infra.errors import UserError
     from imgclf.predict.predictor import Predictor
 
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    assert main([str(run), "--format", "onnx"]) == 0
+    run = exported_run  # imgclf-export --format all
     record = json.loads((run / "exports.json").read_text())["onnx"]
     assert record["path"] == "model.onnx" and record["quantized"] is False
     assert record["parity"]["max_abs_diff"] <= PARITY_TOLERANCE
@@ -202,6 +195,8 @@ print(json.dumps([labels[i] for i in probs.argmax(1)]))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [p.label for p in want]
 
+    run = tmp_path / "run"  # the shared run stays as it is
+    shutil.copytree(exported_run, run)
     data = bytearray((run / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (run / "model.onnx").write_bytes(bytes(data))
@@ -214,13 +209,9 @@ print(json.dumps([labels[i] for i in probs.argmax(1)]))
 
 
 @pytest.mark.slow
-def test_export_all_fills_the_model_card_table(tiny_run: Path, tmp_path: Path, capsys):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    assert main([str(run), "--format", "all"]) == 0
-    out = capsys.readouterr().out
+def test_export_all_fills_the_model_card_table(exported_run: Path, tiny_run: Path):
+    run = exported_run  # imgclf-export --format all (its output: export-all.out)
+    out = (run.parent / "export-all.out").read_text()
     for what in ("saved_model:", "tflite:", "onnx:"):
         assert what in out
     exports = json.loads((run / "exports.json").read_text())

@@ -33,41 +33,24 @@ def _corpus(run: Path) -> list[corpus.Sample]:
 
 
 @pytest.fixture(scope="session")
-def exported(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> dict[str, Path]:
-    """An RGB run (a copy of the session's tiny run) and a grey one trained here with
+def exported(exported_run: Path, folder_dataset: Path, tmp_path_factory) -> dict[str, Path]:
+    """An RGB run (the session's tiny run with every export) and a grey one trained here with
     `normalize: standardize` (what ONNX export used to crash on). Training wrote and checked
     each one's SavedModel; `imgclf-export` adds TFLite and ONNX. Built once per test session
-    and shared by the pytest-xdist workers (under a file lock; the tests only read them)."""
-    import fcntl
-
-    from conftest import tiny_overrides
+    and shared by the pytest-xdist workers (the tests only read them)."""
+    from conftest import built_once, run_command, tiny_overrides
 
     from imgclf.config import load_config
-    from imgclf.export.cli import main
     from imgclf.train import train
 
-    root = tmp_path_factory.getbasetemp().parent / "formats-exported"
-    root.mkdir(exist_ok=True)
-    runs_made = {"rgb": root / "rgb", "grey": root / "grey"}
-    with (root / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "done").exists():
-            shutil.copytree(tiny_run, runs_made["rgb"])
-            config = load_config(
-                None,
-                [
-                    *tiny_overrides(folder_dataset),
-                    "data.channels=1",
-                    "data.normalize=standardize",
-                    "train.export=true",
-                ],
-            )
-            train(config, out=runs_made["grey"], verbose=0)
-            for run in runs_made.values():
-                for fmt in ("tflite", "onnx"):
-                    assert main([str(run), "--format", fmt]) == 0
-            (root / "done").touch()
-    return runs_made
+    def build(grey: Path) -> None:
+        overrides = ["data.channels=1", "data.normalize=standardize", "train.export=true"]
+        config = load_config(None, [*tiny_overrides(folder_dataset), *overrides])
+        train(config, out=grey, verbose=0)
+        for fmt in ("tflite", "onnx"):
+            assert run_command("imgclf-export", grey, "--format", fmt).returncode == 0
+
+    return {"rgb": exported_run, "grey": built_once(tmp_path_factory, "grey-exported", build)}
 
 
 def test_the_supported_list_names_the_formats_users_have():
@@ -243,7 +226,7 @@ def test_an_export_whose_graph_decoder_fails_a_format_is_not_written(
         return fmt, tf.where(tf.equal(fmt, graph_header.PNG), "broken", reason), facts
 
     monkeypatch.setattr(graph_decode, "inspect", no_png)
-    monkeypatch.setattr("imgclf.export.saved_model._DECODERS", {})  # trace the broken one
+    monkeypatch.setattr("imgclf.export.batch_decode._DECODERS", {})  # trace the broken one
     out = tmp_path / "served"
     assert main([str(exported["grey"]), "--out", str(out)]) == 1
     assert not out.exists()
@@ -343,8 +326,8 @@ def test_serve_bytes_decodes_the_pixels_of_load_image(channels: int):
     in fixed point."""
     import tensorflow as tf
 
+    from imgclf.export.batch_decode import decode_batch
     from imgclf.export.graph_header import inspect
-    from imgclf.export.saved_model import decode_batch
 
     rng = np.random.default_rng(2)
     samples = [s for s in corpus.build([rng.integers(0, 256, (20, 24, 3), np.uint8)]) if s.graph]

@@ -1,4 +1,4 @@
-"""Bounded forward passes after training (forward, training.split_outputs): nothing after
+"""Bounded forward passes after training (forward, confidence.split_outputs): nothing after
 the last epoch runs the model on more images at once than the configured batch, and the outputs
 computed once per split give the calibration, OOD detector and evaluation that separate passes
 for each consumer give."""
@@ -143,8 +143,8 @@ def trained(folder_dataset: Path):
 def test_shared_outputs_give_the_per_consumer_calibration_ood_and_evaluation(trained):
     from imgclf.confidence import calibration, graph, ood
     from imgclf.confidence.fit import fit_confidence
+    from imgclf.confidence.split_outputs import run_outputs
     from imgclf.evaluate import evaluate
-    from imgclf.training.split_outputs import run_outputs
 
     model, config, splits = trained
     outputs = run_outputs(model, splits, 3, ood.MAX_FIT_IMAGES, config.seed)
@@ -179,7 +179,7 @@ def test_a_detector_that_cannot_be_fitted_is_skipped_not_a_traceback(trained):
     import dataclasses
 
     from imgclf.confidence.fit import fit_confidence
-    from imgclf.training.split_outputs import run_outputs
+    from imgclf.confidence.split_outputs import run_outputs
 
     model, config, splits = trained
     outputs = run_outputs(model, splits, 8, 100, config.seed)

@@ -3,6 +3,7 @@ time (`TrainingJob.enqueue`), and the app's Lessons page through AppTest."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -67,27 +68,32 @@ def test_gradient_ratio_and_dead_units_read_the_right_records():
 
 @pytest.mark.slow
 def test_queued_jobs_train_one_at_a_time_in_order(tmp_path: Path, folder_dataset: Path):
+    """The queue's logic, on a stub trainer (a real child trained through TrainingJob is the
+    app_runs fixture): queued configs start one at a time, in order, each after the one before
+    has ended, and the server's queue thread stops once the queue is empty."""
+    import stub_trainer
     from conftest import tiny_overrides
 
-    job = TrainingJob(tmp_path / "runs")
+    job = TrainingJob(tmp_path / "runs", command=stub_trainer.command)
     configs = [
-        load_config(None, [*tiny_overrides(folder_dataset), f"name=q{n}", "train.epochs=1"])
-        for n in range(2)
+        load_config(None, [*tiny_overrides(folder_dataset), f"name=q{n}", "train.epochs=3"])
+        for n in range(3)
     ]
     job.enqueue(configs)
     first = job.snapshot()
-    assert first.status == "running" and first.name == "q0" and job.queued() == ["q1"]
+    assert first.status == "running" and first.name == "q0" and job.queued() == ["q1", "q2"]
+    assert job.enqueue(configs[1:]) == ["q1", "q2"]  # pressed twice: queued once
     done = job._drainer
     done.join(timeout=600)  # the server's queue thread starts q1 when q0 ends, then stops
     assert not done.is_alive()
     last = job.snapshot()
-    assert last.status == "done" and last.name == "q1" and job.queued() == []
-    entries = catalog.list_runs(tmp_path / "runs")
-    assert sorted(e.name.split("-")[0] for e in entries) == ["q0", "q1"]
-    assert all(e.complete for e in entries)
-    q0, q1 = sorted(entries, key=lambda e: e.name)
-    # One at a time: q1's child wrote its config after q0's manifest (q0's last file).
-    assert (q0.path / runs.MANIFEST).stat().st_mtime <= (q1.path / runs.CONFIG).stat().st_mtime
+    assert last.status == "done" and last.name == "q2" and job.queued() == []
+    made = sorted((tmp_path / "runs").glob("q*"), key=lambda p: p.name)
+    assert [runs.read_config(p)["name"] for p in made] == ["q0", "q1", "q2"]
+    assert all(len(runs.read_history(p / runs.HISTORY)) == 3 for p in made)
+    # One at a time: each child wrote its config after the one before wrote its last row.
+    for before, after in itertools.pairwise(made):
+        assert (before / runs.HISTORY).stat().st_mtime <= (after / runs.CONFIG).stat().st_mtime
 
 
 def test_the_lessons_page_lists_missing_runs_and_offers_to_train(monkeypatch, app_runs: Path):

@@ -4,7 +4,9 @@
     ood.py          the out-of-distribution statistics: class means, shared covariance,
                     Mahalanobis distance, the threshold (Lee et al., 2018)
     graph.py        the Keras model surgery that wires the score into the model's graph
-    fit.py          `fit_confidence`: both fitted from the run's shared split outputs
+    split_outputs.py each split through the trained model once (features, logits), shared
+                    by the fit, the run's evaluation and the SavedModel's parity reference
+    fit.py          `fit_confidence`: both fitted from those shared split outputs
 
 Run files (ood.npz, metrics.json) are read only through `imgclf.runs`.
 """

@@ -3,7 +3,7 @@ out-of-distribution detector (`ood`), fitted once at the end of training from th
 features.
 
 It reads the model's outputs on each split, computed once at the end of training and shared with
-evaluation (`training.split_outputs`): the features the head reads, and the logits that follow
+evaluation (`confidence.split_outputs`): the features the head reads, and the logits that follow
 from the output layer's weights. What is fitted on what:
     temperature      validation split (never test)
     OOD means/cov    training split (up to ood.MAX_FIT_IMAGES, inference mode, no augmentation)
@@ -24,8 +24,8 @@ from imgclf.models.reuse import feature_tensor
 if TYPE_CHECKING:
     import keras
 
+    from imgclf.confidence.split_outputs import SplitOutputs
     from imgclf.schema import Config
-    from imgclf.training.split_outputs import SplitOutputs
 
 
 @dataclass

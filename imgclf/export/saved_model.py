@@ -15,6 +15,8 @@ from imgclf import runs
 from imgclf.confidence.graph import scored_model
 from imgclf.confidence.ood import FLAG_NAME, SCORE_NAME, load_run_stats
 from imgclf.export import corpus
+from imgclf.export.batch_decode import STATUS_OK, batch_decoder
+from imgclf.export.destinations import check_out, next_serving_version
 from imgclf.export.parity import (
     ACCURACY_KEYS,
     BYTES_CHECK_IMAGES,
@@ -47,64 +49,6 @@ LABEL_NAME = "label"
 BYTES_SIGNATURE = "serve_bytes"
 BYTES_INPUT_NAME = "images"
 STATUS_NAME = "status"
-STATUS_OK = "ok"
-UNDECODABLE = "truncated or corrupt image (TensorFlow's decoder failed)"
-
-
-_DECODERS: dict[tuple[int, int, int], Any] = {}
-
-
-def _decoder(height: int, width: int, channels: int) -> Any:
-    """`decode_batch` as a tf.function with a fixed signature, one per input shape and process:
-    the graph decoder is most of an export's time, and it does not depend on the model, so it
-    is traced once (the export traces serve_bytes twice; the tests export dozens of runs)."""
-    import tensorflow as tf
-
-    key = (height, width, channels)
-    if key not in _DECODERS:
-        _DECODERS[key] = tf.function(
-            lambda images: decode_batch(images, height, width, channels),
-            input_signature=[tf.TensorSpec([None], tf.string)],
-            autograph=False,
-        )
-    return _DECODERS[key]
-
-
-def decode_batch(images: Any, height: int, width: int, channels: int) -> tuple[Any, Any]:
-    """(pixels float32 [N, height, width, channels], status string [N]) for encoded files
-    string [N]: each decoded by `graph_decode`, inside `tf.data` so that a file the decoder
-    rejects is dropped by `ignore_errors` and reported, instead of failing the whole batch."""
-    import tensorflow as tf
-
-    from imgclf.export import graph_decode
-
-    n = tf.shape(images)[0]
-    zeros = tf.zeros([height, width, channels])
-
-    def one(index: tf.Tensor, data: tf.Tensor):
-        fmt, reason, facts = graph_decode.inspect(data, max(height, width))
-        pixels = tf.cond(
-            tf.equal(reason, ""),
-            lambda: graph_decode.decode(fmt, facts, height, width, channels),
-            lambda: zeros,
-        )
-        return index, pixels, reason
-
-    slices = tf.data.Dataset.from_tensor_slices((tf.range(n), images))
-    one = tf.autograph.experimental.do_not_convert(one)  # plain graph code: no conversion
-    decoded = slices.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    decoded = decoded.ignore_errors()
-    # One sentinel element, so the batch below exists even when every file failed.
-    sentinel = tf.data.Dataset.from_tensors((tf.constant(-1), zeros, tf.constant("")))
-    everything = decoded.concatenate(sentinel).batch(tf.cast(n, tf.int64) + 1)
-    index, pixels, reasons = everything.get_single_element()
-    keep = index >= 0
-    where = tf.boolean_mask(index, keep)[:, None]
-    pixels = tf.scatter_nd(where, tf.boolean_mask(pixels, keep), [n, height, width, channels])
-    reasons = tf.boolean_mask(reasons, keep)
-    reasons = tf.where(tf.equal(reasons, ""), STATUS_OK, reasons)
-    status = tf.tensor_scatter_nd_update(tf.fill([n], UNDECODABLE), where, reasons)
-    return pixels, status
 
 
 def write_saved_model(
@@ -149,7 +93,7 @@ def write_saved_model(
     def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         return outputs(pixels)
 
-    decode = _decoder(height, width, channels)
+    decode = batch_decoder(height, width, channels)
     spec = tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)
     # The traced serving function; serve_bytes calls it, so the model is traced once, not
     # once per signature (a second trace of EfficientNet-Lite0 cost ~3 s of every export).
@@ -157,16 +101,7 @@ def write_saved_model(
 
     def serve_bytes(images: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels, status = decode(images)
-        out = dict(served(pixels))
-        ok = tf.equal(status, STATUS_OK)
-        out[OUTPUT_NAME] = tf.where(ok[:, None], out[OUTPUT_NAME], 0.0)
-        if LABEL_NAME in out:
-            out[LABEL_NAME] = tf.where(ok, out[LABEL_NAME], "")
-        if SCORE_NAME in out:
-            out[SCORE_NAME] = tf.where(ok, out[SCORE_NAME], 0.0)
-            out[FLAG_NAME] = tf.logical_and(ok, out[FLAG_NAME])
-        out[STATUS_NAME] = status
-        return out
+        return _refused_blank(dict(served(pixels)), status)
 
     archive.add_endpoint(
         name=BYTES_SIGNATURE,
@@ -174,6 +109,22 @@ def write_saved_model(
         input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT_NAME)],
     )
     archive.write_out(str(path), verbose=False)
+
+
+def _refused_blank(out: dict[str, Any], status: Any) -> dict[str, Any]:
+    """serve_bytes' outputs with `status` added: an image the graph decoder refused gets
+    all-zero probabilities, an empty label, ood_score 0 and ood false."""
+    import tensorflow as tf
+
+    ok = tf.equal(status, STATUS_OK)
+    out[OUTPUT_NAME] = tf.where(ok[:, None], out[OUTPUT_NAME], 0.0)
+    if LABEL_NAME in out:
+        out[LABEL_NAME] = tf.where(ok, out[LABEL_NAME], "")
+    if SCORE_NAME in out:
+        out[SCORE_NAME] = tf.where(ok, out[SCORE_NAME], 0.0)
+        out[FLAG_NAME] = tf.logical_and(ok, out[FLAG_NAME])
+    out[STATUS_NAME] = status
+    return out
 
 
 def reload(saved_model_dir: str | Path) -> Any:
@@ -348,31 +299,6 @@ def saved_model_record(
         **{k: report[k] for k in ACCURACY_KEYS if k in report},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-
-
-def next_serving_version(serving_dir: str | Path) -> int:
-    """The next version number under a TF Serving model folder: 1 + the largest numeric
-    sub-folder (1 for a new folder). TF Serving serves the highest version it finds."""
-    folder = Path(serving_dir)
-    if not folder.is_dir():
-        return 1
-    versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
-def check_out(out: Path) -> None:
-    """`--out` must be new, empty, or an earlier imgclf SavedModel (replaced atomically): a
-    folder holding anything else is the user's, and is never replaced. Raises UserError."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder for the SavedModel")
-    ours = (out / "saved_model.pb").is_file() and (out / runs.LABELS).is_file()
-    if any(out.iterdir()) and not ours:
-        raise UserError(
-            f"--out {out} is not empty and is not an imgclf SavedModel; refusing to replace "
-            "it. Give a new (or empty) folder"
-        )
 
 
 def export_run(

@@ -18,6 +18,4 @@ What the steps use:
     resume.py           `--resume RUN`: what an interrupted run needs to go on
     estimate.py         how long the job has left (printed, and progress.json for the app)
     progress.py         what a run costs: wall time, CPU time, peak memory per stage
-    split_outputs.py    each split through the trained model once, shared by calibration,
-                        OOD, evaluation and the export's parity reference
 """

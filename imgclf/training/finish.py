@@ -18,6 +18,7 @@ import numpy as np
 from imgclf import runs
 from imgclf.confidence.fit import fit_confidence
 from imgclf.confidence.ood import MAX_FIT_IMAGES
+from imgclf.confidence.split_outputs import head_outputs, run_outputs
 from imgclf.evaluate import evaluate_probabilities
 from imgclf.export.parity import PARITY_MAX_IMAGES, Reference, model_reference
 from imgclf.export.saved_model import export_saved_model, saved_model_record
@@ -28,15 +29,14 @@ from imgclf.infra.errors import DataError
 from imgclf.model_card import model_card
 from imgclf.training.backend import backend_name, can_export_saved_model, export_skipped_message
 from imgclf.training.progress import Meter, cost_line
-from imgclf.training.split_outputs import head_outputs, run_outputs
 
 if TYPE_CHECKING:
     import keras
 
     from imgclf.confidence.ood import OODStats
+    from imgclf.confidence.split_outputs import SplitOutputs
     from imgclf.data import Splits
     from imgclf.schema import Config
-    from imgclf.training.split_outputs import SplitOutputs
 
 MAX_SAMPLES = 10
 
