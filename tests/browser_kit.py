@@ -20,6 +20,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# How long any wait for an effect may take (the server answering, a heading, a chart, a run
+# finishing) before the test fails. Every wait ends as soon as its effect shows, so this only
+# bounds a hang; it is generous so that a machine at load 10 is slow, not failing.
+WAIT_S = int(os.environ.get("IMGCLF_BROWSER_WAIT_S", "900"))
+
+
+def _expect_waits() -> None:
+    """Playwright's `expect` polls for WAIT_S instead of its default 5 s."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_S * 1000)
+
+
+_expect_waits()
 
 
 def chromium() -> str:
@@ -50,7 +64,7 @@ def serve(runs_root: Path, log_dir: Path, **env: str) -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + WAIT_S
         while True:  # the health endpoint answers once the server listens
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
@@ -79,6 +93,7 @@ def browser_page(width: int = 1400, height: int = 1000, **context: object):
         browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         try:
             ctx = browser.new_context(viewport={"width": width, "height": height}, **context)
+            ctx.set_default_timeout(WAIT_S * 1000)  # clicks, downloads
             yield ctx.new_page()
         finally:
             browser.close()
@@ -89,8 +104,8 @@ def settled(page) -> None:
     from the previous page."""
     from playwright.sync_api import expect
 
-    expect(page.get_by_test_id("stStatusWidgetRunningIcon")).to_have_count(0, timeout=60_000)
-    expect(page.locator("[data-stale='true']")).to_have_count(0, timeout=60_000)
+    expect(page.get_by_test_id("stStatusWidgetRunningIcon")).to_have_count(0)
+    expect(page.locator("[data-stale='true']")).to_have_count(0)
 
 
 def go_to(page, name: str, title: str | None = None) -> None:
@@ -98,9 +113,7 @@ def go_to(page, name: str, title: str | None = None) -> None:
     from playwright.sync_api import expect
 
     page.get_by_test_id("stSidebar").get_by_text(name, exact=True).first.click()
-    expect(page.get_by_role("heading", name=title or name, exact=True).first).to_be_visible(
-        timeout=60_000
-    )
+    expect(page.get_by_role("heading", name=title or name, exact=True).first).to_be_visible()
     settled(page)
     expect(page.get_by_text("This app has encountered an error")).to_have_count(0)
 

@@ -34,14 +34,14 @@ def test_upload_in_a_real_browser_shows_the_label(server: str, app_runs: Path, t
     with browser_page() as page:
         page.goto(server)
         # The page paints (title, uploader) while the model is still loading, and says so.
-        expect(page.get_by_role("heading", name="Classify")).to_be_visible(timeout=90_000)
-        expect(page.get_by_text("Loading the model")).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("heading", name="Classify")).to_be_visible()
+        expect(page.get_by_text("Loading the model")).to_be_visible()
         page.screenshot(path=tmp_path / "classify-loading.png")
-        expect(page.get_by_text("Upload one or more images")).to_be_visible(timeout=90_000)
+        expect(page.get_by_text("Upload one or more images")).to_be_visible()
         page.screenshot(path=tmp_path / "classify-empty.png")
         page.locator("input[type=file]").first.set_input_files(str(sample))
         result = page.get_by_text(" · p = ").first
-        expect(result).to_be_visible(timeout=60_000)
+        expect(result).to_be_visible()
         shown = result.inner_text().split(" · ")[0].strip()
         assert shown in labels and shown == expected[0].label
         settled(page)
@@ -51,7 +51,7 @@ def test_upload_in_a_real_browser_shows_the_label(server: str, app_runs: Path, t
         labels_drawn = page.get_by_test_id("stVegaLiteChart").first.locator(
             ".role-axis-label text:not([opacity='0'])"
         )
-        expect(labels_drawn.first).to_be_attached(timeout=30_000)  # Vega draws after load
+        expect(labels_drawn.first).to_be_attached()  # Vega draws after load
         texts = set(labels_drawn.all_text_contents())
         assert set(expected[0].labels) <= texts, (expected[0].labels, texts)
         # The selected run's whole label (name, family, accuracy, date) is readable without
@@ -62,7 +62,7 @@ def test_upload_in_a_real_browser_shows_the_label(server: str, app_runs: Path, t
             if name == "Compare":  # two runs: two distinct colours, names in full
                 legend = page.get_by_test_id("stVegaLiteChart").first
                 symbols = legend.locator(".role-legend-symbol path")
-                expect(symbols.first).to_be_attached(timeout=30_000)
+                expect(symbols.first).to_be_attached()
                 fills = [symbols.nth(i).get_attribute("fill") for i in range(symbols.count())]
                 hues = [hue(f) for f in fills]
                 assert len(hues) == 2 and hue_gap(*hues) > 0.1, fills  # not two blues
@@ -71,7 +71,7 @@ def test_upload_in_a_real_browser_shows_the_label(server: str, app_runs: Path, t
             page.screenshot(path=tmp_path / f"{name.lower().replace(' ', '-')}.png")
         # Back on Classify the upload is still there (kept per run until cleared).
         go_to(page, "Classify")
-        expect(page.get_by_text(" · p = ").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(" · p = ").first).to_be_visible()
         assert page.get_by_text(" · p = ").first.inner_text().startswith(shown)
         expect(page.get_by_text(sample.name).first).to_be_visible()
         page.screenshot(path=tmp_path / "classify-kept.png")
@@ -102,11 +102,11 @@ def _batch_zip(page, run: Path, tmp_path: Path) -> None:
     settled(page)
     page.get_by_role("button", name="Classify all").click()
     summary = page.get_by_text(f"{len(samples)} images classified from batch.zip")
-    expect(summary).to_be_visible(timeout=60_000)
+    expect(summary).to_be_visible()
     expect(page.get_by_text("set/broken.png: not an image")).to_be_visible()
     settled(page)
     page.screenshot(path=tmp_path / "classify-batch.png", full_page=True)
-    with page.expect_download(timeout=60_000) as download:
+    with page.expect_download() as download:
         page.get_by_role("button", name="Download CSV").click()
     rows = list(csv.DictReader(download.value.path().open()))
     assert {r["image"] for r in rows} == {f"set/{p.name}" for p in samples}
@@ -133,13 +133,13 @@ def test_lessons_page_trains_a_pair_and_overlays_it(tmp_path: Path):
         epochs.press("Enter")
         settled(page)
         page.get_by_role("button", name="Train the missing runs").click()
-        expect(page.get_by_text("Queued next:")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Queued next:")).to_be_visible()
         page.screenshot(path=tmp_path / "lessons-queued.png")
         table = page.get_by_test_id("stTable").nth(1)  # the runs' table, once both exist
-        expect(table).to_be_visible(timeout=600_000)
+        expect(table).to_be_visible()
         settled(page)
         legend = page.get_by_test_id("stVegaLiteChart").first.locator(".role-legend-label text")
-        expect(legend.first).to_be_attached(timeout=30_000)
+        expect(legend.first).to_be_attached()
         assert set(legend.all_text_contents()) == set(stems)  # the pair, overlaid
         rows = {}
         for row in table.locator("tbody tr").all():
@@ -199,9 +199,9 @@ def test_a_dataset_built_in_the_browser_lands_on_disk_and_trains(tmp_path: Path)
         page.get_by_role("button", name="Add class").click()
         settled(page)
         uploader = page.get_by_test_id("stFileUploader").filter(has_text="Images for")
-        expect(uploader).to_be_visible(timeout=60_000)
+        expect(uploader).to_be_visible()
         uploader.locator("input[type=file]").set_input_files([str(p) for p in files[:6]])
-        expect(page.get_by_text("Added 6 image(s).")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Added 6 image(s).")).to_be_visible()
         settled(page)
         # The zip makes its own class (its folder).
         zipped = page.get_by_test_id("stFileUploader").filter(has_text="zip of class folders")
@@ -209,7 +209,7 @@ def test_a_dataset_built_in_the_browser_lands_on_disk_and_trains(tmp_path: Path)
         # "Added 6 image(s)." is already on the page from the first upload, so wait for what
         # only the zip brings: a second class, which is what shows the "Use this dataset" button.
         use = page.get_by_role("button", name="Use this dataset in the form below")
-        expect(use).to_be_visible(timeout=60_000)
+        expect(use).to_be_visible()
         settled(page)
         page.screenshot(path=tmp_path / "builder.png", full_page=True)
         root = data / "web_shapes"
@@ -224,7 +224,7 @@ def test_a_dataset_built_in_the_browser_lands_on_disk_and_trains(tmp_path: Path)
         epochs.fill("1")
         page.get_by_role("button", name="Start training").click()
         done = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Trained web_shapes")
-        expect(done).to_be_visible(timeout=300_000)
+        expect(done).to_be_visible()
         page.screenshot(path=tmp_path / "builder-trained.png", full_page=True)
     (run,) = _complete(tmp_path / "runs")
     report = runs.read_json(run.path / runs.DATA_REPORT)

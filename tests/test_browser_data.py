@@ -37,10 +37,10 @@ def test_data_page_in_a_real_browser(augmented_runs: Path, tmp_path: Path):
     classes = report["classes"]
     with serve(augmented_runs, tmp_path) as url, browser_page() as page:
         page.goto(url)
-        expect(page.get_by_role("heading", name="Classify")).to_be_visible(timeout=90_000)
+        expect(page.get_by_role("heading", name="Classify")).to_be_visible()
         go_to(page, "Data")
         # The numbers in the page are the report's, per class and split, and the totals.
-        expect(page.get_by_test_id("stTable").first).to_be_visible(timeout=30_000)
+        expect(page.get_by_test_id("stTable").first).to_be_visible()
         shown = _table_cells(page)
         expected = {
             name: [str(report["counts"][s][name]) for s in ("train", "val", "test")]
@@ -53,7 +53,7 @@ def test_data_page_in_a_real_browser(augmented_runs: Path, tmp_path: Path):
         # The chart colours the splits with three distinct hues (category10, not blues).
         chart = page.get_by_test_id("stVegaLiteChart").first
         symbols = chart.locator(".role-legend-symbol path")
-        expect(symbols.first).to_be_attached(timeout=30_000)
+        expect(symbols.first).to_be_attached()
         labels = chart.locator(".role-legend-label text").all_text_contents()
         assert labels == ["train", "val", "test"], labels
         hues = [hue(symbols.nth(i).get_attribute("fill")) for i in range(symbols.count())]
@@ -74,7 +74,7 @@ def test_data_page_in_a_real_browser(augmented_runs: Path, tmp_path: Path):
         expect(page.get_by_alt_text("augmentation preview")).to_have_count(0)
         page.get_by_role("button", name="Preview augmentation").click()
         preview = page.get_by_alt_text("augmentation preview")
-        expect(preview).to_be_visible(timeout=120_000)
+        expect(preview).to_be_visible()
         settled(page)
         assert _loaded(preview)
         width = preview.evaluate("e => e.naturalWidth")
