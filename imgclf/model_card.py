@@ -194,6 +194,19 @@ def _cost_line(metrics: dict[str, Any]) -> str:
     )
 
 
+def _subset_lines(config: Config) -> str:
+    """The card's lines on the classes kept and the training cap ("" for the whole source)."""
+    subset = ""
+    if config.data.classes:
+        subset += f"\n- Classes kept from the source: {', '.join(config.data.classes)}"
+    if config.data.max_per_class:
+        subset += (
+            f"\n- Training images capped at {config.data.max_per_class} per class "
+            "(validation and test are not capped)"
+        )
+    return subset
+
+
 def model_card(
     config: Config,
     splits: Splits,
@@ -213,14 +226,7 @@ def model_card(
     epochs = "" if config.model.pretrained else f"up to {config.train.epochs} epochs, "
     height, width = config.data.image_size
     source = config.data.source + (f" ({config.data.path})" if config.data.path else "")
-    subset = ""
-    if config.data.classes:
-        subset += f"\n- Classes kept from the source: {', '.join(config.data.classes)}"
-    if config.data.max_per_class:
-        subset += (
-            f"\n- Training images capped at {config.data.max_per_class} per class "
-            "(validation and test are not capped)"
-        )
+    subset = _subset_lines(config)
     export = export_section(exports, backend, skipped=not config.train.export)
     return f"""# Model card: {config.name}
 

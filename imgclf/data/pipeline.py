@@ -50,6 +50,26 @@ def _reader(split: Split, num_classes: int) -> Any:
     return read
 
 
+def _position_batches(
+    positions: np.ndarray, batch_size: int, seed: int, epoch: tf.Variable | None
+) -> tf.data.Dataset:
+    """Batches of `positions` (int64 [B]): in order, or shuffled by (seed, `epoch`) if given."""
+    import tensorflow as tf
+
+    if epoch is None:
+        return tf.data.Dataset.from_tensor_slices(positions).batch(batch_size)
+    key = tf.constant(seed, tf.int64)
+    # Read when an epoch's iterator starts, after `set_epoch`: the order of (seed, epoch).
+    order = tf.data.Dataset.from_tensors(positions).flat_map(
+        lambda p: tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(p, seed=tf.stack([key, epoch]))
+        )
+    )
+    # flat_map hides the length: say it, so Keras knows an epoch's steps.
+    steps = -(-len(positions) // batch_size)
+    return order.batch(batch_size).apply(tf.data.experimental.assert_cardinality(steps))
+
+
 def make_dataset(
     split: Split,
     batch_size: int,
@@ -94,20 +114,7 @@ def make_dataset(
 
     if shuffle and epoch is None:
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    if shuffle:
-        key = tf.constant(seed, tf.int64)
-        # Read when an epoch's iterator starts, after `set_epoch`: the order of (seed, epoch).
-        order = tf.data.Dataset.from_tensors(positions).flat_map(
-            lambda p: tf.data.Dataset.from_tensor_slices(
-                tf.random.experimental.stateless_shuffle(p, seed=tf.stack([key, epoch]))
-            )
-        )
-    else:
-        order = tf.data.Dataset.from_tensor_slices(positions)
-    batches = order.batch(batch_size)
-    if shuffle:  # flat_map hides the length: say it, so Keras knows an epoch's steps
-        steps = -(-len(positions) // batch_size)
-        batches = batches.apply(tf.data.experimental.assert_cardinality(steps))
+    batches = _position_batches(positions, batch_size, seed, epoch if shuffle else None)
     ds = batches.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment is not None:
         # Sequential on purpose: the random layers advance a seed state, and parallel calls

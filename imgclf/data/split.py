@@ -11,7 +11,7 @@ import numpy as np
 from imgclf.data import builtin
 from imgclf.data.folder import load_csv, load_folder
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, Split, Splits, conform
-from imgclf.data.store import ImageView
+from imgclf.data.store import FileStore, ImageView
 from imgclf.infra.errors import DataError
 
 if TYPE_CHECKING:
@@ -162,6 +162,30 @@ def _counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     return {name: int(n) for name, n in zip(class_names, counts, strict=True)}
 
 
+def _check_not_empty(pool: Pool, val_idx: np.ndarray, test_idx: np.ndarray) -> None:
+    """Raise DataError when the validation or the test split has no image."""
+    for name, idx, frac in (("val", val_idx, "val_fraction"), ("test", test_idx, "test_fraction")):
+        if len(idx) == 0:
+            usable = len(pool.labels) - (int(pool.failed.sum()) if pool.failed is not None else 0)
+            raise DataError(
+                f"data: the {name} split is empty ({usable} usable images); add images "
+                f"or raise data.{frac}"
+            )
+
+
+def _cache_report(store: FileStore) -> dict[str, Any]:
+    """The report's `cache` entry: how the pixels were read (built now, or a re-used disk cache)."""
+    reused = store.mode == "disk" and not store.built
+    return {
+        "mode": store.mode,
+        "reused": reused,
+        "bytes": store.nbytes if store.mode != "none" else 0,
+        "seconds": round(store.seconds, 2),  # to decode the set (or open the cache)
+        **({"file": str(store.path)} if store.path is not None else {}),
+        **({"note": store.note} if store.note else {}),
+    }
+
+
 def load_data(config: Config) -> Splits:
     """Load `config.data`, split it with `config.seed`, and build the data report.
 
@@ -185,13 +209,7 @@ def load_data(config: Config) -> Splits:
     # Files known not to decode leave their split only now, so the split and the cap are the
     # same whether the decoded cache found them up front or reading finds them later.
     train_idx, val_idx, test_idx = (_readable(pool, i) for i in (train_idx, val_idx, test_idx))
-    for name, idx, frac in (("val", val_idx, "val_fraction"), ("test", test_idx, "test_fraction")):
-        if len(idx) == 0:
-            usable = len(pool.labels) - (int(pool.failed.sum()) if pool.failed is not None else 0)
-            raise DataError(
-                f"data: the {name} split is empty ({usable} usable images); add images "
-                f"or raise data.{frac}"
-            )
+    _check_not_empty(pool, val_idx, test_idx)
     _check_every_class_tested(pool, cfg, train_idx, val_idx, test_idx)
     splits = {"train": _take(pool, train_idx, cfg), "val": _take(pool, val_idx, cfg)}
     splits["test"] = _take(pool, test_idx, cfg)
@@ -209,17 +227,7 @@ def load_data(config: Config) -> Splits:
         "ignored": pool.ignored,
     }
     if pool.store is not None:
-        # How the pixels were read: built now, or a disk cache re-used from an earlier run.
-        store = pool.store
-        reused = store.mode == "disk" and not store.built
-        report["cache"] = {
-            "mode": store.mode,
-            "reused": reused,
-            "bytes": store.nbytes if store.mode != "none" else 0,
-            "seconds": round(store.seconds, 2),  # to decode the set (or open the cache)
-            **({"file": str(store.path)} if store.path is not None else {}),
-            **({"note": store.note} if store.note else {}),
-        }
+        report["cache"] = _cache_report(pool.store)
     if cfg.classes is not None:
         report["classes_kept"] = list(cfg.classes)
     if cfg.max_per_class is not None:

@@ -305,6 +305,29 @@ def tape_batch_size(model: keras.Model) -> int:
     return int(max(1, min(BATCH_SIZE, TAPE_BUDGET // per_image if per_image else BATCH_SIZE)))
 
 
+def _checked_images(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """`images` as float32 [N, H, W, C]; ValueError unless they match the model's input shape."""
+    images = np.asarray(images, dtype=np.float32)
+    expected = tuple(model.input_shape[1:])
+    if images.ndim != 4 or any(
+        want is not None and got != want
+        for got, want in zip(images.shape[1:], expected, strict=False)
+    ):
+        raise ValueError(f"images must be [N, {', '.join(map(str, expected))}], got {images.shape}")
+    return images
+
+
+def _normalised(maps: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """The batches' raw maps joined and scaled per image to 0..1: float32 [N, H, W]."""
+    if not maps:
+        return np.zeros((0, height, width), dtype=np.float32)
+    cam = np.nan_to_num(np.concatenate(maps), nan=0.0, posinf=0.0, neginf=0.0)
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    # No positive evidence anywhere: leave the map at zero instead of dividing by zero.
+    scaled = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+
+
 def gradcam(
     model: keras.Model,
     images: np.ndarray,
@@ -322,13 +345,7 @@ def gradcam(
     name = validate(model, layer)  # first: under another backend, a clear error
     import tensorflow as tf
 
-    images = np.asarray(images, dtype=np.float32)
-    expected = tuple(model.input_shape[1:])
-    if images.ndim != 4 or any(
-        want is not None and got != want
-        for got, want in zip(images.shape[1:], expected, strict=False)
-    ):
-        raise ValueError(f"images must be [N, {', '.join(map(str, expected))}], got {images.shape}")
+    images = _checked_images(model, images)
     features, rest = _split(model, name)
     n, height, width = images.shape[:3]
     classes = int(model.outputs[0].shape[-1])
@@ -365,10 +382,4 @@ def gradcam(
         heat(images[i : i + size], wanted[i : i + size].astype(np.int32)).numpy()
         for i in range(0, n, size)
     ]  # [B, H, W] each
-    if not maps:
-        return np.zeros((0, height, width), dtype=np.float32)
-    cam = np.nan_to_num(np.concatenate(maps), nan=0.0, posinf=0.0, neginf=0.0)
-    peak = cam.max(axis=(1, 2), keepdims=True)
-    # No positive evidence anywhere: leave the map at zero instead of dividing by zero.
-    scaled = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
-    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
+    return _normalised(maps, height, width)

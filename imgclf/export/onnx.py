@@ -86,6 +86,28 @@ def _traced(model: Any, ood_stats: Any) -> tuple[Any, list[str]]:
     return tf.function(outputs), names
 
 
+def _captured_constants(concrete: Any) -> dict[str, Any]:
+    """Placeholder name in the traced graph -> the tensor it captures (constants, variables)."""
+    return dict(
+        zip(
+            (t.name for t in concrete.graph.internal_captures),
+            concrete.captured_inputs,
+            strict=True,
+        )
+    )
+
+
+def _rename_outputs(graph: Any, output_names: list[str]) -> None:
+    """Rename an ONNX graph's outputs to `output_names`, in place, in every node that uses them."""
+    # tf2onnx names the output tensors after TF ops; clients look them up by imgclf's names.
+    renames = {out.name: new for out, new in zip(graph.output, output_names, strict=True)}
+    for node in graph.node:
+        node.output[:] = [renames.get(o, o) for o in node.output]
+        node.input[:] = [renames.get(i, i) for i in node.input]
+    for out in graph.output:
+        out.name = renames[out.name]
+
+
 def convert(model: Any, class_names: list[str], path: str | Path, ood_stats: Any = None) -> None:
     """Write `model` as ONNX to `path`: input `pixels`, output `probabilities` (and, given
     `ood_stats`, `ood_score` and `ood`: the run's detector, `imgclf.confidence.ood`), class names in
@@ -108,13 +130,7 @@ def convert(model: Any, class_names: list[str], path: str | Path, ood_stats: Any
     spec = [tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)]
     function, output_names = _traced(model, ood_stats)
     concrete = function.get_concrete_function(*spec)
-    captured = dict(
-        zip(
-            (t.name for t in concrete.graph.internal_captures),
-            concrete.captured_inputs,
-            strict=True,
-        )
-    )
+    captured = _captured_constants(concrete)
     try:
         # tf2onnx prints its progress and warnings on stdout; imgclf's stdout is its report.
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -138,13 +154,7 @@ def convert(model: Any, class_names: list[str], path: str | Path, ood_stats: Any
                             f"{INPUT_NAME!r}; this model cannot be exported to ONNX")  # fmt: skip
         graph.initializer.append(numpy_helper.from_array(np.asarray(value), extra.name))
         graph.input.remove(extra)
-    # Rename the output tensors everywhere they appear (tf2onnx names them after TF ops).
-    renames = {out.name: new for out, new in zip(graph.output, output_names, strict=True)}
-    for node in graph.node:
-        node.output[:] = [renames.get(o, o) for o in node.output]
-        node.input[:] = [renames.get(i, i) for i in node.input]
-    for out in graph.output:
-        out.name = renames[out.name]
+    _rename_outputs(graph, output_names)
     entry = graph_model.metadata_props.add()
     entry.key, entry.value = LABELS_KEY, json.dumps(list(class_names))
     onnx.checker.check_model(graph_model)

@@ -72,23 +72,18 @@ def _ood(ood: dict | None) -> None:
     )
 
 
-def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
-    """The Evaluation page for the selected run."""
-    run = runs.Run(entry.path)
-    metrics = run.metrics
-    if not metrics or "test" not in metrics:
-        st.warning(f"`{entry.name}` has no test metrics ({runs.METRICS}).")
-        return
-    test = metrics["test"]
+def _test_metrics(test: dict) -> None:
+    """The four headline test figures (accuracy, top-k, cross-entropy, images) in a row."""
     cols = st.columns(4)
     cols[0].metric("Test accuracy", f"{test['accuracy']:.4f}")
     cols[1].metric(f"Top-{test['k']} accuracy", f"{test['top_k_accuracy']:.4f}")
     cols[2].metric("Cross-entropy", f"{test['loss']:.4f}")
     cols[3].metric("Test images", f"{test['n']:,}")
     st.caption("Held-out test split, evaluated once with the best epoch's weights.")
-    _calibration(metrics.get("calibration"))
-    _ood(metrics.get("ood"))
 
+
+def _confusion(metrics: dict) -> None:
+    """The confusion matrix, as counts or row-normalised (the `confusion_mode` radio)."""
     st.subheader("Confusion matrix")
     mode = st.radio("Show", ["counts", "row-normalised"], horizontal=True, key="confusion_mode")
     st.altair_chart(
@@ -100,31 +95,29 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
         "Rows: true class; columns: predicted class. Row-normalised: recall on the diagonal."
     )
 
-    st.subheader("Per class")
-    per_class = pd.DataFrame(
-        [{"class": name, **values} for name, values in metrics["per_class"].items()]
-    )
-    st.dataframe(per_class.round(4), hide_index=True)
 
-    worst = metrics.get("worst_predictions") or []
+def _worst_predictions(run_path: Path, worst: list[dict]) -> None:
+    """The worst test predictions, five to a row: each image (when the run kept it) or its name."""
     st.subheader("Worst predictions")
     if not worst:
         st.caption("None recorded.")
-    else:
-        st.caption("The test images with the lowest probability on their true class.")
-        cols = st.columns(5)
-        for n, item in enumerate(worst):
-            image = entry.path / item["image"] if item.get("image") else None
-            caption = (
-                f"true {item['true']} → {item['predicted']} "
-                f"(p {item['confidence']:.2f}; p(true) {item.get('true_probability', 0):.2f})"
-            )
-            if image is not None and image.is_file():
-                cols[n % 5].image(str(image), caption=caption, width=120)
-            else:
-                cols[n % 5].write(f"{item.get('file') or '#' + str(item['index'])}: {caption}")
+        return
+    st.caption("The test images with the lowest probability on their true class.")
+    cols = st.columns(5)
+    for n, item in enumerate(worst):
+        image = run_path / item["image"] if item.get("image") else None
+        caption = (
+            f"true {item['true']} → {item['predicted']} "
+            f"(p {item['confidence']:.2f}; p(true) {item.get('true_probability', 0):.2f})"
+        )
+        if image is not None and image.is_file():
+            cols[n % 5].image(str(image), caption=caption, width=120)
+        else:
+            cols[n % 5].write(f"{item.get('file') or '#' + str(item['index'])}: {caption}")
 
-    report = run.data_report or {}
+
+def _data_report(report: dict) -> None:
+    """The data report: split sizes and the files skipped as unreadable."""
     st.subheader("Data report")
     totals = report.get("totals")
     if totals:
@@ -138,3 +131,25 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
         st.dataframe(pd.DataFrame(skipped), hide_index=True)
     else:
         st.caption("No file was skipped.")
+
+
+def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
+    """The Evaluation page for the selected run."""
+    run = runs.Run(entry.path)
+    metrics = run.metrics
+    if not metrics or "test" not in metrics:
+        st.warning(f"`{entry.name}` has no test metrics ({runs.METRICS}).")
+        return
+    _test_metrics(metrics["test"])
+    _calibration(metrics.get("calibration"))
+    _ood(metrics.get("ood"))
+    _confusion(metrics)
+
+    st.subheader("Per class")
+    per_class = pd.DataFrame(
+        [{"class": name, **values} for name, values in metrics["per_class"].items()]
+    )
+    st.dataframe(per_class.round(4), hide_index=True)
+
+    _worst_predictions(entry.path, metrics.get("worst_predictions") or [])
+    _data_report(run.data_report or {})

@@ -104,23 +104,8 @@ def _batch_size(base: Config, built: str | None) -> int:
     return max(1, min(size, int(total * train_share)))
 
 
-def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
-    """The Train page (also reachable before any run exists)."""
-    files = recipes()
-    labels = list(files)
-    # Kept under a plain key: a widget's own state is dropped while its page is not shown.
-    chosen = st.session_state.get("_recipe", DEFAULT)
-    recipe = st.selectbox("Recipe", labels, index=labels.index(chosen) if chosen in labels else 0)
-    st.session_state["_recipe"] = recipe
-    try:
-        base = load_config(files[recipe])
-    except UserError as exc:
-        st.error(f"{recipe}: {exc}")
-        return
-    from imgclf.ui.pages import builder as builder_view
-
-    builder_view.render(base)
-    built = st.session_state.get(builder_view.USE)  # "Use this dataset": the form's data
+def _train_form(base: Config, built: str | None, root: Path) -> list[str] | None:
+    """Render the training form; its fields as config overrides once Start is pressed, else None."""
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
         name = c1.text_input("Run name", Path(built).name if built else base.name)
@@ -145,20 +130,43 @@ def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
         submitted = st.form_submit_button(
             "Start training", type="primary", disabled=training_job(root).running
         )
-    if submitted:
-        overrides = [
-            f"name={name}",
-            f"data.source={source}",
-            f"model.name={model}",
-            f"train.epochs={int(epochs)}",
-            f"train.learning_rate={lr}",
-            f"train.batch_size={int(batch)}",
-            f"transfer.head_epochs={int(head)}",
-            f"transfer.fine_tune_epochs={int(fine)}",
-        ]
-        overrides += augment_overrides(augment, base)
-        if path.strip():
-            overrides.append(f"data.path={path.strip()}")
+    if not submitted:
+        return None
+    overrides = [
+        f"name={name}",
+        f"data.source={source}",
+        f"model.name={model}",
+        f"train.epochs={int(epochs)}",
+        f"train.learning_rate={lr}",
+        f"train.batch_size={int(batch)}",
+        f"transfer.head_epochs={int(head)}",
+        f"transfer.fine_tune_epochs={int(fine)}",
+    ]
+    overrides += augment_overrides(augment, base)
+    if path.strip():
+        overrides.append(f"data.path={path.strip()}")
+    return overrides
+
+
+def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
+    """The Train page (also reachable before any run exists)."""
+    files = recipes()
+    labels = list(files)
+    # Kept under a plain key: a widget's own state is dropped while its page is not shown.
+    chosen = st.session_state.get("_recipe", DEFAULT)
+    recipe = st.selectbox("Recipe", labels, index=labels.index(chosen) if chosen in labels else 0)
+    st.session_state["_recipe"] = recipe
+    try:
+        base = load_config(files[recipe])
+    except UserError as exc:
+        st.error(f"{recipe}: {exc}")
+        return
+    from imgclf.ui.pages import builder as builder_view
+
+    builder_view.render(base)
+    built = st.session_state.get(builder_view.USE)  # "Use this dataset": the form's data
+    overrides = _train_form(base, built, root)
+    if overrides is not None:
         try:
             config = load_config(files[recipe], overrides)
         except UserError as exc:
