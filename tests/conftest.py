@@ -156,10 +156,11 @@ def exported_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
     """A runs root with two real runs: a copy of the session's tiny cnn run, and a tiny mlp
-    trained through the app's own TrainingJob (so the job is exercised end to end, in a real
-    child process)."""
+    trained here. (A run trained through the app's TrainingJob child process, from the Train
+    page's form to the selected run, is test_app.py's
+    test_train_page_starts_a_job_and_the_new_run_is_selected.)"""
     from imgclf.config import load_config
-    from imgclf.ui.jobs import TrainingJob
+    from imgclf.train import train
 
     def build(root: Path) -> None:
         root.mkdir()
@@ -174,16 +175,9 @@ def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
                 "train.export=true",
             ],
         )
-        job = TrainingJob(root)
-        job.start(config)
-        state = job.wait()
-        assert state.status == "done", state.error
-        assert len(state.rows) == state.max_epochs == 2
-        assert state.stage == "evaluating and exporting"
-        assert Path(state.run_dir).parent == root
+        train(config, out=root / "tiny-mlp-20260101-000000", verbose=0)
 
-    root = built_once(tmp_path_factory, "app-runs", build)
-    return root
+    return built_once(tmp_path_factory, "app-runs", build)
 
 
 @pytest.fixture(scope="session")

@@ -255,7 +255,11 @@ def test_train_page_starts_a_job_and_the_new_run_is_selected(
     assert all(b.disabled for b in at.button if b.label in ("Start training",))
     state = training_job(root).wait()
     assert state.status == "done", state.error
+    # The page followed the child to its end: every epoch's row, then the last stage.
+    assert len(state.rows) == state.max_epochs == 1
+    assert state.stage == "evaluating and exporting"
     run = Path(state.run_dir)
+    assert run.parent == root and runs.read_state(run).complete
     config = runs.read_config(run)
     assert config["name"] == "form-run" and config["model"]["name"] == "mlp"
     assert config["train"]["epochs"] == 1 and config["augment"]["rotation"] == 0.0

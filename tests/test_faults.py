@@ -136,6 +136,7 @@ def test_resume_of_a_transfer_run_in_either_phase_gives_the_same_metrics(
     assert len(history[0]) == len(history[1]) == 1 + 4
 
 
+@pytest.mark.slow  # a fresh process
 def test_sigterm_leaves_an_interrupted_run_and_names_the_resume_command(
     folder_dataset: Path, tmp_path: Path
 ):
@@ -241,6 +242,7 @@ def test_a_non_utf8_file_name_trains_and_is_reported_as_escaped_text(tmp_path: P
     assert "\\udc" not in (run / runs.METRICS).read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # a fresh process
 def test_predict_refuses_special_files_at_once_and_classifies_the_rest(
     tiny_run: Path, tmp_path: Path
 ):

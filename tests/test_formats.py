@@ -139,6 +139,7 @@ def _top1(probs: np.ndarray) -> list[int]:
     return [int(i) for i in np.asarray(probs).argmax(axis=1)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rgb", "grey"])
 def test_every_path_gives_the_predictors_answer_on_every_format(
     exported: dict[str, Path], kind: str, tmp_path: Path, capsys
@@ -192,6 +193,7 @@ def test_every_path_gives_the_predictors_answer_on_every_format(
     assert graph_labels == [lab for s, lab in zip(samples, labels, strict=True) if s.graph]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rgb", "grey"])
 def test_exports_json_records_agreement_per_format(exported: dict[str, Path], kind: str):
     exports = json.loads((exported[kind] / runs.EXPORTS).read_text())
@@ -209,6 +211,7 @@ def test_exports_json_records_agreement_per_format(exported: dict[str, Path], ki
         assert all(row["top1_agreement"] == 1.0 for row in table.values()), key
 
 
+@pytest.mark.slow
 def test_an_export_whose_graph_decoder_fails_a_format_is_not_written(
     exported: dict[str, Path], tmp_path: Path, monkeypatch
 ):
@@ -244,6 +247,7 @@ def test_the_docs_table_lists_every_supported_format_and_extension():
             assert f"`{ext}" in rows[fmt.name] or f" {ext}" in rows[fmt.name], (fmt.name, ext)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rgb", "grey"])
 def test_the_app_classifies_every_format_and_names_only_the_bad_upload(
     exported: dict[str, Path], kind: str, monkeypatch, tmp_path: Path
@@ -278,6 +282,7 @@ def test_the_app_classifies_every_format_and_names_only_the_bad_upload(
     assert failed == [] and list(table["label"]) == [p.label for p in want]
 
 
+@pytest.mark.slow
 def test_a_model_tf2onnx_cannot_convert_gets_one_line(
     exported: dict[str, Path], capsys, monkeypatch
 ):
