@@ -52,6 +52,7 @@ def _png(run: Path) -> bytes:
     return sorted((run / runs.SAMPLES).glob("*.png"))[0].read_bytes()
 
 
+@pytest.mark.slow  # every page of every run
 def test_every_page_renders_for_every_run(monkeypatch, app_runs: Path):
     at = _app(monkeypatch, app_runs)
     listed = at.sidebar.selectbox(key="run").options

@@ -172,6 +172,7 @@ def _val_logits(run: Path, splits) -> tuple[np.ndarray, np.ndarray]:
     return graph.logits_of(model, features) * t, splits.val.y
 
 
+@pytest.mark.slow  # trains the digits run (fixture)
 def test_calibrated_probabilities_sum_to_one_and_keep_the_argmax(digit_run: Path):
     from imgclf.evaluate import predict_proba
     from imgclf.models.saving import load_run_model
@@ -197,6 +198,7 @@ def test_calibrated_probabilities_sum_to_one_and_keep_the_argmax(digit_run: Path
     assert f"T = {t:.3f}" in card and "Out-of-distribution warning" in card
 
 
+@pytest.mark.slow  # trains the digits run (fixture)
 def test_every_artifact_agrees_with_the_run_on_calibrated_probabilities_and_ood(
     digit_run: Path, photo: Path
 ):
@@ -224,6 +226,7 @@ def test_every_artifact_agrees_with_the_run_on_calibrated_probabilities_and_ood(
     assert {"ood_score", "ood", "status"} <= set(outputs)
 
 
+@pytest.mark.slow  # trains the digits run (fixture)
 def test_uniform_noise_and_a_colour_photo_score_above_the_threshold(digit_run: Path, photo: Path):
     from imgclf.predict.predictor import Predictor
 
@@ -243,6 +246,7 @@ def _predict_cli(*args: str) -> Done:
     return run_command("imgclf-predict", *args)
 
 
+@pytest.mark.slow  # trains the digits run (fixture)
 def test_imgclf_predict_prints_the_ood_column_and_a_warning_line(digit_run: Path, photo: Path):
     sample = sorted((digit_run / runs.SAMPLES).glob("*.png"))[0]
     done = _predict_cli(str(digit_run), str(photo), str(sample), "--format", "json")
@@ -258,6 +262,7 @@ def test_imgclf_predict_prints_the_ood_column_and_a_warning_line(digit_run: Path
     assert "ood" in header.split() and " !" in row  # the score column marks it
 
 
+@pytest.mark.slow  # trains the digits run (fixture)
 def test_a_tampered_or_deleted_ood_file_is_refused_in_one_line(digit_run: Path, tmp_path: Path):
     import shutil
 
@@ -317,6 +322,7 @@ def test_switched_off_there_is_no_temperature_and_no_detector(tmp_path: Path, fo
     assert p.ood is None and p.ood_score is None
 
 
+@pytest.mark.slow  # trains the digits run (fixture)
 def test_the_app_shows_the_badge_whatever_the_probability(monkeypatch, digit_run, photo):
     from streamlit.testing.v1 import AppTest
 
@@ -364,6 +370,7 @@ def test_features_too_wide_for_the_detector_skip_it_and_say_why(tmp_path: Path, 
     assert not Predictor.from_path(run).has_ood
 
 
+@pytest.mark.slow  # trains the digits run (fixture)
 def test_the_detector_cannot_be_removed_and_exports_never_bless_a_changed_file(
     digit_run: Path, tmp_path: Path
 ):
@@ -394,6 +401,7 @@ def test_the_detector_cannot_be_removed_and_exports_never_bless_a_changed_file(
     assert (edited / runs.MANIFEST).read_bytes() == before  # nothing re-blessed
 
 
+@pytest.mark.slow  # trains the digits run (fixture)
 def test_training_ends_with_a_calibration_and_ood_line(digit_run: Path):
     from imgclf.training.finish import confidence_summary
 

@@ -151,6 +151,7 @@ def _mnist(*overrides: str):
     return load_config(None, list(overrides))
 
 
+@pytest.mark.slow  # trains a run
 def test_classes_keep_exactly_the_listed_digits_in_the_listed_order():
     full = load_pool(_mnist().data)
     kept = ["5", "6", "7", "8", "9"]

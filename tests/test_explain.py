@@ -96,6 +96,7 @@ def square_model():
     return train_square_model()
 
 
+@pytest.mark.slow  # trains the square model (fixture)
 def test_heatmap_peaks_on_the_square_that_decides_the_class(square_model):
     images, corners = _scenes(np.random.default_rng(SEED + 1), 16, square=True)
     heat = gradcam(square_model, images, class_index=1)

@@ -83,6 +83,7 @@ def test_parity_covers_the_bytes_signature(tiny_run: Path):
     assert parity["serve_bytes_top1_agreement"] == 1.0
 
 
+@pytest.mark.slow  # a whole export
 def test_export_cli_writes_a_checked_saved_model(tiny_run: Path, tmp_path: Path, capsys):
     import keras
     import tensorflow as tf
