@@ -244,3 +244,10 @@ def run_command(command: str, *args: object) -> Done:
         except SystemExit as exc:  # argparse's usage errors
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     return Done(int(code or 0), out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def copied_run(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "runs" / "copy"
+    shutil.copytree(tiny_run, run)
+    return run

@@ -4,7 +4,9 @@ by tiny trainings in this session), and the training job it starts."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -397,3 +399,32 @@ def test_diagnostics_of_a_deep_network_are_grouped_into_readable_lines():
     kept = list(dict.fromkeys(ends.layer))
     assert kept == layers[:6] + layers[-6:]
     assert charts.group_layers(frame, "all", layers, "norm").equals(frame)
+
+
+def test_the_app_shows_a_broken_run_in_one_line_and_keeps_the_others(
+    monkeypatch, app_runs: Path, tmp_path: Path
+):
+    from streamlit.testing.v1 import AppTest
+
+    from imgclf.ui import catalog
+
+    root = tmp_path / "runs"
+    shutil.copytree(app_runs, root, ignore=shutil.ignore_patterns(".jobs"))
+    good, broken = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    (broken / runs.MANIFEST).unlink()  # complete, but unverifiable
+    cut = root / "cut"
+    shutil.copytree(good, cut)
+    runs.set_state(cut, runs.RUNNING)  # and its trainer is long gone: interrupted
+    state = json.loads((cut / runs.STATE).read_text())
+    state["pid"] = 2**22 + 1
+    (cut / runs.STATE).write_text(json.dumps(state))
+    monkeypatch.setenv(catalog.RUNS_ENV, str(root))
+    at = AppTest.from_file(str(Path(__file__).parents[1] / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="run").value != str(cut)  # never selected by default
+    at.sidebar.selectbox(key="run").set_value(str(broken)).run()
+    assert not at.exception and "manifest.json missing" in at.error[0].value
+    at.sidebar.selectbox(key="run").set_value(str(cut)).run()
+    assert "interrupted" in at.warning[0].value and "--resume" in at.warning[0].value
+    at.sidebar.selectbox(key="run").set_value(str(good)).run()
+    assert not at.exception and not at.error

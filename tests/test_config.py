@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_command
 
 from imgclf.config import Config, dump_config, load_config, parse_overrides
 from imgclf.infra.errors import ConfigError
@@ -184,3 +185,29 @@ def test_every_command_answers_a_usage_mistake_in_one_line(command: str, capsys)
     (line,) = err.strip().splitlines()  # argparse's own error prints the usage block first
     assert line.startswith("error: ") and line.endswith(" --help)") and "(see imgclf-" in line
     assert not out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"", "is empty"),
+        (b"train:\n  epochs: 3\n  epochs: 4\n", "duplicate key 'epochs'"),
+        (b"name: caf\xe9\n", "is not UTF-8 text"),
+        (b"train:\n  ? [epochs]\n  : 3\n", "a key must be a plain name"),
+    ],
+)
+def test_bad_config_files_are_one_line(tmp_path: Path, text: bytes, message: str):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(text)
+    result = run_command("imgclf-train", "--config", path, "--print-config")
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path: Path):
+    from imgclf.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  <<: {epochs: 2, learning_rate: 0.01}\n  epochs: 3\n")
+    config = load_config(path)  # a merged key given again is an override, not a duplicate
+    assert (config.train.epochs, config.train.learning_rate) == (3, 0.01)

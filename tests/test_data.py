@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import CLASSES, refuse_to_read, tiny_overrides, write_folder_dataset
 
+from imgclf import runs
 from imgclf.config import load_config
 from imgclf.data import conform, load_data, load_pool, make_dataset, split_indices
 from imgclf.images import load_image
@@ -410,3 +413,46 @@ def test_an_unreadable_data_folder_or_class_folder_stops_with_one_line(tmp_path,
     refuse_to_read(monkeypatch, split / "test")
     with pytest.raises(DataError, match=r"split/test cannot be read \(Permission denied"):
         load_data(_folder_config(split))
+
+
+def test_a_non_utf8_file_name_trains_and_is_reported_as_escaped_text(tmp_path: Path):
+    from imgclf.config import load_config
+    from imgclf.train import train
+
+    data = write_folder_dataset(tmp_path / "data", per_class=12)
+    folder = os.fsencode(data / "circle")
+    readable = os.fsdecode(os.path.join(folder, b"\xff0.png"))  # e.g. from a Latin-1 archive
+    shutil.copyfile(data / "circle" / "img_00.png", readable)
+    Path(os.fsdecode(os.path.join(folder, b"\xfe1.png"))).write_bytes(b"not an image")
+    overrides = [*tiny_overrides(data), "model.name=mlp", "train.epochs=1"]
+    run = train(load_config(None, overrides), out=tmp_path / "run", verbose=0)
+    assert runs.read_state(run).complete
+    report = json.loads((run / runs.DATA_REPORT).read_text(encoding="utf-8"))
+    assert report["skipped"] == [{"file": "circle/\\xfe1.png", "reason": "not an image"}]
+    assert sum(report["totals"].values()) == 37  # the readable odd name is in the data
+    assert "\\udc" not in (run / runs.METRICS).read_text(encoding="utf-8")
+
+
+def test_tiny_classes_are_refused_or_marked_not_tested(tmp_path: Path):
+    from imgclf.config import load_config
+    from imgclf.data import load_data
+    from imgclf.infra.errors import DataError
+    from imgclf.train import train
+
+    data = write_folder_dataset(tmp_path / "data", per_class=12)
+    for extra in sorted((data / "circle").iterdir())[2:]:
+        extra.unlink()  # 2 circles: too few for train, val and test
+    overrides = [*tiny_overrides(data), "model.name=mlp", "train.epochs=1"]
+    with pytest.raises(DataError, match=r"'circle' \(2 images\).*at least 3 images") as err:
+        load_data(load_config(None, overrides))
+    assert "allow_untested_classes" in str(err.value) and "\n" not in str(err.value)
+    config = load_config(None, [*overrides, "data.allow_untested_classes=true"])
+    run = train(config, out=tmp_path / "run", verbose=0)
+    metrics = json.loads((run / runs.METRICS).read_text())
+    assert metrics["per_class"]["circle"] == {
+        "precision": None, "recall": None, "f1": None, "support": 0,
+    }  # fmt: skip
+    assert (
+        "| circle | not tested | not tested | not tested | 0 |"
+        in (run / runs.MODEL_CARD).read_text()
+    )

@@ -245,3 +245,15 @@ def test_export_of_a_run_whose_path_has_glob_characters(tiny_run: Path, tmp_path
 def test_quantize_without_tflite_is_refused(tiny_run: Path, capsys):
     assert main([str(tiny_run), "--format", "onnx", "--quantize", "int8"]) == 2
     assert "--quantize int8 applies to --format tflite" in capsys.readouterr().err
+
+
+def test_export_out_never_replaces_a_users_folder(tiny_run: Path, tmp_path: Path, capsys):
+    from imgclf.export.cli import main as export_main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    assert export_main([str(tiny_run), "--out", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty and is not an imgclf SavedModel" in err[0]
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]  # untouched

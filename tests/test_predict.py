@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +217,41 @@ def test_nothing_to_classify_is_exit_2_before_the_model_loads(tiny_run: Path, tm
         f"error: {tmp_path / 'nope.jpg'}: file not found",
         f"error: {tmp_path / 'empty'}: folder has no image files",
     ]
+
+
+def _predict(run: Path, *images: Path) -> subprocess.CompletedProcess[str]:
+    """imgclf-predict in a fresh process: its one spawned smoke test (special files)."""
+    command = [sys.executable, "-m", "imgclf.predict", str(run), *map(str, images)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # a fresh process
+def test_predict_refuses_special_files_at_once_and_classifies_the_rest(
+    tiny_run: Path, tmp_path: Path
+):
+    good = sorted((tiny_run / runs.SAMPLES).glob("*.png"))[0]
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    device = tmp_path / "zero.png"
+    device.symlink_to("/dev/zero")
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as fh:
+        fh.truncate(201 * 2**20)  # sparse: 201 MB long, nothing on disk
+    short = Path(tempfile.mkdtemp(prefix="s"))  # a socket's path must be short
+    sock_path = short / "sock.png"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    try:  # a FIFO would block a plain read; /dev/zero would never end
+        result = _predict(tiny_run, good, fifo, loop, device, sock_path, huge)
+    finally:
+        server.close()
+        shutil.rmtree(short)
+    assert result.returncode == 1 and good.name in result.stdout
+    errors = result.stderr.strip().splitlines()
+    assert f"error: {fifo}: not a regular file (a FIFO)" in errors
+    assert f"error: {loop}: symlink loop" in errors
+    assert f"error: {device}: not a regular file (a device)" in errors
+    assert f"error: {sock_path}: not a regular file (a socket)" in errors
+    assert f"error: {huge}: file larger than 200 MB" in errors

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, tiny_overrides, write_folder_dataset
+from conftest import CLASSES, run_command, tiny_overrides, write_folder_dataset
 
 from imgclf import runs
 from imgclf.config import load_config
@@ -214,3 +214,12 @@ def test_data_errors_stop_before_a_run_directory_is_made(tmp_path: Path):
     assert "Traceback" not in result.stderr
     assert "not found" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "r").exists()
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(folder_dataset: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    overrides = [*tiny_overrides(folder_dataset), "train.batch_size=100000"]
+    result = run_command("imgclf-train", *overrides, "--out", out)
+    assert result.returncode == 2
+    assert "train.batch_size=100000 is larger than the 21 training images" in result.stderr
+    assert not out.exists()
