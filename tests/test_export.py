@@ -225,6 +225,7 @@ def test_export_all_fills_the_model_card_table(exported_run: Path, tiny_run: Pat
     assert card.count("## ") == (tiny_run / "model_card.md").read_text().count("## ")
 
 
+@pytest.mark.slow  # a whole export
 def test_export_of_a_run_whose_path_has_glob_characters(tiny_run: Path, tmp_path: Path):
     """TensorFlow reads a checkpoint path as a glob pattern; `[1]` in a folder name must not
     break export or loading."""

@@ -30,6 +30,7 @@ def test_inference_batch_follows_the_largest_activation():
     assert inference_batch_size(big, 5) == 5  # train.eval_batch_size fixes it
 
 
+@pytest.mark.slow  # trains and exports
 def test_everything_after_training_runs_in_bounded_batches(
     folder_dataset: Path, tmp_path, monkeypatch
 ):
@@ -140,6 +141,7 @@ def trained(folder_dataset: Path):
     return model, config, splits
 
 
+@pytest.mark.slow  # trains and exports
 def test_shared_outputs_give_the_per_consumer_calibration_ood_and_evaluation(trained):
     from imgclf.confidence import calibration, graph, ood
     from imgclf.confidence.fit import fit_confidence
@@ -173,6 +175,7 @@ def test_shared_outputs_give_the_per_consumer_calibration_ood_and_evaluation(tra
     )
 
 
+@pytest.mark.slow  # trains and exports
 def test_a_detector_that_cannot_be_fitted_is_skipped_not_a_traceback(trained):
     """Features that never vary (a dead network): the covariance cannot be factorised, and the
     run says so instead of losing everything after training."""
