@@ -251,3 +251,20 @@ def copied_run(tiny_run: Path, tmp_path: Path) -> Path:
     run = tmp_path / "runs" / "copy"
     shutil.copytree(tiny_run, run)
     return run
+
+
+# Test files in the order of their measured cost (most first; `--durations`, 2026-12-06), the
+# rest after them in their usual order. The long end-to-end tests then start while both workers
+# are fresh instead of ending the run on one worker; a file's tests stay together, so its
+# module fixtures are built once.
+COSTLY_FIRST = (
+    "test_faults.py", "test_efficientnet_lite.py", "test_browser.py", "test_distribute.py",
+    "test_backends.py", "test_app.py", "test_labs.py", "test_formats.py", "test_export.py",
+    "test_transfer.py", "test_models.py", "test_browser_data.py", "test_data_page.py",
+    "test_confidence.py", "test_data.py", "test_train.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(COSTLY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
