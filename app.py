@@ -1,6 +1,7 @@
 """imgclf's Streamlit app: `streamlit run app.py` (runs from `runs/` or `$IMGCLF_RUNS`).
 
-The pages live in `imgclf/ui/`; this file only starts them."""
+The shell is `imgclf/ui/app.py` and the pages live in `imgclf/ui/pages/`; this file only starts
+them."""
 
 from imgclf.ui.app import main
 

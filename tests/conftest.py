@@ -7,6 +7,7 @@ import fcntl
 import io
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -238,11 +239,14 @@ def run_command(command: str, *args: object) -> Done:
 
     (entry,) = entry_points(group="console_scripts", name=command)
     out, err = io.StringIO(), io.StringIO()
+    sigterm = signal.getsignal(signal.SIGTERM)  # imgclf-train installs its own handler
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = entry.load()([str(a) for a in args])
         except SystemExit as exc:  # argparse's usage errors
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
     return Done(int(code or 0), out.getvalue(), err.getvalue())
 
 

@@ -208,6 +208,31 @@ def test_a_job_runs_in_a_child_process_and_cancel_stops_it(tmp_path: Path, monke
     assert TrainingJob(tmp_path / "runs").snapshot().status == "cancelled"  # kept on disk
 
 
+@pytest.mark.slow
+def test_cancel_leaves_a_real_run_interrupted_and_resumable(tmp_path: Path, folder_dataset):
+    """Cancel's SIGTERM to the real trainer's process group is handled within the grace
+    period: the run is left interrupted (resumable, the signal named), not killed half-way."""
+    from conftest import tiny_overrides
+
+    # 500 epochs and no early stop: still training when Cancel comes.
+    overrides = ["train.epochs=500", "train.early_stopping.patience=0"]
+    job = TrainingJob(tmp_path / "runs")
+    job.start(load_config(None, [*tiny_overrides(folder_dataset), *overrides]))
+    while not job.snapshot().rows:  # the child has finished its first epoch
+        assert job.snapshot().status == "running", job.snapshot().error
+        job.wait(timeout=1)
+    state = job.cancel()
+    assert state.status == "cancelled"
+    left = runs.read_state(Path(state.run_dir))
+    assert left.state == runs.INTERRUPTED and "SIGTERM" in left.reason
+
+
+def test_the_train_page_finds_the_shipped_recipes_from_any_folder():
+    from imgclf.ui.pages.train import SHIPPED
+
+    assert (SHIPPED / "default.yaml").is_file() and (SHIPPED / "photos_transfer.yaml").is_file()
+
+
 def test_a_camera_photo_is_classified(monkeypatch, app_runs: Path):
     from imgclf.predict.predictor import Predictor
 

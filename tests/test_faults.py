@@ -128,7 +128,7 @@ def test_resume_of_a_transfer_run_in_either_phase_gives_the_same_metrics(
 
     _kill_at_each(transfer, cut, kills, interrupted)
     phases = [row.phase for row in runs.read_history(cut / runs.HISTORY)]
-    assert ("fine_tune" in phases) == (len(kills) == 2)  # each phase was cut
+    assert "head" in phases and "fine_tune" in phases  # each phase was cut
     _resume_here(cut)
     assert _test_metrics(cut) == _test_metrics(whole)
     history = [(run / runs.HISTORY).read_text().splitlines() for run in (cut, whole)]

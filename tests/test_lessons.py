@@ -68,9 +68,10 @@ def test_gradient_ratio_and_dead_units_read_the_right_records():
 
 @pytest.mark.slow
 def test_queued_jobs_train_one_at_a_time_in_order(tmp_path: Path, folder_dataset: Path):
-    """The queue's logic, on a stub trainer (a real child trained through TrainingJob is the
-    app_runs fixture): queued configs start one at a time, in order, each after the one before
-    has ended, and the server's queue thread stops once the queue is empty."""
+    """The queue's logic, on a stub trainer: queued configs start one at a time, in order, each
+    after the one before has ended, and the server's queue thread stops once the queue is
+    empty. (Real children through TrainingJob: test_app.py's Train page test, one run, and
+    test_browser.py's Lessons test, a queued pair trained to complete runs.)"""
     import stub_trainer
     from conftest import tiny_overrides
 

@@ -5,6 +5,8 @@ side, all checked by `parity` against model.keras before anything is moved into 
     saved_model.py  TensorFlow SavedModel (serving_default: pixels; serve_bytes: image files)
     tflite.py       TensorFlow Lite (float32, or int8 dynamic range), from the SavedModel
     onnx.py         ONNX (via Keras' model.export and tf2onnx), run in onnxruntime
+    batch_decode.py serve_bytes' decoding: encoded files -> pixels and a status per file
+    destinations.py where a SavedModel may go besides its run (--out, --serving-dir)
     cli.py          `imgclf-export`
 
 A new format is one new module with `export_run(run_dir)` and `load(path)`, a line in `FORMATS`

@@ -28,7 +28,8 @@ class Run:
 
     Missing optional files read as None (metrics, exports, diagnostics, data report); a file
     that exists but is unreadable raises (ValueError/OSError from the JSON or YAML reader).
-    Reading here never checks the manifest: loading a *model* does (`verify_manifest`).
+    Reading here never checks the manifest, except `detector_file` (the OOD detector, which
+    switches a warning on): loading a *model* does (`verify_manifest`).
     """
 
     def __init__(self, path: str | Path) -> None:

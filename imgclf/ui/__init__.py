@@ -1,2 +1,3 @@
-"""The Streamlit app's page modules. `catalog` and `jobs` import no Streamlit (the app's
-library side, testable alone); the page modules render what they return."""
+"""The Streamlit app: `app` (the shell and page routing) and the helpers the pages share.
+`catalog`, `jobs` and `job_queue` import no Streamlit (the app's library side, testable alone);
+the pages (`imgclf.ui.pages`) render what they return."""

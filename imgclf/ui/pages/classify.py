@@ -1,6 +1,6 @@
 """Classify page: upload images (or take a photo) and see each one's top-k, latency and,
 for conv models, a Grad-CAM overlay; a results table with a CSV download; a folder or zip
-classified in one go (ui/batch.py).
+classified in one go (ui/pages/batch.py).
 
 The uploads are kept per run in the session (a plain key, not the uploader's own state, which
 Streamlit drops while another page is shown) until **Clear images**: each upload is moved into

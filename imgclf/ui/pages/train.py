@@ -19,7 +19,7 @@ from imgclf.ui.state import training_job
 
 # The recipes shipped with imgclf (the repository's configs/, whatever the working directory),
 # then any configs/ folder of the working directory.
-SHIPPED = Path(__file__).resolve().parents[2] / "configs"
+SHIPPED = Path(__file__).resolve().parents[3] / "configs"  # imgclf/ui/pages/ -> repository
 DEFAULT = "(built-in default)"
 
 
