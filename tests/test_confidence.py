@@ -67,7 +67,6 @@ def test_reliability_bins_and_scores_match_their_definitions():
 
 
 def test_the_ood_score_is_the_mahalanobis_distance_to_the_nearest_class_mean():
-
     rng = np.random.default_rng(0)
     cov = np.array([[4.0, 1.0], [1.0, 1.0]])
     a = rng.multivariate_normal([0, 0], cov, 3000)
@@ -282,7 +281,6 @@ def test_a_tampered_or_deleted_ood_file_is_refused_in_one_line(digit_run: Path, 
 
 
 def test_ood_statistics_that_do_not_fit_together_are_refused(tmp_path: Path):
-
     path = tmp_path / "ood.npz"
     np.savez(path, whiten=np.eye(3), shift=np.zeros(4), centres=np.zeros((2, 3)), threshold=1.0)
     with pytest.raises(ValueError, match="shapes"):

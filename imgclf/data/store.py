@@ -333,7 +333,6 @@ class ImageView:
         return self.store.read(self.indices[np.asarray(positions, dtype=np.int64)])
 
     def __getitem__(self, key: Any) -> np.ndarray:
-
         single = isinstance(key, int | np.integer)
         positions = np.arange(len(self))[key] if not single else np.array([key])
         images, ok = self.read(np.atleast_1d(positions))

@@ -78,7 +78,6 @@ def _decode_jpeg(b: FileBytes, height: Any, width: Any, side: int) -> Any:
 
 
 def _decode_png(b: FileBytes, depth: Any, colour: Any, trns: Any, trns_len: Any) -> Any:
-
     def sixteen():
         wide = tf.cast(tf.io.decode_png(b.data, channels=0, dtype=tf.uint16), tf.int32)
         # Grey: scaled with rounding (images._to_l_or_rgb); colour: Pillow keeps the high byte.

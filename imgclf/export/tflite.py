@@ -26,7 +26,6 @@ OOD_OUTPUTS = (SCORE_NAME, FLAG_NAME)
 
 
 def _interpreter(path_or_bytes: str | Path | bytes) -> Any:
-
     import tensorflow as tf
 
     with warnings.catch_warnings():

@@ -78,7 +78,6 @@ def write_lab(
 
 
 def _versions() -> dict[str, str]:
-
     found = {"python": platform.python_version()}
     for package in ("tensorflow", "keras", "numpy"):
         try:

@@ -67,7 +67,6 @@ def recipes(epochs: int = 23, long_epochs: int = 60) -> list[Recipe]:
 
 
 def _pool(source: str) -> Any:
-
     return load_pool(load_config(None, [f"data.source={source}"]).data)
 
 

@@ -224,7 +224,6 @@ def checkpoint_path() -> Path:
 
 
 def _read_checkpoint() -> dict[str, list[np.ndarray]]:
-
     path = checkpoint_path()
     if not path.is_file():
         raise ConfigError(f"{path} is missing; reinstall it with `{INSTALL}`")
@@ -303,7 +302,6 @@ def load_imagenet(backbone: keras.Model, weights: dict[str, list[np.ndarray]]) -
 
 
 def _pretrained_backbone(config: Config) -> keras.Model:
-
     height, width = config.data.image_size
     if min(height, width) < MIN_SIZE:
         raise ConfigError(

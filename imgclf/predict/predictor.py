@@ -149,7 +149,6 @@ class Predictor:
 
     @classmethod
     def _from_imagenet(cls, name: str) -> Predictor:
-
         if name != lite.NAME:
             raise UserError(
                 f"unknown ImageNet classifier {name!r}; available: {IMAGENET_PREFIX}{lite.NAME}"

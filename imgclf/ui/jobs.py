@@ -234,7 +234,6 @@ class TrainingJob:
         return state
 
     def _spawn(self, config: Any) -> JobState:
-
         max_epochs = sum(phase.train.epochs for phase in plan_phases(config))  # before a child
         stamp = time.strftime("%Y%m%d-%H%M%S")
         jobs = self.root / JOBS

@@ -124,7 +124,6 @@ def classify_all(predictor: Any, kind: str, value: Any, k: int, invert: bool) ->
 
 
 def _download(result: BatchResult, fmt: str, ood: bool) -> str:
-
     out = io.StringIO()
     writer = PredictionWriter(out, fmt, ood=ood)
     writer.write(result.predictions)

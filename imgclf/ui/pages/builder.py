@@ -95,7 +95,6 @@ def _zip_input(builder: DatasetBuilder) -> None:
 
 
 def _counts(builder: DatasetBuilder, classes: dict[str, int], base: Any) -> None:
-
     st.table(
         pd.DataFrame({"class": list(classes), "images": list(classes.values())}).set_index("class")
     )

@@ -50,7 +50,6 @@ def _thumbnails(root: str, files: tuple[str, ...], k: int) -> list[Any]:
 
 @st.cache_data(max_entries=4, show_spinner="Loading the built-in images…")
 def _builtin(data_json: str, k: int) -> tuple[dict[str, Any], tuple[int, ...]]:
-
     return data_info.builtin_samples(build_config({"data": json.loads(data_json)}), k)
 
 
