@@ -10,11 +10,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
 
+import forked
 import pytest
 from conftest import run_command, tiny_overrides, write_folder_dataset
 
@@ -28,12 +28,14 @@ FAST = [
 ]  # fmt: skip
 
 
-def _train(*args: str, fault: str | None = None, **kwargs) -> subprocess.CompletedProcess[str]:
+def _env(fault: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-    if fault:
-        env[FAULT_ENV] = fault
-    command = [sys.executable, "-m", "imgclf.train", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, **kwargs)
+    return {**env, FAULT_ENV: fault} if fault else env
+
+
+def _train(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`imgclf-train *args` in its own process (forked with TensorFlow already imported)."""
+    return forked.run("imgclf-train", *args, env=_env(fault))
 
 
 def _train_here(*overrides: str, out: Path) -> Path:
@@ -135,26 +137,23 @@ def test_resume_of_a_transfer_run_in_either_phase_gives_the_same_metrics(
     assert len(history[0]) == len(history[1]) == 1 + 4
 
 
-@pytest.mark.slow  # a fresh process
+@pytest.mark.slow  # a process of its own
 def test_sigterm_leaves_an_interrupted_run_and_names_the_resume_command(
     folder_dataset: Path, tmp_path: Path
 ):
     run = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-    command = [sys.executable, "-m", "imgclf.train", *tiny_overrides(folder_dataset),
-               "model.name=mlp", "train.epochs=500", "train.early_stopping.patience=0",
-               "--out", str(run)]  # fmt: skip
+    args = [*tiny_overrides(folder_dataset), "model.name=mlp", "train.epochs=500",
+            "train.early_stopping.patience=0", "--out", str(run)]  # fmt: skip
     # 500 epochs and no early stop: still training when the signal comes (a tiny run that
     # stopped early could finish first, and exit 0, before SIGTERM lands).
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    proc, log = forked.start("imgclf-train", *args, env=_env(None))
     while not (run / runs.HISTORY).exists():  # training has begun
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert proc.is_alive(), log.read_text()
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate()
-    assert proc.returncode == 130
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.join()
+    err = log.read_text()
+    assert proc.exitcode == 130, err[-2000:]
     assert f"imgclf-train --resume {run}" in err.strip().splitlines()[-1]
     state = runs.read_state(run)
     assert state.state == runs.INTERRUPTED and "SIGTERM" in state.reason
@@ -172,10 +171,8 @@ def test_sigterm_leaves_an_interrupted_run_and_names_the_resume_command(
 def test_a_kill_during_an_export_leaves_the_run_usable_and_the_file_refused(copied_run: Path):
     from imgclf.predict.predictor import Predictor
 
-    env = {**os.environ, FAULT_ENV: "export"}
-    command = [sys.executable, "-m", "imgclf.export", str(copied_run), "--format", "tflite"]
-    killed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert killed.returncode == -signal.SIGKILL
+    killed = forked.run("imgclf-export", copied_run, "--format", "tflite", env=_env("export"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (copied_run / runs.TFLITE).is_file()  # in place, but the manifest never listed it
     with pytest.raises(runs.IntegrityError, match="an export that did not finish"):
         Predictor.from_path(copied_run / runs.TFLITE)
