@@ -43,23 +43,27 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
     return _context
 
 
-def _child(module: str, argv: list[str], env: dict[str, str], log: str) -> None:
+def _child(command: str, argv: list[str], env: dict[str, str], log: str) -> None:
     os.environ.clear()
     os.environ.update(env)
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(out, 1)
     os.dup2(out, 2)
-    sys.exit(importlib.import_module(module).main(argv))
+    if command in COMMANDS:
+        sys.exit(importlib.import_module(COMMANDS[command]).main(argv))
+    sys.argv = ["-c", *argv]  # as `python -c command *argv` sees them
+    exec(compile(command, "<forked>", "exec"), {"__name__": "__main__"})
 
 
 def start(command: str, *args: str | Path, env: dict[str, str] | None = None):
-    """Start `command` (a console script's name) with `args` in a forked child; returns
-    (the `multiprocessing.Process`, the path of its combined stdout and stderr)."""
+    """Start `command` (a console script's name from COMMANDS, or Python source run as
+    `python -c` would) with `args` in a forked child; returns (the `multiprocessing.Process`,
+    the path of its combined stdout and stderr)."""
     handle, log = tempfile.mkstemp(prefix="forked-", suffix=".log")
     os.close(handle)
     environment = dict(os.environ if env is None else env)
     process = _forkserver().Process(
-        target=_child, args=(COMMANDS[command], [str(a) for a in args], environment, log)
+        target=_child, args=(command, [str(a) for a in args], environment, log)
     )
     process.start()
     return process, Path(log)

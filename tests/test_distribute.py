@@ -1,5 +1,6 @@
-"""train.distribute: mirrored training over two logical CPU devices, in a fresh process (the CPU
-can only be split before TensorFlow starts)."""
+"""train.distribute: mirrored training over two logical CPU devices, in a process of its own
+(the CPU can only be split before TensorFlow starts), and a two-worker cluster of fresh
+processes on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked
 import pytest
 from conftest import tiny_overrides, write_folder_dataset
 
@@ -84,10 +86,8 @@ def test_mirrored_training_on_two_logical_cpus(tmp_path: Path):
     ]  # fmt: skip
     out = {}
     for part in ("step", "train"):
-        result = subprocess.run(
-            [sys.executable, "-c", SCRIPT, part, str(tmp_path / "run"), *overrides],
-            capture_output=True, text=True, timeout=400,
-        )  # fmt: skip
+        # A process of its own (forked before TensorFlow has started, so the CPU can be split).
+        result = forked.run(SCRIPT, part, tmp_path / "run", *overrides, timeout=400)
         lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
         assert result.returncode == 0 and lines, result.stderr[-3000:]
         out.update(json.loads(lines[-1][len("RESULT ") :]))
