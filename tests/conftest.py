@@ -156,10 +156,11 @@ def exported_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="session")
 def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
-    """A runs root with two real runs: a copy of the session's tiny cnn run, and a tiny mlp
-    trained here. (A run trained through the app's TrainingJob child process, from the Train
-    page's form to the selected run, is test_app.py's
-    test_train_page_starts_a_job_and_the_new_run_is_selected.)"""
+    """A runs root with two real runs: a copy of the session's tiny cnn run (no augmentation),
+    and a tiny mlp trained here with augmentation on (flip and rotation: the Data page's
+    augmentation preview), the newest, so the app selects it first. (A run trained through
+    the app's TrainingJob child process, from the Train page's form to the selected run, is
+    test_app.py's test_train_page_starts_a_job_and_the_new_run_is_selected.)"""
     from imgclf.config import load_config
     from imgclf.train import train
 
@@ -172,6 +173,8 @@ def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
                 *tiny_overrides(folder_dataset),
                 "name=tiny-mlp",
                 "model.name=mlp",
+                "augment.flip=horizontal",
+                "augment.rotation=0.1",
                 "train.diagnostics=auto",
                 "train.export=true",
             ],
@@ -179,20 +182,6 @@ def app_runs(tiny_run: Path, folder_dataset: Path, tmp_path_factory) -> Path:
         train(config, out=root / "tiny-mlp-20260101-000000", verbose=0)
 
     return built_once(tmp_path_factory, "app-runs", build)
-
-
-@pytest.fixture(scope="session")
-def augmented_runs(folder_dataset: Path, tmp_path_factory) -> Path:
-    """A runs root with one tiny run trained with augmentation on (flip and rotation; the
-    other fixture runs train without it): the Data page's augmentation preview."""
-    from imgclf.config import load_config
-    from imgclf.train import train
-
-    overrides = ["name=tiny-aug", "augment.flip=horizontal", "augment.rotation=0.1"]
-    config = load_config(None, [*tiny_overrides(folder_dataset), *overrides, "train.epochs=1"])
-    return built_once(
-        tmp_path_factory, "augmented", lambda root: train(config, out=root / "tiny-aug", verbose=0)
-    )
 
 
 def zip_bytes(members: dict[str, bytes]) -> bytes:
@@ -264,7 +253,7 @@ def copied_run(tiny_run: Path, tmp_path: Path) -> Path:
 COSTLY_FIRST = (
     "test_faults.py", "test_efficientnet_lite.py", "test_browser.py", "test_distribute.py",
     "test_backends.py", "test_app.py", "test_labs.py", "test_formats.py", "test_export.py",
-    "test_transfer.py", "test_models.py", "test_browser_data.py", "test_data_page.py",
+    "test_transfer.py", "test_models.py", "test_data_page.py",
     "test_confidence.py", "test_data.py", "test_train.py",
 )  # fmt: skip
 

@@ -80,7 +80,8 @@ def test_upload_in_a_real_browser_shows_the_label(server: str, app_runs: Path, t
         expect(page.get_by_text(" · p = ")).to_have_count(0)
         expect(page.get_by_text("Upload one or more images")).to_be_visible()
         _batch_zip(page, entry.path, tmp_path)
-    assert len(list(tmp_path.glob("*.png"))) == 5 + len(PAGES)
+        _data_page(page, entry.path, tmp_path)
+    assert len(list(tmp_path.glob("*.png"))) == 5 + len(PAGES) + 3
 
 
 def _batch_zip(page, run: Path, tmp_path: Path) -> None:
@@ -113,59 +114,137 @@ def _batch_zip(page, run: Path, tmp_path: Path) -> None:
     assert len(rows) == 3 * len(samples) and {r["rank"] for r in rows} == {"1", "2", "3"}
 
 
-@pytest.mark.slow
-def test_lessons_page_trains_a_pair_and_overlays_it(tmp_path: Path):
-    """From an empty runs folder: the Activations lesson's two recipes are queued by one button,
-    trained one at a time, and shown side by side with the gradient ratio the lesson is about."""
+def _table_cells(page) -> dict[str, list[str]]:
+    """The counts table as the browser shows it: row header -> its cells' texts."""
+    rows = page.get_by_test_id("stTable").first.locator("tbody tr")
+    shown = {}
+    for i in range(rows.count()):
+        row = rows.nth(i)
+        shown[row.locator("th").first.inner_text().strip()] = [
+            t.strip() for t in row.locator("td").all_inner_texts()
+        ]
+    return shown
+
+
+def _loaded(image) -> bool:
+    """True once the browser has decoded the <img> (a broken one has naturalWidth 0)."""
+    return image.evaluate("e => e.complete && e.naturalWidth > 0")
+
+
+def _data_page(page, run: Path, tmp_path: Path) -> None:
+    """The Data page of `run` (selected): the counts table is the run's data report, the
+    splits have distinct colours, every class shows decoded samples, and the configured
+    augmentation is previewed on request."""
     from playwright.sync_api import expect
 
+    report = runs.read_json(run / runs.DATA_REPORT)
+    classes = report["classes"]
+    go_to(page, "Data")
+    # The numbers in the page are the report's, per class and split, and the totals.
+    expect(page.get_by_test_id("stTable").first).to_be_visible()
+    shown = _table_cells(page)
+    expected = {
+        name: [str(report["counts"][s][name]) for s in ("train", "val", "test")]
+        + [str(sum(report["counts"][s][name] for s in report["counts"]))]
+        for name in classes
+    }
+    expected["all classes"] = [str(report["totals"][s]) for s in ("train", "val", "test")]
+    expected["all classes"].append(str(sum(report["totals"].values())))
+    assert shown == expected
+    # The chart colours the splits with three distinct hues (category10, not blues).
+    chart = page.get_by_test_id("stVegaLiteChart").first
+    symbols = chart.locator(".role-legend-symbol path")
+    expect(symbols.first).to_be_attached()
+    labels = chart.locator(".role-legend-label text").all_text_contents()
+    assert labels == ["train", "val", "test"], labels
+    hues = [hue(symbols.nth(i).get_attribute("fill")) for i in range(symbols.count())]
+    assert min(hue_gap(a, b) for a in hues for b in hues if a is not b) > 0.05, hues
+    page.screenshot(path=tmp_path / "data-counts.png")
+    # Every class has its row of sample pictures, decoded and shown by the browser.
+    for i, name in enumerate(classes):
+        row = page.locator(f".st-key-data-sample-{i}")
+        expect(row.get_by_text(name, exact=False).first).to_be_visible()
+        images = row.locator("img")
+        expect(images.first).to_be_visible()
+        assert images.count() >= 3, (name, images.count())
+        assert images.first.get_attribute("alt") == f"{name} sample 1"
+        assert all(_loaded(images.nth(n)) for n in range(images.count())), name
+    page.locator(f".st-key-data-sample-{len(classes) - 1}").scroll_into_view_if_needed()
+    page.screenshot(path=tmp_path / "data-samples.png")
+    # The configured augmentation on real training images, on request.
+    expect(page.get_by_alt_text("augmentation preview")).to_have_count(0)
+    page.get_by_role("button", name="Preview augmentation").click()
+    preview = page.get_by_alt_text("augmentation preview")
+    expect(preview).to_be_visible()
+    settled(page)
+    assert _loaded(preview)
+    width = preview.evaluate("e => e.naturalWidth")
+    assert width > 6 * 32, width  # a grid: the original and five augmented versions
+    preview.scroll_into_view_if_needed()
+    page.screenshot(path=tmp_path / "data-augmentation.png")
+
+
+@pytest.mark.slow
+def test_the_lessons_page_and_the_dataset_builder_train_from_the_browser(tmp_path: Path):
+    """One server (from an empty runs folder) and one browser for the pages that train real
+    children: the Activations lesson's pair, then a dataset built on the Train page."""
     from imgclf import lessons
 
     lesson = next(item for item in lessons.lessons() if item.key == "activations")
-    stems = [r.stem for r in lesson.recipes]
-    with serve(tmp_path / "runs", tmp_path) as url, browser_page(height=1400) as page:
+    data = tmp_path / "data"
+    root = tmp_path / "runs"
+    with serve(root, tmp_path, IMGCLF_DATA=str(data)) as url, browser_page(height=1400) as page:
         page.goto(url)
-        go_to(page, "Lessons")
-        expect(page.get_by_text(lesson.recipes[0].explanation[:40]).first).to_be_visible()
-        page.screenshot(path=tmp_path / "lessons-untrained.png")
-        epochs = page.get_by_label("Epochs", exact=True)
-        epochs.fill("2")  # a quick look: the gradient ratio is measured at initialisation
-        epochs.press("Enter")
-        settled(page)
-        page.get_by_role("button", name="Train the missing runs").click()
-        expect(page.get_by_text("Queued next:")).to_be_visible()
-        page.screenshot(path=tmp_path / "lessons-queued.png")
-        table = page.get_by_test_id("stTable").nth(1)  # the runs' table, once both exist
-        expect(table).to_be_visible()
-        settled(page)
-        legend = page.get_by_test_id("stVegaLiteChart").first.locator(".role-legend-label text")
-        expect(legend.first).to_be_attached()
-        assert set(legend.all_text_contents()) == set(stems)  # the pair, overlaid
-        rows = {}
-        for row in table.locator("tbody tr").all():
-            cells = row.locator("th, td").all_inner_texts()
-            rows[cells[0]] = cells
-        assert set(rows) == set(stems)
-        header = table.locator("thead th").all_inner_texts()
-        col = next(i for i, h in enumerate(header) if h.startswith("grad ratio"))
-        ratio = {s: float(rows[s][col].rstrip("×").replace(",", "")) for s in stems}
-        # What the lesson shows: sigmoid's gradient vanishes towards the input, ReLU + He's not.
-        assert ratio["activations_sigmoid"] > 1000 > 10 > ratio["activations_relu"], ratio
-        page.screenshot(path=tmp_path / "lessons-overlay.png", full_page=True)
-    trained = {runs.read_config(e.path)["name"] for e in _complete(tmp_path / "runs")}
-    assert trained == {r.run_name for r in lesson.recipes}
+        _lessons_train_a_pair_and_overlay_it(page, lesson, tmp_path)
+        built = _a_dataset_built_in_the_browser_lands_on_disk_and_trains(page, data, tmp_path)
+    trained = {runs.read_config(e.path)["name"]: e.path for e in _complete(root)}
+    assert set(trained) == {r.run_name for r in lesson.recipes} | {"web_shapes"}
+    report = runs.read_json(trained["web_shapes"] / runs.DATA_REPORT)
+    assert report["classes"] == ["circle", "vstripes"] and report["path"] == str(built)
+    assert sum(report["totals"].values()) == 12 and not report["skipped"]
 
 
-def _complete(root: Path):
-    from imgclf.ui import catalog
+def _lessons_train_a_pair_and_overlay_it(page, lesson, tmp_path: Path) -> None:
+    """The Activations lesson's two recipes are queued by one button, trained one at a time,
+    and shown side by side with the gradient ratio the lesson is about."""
+    from playwright.sync_api import expect
 
-    return [e for e in catalog.list_runs(root) if e.complete]
+    stems = [r.stem for r in lesson.recipes]
+    go_to(page, "Lessons")
+    expect(page.get_by_text(lesson.recipes[0].explanation[:40]).first).to_be_visible()
+    page.screenshot(path=tmp_path / "lessons-untrained.png")
+    epochs = page.get_by_label("Epochs", exact=True)
+    epochs.fill("2")  # a quick look: the gradient ratio is measured at initialisation
+    epochs.press("Enter")
+    settled(page)
+    page.get_by_role("button", name="Train the missing runs").click()
+    expect(page.get_by_text("Queued next:")).to_be_visible()
+    page.screenshot(path=tmp_path / "lessons-queued.png")
+    table = page.get_by_test_id("stTable").nth(1)  # the runs' table, once both exist
+    expect(table).to_be_visible()
+    settled(page)
+    legend = page.get_by_test_id("stVegaLiteChart").first.locator(".role-legend-label text")
+    expect(legend.first).to_be_attached()
+    assert set(legend.all_text_contents()) == set(stems)  # the pair, overlaid
+    rows = {}
+    for row in table.locator("tbody tr").all():
+        cells = row.locator("th, td").all_inner_texts()
+        rows[cells[0]] = cells
+    assert set(rows) == set(stems)
+    header = table.locator("thead th").all_inner_texts()
+    col = next(i for i, h in enumerate(header) if h.startswith("grad ratio"))
+    ratio = {s: float(rows[s][col].rstrip("×").replace(",", "")) for s in stems}
+    # What the lesson shows: sigmoid's gradient vanishes towards the input, ReLU + He's not.
+    assert ratio["activations_sigmoid"] > 1000 > 10 > ratio["activations_relu"], ratio
+    page.screenshot(path=tmp_path / "lessons-overlay.png", full_page=True)
 
 
-@pytest.mark.slow
-def test_a_dataset_built_in_the_browser_lands_on_disk_and_trains(tmp_path: Path):
+def _a_dataset_built_in_the_browser_lands_on_disk_and_trains(
+    page, data: Path, tmp_path: Path
+) -> Path:
     """Teachable-Machine style: classes made by name, images added by upload and by a zip,
-    saved as a folder dataset, then trained from the same page."""
+    saved as a folder dataset under `data`, then trained from the same page; the dataset's
+    folder."""
     import zipfile
 
     import numpy as np
@@ -184,49 +263,49 @@ def test_a_dataset_built_in_the_browser_lands_on_disk_and_trains(tmp_path: Path)
     with zipfile.ZipFile(tmp_path / "stripes.zip", "w") as zf:
         for path in files[6:]:
             zf.write(path, f"vstripes/{path.name}")
-    data = tmp_path / "data"
-    with serve(tmp_path / "runs", tmp_path, IMGCLF_DATA=str(data)) as url, browser_page() as page:
-        page.goto(url)
-        go_to(page, "Train")
-        name = page.get_by_label("Dataset name")
-        name.fill("web shapes")
-        name.press("Enter")
-        settled(page)
-        new_class = page.get_by_label("New class")
-        new_class.fill("circle")  # the new class is the one added to
-        new_class.press("Enter")  # commit the text before the button reads it
-        settled(page)
-        page.get_by_role("button", name="Add class").click()
-        settled(page)
-        uploader = page.get_by_test_id("stFileUploader").filter(has_text="Images for")
-        expect(uploader).to_be_visible()
-        uploader.locator("input[type=file]").set_input_files([str(p) for p in files[:6]])
-        expect(page.get_by_text("Added 6 image(s).")).to_be_visible()
-        settled(page)
-        # The zip makes its own class (its folder).
-        zipped = page.get_by_test_id("stFileUploader").filter(has_text="zip of class folders")
-        zipped.locator("input[type=file]").set_input_files(str(tmp_path / "stripes.zip"))
-        # "Added 6 image(s)." is already on the page from the first upload, so wait for what
-        # only the zip brings: a second class, which is what shows the "Use this dataset" button.
-        use = page.get_by_role("button", name="Use this dataset in the form below")
-        expect(use).to_be_visible()
-        settled(page)
-        page.screenshot(path=tmp_path / "builder.png", full_page=True)
-        root = data / "web_shapes"
-        on_disk = {d.name: sorted(p.name for p in d.iterdir()) for d in root.iterdir()}
-        assert on_disk == {
-            "circle": [f"circle_{i}.png" for i in range(6)],
-            "vstripes": [f"vstripes_{i}.png" for i in range(6)],
-        }  # one folder per class, names sanitised
-        use.click()
-        settled(page)
-        epochs = page.get_by_label("Epochs", exact=True)
-        epochs.fill("1")
-        page.get_by_role("button", name="Start training").click()
-        done = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Trained web_shapes")
-        expect(done).to_be_visible()
-        page.screenshot(path=tmp_path / "builder-trained.png", full_page=True)
-    (run,) = _complete(tmp_path / "runs")
-    report = runs.read_json(run.path / runs.DATA_REPORT)
-    assert report["classes"] == ["circle", "vstripes"] and report["path"] == str(root)
-    assert sum(report["totals"].values()) == 12 and not report["skipped"]
+    go_to(page, "Train")
+    name = page.get_by_label("Dataset name")
+    name.fill("web shapes")
+    name.press("Enter")
+    settled(page)
+    new_class = page.get_by_label("New class")
+    new_class.fill("circle")  # the new class is the one added to
+    new_class.press("Enter")  # commit the text before the button reads it
+    settled(page)
+    page.get_by_role("button", name="Add class").click()
+    settled(page)
+    uploader = page.get_by_test_id("stFileUploader").filter(has_text="Images for")
+    expect(uploader).to_be_visible()
+    uploader.locator("input[type=file]").set_input_files([str(p) for p in files[:6]])
+    expect(page.get_by_text("Added 6 image(s).")).to_be_visible()
+    settled(page)
+    # The zip makes its own class (its folder).
+    zipped = page.get_by_test_id("stFileUploader").filter(has_text="zip of class folders")
+    zipped.locator("input[type=file]").set_input_files(str(tmp_path / "stripes.zip"))
+    # "Added 6 image(s)." is already on the page from the first upload, so wait for what
+    # only the zip brings: a second class, which is what shows the "Use this dataset" button.
+    use = page.get_by_role("button", name="Use this dataset in the form below")
+    expect(use).to_be_visible()
+    settled(page)
+    page.screenshot(path=tmp_path / "builder.png", full_page=True)
+    root = data / "web_shapes"
+    on_disk = {d.name: sorted(p.name for p in d.iterdir()) for d in root.iterdir()}
+    assert on_disk == {
+        "circle": [f"circle_{i}.png" for i in range(6)],
+        "vstripes": [f"vstripes_{i}.png" for i in range(6)],
+    }  # one folder per class, names sanitised
+    use.click()
+    settled(page)
+    epochs = page.get_by_label("Epochs", exact=True)
+    epochs.fill("1")
+    page.get_by_role("button", name="Start training").click()
+    done = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Trained web_shapes")
+    expect(done).to_be_visible()
+    page.screenshot(path=tmp_path / "builder-trained.png", full_page=True)
+    return root
+
+
+def _complete(root: Path):
+    from imgclf.ui import catalog
+
+    return [e for e in catalog.list_runs(root) if e.complete]

@@ -83,7 +83,8 @@ def _training_report(overrides: list[str]) -> dict:
 
 
 def test_counts_table_equals_the_runs_data_report(monkeypatch, app_runs: Path):
-    for entry in catalog.list_runs(app_runs):
+    entries = catalog.list_runs(app_runs)
+    for entry in entries:
         at = _data_page(monkeypatch, app_runs, entry.path)
         report = runs.read_json(entry.path / runs.DATA_REPORT)
         _assert_table_is_report(at.table[0].value, report)
@@ -99,9 +100,11 @@ def test_counts_table_equals_the_runs_data_report(monkeypatch, app_runs: Path):
         alts = _image_alts(at)
         for name in report["classes"]:
             assert f"{name} sample 1" in alts, (name, alts)
-        # The fixture runs trained without augmentation: the page says so, offers no preview.
-        assert any("Augmentation is off" in i.value for i in at.info)
-        assert not [b for b in at.button if b.label == "Preview augmentation"]
+        # A run trained without augmentation: the page says so and offers no preview.
+        augmented = runs.read_config(entry.path)["augment"]["rotation"] > 0
+        assert any("Augmentation is off" in i.value for i in at.info) is not augmented
+        assert bool([b for b in at.button if b.label == "Preview augmentation"]) is augmented
+    assert {runs.read_config(e.path)["augment"]["rotation"] > 0 for e in entries} == {True, False}
 
 
 def test_folder_source_shows_what_training_would_see(monkeypatch, app_runs, folder_dataset):
@@ -168,8 +171,13 @@ def test_a_corrupt_image_is_listed_as_skipped_with_its_reason(
     assert sizes.loc["circle", "modes"] == "RGB 12"
 
 
-def test_preview_augmentation_shows_the_runs_augmentation(monkeypatch, augmented_runs: Path):
-    at = _data_page(monkeypatch, augmented_runs)
+def test_preview_augmentation_shows_the_runs_augmentation(monkeypatch, app_runs: Path):
+    (augmented,) = [
+        e.path
+        for e in catalog.list_runs(app_runs)
+        if runs.read_config(e.path)["augment"]["flip"] != "none"
+    ]
+    at = _data_page(monkeypatch, app_runs, augmented)
     captions = [c.value for c in at.caption]
     assert any(
         c.startswith("Configured: augment.flip=horizontal, augment.rotation=0.1; images at 32×32")
