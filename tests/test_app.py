@@ -453,3 +453,25 @@ def test_the_app_shows_a_broken_run_in_one_line_and_keeps_the_others(
     assert "interrupted" in at.warning[0].value and "--resume" in at.warning[0].value
     at.sidebar.selectbox(key="run").set_value(str(good)).run()
     assert not at.exception and not at.error
+
+
+def test_a_rerun_resets_keras_without_a_full_garbage_collection(monkeypatch, tmp_path: Path):
+    """Streamlit's clean-up after each rerun still resets Keras' global state (layer names
+    start again) and closes matplotlib's figures, but no longer runs `gc.collect()`."""
+    import gc
+
+    import keras
+    import matplotlib.pyplot as plt
+    from streamlit.runtime.scriptrunner import script_runner
+
+    at = _app(monkeypatch, tmp_path / "runs")
+    assert not at.exception
+    keras.layers.Dense(1)
+    assert keras.layers.Dense(1).name != "dense"  # Keras counts the names it has given
+    plt.figure()
+    collections = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(a) or 0)
+    script_runner._clean_problem_modules()  # what Streamlit calls after every rerun
+    assert collections == []
+    assert keras.layers.Dense(1).name == "dense"
+    assert plt.get_fignums() == []

@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 
 from imgclf.infra.errors import UserError
-from imgclf.ui import catalog
+from imgclf.ui import catalog, rerun_cleanup
 
 # Page -> (module under imgclf.ui.pages with a `render(entry, entries, root)`, title)
 PAGES = {
@@ -115,6 +115,7 @@ def _page_problem(page: str, exc: Exception) -> None:
 
 def main() -> None:
     """Render the app once (Streamlit re-runs this on every interaction)."""
+    rerun_cleanup.install()  # each rerun ends without a full garbage collection
     st.set_page_config(page_title="imgclf", page_icon="🔢", layout="wide")
     if st.session_state.get("page") not in PAGES:
         st.session_state["page"] = next(iter(PAGES))
