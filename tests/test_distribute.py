@@ -114,35 +114,35 @@ from imgclf.models import build_model
 from imgclf.training.optim import compile_model
 from imgclf.train import train
 
-part, out_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
-strategy = make_strategy("multiworker")  # first, before other TensorFlow work; one per process
+out_dir, overrides = sys.argv[1], sys.argv[2:]
+strategy = make_strategy("multiworker")  # first, before other TensorFlow work
 result = {"replicas": strategy.num_replicas_in_sync}
-if part == "step":
-    # imgclf's multi-worker loop on fixed batches vs Keras fit() on one device.
-    cfg = load_config(None, ["model.name=mlp", "data.image_size=[8,8]", "model.hidden=[16]",
-                             "model.batch_norm=false", "model.dropout=0",
-                             "train.optimizer=sgd", "train.schedule=constant",
-                             "train.learning_rate=0.1"])
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (24, 8, 8, 1)).astype("float32")
-    y = np.eye(3, dtype="float32")[np.arange(24) % 3]
-    ds = lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
-    keras.utils.set_random_seed(0)
-    with strategy.scope():
-        model = build_model(cfg, 3)
-        compile_model(model, cfg.train, steps_per_epoch=2)
-    fit_multiworker(model, strategy, ds(), ds(), 2, [])
-    keras.utils.set_random_seed(0)
-    reference = build_model(cfg, 3)
-    compile_model(reference, cfg.train, steps_per_epoch=2)
-    reference.fit(ds(), epochs=2, verbose=0, shuffle=False)
-    result["max_weight_diff"] = max(
-        float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), reference.get_weights())
-    )
-else:
-    run = train(load_config(None, [*overrides, "train.distribute=multiworker"]),
-                out=out_dir, verbose=0)
-    result["run_exists"] = run.exists()
+# imgclf's multi-worker loop on fixed batches vs Keras fit() on one device.
+cfg = load_config(None, ["model.name=mlp", "data.image_size=[8,8]", "model.hidden=[16]",
+                         "model.batch_norm=false", "model.dropout=0",
+                         "train.optimizer=sgd", "train.schedule=constant",
+                         "train.learning_rate=0.1"])
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 255, (24, 8, 8, 1)).astype("float32")
+y = np.eye(3, dtype="float32")[np.arange(24) % 3]
+ds = lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
+keras.utils.set_random_seed(0)
+with strategy.scope():
+    model = build_model(cfg, 3)
+    compile_model(model, cfg.train, steps_per_epoch=2)
+fit_multiworker(model, strategy, ds(), ds(), 2, [])
+keras.utils.set_random_seed(0)
+reference = build_model(cfg, 3)
+compile_model(reference, cfg.train, steps_per_epoch=2)
+reference.fit(ds(), epochs=2, verbose=0, shuffle=False)
+result["max_weight_diff"] = max(
+    float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), reference.get_weights())
+)
+# Then a whole run through train(), in the same processes: make_strategy gives train() the
+# strategy made above (TensorFlow configures a process's collectives once).
+run = train(load_config(None, [*overrides, "train.distribute=multiworker"]), out=out_dir, verbose=0)
+result["run_exists"] = run.exists()
+result["same_strategy"] = make_strategy("multiworker") is strategy
 print("RESULT " + json.dumps(result))
 """
 
@@ -164,7 +164,7 @@ class _Hang(Exception):
 HANG = "Timeout (0:03:20)!"  # faulthandler's line when the script's 200 s limit fires
 
 
-def _launch(part: str, out: Path, overrides: list[str]) -> list[dict]:
+def _launch(out: Path, overrides: list[str]) -> list[dict]:
     """Run MULTIWORKER_SCRIPT once as a 2-worker cluster on 127.0.0.1; each worker's result."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     procs = []
@@ -173,7 +173,7 @@ def _launch(part: str, out: Path, overrides: list[str]) -> list[dict]:
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", MULTIWORKER_SCRIPT, part, str(out), *overrides],
+                [sys.executable, "-c", MULTIWORKER_SCRIPT, str(out), *overrides],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -204,29 +204,24 @@ def _launch(part: str, out: Path, overrides: list[str]) -> list[dict]:
     return results
 
 
-def _two_workers(part: str, out: Path, overrides: list[str]) -> list[dict]:
+def _two_workers(out: Path, overrides: list[str]) -> list[dict]:
     """`_launch`, once more when a worker hangs in TensorFlow's collective set-up (seen in
     about 1 of 5 full-suite runs on the 2-core machine, both workers' stacks inside TF's
     collective ops; docs/distributed.md). A second hang, or any other failure, fails the test;
     the first hang's stacks are printed either way."""
     try:
-        return _launch(part, out, overrides)
+        return _launch(out, overrides)
     except _Hang as first:
         print(f"multi-worker cluster hung once, launching it again:\n{first}", file=sys.stderr)
         shutil.rmtree(out, ignore_errors=True)
         try:
-            return _launch(part, out, overrides)
+            return _launch(out, overrides)
         except _Hang as second:
             pytest.fail(f"the 2-worker cluster hung twice:\n{first}\n--- again:\n{second}")
 
 
 @pytest.mark.slow
 def test_multiworker_training_with_two_local_workers(tmp_path: Path):
-    step = _two_workers("step", tmp_path / "unused", [])
-    for worker in step:
-        assert worker["replicas"] == 2
-        # Two workers, each with half of every global batch, compute the single-device update.
-        assert worker["max_weight_diff"] < 1e-5
     data = write_folder_dataset(tmp_path / "data", per_class=20, seed=1)
     # Decoded into memory: the path that has always finished. Streamed files (data.cache=none
     # or disk, each worker reading its own shard) hung here in 2 of 7 full-suite runs on the
@@ -237,7 +232,12 @@ def test_multiworker_training_with_two_local_workers(tmp_path: Path):
         "train.export=true",
         "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
     ]  # fmt: skip
-    chief, worker = _two_workers("train", tmp_path / "run", overrides)
+    chief, worker = _two_workers(tmp_path / "run", overrides)
+    for result in (chief, worker):
+        assert result["replicas"] == 2
+        # Two workers, each with half of every global batch, compute the single-device update.
+        assert result["max_weight_diff"] < 1e-5
+        assert result["same_strategy"]  # one strategy per process, train() included
     assert chief["run_exists"] and not worker["run_exists"]  # only worker 0 keeps its run
     for name in ("model.keras", "saved_model/saved_model.pb", "metrics.json", "history.csv"):
         assert (tmp_path / "run" / name).exists(), name

@@ -18,9 +18,17 @@ from typing import Any
 
 from imgclf.infra.errors import ConfigError
 
+# One MultiWorkerMirroredStrategy per process: TensorFlow configures a process's collective ops
+# once, and a second strategy in the same process (a second `train()` in a notebook or script)
+# breaks the cluster ("Enabling collective ops after program startup", then the other worker
+# reports this task unhealthy).
+_MULTIWORKER: Any = None
+
 
 def make_strategy(mode: str) -> Any:
-    """The tf.distribute strategy for `mode`, or None for `none`."""
+    """The tf.distribute strategy for `mode`, or None for `none`. `multiworker` gives the same
+    `tf.distribute.MultiWorkerMirroredStrategy` to every call of a process (see above)."""
+    global _MULTIWORKER
     if mode == "none":
         return None
     import tensorflow as tf
@@ -37,7 +45,9 @@ def make_strategy(mode: str) -> Any:
                 'and task), e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                 '"task": {"type": "worker", "index": 0}}'
             )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if _MULTIWORKER is None:
+            _MULTIWORKER = tf.distribute.MultiWorkerMirroredStrategy()
+        return _MULTIWORKER
     raise ValueError(f"train.distribute: unknown mode {mode!r}")
 
 
