@@ -250,15 +250,24 @@ def test_a_camera_photo_is_classified(monkeypatch, app_runs: Path):
 
 
 @pytest.mark.slow
-def test_train_page_starts_a_job_and_the_new_run_is_selected(
-    monkeypatch, tmp_path: Path, folder_dataset: Path
-):
+def test_train_page_starts_a_job_and_the_new_run_is_selected(monkeypatch, tmp_path: Path):
     """The form's values (augmentation switched off included) become a real training run in
-    the background; once it ends, the app lists and selects it."""
+    the background, on a dataset the dataset builder wrote (as the Train page's builder and
+    tests/test_browser.py's builder in a real browser make them); once it ends, the app lists
+    and selects it."""
+    from conftest import make_image
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
+    from imgclf.data.builder import DatasetBuilder
     from imgclf.ui.state import training_job
 
+    rng = np.random.default_rng(0)
+    built = DatasetBuilder(tmp_path / "data" / "web_shapes")
+    for cls in ("circle", "vstripes"):
+        for i in range(10):
+            buffer = io.BytesIO()
+            Image.fromarray(make_image(cls, rng)).save(buffer, "PNG")
+            built.add(cls, f"{cls} {i}.png", buffer.getvalue())
     determinism = is_op_determinism_enabled()  # process-wide, and cannot be switched back
     root = tmp_path / "runs"
     at = _app(monkeypatch, root)
@@ -270,10 +279,10 @@ def test_train_page_starts_a_job_and_the_new_run_is_selected(
 
     field(at.text_input, "Run name").set_value("form-run")
     field(at.selectbox, "Data source").set_value("folder")
-    field(at.text_input, "Folder (for source folder)").set_value(str(folder_dataset))
+    field(at.text_input, "Folder (for source folder)").set_value(str(built.root))
     field(at.selectbox, "Model").set_value("mlp")
     field(at.number_input, "Epochs").set_value(1)
-    field(at.number_input, "Batch size").set_value(8)  # the form's 64 exceeds 24 images
+    field(at.number_input, "Batch size").set_value(4)  # the form's 64 exceeds 20 images
     field(at.checkbox, "Augmentation").uncheck()  # off: every transform set to 0
     _start_button(at).click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -290,6 +299,9 @@ def test_train_page_starts_a_job_and_the_new_run_is_selected(
     config = runs.read_config(run)
     assert config["name"] == "form-run" and config["model"]["name"] == "mlp"
     assert config["train"]["epochs"] == 1 and config["augment"]["rotation"] == 0.0
+    report = runs.read_json(run / runs.DATA_REPORT)
+    assert report["classes"] == ["circle", "vstripes"] and report["path"] == str(built.root)
+    assert sum(report["totals"].values()) == 20 and not report["skipped"]
     at.run()
     assert at.sidebar.selectbox(key="run").value == str(run)
 

@@ -185,9 +185,13 @@ def _data_page(page, run: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_lessons_page_and_the_dataset_builder_train_from_the_browser(tmp_path: Path):
+def test_the_lessons_page_trains_a_pair_and_the_builder_makes_a_dataset_in_a_browser(
+    tmp_path: Path,
+):
     """One server (from an empty runs folder) and one browser for the pages that train real
-    children: the Activations lesson's pair, then a dataset built on the Train page."""
+    children or make datasets: the Activations lesson's pair, then a dataset built on the Train
+    page and handed to its form. (A builder-made dataset trained by a real child from the Train
+    page's form: test_app.py's test_train_page_starts_a_job_and_the_new_run_is_selected.)"""
     from imgclf import lessons
 
     lesson = next(item for item in lessons.lessons() if item.key == "activations")
@@ -196,12 +200,9 @@ def test_the_lessons_page_and_the_dataset_builder_train_from_the_browser(tmp_pat
     with serve(root, tmp_path, IMGCLF_DATA=str(data)) as url, browser_page(height=1400) as page:
         page.goto(url)
         _lessons_train_a_pair_and_overlay_it(page, lesson, tmp_path)
-        built = _a_dataset_built_in_the_browser_lands_on_disk_and_trains(page, data, tmp_path)
-    trained = {runs.read_config(e.path)["name"]: e.path for e in _complete(root)}
-    assert set(trained) == {r.run_name for r in lesson.recipes} | {"web_shapes"}
-    report = runs.read_json(trained["web_shapes"] / runs.DATA_REPORT)
-    assert report["classes"] == ["circle", "vstripes"] and report["path"] == str(built)
-    assert sum(report["totals"].values()) == 12 and not report["skipped"]
+        _a_dataset_built_in_the_browser_lands_on_disk_and_fills_the_form(page, data, tmp_path)
+    trained = {runs.read_config(e.path)["name"] for e in _complete(root)}
+    assert trained == {r.run_name for r in lesson.recipes}
 
 
 def _lessons_train_a_pair_and_overlay_it(page, lesson, tmp_path: Path) -> None:
@@ -239,12 +240,11 @@ def _lessons_train_a_pair_and_overlay_it(page, lesson, tmp_path: Path) -> None:
     page.screenshot(path=tmp_path / "lessons-overlay.png", full_page=True)
 
 
-def _a_dataset_built_in_the_browser_lands_on_disk_and_trains(
+def _a_dataset_built_in_the_browser_lands_on_disk_and_fills_the_form(
     page, data: Path, tmp_path: Path
-) -> Path:
+) -> None:
     """Teachable-Machine style: classes made by name, images added by upload and by a zip,
-    saved as a folder dataset under `data`, then trained from the same page; the dataset's
-    folder."""
+    saved as a folder dataset under `data`, and handed to the training form of the same page."""
     import zipfile
 
     import numpy as np
@@ -296,13 +296,10 @@ def _a_dataset_built_in_the_browser_lands_on_disk_and_trains(
     }  # one folder per class, names sanitised
     use.click()
     settled(page)
-    epochs = page.get_by_label("Epochs", exact=True)
-    epochs.fill("1")
-    page.get_by_role("button", name="Start training").click()
-    done = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Trained web_shapes")
-    expect(done).to_be_visible()
-    page.screenshot(path=tmp_path / "builder-trained.png", full_page=True)
-    return root
+    folder = page.get_by_role("textbox", name="Folder (for source folder)")
+    expect(folder).to_have_value(str(root))
+    expect(page.get_by_role("textbox", name="Run name")).to_have_value("web_shapes")
+    page.screenshot(path=tmp_path / "builder-form.png", full_page=True)
 
 
 def _complete(root: Path):
