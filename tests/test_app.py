@@ -284,6 +284,7 @@ def test_train_page_starts_a_job_and_the_new_run_is_selected(monkeypatch, tmp_pa
     field(at.number_input, "Epochs").set_value(1)
     field(at.number_input, "Batch size").set_value(4)  # the form's 64 exceeds 20 images
     field(at.checkbox, "Augmentation").uncheck()  # off: every transform set to 0
+    field(at.checkbox, "Export a SavedModel").uncheck()
     _start_button(at).click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.button(key="cancel_job")  # shown while the child trains
@@ -299,6 +300,7 @@ def test_train_page_starts_a_job_and_the_new_run_is_selected(monkeypatch, tmp_pa
     config = runs.read_config(run)
     assert config["name"] == "form-run" and config["model"]["name"] == "mlp"
     assert config["train"]["epochs"] == 1 and config["augment"]["rotation"] == 0.0
+    assert config["train"]["export"] is False and not (run / runs.SAVED_MODEL).exists()
     report = runs.read_json(run / runs.DATA_REPORT)
     assert report["classes"] == ["circle", "vstripes"] and report["path"] == str(built.root)
     assert sum(report["totals"].values()) == 20 and not report["skipped"]
