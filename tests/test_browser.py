@@ -185,13 +185,17 @@ def _data_page(page, run: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_lessons_page_trains_a_pair_and_the_builder_makes_a_dataset_in_a_browser(
+def test_the_builder_makes_a_dataset_and_the_lessons_page_trains_a_pair_in_a_browser(
     tmp_path: Path,
 ):
-    """One server (from an empty runs folder) and one browser for the pages that train real
-    children or make datasets: the Activations lesson's pair, then a dataset built on the Train
-    page and handed to its form. (A builder-made dataset trained by a real child from the Train
-    page's form: test_app.py's test_train_page_starts_a_job_and_the_new_run_is_selected.)"""
+    """One server (from an empty runs folder) and one browser for the pages that make datasets
+    or train real children: a dataset built on the Train page and handed to its form, then the
+    Activations lesson's pair. The builder goes first: after a job has ended, the Train page's
+    progress fragment reruns the whole app once, within a second of the first visit, to list
+    the new run, and that rerun can land between typing the dataset's name and pressing Add
+    class (it did once in a clean clone: the class went into "my-dataset"). (A builder-made
+    dataset trained by a real child from the Train page's form: test_app.py's
+    test_train_page_starts_a_job_and_the_new_run_is_selected.)"""
     from imgclf import lessons
 
     lesson = next(item for item in lessons.lessons() if item.key == "activations")
@@ -199,8 +203,8 @@ def test_the_lessons_page_trains_a_pair_and_the_builder_makes_a_dataset_in_a_bro
     root = tmp_path / "runs"
     with serve(root, tmp_path, IMGCLF_DATA=str(data)) as url, browser_page(height=1400) as page:
         page.goto(url)
-        _lessons_train_a_pair_and_overlay_it(page, lesson, tmp_path)
         _a_dataset_built_in_the_browser_lands_on_disk_and_fills_the_form(page, data, tmp_path)
+        _lessons_train_a_pair_and_overlay_it(page, lesson, tmp_path)
     trained = {runs.read_config(e.path)["name"] for e in _complete(root)}
     assert trained == {r.run_name for r in lesson.recipes}
 
