@@ -21,7 +21,11 @@ def server(app_runs: Path, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_upload_in_a_real_browser_shows_the_label(server: str, app_runs: Path, tmp_path: Path):
+def test_upload_every_page_a_zip_and_the_data_page_in_a_real_browser(
+    server: str, app_runs: Path, tmp_path: Path
+):
+    """One server and one browser for the read-only pages: an upload shows the label, every
+    page renders, a zip is classified in one go, and the Data page shows the run's data."""
     from playwright.sync_api import expect
 
     from imgclf.predict.predictor import Predictor
