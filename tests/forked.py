@@ -58,7 +58,7 @@ def _child(command: str, argv: list[str], env: dict[str, str], log: str) -> None
 def start(command: str, *args: str | Path, env: dict[str, str] | None = None):
     """Start `command` (a console script's name from COMMANDS, or Python source run as
     `python -c` would) with `args` in a forked child; returns (the `multiprocessing.Process`,
-    the path of its combined stdout and stderr)."""
+    the path of its combined stdout and stderr, a temporary file the caller removes)."""
     handle, log = tempfile.mkstemp(prefix="forked-", suffix=".log")
     os.close(handle)
     environment = dict(os.environ if env is None else env)

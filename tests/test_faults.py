@@ -154,6 +154,7 @@ def test_sigterm_leaves_an_interrupted_run_and_names_the_resume_command(
     os.kill(proc.pid, signal.SIGTERM)
     proc.join()
     err = log.read_text()
+    log.unlink()
     assert proc.exitcode == 130, err[-2000:]
     assert f"imgclf-train --resume {run}" in err.strip().splitlines()[-1]
     state = runs.read_state(run)
