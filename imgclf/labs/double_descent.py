@@ -111,7 +111,7 @@ def peak_near(rows: list[dict[str, Any]], threshold: int) -> dict[str, Any] | No
 def run(quick: bool = False, seed: int = 0, label_noise: float = 0.1) -> tuple[list, dict]:
     """The sweep: (table rows, summary)."""
     n_train, n_test = (500, 500) if quick else (4000, 1000)
-    widths, epochs = (QUICK_WIDTHS, 20) if quick else (FULL_WIDTHS, 1000)
+    widths, epochs = (QUICK_WIDTHS, 10) if quick else (FULL_WIDTHS, 1000)
     x, y, x_test, y_test = mnist_subset(n_train, n_test, seed)
     y = with_label_noise(y, label_noise, seed)
 

@@ -95,7 +95,7 @@ def run(quick: bool = False, seed: int = 0) -> tuple[list[dict[str, Any]], dict[
     """The lab: (table rows, summary with the region maps for the picture)."""
     from imgclf.training.diagnostics import linear_regions_bound
 
-    resolution, epochs, n = (200, 30, 1000) if quick else (1000, 300, 2000)
+    resolution, epochs, n = (200, 15, 1000) if quick else (1000, 300, 2000)
     x, y = spirals(n, seed)
     points = grid(resolution)
     rows, maps = [], {}
