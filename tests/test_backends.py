@@ -190,7 +190,6 @@ def jax_result(folder_dataset: Path, tmp_path_factory) -> tuple[dict, str, Path]
         "augment.contrast=0.2",
         "augment.mixup=0.2",
         "train.batch_size=full",
-        "train.diagnostics=false",  # recorded under JAX by the MLP's fit above
     ]
     script = JAX_FIT_SCRIPT.replace(RESULT_LINE, TRAIN_SCRIPT + RESULT_LINE)
     args = json.dumps(recipes), str(tmp_path), json.dumps(overrides), str(tmp_path / "run")
