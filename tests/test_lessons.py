@@ -140,3 +140,10 @@ def test_unreadable_recipes_are_left_out_of_the_lessons(tmp_path: Path):
     found = lessons.lessons(tmp_path)
     assert [lesson.key for lesson in found] == ["activations"]
     assert lessons.lessons(tmp_path / "missing") == []
+
+
+def test_lesson_recipes_skip_the_savedmodel():
+    """A lesson is about training: its recipes set train.export false (docs/lessons.md)."""
+    recipes = [r for lesson in lessons.lessons() for r in lesson.recipes]
+    assert len(recipes) >= 16
+    assert all(load_config(r.path).train.export is False for r in recipes)
