@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,43 +34,41 @@ from imgclf.models import build_model
 from imgclf.training.optim import compile_model
 from imgclf.train import train
 
-part, out_dir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+out_dir, overrides = sys.argv[1], sys.argv[2:]
 result = {}
 
-# One strategy per process: two MirroredStrategy objects in one process share collective keys.
-if part == "step":
-  # The same model, weights and batches: steps on 2 replicas equal steps on 1 device.
-  cfg = load_config(None, ["model.name=mlp", "data.image_size=[8,8]", "model.hidden=[16]",
-                           "model.batch_norm=false", "model.dropout=0", "model.l2=0",
-                           "train.optimizer=sgd", "train.schedule=constant",
-                           "train.learning_rate=0.1"])
-  rng = np.random.default_rng(0)
-  x = rng.uniform(0, 255, (24, 8, 8, 1)).astype("float32")
-  y = np.eye(3, dtype="float32")[np.arange(24) % 3]
-  weights = []
-  for mode in ("none", "mirrored"):
-      strategy = make_strategy(mode)
-      keras.utils.set_random_seed(0)
-      with strategy.scope() if strategy else contextlib.nullcontext():
-          model = build_model(cfg, 3)
-          compile_model(model, cfg.train, steps_per_epoch=2)
-      ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
-      model.fit(ds, epochs=2, verbose=0, shuffle=False)
-      weights.append(model.get_weights())
-      if strategy is not None:
-          result["replicas"] = strategy.num_replicas_in_sync
-  result["max_weight_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(*weights))
+# The same model, weights and batches: steps on 2 replicas equal steps on 1 device.
+cfg = load_config(None, ["model.name=mlp", "data.image_size=[8,8]", "model.hidden=[16]",
+                         "model.batch_norm=false", "model.dropout=0", "model.l2=0",
+                         "train.optimizer=sgd", "train.schedule=constant",
+                         "train.learning_rate=0.1"])
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 255, (24, 8, 8, 1)).astype("float32")
+y = np.eye(3, dtype="float32")[np.arange(24) % 3]
+weights = []
+for mode in ("none", "mirrored"):
+    strategy = make_strategy(mode)
+    keras.utils.set_random_seed(0)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_model(cfg, 3)
+        compile_model(model, cfg.train, steps_per_epoch=2)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
+    model.fit(ds, epochs=2, verbose=0, shuffle=False)
+    weights.append(model.get_weights())
+result["replicas"] = strategy.num_replicas_in_sync
+result["max_weight_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(*weights))
 
-else:
-  # A whole mirrored run through train(); then a batch that does not split evenly is refused.
-  config = load_config(None, [*overrides, "train.distribute=mirrored"])
-  run = train(config, out=out_dir, verbose=0)
-  result["metrics"] = json.load(open(f"{out_dir}/metrics.json"))["test"]
-  odd = load_config(None, [*overrides, "train.distribute=mirrored", "train.batch_size=7"])
-  try:
-      train(odd, out=out_dir + "-odd", verbose=0)
-  except ConfigError as exc:
-      result["odd_batch_error"] = str(exc)
+# Then a whole mirrored run through train(), in the same process (make_strategy gives it the
+# strategy made above); then a batch that does not split evenly is refused.
+config = load_config(None, [*overrides, "train.distribute=mirrored"])
+run = train(config, out=out_dir, verbose=0)
+result["same_strategy"] = make_strategy("mirrored") is strategy
+result["metrics"] = json.load(open(f"{out_dir}/metrics.json"))["test"]
+odd = load_config(None, [*overrides, "train.distribute=mirrored", "train.batch_size=7"])
+try:
+    train(odd, out=out_dir + "-odd", verbose=0)
+except ConfigError as exc:
+    result["odd_batch_error"] = str(exc)
 print("RESULT " + json.dumps(result))
 """
 
@@ -84,14 +81,12 @@ def test_mirrored_training_on_two_logical_cpus(tmp_path: Path):
         "train.export=true",
         "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
     ]  # fmt: skip
-    out = {}
-    for part in ("step", "train"):
-        # A process of its own (forked before TensorFlow has started, so the CPU can be split).
-        result = forked.run(SCRIPT, part, tmp_path / "run", *overrides, timeout=400)
-        lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-        assert result.returncode == 0 and lines, result.stderr[-3000:]
-        out.update(json.loads(lines[-1][len("RESULT ") :]))
-    assert out["replicas"] == 2
+    # A process of its own (forked before TensorFlow has started, so the CPU can be split).
+    result = forked.run(SCRIPT, tmp_path / "run", *overrides, timeout=400)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT ") :])
+    assert out["replicas"] == 2 and out["same_strategy"]  # one strategy per process
     # Data-parallel SGD over 2 replicas is the same computation as on one device.
     assert out["max_weight_diff"] < 1e-5
     assert out["metrics"]["accuracy"] >= 0.8  # the mirrored run learned the task (chance: 1/3)
@@ -165,41 +160,37 @@ HANG = "Timeout (0:03:20)!"  # faulthandler's line when the script's 200 s limit
 
 
 def _launch(out: Path, overrides: list[str]) -> list[dict]:
-    """Run MULTIWORKER_SCRIPT once as a 2-worker cluster on 127.0.0.1; each worker's result."""
+    """Run MULTIWORKER_SCRIPT once as a 2-worker cluster on 127.0.0.1; each worker's result.
+    Each worker is a process of its own, forked from the forkserver that has imported
+    TensorFlow but never started it (TF_CONFIG is read when the strategy is made)."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    procs = []
+    workers = []
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", MULTIWORKER_SCRIPT, str(out), *overrides],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-        )
+        workers.append(forked.start(MULTIWORKER_SCRIPT, out, *overrides, env=env))
     outputs = []
     try:
-        for proc in procs:
-            try:
-                outputs.append(proc.communicate(timeout=240))
-            except subprocess.TimeoutExpired:
-                outputs.append(("", HANG))
+        for process, log in workers:
+            process.join(240)
+            text = log.read_text(errors="replace")
+            outputs.append(text if process.exitcode is not None else text + HANG)
     finally:
-        for proc in procs:
-            proc.kill()
+        for process, log in workers:
+            process.kill()
+            process.join()
+            log.unlink(missing_ok=True)
+    codes = [process.exitcode for process, _ in workers]
     tails = "\n".join(
-        f"worker {i} (exit {proc.returncode}):\n{err[-3000:]}"
-        for i, (proc, (_, err)) in enumerate(zip(procs, outputs, strict=True))
+        f"worker {i} (exit {code}):\n{text[-3000:]}"
+        for i, (code, text) in enumerate(zip(codes, outputs, strict=True))
     )
-    if any(HANG in err for _, err in outputs):
+    if any(HANG in text for text in outputs):
         raise _Hang(f"cluster {cluster}\n{tails}")
     results = []
-    for proc, (stdout, _) in zip(procs, outputs, strict=True):
-        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-        assert proc.returncode == 0 and lines, tails
+    for code, text in zip(codes, outputs, strict=True):
+        lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
+        assert code == 0 and lines, tails
         results.append(json.loads(lines[-1][len("RESULT ") :]))
     return results
 

@@ -18,17 +18,17 @@ from typing import Any
 
 from imgclf.infra.errors import ConfigError
 
-# One MultiWorkerMirroredStrategy per process: TensorFlow configures a process's collective ops
-# once, and a second strategy in the same process (a second `train()` in a notebook or script)
-# breaks the cluster ("Enabling collective ops after program startup", then the other worker
-# reports this task unhealthy).
-_MULTIWORKER: Any = None
+# One strategy per process and kind: TensorFlow configures a process's collective ops once, and
+# a second MultiWorkerMirroredStrategy in the same process (a second `train()` in a notebook or
+# script) breaks the cluster ("Enabling collective ops after program startup", then the other
+# worker reports this task unhealthy); two MirroredStrategy objects share collective keys.
+_STRATEGIES: dict[Any, Any] = {}
 
 
 def make_strategy(mode: str) -> Any:
-    """The tf.distribute strategy for `mode`, or None for `none`. `multiworker` gives the same
-    `tf.distribute.MultiWorkerMirroredStrategy` to every call of a process (see above)."""
-    global _MULTIWORKER
+    """The tf.distribute strategy for `mode`, or None for `none`. Every call of a process gets
+    the same strategy object for the same mode (and, for `mirrored`, the same devices): see
+    above. Raises ConfigError (`multiworker` without TF_CONFIG) or ValueError (unknown mode)."""
     if mode == "none":
         return None
     import tensorflow as tf
@@ -37,7 +37,10 @@ def make_strategy(mode: str) -> Any:
         devices = [d.name for d in tf.config.list_logical_devices("GPU")]
         if not devices:
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices)
+        key = ("mirrored", *devices)
+        if key not in _STRATEGIES:
+            _STRATEGIES[key] = tf.distribute.MirroredStrategy(devices=devices)
+        return _STRATEGIES[key]
     if mode == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ConfigError(
@@ -45,9 +48,9 @@ def make_strategy(mode: str) -> Any:
                 'and task), e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                 '"task": {"type": "worker", "index": 0}}'
             )
-        if _MULTIWORKER is None:
-            _MULTIWORKER = tf.distribute.MultiWorkerMirroredStrategy()
-        return _MULTIWORKER
+        if mode not in _STRATEGIES:
+            _STRATEGIES[mode] = tf.distribute.MultiWorkerMirroredStrategy()
+        return _STRATEGIES[mode]
     raise ValueError(f"train.distribute: unknown mode {mode!r}")
 
 
