@@ -47,8 +47,8 @@ def exported(exported_run: Path, folder_dataset: Path, tmp_path_factory) -> dict
         overrides = ["data.channels=1", "data.normalize=standardize", "train.export=true"]
         config = load_config(None, [*tiny_overrides(folder_dataset), *overrides])
         train(config, out=grey, verbose=0)
-        for fmt in ("tflite", "onnx"):
-            assert run_command("imgclf-export", grey, "--format", fmt).returncode == 0
+        done = run_command("imgclf-export", grey, "--format", "tflite", "onnx")
+        assert done.returncode == 0, done.stderr
 
     return {"rgb": exported_run, "grey": built_once(tmp_path_factory, "grey-exported", build)}
 

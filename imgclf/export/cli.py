@@ -1,4 +1,4 @@
-"""`imgclf-export RUN [--format saved_model|tflite|onnx|all]`: the command line of the export
+"""`imgclf-export RUN [--format saved_model|tflite|onnx|all ...]`: the command line of the export
 package (argument parsing and the report; the work is in the format modules)."""
 
 from __future__ import annotations
@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import runs
-from imgclf.export import onnx, tflite
+from imgclf.export import onnx, parity, tflite
 from imgclf.export.onnx import require_onnx
 from imgclf.export.parity import ExportError
 from imgclf.export.saved_model import export_run
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.console import quiet_tensorflow
 from imgclf.infra.errors import UserError
+
+FORMATS = ("saved_model", "tflite", "onnx")  # the order they are written in
 
 
 def _report(what: str, record: dict[str, Any], path: Path) -> None:
@@ -35,8 +37,9 @@ def _report(what: str, record: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m imgclf.export RUN_DIR [--format saved_model|tflite|onnx|all]
-    [--quantize int8] [--out DIR | --serving-dir DIR]`."""
+    """`python -m imgclf.export RUN_DIR [--format saved_model|tflite|onnx|all ...]
+    [--quantize int8] [--out DIR | --serving-dir DIR]`; returns the exit code (0, 1 for an
+    export that failed its parity check, 2 for a usage error)."""
     parser = ArgumentParser(
         prog="imgclf-export",
         description="Export a trained run (SavedModel, TFLite, ONNX), each checked for parity "
@@ -50,10 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--format",
-        choices=("saved_model", "tflite", "onnx", "all"),
-        default="saved_model",
-        help="saved_model (default): RUN_DIR/saved_model/; tflite: RUN_DIR/model.tflite from "
-        "the SavedModel; onnx: RUN_DIR/model.onnx (needs the [onnx] extra); all: all three",
+        nargs="+",
+        choices=(*FORMATS, "all"),
+        default=["saved_model"],
+        help="one or more of: saved_model (default): RUN_DIR/saved_model/; tflite: "
+        "RUN_DIR/model.tflite from the SavedModel; onnx: RUN_DIR/model.onnx (needs the [onnx] "
+        "extra); all: all three. Several are written in that order, the run's model and test "
+        "images loaded once",
     )
     parser.add_argument(
         "--quantize", choices=("int8",), help="tflite: dynamic-range int8 (model_int8.tflite)"
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
-    formats = ("saved_model", "tflite", "onnx") if args.format == "all" else (args.format,)
+    formats = FORMATS if "all" in args.format else tuple(f for f in FORMATS if f in args.format)
     try:
         if formats != ("saved_model",) and (args.out or args.serving_dir):
             raise UserError("--out and --serving-dir apply to --format saved_model only")
@@ -76,11 +82,15 @@ def main(argv: list[str] | None = None) -> int:
             path = export_run(run_dir, args.out, serving_dir=args.serving_dir)
             key = "tf_serving" if args.serving_dir else "saved_model"
             _report("saved_model", runs.read_json(run_dir / runs.EXPORTS)[key], path)
+        # The model and its answers on the test images, loaded once for TFLite and ONNX.
+        loaded = None
+        if "tflite" in formats and "onnx" in formats:
+            loaded = parity.load_for_export(run_dir)
         if "tflite" in formats:
-            record = tflite.export_run(run_dir, args.quantize)
+            record = tflite.export_run(run_dir, args.quantize, loaded)
             _report(f"tflite{' int8' if args.quantize else ''}", record, run_dir / record["path"])
         if "onnx" in formats:
-            record = onnx.export_run(run_dir)
+            record = onnx.export_run(run_dir, loaded)
             _report("onnx", record, run_dir / record["path"])
     except (UserError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -204,11 +204,14 @@ def export_onnx(run_dir: str | Path, model: Any, reference: parity.Reference) ->
     return record
 
 
-def export_run(run_dir: str | Path) -> dict[str, Any]:
+def export_run(
+    run_dir: str | Path, loaded: tuple[Any, parity.Reference] | None = None
+) -> dict[str, Any]:
     """`imgclf-export RUN --format onnx`: convert, check on the run's test split, write the
-    file, and record it in exports.json (and the manifest)."""
+    file, and record it in exports.json (and the manifest). `loaded`: what
+    `parity.load_for_export(run_dir)` gave, when the caller exports another format too."""
     require_onnx()
-    model, reference = parity.load_for_export(run_dir)
+    model, reference = loaded or parity.load_for_export(run_dir)
     record = export_onnx(run_dir, model, reference)
     parity.record_export(run_dir, "onnx", record)
     return record

@@ -120,10 +120,15 @@ def export_tflite(
     return record
 
 
-def export_run(run_dir: str | Path, quantize: str | None = None) -> dict[str, Any]:
+def export_run(
+    run_dir: str | Path,
+    quantize: str | None = None,
+    loaded: tuple[Any, parity.Reference] | None = None,
+) -> dict[str, Any]:
     """`imgclf-export RUN --format tflite [--quantize int8]`: convert, check on the run's test
-    split, write the file, and record it in exports.json (and the manifest)."""
-    model, reference = parity.load_for_export(run_dir)
+    split, write the file, and record it in exports.json (and the manifest). `loaded`: what
+    `parity.load_for_export(run_dir)` gave, when the caller exports another format too."""
+    model, reference = loaded or parity.load_for_export(run_dir)
     record = export_tflite(run_dir, model, reference, quantize)
     parity.record_export(run_dir, "tflite_int8" if quantize else "tflite", record)
     return record
