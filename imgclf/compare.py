@@ -21,6 +21,7 @@ from typing import Any
 from imgclf import runs
 from imgclf.config import read_yaml
 from imgclf.infra.arguments import ArgumentParser
+from imgclf.infra.bounded import clip
 from imgclf.infra.errors import UserError
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         result = _comparison(loaded)
         written = write_outputs(loaded, args.out) if args.out else []
     except (UserError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clip(exc)}", file=sys.stderr)
         return 2
     if args.format == "json":
         sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")

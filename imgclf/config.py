@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from imgclf.infra import bounded
 from imgclf.infra.errors import ConfigError
 from imgclf.models.registry import available_models, is_pretrainable
 from imgclf.schema import (
@@ -114,7 +115,8 @@ def _format_error(err: ValidationError, values: dict[str, Any]) -> str:
             msg = "too few items" if e["type"] == "missing" else e["msg"]
             if msg not in msgs:
                 msgs.append(msg)
-    return f"{key}: got {_lookup(values, loc)!r}: {'; or '.join(msgs)}"
+    got = bounded.clip(repr(_lookup(values, loc)), 80)
+    return f"{key}: got {got}: {'; or '.join(msgs)}"
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -139,9 +141,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not key=value; e.g. train.epochs=3")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = bounded.loads_yaml(raw, f"override {key}") if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+            problem = getattr(exc, "problem", None) or exc
+            raise ConfigError(
+                bounded.clip(f"override {key.strip()}=…: the value is not valid YAML ({problem})")
+            ) from None
         _set_dotted(tree, key.strip(), value)
     return tree
 
@@ -162,13 +167,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (see configs/ for examples)")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
-        ) from None
+        text = bounded.read_text(path, bounded.MAX_YAML_BYTES)
+    except bounded.TooLarge as exc:
+        raise ConfigError(f"{exc}; a config file is a few KB of settings") from None
+    except bounded.BoundedInputError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        data = bounded.loads_yaml(text, str(path), _UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -186,9 +193,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the
-    last one silently, so a typo'd duplicate would change a run without a word)."""
+class _UniqueKeyLoader(bounded.BoundedLoader):
+    """PyYAML's safe loader with imgclf's bounds (`infra.bounded`), refusing a key given twice
+    in one mapping (plain YAML keeps the last one silently, so a typo'd duplicate would change
+    a run without a word)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from imgclf import runs
 from imgclf.config import Config, dump_config, load_config
 from imgclf.infra.arguments import ArgumentParser
+from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
 from imgclf.infra.errors import UserError
 from imgclf.models import build_model
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             quiet_tensorflow(args.verbose)
             run_dir = train(config, out=args.out, verbose=verbose)
     except (UserError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clip(exc)}", file=sys.stderr)
         return 2
     except RunInterrupted as exc:
         print(

@@ -457,6 +457,7 @@ def test_the_app_shows_a_broken_run_in_one_line_and_keeps_the_others(
     state = json.loads((cut / runs.STATE).read_text())
     state["pid"] = 2**22 + 1
     (cut / runs.STATE).write_text(json.dumps(state))
+    hostile = _hostile_runs(good, root)
     monkeypatch.setenv(catalog.RUNS_ENV, str(root))
     at = AppTest.from_file(str(Path(__file__).parents[1] / "app.py"), default_timeout=120).run()
     assert not at.exception
@@ -465,8 +466,41 @@ def test_the_app_shows_a_broken_run_in_one_line_and_keeps_the_others(
     assert not at.exception and "manifest.json missing" in at.error[0].value
     at.sidebar.selectbox(key="run").set_value(str(cut)).run()
     assert "interrupted" in at.warning[0].value and "--resume" in at.warning[0].value
+    # Run folders received from someone else: each is listed with its one-line reason, and
+    # every page keeps working with it selected (the refusal) and with the good run.
+    entries = {e.path.name: e for e in catalog.list_runs(root)}
+    for name, why in hostile.items():
+        assert not entries[name].complete and why in entries[name].reason, (name, entries[name])
+        assert len(entries[name].label) < 200
+        at.sidebar.selectbox(key="run").set_value(str(root / name)).run()
+        assert not at.exception and why in at.warning[0].value, name
+    for page in PAGES:  # the pages that list every run (Compare, Lessons) too
+        at.sidebar.radio(key="page").set_value(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
     at.sidebar.selectbox(key="run").set_value(str(good)).run()
-    assert not at.exception and not at.error
+    for page in PAGES:
+        at.sidebar.radio(key="page").set_value(page).run()
+        assert not at.exception and not at.error, page
+
+
+def _hostile_runs(good: Path, root: Path) -> dict[str, str]:
+    """Copies of `good`, each with one file made hostile; name -> what its reason must say."""
+    deep_json = "[" * 100_000 + "]" * 100_000
+    bomb = "".join(
+        f"{x}: &{x} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['lol'] * 9)}]\n"
+        for p, x in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+    )
+    made = {
+        "deep-metrics": (runs.METRICS, '{"test": ' + deep_json + "}", "nested more than"),
+        "deep-state": (runs.STATE, deep_json, "nested more than"),
+        "deep-config": (runs.CONFIG, deep_json, "nested more than"),
+        "nan-string": (runs.METRICS, '{"test": {"accuracy": "NaN"}}', "test.accuracy"),
+        "yaml-bomb": (runs.CONFIG, bomb, "aliases expand"),
+    }
+    for name, (file, text, _) in made.items():
+        shutil.copytree(good, root / name)
+        (root / name / file).write_text(text)
+    return {name: why for name, (_, _, why) in made.items()}
 
 
 def test_a_rerun_resets_keras_without_a_full_garbage_collection(monkeypatch, tmp_path: Path):

@@ -211,3 +211,52 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path: Path):
     path.write_text("train:\n  <<: {epochs: 2, learning_rate: 0.01}\n  epochs: 3\n")
     config = load_config(path)  # a merged key given again is an override, not a duplicate
     assert (config.train.epochs, config.train.learning_rate) == (3, 0.01)
+
+
+BOMB = "".join(  # "billion laughs": nine levels of nine aliases, 9^9 values once expanded
+    f"{x}: &{x} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['lol'] * 9)}]\n"
+    for p, x in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["alias bomb", "long value", "deep value", "deep file", "big file", "alias bomb file"],
+)
+def test_hostile_configs_get_one_short_line_at_once(case: str, tmp_path: Path):
+    """Each used to hang, grow without bound or end in a traceback (RecursionError); now one
+    line, at most bounded.MAX_MESSAGE characters, exit 2, before anything is built."""
+    from imgclf.infra import bounded
+
+    config = tmp_path / "c.yaml"
+    args, want = {
+        "alias bomb": (["name=" + "{" + BOMB.replace("\n", ", ") + "}"], "aliases expand"),
+        "long value": (["name=" + "x" * 10_000], "name"),
+        "deep value": (["model.hidden=" + "[" * 50_000 + "]" * 50_000], "levels deep"),
+        "deep file": (["--config", config], "levels deep"),
+        "big file": (["--config", config], "bytes, more than"),
+        "alias bomb file": (["--config", config], "aliases expand"),
+    }[case]
+    if case == "deep file":
+        config.write_text("model:\n  hidden: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    elif case == "big file":
+        config.write_text("# padding\n" * 200_000 + "train: {epochs: 1}\n")
+    elif case == "alias bomb file":
+        config.write_text(BOMB)
+    done = run_command("imgclf-train", *args, "--print-config")
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: ") and want in line, line
+    assert len(line) <= len("error: ") + bounded.MAX_MESSAGE + 40, len(line)
+
+
+def test_yaml_merge_keys_and_small_aliases_still_load(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "train: &base {epochs: 2, batch_size: 8}\nmodel: {hidden: &h [16, 8]}\n"
+        "augment: {flip: none}\n"
+    )
+    config = load_config(path)
+    assert config.train.epochs == 2 and list(config.model.hidden) == [16, 8]
+    mapping = parse_overrides(["model.hidden=[4, 4]"])
+    assert mapping == {"model": {"hidden": [4, 4]}}

@@ -13,6 +13,7 @@ from imgclf.export.onnx import require_onnx
 from imgclf.export.parity import ExportError
 from imgclf.export.saved_model import export_run
 from imgclf.infra.arguments import ArgumentParser
+from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
 from imgclf.infra.errors import UserError
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             record = onnx.export_run(run_dir, loaded)
             _report("onnx", record, run_dir / record["path"])
     except (UserError, ExportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clip(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, UserError) else 1
     return 0
 

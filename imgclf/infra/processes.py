@@ -56,7 +56,8 @@ def alive(record: dict[str, Any], local: bool = False) -> bool:
     be checked from here: True (it may still run), or False with `local` (for records that only
     ever name this machine's processes, such as the app's training child)."""
     pid = record.get("pid")
-    if not isinstance(pid, int):
+    # 0 and negative ids name process groups (kill(0, 0) succeeds); past 2^31 os.kill overflows.
+    if not isinstance(pid, int) or not 0 < pid < 2**31:
         return False
     host = record.get("host")
     if host is not None and host != socket.gethostname():

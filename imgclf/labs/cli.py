@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from imgclf.infra.arguments import ArgumentParser
+from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
 from imgclf.infra.errors import UserError
 from imgclf.labs.folder import labs_root, markdown_table, write_lab
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     problem = _check(args)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {clip(problem)}", file=sys.stderr)
         return 2
     quiet_tensorflow()
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder, rows = run_lab(args.lab, args.quick, args.seed, args.out, **options)
     except (UserError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clip(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from imgclf import explain, runs
 from imgclf.infra.arguments import ArgumentParser
+from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
 from imgclf.infra.errors import UserError
 from imgclf.predict.files import classify_stream, expand_inputs
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         try:  # an unknown --explain-layer fails here, before anything is printed
             layer = _prepare_explain(predictor, args)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {clip(exc)}", file=sys.stderr)
             return 2
     _print_listing(failures, notes)
     failed = classify_stream(predictor, files, args, layer)

@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from imgclf.infra import bounded
 from imgclf.runs.names import CONFIG, LABELS
 
 # A temporary of atomic_path: .<name>.<pid>.<random>.tmp<suffix> (or .<name>.old-<pid>).
@@ -157,8 +156,9 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read a JSON file of a run, bounded (`infra.bounded`: size, nesting): a run folder may
+    come from someone else. Raises ValueError (malformed or over a limit) or OSError."""
+    return bounded.read_json(path)
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -172,7 +172,7 @@ def read_labels(path: str | Path) -> list[str]:
 def read_config(run_dir: str | Path) -> dict[str, Any]:
     """The run's config.yaml as a plain dict (not validated: an older run may predate a key)."""
 
-    data = yaml.safe_load((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+    data = bounded.read_yaml(Path(run_dir) / CONFIG)  # bounded: the run may be someone else's
     return data if isinstance(data, dict) else {}
 
 

@@ -21,6 +21,7 @@ from imgclf.runs.names import (
     MODEL_CARD,
     OOD,
 )
+from imgclf.runs.records import ExportRecord, MetricsRecord, check
 
 
 class Run:
@@ -70,13 +71,17 @@ class Run:
 
     @cached_property
     def metrics(self) -> dict[str, Any] | None:
-        """metrics.json (held-out test set), or None for a run stopped before evaluation."""
-        return self.optional_json(METRICS)
+        """metrics.json (held-out test set), or None for a run stopped before evaluation.
+        Raises ValueError when it is malformed or has the wrong shape (`records`)."""
+        metrics = self.optional_json(METRICS)
+        return None if metrics is None else check(MetricsRecord, metrics, self.file(METRICS))
 
     @cached_property
     def exports(self) -> dict[str, Any]:
-        """exports.json ({} when nothing was exported)."""
-        return self.optional_json(EXPORTS) or {}
+        """exports.json ({} when nothing was exported). Raises ValueError when it is malformed
+        or has the wrong shape (`records`)."""
+        exports = self.optional_json(EXPORTS)
+        return {} if exports is None else check(ExportRecord, exports, self.file(EXPORTS))
 
     @cached_property
     def diagnostics(self) -> dict[str, Any] | None:

@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgclf.infra.bounded import clip
 from imgclf.infra.errors import UserError
 from imgclf.infra.processes import alive, identity
 from imgclf.runs.files import read_json, write_json
 from imgclf.runs.manifest import verify_manifest
 from imgclf.runs.names import CONFIG, MANIFEST, STATE
+from imgclf.runs.records import StateRecord, check
 
 RUNNING, COMPLETE, INTERRUPTED, FAILED = "running", "complete", "interrupted", "failed"
 STATES = (RUNNING, COMPLETE, INTERRUPTED, FAILED)
@@ -67,16 +69,15 @@ def read_state(run_dir: str | Path) -> RunState:
             return RunState(COMPLETE)
         return RunState(INTERRUPTED, "no state.json and no manifest.json")
     try:
-        data = read_json(path)
-        state = data["state"]
-        if state not in STATES:
-            raise ValueError(state)
-    except (OSError, ValueError, KeyError, TypeError):
-        return RunState(FAILED, f"{STATE} is unreadable")
-    pid, updated = data.get("pid"), data.get("updated")
+        data = check(StateRecord, read_json(path), path)  # bounded, then its shape
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc).removeprefix(f"{path}: ")
+        return RunState(FAILED, clip(f"{STATE} is unreadable: {why}", 200))
+    state, pid, updated = data["state"], data.get("pid"), data.get("updated")
     if state == RUNNING and not alive(data):
         return RunState(INTERRUPTED, "the training process stopped (killed?)", pid, updated)
-    return RunState(state, data.get("reason"), pid, updated, data.get("host"))
+    reason = data.get("reason")
+    return RunState(state, clip(reason) if reason else None, pid, updated, data.get("host"))
 
 
 def in_run(folder: str | Path) -> bool:

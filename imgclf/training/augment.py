@@ -20,6 +20,7 @@ from imgclf.config import load_config
 from imgclf.data import load_data
 from imgclf.data.pool import readable_sample
 from imgclf.infra.arguments import ArgumentParser
+from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
 from imgclf.infra.errors import UserError
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         path = preview(config, args.out, args.images, args.variants)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clip(exc)}", file=sys.stderr)
         return 2
     print(path)
     return 0

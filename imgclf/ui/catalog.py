@@ -14,10 +14,12 @@ from pathlib import Path
 import yaml
 
 from imgclf import runs
+from imgclf.infra import bounded
 from imgclf.models.efficientnet_lite import NAME
 from imgclf.predict.predictor import IMAGENET_PREFIX
 
 RUNS_ENV = "IMGCLF_RUNS"
+UNREADABLE = "unreadable"  # a run whose files fail their checks: listed with why, never loaded
 
 
 def runs_root() -> Path:
@@ -35,7 +37,7 @@ class RunEntry:
     test_accuracy: float | None
     created: float  # seconds since the epoch (when its folder last changed state)
     builtin: bool = False  # a built-in classifier (no run directory): Classify only
-    state: str = runs.COMPLETE  # runs.RUNNING, INTERRUPTED, FAILED: listed, never loaded
+    state: str = runs.COMPLETE  # runs.RUNNING, INTERRUPTED, FAILED, UNREADABLE: never loaded
     reason: str | None = None  # why it is not complete
 
     @property
@@ -56,6 +58,11 @@ class RunEntry:
     def refusal(self) -> str:
         """What a page says instead of showing a run that is not complete."""
         why = f" ({self.reason})" if self.reason else ""
+        if self.state == UNREADABLE:
+            return (
+                f"`{self.name}` cannot be read{why}: nothing of it is shown or loaded. "
+                "Re-train it, or ask whoever sent it for an intact copy."
+            )
         if self.state == runs.RUNNING:
             return f"`{self.name}` is still training{why}; its pages appear when it is complete."
         return (
@@ -65,17 +72,25 @@ class RunEntry:
 
 
 def _read_entry(path: Path) -> RunEntry | None:
+    """The run at `path` as the list shows it; None for a folder that vanished meanwhile. Its
+    files are read bounded and checked (`runs.records`): a run folder received from someone
+    else with a malformed file is listed as unreadable, with the reason, and never loaded."""
     state = runs.read_state(path)
     try:
-        config = runs.read_config(path) if (path / runs.CONFIG).is_file() else {}
-        metrics_path = path / runs.METRICS
-        metrics = runs.read_json(metrics_path) if state.complete and metrics_path.is_file() else {}
         stamp = path / (runs.STATE if (path / runs.STATE).exists() else runs.CONFIG)
         created = stamp.stat().st_mtime
-    except (OSError, ValueError, yaml.YAMLError):
+    except OSError:
         return None  # a half-deleted folder is left out of the list, not fatal
-    family = str((config.get("model") or {}).get("name", "?"))
-    accuracy = (metrics.get("test") or {}).get("accuracy") if isinstance(metrics, dict) else None
+    run = runs.Run(path)
+    try:
+        model = run.config.get("model")
+        family = str(model.get("name", "?")) if isinstance(model, dict) else "?"
+        metrics = run.metrics if state.complete else None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        reason = bounded.clip(why.replace(f"{path}{os.sep}", ""), 200)
+        return RunEntry(path, path.name, "?", None, created, False, UNREADABLE, reason)
+    accuracy = ((metrics or {}).get("test") or {}).get("accuracy")
     return RunEntry(path, path.name, family, accuracy, created, False, state.state, state.reason)
 
 
