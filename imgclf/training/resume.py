@@ -35,7 +35,7 @@ import numpy as np
 
 from imgclf import runs
 from imgclf.config import load_config
-from imgclf.infra import faults
+from imgclf.infra import bounded, faults
 from imgclf.infra.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class Resume:
         path = self.folder / f"{phase}.done.json"
         if not (path.is_file() and (self.folder / f"{phase}.weights.h5").is_file()):
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        return bounded.read_json(path)
 
     def load_done(self, phase: str, model: keras.Model, augmenter: Any = None) -> None:
         """Put `phase`'s end weights and random state into `model` (and the augmentation)."""
@@ -111,9 +111,9 @@ class Resume:
         """(folder, state) of `phase`'s latest snapshot, or None."""
         current = self.backup_dir(phase) / CURRENT
         try:
-            name = json.loads(current.read_text(encoding="utf-8"))["snapshot"]
+            name = bounded.read_json(current)["snapshot"]
             folder = self.backup_dir(phase) / name
-            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            state = bounded.read_json(folder / "state.json")
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return folder, state

@@ -5,13 +5,13 @@ the lock around every change and starts what `pop` returns; nothing here starts 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from imgclf import runs
 from imgclf.config import dump_config, load_config
+from imgclf.infra import bounded
 from imgclf.infra.errors import UserError
 
 QUEUE_FILE = "queue.json"
@@ -37,7 +37,7 @@ class JobQueue:
         """The entries; anything else in queue.json (a hand edit, a broken file) is dropped:
         never a path outside the folder, which the queue deletes once read."""
         try:
-            items = json.loads((self.folder / QUEUE_FILE).read_text(encoding="utf-8"))
+            items = bounded.read_json(self.folder / QUEUE_FILE)
         except (OSError, ValueError):
             return []
         if not isinstance(items, list):

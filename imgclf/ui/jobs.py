@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -34,6 +33,7 @@ from typing import Any
 
 from imgclf import runs
 from imgclf.config import dump_config
+from imgclf.infra import bounded
 from imgclf.infra.processes import alive, identity
 from imgclf.training.progress import duration
 from imgclf.training.transfer import plan_phases
@@ -171,7 +171,7 @@ class TrainingJob:
 
     def _read(self) -> JobState:
         try:
-            data = json.loads(self._file.read_text(encoding="utf-8"))
+            data = bounded.read_json(self._file)
             data.pop("rows", None)
             data.pop("progress", None)
             return JobState(**data)
