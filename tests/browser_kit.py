@@ -1,5 +1,5 @@
-"""Shared by the browser tests: the app served by `streamlit run app.py` on a free local port
-against a runs root, Debian's Chromium driven through Playwright (no browser download), and the
+"""Shared by the browser tests: the app served by `imgclf-app` (started outside the repository)
+on a free port against a runs root, Debian's Chromium driven through Playwright (no browser download), and the
 waits every page needs. Imported by the test modules (pytest puts tests/ on sys.path)."""
 
 from __future__ import annotations
@@ -50,18 +50,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on at `port`, from /proc/net/tcp (IPv4, as
+    the kernel sees them: "127.0.0.1" for loopback only, "0.0.0.0" for every interface)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        host, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(host))))
+    return found
+
+
 @contextlib.contextmanager
-def serve(runs_root: Path, log_dir: Path, **env: str) -> Iterator[str]:
-    """The app served for `runs_root` on a free port; yields its URL once the health endpoint
-    answers, and stops the server at the end whatever happens."""
+def serve(runs_root: Path, log_dir: Path, address: str | None = None, **env: str) -> Iterator[str]:
+    """The app served for `runs_root` on a free port by `imgclf-app`, started in `log_dir`
+    (not the repository: its .streamlit/config.toml must not be what makes it local), on
+    `address` (imgclf-app's default, 127.0.0.1, when None); yields (its URL on 127.0.0.1, the
+    port) once the health endpoint answers, and stops the server at the end whatever happens."""
     port = free_port()
     log_path = log_dir / f"streamlit-{port}.log"
     log = log_path.open("w")
+    command = [str(Path(sys.executable).with_name("imgclf-app")), "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-         "--server.port", str(port), "--server.address", "127.0.0.1"],
-        cwd=ROOT, env=dict(os.environ, IMGCLF_RUNS=str(runs_root), **env),
-        stdout=log, stderr=subprocess.STDOUT,
+        [*command, *(["--address", address] if address else []), "--runs", str(runs_root)],
+        cwd=log_dir, env=dict(os.environ, **env), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + WAIT_S
@@ -74,7 +87,7 @@ def serve(runs_root: Path, log_dir: Path, **env: str) -> Iterator[str]:
                     log.flush()
                     pytest.fail(f"server did not start: {log_path.read_text()}")
                 time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/", port
     finally:
         proc.terminate()
         try:

@@ -1,4 +1,4 @@
-"""The app in a real browser: `streamlit run app.py` as a server on 127.0.0.1 against a fixture
+"""The app in a real browser: `imgclf-app` as a server (127.0.0.1, or 0.0.0.0) against a fixture
 runs root, driven by Debian's Chromium through Playwright (no browser download)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from browser_kit import browser_page, go_to, hue, hue_gap, serve, settled
+from browser_kit import browser_page, go_to, hue, hue_gap, listening_addresses, serve, settled
 
 from imgclf import runs
 
@@ -15,9 +15,16 @@ PAGES = ("Data", "Training curves", "Evaluation", "Compare", "Lessons", "Model",
 
 @pytest.fixture
 def server(app_runs: Path, tmp_path: Path):
-    """The app served on a free local port; stopped at the end whatever happens."""
-    with serve(app_runs, tmp_path) as url:
+    """The app served by `imgclf-app --address 0.0.0.0` (every interface, as an operator
+    would put it on a network) on a free port; stopped at the end whatever happens."""
+    from imgclf.infra.console import is_noise
+
+    with serve(app_runs, tmp_path, address="0.0.0.0") as (url, port):
+        assert listening_addresses(port) == {"0.0.0.0"}
         yield url
+    # The server loaded TensorFlow (Classify): its C++ start-up lines stayed off the terminal.
+    log = (tmp_path / f"streamlit-{port}.log").read_bytes().splitlines()
+    assert not [line for line in log if is_noise(line)], log[:20]
 
 
 @pytest.mark.slow
@@ -186,6 +193,12 @@ def _data_page(page, run: Path, tmp_path: Path) -> None:
     assert width > 6 * 32, width  # a grid: the original and five augmented versions
     preview.scroll_into_view_if_needed()
     page.screenshot(path=tmp_path / "data-augmentation.png")
+    # Served on every interface with no IMGCLF_DATA_ROOTS: a folder of the server is refused.
+    page.get_by_text("A folder or CSV (before training)").click()
+    path_box = page.get_by_label("Folder or CSV file on the server")
+    path_box.fill(str(run.parent))
+    path_box.press("Enter")
+    expect(page.get_by_text("reading folders of the server is switched off")).to_be_visible()
 
 
 @pytest.mark.slow
@@ -205,7 +218,12 @@ def test_the_builder_makes_a_dataset_and_the_lessons_page_trains_a_pair_in_a_bro
     lesson = next(item for item in lessons.lessons() if item.key == "activations")
     data = tmp_path / "data"
     root = tmp_path / "runs"
-    with serve(root, tmp_path, IMGCLF_DATA=str(data)) as url, browser_page(height=1400) as page:
+    with (
+        serve(root, tmp_path, IMGCLF_DATA=str(data)) as (url, port),
+        browser_page(height=1400) as page,
+    ):
+        # imgclf-app, started outside the repository, listens on this machine only.
+        assert listening_addresses(port) == {"127.0.0.1"}
         page.goto(url)
         _a_dataset_built_in_the_browser_lands_on_disk_and_fills_the_form(page, data, tmp_path)
         _lessons_train_a_pair_and_overlay_it(page, lesson, tmp_path)

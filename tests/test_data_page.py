@@ -4,6 +4,7 @@ run's data report, and a folder or CSV read before training by the code training
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -258,3 +259,38 @@ def test_an_unreadable_folder_is_listed_with_its_reason(
     assert not at.exception
     (error,) = at.error
     assert error.value.startswith(f"data.path: {data} cannot be read (Permission denied)")
+
+
+def test_served_beyond_this_machine_the_app_reads_only_the_allowed_folders(
+    monkeypatch, folder_dataset: Path, tmp_path: Path
+):
+    """Served on 0.0.0.0 (every interface), a path typed into the Data page is refused unless
+    IMGCLF_DATA_ROOTS names a folder holding it; a link out of an allowed folder is refused
+    too (paths are resolved first). On 127.0.0.1 any folder is read."""
+    from streamlit import config as st_config
+
+    from imgclf.ui import exposure
+
+    allowed = tmp_path / "allowed"
+    shutil.copytree(folder_dataset, allowed / "shapes")
+    (allowed / "escape").symlink_to(folder_dataset)
+    previous = st_config.get_option("server.address")
+    st_config.set_option("server.address", "0.0.0.0")
+    try:
+        monkeypatch.delenv(exposure.ROOTS_ENV, raising=False)
+        at = _read_folder(_data_page(monkeypatch, tmp_path / "runs"), folder_dataset)
+        assert "switched off" in at.error[0].value and exposure.ROOTS_ENV in at.error[0].value
+        monkeypatch.setenv(exposure.ROOTS_ENV, str(allowed))
+        at = _read_folder(_data_page(monkeypatch, tmp_path / "runs"), allowed / "shapes")
+        assert not at.error, [e.value for e in at.error]  # read: three classes listed
+        assert "3 classes" in " ".join(c.value for c in at.caption)
+        at = _read_folder(at, allowed / "escape")  # a link inside leading outside
+        assert "outside the folders this app may read" in at.error[0].value
+    finally:
+        st_config.set_option("server.address", previous)
+    assert exposure.is_loopback("127.0.0.1") and exposure.is_loopback("::1")
+    assert not exposure.is_loopback("") and not exposure.is_loopback("0.0.0.0")
+    monkeypatch.delenv(exposure.ROOTS_ENV)
+    assert exposure.allowed_roots("127.0.0.1") is None and exposure.allowed_roots("0.0.0.0") == [
+        Path(os.path.realpath(exposure.data_root()))
+    ]  # served widely with no roots named: only the dataset builder's own folder

@@ -18,6 +18,7 @@ from imgclf.infra.errors import UserError
 from imgclf.models.names import PROBABILITIES
 from imgclf.predict.files import PredictionWriter, as_record, expand_inputs
 from imgclf.ui.catalog import RunEntry
+from imgclf.ui.exposure import server_path
 
 CHUNK = 64  # images decoded and classified per step of the progress bar
 CHUNK_BYTES = 256 * 2**20  # and at most this much of a zip decompressed at a time
@@ -41,7 +42,7 @@ def _sources(kind: str, value: Any) -> tuple[str, list[tuple[str, Any]], BatchRe
 
     if kind == FOLDER:
         text = str(value).strip()
-        folder = Path(text).expanduser()
+        folder = server_path(text) if text else Path()  # resolved, where this app may read
         if not text or not folder.is_dir():
             raise UserError(
                 f"{text or '(empty)'}: no such folder on this machine (the app's server)"

@@ -21,6 +21,7 @@ from imgclf.schema import AugmentConfig
 from imgclf.training.augment import preview_grid
 from imgclf.ui import data_info
 from imgclf.ui.catalog import RunEntry
+from imgclf.ui.exposure import server_path
 
 SOURCES = ("The selected run", "A folder or CSV (before training)")
 SAMPLES_PER_CLASS = 8
@@ -251,6 +252,7 @@ def _before_training() -> None:
         _scan.clear()
         _would_report.clear()
     try:
+        path = str(server_path(path))  # resolved, and only where this app may read
         listing, rows = _scan(path)
     except UserError as exc:
         st.error(str(exc))

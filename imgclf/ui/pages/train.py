@@ -13,6 +13,7 @@ from imgclf.data.builder import DatasetBuilder
 from imgclf.infra.errors import UserError
 from imgclf.models.registry import available_models
 from imgclf.ui.catalog import RunEntry
+from imgclf.ui.exposure import server_path
 from imgclf.ui.jobs import JobBusy, estimate_text
 from imgclf.ui.pages.curves import show_history
 from imgclf.ui.state import training_job
@@ -174,6 +175,8 @@ def render(entry: RunEntry | None, entries: list[RunEntry], root: Path) -> None:
     if overrides is not None:
         try:
             config = load_config(files[recipe], overrides)
+            if config.data.path is not None:  # a folder or CSV of the server: allowed here?
+                server_path(config.data.path)
         except UserError as exc:
             st.error(str(exc))
         else:
