@@ -1,6 +1,7 @@
 """Shared by the browser tests: the app served by `imgclf-app` (started outside the repository)
 on a free port against a runs root, Debian's Chromium driven through Playwright (no browser
-download), and the waits every page needs. Imported by the test modules (pytest puts tests/ on sys.path)."""
+download), and the waits every page needs. Imported by the test modules (pytest puts tests/ on
+sys.path)."""
 
 from __future__ import annotations
 
