@@ -30,7 +30,13 @@ from PIL import (  # noqa: F401  (importing a plugin registers its format in Ima
     WebPImagePlugin,
 )
 
-from imgclf.formats import IMAGE_EXTENSIONS, PILLOW_FORMATS, missing_plugin, register_plugins
+from imgclf.formats import (
+    IMAGE_EXTENSIONS,
+    PILLOW_FORMATS,
+    jpeg_metadata_problem,
+    missing_plugin,
+    register_plugins,
+)
 
 register_plugins()  # HEIC (pillow-heif) when installed; AVIF is Pillow's own
 _FORMAT_ORDER = PILLOW_FORMATS
@@ -294,6 +300,9 @@ def _open_allowed(fp: io.BytesIO, name: str) -> ImageFile.ImageFile:
     This is `Image.open(fp, formats=...)`'s plugin loop minus its global MAX_IMAGE_PIXELS check:
     that check raises before the size can be reported and ignores our `max_pixels`.
     """
+    problem = jpeg_metadata_problem(fp)  # before Pillow parses what it may choke on
+    if problem is not None:
+        raise ImageError(name, problem)
     prefix = fp.read(16)
     recognised = False
     for fmt in _FORMAT_ORDER:

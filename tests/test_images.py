@@ -353,3 +353,33 @@ def test_reduced_jpeg_decoding_keeps_exif_rotation():
     assert grey.shape == (60, 30, 1)
     rows = grey[..., 0].mean(axis=1)
     assert rows[10:19].mean() < 40 < rows[30:].mean()  # the bar: stored x 1/6..1/3 -> top rows
+
+
+def test_a_jpeg_with_thousands_of_metadata_segments_is_refused_before_pillow(
+    tiny_run: Path, tmp_path: Path
+):
+    """2,500 EXIF segments hung Pillow (its time grows with their count squared); more than
+    formats.MAX_JPEG_SEGMENTS are refused, with the same reason from every path, before
+    Pillow reads the file; a photo's few segments (and exactly the limit) still decode."""
+    from conftest import run_command
+
+    from imgclf import formats
+    from imgclf.images import ImageError, check_header, load_image
+
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(out, "JPEG")
+    payload = b"Exif\x00\x00" + bytes(1000)
+    segment = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+
+    def jpeg(n: int) -> bytes:
+        return out.getvalue()[:2] + segment * n + out.getvalue()[2:]
+
+    # Pillow writes one segment (JFIF APP0) itself: this makes exactly the limit.
+    assert load_image(jpeg(formats.MAX_JPEG_SEGMENTS - 1), (8, 8), 3).shape == (8, 8, 3)
+    hostile = tmp_path / "exif.jpg"
+    hostile.write_bytes(jpeg(2_500))
+    with pytest.raises(ImageError, match="JPEG metadata segments") as refused:
+        load_image(hostile, (8, 8), 3)
+    assert check_header(hostile) == refused.value.reason
+    done = run_command("imgclf-predict", tiny_run, hostile)
+    assert done.returncode != 0 and f"error: {hostile}: {refused.value.reason}" in done.stderr
