@@ -223,3 +223,36 @@ def test_a_batch_larger_than_the_training_split_is_refused(folder_dataset: Path,
     assert result.returncode == 2
     assert "train.batch_size=100000 is larger than the 21 training images" in result.stderr
     assert not out.exists()
+
+
+def test_a_loss_that_becomes_nan_ends_the_run_at_that_epoch_with_its_reason(tmp_path: Path):
+    """A real Keras fit whose loss turns NaN in its second epoch (a NaN target from then on):
+    the divergence guard, placed after history.csv's callback as every phase places it, stops
+    it there with one line naming the epoch, the phase and its learning rate. (Keras'
+    TerminateOnNaN would stop quietly and the run would end `complete` on NaN weights.)"""
+    import keras
+
+    from imgclf.infra.errors import UserError
+    from imgclf.training.phases import TrainingDiverged, divergence_guard, history_callback
+    from imgclf.training.transfer import plan_phases
+
+    (phase,) = plan_phases(load_config(None, ["train.learning_rate=0.5"]))
+    history = history_callback(tmp_path / runs.HISTORY)
+
+    def batches():  # two steps per epoch; from the second epoch on, the targets are NaN
+        for step in range(10):
+            target = np.nan if step >= 2 else 0.0
+            yield np.ones((4, 2), "float32"), np.full((4, 1), target, "float32")
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(TrainingDiverged) as stopped:
+        model.fit(
+            batches(), epochs=5, steps_per_epoch=2, verbose=0,
+            callbacks=[history, divergence_guard(history, phase)],
+        )  # fmt: skip
+    assert isinstance(stopped.value, UserError)  # one line on the command line, exit 2
+    rows = runs.read_history(tmp_path / runs.HISTORY)
+    assert len(rows) == 2 and np.isfinite(rows[0].loss) and np.isnan(rows[1].loss)
+    assert "epoch 2 (train phase, learning rate 0.5)" in str(stopped.value)
+    assert "lower train.learning_rate (e.g. 0.05)" in str(stopped.value)

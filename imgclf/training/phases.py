@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from imgclf import runs
 from imgclf.data.pipeline import epoch_order_callback
 from imgclf.infra import faults
+from imgclf.infra.errors import UserError
 from imgclf.training.distribute import fit_multiworker
 from imgclf.training.optim import (
     class_weights,
@@ -72,6 +73,35 @@ def history_callback(path: Path) -> keras.callbacks.Callback:
             faults.point("epoch")
 
     return HistoryCSV()
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite: the weights are lost, more epochs cannot help."""
+
+
+def divergence_guard(history: Any, phase: Phase) -> keras.callbacks.Callback:
+    """A callback that ends the run at the first epoch whose training loss is NaN or infinite,
+    after history.csv has recorded that epoch: TrainingDiverged, naming the epoch, the phase
+    and its learning rate, so the run is `failed` with that reason. (Keras' TerminateOnNaN
+    stops quietly: the run would end `complete` on NaN weights.) The epoch's mean loss is
+    checked, not every batch's: a NaN in any batch makes it NaN, without a sync per step."""
+    import math
+
+    import keras
+
+    class DivergenceGuard(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            loss = (logs or {}).get("loss")
+            if loss is None or math.isfinite(float(loss)):
+                return
+            lr = phase.train.learning_rate
+            raise TrainingDiverged(
+                f"training diverged: the loss became {float(loss)} in epoch {len(history.rows)} "
+                f"({phase.name} phase, learning rate {lr:g}); lower train.learning_rate "
+                f"(e.g. {lr / 10:g}) or switch on model.batch_norm"
+            )
+
+    return DivergenceGuard()
 
 
 @dataclass
@@ -157,11 +187,12 @@ def _early_stopping(runner: PhaseRunner, phase: Phase) -> keras.callbacks.EarlyS
 def _callbacks(runner: PhaseRunner, phase: Phase, early: Any, cached: bool) -> list[Any]:
     """The callbacks of a phase's fit, in order (the resume backup is added last by
     `fit_phase`): each epoch's shuffled order (the cached head phase adds its own), the
-    schedule, history, early stopping, diagnostics, then the time-left estimate (after the
-    diagnostics: an epoch's time includes them)."""
+    schedule, history, the divergence guard, early stopping, diagnostics, then the time-left
+    estimate (after the diagnostics: an epoch's time includes them)."""
 
     runner.history.phase = phase.name
-    callbacks = [*schedule_callbacks(phase.train), runner.history, early]
+    guard = divergence_guard(runner.history, phase)
+    callbacks = [*schedule_callbacks(phase.train), runner.history, guard, early]
     if not cached:
         callbacks.insert(0, epoch_order_callback(runner.data[0]))
     if runner.diagnostics is not None and not cached:
