@@ -465,3 +465,27 @@ def test_an_interior_temperature_is_kept():
     assert calibration.at_limit(logits, labels, float("nan")).startswith(
         "the temperature fit failed"
     )
+
+
+def test_too_few_validation_images_skip_the_detector_and_say_why():
+    """Two validation images used to set a threshold that flagged 100% of the test images;
+    under ood.MIN_THRESHOLD_IMAGES the detector is skipped with its reason, as calibration is
+    when it cannot fit, and from that many on it is fitted."""
+    from imgclf.confidence.fit import fit_confidence
+    from imgclf.confidence.split_outputs import SplitOutputs
+    from imgclf.config import load_config
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> SplitOutputs:
+        labels = np.arange(n) % 3
+        features = (rng.normal(size=(n, 4)) + labels[:, None] * 3).astype("float32")
+        return SplitOutputs(np.arange(n), labels, rng.normal(size=(n, 3)), features)
+
+    config = load_config(None)
+    for n_val, fitted in ((2, False), (ood.MIN_THRESHOLD_IMAGES, True)):
+        outputs = {"train": split(60), "val": split(n_val), "test": split(30)}
+        found = fit_confidence(None, outputs, 3, config)
+        assert (found.stats is not None) is fitted, n_val
+        if not fitted:
+            assert f"only {n_val} readable validation image(s)" in found.ood["skipped"]

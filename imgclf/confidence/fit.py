@@ -47,7 +47,8 @@ def fit_confidence(
     both on test. Does not change the model: `calibration.fold_temperature` does.
 
     Without a readable validation (or test) image neither can be fitted: both sections say
-    `skipped` and why; so does the OOD section for features wider than ood.MAX_FEATURE_DIM, for
+    `skipped` and why; so does the OOD section for fewer than ood.MIN_THRESHOLD_IMAGES
+    validation images (its threshold), for features wider than ood.MAX_FEATURE_DIM, for
     features so uniform that the float32 score is round-off (`ood.FLOAT32_LIMIT`), and for a
     covariance that cannot be factorised (`ood.fit` raises ValueError): a detector that cannot
     be fitted never ends the run."""
@@ -69,6 +70,13 @@ def fit_confidence(
             f"the head reads {_width(model)} features, more than "
             f"{ood.MAX_FEATURE_DIM}: a flattened feature map (model.hidden: [] or "
             "transfer.backbone_layer); add a hidden layer or pooling to get the warning"
+        )
+        return Confidence(cal, {"skipped": why}, None, {})
+    if len(val) < ood.MIN_THRESHOLD_IMAGES:
+        why = (
+            f"only {len(val)} readable validation image(s) to set its threshold on (at least "
+            f"{ood.MIN_THRESHOLD_IMAGES}): it would flag images at random; raise "
+            "data.val_fraction or add images"
         )
         return Confidence(cal, {"skipped": why}, None, {})
     train = outputs.get("train")

@@ -34,6 +34,9 @@ from imgclf.infra.errors import UserError
 METHOD = "Mahalanobis distance to the nearest class mean, shared covariance (Lee et al., 2018)"
 MAX_FIT_IMAGES = 20_000  # training images whose features estimate the means and covariance
 MIN_PER_CLASS = 50  # a capped sample still keeps this many of each class (or all it has)
+# The threshold is a quantile of the validation images' scores: from fewer than this many it is
+# one or two images' score, and flagged every test image of a 2-image validation split.
+MIN_THRESHOLD_IMAGES = 5
 # Above this many feature dimensions (a flattened conv map: model.hidden=[] or a re-used
 # run's `transfer.backbone_layer`) the D x D covariance and the D x D matrix in every export
 # cost too much: the detector is skipped, and says so.
