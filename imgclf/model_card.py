@@ -47,10 +47,13 @@ def export_section(
             f"on `{backend}`.\n  Run `imgclf-export <this run directory>` with "
             f"KERAS_BACKEND=tensorflow to write\n  `saved_model/` from `model.keras`.\n"
         )
-    rows = []
+    rows, withheld = [], []
     for key, what in _FORMATS.items():
         record = exports.get(key)
         if record is None:
+            continue
+        if "withheld" in record:  # its check failed at the end of training: not written
+            withheld.append(f"- {what} withheld: {record['withheld']}\n")
             continue
         parity = record["parity"]
         size = f"{record['size_bytes'] / 1e6:.2f} MB" if "size_bytes" in record else "–"
@@ -66,7 +69,9 @@ def export_section(
                 f"{parity['serve_bytes_max_abs_diff']:.1e} | "
                 f"{_pct(parity['serve_bytes_top1_agreement'])} | – | {parity['n_images']} |"
             )
-    return (
+    if withheld and not rows:
+        return "".join(withheld) + "  `imgclf-export <this run directory>` tries again.\n"
+    return "".join(withheld) + (
         "Each export was run in its own runtime on the test images and compared with "
         "`model.keras`\n(float exports must agree within 1e-4 and on ≥ 99.9% of top-1 labels; "
         "int8 reports its drop).\n\n"

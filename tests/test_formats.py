@@ -235,6 +235,41 @@ def test_an_export_whose_graph_decoder_fails_a_format_is_not_written(
     assert not out.exists()
 
 
+def test_a_training_run_whose_savedmodel_fails_its_check_completes_without_it(
+    folder_dataset: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """The same broken decoder at the end of training: the run is not lost to its export. It
+    completes with its model; the SavedModel is withheld (nothing written), exports.json and
+    the model card say why, one line says so; `imgclf-export` can try again later."""
+    from conftest import tiny_overrides
+
+    from imgclf.config import load_config
+    from imgclf.export import graph_decode, graph_header
+    from imgclf.predict.predictor import Predictor
+    from imgclf.train import train
+
+    real = graph_decode.inspect
+
+    def no_png(data, side):
+        fmt, reason, facts = real(data, side)
+        import tensorflow as tf
+
+        return fmt, tf.where(tf.equal(fmt, graph_header.PNG), "broken", reason), facts
+
+    monkeypatch.setattr(graph_decode, "inspect", no_png)
+    monkeypatch.setattr("imgclf.export.batch_decode._DECODERS", {})  # trace the broken one
+    config = load_config(None, [*tiny_overrides(folder_dataset), "train.export=true"])
+    run = train(config, out=tmp_path / "run", verbose=0)
+    assert runs.read_state(run).complete and not (run / runs.SAVED_MODEL).exists()
+    withheld = runs.read_json(run / runs.EXPORTS)["saved_model"]["withheld"]
+    assert "serve_bytes" in withheld and "nothing was written" in withheld
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("export:")]
+    assert line == f"export: SavedModel withheld: {withheld}"
+    assert f"withheld: {withheld}" in (run / runs.MODEL_CARD).read_text()
+    sample = sorted((run / runs.SAMPLES).glob("*.png"))[0]
+    assert Predictor.from_path(run).predict_files([sample])[1] == []  # the model is usable
+
+
 def test_the_docs_table_lists_every_supported_format_and_extension():
     page = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
     rows: dict[str, str] = {}

@@ -65,23 +65,10 @@ def fit_confidence(
         cal = calibration.calibrate(val.logits, val.labels, test.logits, test.labels)
     if not want_ood:
         return Confidence(cal, None, None, {})
-    if val.features is None:
-        why = (
-            f"the head reads {_width(model)} features, more than "
-            f"{ood.MAX_FEATURE_DIM}: a flattened feature map (model.hidden: [] or "
-            "transfer.backbone_layer); add a hidden layer or pooling to get the warning"
-        )
-        return Confidence(cal, {"skipped": why}, None, {})
-    if len(val) < ood.MIN_THRESHOLD_IMAGES:
-        why = (
-            f"only {len(val)} readable validation image(s) to set its threshold on (at least "
-            f"{ood.MIN_THRESHOLD_IMAGES}): it would flag images at random; raise "
-            "data.val_fraction or add images"
-        )
-        return Confidence(cal, {"skipped": why}, None, {})
     train = outputs.get("train")
-    if train is None or train.features is None or len(train) == 0:
-        return Confidence(cal, {"skipped": "no readable training image to fit it on"}, None, {})
+    why = _cannot_fit(model, train, val)
+    if why is not None:
+        return Confidence(cal, {"skipped": why}, None, {})
     quantile = config.train.ood_quantile
     try:
         stats = ood.fit(train.features, train.labels, num_classes)
@@ -100,6 +87,25 @@ def fit_confidence(
     test_scores = stats.score(test.features)
     section = ood.report(stats, quantile, val_scores, test_scores, len(train))
     return Confidence(cal, section, stats, {"val": val_scores, "test": test_scores})
+
+
+def _cannot_fit(model: keras.Model, train: SplitOutputs | None, val: SplitOutputs) -> str | None:
+    """Why the detector cannot be fitted from these outputs, before any fitting, or None."""
+    if val.features is None:
+        return (
+            f"the head reads {_width(model)} features, more than "
+            f"{ood.MAX_FEATURE_DIM}: a flattened feature map (model.hidden: [] or "
+            "transfer.backbone_layer); add a hidden layer or pooling to get the warning"
+        )
+    if len(val) < ood.MIN_THRESHOLD_IMAGES:
+        return (
+            f"only {len(val)} readable validation image(s) to set its threshold on (at least "
+            f"{ood.MIN_THRESHOLD_IMAGES}): it would flag images at random; raise "
+            "data.val_fraction or add images"
+        )
+    if train is None or train.features is None or len(train) == 0:
+        return "no readable training image to fit it on"
+    return None
 
 
 def _width(model: keras.Model) -> int:

@@ -20,11 +20,12 @@ from imgclf.confidence.fit import fit_confidence
 from imgclf.confidence.ood import MAX_FIT_IMAGES
 from imgclf.confidence.split_outputs import head_outputs, run_outputs
 from imgclf.evaluate import evaluate_probabilities
-from imgclf.export.parity import PARITY_MAX_IMAGES, Reference, model_reference
+from imgclf.export.parity import PARITY_MAX_IMAGES, ExportError, Reference, model_reference
 from imgclf.export.saved_model import export_saved_model, saved_model_record
 from imgclf.forward import inference_batch_size
 from imgclf.images import png_bytes
 from imgclf.infra import faults
+from imgclf.infra.bounded import clip
 from imgclf.infra.errors import DataError
 from imgclf.model_card import model_card
 from imgclf.training.backend import backend_name, can_export_saved_model, export_skipped_message
@@ -153,14 +154,24 @@ def export_run_model(
     """The SavedModel (with the OOD outputs when `ood_stats`), parity-checked against the run's
     own answers on its test images (`run_reference`), recorded in exports.json; returns
     (parity report, exports) or (None, None) when the backend cannot write one (said first,
-    before any work)."""
+    before any work). A SavedModel that fails its check is not written: exports.json records
+    it as `withheld` with the reason (printed as one line), and the run still completes."""
 
     if not can_export_saved_model():
         print(export_skipped_message(run_dir), file=sys.stderr, flush=True)
         return None, None
     reference = run_reference(model, splits, test, ood_stats, batch_size)
     target = run_dir / runs.SAVED_MODEL
-    parity = export_saved_model(model, splits.class_names, target, reference, ood_stats)
+    try:
+        parity = export_saved_model(model, splits.class_names, target, reference, ood_stats)
+    except ExportError as exc:
+        # The training succeeded: the run completes with its model; only the artifact that
+        # failed its check is withheld (nothing of it was written), and it says why.
+        why = clip(exc, 600)
+        print(f"export: SavedModel withheld: {why}", file=sys.stderr, flush=True)
+        exports = {"saved_model": {"withheld": why}}
+        runs.write_json(run_dir / runs.EXPORTS, exports)
+        return None, exports
     record = saved_model_record(
         runs.SAVED_MODEL, model, splits.class_names, parity, runs.tree_size(target)
     )
