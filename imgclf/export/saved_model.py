@@ -26,6 +26,7 @@ from imgclf.export.parity import (
     batched,
     check_split,
     compare,
+    decoder_rounding,
     format_parity,
     model_reference,
     ood_parity,
@@ -181,6 +182,15 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
     report["serve_bytes_top1_agreement"] = from_files["top1_agreement"]
     if has_ood:
         report["ood"] = ood_parity(pixels_out[:, k:], reference)
+    report["formats"] = _corpus_tables(model, images, size, via_files, via_pixels, k)
+    return report
+
+
+def _corpus_tables(
+    model: Any, images: np.ndarray, size: int, via_files: Any, via_pixels: Any, k: int
+) -> dict[str, dict[str, Any]]:
+    """Per signature, the format table of the corpus made from the first of `images` (for
+    `serve_bytes`, the decoder's documented rounding marked: `parity.decoder_rounding`)."""
     samples, pixels, corpus_reference, refused = reference_corpus(model, images, size)
     status: list[str | None] = []
 
@@ -191,11 +201,12 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
 
     probs = batched(via_corpus, samples, size)  # bounded batches, like every other check
     corpus_pixels = batched(via_pixels, pixels, size, np.float32)[:, :k]
-    report["formats"] = {
+    decode = batch_decoder(*model.input_shape[1:])  # the one serve_bytes holds
+    rounding = decoder_rounding(model, decode, samples, pixels, probs, size)
+    return {
         SIGNATURE: format_parity(samples, corpus_reference, corpus_pixels, refused),
-        BYTES_SIGNATURE: format_parity(samples, corpus_reference, probs, status),
+        BYTES_SIGNATURE: format_parity(samples, corpus_reference, probs, status, rounding),
     }
-    return report
 
 
 def require_corpus_parity(report: dict[str, Any], not_written: str) -> None:
