@@ -20,6 +20,7 @@ from typing import Any
 
 from imgclf import runs
 from imgclf.config import read_yaml
+from imgclf.infra import spreadsheet
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.bounded import clip
 from imgclf.infra.errors import UserError
@@ -194,7 +195,7 @@ def format_csv(result: dict[str, Any]) -> str:
     """CSV with full-precision numbers; missing results are empty cells."""
     cols = _columns(result)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = spreadsheet.writer(buffer, lineterminator="\n")  # run names: never formulas
     writer.writerow(cols)
     for row in result["rows"]:
         # csv writes None as an empty cell.

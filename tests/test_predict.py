@@ -255,3 +255,29 @@ def test_predict_refuses_special_files_at_once_and_classifies_the_rest(
     assert f"error: {device}: not a regular file (a device)" in errors
     assert f"error: {sock_path}: not a regular file (a socket)" in errors
     assert f"error: {huge}: file larger than 200 MB" in errors
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_written_as_text(
+    tiny_run: Path, tmp_path: Path, monkeypatch
+):
+    """A file named `=HYPERLINK(...)` (or a class name like it) in a predictions CSV would run
+    as a formula in Excel or LibreOffice (CSV injection, OWASP): such text cells get a `'` in
+    front; numbers are written as they are."""
+    import csv
+    import shutil
+
+    from conftest import run_command
+
+    from imgclf.infra.spreadsheet import safe_cell
+
+    sample = sorted((tiny_run / runs.SAMPLES).glob("*.png"))[0]
+    names = ["=HYPERLINK(1).png", "+1.png", "@x.png", "plain.png"]
+    for name in names:
+        shutil.copy(sample, tmp_path / name)
+    monkeypatch.chdir(tmp_path)  # relative names: the image cell starts with the name
+    done = run_command("imgclf-predict", tiny_run, *names, "--format", "csv", "--top-k", "1")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(done.stdout.splitlines()))
+    assert [row["image"] for row in rows] == ["'" + n for n in names[:3]] + ["plain.png"]
+    assert all(float(row["probability"]) > 0 for row in rows)  # numbers stay numbers
+    assert safe_cell("-0.5") == "'-0.5" and safe_cell(-0.5) == -0.5 and safe_cell("a=b") == "a=b"

@@ -1,6 +1,7 @@
 """Infrastructure every entry point shares, nothing about images or models:
 
 errors.py     errors a user can fix (printed as one line, exit 2)
+spreadsheet.py  CSV cells a spreadsheet opens as text, never as formulas (CSV injection)
 bounded.py    readers with limits (size, nesting, YAML alias expansion) and error lines cut short
 arguments.py  the command lines' argument parser (argparse, usage mistakes as one line)
 console.py    TensorFlow's C++ start-up lines kept off the terminal

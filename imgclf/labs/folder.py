@@ -6,7 +6,6 @@ half-way leaves nothing that looks finished."""
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import platform
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import runs
+from imgclf.infra import spreadsheet
 from imgclf.infra.errors import UserError
 
 LABS_ENV = "IMGCLF_LABS"
@@ -56,9 +56,9 @@ def write_lab(
     with runs.atomic_path(target) as tmp:
         tmp.mkdir(parents=True)
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = spreadsheet.writer(buffer)  # recipe names: never formulas
+        writer.writerow(list(rows[0]))
+        writer.writerows([row.get(key) for key in rows[0]] for row in rows)
         (tmp / TABLE_CSV).write_text(buffer.getvalue(), encoding="utf-8")
         (tmp / TABLE_MD).write_text(markdown_table(rows), encoding="utf-8")
         for picture, draw in pictures.items():

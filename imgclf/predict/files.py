@@ -4,7 +4,6 @@ aligned table, CSV with one row per rank, a streamed JSON array, or JSON lines).
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,6 +14,7 @@ from typing import Any, TextIO
 from imgclf import explain
 from imgclf.formats import IMAGE_EXTENSIONS, is_image_name, walk
 from imgclf.images import file_problem
+from imgclf.infra import spreadsheet
 from imgclf.models.names import PROBABILITIES
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -87,7 +87,7 @@ class PredictionWriter:
         self.out, self.fmt, self.width, self.count = out, fmt, max(width, len("image")), 0
         self.ood = ood
         if fmt == "csv":
-            self._csv = csv.writer(out)
+            self._csv = spreadsheet.writer(out)  # labels and file names: never formulas
             extra = ["ood_score", "ood"] if ood else []
             self._csv.writerow(["image", "rank", "label", "probability", *extra])
         elif fmt == "table":

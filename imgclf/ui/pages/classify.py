@@ -20,6 +20,7 @@ import streamlit as st
 from imgclf import explain, runs
 from imgclf.formats import FORMATS, UPLOAD_TYPES
 from imgclf.images import ImageError, thumbnail
+from imgclf.infra import spreadsheet
 from imgclf.infra.errors import UserError
 from imgclf.predict.predictor import Classified, classify_named
 from imgclf.ui import charts
@@ -186,7 +187,7 @@ def _results_table(rows: list[dict[str, object]], name: str) -> None:
     table = pd.DataFrame(rows)
     st.dataframe(table, hide_index=True)
     buffer = io.StringIO()
-    table.to_csv(buffer, index=False)
+    table.map(spreadsheet.safe_cell).to_csv(buffer, index=False)  # file names, labels
     st.download_button(
         "Download CSV", buffer.getvalue(), file_name=f"{name}-predictions.csv", mime="text/csv"
     )
