@@ -41,6 +41,12 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagra
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+# Upper bounds where a typo (2^70 epochs, a 100,000-pixel side, a billion units) would pass
+# validation and die at run time, hours in or at once with an allocation failure.
+MAX_EPOCHS = 100_000
+Epochs = Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
+Side = Annotated[int, Field(gt=0, le=4096)]  # pixels: a 4096×4096 input is 16.8 MP
+Width = Annotated[int, Field(gt=0, le=65_536)]  # units of a dense layer, filters of a conv
 
 
 class _Section(BaseModel):
@@ -52,7 +58,7 @@ class DataConfig(_Section):
 
     source: Literal[SOURCES] = "mnist5k"  # type: ignore[valid-type]
     path: str | None = None  # the dataset folder, for source=folder
-    image_size: tuple[PositiveInt, PositiveInt] = (28, 28)  # (height, width) the model sees
+    image_size: tuple[Side, Side] = (28, 28)  # (height, width) the model sees
     channels: Literal[1, 3] = 1
     normalize: Literal["unit", "standardize"] = "unit"  # 0..1, or z-score adapted on train
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
@@ -79,7 +85,13 @@ class DataConfig(_Section):
     def _class_names_as_text(cls, value: Any) -> Any:
         # `data.classes=[3,5]` on the command line parses as integers: digits name classes too.
         if isinstance(value, list | tuple):
-            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+            flags = [v for v in value if isinstance(v, bool)]
+            if flags:  # YAML 1.1 reads no/yes/on/off/true/false, unquoted, as booleans
+                raise ValueError(
+                    f"data.classes: {flags[0]!r} is a YAML boolean, not a name: YAML reads "
+                    'no, yes, on, off, true and false as booleans; quote them: ["no", "yes"]'
+                )
+            return [str(v) if isinstance(v, int) else v for v in value]
         if value is not None:
             raise ValueError(
                 f"data.classes: got {value!r}; expected a list of class names, e.g. [cats, dogs]"
@@ -134,7 +146,7 @@ class ModelConfig(_Section):
     """Which architecture (from the registry) and its knobs."""
 
     name: str = "cnn"
-    filters: tuple[PositiveInt, ...] = (32, 64)  # cnn: one conv block per entry; resnet: stages
+    filters: tuple[Width, ...] = (32, 64)  # cnn: one conv block per entry; resnet: stages
     convs_per_block: PositiveInt = 2  # cnn: conv layers before each pooling (2 = VGG-style)
     blocks_per_stage: PositiveInt = 2  # resnet: residual blocks in each stage
     skip_connections: bool = True  # resnet: false gives the same net without shortcuts
@@ -142,7 +154,7 @@ class ModelConfig(_Section):
     strides: PositiveInt = 1
     padding: Literal["same", "valid"] = "same"
     pooling: Literal["max", "avg", "none"] = "max"  # after each conv block
-    hidden: tuple[PositiveInt, ...] = (128,)  # dense layers of the head (mlp: the whole net)
+    hidden: tuple[Width, ...] = (128,)  # dense layers of the head (mlp: the whole net)
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
     leaky_slope: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2  # leaky_relu: slope below 0
     maxout_pieces: Annotated[int, Field(ge=2, le=8)] = 2  # maxout: linear pieces per unit
@@ -220,9 +232,9 @@ class EarlyStoppingConfig(_Section):
 class TrainConfig(_Section):
     """The optimisation recipe."""
 
-    epochs: PositiveInt = 20
+    epochs: Epochs = 20
     # An int, or "full" for full-batch gradient descent (1 = pure stochastic gradient descent).
-    batch_size: PositiveInt | Literal["full"] = 64
+    batch_size: Annotated[int, Field(gt=0, le=1_000_000)] | Literal["full"] = 64
     optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
     learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0e-3
     momentum: Fraction = 0.9  # for the momentum and nesterov optimizers
@@ -289,8 +301,8 @@ class TransferConfig(_Section):
     backbone stay frozen and in inference mode in both phases. `train.epochs` is not used.
     """
 
-    head_epochs: Annotated[int, Field(ge=0)] = 5
-    fine_tune_epochs: Annotated[int, Field(ge=0)] = 5
+    head_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] = 5
+    fine_tune_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] = 5
     # How much of the backbone phase 2 trains: `all`, the top N layers (counted over the
     # backbone's layers in order, nested models flattened), or a layer name to unfreeze from.
     unfreeze: PositiveInt | str = "all"

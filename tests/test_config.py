@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,7 +161,7 @@ def test_overrides_may_come_before_or_after_options(capsys):
 
 
 COMMANDS = ["imgclf-train", "imgclf-predict", "imgclf-export", "imgclf-compare", "imgclf-augment",
-            "imgclf-lab"]  # fmt: skip
+            "imgclf-lab", "imgclf-app"]  # fmt: skip
 
 
 def test_the_commands_are_the_installed_console_scripts():
@@ -260,3 +261,22 @@ def test_yaml_merge_keys_and_small_aliases_still_load(tmp_path: Path):
     assert config.train.epochs == 2 and list(config.model.hidden) == [16, 8]
     mapping = parse_overrides(["model.hidden=[4, 4]"])
     assert mapping == {"model": {"hidden": [4, 4]}}
+
+
+@pytest.mark.parametrize(
+    "override, want",
+    [
+        ("train.epochs=1180591620717411303424", "less than or equal to 100000"),
+        ("transfer.fine_tune_epochs=1000000", "less than or equal to 100000"),
+        ("data.image_size=[100000,100000]", "less than or equal to 4096"),
+        ("model.hidden=[1000000000]", "less than or equal to 65536"),
+        ("model.filters=[8,100000]", "less than or equal to 65536"),
+        ("data.classes=[no,yes]", 'quote them: ["no", "yes"]'),
+    ],
+)
+def test_values_that_would_die_at_run_time_are_refused_naming_the_limit(override, want):
+    """2^70 epochs, a 100,000-pixel side or a billion units passed validation and failed at run
+    time (or allocated until killed); `no`/`yes` became booleans without a word."""
+    with pytest.raises(ConfigError, match=re.escape(want)):
+        load_config(None, [override])
+    assert load_config(None, ['data.classes=["no", "yes"]']).data.classes == ("no", "yes")
