@@ -29,7 +29,7 @@ from imgclf.config import Config, dump_config, load_config
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
-from imgclf.infra.errors import UserError
+from imgclf.infra.errors import UserError, resource_problem
 from imgclf.models import build_model
 from imgclf.training.augment import build_augmenter
 from imgclf.training.backend import make_training_data
@@ -282,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = train(config, out=args.out, verbose=verbose)
     except (UserError, FileExistsError) as exc:
         print(f"error: {clip(exc)}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError) as exc:  # the machine's fault: one line, the run resumable
+        again = "; a run that had started continues with imgclf-train --resume RUN"
+        print(f"error: {clip(resource_problem(exc) + again)}", file=sys.stderr)
         return 2
     except RunInterrupted as exc:
         print(

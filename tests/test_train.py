@@ -256,3 +256,24 @@ def test_a_loss_that_becomes_nan_ends_the_run_at_that_epoch_with_its_reason(tmp_
     assert len(rows) == 2 and np.isfinite(rows[0].loss) and np.isnan(rows[1].loss)
     assert "epoch 2 (train phase, learning rate 0.5)" in str(stopped.value)
     assert "lower train.learning_rate (e.g. 0.05)" in str(stopped.value)
+
+
+def test_an_unwritable_destination_is_one_line_before_any_work(tiny_run: Path, tmp_path: Path):
+    """A destination that cannot be written (a file in the way here; a read-only file system
+    or a missing permission give their own reason the same way) is refused by imgclf-train
+    and imgclf-export before any work, in one line, exit 2, instead of a traceback at the end."""
+    import shutil
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = run_command("imgclf-train", "--out", blocker / "run", "train.epochs=1")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert (
+        line
+        == f"error: cannot write under {blocker} (Not a directory): choose a folder you can write"
+    )
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    done = run_command("imgclf-export", run, "--out", blocker / "saved")
+    assert done.returncode == 2 and done.stderr.splitlines() == [line]

@@ -15,7 +15,7 @@ from imgclf.export.saved_model import export_run
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
-from imgclf.infra.errors import UserError
+from imgclf.infra.errors import UserError, resource_problem
 
 FORMATS = ("saved_model", "tflite", "onnx")  # the order they are written in
 
@@ -37,10 +37,8 @@ def _report(what: str, record: dict[str, Any], path: Path) -> None:
     print(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m imgclf.export RUN_DIR [--format saved_model|tflite|onnx|all ...]
-    [--quantize int8] [--out DIR | --serving-dir DIR]`; returns the exit code (0, 1 for an
-    export that failed its parity check, 2 for a usage error)."""
+def build_parser() -> ArgumentParser:
+    """The command line of `imgclf-export`."""
     parser = ArgumentParser(
         prog="imgclf-export",
         description="Export a trained run (SavedModel, TFLite, ONNX), each checked for parity "
@@ -68,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--verbose", action="store_true", help="also show TensorFlow's own start-up log lines"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m imgclf.export RUN_DIR [--format saved_model|tflite|onnx|all ...]
+    [--quantize int8] [--out DIR | --serving-dir DIR]`; returns the exit code (0, 1 for an
+    export that failed its parity check, 2 for a usage error)."""
+    args = build_parser().parse_args(argv)
     run_dir = Path(args.run_dir)
     formats = FORMATS if "all" in args.format else tuple(f for f in FORMATS if f in args.format)
     try:
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--quantize int8 applies to --format tflite (or all)")
         if "onnx" in formats:
             require_onnx()  # before minutes of other exports, not after
+        # Before minutes of work: a read-only or missing destination answers now, in one line.
+        runs.check_writable(Path(args.serving_dir or args.out or run_dir))
         quiet_tensorflow(args.verbose)
         if "saved_model" in formats:
             path = export_run(run_dir, args.out, serving_dir=args.serving_dir)
@@ -96,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ExportError) as exc:
         print(f"error: {clip(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, UserError) else 1
+    except (OSError, MemoryError) as exc:  # nothing half-written replaced a good file
+        print(f"error: {clip(resource_problem(exc))}", file=sys.stderr)
+        return 2
     return 0
 
 

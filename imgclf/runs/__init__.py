@@ -28,7 +28,13 @@ from imgclf.runs.history import (
     read_history,
     write_history,
 )
-from imgclf.runs.layout import check_new_run_dir, is_run_dir, new_run_dir, point_latest
+from imgclf.runs.layout import (
+    check_new_run_dir,
+    check_writable,
+    is_run_dir,
+    new_run_dir,
+    point_latest,
+)
 from imgclf.runs.manifest import IntegrityError, verify_all, verify_manifest, write_manifest
 from imgclf.runs.names import *  # noqa: F403  (the file names: runs.MODEL, runs.METRICS, ...)
 from imgclf.runs.names import __all__ as _NAMES
@@ -62,6 +68,7 @@ __all__ = [
     "RunState",
     "atomic_path",
     "check_new_run_dir",
+    "check_writable",
     "check_run",
     "in_run",
     "fsync_folder",

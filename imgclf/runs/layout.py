@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from pathlib import Path
 
+from imgclf.infra.errors import UserError
 from imgclf.runs.names import DEFAULT_ROOT, LABELS, LATEST, MODEL
 
 
@@ -60,3 +62,18 @@ def point_latest(run_dir: Path) -> None:
 def is_run_dir(path: str | Path) -> bool:
     """True if `path` holds a trained model written by `imgclf.train`."""
     return (Path(path) / MODEL).is_file() and (Path(path) / LABELS).is_file()
+
+
+def check_writable(target: Path) -> None:
+    """Whether a folder can be made in `target`'s nearest existing ancestor (a real probe: a
+    read-only file system, a missing permission or a file in the way answer now, in one line,
+    not after the data has loaded). Raises UserError."""
+    ancestor = target.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".imgclf-probe-", dir=ancestor))
+    except OSError as exc:
+        raise UserError(
+            f"cannot write under {ancestor} ({exc.strerror}): choose a folder you can write"
+        ) from None
