@@ -523,3 +523,16 @@ def test_a_rerun_resets_keras_without_a_full_garbage_collection(monkeypatch, tmp
     assert collections == []
     assert keras.layers.Dense(1).name == "dense"
     assert plt.get_fignums() == []
+
+
+def test_upload_callbacks_skip_files_streamlit_has_deleted():
+    """An uploader's value in session state may hold Streamlit's DeletedFile (a file removed
+    with its × or dropped from storage): it has no bytes, and reading it was an AttributeError
+    in place of the page. The callbacks read uploads through `uploads`, which skips them."""
+    from streamlit.runtime.uploaded_file_manager import DeletedFile, UploadedFile, UploadedFileRec
+
+    from imgclf.ui.state import uploads
+
+    real = UploadedFile(UploadedFileRec("a", "good.png", "image/png", b"\x89PNG"), None)
+    assert uploads([DeletedFile("gone"), real]) == [real]
+    assert uploads(DeletedFile("gone")) == [] and uploads(None) == [] and uploads(real) == [real]

@@ -15,6 +15,14 @@ from imgclf.ui.catalog import runs_root
 from imgclf.ui.jobs import TrainingJob
 
 
+def uploads(value: object) -> list:
+    """The files an uploader or camera widget holds (one, a list, or None), read from session
+    state in an `on_change` callback: Streamlit leaves a `DeletedFile` there for a file removed
+    with its × or dropped on a page switch (it has no bytes), and those are skipped."""
+    items = value if isinstance(value, list) else [value] if value is not None else []
+    return [item for item in items if hasattr(item, "getvalue")]
+
+
 @st.cache_resource(max_entries=4, show_spinner=False)  # the page shows its own
 def _predictor(path: str, stamp: float) -> Predictor:
     # `stamp` (the manifest's time) makes a re-exported or re-trained run load afresh.

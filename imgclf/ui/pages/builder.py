@@ -15,6 +15,7 @@ from imgclf.data.builder import Added, DatasetBuilder, data_root, sanitise
 from imgclf.data.split import minimum_per_class
 from imgclf.formats import UPLOAD_TYPES
 from imgclf.infra.errors import UserError
+from imgclf.ui.state import uploads
 
 LOG = "_builder_log"  # the last additions' outcomes, shown until the next
 USE = "_builder_path"  # the dataset the form below trains on (set by "Use this dataset")
@@ -35,8 +36,7 @@ def _record(results: list[Added]) -> None:
 
 def _add_files(builder: DatasetBuilder, cls: str, key: str, nonce: str) -> None:
     """on_change of the uploader and the camera: save what they hold, then re-key them."""
-    value = st.session_state.get(key)
-    items = value if isinstance(value, list) else [value] if value is not None else []
+    items = uploads(st.session_state.get(key))  # a removed file (DeletedFile) has no bytes
     try:
         _record([builder.add(cls, item.name, item.getvalue()) for item in items])
     except UserError as exc:
@@ -45,7 +45,7 @@ def _add_files(builder: DatasetBuilder, cls: str, key: str, nonce: str) -> None:
 
 
 def _add_zip(builder: DatasetBuilder, key: str, nonce: str) -> None:
-    upload = st.session_state.get(key)
+    upload = next(iter(uploads(st.session_state.get(key))), None)
     if upload is not None:
         try:
             _record(builder.add_zip(upload.getvalue(), upload.name))

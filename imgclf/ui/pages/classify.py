@@ -25,7 +25,7 @@ from imgclf.infra.errors import UserError
 from imgclf.predict.predictor import Classified, classify_named
 from imgclf.ui import charts
 from imgclf.ui.catalog import RunEntry
-from imgclf.ui.state import predictor_for
+from imgclf.ui.state import predictor_for, uploads
 
 LOW_CONFIDENCE = 0.5  # top-1 probability under this gets a warning
 MAX_KEPT = 100  # images kept per run; more belong in "Classify a whole folder or a zip"
@@ -66,8 +66,7 @@ def kept_images(run: Path) -> list[tuple[str, bytes]]:
 def _take(run: Path, key: str, nonce_key: str, name: str | None = None) -> None:
     """on_change of the uploader or camera: move what it holds into the kept list and give it
     a fresh key (an empty widget), so a page switch cannot lose it."""
-    value = st.session_state.get(key)
-    items = value if isinstance(value, list) else [value] if value is not None else []
+    items = uploads(st.session_state.get(key))  # a removed file (DeletedFile) has no bytes
     kept = kept_images(run)
     held = sum(len(data) for _, data in kept)
     left_out = 0
