@@ -75,6 +75,36 @@ def test_disk_cache_is_reused_and_rebuilt_when_a_file_changes(photos: Path, cach
     assert len(list((cache / "decoded").glob("*.u8"))) == 2  # a new entry beside the old
 
 
+def test_a_file_replaced_with_its_size_and_time_kept_is_decoded_again(
+    photos: Path, cache: Path, tmp_path: Path
+):
+    """`cp -p`, `rsync -t`, `tar` and `unzip` keep a file's modification time: a replacement
+    of the same size used to be served from the cache with the old pixels. The key holds the
+    inode and the change time too; both ways of replacing a file make it miss. (Bytes after
+    the end of a PNG or JPEG are ignored by decoders: they make the sizes equal here.)"""
+    first = _load(photos, "data.cache=memory")
+    target = photos / first.test.files[0]
+    size = 8192
+    target.write_bytes(target.read_bytes().ljust(size, b"\0"))
+    old = np.asarray(first.test.x[0])
+    for n, in_place in enumerate((False, True)):
+        assert _load(photos, "data.cache=disk").test.x is not None  # the cache holds it now
+        donor = tmp_path / f"donor{n}{target.suffix}"
+        Image.fromarray(255 - old if n == 0 else old // 2).save(donor)
+        donor.write_bytes(donor.read_bytes().ljust(size, b"\0"))
+        stat = target.stat()
+        if in_place:  # the same inode rewritten (cp -p onto an existing file)
+            target.write_bytes(donor.read_bytes())
+        else:  # a new file renamed over it (rsync, unzip)
+            donor.replace(target)
+        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old time back
+        assert (target.stat().st_size, target.stat().st_mtime_ns) == (size, stat.st_mtime_ns)
+        again = _load(photos, "data.cache=disk")
+        assert again.report["cache"]["reused"] is False, in_place
+        fresh = _load(photos, "data.cache=memory").test.x[0]
+        assert np.array_equal(np.asarray(again.test.x[0]), fresh) and not np.array_equal(fresh, old)
+
+
 def test_the_cache_keeps_the_three_latest_entries_of_a_folder(photos: Path, cache: Path):
     for size in (8, 10, 12, 14):  # four image sizes of one folder: four entries made
         _load(photos, "data.cache=disk", f"data.image_size=[{size},{size}]")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-DECODER_VERSION = 2  # bump when load_image's pixels change: old cache entries then miss
+DECODER_VERSION = 3  # bump when load_image's pixels (or the key) change: old entries miss
 KEEP_PER_FOLDER = 3  # cache entries kept per dataset folder (e.g. three image sizes)
 TOTAL_LIMIT_BYTES = 20 << 30  # all entries together: the least recently used go beyond it
 
@@ -27,14 +27,18 @@ TOTAL_LIMIT_BYTES = 20 << 30  # all entries together: the least recently used go
 def cache_key(
     root: Path, files: Sequence[str], size: tuple[int, int], channels: int
 ) -> tuple[str, list[list[Any]]]:
-    """(hex key, [[file, bytes, mtime_ns], ...]) of a file list: stat only, no pixels read."""
+    """(hex key, [[file, bytes, mtime_ns, inode, ctime_ns], ...]) of a file list: stat only,
+    no pixels read. Size and modification time alone miss a file replaced by another of the
+    same size and time (what `cp -p`, `rsync -t`, `tar` and `unzip` leave): the inode changes
+    when a file is replaced by a new one, and the change time (ctime, which no tool can set)
+    on any rewrite in place, so either makes the entry miss."""
     stats = []
     for rel in files:
         try:
             st = (root / rel).stat()
-            stats.append([rel, st.st_size, st.st_mtime_ns])
+            stats.append([rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
         except OSError:  # gone since it was listed: decoding it fails and reports it
-            stats.append([rel, -1, -1])
+            stats.append([rel, -1, -1, -1, -1])
     meta = [str(root.resolve()), list(size), channels, DECODER_VERSION, pillow_versions(), stats]
     return hashlib.sha256(json.dumps(meta).encode("utf-8", "surrogateescape")).hexdigest(), stats
 
