@@ -106,42 +106,70 @@ def is_image_name(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+# A folder walk stops with an error past this many entries (files and folders): a dataset of
+# a million photos fits; `data.path: /` (770,000 entries on this machine, plus /proc) does not.
+MAX_WALK_ENTRIES = 1_000_000
+# Kernel pseudo-file systems: never a dataset, and /proc and /sys are endless or loop.
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
+
+
 def walk(
-    folder: str | os.PathLike[str], errors: list[tuple[Path, str]] | None = None
+    folder: str | os.PathLike[str],
+    errors: list[tuple[Path, str]] | None = None,
+    max_entries: int = MAX_WALK_ENTRIES,
 ) -> Iterator[Path]:
     """Every file under `folder`, sorted, following symlinked folders (a user's class folder may
     be a link to their photo library) but never entering the same real folder twice, so a link
-    loop ends. Hidden names (".x") are skipped. A folder that cannot be read (no permission, an
-    I/O error) is appended to `errors` as (folder, reason) so the caller can name it; without
-    `errors` it raises the OSError, never skips silently."""
+    loop ends. Hidden names (".x") are skipped, and so are /proc, /sys and /dev. A folder that
+    cannot be read (no permission, an I/O error) is appended to `errors` as (folder, reason) so
+    the caller can name it; without `errors` it raises the OSError, never skips silently. Past
+    `max_entries` entries it raises UserError (the wrong folder, e.g. `/`), naming the folder."""
+    from imgclf.infra.errors import UserError
+
     seen: set[str] = set()
-
-    def visit(path: Path) -> Iterator[Path]:
-        real = os.path.realpath(path)
-        if real in seen:
-            return
-        seen.add(real)
-        try:
-            entries = sorted(os.scandir(path), key=lambda e: e.name)
-        except OSError as exc:
-            if errors is None:
-                raise
-            errors.append((path, f"folder cannot be read ({exc.strerror or exc})"))
-            return
-        for entry in entries:
-            if entry.name.startswith("."):
+    count = 0
+    stack: list[Iterator[os.DirEntry[str]] | Path] = [Path(folder)]
+    while stack:  # depth first, without recursion (a deep tree cannot overflow the stack)
+        top = stack[-1]
+        if isinstance(top, Path):
+            stack.pop()
+            real = os.path.realpath(top)
+            if real in seen:
                 continue
-            child = Path(entry.path)
+            seen.add(real)
+            if any(real == s or real.startswith(s + "/") for s in SYSTEM_FOLDERS):
+                if errors is not None:
+                    errors.append((top, "a system folder (/proc, /sys, /dev): not read"))
+                continue
             try:
-                is_dir = entry.is_dir(follow_symlinks=True)
-            except OSError:
-                is_dir = False  # yielded as a file: the caller's file check names the problem
-            if is_dir:
-                yield from visit(child)
-            else:
-                yield child
-
-    yield from visit(Path(folder))
+                entries = sorted(os.scandir(top), key=lambda e: e.name)
+            except OSError as exc:
+                if errors is None:
+                    raise
+                errors.append((top, f"folder cannot be read ({exc.strerror or exc})"))
+                continue
+            count += len(entries)
+            if count > max_entries:
+                raise UserError(
+                    f"{folder}: more than {max_entries:,} files and folders under it; is it the "
+                    "right folder? Point at the dataset itself (one sub-folder per class)"
+                )
+            stack.append(iter(entries))
+            continue
+        entry = next(top, None)
+        if entry is None:
+            stack.pop()
+            continue
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError:
+            is_dir = False  # yielded as a file: the caller's file check names the problem
+        if is_dir:
+            stack.append(Path(entry.path))
+        else:
+            yield Path(entry.path)
 
 
 # A JPEG's metadata segments (APPn: EXIF, XMP, ICC, ...; COM) before its image data. A photo

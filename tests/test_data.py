@@ -477,3 +477,22 @@ def test_mnist5k_holds_the_values_of_mlxtends_csv_and_callers_get_their_own_copy
     np.testing.assert_array_equal(pool.labels[:50], table[:, -1].astype(np.int64))
     pool.images[0] = 0
     assert mnist5k(load_config(None, []).data).images[0].any()
+
+
+def test_walks_that_would_not_end_answer_at_once(tmp_path: Path):
+    """`data.path: /` gave no answer in 240 s (the whole disk, /proc included, every file's
+    header): the root of the file system and the kernel's folders are refused before any
+    walk, and any walk stops past formats.MAX_WALK_ENTRIES entries naming the folder."""
+    from imgclf import formats
+    from imgclf.data.folder import check_root
+    from imgclf.infra.errors import DataError, UserError
+
+    for path in ("/", "/proc", "/sys/kernel"):
+        with pytest.raises(DataError, match="root of the file system or a system folder"):
+            check_root(path)
+    unread: list = []
+    assert list(formats.walk("/proc", unread)) == [] and "system folder" in unread[0][1]
+    write_folder_dataset(tmp_path / "big", per_class=4)  # 3 folders, 12 files: 15 entries
+    assert len(list(formats.walk(tmp_path / "big", max_entries=15))) == 12
+    with pytest.raises(UserError, match="more than 14 files and folders under it"):
+        list(formats.walk(tmp_path / "big", max_entries=14))

@@ -18,7 +18,7 @@ import numpy as np
 
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, kept_classes
 from imgclf.data.store import FileStore
-from imgclf.formats import is_image_name, walk
+from imgclf.formats import SYSTEM_FOLDERS, is_image_name, walk
 from imgclf.images import check_header, file_problem
 from imgclf.infra.errors import DataError
 
@@ -40,6 +40,13 @@ def check_root(path: str | Path | None) -> Path:
         what = "is not a folder" if root.exists() else "not found"
         raise DataError(
             f"data.path: {root} {what}; expected a folder with one sub-folder of images per class"
+        )
+    real = os.path.realpath(root)
+    system = any(real == s or real.startswith(s + "/") for s in SYSTEM_FOLDERS)
+    if real == os.path.realpath(root.anchor or "/") or system:
+        raise DataError(  # a walk of the whole disk (or of /proc) never ends in a dataset
+            f"data.path: {root} is the root of the file system or a system folder; point at "
+            "the dataset's folder (one sub-folder of images per class)"
         )
     return root
 
@@ -89,7 +96,8 @@ def _list_class(root: Path, class_dir: Path, split: int, ignored: list[dict[str,
     for folder, reason in unread:  # named, so a class is never silently missing files
         rel = folder.relative_to(root).as_posix()
         if folder == class_dir:  # the whole class: training it without its images is wrong
-            raise DataError(f"data.path: class {rel}/: {reason}; fix its permissions")
+            fix = "" if "system folder" in reason else "; fix its permissions"
+            raise DataError(f"data.path: class {rel}/: {reason}{fix}")
         ignored.append({"file": rel + "/", "reason": reason})
 
 
