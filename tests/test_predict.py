@@ -281,3 +281,38 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_written_as_text(
     assert [row["image"] for row in rows] == ["'" + n for n in names[:3]] + ["plain.png"]
     assert all(float(row["probability"]) > 0 for row in rows)  # numbers stay numbers
     assert safe_cell("-0.5") == "'-0.5" and safe_cell(-0.5) == -0.5 and safe_cell("a=b") == "a=b"
+
+
+def test_a_run_whose_files_do_not_fit_together_is_refused_in_one_line(
+    tiny_run: Path, tmp_path: Path
+):
+    """With its manifest re-written to match (a hostile or broken copy): a labels.json shorter
+    than the model's outputs used to be an IndexError at the first prediction, and a
+    model.keras naming `os.system` as a layer class a traceback from Keras' safe mode."""
+    import json
+    import shutil
+    import zipfile
+
+    from conftest import run_command
+
+    short, system = tmp_path / "short", tmp_path / "system"
+    for run in (short, system):
+        shutil.copytree(tiny_run, run)
+    labels = runs.read_labels(short)
+    (short / runs.LABELS).write_text(json.dumps(labels[:-1]))
+    with zipfile.ZipFile(tiny_run / runs.MODEL) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    config = json.loads(members["config.json"])
+    config["config"]["layers"][1].update({"module": "os", "class_name": "system"})
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(system / runs.MODEL, "w") as target:
+        for name, data in members.items():
+            target.writestr(name, data)
+    sample = sorted((tiny_run / runs.SAMPLES).glob("*.png"))[0]
+    for run, want in ((short, f"names {len(labels) - 1} classes but the model has"),
+                      (system, "cannot be loaded")):  # fmt: skip
+        runs.write_manifest(run)  # as a tamperer would: the files now match the manifest
+        done = run_command("imgclf-predict", run, sample)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("error: cannot load model: ") and want in line, line

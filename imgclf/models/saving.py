@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgclf import runs
+from imgclf.infra.bounded import clip
 from imgclf.infra.errors import UserError
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ def load_run_model(run_dir: str | Path) -> keras.Model:
     """The trained model of a run directory: model.keras checked against the run's
     manifest.json (a modified file is refused), then loaded in Keras' safe mode with imgclf's
     custom layers registered. A model holding a Lambda layer (arbitrary Python code) is refused
-    with a UserError; imgclf itself never writes one."""
+    with a UserError; imgclf itself never writes one. So is one Keras cannot load, or whose
+    outputs do not match labels.json's class names (an IndexError in every prediction)."""
     import keras
 
     path = Path(run_dir) / runs.MODEL
@@ -37,7 +39,7 @@ def load_run_model(run_dir: str | Path) -> keras.Model:
     runs.check_run(run_dir, runs.MODEL, runs.LABELS)
     register_custom_layers()
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except ValueError as exc:
         if "Lambda" in str(exc) or "lambda" in str(exc):
             raise UserError(
@@ -45,4 +47,16 @@ def load_run_model(run_dir: str | Path) -> keras.Model:
                 "to load: models are loaded in Keras' safe mode. Rebuild it with registered "
                 "layers"
             ) from None
-        raise
+        raise UserError(clip(f"{path} cannot be loaded in Keras' safe mode: {exc}")) from None
+    except Exception as exc:  # a class Keras refuses (e.g. `os.system`), a broken archive
+        raise UserError(
+            clip(f"{path} cannot be loaded ({type(exc).__name__}: {exc}); re-train the run")
+        ) from None
+    outputs = int(model.output_shape[-1]) if len(model.output_shape) == 2 else None
+    labels = runs.read_labels(run_dir)
+    if outputs != len(labels):
+        raise UserError(
+            f"{Path(run_dir) / runs.LABELS} names {len(labels)} classes but the model has "
+            f"{outputs} outputs; the run's files do not belong together: re-train it"
+        )
+    return model
