@@ -277,3 +277,14 @@ def test_an_unwritable_destination_is_one_line_before_any_work(tiny_run: Path, t
     shutil.copytree(tiny_run, run)
     done = run_command("imgclf-export", run, "--out", blocker / "saved")
     assert done.returncode == 2 and done.stderr.splitlines() == [line]
+
+
+def test_class_names_that_sanitise_alike_get_distinct_file_names():
+    """`x y`, `x_y` and `x?y` all became `x_y` in sample and worst-prediction file names, so a
+    wrong prediction (true `x y`, predicted `x_y`) was named like a right one."""
+    from imgclf.training.finish import safe_names
+
+    names = safe_names(["x y", "x_y", "x?y", "cat", "dog/1"])
+    assert names == {"x y": "x_y-0", "x_y": "x_y-1", "x?y": "x_y-2", "cat": "cat",
+                     "dog/1": "dog_1"}  # fmt: skip
+    assert len(set(names.values())) == len(names)

@@ -42,9 +42,15 @@ if TYPE_CHECKING:
 MAX_SAMPLES = 10
 
 
-def _safe(name: str) -> str:
-    """A class name as a file-name fragment."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+def safe_names(class_names: list[str]) -> dict[str, str]:
+    """Each class name as a file-name fragment, unique: names that sanitise alike (`x y`,
+    `x_y`, `x?y`) get their class index appended (`x_y-0`, `x_y-1`, `x_y-2`), so a sample or
+    a wrong prediction is never named like another class."""
+    plain = [re.sub(r"[^A-Za-z0-9._-]+", "_", name) for name in class_names]
+    return {
+        name: safe if plain.count(safe) == 1 else f"{safe}-{i}"
+        for i, (name, safe) in enumerate(zip(class_names, plain, strict=True))
+    }
 
 
 def save_samples(run_dir: Path, splits: Splits) -> None:
@@ -56,8 +62,9 @@ def save_samples(run_dir: Path, splits: Splits) -> None:
     firsts = firsts[:MAX_SAMPLES]
     folder = run_dir / runs.SAMPLES
     folder.mkdir(exist_ok=True)
+    safe = safe_names(splits.class_names)
     for n, i in enumerate(firsts):
-        label = _safe(splits.class_names[test.y[i]])
+        label = safe[splits.class_names[test.y[i]]]
         runs.write_bytes(folder / f"test{n:02d}_true-{label}.png", png_bytes(test.x[i]))
 
 
@@ -67,8 +74,9 @@ def save_worst(run_dir: Path, splits: Splits, metrics: dict[str, Any]) -> None:
 
     folder = run_dir / runs.WORST
     folder.mkdir(exist_ok=True)
+    safe = safe_names(splits.class_names)
     for n, entry in enumerate(metrics["worst_predictions"]):
-        name = f"{n:02d}_true-{_safe(entry['true'])}_pred-{_safe(entry['predicted'])}.png"
+        name = f"{n:02d}_true-{safe[entry['true']]}_pred-{safe[entry['predicted']]}.png"
         runs.write_bytes(folder / name, png_bytes(splits.test.x[entry["index"]]))
         entry["image"] = f"{runs.WORST}/{name}"
 
