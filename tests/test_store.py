@@ -245,7 +245,8 @@ def test_csv_source_with_split_column_and_bad_rows(photos: Path, cache: Path):
     for cls in CLASSES:
         for i, f in enumerate(files[cls]):
             split = "test" if i < 3 else "val" if i < 5 else "train"
-            lines.append(f"{cls}/{f.name},{cls},{split}")
+            sep = "\\" if cls == "hstripes" else "/"  # a list made on Windows works too
+            lines.append(f"{cls}{sep}{f.name},{cls},{split}")
     lines += ["", "circle/missing.png,circle,train", f"{files['circle'][0].relative_to(photos)},,"]
     lines.append(f"{files['circle'][1].relative_to(photos)},circle,tst")
     lines.append(f"{files['circle'][2].relative_to(photos)},circle,train,")  # a stray comma

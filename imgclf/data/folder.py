@@ -169,6 +169,9 @@ def list_csv(path: Path) -> tuple[list[Entry], list[dict[str, str]], bool, Path]
         extra = raw.pop(None, None)  # fields beyond the header's columns
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
         file, label, split = row.get("path", ""), row.get("label", ""), row.get("split", "")
+        posix = file.replace("\\", "/")  # a list made on Windows: images\x.png
+        if posix != file and not (root / file).is_file() and (root / posix).is_file():
+            file = posix
         key = os.path.normpath(file) if file else ""
         reason = None
         if extra is not None:
