@@ -35,6 +35,21 @@ def test_names_are_sanitised_to_one_safe_folder_name():
     for bad in ("", "...", "///", "train", "VAL"):
         with pytest.raises(UserError):
             sanitise(bad)
+    for device in ("CON", "nul", "aux", "com1", "LPT9", "nul.txt"):  # Windows' device names
+        with pytest.raises(UserError, match="Windows device name"):
+            sanitise(device)
+    assert sanitise("console") == "console" and sanitise("com10") == "com10"
+
+
+def test_images_added_behind_the_builders_back_are_still_found_as_duplicates(tmp_path: Path):
+    """The duplicate index is kept up to date by `add` (no walk of the dataset per image, which
+    made a 1,000-image zip quadratic) and read again when a folder changed under it."""
+    builder = DatasetBuilder(tmp_path / "pets")
+    assert builder.add("cat", "a.png", _png("circle", 0)).status == "added"
+    (tmp_path / "pets" / "dog").mkdir()
+    (tmp_path / "pets" / "dog" / "b.png").write_bytes(_png("circle", 1))  # not through add
+    again = builder.add("cat", "copy.png", _png("circle", 1))
+    assert (again.status, again.path) == ("duplicate", "dog/b.png")
 
 
 def test_images_are_checked_deduplicated_and_saved_where_training_reads(tmp_path: Path):

@@ -49,7 +49,19 @@ def sanitise(name: str, what: str = "class name") -> str:
         raise UserError(
             f"{what} {text!r} is reserved (a train/val/test split folder): choose another name"
         )
+    if text.split(".")[0].upper() in WINDOWS_DEVICES:
+        raise UserError(
+            f"{what} {text!r} is a Windows device name (CON, NUL, COM1, ...): a folder of that "
+            "name cannot be copied to Windows; choose another name"
+        )
     return text
+
+
+# Names Windows reserves for devices, with or without an extension ("nul.txt"): a dataset
+# holding such a folder cannot be unzipped or copied there.
+WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL"} | {
+    f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)
+}
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,7 @@ class DatasetBuilder:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._hashes: dict[str, str] | None = None  # SHA-256 -> path relative to root
-        self._listed = -1  # files the index was built from
+        self._stamp: list[tuple[str, int]] = []  # the folders' times the index is up to date with
         # (folder, reason) of the folders `classes` could not read: the page names them.
         self.unreadable: list[tuple[Path, str]] = []
 
@@ -77,35 +89,52 @@ class DatasetBuilder:
         """Class name -> number of image files, in name order; folders that cannot be read are
         left in `unreadable`, with the reason."""
         self.unreadable = []
-        if not self.root.is_dir():
-            return {}
         return {
             d.name: sum(1 for p in walk(d, self.unreadable) if is_image_name(p))
-            for d in sorted(self.root.iterdir(), key=lambda d: d.name)
-            if d.is_dir() and not d.name.startswith(".") and d.name not in NOT_CLASSES
+            for d in self._class_folders()
         }
 
     def add_class(self, name: str) -> str:
         """Create the class folder (sanitised name; case-insensitively unique); returns the
         name. An existing class of the same name is kept as it is."""
         clean = sanitise(name)
-        for existing in self.classes():
-            if existing.lower() == clean.lower():
-                return existing
+        if (self.root / clean).is_dir():  # the common case: one stat, not a listing
+            return clean
+        for existing in self._class_folders():
+            if existing.name.lower() == clean.lower():
+                return existing.name
         (self.root / clean).mkdir(parents=True, exist_ok=True)
         return clean
 
+    def _class_folders(self) -> list[Path]:
+        """The class folders, in name order (nothing inside them is read)."""
+        if not self.root.is_dir():
+            return []
+        return [
+            d
+            for d in sorted(self.root.iterdir(), key=lambda d: d.name)
+            if d.is_dir() and not d.name.startswith(".") and d.name not in NOT_CLASSES
+        ]
+
     def _index(self) -> dict[str, str]:
-        """The hashes of every image in the dataset (re-read when files changed under us)."""
-        # An unreadable folder's images cannot be hashed; `classes` names such folders.
-        files = [p for p in walk(self.root, []) if is_image_name(p)] if self.root.is_dir() else []
-        if self._hashes is None or len(files) != self._listed:
+        """The hashes of every image in the dataset, read once and kept up to date by `add`;
+        read again when a folder changed under us (its modification time: a stat per class
+        folder, not a walk of the dataset per image, which made a 1,000-image zip quadratic)."""
+        stamp = [(d.name, d.stat().st_mtime_ns) for d in [self.root, *self._class_folders()]
+                 if d.exists()]  # fmt: skip
+        if self._hashes is None or stamp != self._stamp:
+            # An unreadable folder's images cannot be hashed; `classes` names such folders.
+            files = [p for p in walk(self.root, []) if is_image_name(p)]
             self._hashes = {}
-            for path in sorted(files):
+            for path in sorted(files) if self.root.is_dir() else []:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
                 self._hashes.setdefault(digest, path.relative_to(self.root).as_posix())
-            self._listed = len(files)
         return self._hashes
+
+    def _restamp(self) -> None:
+        """After our own write: the folders' times now include it."""
+        self._stamp = [(d.name, d.stat().st_mtime_ns) for d in [self.root, *self._class_folders()]
+                       if d.exists()]  # fmt: skip
 
     def add(self, class_name: str, filename: str, data: bytes) -> Added:
         """Check `data` with the decoder and save it in the class folder (created if needed)
@@ -126,7 +155,7 @@ class DatasetBuilder:
             path = path.with_name(f"{path.stem}-{digest[:8]}{path.suffix}")
         write_bytes(path, data)
         index[digest] = path.relative_to(self.root).as_posix()
-        self._listed += 1
+        self._restamp()
         return Added(filename, "added", index[digest])
 
     def add_zip(self, data: bytes, zip_name: str = "upload.zip") -> list[Added]:
