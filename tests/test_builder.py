@@ -157,3 +157,15 @@ def test_a_folder_the_builder_cannot_read_is_named(tmp_path: Path, monkeypatch):
     assert builder.unreadable == [
         (builder.root / "cat" / "old", "folder cannot be read (Permission denied)")
     ]
+
+
+def test_names_in_the_builders_messages_show_as_typed_not_as_markdown():
+    """Streamlit renders st.error and st.warning as Markdown: a file named like a link or
+    in asterisks would have become a link or bold text in the builder's messages."""
+    from imgclf.ui.text import plain
+
+    for name in ("[x](https://example.com).png", "**bold**.png", "a_b_c.png", "$x$", ":red[x]"):
+        escaped = plain(name)
+        assert escaped.replace("\\", "") == name
+        assert all(escaped[i - 1] == "\\" for i, c in enumerate(escaped) if c in "[]*_$:")
+    assert plain("# 1. x") == "\\# 1. x" and plain("1. x") == "1\\. x"  # headings, lists

@@ -16,6 +16,7 @@ from imgclf.data.split import minimum_per_class
 from imgclf.formats import UPLOAD_TYPES
 from imgclf.infra.errors import UserError
 from imgclf.ui.state import uploads
+from imgclf.ui.text import plain
 
 LOG = "_builder_log"  # the last additions' outcomes, shown until the next
 USE = "_builder_path"  # the dataset the form below trains on (set by "Use this dataset")
@@ -69,9 +70,11 @@ def _log() -> None:
         st.success(f"Added {len(added)} image(s).")
     for r in results:
         if r.status == "duplicate":
-            st.warning(f"{r.source}: skipped, the same image is already saved as {r.path}")
+            st.warning(
+                f"{plain(r.source)}: skipped, the same image is already saved as {plain(r.path)}"
+            )
         elif r.status == "refused":
-            st.error(f"{r.source}: {r.reason}")
+            st.error(f"{plain(r.source)}: {plain(r.reason)}")
 
 
 def _inputs(builder: DatasetBuilder, cls: str) -> None:
@@ -104,7 +107,7 @@ def _counts(builder: DatasetBuilder, classes: dict[str, int], base: Any) -> None
         st.info("Add at least two classes to train a classifier.")
     elif small:
         st.warning(
-            f"Fewer than {need} images in {', '.join(small)}: the stratified split needs at "
+            f"Fewer than {need} images in {plain(', '.join(small))}: the stratified split needs at "
             "least that many per class (one each for validation and test); add more."
         )
     elif st.button("Use this dataset in the form below", key="builder_use"):
@@ -118,7 +121,7 @@ def render(base: Any) -> None:
         try:
             builder = _builder(name)
         except UserError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
             return
         st.caption(
             f"Saved in `{builder.root}/<class>/<image>` as you add images (the data root is "
@@ -130,7 +133,10 @@ def render(base: Any) -> None:
         c2.button("Add class", key="builder_add", on_click=_add_class, args=(builder,))
         classes = builder.classes()
         for folder, reason in builder.unreadable:
-            st.warning(f"{folder}: {reason}; its images are not counted (training lists it too)")
+            st.warning(
+                f"{plain(folder)}: {plain(reason)}; its images are not counted (training lists "
+                "it too)"
+            )
         if classes:
             names = list(classes)
             chosen = st.session_state.get("_builder_class")
