@@ -244,3 +244,30 @@ def test_a_ctrl_c_during_setup_leaves_no_half_made_run(folder_dataset: Path, tmp
             train(config, out=out, verbose=0)
     assert not new.exists()  # made by the run: removed
     assert given.is_dir() and list(given.iterdir()) == []  # the user's: kept, empty
+
+
+def test_a_kill_between_complete_and_the_tidy_step_is_tidied_by_the_next_command(
+    tiny_run: Path, tmp_path: Path, monkeypatch
+):
+    """Killed in the instant after `complete`: `.resume/` (the full weights and optimizer
+    state) stayed for good and `latest` still named the run before. The next imgclf-train (any
+    command, here --print-config) removes the folder and moves `latest`."""
+    import os
+    import shutil
+
+    from conftest import run_command
+
+    root = tmp_path / "runs"
+    old, new = root / "old", root / "new"
+    shutil.copytree(tiny_run, old)
+    shutil.copytree(tiny_run, new)
+    runs.set_state(new, runs.COMPLETE)  # completed after `old`
+    os.utime(old / runs.STATE, (1, 1))
+    (new / runs.RESUME).mkdir()
+    (new / runs.RESUME / "weights.h5").write_bytes(b"x" * 1000)
+    runs.point_latest(old)
+    monkeypatch.chdir(tmp_path)  # runs/ is the default runs root
+    assert run_command("imgclf-train", "--print-config").returncode == 0
+    assert not (new / runs.RESUME).exists()
+    assert (root / runs.LATEST).resolve() == new.resolve()
+    assert runs.tidy_completed(root) == []  # nothing left to do

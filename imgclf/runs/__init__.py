@@ -52,6 +52,7 @@ from imgclf.runs.state import (
     require_complete,
     resume_command,
     set_state,
+    tidy_completed,
 )
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "require_complete",
     "resume_command",
     "set_state",
+    "tidy_completed",
     "tree_size",
     "verify_all",
     "verify_manifest",

@@ -110,3 +110,38 @@ def require_complete(run_dir: str | Path) -> None:
         raise RunNotComplete(f"{run_dir} is still training{why}; wait until it is complete")
     fix = f"resume it with `{resume_command(run_dir)}`"
     raise RunNotComplete(f"{run_dir} is {state.state}{why}, not complete; {fix}")
+
+
+def tidy_completed(root: str | Path) -> list[Path]:
+    """Finish what a kill between a run's `complete` and its tidy step left undone, for the
+    runs directly under `root`: remove their `.resume/` folders (the full weights and
+    optimizer state), and point `latest` at the newest complete run when it was left on an
+    older one. Returns the runs tidied. Called by `imgclf-train` before anything else."""
+    import shutil
+
+    from imgclf.runs.layout import point_latest
+    from imgclf.runs.names import LATEST, RESUME
+
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    tidied = []
+    for run in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+        if (run / RESUME).is_dir() and read_state(run).complete:
+            shutil.rmtree(run / RESUME, ignore_errors=True)
+            tidied.append(run)
+    latest = root / LATEST
+    newest = max(tidied, key=lambda p: (p / STATE).stat().st_mtime, default=None)
+    if newest is not None and (latest.is_symlink() or not latest.exists()):
+        current = latest.resolve() if latest.exists() else None
+        if current is None or (newest / STATE).stat().st_mtime > _stamp(current):
+            point_latest(newest)
+    return tidied
+
+
+def _stamp(run: Path) -> float:
+    """When `run` last changed state (0 when it has no state.json)."""
+    try:
+        return (run / STATE).stat().st_mtime
+    except OSError:
+        return 0.0
