@@ -16,7 +16,7 @@ from PIL import Image
 
 from imgclf import formats, runs
 from imgclf.export import corpus
-from imgclf.export.parity import CORPUS_IMAGES
+from imgclf.export.format_check import CORPUS_IMAGES
 from imgclf.images import ImageError, load_image, thumbnail
 
 BAD = b"\x89PNG\r\n\x1a\n" + bytes(40)  # a PNG signature and nothing readable behind it
@@ -279,7 +279,7 @@ def test_a_top1_flip_from_the_decoders_documented_rounding_is_not_an_export_faul
     import keras
     import tensorflow as tf
 
-    from imgclf.export import parity
+    from imgclf.export import format_check
     from imgclf.export.batch_decode import batch_decoder
 
     rng = np.random.default_rng(1)
@@ -303,8 +303,8 @@ def test_a_top1_flip_from_the_decoders_documented_rounding_is_not_an_export_faul
     assert reference.argmax(1).tolist() == [1]
     graph_answer = np.asarray(model(graph.astype(np.float32)))
     assert graph_answer.argmax(1).tolist() == [0]
-    rounding = parity.decoder_rounding(model, decode, samples, pillow, graph_answer)
-    table = parity.format_parity(samples, reference, graph_answer, [None], rounding)
+    rounding = format_check.decoder_rounding(model, decode, samples, pillow, graph_answer)
+    table = format_check.format_parity(samples, reference, graph_answer, [None], rounding)
     assert rounding == [True] and table["JPEG RGB"]["top1_agreement"] == 1.0
     assert table["JPEG RGB"]["rounding"] == 1
     # A model whose answer on the decoder's pixels is not the artifact's explains nothing.
@@ -313,8 +313,8 @@ def test_a_top1_flip_from_the_decoders_documented_rounding_is_not_an_export_faul
         keras.layers.Dense(2, kernel_initializer="zeros",
                            bias_initializer=keras.initializers.Constant([0, 1])),
     ])  # fmt: skip
-    assert parity.decoder_rounding(other, decode, samples, pillow, graph_answer) == [False]
-    table = parity.format_parity(samples, reference, graph_answer, [None], [False])
+    assert format_check.decoder_rounding(other, decode, samples, pillow, graph_answer) == [False]
+    table = format_check.format_parity(samples, reference, graph_answer, [None], [False])
     assert table["JPEG RGB"]["top1_agreement"] == 0.0
 
 

@@ -2,6 +2,7 @@
 side, all checked by `parity` against model.keras before anything is moved into place:
 
     parity.py       comparison, thresholds, the images to check on, exports.json records
+    format_check.py the format corpus through each artifact (and the decoder's rounding)
     saved_model.py  TensorFlow SavedModel (serving_default: pixels; serve_bytes: image files)
     tflite.py       TensorFlow Lite (float32, or int8 dynamic range), from the SavedModel
     onnx.py         ONNX (via Keras' model.export and tf2onnx), run in onnxruntime

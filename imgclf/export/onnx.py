@@ -25,7 +25,7 @@ import numpy as np
 from imgclf import runs
 from imgclf.confidence.graph import scored_model
 from imgclf.confidence.ood import FLAG_NAME, SCORE_NAME, load_run_stats
-from imgclf.export import parity
+from imgclf.export import format_check, parity
 from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME
 from imgclf.infra.errors import UserError
 
@@ -186,10 +186,10 @@ def export_onnx(run_dir: str | Path, model: Any, reference: parity.Reference) ->
                 reference.labels,
             ),
         }
-        record["formats"] = parity.pixel_artifact_formats(fn, model, reference)
+        record["formats"] = format_check.pixel_artifact_formats(fn, model, reference)
         not_written = f"{runs.ONNX} was not written"
         parity.require_parity("ONNX model", record["parity"], not_written)
-        parity.require_pixel_formats("ONNX model", record["formats"], not_written)
+        format_check.require_pixel_formats("ONNX model", record["formats"], not_written)
         if stats is not None:
             every, _, _ = load_function(tmp, outputs=True)
 

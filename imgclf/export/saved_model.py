@@ -17,6 +17,7 @@ from imgclf.confidence.ood import FLAG_NAME, SCORE_NAME, load_run_stats
 from imgclf.export import corpus
 from imgclf.export.batch_decode import STATUS_OK, batch_decoder
 from imgclf.export.destinations import check_out, next_serving_version
+from imgclf.export.format_check import corpus_tables, require_format_parity
 from imgclf.export.parity import (
     ACCURACY_KEYS,
     BYTES_CHECK_IMAGES,
@@ -26,13 +27,9 @@ from imgclf.export.parity import (
     batched,
     check_split,
     compare,
-    decoder_rounding,
-    format_parity,
     model_reference,
     ood_parity,
     record_export,
-    reference_corpus,
-    require_format_parity,
     require_ood_parity,
     require_parity,
     run_batch_size,
@@ -182,31 +179,9 @@ def check_parity(saved_model_dir: str | Path, model: Any, reference: Reference) 
     report["serve_bytes_top1_agreement"] = from_files["top1_agreement"]
     if has_ood:
         report["ood"] = ood_parity(pixels_out[:, k:], reference)
-    report["formats"] = _corpus_tables(model, images, size, via_files, via_pixels, k)
+    by_pixels, by_bytes = corpus_tables(model, images, size, via_files, via_pixels, k)
+    report["formats"] = {SIGNATURE: by_pixels, BYTES_SIGNATURE: by_bytes}
     return report
-
-
-def _corpus_tables(
-    model: Any, images: np.ndarray, size: int, via_files: Any, via_pixels: Any, k: int
-) -> dict[str, dict[str, Any]]:
-    """Per signature, the format table of the corpus made from the first of `images` (for
-    `serve_bytes`, the decoder's documented rounding marked: `parity.decoder_rounding`)."""
-    samples, pixels, corpus_reference, refused = reference_corpus(model, images, size)
-    status: list[str | None] = []
-
-    def via_corpus(chunk: list[Any]) -> np.ndarray:
-        probs, refused = via_files([sample.data for sample in chunk])
-        status.extend(refused)
-        return probs
-
-    probs = batched(via_corpus, samples, size)  # bounded batches, like every other check
-    corpus_pixels = batched(via_pixels, pixels, size, np.float32)[:, :k]
-    decode = batch_decoder(*model.input_shape[1:])  # the one serve_bytes holds
-    rounding = decoder_rounding(model, decode, samples, pixels, probs, size)
-    return {
-        SIGNATURE: format_parity(samples, corpus_reference, corpus_pixels, refused),
-        BYTES_SIGNATURE: format_parity(samples, corpus_reference, probs, status, rounding),
-    }
 
 
 def require_corpus_parity(report: dict[str, Any], not_written: str) -> None:

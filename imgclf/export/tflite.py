@@ -18,7 +18,7 @@ import numpy as np
 
 from imgclf import runs
 from imgclf.confidence.ood import FLAG_NAME, SCORE_NAME
-from imgclf.export import parity
+from imgclf.export import format_check, parity
 from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 from imgclf.infra.errors import UserError
 
@@ -104,7 +104,7 @@ def export_tflite(
             parity.batched(fn, images, size, np.float32), reference.probabilities, reference.labels
         ),
     }
-    record["formats"] = parity.pixel_artifact_formats(fn, model, reference)
+    record["formats"] = format_check.pixel_artifact_formats(fn, model, reference)
     if reference.ood_scores is not None:
         record["ood_parity"] = parity.ood_parity(
             parity.batched(_ood_columns(flatbuffer), images, size, np.float32), reference
@@ -112,7 +112,7 @@ def export_tflite(
     if not quantize:
         not_written = f"{record['path']} was not written"
         parity.require_parity("TFLite model", record["parity"], not_written)
-        parity.require_pixel_formats("TFLite model", record["formats"], not_written)
+        format_check.require_pixel_formats("TFLite model", record["formats"], not_written)
         if reference.ood_scores is not None:
             parity.require_ood_parity("TFLite model", record["ood_parity"], not_written)
     with runs.atomic_path(run_dir / record["path"]) as tmp:
