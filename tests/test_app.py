@@ -478,7 +478,7 @@ def test_the_app_shows_a_broken_run_in_one_line_and_keeps_the_others(
         at.sidebar.radio(key="page").set_value(page).run()
         assert not at.exception, (page, [e.value for e in at.exception])
     at.sidebar.selectbox(key="run").set_value(str(good)).run()
-    for page in PAGES:
+    for page in ("Compare", "Lessons", "Classify"):  # the pages that read the other runs too
         at.sidebar.radio(key="page").set_value(page).run()
         assert not at.exception and not at.error, page
 

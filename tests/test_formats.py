@@ -212,39 +212,18 @@ def test_exports_json_records_agreement_per_format(exported: dict[str, Path], ki
 
 
 @pytest.mark.slow
-def test_an_export_whose_graph_decoder_fails_a_format_is_not_written(
-    exported: dict[str, Path], tmp_path: Path, monkeypatch
-):
-    """Make the graph decoder refuse PNG files (which it is documented to read): the format
-    check must stop the SavedModel from being published, and say which formats failed."""
-    from imgclf.export import graph_decode, graph_header
-    from imgclf.export.cli import main
-
-    real = graph_decode.inspect
-
-    def no_png(data, side):
-        fmt, reason, facts = real(data, side)
-        import tensorflow as tf
-
-        return fmt, tf.where(tf.equal(fmt, graph_header.PNG), "broken", reason), facts
-
-    monkeypatch.setattr(graph_decode, "inspect", no_png)
-    monkeypatch.setattr("imgclf.export.batch_decode._DECODERS", {})  # trace the broken one
-    out = tmp_path / "served"
-    assert main([str(exported["grey"]), "--out", str(out)]) == 1
-    assert not out.exists()
-
-
-def test_a_training_run_whose_savedmodel_fails_its_check_completes_without_it(
+def test_a_savedmodel_whose_graph_decoder_fails_is_withheld_and_never_written(
     folder_dataset: Path, tmp_path: Path, monkeypatch, capsys
 ):
-    """The same broken decoder at the end of training: the run is not lost to its export. It
-    completes with its model; the SavedModel is withheld (nothing written), exports.json and
-    the model card say why, one line says so; `imgclf-export` can try again later."""
+    """Make the graph decoder refuse PNG files (which it is documented to read). At the end
+    of training the run is not lost to its export: it completes with its model, the SavedModel
+    is withheld (nothing written), exports.json, the model card and one line say why. Then
+    `imgclf-export --out` is refused by the same check (exit 1) and writes nothing."""
     from conftest import tiny_overrides
 
     from imgclf.config import load_config
     from imgclf.export import graph_decode, graph_header
+    from imgclf.export.cli import main as export_main
     from imgclf.predict.predictor import Predictor
     from imgclf.train import train
 
@@ -268,6 +247,9 @@ def test_a_training_run_whose_savedmodel_fails_its_check_completes_without_it(
     assert f"withheld: {withheld}" in (run / runs.MODEL_CARD).read_text()
     sample = sorted((run / runs.SAMPLES).glob("*.png"))[0]
     assert Predictor.from_path(run).predict_files([sample])[1] == []  # the model is usable
+    out = tmp_path / "served"
+    assert export_main([str(run), "--out", str(out)]) == 1
+    assert not out.exists()
 
 
 def test_a_top1_flip_from_the_decoders_documented_rounding_is_not_an_export_fault():
