@@ -76,6 +76,8 @@ def test_switching_runs_changes_the_shown_metrics(monkeypatch, app_runs: Path):
         metrics = runs.read_json(entry.path / runs.METRICS)["test"]
         values = {m.label: m.value for m in at.metric}
         assert values["Test accuracy"] == f"{metrics['accuracy']:.4f}"
+        # 3 classes, k = 3: top-3 accuracy is always 1, so it is not shown.
+        assert metrics["k"] == 3 and not [label for label in values if label.startswith("Top-")]
         assert values["Cross-entropy"] == f"{metrics['loss']:.4f}"
         shown[entry.name] = values["Cross-entropy"]
     assert len(set(shown.values())) == 2, shown  # two runs, two different figures

@@ -288,3 +288,14 @@ def test_class_names_that_sanitise_alike_get_distinct_file_names():
     assert names == {"x y": "x_y-0", "x_y": "x_y-1", "x?y": "x_y-2", "cat": "cat",
                      "dog/1": "dog_1"}  # fmt: skip
     assert len(set(names.values())) == len(names)
+
+
+def test_the_end_of_run_line_shows_top_k_only_below_the_number_of_classes():
+    """A 4-class run printed "top-4 1.0000": always true, so it says nothing."""
+    from imgclf.training.finish import summary_lines
+
+    test = {"accuracy": 0.9, "top_k_accuracy": 1.0, "loss": 0.3, "n": 40}
+    four = {"per_class": {key: {} for key in "abcd"}, "calibration": None, "ood": None}
+    assert "top-" not in summary_lines({**four, "test": {**test, "k": 4}}, None)
+    ten = {**four, "per_class": {key: {} for key in "abcdefghij"}}
+    assert "top-5 1.0000" in summary_lines({**ten, "test": {**test, "k": 5}}, None)

@@ -299,9 +299,12 @@ def finish_run(
 def summary_lines(metrics: dict[str, Any], parity: dict[str, Any] | None) -> str:
     """What a run prints at its end: the test figures, the confidence line, the cost line."""
     t = metrics["test"]
+    # Top-k only when k is below the number of classes: top-4 of 4 classes is always 1.
+    top_k = (
+        f"top-{t['k']} {t['top_k_accuracy']:.4f}, " if t["k"] < len(metrics["per_class"]) else ""
+    )
     lines = [
-        f"test: accuracy {t['accuracy']:.4f}, top-{t['k']} {t['top_k_accuracy']:.4f}, "
-        f"loss {t['loss']:.4f} ({t['n']} images)"
+        f"test: accuracy {t['accuracy']:.4f}, {top_k}loss {t['loss']:.4f} ({t['n']} images)"
         + (f"; SavedModel parity max |Δp| {parity['max_abs_diff']:.1e}" if parity else "")
     ]
     summary = confidence_summary(metrics)

@@ -72,13 +72,15 @@ def _ood(ood: dict | None) -> None:
     )
 
 
-def _test_metrics(test: dict) -> None:
-    """The four headline test figures (accuracy, top-k, cross-entropy, images) in a row."""
-    cols = st.columns(4)
-    cols[0].metric("Test accuracy", f"{test['accuracy']:.4f}")
-    cols[1].metric(f"Top-{test['k']} accuracy", f"{test['top_k_accuracy']:.4f}")
-    cols[2].metric("Cross-entropy", f"{test['loss']:.4f}")
-    cols[3].metric("Test images", f"{test['n']:,}")
+def _test_metrics(test: dict, n_classes: int) -> None:
+    """The headline test figures (accuracy, top-k, cross-entropy, images) in a row; top-k only
+    when k is below the number of classes (a 4-class run's top-4 accuracy is always 1)."""
+    figures = [("Test accuracy", f"{test['accuracy']:.4f}")]
+    if test["k"] < n_classes:
+        figures.append((f"Top-{test['k']} accuracy", f"{test['top_k_accuracy']:.4f}"))
+    figures += [("Cross-entropy", f"{test['loss']:.4f}"), ("Test images", f"{test['n']:,}")]
+    for col, (label, value) in zip(st.columns(len(figures)), figures, strict=True):
+        col.metric(label, value)
     st.caption("Held-out test split, evaluated once with the best epoch's weights.")
 
 
@@ -140,7 +142,7 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     if not metrics or "test" not in metrics:
         st.warning(f"`{entry.name}` has no test metrics ({runs.METRICS}).")
         return
-    _test_metrics(metrics["test"])
+    _test_metrics(metrics["test"], len(metrics.get("per_class") or {}) or metrics["test"]["k"] + 1)
     _calibration(metrics.get("calibration"))
     _ood(metrics.get("ood"))
     _confusion(metrics)
