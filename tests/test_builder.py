@@ -169,3 +169,32 @@ def test_names_in_the_builders_messages_show_as_typed_not_as_markdown():
         assert escaped.replace("\\", "") == name
         assert all(escaped[i - 1] == "\\" for i, c in enumerate(escaped) if c in "[]*_$:")
     assert plain("# 1. x") == "\\# 1. x" and plain("1. x") == "1\\. x"  # headings, lists
+
+
+def test_a_full_disk_while_adding_a_zip_keeps_and_lists_what_was_added(tmp_path: Path, monkeypatch):
+    """The disk fills after 3 images (ENOSPC from the atomic write, injected as a full tmpfs
+    gives it; checked by hand on a 600 KB tmpfs): the 3 are saved and listed, the 4th says
+    `not saved (No space left on device)`, the rest are counted as not tried, nothing raises."""
+    import errno
+    import io
+    import zipfile
+
+    from imgclf.data import builder as module
+
+    real, written = module.write_bytes, []
+
+    def fills_up(path, data):
+        if len(written) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+        written.append(path)
+
+    monkeypatch.setattr(module, "write_bytes", fills_up)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for i in range(8):
+            zf.writestr(f"{'circle' if i % 2 else 'vstripes'}/{i}.png", _png("circle", i))
+    results = DatasetBuilder(tmp_path / "ds").add_zip(out.getvalue(), "shapes.zip")
+    assert [r.status for r in results[:3]] == ["added"] * 3 and all(p.exists() for p in written)
+    assert results[3].reason == "not saved (No space left on device)"
+    assert results[4:] == [module.Added("shapes.zip", "refused", reason="4 more not tried")]

@@ -67,7 +67,8 @@ WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL"} | {
 @dataclass(frozen=True)
 class Added:
     """What became of one added image: status `added` (saved as `path`), `duplicate` (the same
-    bytes are already saved as `path`) or `refused` (with the decoder's `reason`)."""
+    bytes are already saved as `path`) or `refused` (with the decoder's `reason`, or `not saved
+    (...)` when the disk refused the write: what was added before is kept and listed)."""
 
     source: str
     status: str
@@ -153,7 +154,10 @@ class DatasetBuilder:
         path = self.root / cls / _file_name(filename, digest, data)
         if path.exists():  # the same name, other bytes (the same bytes were found above)
             path = path.with_name(f"{path.stem}-{digest[:8]}{path.suffix}")
-        write_bytes(path, data)
+        try:
+            write_bytes(path, data)  # atomic: a full disk leaves no half file
+        except OSError as exc:  # a full disk, a quota, a read-only folder: this image only
+            return Added(filename, "refused", reason=f"not saved ({exc.strerror or exc})")
         index[digest] = path.relative_to(self.root).as_posix()
         self._restamp()
         return Added(filename, "added", index[digest])
@@ -186,6 +190,10 @@ class DatasetBuilder:
                 results.append(self.add(inner[0], name, content))
             except UserError as exc:
                 results.append(Added(name, "refused", reason=str(exc)))
+            if results[-1].reason.startswith("not saved"):  # the disk: the rest would fail too
+                left = len(listing.images) - sum(r.source in names for r in results)
+                results.append(Added(zip_name, "refused", reason=f"{left} more not tried"))
+                break
         return results
 
 
