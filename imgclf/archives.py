@@ -4,11 +4,13 @@ read with the same limits as a file on disk. Reading is `zipfile` (the standard 
 
 A member is listed when its extension is an image extension (`formats.is_image_name`, as a
 folder is listed); hidden names, macOS's `__MACOSX/` resource forks and folders are left out
-and counted. A member larger than `images.MAX_FILE_BYTES` once decompressed, an encrypted one or
-one whose data is corrupt is reported with its reason, and the others are still read. A zip may
-hold at most `MAX_MEMBERS` images and `MAX_TOTAL_BYTES` of them, and a large member that
-decompresses more than `MAX_RATIO` times is refused (a zip bomb is refused before anything is
-decompressed).
+and counted. A member whose path climbs out of its folder (`..`: "zip slip") or that is a symbolic
+link is named with its reason and not read; a leading `/` is dropped (the name is read as
+relative: nothing is ever unpacked to the member's own path). A member larger than
+`images.MAX_FILE_BYTES` once decompressed, an encrypted one or one whose data is corrupt is
+reported with its reason, and the others are still read. A zip may hold at most `MAX_MEMBERS`
+images and `MAX_TOTAL_BYTES` of them, and a large member that decompresses more than
+`MAX_RATIO` times is refused (a zip bomb is refused before anything is decompressed).
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ def _clean(name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts)
 
 
+def _escapes(name: str) -> str:
+    """Why the member's path would leave the folder it is unpacked in ("zip slip"), or ""."""
+    if ".." in name.replace("\\", "/").split("/"):
+        return "a path with .. leaving the zip's folder (zip slip): not read"
+    return ""
+
+
 def open_zip(data: bytes, name: str = "upload.zip") -> zipfile.ZipFile:
     """The archive in `data`; UserError (one line) when it is not a readable zip."""
     try:
@@ -66,9 +75,16 @@ def list_images(archive: zipfile.ZipFile, name: str = "upload.zip") -> ZipListin
     for info in sorted(archive.infolist(), key=lambda i: i.filename):
         if info.is_dir():
             continue
+        escapes = _escapes(info.filename)
+        if escapes:  # named, never silently dropped: the sender may have meant harm
+            listing.failures.append((info.filename, escapes))
+            continue
         clean = _clean(info.filename)
         if clean is None or not is_image_name(clean.name):
             listing.skipped += 1
+            continue
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:  # a symbolic link (Unix zips)
+            listing.failures.append((str(clean), "a symbolic link, not an image: not read"))
             continue
         if info.flag_bits & 0x1:
             listing.failures.append((str(clean), "encrypted zip member"))

@@ -100,6 +100,30 @@ def test_a_zip_of_class_folders_is_added_with_one_top_folder_stripped(tmp_path: 
         builder.add_zip(b"no zip here", "x.zip")
 
 
+def test_zip_slip_and_link_members_are_named_and_leave_nothing_behind(tmp_path: Path):
+    """Members whose path climbs out of the folder (`..`) were counted as skipped but never
+    named; a symbolic-link member left an empty class folder. Now each is named with its
+    reason, and a refused image creates no class folder."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("circle/1.png", _png("circle", 0))
+        zf.writestr("../../evil/x.png", _png("circle", 1))
+        link = zipfile.ZipInfo("links/passwd.png")
+        link.external_attr = 0o120777 << 16  # a Unix symbolic link to /etc/passwd
+        zf.writestr(link, "/etc/passwd")
+        zf.writestr("broken/x.png", b"not an image")
+    builder = DatasetBuilder(tmp_path / "ds")
+    reasons = {r.source: r.reason for r in builder.add_zip(out.getvalue(), "up.zip")}
+    assert "zip slip" in reasons["../../evil/x.png"]
+    assert reasons["links/passwd.png"] == "a symbolic link, not an image: not read"
+    assert reasons["broken/x.png"] == "not an image"
+    assert builder.classes() == {"circle": 1}  # no `links` or `broken` folder
+    assert not (tmp_path / "evil").exists()
+
+
 def _train_page(monkeypatch, runs: Path, data: Path) -> AppTest:
     monkeypatch.setenv(catalog.RUNS_ENV, str(runs))
     monkeypatch.setenv(DATA_ENV, str(data))

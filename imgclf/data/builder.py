@@ -142,7 +142,7 @@ class DatasetBuilder:
         under its sanitised file name; a different image of the same name gets its hash's first
         8 hex digits appended. Raises UserError for a bad class name."""
 
-        cls = self.add_class(class_name)
+        sanitise(class_name)  # a bad name fails before anything else
         digest = hashlib.sha256(data).hexdigest()
         index = self._index()
         if digest in index:
@@ -151,6 +151,7 @@ class DatasetBuilder:
             load_image(data, (8, 8), 3)  # the decoder's checks and limits, not just the header
         except ImageError as exc:
             return Added(filename, "refused", reason=exc.reason)
+        cls = self.add_class(class_name)  # only now: a refused image leaves no empty class
         path = self.root / cls / _file_name(filename, digest, data)
         if path.exists():  # the same name, other bytes (the same bytes were found above)
             path = path.with_name(f"{path.stem}-{digest[:8]}{path.suffix}")
