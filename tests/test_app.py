@@ -538,3 +538,21 @@ def test_upload_callbacks_skip_files_streamlit_has_deleted():
     real = UploadedFile(UploadedFileRec("a", "good.png", "image/png", b"\x89PNG"), None)
     assert uploads([DeletedFile("gone"), real]) == [real]
     assert uploads(DeletedFile("gone")) == [] and uploads(None) == [] and uploads(real) == [real]
+
+
+def test_the_learning_rate_chart_shows_a_fine_tune_rate_and_marks_the_phase():
+    """A fine-tune rate of 1e-5 after 1e-3, ending at 0 (cosine), drew as 0 on a linear axis
+    with no mark where fine-tuning began: now a symmetric log scale (its linear part ends at
+    the smallest positive rate) and the dashed phase rule of the other curves."""
+    from imgclf.ui import charts
+
+    rows = [runs.HistoryRow(e, "head", 1.0, 0.5, 1.0, 0.5, 1e-3, 1.0) for e in (1, 2)]
+    rows += [runs.HistoryRow(e, "fine_tune", 1.0, 0.5, 1.0, 0.5, lr, 1.0)
+             for e, lr in ((3, 1e-5), (4, 5e-6), (5, 0.0))]  # fmt: skip
+    spec = charts.learning_rate_chart(rows).to_dict()
+    (line,) = [layer for layer in spec["layer"] if layer.get("mark", {}).get("type") == "line"]
+    assert line["encoding"]["y"]["scale"] == {"type": "symlog", "constant": 5e-6}
+    rules = [layer for layer in spec["layer"] if "layer" in layer]  # the phase rule and label
+    assert rules and "fine_tune starts" in json.dumps(spec["datasets"])
+    flat = [runs.HistoryRow(e, "train", 1.0, 0.5, 1.0, 0.5, 1e-3 * e, 1.0) for e in (1, 2)]
+    assert charts.learning_rate_scale([r.learning_rate for r in flat]).type == "linear"

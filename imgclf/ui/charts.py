@@ -63,20 +63,32 @@ def metric_chart(history: Sequence[HistoryRow], metric: str) -> alt.Chart:
     return (chart + rules if rules is not None else chart).properties(title=metric, height=260)
 
 
+def learning_rate_scale(rates: Sequence[float]) -> alt.Scale:
+    """Linear, or when the positive rates span more than 10× (a fine-tune rate of 1e-5 after
+    1e-3 drew as 0) a symmetric log scale whose linear part ends at the smallest positive rate,
+    so a schedule that reaches 0 (cosine) is drawn too, which a plain log scale cannot."""
+    positive = [r for r in rates if r > 0]
+    if not positive or max(positive) / min(positive) <= 10:
+        return alt.Scale(type="linear")
+    return alt.Scale(type="symlog", constant=min(positive))
+
+
 def learning_rate_chart(history: Sequence[HistoryRow]) -> alt.Chart:
-    """The learning rate over epochs (log scale when it spans more than 10×)."""
+    """The learning rate over epochs (`learning_rate_scale`), phase starts marked."""
     frame = history_frame(history)
-    lr = frame["learning_rate"].astype(float)
-    log = lr.min() > 0 and lr.max() / lr.min() > 10
-    return (
+    scale = learning_rate_scale(frame["learning_rate"].astype(float).tolist())
+    chart = (
         alt.Chart(frame)
         .mark_line(point=True)
         .encode(
             x=EPOCH,
-            y=alt.Y("learning_rate:Q", scale=alt.Scale(type="log" if log else "linear")),
+            y=alt.Y("learning_rate:Q", scale=scale, axis=alt.Axis(format=".0e")),
             tooltip=["epoch", alt.Tooltip("learning_rate:Q", format=".2e")],
         )
-        .properties(title="learning rate", height=200)
+    )
+    rules = _phase_rules(history)
+    return (chart + rules if rules is not None else chart).properties(
+        title="learning rate", height=200
     )
 
 
