@@ -324,6 +324,8 @@ def test_the_builtin_imagenet_classifier_names_a_real_photo(monkeypatch, tmp_pat
     at.run()
     assert not at.exception
     assert at.dataframe[0].value["label"].iloc[0] == "espresso"
+    # No OOD column for ImageNet (its training features are not shipped): the page says so.
+    assert any("ImageNet's training features are not shipped" in c.value for c in at.caption)
     at.sidebar.radio(key="page").set_value("Evaluation").run()
     assert not at.exception and "built in" in at.info[0].value
 

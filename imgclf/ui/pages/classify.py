@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -202,6 +203,17 @@ def _classes(entry: RunEntry) -> int | None:
         return None
 
 
+def _unfamiliar_note(entry: RunEntry, predictor: Any) -> str:
+    """Why there is no "doesn't look like the training data" column, when there is none."""
+    if predictor.has_ood:
+        return ""
+    if entry.builtin:
+        why = "ImageNet's training features are not shipped, so there is nothing to fit one on."
+    else:
+        why = "this run was trained without one (train.ood) or could not fit one."
+    return f' No "doesn\'t look like the training data" check: {why}'
+
+
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     """The Classify page for the selected run (the caller has drawn the title)."""
     classes = _classes(entry)
@@ -222,6 +234,7 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     st.caption(
         f"`{entry.name}`: {len(predictor.class_names)} classes, input {h}×{w}, "
         f"{'grey' if predictor.channels == 1 else 'RGB'}; images are stretched to that size."
+        + _unfamiliar_note(entry, predictor)
     )
     layer, no_cam = _gradcam_layer(predictor)
     cam = cam_slot.toggle("Grad-CAM overlay", key="gradcam", disabled=layer is None, help=no_cam)
