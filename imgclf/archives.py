@@ -10,7 +10,8 @@ relative: nothing is ever unpacked to the member's own path). A member larger th
 `images.MAX_FILE_BYTES` once decompressed, an encrypted one or one whose data is corrupt is
 reported with its reason, and the others are still read. A zip may hold at most `MAX_MEMBERS`
 images and `MAX_TOTAL_BYTES` of them, and a large member that decompresses more than
-`MAX_RATIO` times is refused (a zip bomb is refused before anything is decompressed).
+`MAX_RATIO` times is refused (a zip bomb is refused before anything is decompressed). Names
+stored without the zip's UTF-8 flag are read in their real encoding (`decoded_name`).
 """
 
 from __future__ import annotations
@@ -120,13 +121,37 @@ def read_member(archive: zipfile.ZipFile, member: str) -> bytes | str:
     return data
 
 
-def member_name(member: str) -> str:
-    """The name shown for a member: its cleaned path inside the zip."""
-    clean = _clean(member)
-    return str(clean) if clean is not None else member
+def member_name(member: str, archive: zipfile.ZipFile | None = None) -> str:
+    """The name shown for a member: its cleaned path inside the zip; with its `archive`, a
+    name stored without the UTF-8 flag in its real encoding (`decoded_name`)."""
+    name = member
+    if archive is not None and not archive.getinfo(member).flag_bits & 0x800:
+        name = decoded_name(member)
+    clean = _clean(name)
+    return str(clean) if clean is not None else name
+
+
+def decoded_name(member: str) -> str:
+    """A member name as its maker wrote it. A zip without the UTF-8 flag stores names in the
+    maker's code page and `zipfile` reads them as cp437 (the zip standard's), which garbles
+    UTF-8 names from tools that omit the flag and cp932 names from Japanese Windows
+    (`日本` read as `ô·û{`). The raw bytes are decoded as UTF-8 when they are valid UTF-8,
+    else as cp932 when they are valid cp932, else left as cp437."""
+    try:
+        raw = member.encode("cp437")  # what zipfile decoded: the name's own bytes
+    except UnicodeEncodeError:
+        return member
+    if raw.isascii():
+        return member
+    for encoding in ("utf-8", "cp932"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return member
 
 
 def iter_images(archive: zipfile.ZipFile, listing: ZipListing) -> Iterator[tuple[str, bytes | str]]:
     """(shown name, bytes or the reason they cannot be read) for each listed image."""
     for member in listing.images:
-        yield member_name(member), read_member(archive, member)
+        yield member_name(member, archive), read_member(archive, member)

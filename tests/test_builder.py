@@ -222,3 +222,30 @@ def test_a_full_disk_while_adding_a_zip_keeps_and_lists_what_was_added(tmp_path:
     assert [r.status for r in results[:3]] == ["added"] * 3 and all(p.exists() for p in written)
     assert results[3].reason == "not saved (No space left on device)"
     assert results[4:] == [module.Added("shapes.zip", "refused", reason="4 more not tried")]
+
+
+def test_zip_names_without_the_utf8_flag_are_read_in_their_real_encoding(tmp_path: Path):
+    """A zip made on Japanese Windows stores `ねこ` in cp932 without the UTF-8 flag; zipfile
+    reads it as cp437 (`é╦é▒`), which made a garbled class. Names that are valid UTF-8
+    (tools that omit the flag) or cp932 are read as such; flagged names are left alone."""
+    import io
+    import zipfile
+
+    from imgclf import archives
+
+    def unflagged(name: str, encoding: str) -> bytes:
+        """A one-member zip whose name's bytes are `encoding`, the UTF-8 flag unset."""
+        raw = name.encode(encoding)
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as zf:  # an ASCII placeholder name: no flag is set
+            zf.writestr(zipfile.ZipInfo("x" * len(raw)), _png("circle", 0))
+        return out.getvalue().replace(b"x" * len(raw), raw)  # local header and directory
+
+    for name, encoding in (("ねこ/1.png", "cp932"), ("Café/1.png", "utf-8")):
+        archive = zipfile.ZipFile(io.BytesIO(unflagged(name, encoding)))
+        (member,) = archive.namelist()
+        assert not archive.getinfo(member).flag_bits & 0x800 and member != name
+        assert archives.member_name(member, archive) == name
+    builder = DatasetBuilder(tmp_path / "ds")
+    results = builder.add_zip(unflagged("ねこ/1.png", "cp932"), "cats.zip")
+    assert [r.status for r in results] == ["added"] and builder.classes() == {"ねこ": 1}

@@ -170,7 +170,7 @@ class DatasetBuilder:
 
         archive = archives.open_zip(data, zip_name)
         listing = archives.list_images(archive, zip_name)
-        names = [archives.member_name(m) for m in listing.images]
+        names = [archives.member_name(m, archive) for m in listing.images]
         parts = [n.split("/") for n in names]
         strip = (
             1

@@ -59,7 +59,7 @@ def _sources(kind: str, value: Any) -> tuple[str, list[tuple[str, Any]], BatchRe
     archive = archives.open_zip(value.getvalue(), value.name)
     listing = archives.list_images(archive, value.name)
     result = BatchResult(value.name, failures=list(listing.failures), skipped=listing.skipped)
-    shown = _unique([archives.member_name(m) for m in listing.images])
+    shown = _unique([archives.member_name(m, archive) for m in listing.images])
     return (
         value.name,
         [(name, (archive, m)) for name, m in zip(shown, listing.images, strict=True)],
