@@ -168,7 +168,10 @@ def corpus_tables(
     probs = batched(via_corpus, samples, size)  # bounded batches, like every other check
     corpus_pixels = batched(via_pixels, pixels, size, np.float32)[:, :k]
     by_bytes = format_parity(samples, corpus_reference, probs, status)
-    if any((row["top1_agreement"] or 1.0) < 1.0 for row in by_bytes.values()):
+    if any(
+        row["top1_agreement"] is not None and row["top1_agreement"] < 1.0
+        for row in by_bytes.values()
+    ):
         # Only then (it costs a pass of the corpus): is the decoder's rounding the cause?
         decode = batch_decoder(*model.input_shape[1:])  # the one serve_bytes holds
         rounding = decoder_rounding(model, decode, samples, pixels, probs, size)
