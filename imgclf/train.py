@@ -267,11 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--resume RUN takes no --config, --out, --print-config or overrides")
     verbose = 0 if args.quiet else "auto"
     signal.signal(signal.SIGTERM, _on_sigterm)
-    # A run killed between `complete` and its tidy step: its .resume/ and `latest` now.
-    named = [Path(p).parent for p in (args.out, args.resume) if p]
-    for root in {Path(runs.DEFAULT_ROOT), *named}:
-        runs.tidy_completed(root)
     try:
+        # A run killed between `complete` and its tidy step: its .resume/ and `latest` now.
+        runs.tidy_completed(runs.DEFAULT_ROOT)
         if args.resume:
             check_resumable(Path(args.resume))  # before TensorFlow loads
             quiet_tensorflow(args.verbose)

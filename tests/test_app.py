@@ -461,6 +461,8 @@ def test_the_app_shows_a_broken_run_in_one_line_and_keeps_the_others(
     state = json.loads((cut / runs.STATE).read_text())
     state["pid"] = 2**22 + 1
     (cut / runs.STATE).write_text(json.dumps(state))
+    from imgclf.ui.text import plain
+
     hostile = _hostile_runs(good, root)
     monkeypatch.setenv(catalog.RUNS_ENV, str(root))
     at = AppTest.from_file(str(Path(__file__).parents[1] / "app.py"), default_timeout=120).run()
@@ -477,7 +479,7 @@ def test_the_app_shows_a_broken_run_in_one_line_and_keeps_the_others(
         assert not entries[name].complete and why in entries[name].reason, (name, entries[name])
         assert len(entries[name].label) < 200
         at.sidebar.selectbox(key="run").set_value(str(root / name)).run()
-        assert not at.exception and why in at.warning[0].value, name
+        assert not at.exception and plain(why) in at.warning[0].value, name
     for page in PAGES:  # the pages that list every run (Compare, Lessons) too
         at.sidebar.radio(key="page").set_value(page).run()
         assert not at.exception, (page, [e.value for e in at.exception])
@@ -499,11 +501,21 @@ def _hostile_runs(good: Path, root: Path) -> dict[str, str]:
         "deep-state": (runs.STATE, deep_json, "nested more than"),
         "deep-config": (runs.CONFIG, deep_json, "nested more than"),
         "nan-string": (runs.METRICS, '{"test": {"accuracy": "NaN"}}', "test.accuracy"),
+        "link-reason": (
+            runs.STATE,
+            json.dumps({"state": "failed", "reason": "[x](http://e)"}),
+            "[x](http://e)",
+        ),  # shown as text (escaped), not as a link
+        "fifo-state": (runs.STATE, None, "not a regular file"),  # a FIFO would block a read
         "yaml-bomb": (runs.CONFIG, bomb, "aliases expand"),
     }
     for name, (file, text, _) in made.items():
         shutil.copytree(good, root / name)
-        (root / name / file).write_text(text)
+        if text is None:
+            (root / name / file).unlink()
+            os.mkfifo(root / name / file)
+        else:
+            (root / name / file).write_text(text)
     return {name: why for name, (_, _, why) in made.items()}
 
 

@@ -376,6 +376,12 @@ def test_a_jpeg_with_thousands_of_metadata_segments_is_refused_before_pillow(
 
     # Pillow writes one segment (JFIF APP0) itself: this makes exactly the limit.
     assert load_image(jpeg(formats.MAX_JPEG_SEGMENTS - 1), (8, 8), 3).shape == (8, 8, 3)
+    # One stray byte before the segments (Pillow skips it and reads on) must not lead the
+    # scan past them either.
+    app0_end = 4 + int.from_bytes(out.getvalue()[4:6], "big")
+    stray = out.getvalue()[:app0_end] + b"\0" + segment * 600 + out.getvalue()[app0_end:]
+    with pytest.raises(ImageError, match="JPEG metadata segments"):
+        load_image(stray, (8, 8), 3)
     hostile = tmp_path / "exif.jpg"
     hostile.write_bytes(jpeg(2_500))
     with pytest.raises(ImageError, match="JPEG metadata segments") as refused:

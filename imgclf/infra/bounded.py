@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,14 @@ def read_text(path: str | Path, limit: int) -> str:
     """The UTF-8 text of `path`, refused (BoundedInputError) when it is larger than `limit`
     bytes or not UTF-8. OSError (missing, unreadable) passes through."""
     path = Path(path)
-    size = os.stat(path).st_size
-    if size > limit:
-        raise TooLarge(f"{path}: {size:,} bytes, more than the {limit:,} allowed")
-    with open(path, "rb") as fh:
+    # O_NONBLOCK: a FIFO (or a device) in a received folder cannot block the open or the read.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BoundedInputError(f"{path}: not a regular file (a FIFO, a device, ...)")
+        if info.st_size > limit:
+            raise TooLarge(f"{path}: {info.st_size:,} bytes, more than the {limit:,} allowed")
         data = fh.read(limit + 1)  # a file that grew since the stat is still cut
     if len(data) > limit:
         raise TooLarge(f"{path}: more than the {limit:,} bytes allowed")

@@ -126,15 +126,19 @@ def tidy_completed(root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     tidied = []
-    for run in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []  # a runs folder that cannot be listed: nothing to tidy, nothing to say
+    for run in folders:
         if (run / RESUME).is_dir() and read_state(run).complete:
             shutil.rmtree(run / RESUME, ignore_errors=True)
             tidied.append(run)
     latest = root / LATEST
-    newest = max(tidied, key=lambda p: (p / STATE).stat().st_mtime, default=None)
+    newest = max(tidied, key=_stamp, default=None)
     if newest is not None and (latest.is_symlink() or not latest.exists()):
         current = latest.resolve() if latest.exists() else None
-        if current is None or (newest / STATE).stat().st_mtime > _stamp(current):
+        if current is None or _stamp(newest) > _stamp(current):
             point_latest(newest)
     return tidied
 

@@ -56,8 +56,11 @@ class RunEntry:
         return f"{self.name} · {self.family} · {acc} · {when}"
 
     def refusal(self) -> str:
-        """What a page says instead of showing a run that is not complete."""
-        why = f" ({self.reason})" if self.reason else ""
+        """What a page says (as Markdown) instead of showing a run that is not complete; the
+        reason, which a received state.json may set, is shown as text (`ui.text.plain`)."""
+        from imgclf.ui.text import plain
+
+        why = f" ({plain(self.reason)})" if self.reason else ""
         if self.state == UNREADABLE:
             return (
                 f"`{self.name}` cannot be read{why}: nothing of it is shown or loaded. "
