@@ -58,7 +58,8 @@ def preflight(config: Config, out: str | Path | None = None) -> None:
         check_root(config.data.path)
     if out is not None:
         runs.check_new_run_dir(out)
-    runs.check_writable(Path(out) if out is not None else runs.DEFAULT_ROOT)
+    if is_chief():  # the other workers of a cluster write to a scratch folder
+        runs.check_writable(Path(out) if out is not None else runs.DEFAULT_ROOT)
 
 
 def _build(config: Config, splits: Splits, strategy: Any, batch_size: int) -> keras.Model:

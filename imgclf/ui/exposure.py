@@ -10,7 +10,8 @@ read, so those fields refuse every path unless the operator names the folders to
     IMGCLF_DATA_ROOTS=/data/photos:/srv/datasets imgclf-app --address 0.0.0.0
 
 A path is resolved (`~`, `..` and symbolic links followed, `os.path.realpath`) before it is
-checked, so a link inside an allowed folder cannot lead outside it. The dataset builder's own
+checked, so a typed path through a link inside an allowed folder cannot lead outside it (what
+the folder then lists, a CSV's rows or links further down, is not confined again: docs/app.md). The dataset builder's own
 folder (`$IMGCLF_DATA`, else `datasets/`) is always allowed: the app writes it. Deploying on a
 network is in docs/app.md (behind a reverse proxy with authentication).
 """

@@ -106,8 +106,11 @@ def _worst_predictions(run_path: Path, worst: list[dict]) -> None:
         return
     st.caption("The test images with the lowest probability on their true class.")
     cols = st.columns(5)
+    inside = run_path.resolve()
     for n, item in enumerate(worst):
-        image = run_path / item["image"] if item.get("image") else None
+        image = (run_path / str(item["image"])).resolve() if item.get("image") else None
+        if image is not None and not image.is_relative_to(inside):
+            image = None  # a received metrics.json naming a file outside its run: not shown
         caption = (
             f"true {item['true']} → {item['predicted']} "
             f"(p {item['confidence']:.2f}; p(true) {item.get('true_probability', 0):.2f})"
