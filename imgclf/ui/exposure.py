@@ -11,8 +11,9 @@ read, so those fields refuse every path unless the operator names the folders to
 
 A path is resolved (`~`, `..` and symbolic links followed, `os.path.realpath`) before it is
 checked, so a typed path through a link inside an allowed folder cannot lead outside it (what
-the folder then lists, a CSV's rows or links further down, is not confined again: docs/app.md). The dataset builder's own
-folder (`$IMGCLF_DATA`, else `datasets/`) is always allowed: the app writes it. Deploying on a
+the folder then lists, a CSV's rows or links further down, is not confined again: docs/app.md).
+The dataset builder's own folder (`$IMGCLF_DATA`, else `datasets/`) is always allowed: the app
+writes it. Deploying on a
 network is in docs/app.md (behind a reverse proxy with authentication).
 """
 
