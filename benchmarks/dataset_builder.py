@@ -48,8 +48,10 @@ def main() -> None:
     results = DatasetBuilder(work / "ds").add_zip(data, "photos.zip")
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     added = sum(r.status == "added" for r in results)
-    print(f"{args.images} images in a {len(data) / 2**20:.1f} MB zip: {added} added in "
-          f"{wall:.1f} s wall ({cpu:.1f} s CPU), {added / wall:.1f} images/s")
+    print(
+        f"{args.images} images in a {len(data) / 2**20:.1f} MB zip: {added} added in "
+        f"{wall:.1f} s wall ({cpu:.1f} s CPU), {added / wall:.1f} images/s"
+    )
 
 
 if __name__ == "__main__":
