@@ -82,7 +82,7 @@ class DatasetBuilder:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._hashes: dict[str, str] | None = None  # SHA-256 -> path relative to root
-        self._stamp: list[tuple[str, int]] = []  # the folders' times the index is up to date with
+        self._stamp: list[tuple[str, int, int]] = []  # the folders the index is up to date with
         # (folder, reason) of the folders `classes` could not read: the page names them.
         self.unreadable: list[tuple[Path, str]] = []
 
@@ -121,8 +121,7 @@ class DatasetBuilder:
         """The hashes of every image in the dataset, read once and kept up to date by `add`;
         read again when a folder changed under us (its modification time: a stat per class
         folder, not a walk of the dataset per image, which made a 1,000-image zip quadratic)."""
-        stamp = [(d.name, d.stat().st_mtime_ns) for d in [self.root, *self._class_folders()]
-                 if d.exists()]  # fmt: skip
+        stamp = self._folder_stamp()
         if self._hashes is None or stamp != self._stamp:
             # An unreadable folder's images cannot be hashed; `classes` names such folders.
             files = [p for p in walk(self.root, []) if is_image_name(p)]
@@ -133,9 +132,19 @@ class DatasetBuilder:
         return self._hashes
 
     def _restamp(self) -> None:
-        """After our own write: the folders' times now include it."""
-        self._stamp = [(d.name, d.stat().st_mtime_ns) for d in [self.root, *self._class_folders()]
-                       if d.exists()]  # fmt: skip
+        """After our own write: the folders' times and counts now include it."""
+        self._stamp = self._folder_stamp()
+
+    def _folder_stamp(self) -> list[tuple[str, int, int]]:
+        """(name, modification time, number of entries) of the root and each class folder: a
+        file added or removed there changes it, even within one tick of the clock. (A file
+        rewritten in place by another program, or one added in a sub-folder of a class, does
+        not: an upload of the old bytes could then be reported as a duplicate of it.)"""
+        return [
+            (d.name, d.stat().st_mtime_ns, len(os.listdir(d)))
+            for d in [self.root, *self._class_folders()]
+            if d.exists()
+        ]
 
     def add(self, class_name: str, filename: str, data: bytes) -> Added:
         """Check `data` with the decoder and save it in the class folder (created if needed)
