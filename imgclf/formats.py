@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from imgclf.infra.errors import UserError
+
 
 @dataclass(frozen=True)
 class Format:
@@ -124,8 +126,6 @@ def walk(
     cannot be read (no permission, an I/O error) is appended to `errors` as (folder, reason) so
     the caller can name it; without `errors` it raises the OSError, never skips silently. Past
     `max_entries` entries it raises UserError (the wrong folder, e.g. `/`), naming the folder."""
-    from imgclf.infra.errors import UserError
-
     seen: set[str] = set()
     count = 0
     stack: list[Iterator[os.DirEntry[str]] | Path] = [Path(folder)]

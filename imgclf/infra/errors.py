@@ -1,5 +1,7 @@
 """Errors a user can fix. The command-line entry points print them as one line and exit 2."""
 
+import errno
+
 
 class UserError(ValueError):
     """Bad input from the user (config, data, paths): the message names the problem and the fix."""
@@ -16,8 +18,6 @@ class DataError(UserError):
 def resource_problem(exc: BaseException) -> str:
     """One line for a fault of the machine rather than of the input: out of memory, a full
     disk, a read-only file system, a permission, any other OSError; with what to do."""
-    import errno
-
     if isinstance(exc, MemoryError):
         return (
             "out of memory: lower train.batch_size, train.eval_batch_size, data.image_size or "

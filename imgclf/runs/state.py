@@ -12,6 +12,7 @@ the state; `imgclf-train --resume RUN` continues an interrupted (or failed) run.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ from imgclf.infra.bounded import clip
 from imgclf.infra.errors import UserError
 from imgclf.infra.processes import alive, identity
 from imgclf.runs.files import read_json, write_json
+from imgclf.runs.layout import point_latest
 from imgclf.runs.manifest import verify_manifest
-from imgclf.runs.names import CONFIG, MANIFEST, STATE
+from imgclf.runs.names import CONFIG, LATEST, MANIFEST, RESUME, STATE
 from imgclf.runs.records import StateRecord, check
 
 RUNNING, COMPLETE, INTERRUPTED, FAILED = "running", "complete", "interrupted", "failed"
@@ -117,11 +119,6 @@ def tidy_completed(root: str | Path) -> list[Path]:
     runs directly under `root`: remove their `.resume/` folders (the full weights and
     optimizer state), and point `latest` at the newest complete run when it was left on an
     older one. Returns the runs tidied. Called by `imgclf-train` before anything else."""
-    import shutil
-
-    from imgclf.runs.layout import point_latest
-    from imgclf.runs.names import LATEST, RESUME
-
     root = Path(root)
     if not root.is_dir():
         return []

@@ -17,6 +17,7 @@ from imgclf import runs
 from imgclf.infra import bounded
 from imgclf.models.efficientnet_lite import NAME
 from imgclf.predict.predictor import IMAGENET_PREFIX
+from imgclf.ui.text import plain
 
 RUNS_ENV = "IMGCLF_RUNS"
 UNREADABLE = "unreadable"  # a run whose files fail their checks: listed with why, never loaded
@@ -58,8 +59,6 @@ class RunEntry:
     def refusal(self) -> str:
         """What a page says (as Markdown) instead of showing a run that is not complete; the
         reason, which a received state.json may set, is shown as text (`ui.text.plain`)."""
-        from imgclf.ui.text import plain
-
         why = f" ({plain(self.reason)})" if self.reason else ""
         if self.state == UNREADABLE:
             return (
