@@ -253,7 +253,7 @@ def copied_run(tiny_run: Path, tmp_path: Path) -> Path:
 COSTLY_FIRST = (
     "test_faults.py", "test_efficientnet_lite.py", "test_browser.py", "test_distribute.py",
     "test_backends.py", "test_app.py", "test_labs.py", "test_formats.py", "test_export.py",
-    "test_transfer.py", "test_models.py", "test_data_page.py",
+    "test_transfer.py", "test_models.py", "test_configs.py", "test_data_page.py",
     "test_confidence.py", "test_data.py", "test_train.py",
 )  # fmt: skip
 
