@@ -158,6 +158,64 @@ def test_the_train_page_builds_a_dataset_and_hands_it_to_the_form(monkeypatch, t
     assert form["Run name"] == "My_shapes"
 
 
+def test_a_zip_added_in_steps_resumes_where_it_stopped(tmp_path: Path):
+    """`iter_zip` (the page's progress bar) yields each entry as it is done; started again from
+    entry k (a rerun interrupted the page) it adds only the rest, and together the two passes
+    give what one `add_zip` gives."""
+    members = {f"circle/c{i}.png": _png("circle", i) for i in range(4)}
+    members["circle/bad.png"] = b"not an image"
+    members["loose.png"] = _png("circle", 9)
+    data = zip_bytes(members)
+    whole = DatasetBuilder(tmp_path / "whole").add_zip(data)
+    builder = DatasetBuilder(tmp_path / "steps")
+    first = []
+    for done, total, added in builder.iter_zip(data):
+        first.append(added)
+        assert total == len(members) and done == len(first)
+        if done == 3:
+            break  # the page's run is stopped here
+    assert builder.classes() == {"circle": sum(a.status == "added" for a in first)}
+    rest = [added for done, _, added in builder.iter_zip(data, start=3)]
+    assert [(a.source, a.status, a.reason) for a in first + rest] == [
+        (a.source, a.status, a.reason) for a in whole
+    ]
+    assert builder.classes() == {"circle": 4}
+
+
+def test_uploads_are_saved_with_progress_on_whichever_page_the_user_went_to(
+    monkeypatch, tmp_path: Path
+):
+    """The uploader's callback only takes the bytes; the run saves them under a progress bar.
+    Uploads left unsaved (the user went to another page at once, and that click stopped the run
+    after 2 of 5 images) are saved by the next run, on the other page, from the third."""
+    from imgclf.data.builder import Added
+    from imgclf.ui.pages.builder import LOG, PENDING
+
+    at = _train_page(monkeypatch, tmp_path / "runs", tmp_path / "data")
+    at.text_input(key="builder_new").set_value("circle").run()
+    at.button(key="builder_add").click().run()
+    root = tmp_path / "data" / "my-dataset"
+    files = [(f"c{i}.png", _png("circle", i)) for i in range(5)]
+    at.file_uploader[0].set_value([(n, b, "image/png") for n, b in files[:2]]).run()
+    assert at.status[0].label == "Saved to the dataset" and at.status[0].state == "complete"
+    assert at.progress[0].value == 100 and at.progress[0].text == "2 upload(s): 2 of 2"
+    assert sorted(p.name for p in (root / "circle").iterdir()) == ["c0.png", "c1.png"]
+    # As the interrupted run left it: all 5 taken (the log emptied), the first 2 saved.
+    saved = [Added(n, "added", f"circle/{n}") for n, _ in files[:2]]
+    item = {"root": str(root), "kind": "files", "source": "5 upload(s)", "cls": "circle",
+            "payload": files, "done": 2, "results": saved}  # fmt: skip
+    at.session_state[PENDING] = [item]
+    at.session_state[LOG] = []
+    at.sidebar.radio(key="page").set_value("Compare").run()
+    assert not at.exception
+    assert at.progress[0].text == "5 upload(s): 5 of 5"
+    assert sorted(p.name for p in (root / "circle").iterdir()) == [f"c{i}.png" for i in range(5)]
+    assert not at.session_state[PENDING]
+    at.sidebar.radio(key="page").set_value("Train").run()
+    assert [s.value for s in at.success] == ["Added 5 image(s)."]
+    assert not at.warning  # none of the 5 was saved twice (a duplicate)
+
+
 def test_a_zip_bomb_member_is_refused_before_it_is_decompressed():
     from imgclf import archives
 

@@ -18,8 +18,10 @@ import io
 import os
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imgclf import archives
 from imgclf.data.folder import NOT_CLASSES, SPLIT_FOLDERS
@@ -176,7 +178,14 @@ class DatasetBuilder:
         """Add a zip of class folders (`cat/1.jpg`, or one top folder holding them:
         `pets/cat/1.jpg`); images outside a class folder are refused. Raises UserError when
         the zip cannot be read or is too large (`archives.list_images`)."""
+        return [added for _, _, added in self.iter_zip(data, zip_name)]
 
+    def iter_zip(
+        self, data: bytes, zip_name: str = "upload.zip", start: int = 0
+    ) -> Iterator[tuple[int, int, Added]]:
+        """`add_zip` one entry at a time: yields (entries done, entries in all, what became of
+        this one), from entry `start` on (a page that was interrupted goes on where it
+        stopped; the order is the zip's own, so it is the same every time)."""
         archive = archives.open_zip(data, zip_name)
         listing = archives.list_images(archive, zip_name)
         names = [archives.member_name(m, archive) for m in listing.images]
@@ -186,25 +195,33 @@ class DatasetBuilder:
             if parts and all(len(p) >= 3 for p in parts) and len({p[0] for p in parts}) == 1
             else 0
         )
-        results = [Added(name, "refused", reason=why) for name, why in listing.failures]
-        for member, name, part in zip(listing.images, names, parts, strict=True):
-            inner = part[strip:]
-            if len(inner) < 2:
-                results.append(Added(name, "refused", reason="not inside a class folder"))
-                continue
-            content = archives.read_member(archive, member)
-            if isinstance(content, str):
-                results.append(Added(name, "refused", reason=content))
-                continue
-            try:
-                results.append(self.add(inner[0], name, content))
-            except UserError as exc:
-                results.append(Added(name, "refused", reason=str(exc)))
-            if results[-1].reason.startswith("not saved"):  # the disk: the rest would fail too
-                left = len(listing.images) - sum(r.source in names for r in results)
-                results.append(Added(zip_name, "refused", reason=f"{left} more not tried"))
-                break
-        return results
+        failures = [Added(name, "refused", reason=why) for name, why in listing.failures]
+        total = len(failures) + len(listing.images)
+        for done, added in enumerate(failures[start:], start + 1):
+            yield done, total, added
+        first = max(start - len(failures), 0)
+        members = zip(listing.images[first:], names[first:], parts[first:], strict=True)
+        for done, (member, name, part) in enumerate(members, len(failures) + first + 1):
+            added = self._add_member(archive, member, name, part[strip:])
+            yield done, total, added
+            if added.reason.startswith("not saved"):  # the disk: the rest would fail too
+                yield (
+                    total,
+                    total,
+                    Added(zip_name, "refused", reason=f"{total - done} more not tried"),
+                )
+                return
+
+    def _add_member(self, archive: Any, member: Any, name: str, inner: list[str]) -> Added:
+        if len(inner) < 2:
+            return Added(name, "refused", reason="not inside a class folder")
+        content = archives.read_member(archive, member)
+        if isinstance(content, str):
+            return Added(name, "refused", reason=content)
+        try:
+            return self.add(inner[0], name, content)
+        except UserError as exc:
+            return Added(name, "refused", reason=str(exc))
 
 
 def _detected_extension(data: bytes) -> str:

@@ -16,6 +16,7 @@ import streamlit as st
 
 from imgclf.infra.errors import UserError
 from imgclf.ui import catalog, rerun_cleanup
+from imgclf.ui.pages import builder as builder_view
 
 # Page -> (module under imgclf.ui.pages with a `render(entry, entries, root)`, title)
 PAGES = {
@@ -120,6 +121,10 @@ def main() -> None:
     if st.session_state.get("page") not in PAGES:
         st.session_state["page"] = next(iter(PAGES))
     st.title(PAGES[st.session_state["page"]][1])  # painted before anything slow
+    # The builder's uploads, whichever page the user went to; in a slot that every run makes,
+    # so the elements below keep their places (a status block that came and went shifted
+    # them, and the Train page's fragment then showed a stale copy of its form).
+    builder_view.save_pending(st.empty())
     root = catalog.runs_root()
     listed = catalog.list_runs(root)
     entries = [e for e in listed if e.complete]  # what pages may load and compare

@@ -6,6 +6,8 @@ listed; the counts say when a class is still too small for the stratified split.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,6 +22,7 @@ from imgclf.ui.text import plain
 
 LOG = "_builder_log"  # the last additions' outcomes, shown until the next
 USE = "_builder_path"  # the dataset the form below trains on (set by "Use this dataset")
+PENDING = "_builder_pending"  # uploads received and not saved yet (`save_pending`)
 
 
 def _builder(name: str) -> DatasetBuilder:
@@ -35,24 +38,86 @@ def _record(results: list[Added]) -> None:
     st.session_state[LOG] = results
 
 
+def _builder_at(root: Path) -> DatasetBuilder:
+    """The session's builder when it is the one of `root` (its hash index is up to date)."""
+    cached = st.session_state.get("_builder")
+    return cached if cached is not None and cached.root == root else DatasetBuilder(root)
+
+
+def _queue(builder: DatasetBuilder, kind: str, source: str, payload: Any, cls: str = "") -> None:
+    """Keep what an uploader received for `save_pending`. Its callback only takes the bytes:
+    nothing a callback draws is shown before the run that follows it, so saving (with a
+    progress bar) happens in that run."""
+    if not st.session_state.get(PENDING):
+        _record([])  # a new batch of additions: the old outcomes go
+    st.session_state.setdefault(PENDING, []).append(
+        {
+            "root": str(builder.root),
+            "kind": kind,
+            "source": source,
+            "cls": cls,
+            "payload": payload,
+            "done": 0,
+            "results": [],
+        }
+    )
+
+
 def _add_files(builder: DatasetBuilder, cls: str, key: str, nonce: str) -> None:
-    """on_change of the uploader and the camera: save what they hold, then re-key them."""
+    """on_change of the uploader and the camera: take what they hold, then re-key them."""
     items = uploads(st.session_state.get(key))  # a removed file (DeletedFile) has no bytes
-    try:
-        _record([builder.add(cls, item.name, item.getvalue()) for item in items])
-    except UserError as exc:
-        _record([Added(cls, "refused", reason=str(exc))])
+    if items:
+        files = [(item.name, item.getvalue()) for item in items]
+        _queue(builder, "files", f"{len(files)} upload(s)", files, cls)
     st.session_state[nonce] = st.session_state.get(nonce, 0) + 1
 
 
 def _add_zip(builder: DatasetBuilder, key: str, nonce: str) -> None:
     upload = next(iter(uploads(st.session_state.get(key))), None)
     if upload is not None:
-        try:
-            _record(builder.add_zip(upload.getvalue(), upload.name))
-        except UserError as exc:
-            _record([Added(upload.name, "refused", reason=str(exc))])
+        _queue(builder, "zip", upload.name, upload.getvalue())
     st.session_state[nonce] = st.session_state.get(nonce, 0) + 1
+
+
+def _steps(builder: DatasetBuilder, item: dict) -> Iterator[tuple[int, int, Added]]:
+    """(done, total, what became of it) for each image of a pending upload, after the
+    item["done"] already saved."""
+    if item["kind"] == "zip":
+        yield from builder.iter_zip(item["payload"], item["source"], start=item["done"])
+        return
+    files = item["payload"]
+    for done, (name, data) in enumerate(files[item["done"] :], item["done"] + 1):
+        try:
+            yield done, len(files), builder.add(item["cls"], name, data)
+        except UserError as exc:  # a bad class name: every file would fail the same way
+            yield len(files), len(files), Added(item["cls"], "refused", reason=str(exc))
+            return
+
+
+def save_pending(slot: Any) -> None:
+    """Save the uploads the builder received, one image at a time under a progress bar. The
+    app calls it first on every page, so leaving the Train page at once loses nothing; each
+    image counts as done as soon as it is written, so a click that interrupts this run (the
+    rerun stops it at the bar) goes on with the next image in the next run. `slot`: an
+    `st.empty()` the app makes on every run, at the top of the page."""
+    pending = st.session_state.get(PENDING)
+    if not pending:
+        return
+    count = sum(len(p["payload"]) if p["kind"] == "files" else 1 for p in pending)
+    with slot.container(), st.status(f"Saving {count} upload(s) to the dataset…") as status:
+        bar = st.progress(0.0)
+        while pending:
+            item = pending[0]
+            try:
+                for done, total, added in _steps(_builder_at(Path(item["root"])), item):
+                    item["results"].append(added)
+                    item["done"] = done
+                    bar.progress(done / total, text=f"{plain(item['source'])}: {done} of {total}")
+            except UserError as exc:  # the zip cannot be read, or is too large
+                item["results"].append(Added(item["source"], "refused", reason=str(exc)))
+            pending.pop(0)
+            st.session_state.setdefault(LOG, []).extend(item["results"])
+        status.update(label="Saved to the dataset", state="complete")
 
 
 def _add_class(builder: DatasetBuilder) -> None:
