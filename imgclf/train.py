@@ -29,7 +29,7 @@ from imgclf.config import Config, dump_config, load_config
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
-from imgclf.infra.errors import UserError, resource_problem
+from imgclf.infra.errors import UserError, end_after_failed_write, resource_problem
 from imgclf.models import build_model
 from imgclf.training.augment import build_augmenter
 from imgclf.training.backend import make_training_data
@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, MemoryError) as exc:  # the machine's fault: one line, the run resumable
         again = "; a run that had started continues with imgclf-train --resume RUN"
         print(f"error: {clip(resource_problem(exc) + again)}", file=sys.stderr)
+        end_after_failed_write(2)  # a half-written weights file: end before HDF5 crashes
         return 2
     except RunInterrupted as exc:
         print(

@@ -83,12 +83,13 @@ def quiet_tensorflow(verbose: bool = False) -> bool:
     thread = threading.Thread(target=_pump, args=(read_fd, terminal), daemon=True)
     thread.start()
     _state.update(terminal=terminal, thread=thread)
-    atexit.register(_restore)
+    atexit.register(restore_stderr)
     return True
 
 
-def _restore() -> None:
-    """Put the real stderr back and let the filter drain what is left (at exit)."""
+def restore_stderr() -> None:
+    """Put the real stderr back and let the filter drain what is left (at exit, and before a
+    command ends at once: `errors.end_after_failed_write`)."""
     terminal = _state.get("terminal")
     if not isinstance(terminal, int):
         return

@@ -1,6 +1,10 @@
 """Errors a user can fix. The command-line entry points print them as one line and exit 2."""
 
 import errno
+import os
+import sys
+
+from imgclf.infra.console import restore_stderr
 
 
 class UserError(ValueError):
@@ -28,9 +32,33 @@ def resource_problem(exc: BaseException) -> str:
     where = f" ({exc.filename})" if exc.filename else ""
     advice = {
         errno.ENOSPC: "no space left on the device: free some space, or write elsewhere",
+        errno.EFBIG: "a file larger than this process may write (ulimit -f) or the file system "
+        "allows: raise the limit, or write elsewhere",
         errno.EDQUOT: "disk quota exceeded: free some space, or write elsewhere",
         errno.EROFS: "read-only file system: choose a folder you can write (--out)",
         errno.EACCES: "permission denied: choose a folder you can write (--out)",
         errno.EPERM: "operation not permitted: choose a folder you can write (--out)",
     }.get(exc.errno or 0, exc.strerror or str(exc))
     return f"{advice}{where}"
+
+
+def end_after_failed_write(code: int) -> None:
+    """End the process now with `code` when a failed write left an HDF5 file open; return
+    otherwise. On a full disk Keras' `save_weights` leaves its h5py file open (the close fails
+    too); when the exception's frames were freed, h5py printed two "Exception ignored"
+    tracebacks, and at exit HDF5 crashed the interpreter (exit 139 instead of 2). The one line
+    about the fault is printed first; the run's state is already written. `os._exit` skips
+    the interpreter's shutdown (stdout and stderr are flushed here), so only a command-line
+    entry point calls this."""
+    h5py = sys.modules.get("h5py")
+    try:
+        left_open = h5py is not None and bool(
+            h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)
+        )
+    except Exception:  # h5py's own errors: nothing to learn, nothing to end
+        left_open = False
+    if left_open:
+        sys.stdout.flush()
+        restore_stderr()  # the TensorFlow log filter passes on what it holds
+        sys.stderr.flush()
+        os._exit(code)
