@@ -13,8 +13,9 @@ from conftest import make_image, refuse_to_read, zip_bytes
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from imgclf.data.builder import DATA_ENV, DatasetBuilder, sanitise
+from imgclf.data.builder import DatasetBuilder, sanitise
 from imgclf.data.folder import list_folder
+from imgclf.data.roots import DATA_ENV
 from imgclf.infra.errors import UserError
 from imgclf.ui import catalog
 

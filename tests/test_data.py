@@ -496,3 +496,54 @@ def test_walks_that_would_not_end_answer_at_once(tmp_path: Path):
     assert len(list(formats.walk(tmp_path / "big", max_entries=15))) == 12
     with pytest.raises(UserError, match="more than 14 files and folders under it"):
         list(formats.walk(tmp_path / "big", max_entries=14))
+
+
+def test_data_roots_confine_every_file_a_folder_or_csv_lists(tmp_path: Path, monkeypatch):
+    """With IMGCLF_DATA_ROOTS set (an app served beyond this machine), the typed path was
+    checked but what it listed was not: a link inside an allowed folder, or a CSV row naming
+    `../` or an absolute path, read images from anywhere. Each is now left out with its reason;
+    a source outside the roots is refused; unset, nothing changes."""
+    from imgclf.data.roots import DATA_ENV, OUTSIDE, ROOTS_ENV
+
+    allowed = write_folder_dataset(tmp_path / "allowed" / "shapes", per_class=4)
+    secret = write_folder_dataset(tmp_path / "secret", per_class=1)
+    outside = next((secret / "circle").iterdir())
+    (allowed / "circle" / "link.png").symlink_to(outside)
+    rows = ["path,label"] + [f"shapes/{p.relative_to(allowed)},{p.parent.name}"
+                             for p in sorted(allowed.rglob("img_*"))]  # fmt: skip
+    rows += [f"../secret/circle/{outside.name},circle", f"{outside},circle"]
+    (tmp_path / "allowed" / "list.csv").write_text("\n".join(rows) + "\n")
+    folder = load_config(None, ["data.source=folder", f"data.path={allowed}"]).data
+    listed = load_config(None, ["data.source=csv", f"data.path={allowed.parent / 'list.csv'}"])
+
+    assert len(load_pool(folder).labels) == 13 and len(load_pool(listed.data).labels) == 14
+    monkeypatch.setenv(ROOTS_ENV, str(tmp_path / "allowed"))
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "built"))
+    pool = load_pool(folder)
+    assert len(pool.labels) == 12 and "circle/link.png" not in pool.files
+    assert {"file": "circle/link.png", "reason": OUTSIDE} in pool.ignored
+    pool = load_pool(listed.data)
+    assert len(pool.labels) == 12
+    assert [s["file"] for s in pool.skipped if s["reason"] == OUTSIDE] == [
+        f"../secret/circle/{outside.name}",
+        str(outside),
+    ]
+    with pytest.raises(DataError, match=f"outside the folders {ROOTS_ENV} allows"):
+        load_pool(load_config(None, ["data.source=folder", f"data.path={secret}"]).data)
+
+
+def test_the_classify_pages_folder_batch_leaves_out_links_leading_outside_the_roots(
+    tmp_path: Path, monkeypatch
+):
+    from imgclf.data.roots import OUTSIDE, ROOTS_ENV
+    from imgclf.ui.pages import batch
+
+    allowed = write_folder_dataset(tmp_path / "allowed", per_class=1)
+    secret = write_folder_dataset(tmp_path / "secret", per_class=1)
+    (allowed / "circle" / "link.png").symlink_to(next((secret / "circle").iterdir()))
+    monkeypatch.setenv(ROOTS_ENV, str(allowed))
+    _, items, result = batch._sources(batch.FOLDER, str(allowed))
+    assert sorted(name for name, _ in items) == sorted(
+        str(p.relative_to(allowed)) for p in allowed.rglob("img_*")
+    )
+    assert result.failures == [(str(allowed / "circle" / "link.png"), OUTSIDE)]

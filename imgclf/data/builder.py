@@ -30,14 +30,7 @@ from imgclf.images import ImageError, load_image
 from imgclf.infra.errors import UserError
 from imgclf.runs import write_bytes
 
-DATA_ENV = "IMGCLF_DATA"
 MAX_NAME = 64
-
-
-def data_root() -> Path:
-    """Where built datasets are saved: `$IMGCLF_DATA`, else `datasets/` (relative to the
-    working directory, like `runs/`)."""
-    return Path(os.environ.get(DATA_ENV) or "datasets")
 
 
 def sanitise(name: str, what: str = "class name") -> str:

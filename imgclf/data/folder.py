@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, kept_classes
+from imgclf.data.roots import OUTSIDE, ROOTS_ENV, inside, named_roots
 from imgclf.data.store import FileStore
 from imgclf.formats import SYSTEM_FOLDERS, is_image_name, walk
 from imgclf.images import check_header, file_problem
@@ -199,6 +200,29 @@ def list_csv(path: Path) -> tuple[list[Entry], list[dict[str, str]], bool, Path]
     return entries, skipped, "split" in columns, root
 
 
+def _confined(
+    source: Path, entries: list[Entry], left_out: list[dict[str, str]], root: Path | None = None
+) -> list[Entry]:
+    """`entries` whose files lie in the folders IMGCLF_DATA_ROOTS allows (links resolved); the
+    others go to `left_out` with the reason. Everything when the variable is unset. `root`:
+    the folder the entries' paths are relative to (default `source`). Raises DataError when
+    `source` itself is outside (nothing of it may be read)."""
+    roots = named_roots()
+    if roots is None:
+        return entries
+    if not inside(source, roots):
+        raise DataError(
+            f"data.path: {source} is {OUTSIDE} ({', '.join(map(str, roots))}); move the data "
+            f"into one of them, or add its folder to {ROOTS_ENV}"
+        )
+    base = source if root is None else root
+    kept = [e for e in entries if inside(base / e[0], roots)]
+    if len(kept) < len(entries):
+        names = {e[0] for e in kept}
+        left_out += [{"file": e[0], "reason": OUTSIDE} for e in entries if e[0] not in names]
+    return kept
+
+
 def _open_store(
     root: Path, entries: list[Entry], cfg: DataConfig
 ) -> tuple[FileStore, list[dict[str, str]]]:
@@ -259,7 +283,9 @@ def load_folder(cfg: DataConfig) -> Pool:
         DataError: a missing folder, fewer than 2 classes, or a class without a readable image.
     """
     root = check_root(cfg.path)
+    _confined(root, [], [])  # a folder outside the allowed roots is not even listed
     entries, classes, ignored, pre_split = list_folder(root)
+    entries = _confined(root, entries, ignored)
     if len(classes) < 2:
         layout = f"{root}/train/cats/*.jpg" if pre_split else f"{root}/cats/*.jpg"
         raise DataError(
@@ -281,7 +307,9 @@ def load_csv(cfg: DataConfig) -> Pool:
             without a readable image.
     """
     path = Path(cfg.path or "")
+    _confined(path, [], [])  # a list outside the allowed roots is not even read
     entries, bad_rows, has_split, root = list_csv(path)
+    entries = _confined(path, entries, bad_rows, root)
     if len({label for _, label, _ in entries}) < 2:
         raise DataError(
             f"{path}: {len(entries)} usable row(s) with {len({e[1] for e in entries})} label(s); "

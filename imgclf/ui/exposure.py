@@ -10,8 +10,8 @@ read, so those fields refuse every path unless the operator names the folders to
     IMGCLF_DATA_ROOTS=/data/photos:/srv/datasets imgclf-app --address 0.0.0.0
 
 A path is resolved (`~`, `..` and symbolic links followed, `os.path.realpath`) before it is
-checked, so a typed path through a link inside an allowed folder cannot lead outside it (what
-the folder then lists, a CSV's rows or links further down, is not confined again: docs/app.md).
+checked, so a typed path through a link inside an allowed folder cannot lead outside it; what
+a folder or CSV source then lists is confined to IMGCLF_DATA_ROOTS too (`imgclf.data.roots`).
 The dataset builder's own folder (`$IMGCLF_DATA`, else `datasets/`) is always allowed: the app
 writes it. Deploying on a
 network is in docs/app.md (behind a reverse proxy with authentication).
@@ -23,10 +23,8 @@ import ipaddress
 import os
 from pathlib import Path
 
-from imgclf.data.builder import data_root
+from imgclf.data.roots import ROOTS_ENV, data_root, inside, resolved
 from imgclf.infra.errors import UserError
-
-ROOTS_ENV = "IMGCLF_DATA_ROOTS"
 
 
 def served_address() -> str:
@@ -53,7 +51,7 @@ def allowed_roots(address: str | None = None) -> list[Path] | None:
     named = [p for p in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if p.strip()]
     if not named and is_loopback(served_address() if address is None else address):
         return None
-    return [Path(os.path.realpath(Path(p).expanduser())) for p in [*named, str(data_root())]]
+    return [resolved(p) for p in [*named, str(data_root())]]
 
 
 def server_path(text: str, address: str | None = None) -> Path:
@@ -62,9 +60,9 @@ def server_path(text: str, address: str | None = None) -> Path:
     text = text.strip()
     if not text:
         raise UserError("enter a path on the machine the app runs on")
-    path = Path(os.path.realpath(Path(text).expanduser()))
+    path = resolved(text)
     roots = allowed_roots(address)
-    if roots is None or any(path == root or path.is_relative_to(root) for root in roots):
+    if roots is None or inside(path, roots):
         return path
     served = (served_address() if address is None else address) or "every network interface"
     if os.environ.get(ROOTS_ENV, "").strip():

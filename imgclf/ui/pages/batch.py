@@ -14,11 +14,12 @@ from typing import Any
 import streamlit as st
 
 from imgclf import archives
+from imgclf.data.roots import OUTSIDE, inside
 from imgclf.infra.errors import UserError
 from imgclf.models.names import PROBABILITIES
 from imgclf.predict.files import PredictionWriter, as_record, expand_inputs
 from imgclf.ui.catalog import RunEntry
-from imgclf.ui.exposure import server_path
+from imgclf.ui.exposure import allowed_roots, server_path
 
 CHUNK = 64  # images decoded and classified per step of the progress bar
 CHUNK_BYTES = 256 * 2**20  # and at most this much of a zip decompressed at a time
@@ -48,6 +49,10 @@ def _sources(kind: str, value: Any) -> tuple[str, list[tuple[str, Any]], BatchRe
                 f"{text or '(empty)'}: no such folder on this machine (the app's server)"
             )
         files, missing, notes = expand_inputs([str(folder)])
+        roots = allowed_roots()  # a link inside the folder may point out of the allowed ones
+        if roots is not None:
+            missing += [(str(p), OUTSIDE) for p in files if not inside(p, roots)]
+            files = [p for p in files if inside(p, roots)]
         if len(files) > archives.MAX_MEMBERS:
             raise UserError(
                 f"{folder}: {len(files)} images, more than {archives.MAX_MEMBERS} at a time; "

@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from imgclf.data.builder import Added, DatasetBuilder, data_root, sanitise
+from imgclf.data.builder import Added, DatasetBuilder, sanitise
+from imgclf.data.roots import data_root
 from imgclf.data.split import minimum_per_class
 from imgclf.formats import UPLOAD_TYPES
 from imgclf.infra.errors import UserError
