@@ -29,7 +29,12 @@ from imgclf.config import Config, dump_config, load_config
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
-from imgclf.infra.errors import UserError, end_after_failed_write, resource_problem
+from imgclf.infra.errors import (
+    UserError,
+    check_address_space,
+    end_after_failed_write,
+    resource_problem,
+)
 from imgclf.models import build_model
 from imgclf.training.augment import build_augmenter
 from imgclf.training.backend import make_training_data
@@ -272,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.tidy_completed(runs.DEFAULT_ROOT)
         if args.resume:
             check_resumable(Path(args.resume))  # before TensorFlow loads
+            check_address_space()
             quiet_tensorflow(args.verbose)
             run_dir = resume_run(args.resume, verbose)
         else:
@@ -280,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(dump_config(config))
                 return 0
             preflight(config, args.out)  # before TensorFlow loads: these answer at once
+            check_address_space()
             quiet_tensorflow(args.verbose)
             run_dir = train(config, out=args.out, verbose=verbose)
     except (UserError, FileExistsError) as exc:

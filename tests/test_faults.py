@@ -296,3 +296,23 @@ def test_a_write_the_file_system_refuses_mid_training_is_one_line_and_exit_2(
     assert "Traceback" not in done.stdout and "Exception ignored" not in done.stdout
     state = runs.read_state(run)
     assert state.state == "failed" and "Errno 27" in state.reason
+
+
+def test_a_memory_limit_too_small_for_tensorflow_is_one_line_before_it_loads(tmp_path: Path):
+    """Under `ulimit -v 2000000` TensorFlow's import failed at a different point each try
+    (an abort with no message, a SystemError traceback, a MemoryError); the commands now check
+    the limit first. (Set here in a forked child, where TensorFlow is already mapped: the
+    check does not depend on it.)"""
+    limited = (
+        "import resource, sys; from imgclf.train import main; "
+        "resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, resource.RLIM_INFINITY)); "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    done = forked.run(limited, "data.source=digits", "--out", tmp_path / "run")
+    assert done.returncode == 2, done.stdout
+    assert done.stdout.strip().splitlines()[-1] == (
+        "error: this process may map at most 2.0 GB of memory (ulimit -v); TensorFlow needs "
+        "about 4 GB of address space, most of it reserved rather than used: raise the limit "
+        "(ulimit -v unlimited)"
+    )
+    assert not (tmp_path / "run").exists()

@@ -15,7 +15,7 @@ from imgclf.export.saved_model import export_run
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
-from imgclf.infra.errors import UserError, resource_problem
+from imgclf.infra.errors import UserError, check_address_space, resource_problem
 
 FORMATS = ("saved_model", "tflite", "onnx")  # the order they are written in
 
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             require_onnx()  # before minutes of other exports, not after
         # Before minutes of work: a read-only or missing destination answers now, in one line.
         runs.check_writable(Path(args.serving_dir or args.out or run_dir))
+        check_address_space()
         quiet_tensorflow(args.verbose)
         if "saved_model" in formats:
             path = export_run(run_dir, args.out, serving_dir=args.serving_dir)

@@ -42,6 +42,30 @@ def resource_problem(exc: BaseException) -> str:
     return f"{advice}{where}"
 
 
+# The address space TensorFlow needs, with a margin: training the digits MLP for one epoch
+# peaked at 3.43 GB of virtual memory (VmPeak; most of it reserved, not used) on the 2-core
+# machine, 2026-12-06.
+MIN_ADDRESS_SPACE_GB = 4.0
+
+
+def check_address_space() -> None:
+    """Raise UserError when this process may not map the memory TensorFlow needs (`ulimit -v`,
+    RLIMIT_AS). Under a 2 GB limit TensorFlow's import failed at a different point each time:
+    an abort inside its C++ (exit 134, no message), a SystemError traceback from Keras' import,
+    or a MemoryError; so the commands check before they load it."""
+    try:
+        import resource
+    except ImportError:  # not a Unix: no such limit
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY and soft < MIN_ADDRESS_SPACE_GB * 2**30:
+        raise UserError(
+            f"this process may map at most {soft / 2**30:.1f} GB of memory (ulimit -v); "
+            f"TensorFlow needs about {MIN_ADDRESS_SPACE_GB:.0f} GB of address space, most of "
+            "it reserved rather than used: raise the limit (ulimit -v unlimited)"
+        )
+
+
 def end_after_failed_write(code: int) -> None:
     """End the process now with `code` when a failed write left an HDF5 file open; return
     otherwise. On a full disk Keras' `save_weights` leaves its h5py file open (the close fails

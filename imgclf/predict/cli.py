@@ -12,7 +12,7 @@ from imgclf import explain, runs
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
-from imgclf.infra.errors import UserError
+from imgclf.infra.errors import UserError, check_address_space
 from imgclf.predict.files import classify_stream, expand_inputs
 from imgclf.predict.predictor import Predictor
 
@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         _print_listing(failures, notes)
         return 2
 
+    try:
+        check_address_space()
+    except UserError as exc:
+        print(f"error: {clip(exc)}", file=sys.stderr)
+        return 2
     quiet_tensorflow(args.verbose)
     try:
         predictor = Predictor.from_path(args.model)
