@@ -547,3 +547,58 @@ def test_the_classify_pages_folder_batch_leaves_out_links_leading_outside_the_ro
         str(p.relative_to(allowed)) for p in allowed.rglob("img_*")
     )
     assert result.failures == [(str(allowed / "circle" / "link.png"), OUTSIDE)]
+
+
+def test_class_names_that_differ_only_by_unicode_form_are_one_class(tmp_path: Path):
+    """`café` written on a Mac (NFD) and on Linux (NFC) were two classes that look the same,
+    and data.classes=[café] was refused with "unknown class 'café'; available: café"."""
+    import unicodedata
+
+    nfc, nfd = (unicodedata.normalize(form, "café") for form in ("NFC", "NFD"))
+    data = write_folder_dataset(tmp_path / "data", per_class=6)
+    (data / "circle").rename(data / nfc)
+    shutil.copytree(data / nfc, data / nfd)  # the same class from another machine
+    for i, path in enumerate(sorted((data / nfd).iterdir())):
+        path.rename(path.with_name(f"mac_{i}{path.suffix}"))
+    overrides = [*tiny_overrides(data), f"data.classes=[{nfd},hstripes]"]
+    splits = load_data(load_config(None, overrides))
+    assert splits.class_names == [nfc, "hstripes"]
+    assert sum(splits.report["totals"].values()) == 18  # 12 cafés (6 + 6) and 6 hstripes
+    rows = ["path,label"] + [f"{p.relative_to(data)},{p.parent.name}" for p in data.rglob("*.*")]
+    (data / "list.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    listed = load_pool(
+        load_config(None, ["data.source=csv", f"data.path={data / 'list.csv'}"]).data
+    )
+    assert sorted(listed.class_names) == sorted([nfc, "hstripes", "vstripes"])
+
+
+def test_class_names_that_differ_only_by_case_are_reported(tmp_path: Path):
+    data = write_folder_dataset(tmp_path / "data", per_class=6)
+    (data / "circle").rename(data / "Vstripes")
+    splits = load_data(load_config(None, tiny_overrides(data)))
+    assert splits.report["similar_class_names"] == [["Vstripes", "vstripes"]]
+
+
+def test_a_class_with_no_training_image_is_refused_even_when_untested_classes_are_allowed(
+    tmp_path: Path,
+):
+    """allow_untested_classes (for classes too small for val and test) trained a class with
+    no training image at all, and its test scores read 1.000. A pre-split folder missing a
+    class in one part now names that part."""
+    data = tmp_path / "data"
+    for part, per_class in (("train", 6), ("val", 2), ("test", 2)):
+        write_folder_dataset(data / part, per_class=per_class, seed=len(part))
+    shutil.rmtree(data / "train" / "circle")
+    allow = [*tiny_overrides(data), "data.allow_untested_classes=true"]
+    with pytest.raises(DataError) as err:
+        load_data(load_config(None, allow))
+    assert str(err.value) == (
+        "class(es) 'circle' have no training image in the source's own split (its train/ "
+        "folder, or CSV rows with split train): add training images of it, or leave it out "
+        "with data.classes"
+    )
+    write_folder_dataset(data / "train", per_class=6)  # circle is back in train/
+    shutil.rmtree(data / "test" / "vstripes")
+    with pytest.raises(DataError, match=r"'vstripes' have no test image in the source's own "):
+        load_data(load_config(None, tiny_overrides(data)))
+    assert load_data(load_config(None, allow)).report["counts"]["test"]["vstripes"] == 0

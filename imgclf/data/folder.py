@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, kept_classes
+from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, class_name, kept_classes
 from imgclf.data.roots import OUTSIDE, ROOTS_ENV, inside, named_roots
 from imgclf.data.store import FileStore
 from imgclf.formats import SYSTEM_FOLDERS, is_image_name, walk
@@ -91,7 +91,7 @@ def _list_class(root: Path, class_dir: Path, split: int, ignored: list[dict[str,
             ignored.append({"file": rel.as_posix(), "reason": problem})
             continue
         if is_image_name(path):
-            yield (rel.as_posix(), class_dir.name, split)
+            yield (rel.as_posix(), class_name(class_dir.name), split)
         else:
             ignored.append({"file": rel.as_posix(), "reason": "not an image file extension"})
     for folder, reason in unread:  # named, so a class is never silently missing files
@@ -134,10 +134,10 @@ def list_folder(root: Path) -> tuple[list[Entry], list[str], list[dict[str, str]
                 if f.is_file() and not f.name.startswith(".")
             ]
             for class_dir in _subfolders(top):
-                classes.add(class_dir.name)
+                classes.add(class_name(class_dir.name))
                 entries += _list_class(root, class_dir, SPLIT_FOLDERS[top.name.lower()], ignored)
         else:
-            classes.add(top.name)
+            classes.add(class_name(top.name))
             entries += _list_class(root, top, UNASSIGNED, ignored)
     return entries, sorted(classes), ignored, pre_split
 
@@ -170,6 +170,7 @@ def list_csv(path: Path) -> tuple[list[Entry], list[dict[str, str]], bool, Path]
         extra = raw.pop(None, None)  # fields beyond the header's columns
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
         file, label, split = row.get("path", ""), row.get("label", ""), row.get("split", "")
+        label = class_name(label)
         posix = file.replace("\\", "/")  # a list made on Windows: images\x.png
         if posix != file and not (root / file).is_file() and (root / posix).is_file():
             file = posix

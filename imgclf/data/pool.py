@@ -4,6 +4,7 @@ split's images in batches whether they are in memory or streamed from files (`ba
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -123,18 +124,28 @@ def conform(images: np.ndarray, size: tuple[int, int], channels: int) -> np.ndar
     return np.ascontiguousarray(images, dtype=np.uint8)
 
 
+def class_name(name: str) -> str:
+    """A class name as imgclf keeps it: Unicode NFC. A Mac writes `café` decomposed (NFD: `e`
+    and a combining accent), Linux and Windows composed; the two look the same in every table
+    and were two classes."""
+    return unicodedata.normalize("NFC", name)
+
+
 def kept_classes(cfg: DataConfig, available: list[str], where: str) -> list[int]:
     """Indices into `available` of the classes `cfg.classes` keeps, in the config's order
-    (every class when it is unset); DataError naming any name the source does not have."""
+    (every class when it is unset); DataError naming any name the source does not have. Names
+    are compared in NFC (`class_name`)."""
     if cfg.classes is None:
         return list(range(len(available)))
-    unknown = [name for name in cfg.classes if name not in available]
+    available = [class_name(a) for a in available]
+    wanted = [class_name(name) for name in cfg.classes]
+    unknown = [name for name in wanted if name not in available]
     if unknown:
         raise DataError(
             f"data.classes: unknown class(es) {', '.join(map(repr, unknown))} for {where}; "
             f"available: {', '.join(available)}"
         )
-    return [available.index(name) for name in cfg.classes]
+    return [available.index(name) for name in wanted]
 
 
 def from_arrays(

@@ -114,17 +114,69 @@ def minimum_per_class(val_fraction: float, test_fraction: float) -> int:
 
 
 def _check_every_class_tested(
-    pool: Pool, cfg: DataConfig, train: np.ndarray, val: np.ndarray, test: np.ndarray
+    pool: Pool,
+    cfg: DataConfig,
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray,
+    own_parts: frozenset[str] = frozenset(),
 ) -> None:
     """A class with no validation or test image would be reported as 0.000 precision and
     recall, read as "never recognised" when it was never tested: refuse it before training,
-    unless `data.allow_untested_classes` (the metrics then say "not tested")."""
-    if cfg.allow_untested_classes:
-        return
+    unless `data.allow_untested_classes` (the metrics then say "not tested"). A class with no
+    training image is refused whatever that switch says: there is nothing to learn it from (its
+    test scores read 1.000 when nothing predicted it). `own_parts`: the parts ("training",
+    "validation", "test") that are the source's own (train/, val/, test/ folders, a CSV's split
+    column): the message names the part that lacks the class instead of calling it too small."""
     present = [set(pool.labels[idx].tolist()) for idx in (train, val, test)]
-    short = [c for c in range(len(pool.class_names)) if not all(c in p for p in present)]
-    if not short:
-        return
+    parts = ("training", "validation", "test")
+    for part, found in zip(parts, present, strict=True):
+        missing = [c for c in range(len(pool.class_names)) if c not in found]
+        if not missing or (part != "training" and cfg.allow_untested_classes):
+            continue
+        named = ", ".join(repr(pool.class_names[c]) for c in missing[:5])
+        if part in own_parts or part == "training":
+            switch = (
+                ""
+                if part == "training"
+                else (
+                    ", or set data.allow_untested_classes=true to train anyway (its metrics then "
+                    "say 'not tested')"
+                )
+            )
+            raise DataError(
+                f"class(es) {named} have no {part} image{_where(part, own_parts)}: add "
+                f"{part} images of it, or leave it out with data.classes{switch}"
+            )
+        _too_small(pool, cfg, missing)
+
+
+def _where(part: str, own_parts: frozenset[str]) -> str:
+    if part not in own_parts:
+        return " after the split"
+    folder, value = {"training": ("train", "train"), "validation": ("val", "val"),
+                     "test": ("test", "test")}[part]  # fmt: skip
+    return f" in the source's own split (its {folder}/ folder, or CSV rows with split {value})"
+
+
+def similar_names(names: list[str]) -> list[list[str]]:
+    """Groups of class names equal but for upper/lower case (`str.casefold`), e.g. `Cat` and
+    `cat`: probably one class filed under two names. (Names are already NFC, `class_name`.)"""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.casefold(), []).append(name)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def _own_parts(pool: Pool, how: str) -> frozenset[str]:
+    """The parts that came from the source's own split (a part it lacks was carved out)."""
+    if how != "predefined" or pool.assigned is None:
+        return frozenset()
+    codes = {"training": TRAIN, "validation": VAL, "test": TEST}
+    return frozenset(part for part, code in codes.items() if (pool.assigned == code).any())
+
+
+def _too_small(pool: Pool, cfg: DataConfig, short: list[int]) -> None:
     counts = np.bincount(
         pool.labels[_readable(pool, np.arange(len(pool.labels)))], minlength=len(pool.class_names)
     )
@@ -210,7 +262,7 @@ def load_data(config: Config) -> Splits:
     # same whether the decoded cache found them up front or reading finds them later.
     train_idx, val_idx, test_idx = (_readable(pool, i) for i in (train_idx, val_idx, test_idx))
     _check_not_empty(pool, val_idx, test_idx)
-    _check_every_class_tested(pool, cfg, train_idx, val_idx, test_idx)
+    _check_every_class_tested(pool, cfg, train_idx, val_idx, test_idx, _own_parts(pool, how))
     splits = {"train": _take(pool, train_idx, cfg), "val": _take(pool, val_idx, cfg)}
     splits["test"] = _take(pool, test_idx, cfg)
     report: dict[str, Any] = {
@@ -228,6 +280,9 @@ def load_data(config: Config) -> Splits:
     }
     if pool.store is not None:
         report["cache"] = _cache_report(pool.store)
+    similar = similar_names(pool.class_names)
+    if similar:
+        report["similar_class_names"] = similar
     if cfg.classes is not None:
         report["classes_kept"] = list(cfg.classes)
     if cfg.max_per_class is not None:

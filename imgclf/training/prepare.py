@@ -168,6 +168,11 @@ def announce(p: Prepared) -> str:
     cache = p.splits.report.get("cache")
     if cache:
         lines.append(cache_line(cache))
+    for group in p.splits.report.get("similar_class_names", []):
+        lines.append(
+            f"warning: classes {', '.join(map(repr, group))} differ only in upper/lower case: "
+            "one class under two names? Rename one folder (or label) to merge them"
+        )
     return "\n".join(lines)
 
 

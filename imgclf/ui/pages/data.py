@@ -22,6 +22,7 @@ from imgclf.training.augment import preview_grid
 from imgclf.ui import data_info
 from imgclf.ui.catalog import RunEntry
 from imgclf.ui.exposure import server_path
+from imgclf.ui.text import plain
 
 SOURCES = ("The selected run", "A folder or CSV (before training)")
 SAMPLES_PER_CLASS = 8
@@ -89,6 +90,11 @@ def _file_table(title: str, rows: list[dict[str, str]], what: str) -> None:
 
 
 def _problems(report: dict[str, Any]) -> None:
+    for group in report.get("similar_class_names") or []:
+        st.warning(
+            f"Classes {plain(', '.join(group))} differ only in upper/lower case: one class "
+            "under two names? Rename one folder (or label) to merge them."
+        )
     st.subheader("Skipped and ignored files")
     _file_table("Skipped", report.get("skipped") or [], "unreadable: left out of every split")
     _file_table(
