@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf import runs
+from imgclf.data.duplicates import describe
 from imgclf.training.progress import duration
 
 if TYPE_CHECKING:
@@ -231,7 +232,7 @@ def model_card(
     epochs = "" if config.model.pretrained else f"up to {config.train.epochs} epochs, "
     height, width = config.data.image_size
     source = config.data.source + (f" ({config.data.path})" if config.data.path else "")
-    subset = _subset_lines(config)
+    subset = _subset_lines(config) + describe(splits.report.get("duplicates"), "\n- ")
     export = export_section(exports, backend, skipped=not config.train.export)
     return f"""# Model card: {config.name}
 

@@ -79,6 +79,11 @@ class DataConfig(_Section):
     max_per_class: PositiveInt | None = None
     # Train even when a class is too small to appear in every split (its metrics: not tested).
     allow_untested_classes: bool = False
+    # Exact copies of an image (imgclf.data.duplicates): drop trains on one of them, keep on
+    # all; either way a group stays in one split. The same image under two classes: drop
+    # trains on none of its copies until you decide, keep trains each under its own label.
+    duplicates: Literal["drop", "keep"] = "drop"
+    conflicting_labels: Literal["drop", "keep"] = "drop"
 
     @field_validator("classes", mode="before")
     @classmethod

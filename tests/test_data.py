@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, refuse_to_read, tiny_overrides, write_folder_dataset
+from conftest import CLASSES, make_image, refuse_to_read, tiny_overrides, write_folder_dataset
+from PIL import Image
 
 from imgclf import runs
 from imgclf.config import load_config
@@ -422,7 +423,8 @@ def test_a_non_utf8_file_name_trains_and_is_reported_as_escaped_text(tmp_path: P
     data = write_folder_dataset(tmp_path / "data", per_class=12)
     folder = os.fsencode(data / "circle")
     readable = os.fsdecode(os.path.join(folder, b"\xff0.png"))  # e.g. from a Latin-1 archive
-    shutil.copyfile(data / "circle" / "img_00.png", readable)
+    # Another image (a byte copy of one would be left out as a duplicate).
+    Image.fromarray(make_image("circle", np.random.default_rng(99))).save(readable, format="PNG")
     Path(os.fsdecode(os.path.join(folder, b"\xfe1.png"))).write_bytes(b"not an image")
     overrides = [*tiny_overrides(data), "model.name=mlp", "train.epochs=1"]
     run = train(load_config(None, overrides), out=tmp_path / "run", verbose=0)
@@ -557,9 +559,8 @@ def test_class_names_that_differ_only_by_unicode_form_are_one_class(tmp_path: Pa
     nfc, nfd = (unicodedata.normalize(form, "café") for form in ("NFC", "NFD"))
     data = write_folder_dataset(tmp_path / "data", per_class=6)
     (data / "circle").rename(data / nfc)
-    shutil.copytree(data / nfc, data / nfd)  # the same class from another machine
-    for i, path in enumerate(sorted((data / nfd).iterdir())):
-        path.rename(path.with_name(f"mac_{i}{path.suffix}"))
+    mac = write_folder_dataset(tmp_path / "mac", per_class=6, seed=5)  # other photos
+    (mac / "circle").rename(data / nfd)  # of the same class, from another machine
     overrides = [*tiny_overrides(data), f"data.classes=[{nfd},hstripes]"]
     splits = load_data(load_config(None, overrides))
     assert splits.class_names == [nfc, "hstripes"]

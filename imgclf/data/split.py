@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgclf.data import builtin
+from imgclf.data import builtin, duplicates
 from imgclf.data.folder import load_csv, load_folder
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, Split, Splits, conform
 from imgclf.data.store import FileStore, ImageView
@@ -36,24 +36,43 @@ def load_pool(cfg: DataConfig) -> Pool:
 
 
 def split_indices(
-    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+    labels: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stratified, seeded split: each class is cut in the same proportions.
 
     Returns sorted index arrays (train, val, test), disjoint and covering every index. Every class
     keeps at least one training image; a class too small for val/test contributes to train only.
+    `groups` (int64 [N], `duplicates.group_ids`): images with the same id land in the same part
+    (the group is split as one image, by its first member's label, as scikit-learn's
+    StratifiedGroupKFold keeps groups whole); without duplicates the split is the same as
+    without `groups`.
     """
+    if groups is not None:
+        # One image per group (its first position) is split; the rest follow it.
+        _, firsts, group_of = np.unique(groups, return_index=True, return_inverse=True)
+        order = np.argsort(firsts, kind="stable")  # groups in order of appearance
+        parts = split_indices(labels[firsts[order]], val_fraction, test_fraction, seed)
+        part_of = np.empty(len(firsts), dtype=np.int8)
+        for code, chosen in enumerate(parts):
+            part_of[order[chosen]] = code
+        where = part_of[group_of.reshape(-1)]
+        train, val, test = (np.flatnonzero(where == code).astype(np.int64) for code in range(3))
+        return train, val, test
     rng = np.random.default_rng(seed)
-    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    parts_: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
         n = len(idx)
         n_test = min(round(n * test_fraction), n - 1)
         n_val = min(round(n * val_fraction), n - 1 - n_test)
-        parts[2].append(idx[:n_test])
-        parts[1].append(idx[n_test : n_test + n_val])
-        parts[0].append(idx[n_test + n_val :])
-    train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
+        parts_[2].append(idx[:n_test])
+        parts_[1].append(idx[n_test : n_test + n_val])
+        parts_[0].append(idx[n_test + n_val :])
+    train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts_)
     return train, val, test
 
 
@@ -70,7 +89,9 @@ def _take(pool: Pool, idx: np.ndarray, cfg: DataConfig) -> Split:
     return Split(ImageView(pool.store, where), pool.labels[idx], files)
 
 
-def _own_split(pool: Pool, cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _own_split(
+    pool: Pool, cfg: DataConfig, seed: int, groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The source's own split; a part it lacks (val, or test) comes from its training part,
     stratified: `val_fraction` for val, `test_fraction` for test. Unassigned images train."""
     assigned = pool.assigned
@@ -79,7 +100,7 @@ def _own_split(pool: Pool, cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.n
     val_fraction = cfg.val_fraction if len(val) == 0 else 0.0
     test_fraction = cfg.test_fraction if len(test) == 0 else 0.0
     train, carved_val, carved_test = split_indices(
-        pool.labels[rest], val_fraction, test_fraction, seed
+        pool.labels[rest], val_fraction, test_fraction, seed, groups[rest]
     )
     val = np.sort(np.concatenate([val, rest[carved_val]]))
     test = np.sort(np.concatenate([test, rest[carved_test]]))
@@ -87,21 +108,22 @@ def _own_split(pool: Pool, cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.n
 
 
 def _split(
-    pool: Pool, cfg: DataConfig, seed: int
+    pool: Pool, cfg: DataConfig, seed: int, groups: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(train, val, test indices, how): the source's own split when `data.split` asks for it
-    (how = "predefined"), else a stratified split of the whole pool (how = "stratified")."""
+    (how = "predefined"), else a stratified split of the whole pool (how = "stratified").
+    `groups`: `duplicates.group_ids`, the images that must land in one part."""
     own = cfg.split == "predefined" or (cfg.split == "auto" and pool.assigned is not None)
     if not own:
-        train, val, test = split_indices(pool.labels, cfg.val_fraction, cfg.test_fraction, seed)
-        return train, val, test, "stratified"
+        vf, tf = cfg.val_fraction, cfg.test_fraction
+        return (*split_indices(pool.labels, vf, tf, seed, groups), "stratified")
     if pool.assigned is None:
         raise DataError(
             f"data.split=predefined: this {cfg.source} source has no split of its own (a folder "
             "needs train/, val/ and test/ sub-folders; a CSV a `split` column); use "
             "data.split=stratified"
         )
-    return (*_own_split(pool, cfg, seed), "predefined")
+    return (*_own_split(pool, cfg, seed, groups), "predefined")
 
 
 def minimum_per_class(val_fraction: float, test_fraction: float) -> int:
@@ -254,7 +276,13 @@ def load_data(config: Config) -> Splits:
     pool = load_pool(cfg)
     if len(pool.class_names) < 2:
         raise DataError(f"data: found {len(pool.class_names)} class(es); need at least 2")
-    train_idx, val_idx, test_idx, how = _split(pool, cfg, config.seed)
+    groups = duplicates.exact_groups(pool)
+    found = duplicates.resolve(pool, groups, cfg.duplicates, cfg.conflicting_labels)
+    ids = duplicates.group_ids(len(pool.labels), groups)
+    train_idx, val_idx, test_idx, how = _split(pool, cfg, config.seed, ids)
+    if how == "predefined":  # copies the source's own split already put in two parts
+        parts = {"train": train_idx, "val": val_idx, "test": test_idx}
+        found["leaked_across_splits"] = duplicates.leaked(groups, parts)
     train_before_cap = _counts(pool.labels[_readable(pool, train_idx)], pool.class_names)
     if cfg.max_per_class is not None:
         train_idx = cap_per_class(pool.labels, train_idx, cfg.max_per_class, config.seed)
@@ -280,6 +308,8 @@ def load_data(config: Config) -> Splits:
     }
     if pool.store is not None:
         report["cache"] = _cache_report(pool.store)
+    if groups:
+        report["duplicates"] = found
     similar = similar_names(pool.class_names)
     if similar:
         report["similar_class_names"] = similar

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from imgclf import runs
 from imgclf.config import Config, dump_config
 from imgclf.data import load_data
+from imgclf.data.duplicates import describe
 from imgclf.data.folder import check_root
 from imgclf.infra import faults
 from imgclf.infra.errors import ConfigError
@@ -168,6 +169,9 @@ def announce(p: Prepared) -> str:
     cache = p.splits.report.get("cache")
     if cache:
         lines.append(cache_line(cache))
+    found = describe(p.splits.report.get("duplicates"), "\ndata: ")
+    if found:
+        lines.append(found.lstrip("\n"))
     for group in p.splits.report.get("similar_class_names", []):
         lines.append(
             f"warning: classes {', '.join(map(repr, group))} differ only in upper/lower case: "

@@ -1,0 +1,98 @@
+"""Exact duplicates (`imgclf.data.duplicates`): found before the split, kept in one part, extra
+copies and conflicting labels left out with their reason (data_report.json)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from conftest import tiny_overrides, write_folder_dataset
+
+from imgclf.config import load_config
+from imgclf.data import load_data, split_indices
+
+
+def _part_of(splits) -> dict[str, str]:
+    return {f: name for name in ("train", "val", "test") for f in getattr(splits, name).files}
+
+
+def _with_copies(tmp_path: Path, n: int = 20) -> tuple[Path, list[tuple[str, str]]]:
+    """The tiny folder dataset (36 images) and `n` byte copies of its images under new names
+    in the same class (an album exported twice): (folder, [(original, copy)])."""
+    data = write_folder_dataset(tmp_path / "data", per_class=12)
+    pairs = []
+    for i, original in enumerate(sorted(data.rglob("img_*"))[:n]):
+        copy = original.with_name(f"zz_copy_{i:02d}{original.suffix}")
+        shutil.copyfile(original, copy)
+        pairs.append((original.relative_to(data).as_posix(), copy.relative_to(data).as_posix()))
+    return data, pairs
+
+
+def test_copies_are_found_kept_in_one_split_and_left_out_once(tmp_path: Path):
+    """20 copies of training photos trained silently and could sit in the test split beside
+    their originals (test accuracy 1.000). Now: 20 groups, one image of each trains, and the
+    splits hold the same images as the folder without the copies."""
+    data, pairs = _with_copies(tmp_path)
+    splits = load_data(load_config(None, tiny_overrides(data)))
+    found = splits.report["duplicates"]
+    assert (found["groups"], found["images"], found["copies_left_out"]) == (20, 40, 20)
+    assert {s["file"]: s["reason"] for s in splits.report["skipped"]} == {
+        copy: f"an exact copy of {original}" for original, copy in pairs
+    }
+    assert sum(splits.report["totals"].values()) == 36
+    assert not any("zz_copy" in f for f in _part_of(splits))
+
+    kept = load_data(load_config(None, [*tiny_overrides(data), "data.duplicates=keep"]))
+    where = _part_of(kept)
+    assert sum(kept.report["totals"].values()) == 56
+    assert all(where[original] == where[copy] for original, copy in pairs)  # never split
+
+
+def test_the_same_image_in_two_classes_trains_in_neither_unless_kept(tmp_path: Path):
+    data = write_folder_dataset(tmp_path / "data", per_class=12)
+    shutil.copyfile(data / "circle" / "img_00.png", data / "hstripes" / "odd.png")
+    splits = load_data(load_config(None, tiny_overrides(data)))
+    found = splits.report["duplicates"]
+    assert found["conflicting_groups"] == 1 and found["examples"] == [
+        {"files": ["circle/img_00.png", "hstripes/odd.png"], "classes": ["circle", "hstripes"]}
+    ]
+    reasons = {s["file"]: s["reason"] for s in splits.report["skipped"]}
+    assert reasons == dict.fromkeys(
+        ["circle/img_00.png", "hstripes/odd.png"], "the same image is filed under circle, hstripes"
+    )
+    kept = load_data(load_config(None, [*tiny_overrides(data), "data.conflicting_labels=keep"]))
+    where = _part_of(kept)
+    assert where["circle/img_00.png"] == where["hstripes/odd.png"]
+
+
+def test_the_group_aware_split_keeps_groups_whole_stratified_and_unchanged_without_copies():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    alone = np.arange(len(labels))
+    plain = split_indices(labels, 0.15, 0.15, seed=3)
+    for got, want in zip(split_indices(labels, 0.15, 0.15, 3, alone), plain, strict=True):
+        np.testing.assert_array_equal(got, want)  # no duplicates: the same split as before
+    groups = alone.copy()
+    for start in rng.choice(np.arange(0, 200, 5), size=20, replace=False):
+        groups[start : start + 3] = start  # groups of 3 images of one class
+    parts = split_indices(labels, 0.15, 0.15, 3, groups)
+    part = np.empty(len(labels), int)
+    for code, idx in enumerate(parts):
+        part[idx] = code
+    assert all(len(set(part[groups == g])) == 1 for g in np.unique(groups))
+    for code, share in ((1, 0.15), (2, 0.15)):
+        counts = np.bincount(labels[parts[code]], minlength=4)
+        assert np.all(np.abs(counts - 50 * share) <= 3), counts  # still about 7-8 per class
+
+
+def test_copies_across_a_pre_split_folders_parts_are_reported_as_leakage(tmp_path: Path):
+    data = tmp_path / "data"
+    for part, per_class in (("train", 8), ("val", 3), ("test", 3)):
+        write_folder_dataset(data / part, per_class=per_class, seed=len(part))
+    shutil.copyfile(data / "test" / "circle" / "img_00.png", data / "train" / "circle" / "x.png")
+    splits = load_data(load_config(None, tiny_overrides(data)))
+    found = splits.report["duplicates"]
+    assert found["leaked_across_splits"] == 1
+    # The copy in test/ comes first in the listing: its train/ twin is left out.
+    assert "train/circle/x.png" not in _part_of(splits)
