@@ -131,8 +131,7 @@ def describe(found: dict[str, Any] | None, prefix: str) -> str:
         fate = "left out" if found["policy"]["conflicting_labels"] == "drop" else "kept"
         text += (
             f"{prefix}Conflicting labels: {found['conflicting_groups']} of those image(s) filed "
-            f"under two or more classes, every copy {fate} (data.conflicting_labels); "
-            "data_report.json names them"
+            f"under two or more classes, every copy {fate} (data.conflicting_labels)"
         )
     if found.get("leaked_across_splits"):
         text += (

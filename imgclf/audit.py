@@ -1,0 +1,143 @@
+"""`imgclf-audit`: what is wrong with a dataset before a model is trained on it, without
+TensorFlow (so it answers in seconds).
+
+    imgclf-audit datasets/pets                  # a folder (one sub-folder per class)
+    imgclf-audit labels.csv --format json       # a CSV list
+    imgclf-audit --config configs/photos_transfer.yaml data.path=datasets/pets
+
+It loads the data exactly as training does (`data.load_pool`: the same listing, decoder and
+class names), then reports: images per class, and classes too small for the split; files that
+do not decode or are not images; exact duplicates and the same image under two classes
+(`data.duplicates`); class names that differ only in upper/lower case. What it does not find
+yet: near duplicates, likely label errors, outliers (issue 28).
+
+Exit status: 0 when nothing was found, 1 when something was (so a script can stop on it), 2
+when the data cannot be read at all (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf.config import load_config
+from imgclf.data import duplicates
+from imgclf.data.split import load_pool, minimum_per_class, similar_names
+from imgclf.infra.arguments import ArgumentParser
+from imgclf.infra.bounded import clip
+from imgclf.infra.errors import UserError
+
+FORMATS = ("table", "json")
+
+
+def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any]:
+    """The findings on the data of the config (`config_path` and dotted `overrides`), as a
+    JSON-ready dict. Raises UserError (ConfigError, DataError) when it cannot be read."""
+    config = load_config(config_path, overrides)
+    cfg = config.data
+    pool = load_pool(cfg)
+    groups = duplicates.exact_groups(pool)
+    found = duplicates.resolve(pool, groups, cfg.duplicates, cfg.conflicting_labels)
+    usable = ~pool.failed if pool.failed is not None else np.ones(len(pool.labels), bool)
+    counts = np.bincount(pool.labels[usable], minlength=len(pool.class_names))
+    need = minimum_per_class(cfg.val_fraction, cfg.test_fraction)
+    small = [name for name, n in zip(pool.class_names, counts, strict=True) if n < need]
+    unreadable = [s for s in pool.skipped if not _is_duplicate(s["reason"])]
+    return {
+        "source": cfg.source,
+        "path": cfg.path,
+        "images": len(pool.labels),
+        "classes": {name: int(n) for name, n in zip(pool.class_names, counts, strict=True)},
+        "too_small": {"classes": small, "need": need},
+        "unreadable": unreadable,
+        "ignored": pool.ignored,
+        "duplicates": found,
+        "similar_class_names": similar_names(pool.class_names),
+    }
+
+
+def _is_duplicate(reason: str) -> bool:
+    return reason.startswith(("an exact copy of", "the same image is filed under"))
+
+
+def findings(report: dict[str, Any]) -> int:
+    """How many things the report asks the user to look at."""
+    return (
+        len(report["too_small"]["classes"])
+        + len(report["unreadable"])
+        + report["duplicates"]["groups"]
+        + len(report["similar_class_names"])
+    )
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as lines for a terminal."""
+    lines = [f"{report['images']} images in {len(report['classes'])} classes ({report['path']})"]
+    width = max(len(name) for name in report["classes"]) if report["classes"] else 0
+    lines += [f"  {name:<{width}}  {n:>7,}" for name, n in report["classes"].items()]
+    small = report["too_small"]
+    if small["classes"]:
+        lines.append(
+            f"too small for a validation and a test image (fewer than {small['need']}): "
+            + ", ".join(small["classes"])
+        )
+    for entry in report["unreadable"]:
+        lines.append(f"unreadable: {entry['file']}: {entry['reason']}")
+    found = report["duplicates"]
+    if found["groups"]:
+        lines.append(duplicates.describe(found, "\n").strip())
+        for group in found["examples"]:
+            lines.append(f"  {' = '.join(group['files'])}  ({', '.join(group['classes'])})")
+        if found["groups"] > len(found["examples"]):
+            lines.append(f"  ... {found['groups'] - len(found['examples'])} more (--format json)")
+    for group in report["similar_class_names"]:
+        lines.append(f"classes that differ only in case: {', '.join(group)}")
+    n = findings(report)
+    lines.append(f"{n} finding(s)" if n else "nothing found")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="imgclf-audit",
+        description="Check a dataset before training: class sizes, unreadable files, exact "
+        "duplicates, the same image under two classes, names that differ only in case.",
+    )
+    parser.add_argument("data", nargs="?", help="a folder (one sub-folder per class) or a CSV")
+    parser.add_argument("--config", help="a recipe whose data section to check")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, as training")
+    parser.add_argument("--format", choices=FORMATS, default="table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `imgclf-audit` (`python -m imgclf.audit`); returns the exit code."""
+    args = build_parser().parse_intermixed_args(argv)
+    overrides = list(args.overrides)
+    if args.data and "=" in args.data:  # only overrides were given
+        overrides.insert(0, args.data)
+        args.data = None
+    if args.data:
+        kind = "csv" if Path(args.data).suffix.lower() == ".csv" else "folder"
+        overrides = [f"data.source={kind}", f"data.path={args.data}", *overrides]
+    elif not args.config:
+        print("error: give a folder, a CSV file or --config RECIPE", file=sys.stderr)
+        return 2
+    try:
+        report = audit(overrides, args.config)
+    except (UserError, OSError) as exc:
+        print(f"error: {clip(exc)}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(format_table(report))
+    return 1 if findings(report) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
