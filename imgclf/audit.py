@@ -8,8 +8,9 @@ TensorFlow (so it answers in seconds).
 It loads the data exactly as training does (`data.load_pool`: the same listing, decoder and
 class names), then reports: images per class, and classes too small for the split; files that
 do not decode or are not images; exact duplicates and the same image under two classes
-(`data.duplicates`); class names that differ only in upper/lower case. What it does not find
-yet: near duplicates, likely label errors, outliers (issue 28).
+(`data.duplicates`); near duplicates of folders and CSV lists (`imgclf.data.near_duplicates`); class
+names that differ only in upper/lower case. What it does not find yet: cropped copies, likely
+label errors and outliers (issue 28).
 
 Exit status: 0 when nothing was found, 1 when something was (so a script can stop on it), 2
 when the data cannot be read at all (one line on stderr).
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from imgclf.config import load_config
-from imgclf.data import duplicates
+from imgclf.data import duplicates, near_duplicates
 from imgclf.data.split import load_pool, minimum_per_class, similar_names
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.bounded import clip
@@ -42,6 +43,8 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
     pool = load_pool(cfg)
     groups = duplicates.exact_groups(pool)
     found = duplicates.resolve(pool, groups, cfg.duplicates, cfg.conflicting_labels)
+    nothing = np.array([], dtype=np.int64)  # no split here: groups only
+    near = near_duplicates.report(pool, nothing, nothing, groups) if pool.store else None
     usable = ~pool.failed if pool.failed is not None else np.ones(len(pool.labels), bool)
     counts = np.bincount(pool.labels[usable], minlength=len(pool.class_names))
     need = minimum_per_class(cfg.val_fraction, cfg.test_fraction)
@@ -56,6 +59,7 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
         "unreadable": unreadable,
         "ignored": pool.ignored,
         "duplicates": found,
+        "near_duplicates": near,
         "similar_class_names": similar_names(pool.class_names),
     }
 
@@ -70,6 +74,7 @@ def findings(report: dict[str, Any]) -> int:
         len(report["too_small"]["classes"])
         + len(report["unreadable"])
         + report["duplicates"]["groups"]
+        + ((report["near_duplicates"] or {}).get("groups") or 0)
         + len(report["similar_class_names"])
     )
 
@@ -94,6 +99,11 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"  {' = '.join(group['files'])}  ({', '.join(group['classes'])})")
         if found["groups"] > len(found["examples"]):
             lines.append(f"  ... {found['groups'] - len(found['examples'])} more (--format json)")
+    near = report["near_duplicates"] or {}
+    if near.get("groups"):
+        lines.append(near_duplicates.describe(near, "\n").strip())
+        for group in near["examples"]:
+            lines.append(f"  {' ~ '.join(group['files'])}  ({', '.join(group['classes'])})")
     for group in report["similar_class_names"]:
         lines.append(f"classes that differ only in case: {', '.join(group)}")
     n = findings(report)
@@ -105,7 +115,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="imgclf-audit",
         description="Check a dataset before training: class sizes, unreadable files, exact "
-        "duplicates, the same image under two classes, names that differ only in case.",
+        "and near duplicates, the same image under two classes, names that differ only in case.",
     )
     parser.add_argument("data", nargs="?", help="a folder (one sub-folder per class) or a CSV")
     parser.add_argument("--config", help="a recipe whose data section to check")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf import runs
+from imgclf.data import near_duplicates
 from imgclf.data.duplicates import describe
 from imgclf.training.progress import duration
 
@@ -200,9 +201,11 @@ def _cost_line(metrics: dict[str, Any]) -> str:
     )
 
 
-def _subset_lines(config: Config) -> str:
-    """The card's lines on the classes kept and the training cap ("" for the whole source)."""
-    subset = ""
+def _subset_lines(config: Config, report: dict[str, Any]) -> str:
+    """The card's lines on the classes kept, the training cap and the duplicates found ("" for
+    the whole source, with no duplicates)."""
+    subset = describe(report.get("duplicates"), "\n- ")
+    subset += near_duplicates.describe(report.get("near_duplicates"), "\n- ")
     if config.data.classes:
         subset += f"\n- Classes kept from the source: {', '.join(config.data.classes)}"
     if config.data.max_per_class:
@@ -232,7 +235,7 @@ def model_card(
     epochs = "" if config.model.pretrained else f"up to {config.train.epochs} epochs, "
     height, width = config.data.image_size
     source = config.data.source + (f" ({config.data.path})" if config.data.path else "")
-    subset = _subset_lines(config) + describe(splits.report.get("duplicates"), "\n- ")
+    subset = _subset_lines(config, splits.report)
     export = export_section(exports, backend, skipped=not config.train.export)
     return f"""# Model card: {config.name}
 

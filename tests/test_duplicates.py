@@ -96,3 +96,27 @@ def test_copies_across_a_pre_split_folders_parts_are_reported_as_leakage(tmp_pat
     assert found["leaked_across_splits"] == 1
     # The copy in test/ comes first in the listing: its train/ twin is left out.
     assert "train/circle/x.png" not in _part_of(splits)
+
+
+def test_a_re_encoded_or_resized_copy_across_train_and_test_is_reported(tmp_path: Path):
+    """A photo in train/ and the same photo re-saved as a JPEG at quality 60 and at half size
+    in test/: not exact copies, found by their perceptual hashes and reported as seen in
+    training (the split is left as it is: near-duplicate groups are reported, not acted on)."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for part, per_class in (("train", 8), ("val", 3), ("test", 3)):
+        write_folder_dataset(data / part, per_class=per_class, seed=len(part))
+    photo = Image.open(data / "train" / "circle" / "img_00.png").resize((128, 128))
+    photo.save(data / "train" / "circle" / "photo.png")
+    photo.save(data / "test" / "circle" / "photo-q60.jpg", quality=60)
+    photo.resize((64, 64)).save(data / "test" / "circle" / "photo-half.png")
+    splits = load_data(load_config(None, tiny_overrides(data)))
+    near = splits.report["near_duplicates"]
+    assert near["across_train_and_test"] == 1
+    (group,) = [g for g in near["examples"] if "train/circle/photo.png" in g["files"]]
+    assert set(group["files"]) == {
+        "train/circle/img_00.png",  # the 32×32 image photo.png was enlarged from
+        "train/circle/photo.png", "test/circle/photo-q60.jpg", "test/circle/photo-half.png",
+    }  # fmt: skip
+    assert "duplicates" not in splits.report  # none of them is an exact copy

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgclf.data import builtin, duplicates
+from imgclf.data import builtin, duplicates, near_duplicates
 from imgclf.data.folder import load_csv, load_folder
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, Split, Splits, conform
 from imgclf.data.store import FileStore, ImageView
@@ -33,6 +33,21 @@ def load_pool(cfg: DataConfig) -> Pool:
     if cfg.source.startswith("keras:"):
         return builtin.keras_dataset(cfg)
     raise DataError(f"data.source: unknown source {cfg.source!r}")
+
+
+def _split_keeping_copies(pool: Pool, config: Config) -> tuple[list[np.ndarray], dict, tuple]:
+    """Find the exact duplicates, apply `data.duplicates` and `data.conflicting_labels`, and
+    split with each group kept in one part: (groups, the report's `duplicates` section, `_split`'s
+    (train, val, test, how))."""
+    cfg = config.data
+    groups = duplicates.exact_groups(pool)
+    found = duplicates.resolve(pool, groups, cfg.duplicates, cfg.conflicting_labels)
+    ids = duplicates.group_ids(len(pool.labels), groups)
+    split = _split(pool, cfg, config.seed, ids)
+    if split[3] == "predefined":  # copies the source's own split already put in two parts
+        parts = {"train": split[0], "val": split[1], "test": split[2]}
+        found["leaked_across_splits"] = duplicates.leaked(groups, parts)
+    return groups, found, split
 
 
 def split_indices(
@@ -276,13 +291,7 @@ def load_data(config: Config) -> Splits:
     pool = load_pool(cfg)
     if len(pool.class_names) < 2:
         raise DataError(f"data: found {len(pool.class_names)} class(es); need at least 2")
-    groups = duplicates.exact_groups(pool)
-    found = duplicates.resolve(pool, groups, cfg.duplicates, cfg.conflicting_labels)
-    ids = duplicates.group_ids(len(pool.labels), groups)
-    train_idx, val_idx, test_idx, how = _split(pool, cfg, config.seed, ids)
-    if how == "predefined":  # copies the source's own split already put in two parts
-        parts = {"train": train_idx, "val": val_idx, "test": test_idx}
-        found["leaked_across_splits"] = duplicates.leaked(groups, parts)
+    groups, found, (train_idx, val_idx, test_idx, how) = _split_keeping_copies(pool, config)
     train_before_cap = _counts(pool.labels[_readable(pool, train_idx)], pool.class_names)
     if cfg.max_per_class is not None:
         train_idx = cap_per_class(pool.labels, train_idx, cfg.max_per_class, config.seed)
@@ -290,6 +299,7 @@ def load_data(config: Config) -> Splits:
     # same whether the decoded cache found them up front or reading finds them later.
     train_idx, val_idx, test_idx = (_readable(pool, i) for i in (train_idx, val_idx, test_idx))
     _check_not_empty(pool, val_idx, test_idx)
+    near = near_duplicates.report(pool, train_idx, test_idx, groups) if pool.store else None
     _check_every_class_tested(pool, cfg, train_idx, val_idx, test_idx, _own_parts(pool, how))
     splits = {"train": _take(pool, train_idx, cfg), "val": _take(pool, val_idx, cfg)}
     splits["test"] = _take(pool, test_idx, cfg)
@@ -310,6 +320,8 @@ def load_data(config: Config) -> Splits:
         report["cache"] = _cache_report(pool.store)
     if groups:
         report["duplicates"] = found
+    if near is not None:
+        report["near_duplicates"] = near
     similar = similar_names(pool.class_names)
     if similar:
         report["similar_class_names"] = similar

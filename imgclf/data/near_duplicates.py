@@ -1,0 +1,132 @@
+"""Near duplicates: the same photo re-encoded, resized, lightly cropped or re-exposed, which an
+exact hash (`data.duplicates`) cannot see.
+
+Method: the perceptual hash of each image (`imagehash.phash`, the `ImageHash` package: a 64-bit
+hash of the low frequencies of the image's discrete cosine transform, on a 32×32 grey copy),
+and every pair of images whose hashes differ in at most `MAX_DISTANCE` bits (Hamming distance,
+counted with numpy's `bitwise_count`) is one group (pairs chain: union-find).
+
+Reported, not acted on: unlike exact copies, a near-duplicate group may join two different
+photos that look alike (two products photographed the same way, two handwritten 1s), and
+chained pairs can grow a group across a whole class, so the split does not keep these groups
+together. What the report says is how many groups the split put in both training and test:
+each is a test image the model may have seen. Checked for folder and CSV sources whose decoded
+pixels are cached (`data.cache` memory or disk); the built-in datasets are not checked (their
+look-alike digits would flood the report).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from imgclf.data.pool import Pool
+
+MAX_DISTANCE = 2  # of 64 bits: benchmarks/audit.py, docs/data.md (recall against false groups)
+METHOD = "perceptual hash (imagehash.phash, 64 bits), at most {} bits apart"
+SHOWN = 20  # groups listed in the data report (the counts cover all)
+CHUNK = 1024  # rows of the pairwise comparison at a time (CHUNK × N uint64s in memory)
+
+
+def phashes(images: Any) -> np.ndarray:
+    """uint64 [N]: the perceptual hash of each uint8 image [N, H, W(, C)]."""
+    import imagehash
+    from PIL import Image
+
+    out = np.empty(len(images), dtype=np.uint64)
+    for i, pixels in enumerate(images):
+        pixels = np.asarray(pixels)
+        grey = pixels.ndim == 3 and pixels.shape[-1] == 1
+        pil = Image.fromarray(pixels[..., 0] if grey else pixels)
+        bits = imagehash.phash(pil).hash.reshape(-1)  # 64 booleans
+        out[i] = np.packbits(bits).view(">u8")[0]
+    return out
+
+
+def near_groups(hashes: np.ndarray, max_distance: int | None = None) -> list[np.ndarray]:
+    """Groups (sorted int64 index arrays, 2 or more each, by first index) of hashes at most
+    `max_distance` bits apart (default MAX_DISTANCE), pairs chained."""
+    max_distance = MAX_DISTANCE if max_distance is None else max_distance
+    n = len(hashes)
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, n, CHUNK):
+        block = hashes[start : start + CHUNK]
+        distance = _popcount(block[:, None] ^ hashes[None, :])
+        rows, cols = np.nonzero(distance <= max_distance)
+        for a, b in zip(rows + start, cols, strict=True):
+            if a < b:
+                ra, rb = root(int(a)), root(int(b))
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        members.setdefault(root(i), []).append(i)
+    return [np.array(m, dtype=np.int64) for _, m in sorted(members.items()) if len(m) > 1]
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy 2
+        return np.bitwise_count(x)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+    return table[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1)
+
+
+def report(pool: Pool, train: np.ndarray, test: np.ndarray, exact: list[np.ndarray]) -> dict:
+    """The data report's `near_duplicates`: the groups among the usable images of a cached file
+    source that are not exact copies, and how many of them the split put in both training
+    and test; or why the check was skipped."""
+    store = pool.store
+    if store is None or store.mode not in ("memory", "disk"):
+        why = "built-in dataset" if store is None else "data.cache none (no decoded pixels kept)"
+        return {"method": METHOD.format(MAX_DISTANCE), "skipped": why}
+    usable = np.arange(len(pool.labels))
+    if pool.failed is not None:
+        usable = usable[~pool.failed]
+    pixels, ok = store.read(pool.store_index[usable])
+    usable = usable[ok]
+    same = {int(i): int(g[0]) for g in exact for i in g}  # exact copies count as one image
+    groups = []
+    for group in near_groups(phashes(pixels)):
+        members = usable[group]
+        if len({same.get(int(i), int(i)) for i in members}) > 1:
+            groups.append(members)
+    where = np.full(len(pool.labels), -1)
+    where[train], where[test] = 0, 2
+    across = [g for g in groups if {0, 2} <= set(where[g].tolist())]
+    name = (lambda i: pool.files[i]) if pool.files is not None else str
+    return {
+        "method": METHOD.format(MAX_DISTANCE),
+        "groups": len(groups),
+        "images": int(sum(len(g) for g in groups)),
+        "across_train_and_test": len(across),
+        "examples": [
+            {
+                "files": [name(int(i)) for i in g],
+                "classes": sorted({pool.class_names[c] for c in pool.labels[g]}),
+            }
+            for g in (across + [g for g in groups if not any(g is a for a in across)])[:SHOWN]
+        ],
+    }
+
+
+def describe(near: dict[str, Any] | None, prefix: str) -> str:
+    """The report's near duplicates as a line starting with `prefix` ("" when none were found
+    or the check was skipped): the model card and the run's start-up lines."""
+    if not near or not near.get("groups"):
+        return ""
+    text = f"{prefix}Near duplicates: {near['groups']} group(s) of look-alike images"
+    if near["across_train_and_test"]:
+        text += (
+            f"; {near['across_train_and_test']} of them in both training and test, so the test "
+            "accuracy may count images the model has as good as seen (the data report lists "
+            "them)"
+        )
+    return text
