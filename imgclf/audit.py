@@ -13,7 +13,9 @@ names that differ only in upper/lower case. What it does not find yet: cropped c
 label errors and outliers (issue 28).
 
 Exit status: 0 when nothing was found, 1 when something was (so a script can stop on it), 2
-when the data cannot be read at all (one line on stderr).
+when the data cannot be read at all (one line on stderr). Overrides alone work too
+(`imgclf-audit data.source=digits`); a folder whose name holds `=` is taken as a folder when it
+exists.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
     pool = load_pool(cfg)
     groups = duplicates.exact_groups(pool)
     found = duplicates.resolve(pool, groups, cfg.duplicates, cfg.conflicting_labels)
+    found.pop("left_out")
     nothing = np.array([], dtype=np.int64)  # no split here: groups only
     near = near_duplicates.report(pool, nothing, nothing, groups) if pool.store else None
     usable = ~pool.failed if pool.failed is not None else np.ones(len(pool.labels), bool)
@@ -128,19 +131,24 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `imgclf-audit` (`python -m imgclf.audit`); returns the exit code."""
     args = build_parser().parse_intermixed_args(argv)
     overrides = list(args.overrides)
-    if args.data and "=" in args.data:  # only overrides were given
+    if args.data and "=" in args.data and not Path(args.data).exists():  # an override
         overrides.insert(0, args.data)
         args.data = None
     if args.data:
         kind = "csv" if Path(args.data).suffix.lower() == ".csv" else "folder"
         overrides = [f"data.source={kind}", f"data.path={args.data}", *overrides]
-    elif not args.config:
-        print("error: give a folder, a CSV file or --config RECIPE", file=sys.stderr)
+    elif not args.config and not any(o.startswith("data.") for o in overrides):
+        print(
+            "error: give a folder, a CSV file, --config RECIPE or data.* overrides", file=sys.stderr
+        )
         return 2
     try:
         report = audit(overrides, args.config)
-    except (UserError, OSError) as exc:
+    except (UserError, OSError, MemoryError) as exc:
         print(f"error: {clip(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a file no check foresaw: one line, and not the "found" code
+        print(f"error: {type(exc).__name__}: {clip(exc)}", file=sys.stderr)
         return 2
     if args.format == "json":
         sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

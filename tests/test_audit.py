@@ -52,3 +52,10 @@ def test_audit_never_imports_tensorflow(tmp_path: Path):
     )
     done = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_audit_takes_overrides_alone_and_a_folder_whose_name_holds_an_equals_sign(tmp_path):
+    data = write_folder_dataset(tmp_path / "a=b", per_class=4)
+    assert run_command("imgclf-audit", data).returncode == 0
+    alone = run_command("imgclf-audit", "data.source=folder", f"data.path={data}")
+    assert alone.returncode == 0 and alone.stdout.rstrip().endswith("nothing found")

@@ -308,3 +308,25 @@ def test_zip_names_without_the_utf8_flag_are_read_in_their_real_encoding(tmp_pat
     builder = DatasetBuilder(tmp_path / "ds")
     results = builder.add_zip(unflagged("ねこ/1.png", "cp932"), "cats.zip")
     assert [r.status for r in results] == ["added"] and builder.classes() == {"ねこ": 1}
+
+
+def test_an_upload_the_disk_refuses_is_listed_and_the_app_goes_on(monkeypatch, tmp_path: Path):
+    """A fault other than a bad name (here a file named like the class, so the class folder
+    cannot be made: FileExistsError) was raised from the top of every page, every run, since
+    the upload stayed first in the queue. Now it is refused with the reason and dropped."""
+    from imgclf.ui.pages.builder import LOG, PENDING
+
+    at = _train_page(monkeypatch, tmp_path / "runs", tmp_path / "data")
+    root = tmp_path / "data" / "my-dataset"
+    root.mkdir(parents=True)
+    (root / "cat").write_text("not a folder")
+    item = {"root": str(root), "kind": "files", "source": "1 upload(s)", "cls": "cat",
+            "payload": [("a.png", _png("circle", 0))], "done": 0, "results": []}  # fmt: skip
+    at.session_state[PENDING] = [item]
+    at.run()
+    assert not at.exception
+    ((added),) = at.session_state[LOG]
+    assert added.status == "refused" and added.reason.startswith("not saved (FileExistsError")
+    assert not at.session_state[PENDING]
+    at.sidebar.radio(key="page").set_value("Compare").run()
+    assert not at.exception

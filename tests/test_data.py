@@ -603,3 +603,22 @@ def test_a_class_with_no_training_image_is_refused_even_when_untested_classes_ar
     with pytest.raises(DataError, match=r"'vstripes' have no test image in the source's own "):
         load_data(load_config(None, tiny_overrides(data)))
     assert load_data(load_config(None, allow)).report["counts"]["test"]["vstripes"] == 0
+
+
+def test_the_data_pages_listing_is_confined_to_the_roots_like_training(tmp_path, monkeypatch):
+    from imgclf.data.roots import OUTSIDE, ROOTS_ENV
+    from imgclf.ui import data_info
+
+    allowed = write_folder_dataset(tmp_path / "allowed" / "shapes", per_class=4)
+    secret = write_folder_dataset(tmp_path / "secret", per_class=1)
+    outside = next((secret / "circle").iterdir())
+    rows = ["path,label", f"shapes/circle/{next((allowed / 'circle').iterdir()).name},circle"]
+    rows += [f"{outside},circle", f"../secret/circle/{outside.name},circle", "shapes/x.png,x"]
+    (tmp_path / "allowed" / "list.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.setenv(ROOTS_ENV, str(tmp_path / "allowed"))
+    listing = data_info.list_source(tmp_path / "allowed" / "list.csv")
+    assert sum(map(len, listing.files.values())) == 1
+    assert [s["file"] for s in listing.skipped if s["reason"] == OUTSIDE] == [
+        str(outside),
+        f"../secret/circle/{outside.name}",
+    ]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_folder_dataset
 from streamlit.testing.v1 import AppTest
 
 from imgclf import runs
@@ -294,3 +295,23 @@ def test_served_beyond_this_machine_the_app_reads_only_the_allowed_folders(
     assert exposure.allowed_roots("127.0.0.1") is None and exposure.allowed_roots("0.0.0.0") == [
         Path(os.path.realpath(exposure.data_root()))
     ]  # served widely with no roots named: only the dataset builder's own folder
+
+
+def test_duplicates_are_shown_side_by_side_before_training(monkeypatch, app_runs, tmp_path):
+    """A copy of a photo in another class (a conflict) and another copy in its own class: the
+    page shows both groups with their pictures, and their files in the skipped table."""
+    data = write_folder_dataset(tmp_path / "shapes", per_class=6)
+    shutil.copyfile(data / "circle" / "img_00.png", data / "circle" / "again.png")
+    shutil.copyfile(data / "circle" / "img_02.png", data / "hstripes" / "odd.png")
+    at = _read_folder(_data_page(monkeypatch, app_runs), data)
+    assert "Exact duplicates" in [h.value for h in at.subheader]
+    alts = _image_alts(at)
+    assert {
+        "circle/again.png",
+        "circle/img_00.png",
+        "circle/img_02.png",
+        "hstripes/odd.png",
+    } <= set(alts)
+    skipped = {r["file"]: r["reason"] for r in _table_in(at, "data-skipped").to_dict("records")}
+    assert skipped["circle/img_00.png"] == "an exact copy of circle/again.png"  # listed first
+    assert skipped["hstripes/odd.png"] == "the same image is filed under circle, hstripes"

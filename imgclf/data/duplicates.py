@@ -82,20 +82,23 @@ def group_ids(n: int, groups: list[np.ndarray]) -> np.ndarray:
 def resolve(pool: Pool, groups: list[np.ndarray], duplicates: str, conflicts: str) -> dict:
     """Apply `data.duplicates` and `data.conflicting_labels` to `pool` (the images left out are
     marked in `pool.failed` and listed in `pool.skipped` with the reason, as unreadable files
-    are) and return the report's `duplicates` section."""
+    are) and return the report's `duplicates` section, with `left_out` (int64 pool indices of
+    the images left out) for the caller to pop before the report is written."""
     if pool.failed is None:
         pool.failed = np.zeros(len(pool.labels), dtype=bool)
     name = (lambda i: pool.files[i]) if pool.files is not None else (lambda i: f"image {i}")
-    conflicting, copies, shown = 0, 0, []
+    conflicting, copies, shown, left_out = 0, 0, [], []
     for group in groups:
         classes = sorted({pool.class_names[c] for c in pool.labels[group]})
         if len(classes) > 1:
             conflicting += 1
             if conflicts == "drop":
                 _leave_out(pool, group, name, f"the same image is filed under {', '.join(classes)}")
+                left_out += group.tolist()
         elif duplicates == "drop":
             copies += len(group) - 1
             _leave_out(pool, group[1:], name, f"an exact copy of {name(int(group[0]))}")
+            left_out += group[1:].tolist()
         if len(shown) < SHOWN:
             shown.append({"files": [name(int(i)) for i in group], "classes": classes})
     return {
@@ -106,6 +109,7 @@ def resolve(pool: Pool, groups: list[np.ndarray], duplicates: str, conflicts: st
         "conflicting_groups": conflicting,
         "policy": {"duplicates": duplicates, "conflicting_labels": conflicts},
         "examples": shown,
+        "left_out": np.array(left_out, dtype=np.int64),  # popped by the caller (not JSON)
     }
 
 

@@ -201,7 +201,7 @@ def list_csv(path: Path) -> tuple[list[Entry], list[dict[str, str]], bool, Path]
     return entries, skipped, "split" in columns, root
 
 
-def _confined(
+def confined(
     source: Path, entries: list[Entry], left_out: list[dict[str, str]], root: Path | None = None
 ) -> list[Entry]:
     """`entries` whose files lie in the folders IMGCLF_DATA_ROOTS allows (links resolved); the
@@ -284,9 +284,9 @@ def load_folder(cfg: DataConfig) -> Pool:
         DataError: a missing folder, fewer than 2 classes, or a class without a readable image.
     """
     root = check_root(cfg.path)
-    _confined(root, [], [])  # a folder outside the allowed roots is not even listed
+    confined(root, [], [])  # a folder outside the allowed roots is not even listed
     entries, classes, ignored, pre_split = list_folder(root)
-    entries = _confined(root, entries, ignored)
+    entries = confined(root, entries, ignored)
     if len(classes) < 2:
         layout = f"{root}/train/cats/*.jpg" if pre_split else f"{root}/cats/*.jpg"
         raise DataError(
@@ -308,9 +308,9 @@ def load_csv(cfg: DataConfig) -> Pool:
             without a readable image.
     """
     path = Path(cfg.path or "")
-    _confined(path, [], [])  # a list outside the allowed roots is not even read
+    confined(path, [], [])  # a list outside the allowed roots is not even read
     entries, bad_rows, has_split, root = list_csv(path)
-    entries = _confined(path, entries, bad_rows, root)
+    entries = confined(path, entries, bad_rows, root)
     if len({label for _, label, _ in entries}) < 2:
         raise DataError(
             f"{path}: {len(entries)} usable row(s) with {len({e[1] for e in entries})} label(s); "

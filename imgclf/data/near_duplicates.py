@@ -27,6 +27,8 @@ MAX_DISTANCE = 2  # of 64 bits: benchmarks/audit.py, docs/data.md (recall agains
 METHOD = "perceptual hash (imagehash.phash, 64 bits), at most {} bits apart"
 SHOWN = 20  # groups listed in the data report (the counts cover all)
 CHUNK = 1024  # rows of the pairwise comparison at a time (CHUNK × N uint64s in memory)
+MAX_PAIRS = 5_000_000  # look-alike pairs beyond which the check gives up (see near_groups)
+READ = 256  # decoded images read from the store at a time
 
 
 def phashes(images: Any) -> np.ndarray:
@@ -44,32 +46,40 @@ def phashes(images: Any) -> np.ndarray:
     return out
 
 
-def near_groups(hashes: np.ndarray, max_distance: int | None = None) -> list[np.ndarray]:
+def near_groups(hashes: np.ndarray, max_distance: int | None = None) -> list[np.ndarray] | None:
     """Groups (sorted int64 index arrays, 2 or more each, by first index) of hashes at most
-    `max_distance` bits apart (default MAX_DISTANCE), pairs chained."""
+    `max_distance` bits apart (default MAX_DISTANCE), pairs chained (the connected components
+    of the pairs, `scipy.sparse.csgraph`). None when there are more than MAX_PAIRS such pairs:
+    images that much alike (near-blank pages, one product shot the same way) are beyond what a
+    perceptual hash can tell apart, and their pairs would not fit in memory."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     max_distance = MAX_DISTANCE if max_distance is None else max_distance
     n = len(hashes)
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    rows, cols, pairs = [], [], 0
     for start in range(0, n, CHUNK):
         block = hashes[start : start + CHUNK]
-        distance = _popcount(block[:, None] ^ hashes[None, :])
-        rows, cols = np.nonzero(distance <= max_distance)
-        for a, b in zip(rows + start, cols, strict=True):
-            if a < b:
-                ra, rb = root(int(a)), root(int(b))
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-    members: dict[int, list[int]] = {}
-    for i in range(n):
-        members.setdefault(root(i), []).append(i)
-    return [np.array(m, dtype=np.int64) for _, m in sorted(members.items()) if len(m) > 1]
+        close = _popcount(block[:, None] ^ hashes[None, start:]) <= max_distance
+        r, c = np.nonzero(close)
+        keep = r < c + 0  # the block against itself and the later images: each pair once
+        r, c = r[keep] + start, c[keep] + start
+        different = r != c
+        rows.append(r[different])
+        cols.append(c[different])
+        pairs += int(different.sum())
+        if pairs > MAX_PAIRS:
+            return None
+    if n == 0 or pairs == 0:
+        return []
+    graph = coo_matrix(
+        (np.ones(pairs, dtype=np.int8), (np.concatenate(rows), np.concatenate(cols))), (n, n)
+    )
+    _, label = connected_components(graph, directed=False)
+    order = np.argsort(label, kind="stable")
+    bounds = np.flatnonzero(np.diff(label[order])) + 1
+    groups = [g for g in np.split(order, bounds) if len(g) > 1]
+    return sorted((np.sort(g).astype(np.int64) for g in groups), key=lambda g: int(g[0]))
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -90,11 +100,20 @@ def report(pool: Pool, train: np.ndarray, test: np.ndarray, exact: list[np.ndarr
     usable = np.arange(len(pool.labels))
     if pool.failed is not None:
         usable = usable[~pool.failed]
-    pixels, ok = store.read(pool.store_index[usable])
-    usable = usable[ok]
+    hashes, read = [], []
+    for start in range(0, len(usable), READ):  # a chunk at a time: the disk cache stays on disk
+        chunk = usable[start : start + READ]
+        pixels, ok = store.read(pool.store_index[chunk])
+        hashes.append(phashes(pixels))
+        read.append(chunk[ok])
+    usable = np.concatenate(read) if read else usable[:0]
     same = {int(i): int(g[0]) for g in exact for i in g}  # exact copies count as one image
+    found = near_groups(np.concatenate(hashes) if hashes else np.empty(0, np.uint64))
+    if found is None:
+        why = f"more than {MAX_PAIRS:,} look-alike pairs: too alike for a perceptual hash"
+        return {"method": METHOD.format(MAX_DISTANCE), "skipped": why}
     groups = []
-    for group in near_groups(phashes(pixels)):
+    for group in found:
         members = usable[group]
         if len({same.get(int(i), int(i)) for i in members}) > 1:
             groups.append(members)

@@ -43,9 +43,13 @@ def _split_keeping_copies(pool: Pool, config: Config) -> tuple[list[np.ndarray],
     groups = duplicates.exact_groups(pool)
     found = duplicates.resolve(pool, groups, cfg.duplicates, cfg.conflicting_labels)
     ids = duplicates.group_ids(len(pool.labels), groups)
+    ids[found.pop("left_out")] = -1  # known before the split: they must not take a place in it
     split = _split(pool, cfg, config.seed, ids)
-    if split[3] == "predefined":  # copies the source's own split already put in two parts
-        parts = {"train": split[0], "val": split[1], "test": split[2]}
+    if split[3] == "predefined" and pool.assigned is not None:
+        # Copies the source's own split put in two parts (before any is left out).
+        own = pool.assigned
+        parts = {"train": np.flatnonzero((own == TRAIN) | (own == UNASSIGNED))}
+        parts.update(val=np.flatnonzero(own == VAL), test=np.flatnonzero(own == TEST))
         found["leaked_across_splits"] = duplicates.leaked(groups, parts)
     return groups, found, split
 
@@ -63,18 +67,21 @@ def split_indices(
     keeps at least one training image; a class too small for val/test contributes to train only.
     `groups` (int64 [N], `duplicates.group_ids`): images with the same id land in the same part
     (the group is split as one image, by its first member's label, as scikit-learn's
-    StratifiedGroupKFold keeps groups whole); without duplicates the split is the same as
-    without `groups`.
+    StratifiedGroupKFold keeps groups whole), and images with id -1 (left out: a copy, or a
+    conflicting label) in none; without duplicates the split is the same as without `groups`.
     """
     if groups is not None:
-        # One image per group (its first position) is split; the rest follow it.
-        _, firsts, group_of = np.unique(groups, return_index=True, return_inverse=True)
+        # One image per group (its first position) is split; the rest follow it. Images whose
+        # group is -1 (left out before the split) are in no part.
+        kept = np.flatnonzero(groups >= 0)
+        _, firsts, group_of = np.unique(groups[kept], return_index=True, return_inverse=True)
         order = np.argsort(firsts, kind="stable")  # groups in order of appearance
-        parts = split_indices(labels[firsts[order]], val_fraction, test_fraction, seed)
+        parts = split_indices(labels[kept][firsts[order]], val_fraction, test_fraction, seed)
         part_of = np.empty(len(firsts), dtype=np.int8)
         for code, chosen in enumerate(parts):
             part_of[order[chosen]] = code
-        where = part_of[group_of.reshape(-1)]
+        where = np.full(len(groups), -1, dtype=np.int8)
+        where[kept] = part_of[group_of.reshape(-1)]
         train, val, test = (np.flatnonzero(where == code).astype(np.int64) for code in range(3))
         return train, val, test
     rng = np.random.default_rng(seed)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from imgclf.config import build_config
 from imgclf.data import load_data, load_pool
-from imgclf.data.folder import check_root, list_csv, list_folder
+from imgclf.data.folder import check_root, confined, list_csv, list_folder
 from imgclf.images import ImageError, thumbnail
 from imgclf.ui.charts import CATEGORICAL
 
@@ -59,10 +59,12 @@ def list_source(path: str | Path) -> Listing:
     ignored: list[dict[str, str]] = []
     if kind == "csv":
         entries, skipped, _, root = list_csv(Path(path))
+        entries = confined(Path(path), entries, skipped, root)  # IMGCLF_DATA_ROOTS, as training
         classes = sorted({label for _, label, _ in entries})
     else:
         root = check_root(path)
         entries, classes, ignored, _ = list_folder(root)
+        entries = confined(root, entries, ignored)
     files: dict[str, list[str]] = {name: [] for name in classes}
     for file, label, _ in entries:
         files[label].append(file)

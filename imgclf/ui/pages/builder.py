@@ -116,6 +116,9 @@ def save_pending(slot: Any) -> None:
                     bar.progress(done / total, text=f"{plain(item['source'])}: {done} of {total}")
             except UserError as exc:  # the zip cannot be read, or is too large
                 item["results"].append(Added(item["source"], "refused", reason=str(exc)))
+            except Exception as exc:  # a folder or disk fault: this upload only, never the app
+                reason = f"not saved ({type(exc).__name__}: {exc})"
+                item["results"].append(Added(item["source"], "refused", reason=reason))
             pending.pop(0)
             st.session_state.setdefault(LOG, []).extend(item["results"])
         status.update(label="Saved to the dataset", state="complete")

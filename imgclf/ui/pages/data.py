@@ -16,6 +16,8 @@ import streamlit as st
 
 from imgclf import runs
 from imgclf.config import build_config
+from imgclf.data import near_duplicates
+from imgclf.data.duplicates import describe
 from imgclf.infra.errors import UserError
 from imgclf.schema import AugmentConfig
 from imgclf.training.augment import preview_grid
@@ -27,6 +29,7 @@ from imgclf.ui.text import plain
 SOURCES = ("The selected run", "A folder or CSV (before training)")
 SAMPLES_PER_CLASS = 8
 MAX_SAMPLE_CLASSES = 20  # sample rows shown (a 100-class source would fill many screens)
+MAX_GROUPS = 10  # duplicate groups shown with their pictures
 
 
 @st.cache_data(ttl=300, max_entries=8, show_spinner="Listing the files…")
@@ -102,6 +105,29 @@ def _problems(report: dict[str, Any]) -> None:
         report.get("ignored") or [],
         "never opened (not images, or in a folder that cannot be read)",
     )
+
+
+def _duplicate_groups(report: dict[str, Any], root: Path | None) -> None:
+    """The exact and near duplicates the report found, each group's files side by side (the
+    first MAX_GROUPS groups; data_report.json has the first 20, the counts cover all)."""
+    sections = (
+        ("Exact duplicates", "dup", report.get("duplicates"), describe),
+        ("Near duplicates", "near", report.get("near_duplicates"), near_duplicates.describe),
+    )
+    for title, key, found, line in sections:
+        if not found or not found.get("examples"):
+            continue
+        st.subheader(title)
+        st.caption(line(found, "").strip() + f". Method: {found['method']}.")
+        for i, group in enumerate(found["examples"][:MAX_GROUPS]):
+            with st.container(key=f"data-{key}-{i}"):
+                st.markdown(
+                    f"{plain(' · '.join(group['files']))} ({plain(', '.join(group['classes']))})"
+                )
+                files = tuple(group["files"])
+                pictures = _thumbnails(str(root), files, len(files)) if root else []
+                if pictures:
+                    st.image(pictures, width=96, output_format="PNG", alt=list(files))
 
 
 def _file_sizes(rows: list[dict[str, Any]]) -> None:
@@ -223,6 +249,19 @@ def _run_files(report: dict[str, Any]) -> None:
     _file_samples(listing, report["classes"])
 
 
+def _files_root(report: dict[str, Any]) -> Path | None:
+    """The folder a run's file paths are relative to (a CSV's own folder), if it is still there
+    and this app may read it."""
+    path = report.get("path")
+    if not path or report.get("source") not in data_info.FILE_SOURCES:
+        return None
+    try:
+        root = server_path(str(Path(path).parent if report["source"] == "csv" else path))
+    except UserError:
+        return None
+    return root if root.is_dir() else None
+
+
 def _selected_run(entry: RunEntry) -> None:
     run = runs.Run(entry.path)
     report = run.data_report
@@ -238,6 +277,7 @@ def _selected_run(entry: RunEntry) -> None:
     config = _run_config(run)
     _counts(report)
     _problems(report)
+    _duplicate_groups(report, _files_root(report))
     if report["source"] in data_info.FILE_SOURCES:
         _run_files(report)
     elif config is not None:
@@ -269,6 +309,8 @@ def _before_training() -> None:
     # When training would stop there is no report: the listing's own reasons are shown instead
     # (a CSV whose every row is refused must say why each row was).
     _problems(report if isinstance(report, dict) else vars(listing))
+    if isinstance(report, dict):
+        _duplicate_groups(report, Path(listing.root))
     _file_sizes(rows)
     _file_samples(listing, list(listing.files))
     _augmentation(config, len(listing.files), "path")
