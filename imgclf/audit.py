@@ -9,8 +9,9 @@ It loads the data exactly as training does (`data.load_pool`: the same listing, 
 class names), then reports: images per class, and classes too small for the split; files that
 do not decode or are not images; exact duplicates and the same image under two classes
 (`data.duplicates`); near duplicates of folders and CSV lists (`imgclf.data.near_duplicates`); class
-names that differ only in upper/lower case. What it does not find yet: cropped copies, likely
-label errors and outliers (issue 28).
+names that differ only in upper/lower case; likely label errors (`imgclf.data.label_issues`,
+confident learning on a fast model's out-of-fold probabilities). What it does not find yet:
+cropped copies and outliers (issue 28).
 
 Exit status: 0 when nothing was found, 1 when something was (so a script can stop on it), 2
 when the data cannot be read at all (one line on stderr). Overrides alone work too
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from imgclf.config import load_config
-from imgclf.data import duplicates, near_duplicates
+from imgclf.data import duplicates, label_issues, near_duplicates
 from imgclf.data.split import load_pool, minimum_per_class, similar_names
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.bounded import clip
@@ -48,6 +49,7 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
     found.pop("left_out")
     nothing = np.array([], dtype=np.int64)  # no split here: groups only
     near = near_duplicates.report(pool, nothing, nothing, groups) if pool.store else None
+    suspects = label_issues.report(pool)
     usable = ~pool.failed if pool.failed is not None else np.ones(len(pool.labels), bool)
     counts = np.bincount(pool.labels[usable], minlength=len(pool.class_names))
     need = minimum_per_class(cfg.val_fraction, cfg.test_fraction)
@@ -63,6 +65,7 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
         "ignored": pool.ignored,
         "duplicates": found,
         "near_duplicates": near,
+        "label_issues": suspects,
         "similar_class_names": similar_names(pool.class_names),
     }
 
@@ -78,6 +81,7 @@ def findings(report: dict[str, Any]) -> int:
         + len(report["unreadable"])
         + report["duplicates"]["groups"]
         + ((report["near_duplicates"] or {}).get("groups") or 0)
+        + (report["label_issues"].get("flagged") or 0)
         + len(report["similar_class_names"])
     )
 
@@ -107,6 +111,17 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(near_duplicates.describe(near, "\n").strip())
         for group in near["examples"]:
             lines.append(f"  {' ~ '.join(group['files'])}  ({', '.join(group['classes'])})")
+    suspects = report["label_issues"]
+    if suspects.get("flagged"):
+        lines.append(
+            f"likely label errors: {suspects['flagged']} ({suspects['method']}), most suspect "
+            "first:"
+        )
+        for row in suspects["examples"]:
+            lines.append(
+                f"  {row['file']}: labelled {row['given']}, looks like {row['suggested']} "
+                f"(p(given) {row['p_given']:.3f})"
+            )
     for group in report["similar_class_names"]:
         lines.append(f"classes that differ only in case: {', '.join(group)}")
     n = findings(report)

@@ -59,3 +59,20 @@ def test_audit_takes_overrides_alone_and_a_folder_whose_name_holds_an_equals_sig
     assert run_command("imgclf-audit", data).returncode == 0
     alone = run_command("imgclf-audit", "data.source=folder", f"data.path={data}")
     assert alone.returncode == 0 and alone.stdout.rstrip().endswith("nothing found")
+
+
+def test_planted_label_errors_are_flagged_first(tmp_path: Path):
+    """Three circles filed under vstripes: confident learning on out-of-fold probabilities
+    (imgclf.data.label_issues) flags them, most suspect first, suggesting circle."""
+    data = write_folder_dataset(tmp_path / "data", per_class=20)
+    moved = []
+    for path in sorted((data / "circle").iterdir())[:3]:
+        target = data / "vstripes" / f"wrong-{path.name}"
+        path.rename(target)
+        moved.append(target.relative_to(data).as_posix())
+    report = json.loads(run_command("imgclf-audit", data, "--format", "json").stdout)
+    suspects = report["label_issues"]
+    top = suspects["examples"][: len(moved)]
+    assert {row["file"] for row in top} == set(moved), suspects
+    assert {row["suggested"] for row in top} == {"circle"}
+    assert suspects["flagged"] <= 6  # the 57 others are not called wrong wholesale

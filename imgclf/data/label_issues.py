@@ -1,0 +1,123 @@
+"""Likely label errors: images whose given class disagrees with what the rest of the data says.
+
+Method: confident learning (Northcutt, Jiang & Chuang, "Confident Learning: Estimating
+Uncertainty in Dataset Labels", JAIR 2021), written here from the paper (the reference
+library, cleanlab, is AGPL-3.0 and is not a dependency of imgclf; benchmarks/audit.py compares
+with it when it is installed). From out-of-fold predicted probabilities P [N, K]:
+
+1. each class j's threshold t_j is the mean of P[:, j] over the images labelled j (how sure the
+   model is, on average, of that class's own images);
+2. an image is counted for class j* when P[x, j] >= t_j for some j: j* is the most probable
+   of those classes; the counts by (given label, j*) are the confident joint;
+3. the images whose j* differs from their given label (the off-diagonal of the confident
+   joint) say *how many* labels are likely wrong; that many images are flagged, those whose
+   given label has the lowest out-of-fold probability (self-confidence, the paper's ranking),
+   each with the most probable class as the suggestion. (Flagging the off-diagonal images
+   themselves, the paper's `confident_learning` filter, found fewer flipped labels at lower
+   precision on mnist5k and Fashion-MNIST: benchmarks/audit.py.)
+
+The probabilities come from a fast model fitted k times (`out_of_fold`): scikit-learn's
+logistic regression on each image as 16×16 grey pixels, standardised, 5 folds
+(`cross_val_predict`), so every image is scored by a model that never saw it. Pixels are weak
+features for photos (the paper's results use a network's); the benchmark says what this finds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from imgclf.images import resize_array
+
+SIDE = 16  # the fast model's input: SIDE × SIDE grey pixels
+FOLDS = 5
+
+
+def features(images: Any) -> np.ndarray:
+    """float32 [N, SIDE*SIDE]: each uint8 image [H, W, C] as SIDE×SIDE grey pixels in 0..1."""
+    out = np.empty((len(images), SIDE * SIDE), dtype=np.float32)
+    for i, pixels in enumerate(images):
+        pixels = np.asarray(pixels)
+        grey = pixels.mean(axis=-1) if pixels.ndim == 3 else pixels
+        small = resize_array(grey.astype(np.uint8)[..., None], (SIDE, SIDE))
+        out[i] = small.reshape(-1) / 255.0
+    return out
+
+
+def out_of_fold(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """float [N, K]: each row's class probabilities from a logistic regression fitted on the
+    other folds (scikit-learn `cross_val_predict`, stratified `FOLDS` folds, seeded)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = min(FOLDS, int(np.bincount(labels).min()))
+    # C=0.01: a strongly regularised model fits the noisy labels least (measured on mnist5k and
+    # Fashion-MNIST against C 0.1 and 1, 16 and 28 px; benchmarks/audit.py).
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.01))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return cross_val_predict(model, x, labels, cv=cv, method="predict_proba")
+
+
+def find(labels: np.ndarray, probs: np.ndarray) -> list[tuple[int, int, float]]:
+    """(index, suggested class, out-of-fold probability of the given label) of each likely
+    label error, most suspect first (see the module's docstring). `labels` int [N] in 0..K-1,
+    `probs` float [N, K] (out of fold)."""
+    k = probs.shape[1]
+    thresholds = np.array(
+        [probs[labels == j, j].mean() if np.any(labels == j) else 1.0 for j in range(k)]
+    )
+    above = probs >= thresholds[None, :] - 1e-6
+    confident = np.where(above, probs, -1.0).argmax(axis=1)
+    how_many = int(np.sum(above.any(axis=1) & (confident != labels)))
+    own = probs[np.arange(len(labels)), labels]
+    order = np.argsort(own, kind="stable")[:how_many]
+    return [(int(i), int(probs[i].argmax()), float(own[i])) for i in order]
+
+
+SHOWN = 20  # flagged images listed in the report (the count covers all)
+METHOD = "confident learning (Northcutt et al. 2021) on 5-fold logistic regression of 16×16 pixels"
+
+
+def _pixels(pool: Any) -> tuple[np.ndarray, Any] | None:
+    """(usable pool indices, their uint8 images) of a built-in set or a cached file source,
+    read from the store a chunk at a time; None when the pixels are not kept (cache none)."""
+    usable = np.arange(len(pool.labels))
+    if pool.failed is not None:
+        usable = usable[~pool.failed]
+    if pool.images is not None:
+        return usable, pool.images[usable]
+    if pool.store is None or pool.store.mode not in ("memory", "disk"):
+        return None
+    kept, pixels = [], []
+    for start in range(0, len(usable), 256):
+        chunk = usable[start : start + 256]
+        images, ok = pool.store.read(pool.store_index[chunk])
+        kept.append(chunk[ok])
+        pixels.extend(images)
+    return (np.concatenate(kept) if kept else usable[:0]), pixels
+
+
+def report(pool: Any) -> dict[str, Any]:
+    """The audit's `label_issues`: how many usable images look mislabelled and the SHOWN most
+    suspect, for a pool whose pixels are at hand (a built-in set, or a cached file source); or
+    why it was skipped."""
+    found_pixels = _pixels(pool)
+    if found_pixels is None:
+        return {"method": METHOD, "skipped": "data.cache none (no decoded pixels kept)"}
+    usable, pixels = found_pixels
+    labels = pool.labels[usable]
+    counts = np.bincount(labels, minlength=len(pool.class_names))
+    if len(usable) < 20 or np.count_nonzero(counts) < 2 or counts[counts > 0].min() < 2:
+        return {"method": METHOD, "skipped": "too few images per class for 2 folds"}
+    probs = out_of_fold(features(pixels), labels)
+    found = find(labels, probs)
+    name = (lambda i: pool.files[i]) if pool.files is not None else (lambda i: f"image {i}")
+    examples = [
+        {"file": name(int(usable[i])), "given": pool.class_names[labels[i]],
+         "suggested": pool.class_names[j], "p_given": round(p, 4)}
+        for i, j, p in found[:SHOWN]
+    ]  # fmt: skip
+    return {"method": METHOD, "flagged": len(found), "examples": examples}
