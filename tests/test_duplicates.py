@@ -144,3 +144,17 @@ def test_look_alike_floods_are_given_up_with_the_reason(monkeypatch):
     assert near_duplicates.near_groups(hashes) is None
     distinct = np.array([0, 0b111, 0b111000, 0b111000000], dtype=np.uint64)  # 3+ bits apart
     assert near_duplicates.near_groups(distinct) == []
+
+
+def test_a_class_emptied_by_conflicts_says_where_its_images_went(tmp_path: Path):
+    import pytest
+
+    from imgclf.infra.errors import DataError
+
+    data = write_folder_dataset(tmp_path / "data", per_class=6)
+    (data / "again").mkdir()
+    for path in sorted((data / "circle").iterdir())[:3]:  # the same 3 photos in a 4th class
+        shutil.copyfile(path, data / "again" / path.name)
+    with pytest.raises(DataError, match=r"'again' have no training image .*3 of its images "
+                       r"were left out.*data.conflicting_labels=keep"):  # fmt: skip
+        load_data(load_config(None, tiny_overrides(data)))

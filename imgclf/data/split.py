@@ -189,10 +189,26 @@ def _check_every_class_tested(
                 )
             )
             raise DataError(
-                f"class(es) {named} have no {part} image{_where(part, own_parts)}: add "
-                f"{part} images of it, or leave it out with data.classes{switch}"
+                f"class(es) {named} have no {part} image{_where(part, own_parts)}"
+                f"{_left_out(pool, missing)}: add {part} images of it, or leave it out with "
+                f"data.classes{switch}"
             )
         _too_small(pool, cfg, missing)
+
+
+def _left_out(pool: Pool, classes: list[int]) -> str:
+    """How many images of `classes` were left out before the split (unreadable, exact copies,
+    conflicting labels), so the message says where a class's images went."""
+    if pool.failed is None:
+        return ""
+    n = int(np.isin(pool.labels[pool.failed], classes).sum())
+    if not n:
+        return ""
+    return (
+        f" ({n} of its images were left out: unreadable, exact copies or conflicting labels; "
+        "the data report's skipped files say which, and data.conflicting_labels=keep keeps "
+        "images filed under two classes)"
+    )
 
 
 def _where(part: str, own_parts: frozenset[str]) -> str:
