@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from imgclf.data.pool import has_pixels, pixel_chunks
 from imgclf.images import resize_array
 
 SIDE = 16  # the fast model's input: SIDE × SIDE grey pixels
@@ -81,38 +82,22 @@ SHOWN = 20  # flagged images listed in the report (the count covers all)
 METHOD = "confident learning (Northcutt et al. 2021) on 5-fold logistic regression of 16×16 pixels"
 
 
-def _pixels(pool: Any) -> tuple[np.ndarray, Any] | None:
-    """(usable pool indices, their uint8 images) of a built-in set or a cached file source,
-    read from the store a chunk at a time; None when the pixels are not kept (cache none)."""
-    usable = np.arange(len(pool.labels))
-    if pool.failed is not None:
-        usable = usable[~pool.failed]
-    if pool.images is not None:
-        return usable, pool.images[usable]
-    if pool.store is None or pool.store.mode not in ("memory", "disk"):
-        return None
-    kept, pixels = [], []
-    for start in range(0, len(usable), 256):
-        chunk = usable[start : start + 256]
-        images, ok = pool.store.read(pool.store_index[chunk])
-        kept.append(chunk[ok])
-        pixels.extend(images)
-    return (np.concatenate(kept) if kept else usable[:0]), pixels
-
-
 def report(pool: Any) -> dict[str, Any]:
     """The audit's `label_issues`: how many usable images look mislabelled and the SHOWN most
     suspect, for a pool whose pixels are at hand (a built-in set, or a cached file source); or
     why it was skipped."""
-    found_pixels = _pixels(pool)
-    if found_pixels is None:
+    if not has_pixels(pool):
         return {"method": METHOD, "skipped": "data.cache none (no decoded pixels kept)"}
-    usable, pixels = found_pixels
+    read, rows = [], []
+    for chunk, pixels in pixel_chunks(pool):  # only the 16×16 features are kept
+        read.append(chunk)
+        rows.append(features(pixels))
+    usable = np.concatenate(read) if read else np.empty(0, np.int64)
     labels = pool.labels[usable]
     counts = np.bincount(labels, minlength=len(pool.class_names))
     if len(usable) < 20 or np.count_nonzero(counts) < 2 or counts[counts > 0].min() < 2:
         return {"method": METHOD, "skipped": "too few images per class for 2 folds"}
-    probs = out_of_fold(features(pixels), labels)
+    probs = out_of_fold(np.concatenate(rows), labels)
     found = find(labels, probs)
     name = (lambda i: pool.files[i]) if pool.files is not None else (lambda i: f"image {i}")
     examples = [

@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.data.pool import Pool
+from imgclf.data.pool import Pool, pixel_chunks
 
 MAX_DISTANCE = 2  # of 64 bits: benchmarks/audit.py, docs/data.md (recall against false groups)
 METHOD = "perceptual hash (imagehash.phash, 64 bits), at most {} bits apart"
 SHOWN = 20  # groups listed in the data report (the counts cover all)
 CHUNK = 1024  # rows of the pairwise comparison at a time (CHUNK × N uint64s in memory)
 MAX_PAIRS = 5_000_000  # look-alike pairs beyond which the check gives up (see near_groups)
-READ = 256  # decoded images read from the store at a time
 
 
 def phashes(images: Any) -> np.ndarray:
@@ -97,16 +96,11 @@ def report(pool: Pool, train: np.ndarray, test: np.ndarray, exact: list[np.ndarr
     if store is None or store.mode not in ("memory", "disk"):
         why = "built-in dataset" if store is None else "data.cache none (no decoded pixels kept)"
         return {"method": METHOD.format(MAX_DISTANCE), "skipped": why}
-    usable = np.arange(len(pool.labels))
-    if pool.failed is not None:
-        usable = usable[~pool.failed]
-    hashes, read = [], []
-    for start in range(0, len(usable), READ):  # a chunk at a time: the disk cache stays on disk
-        chunk = usable[start : start + READ]
-        pixels, ok = store.read(pool.store_index[chunk])
+    read, hashes = [], []
+    for chunk, pixels in pixel_chunks(pool):  # a chunk at a time: the disk cache stays on disk
+        read.append(chunk)
         hashes.append(phashes(pixels))
-        read.append(chunk[ok])
-    usable = np.concatenate(read) if read else usable[:0]
+    usable = np.concatenate(read) if read else np.empty(0, np.int64)
     same = {int(i): int(g[0]) for g in exact for i in g}  # exact copies count as one image
     found = near_groups(np.concatenate(hashes) if hashes else np.empty(0, np.uint64))
     if found is None:

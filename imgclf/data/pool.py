@@ -124,6 +124,32 @@ def conform(images: np.ndarray, size: tuple[int, int], channels: int) -> np.ndar
     return np.ascontiguousarray(images, dtype=np.uint8)
 
 
+def pixel_chunks(pool: Pool, size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(pool indices, uint8 images [k, H, W, C]) of the usable images (not `failed`), `size` at
+    a time, for checks that look at every image (`near_duplicates`, `label_issues`): from memory
+    for a built-in set, else from the file store (its decoded cache), so a disk cache stays on
+    disk. Images the store cannot read are left out of the indices too. Nothing for a file
+    source whose pixels are not kept (`data.cache: none`): check `has_pixels` first."""
+    usable = np.arange(len(pool.labels))
+    if pool.failed is not None:
+        usable = usable[~pool.failed]
+    for start in range(0, len(usable), size):
+        chunk = usable[start : start + size]
+        if pool.images is not None:
+            yield chunk, pool.images[chunk]
+        elif has_pixels(pool):
+            images, ok = pool.store.read(pool.store_index[chunk])
+            yield chunk[ok], images
+
+
+def has_pixels(pool: Pool) -> bool:
+    """Whether every image's pixels are at hand without decoding: a built-in set, or a file
+    source with a memory or disk cache."""
+    if pool.images is not None:
+        return True
+    return pool.store is not None and pool.store.mode in ("memory", "disk")
+
+
 def class_name(name: str) -> str:
     """A class name as imgclf keeps it: Unicode NFC. A Mac writes `café` decomposed (NFD: `e`
     and a combining accent), Linux and Windows composed; the two look the same in every table

@@ -76,25 +76,25 @@ def split_indices(
         kept = np.flatnonzero(groups >= 0)
         _, firsts, group_of = np.unique(groups[kept], return_index=True, return_inverse=True)
         order = np.argsort(firsts, kind="stable")  # groups in order of appearance
-        parts = split_indices(labels[kept][firsts[order]], val_fraction, test_fraction, seed)
+        split = split_indices(labels[kept][firsts[order]], val_fraction, test_fraction, seed)
         part_of = np.empty(len(firsts), dtype=np.int8)
-        for code, chosen in enumerate(parts):
+        for code, chosen in enumerate(split):
             part_of[order[chosen]] = code
         where = np.full(len(groups), -1, dtype=np.int8)
         where[kept] = part_of[group_of.reshape(-1)]
         train, val, test = (np.flatnonzero(where == code).astype(np.int64) for code in range(3))
         return train, val, test
     rng = np.random.default_rng(seed)
-    parts_: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
         n = len(idx)
         n_test = min(round(n * test_fraction), n - 1)
         n_val = min(round(n * val_fraction), n - 1 - n_test)
-        parts_[2].append(idx[:n_test])
-        parts_[1].append(idx[n_test : n_test + n_val])
-        parts_[0].append(idx[n_test + n_val :])
-    train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts_)
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test : n_test + n_val])
+        parts[0].append(idx[n_test + n_val :])
+    train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
     return train, val, test
 
 
