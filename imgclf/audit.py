@@ -10,8 +10,9 @@ class names), then reports: images per class, and classes too small for the spli
 do not decode or are not images; exact duplicates and the same image under two classes
 (`data.duplicates`); near duplicates of folders and CSV lists (`imgclf.data.near_duplicates`); class
 names that differ only in upper/lower case; likely label errors (`imgclf.data.label_issues`,
-confident learning on a fast model's out-of-fold probabilities). What it does not find yet:
-cropped copies and outliers (issue 28).
+confident learning on a fast model's out-of-fold probabilities); outliers and near-blank
+images (`imgclf.data.outliers`). Findings the app's review kept (`imgclf.data.review`) are not
+reported again. What it does not find: cropped copies (a perceptual hash misses them).
 
 Exit status: 0 when nothing was found, 1 when something was (so a script can stop on it), 2
 when the data cannot be read at all (one line on stderr). Overrides alone work too
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from imgclf.config import load_config
-from imgclf.data import duplicates, label_issues, near_duplicates
+from imgclf.data import duplicates, near_duplicates, review, suspects
 from imgclf.data.split import load_pool, minimum_per_class, similar_names
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.bounded import clip
@@ -48,8 +49,9 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
     found = duplicates.resolve(pool, groups, cfg.duplicates, cfg.conflicting_labels)
     found.pop("left_out")
     nothing = np.array([], dtype=np.int64)  # no split here: groups only
-    near = near_duplicates.report(pool, nothing, nothing, groups) if pool.store else None
-    suspects = label_issues.report(pool)
+    kept = review.kept_in(cfg.path if cfg.source == "folder" else None)
+    near = near_duplicates.report(pool, nothing, nothing, groups, kept) if pool.store else None
+    per_image = suspects.check(pool, kept=kept, seed=config.seed)
     usable = ~pool.failed if pool.failed is not None else np.ones(len(pool.labels), bool)
     counts = np.bincount(pool.labels[usable], minlength=len(pool.class_names))
     need = minimum_per_class(cfg.val_fraction, cfg.test_fraction)
@@ -65,7 +67,7 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
         "ignored": pool.ignored,
         "duplicates": found,
         "near_duplicates": near,
-        "label_issues": suspects,
+        **per_image,
         "similar_class_names": similar_names(pool.class_names),
     }
 
@@ -82,6 +84,7 @@ def findings(report: dict[str, Any]) -> int:
         + report["duplicates"]["groups"]
         + ((report["near_duplicates"] or {}).get("groups") or 0)
         + (report["label_issues"].get("flagged") or 0)
+        + (report["outliers"].get("flagged") or 0)
         + len(report["similar_class_names"])
     )
 
@@ -111,17 +114,21 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(near_duplicates.describe(near, "\n").strip())
         for group in near["examples"]:
             lines.append(f"  {' ~ '.join(group['files'])}  ({', '.join(group['classes'])})")
-    suspects = report["label_issues"]
-    if suspects.get("flagged"):
+    issues = report["label_issues"]
+    if issues.get("flagged"):
         lines.append(
-            f"likely label errors: {suspects['flagged']} ({suspects['method']}), most suspect "
-            "first:"
+            f"likely label errors: {issues['flagged']} ({issues['method']}), most suspect first:"
         )
-        for row in suspects["examples"]:
+        for row in issues["examples"]:
             lines.append(
                 f"  {row['file']}: labelled {row['given']}, looks like {row['suggested']} "
                 f"(p(given) {row['p_given']:.3f})"
             )
+    odd = report["outliers"]
+    if odd.get("flagged"):
+        lines.append(f"outliers: {odd['flagged']} ({odd['method']}), most unusual first:")
+        for row in odd["examples"]:
+            lines.append(f"  {row['file']} ({row['class']}): {row['why']}")
     for group in report["similar_class_names"]:
         lines.append(f"classes that differ only in case: {', '.join(group)}")
     n = findings(report)

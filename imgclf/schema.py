@@ -84,6 +84,9 @@ class DataConfig(_Section):
     # trains on none of its copies until you decide, keep trains each under its own label.
     duplicates: Literal["drop", "keep"] = "drop"
     conflicting_labels: Literal["drop", "keep"] = "drop"
+    # Check the training images for likely label errors and outliers before fitting
+    # (imgclf.data.suspects: reported in data_report.json, never acted on).
+    audit: bool = True
 
     @field_validator("classes", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ look-alike digits would flood the report).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -88,10 +89,17 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return table[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1)
 
 
-def report(pool: Pool, train: np.ndarray, test: np.ndarray, exact: list[np.ndarray]) -> dict:
+def report(
+    pool: Pool,
+    train: np.ndarray,
+    test: np.ndarray,
+    exact: list[np.ndarray],
+    kept: Callable[[str, str], bool] | None = None,
+) -> dict:
     """The data report's `near_duplicates`: the groups among the usable images of a cached file
     source that are not exact copies, and how many of them the split put in both training
-    and test; or why the check was skipped."""
+    and test; or why the check was skipped. A group whose every file the review keeps
+    (`kept("near_duplicates", file)`, `data.review.kept_in`) is left out."""
     store = pool.store
     if store is None or store.mode not in ("memory", "disk"):
         why = "built-in dataset" if store is None else "data.cache none (no decoded pixels kept)"
@@ -109,7 +117,9 @@ def report(pool: Pool, train: np.ndarray, test: np.ndarray, exact: list[np.ndarr
     groups = []
     for group in found:
         members = usable[group]
-        if len({same.get(int(i), int(i)) for i in members}) > 1:
+        if len({same.get(int(i), int(i)) for i in members}) > 1 and not (
+            kept and pool.files and all(kept("near_duplicates", pool.files[i]) for i in members)
+        ):
             groups.append(members)
     where = np.full(len(pool.labels), -1)
     where[train], where[test] = 0, 2

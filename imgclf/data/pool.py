@@ -124,15 +124,18 @@ def conform(images: np.ndarray, size: tuple[int, int], channels: int) -> np.ndar
     return np.ascontiguousarray(images, dtype=np.uint8)
 
 
-def pixel_chunks(pool: Pool, size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(pool indices, uint8 images [k, H, W, C]) of the usable images (not `failed`), `size` at
-    a time, for checks that look at every image (`near_duplicates`, `label_issues`): from memory
-    for a built-in set, else from the file store (its decoded cache), so a disk cache stays on
-    disk. Images the store cannot read are left out of the indices too. Nothing for a file
-    source whose pixels are not kept (`data.cache: none`): check `has_pixels` first."""
-    usable = np.arange(len(pool.labels))
+def pixel_chunks(
+    pool: Pool, size: int = 256, indices: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(pool indices, uint8 images [k, H, W, C]) of the usable images (not `failed`; of
+    `indices` only, when given), `size` at a time, for checks that look at every image
+    (`near_duplicates`, `label_issues`): from memory for a built-in set, else from the file
+    store (its decoded cache), so a disk cache stays on disk. Images the store cannot read are
+    left out of the indices too. Nothing for a file source whose pixels are not kept
+    (`data.cache: none`): check `has_pixels` first."""
+    usable = np.arange(len(pool.labels)) if indices is None else np.asarray(indices, np.int64)
     if pool.failed is not None:
-        usable = usable[~pool.failed]
+        usable = usable[~pool.failed[usable]]
     for start in range(0, len(usable), size):
         chunk = usable[start : start + size]
         if pool.images is not None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgclf.data import builtin, duplicates, near_duplicates
+from imgclf.data import builtin, duplicates, near_duplicates, review, suspects
 from imgclf.data.folder import load_csv, load_folder
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, Split, Splits, conform
 from imgclf.data.store import FileStore, ImageView
@@ -322,8 +322,10 @@ def load_data(config: Config) -> Splits:
     # same whether the decoded cache found them up front or reading finds them later.
     train_idx, val_idx, test_idx = (_readable(pool, i) for i in (train_idx, val_idx, test_idx))
     _check_not_empty(pool, val_idx, test_idx)
-    near = near_duplicates.report(pool, train_idx, test_idx, groups) if pool.store else None
     _check_every_class_tested(pool, cfg, train_idx, val_idx, test_idx, _own_parts(pool, how))
+    kept = review.kept_in(cfg.path if cfg.source == "folder" else None)
+    near = near_duplicates.report(pool, train_idx, test_idx, groups, kept) if pool.store else None
+    per_image = suspects.check(pool, train_idx, kept, config.seed) if cfg.audit else {}
     splits = {"train": _take(pool, train_idx, cfg), "val": _take(pool, val_idx, cfg)}
     splits["test"] = _take(pool, test_idx, cfg)
     report: dict[str, Any] = {
@@ -338,6 +340,7 @@ def load_data(config: Config) -> Splits:
         "counts": {name: _counts(split.y, pool.class_names) for name, split in splits.items()},
         "skipped": pool.skipped,
         "ignored": pool.ignored,
+        **per_image,
     }
     if pool.store is not None:
         report["cache"] = _cache_report(pool.store)

@@ -1,0 +1,51 @@
+"""The audit's checks of single images, on one pass over the pixels: likely label errors
+(`label_issues`) and outliers (`outliers`), both on the same small grey copies.
+
+`imgclf-train` runs them on the training split before fitting (its data report, the terminal,
+the model card, the app's Data page) and `imgclf-audit` on every usable image. At most
+MAX_IMAGES images are checked (a seeded random sample beyond that): the
+fast models' five fits grow with the images (docs/data.md has the time at 10,000).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from imgclf.data import label_issues, outliers
+from imgclf.data.pool import Pool, has_pixels, pixel_chunks
+
+MAX_IMAGES = 10_000
+
+
+def check(
+    pool: Pool,
+    indices: np.ndarray | None = None,
+    kept: Callable[[str, str], bool] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """{"label_issues": ..., "outliers": ...} for the usable pool images among `indices` (every
+    image when None). `kept(kind, file)` is true for a file the review keeps for that kind
+    (`data.review`): it is left out of that kind's findings."""
+    if not has_pixels(pool):
+        why = {"skipped": "data.cache none (no decoded pixels kept)"}
+        return {"label_issues": {"method": label_issues.METHOD, **why},
+                "outliers": {"method": outliers.METHOD, **why}}  # fmt: skip
+    if indices is None:
+        indices = np.arange(len(pool.labels))
+    if len(indices) > MAX_IMAGES:
+        rng = np.random.default_rng(seed)
+        indices = np.sort(rng.choice(indices, MAX_IMAGES, replace=False))
+    read, rows = [], []
+    for chunk, pixels in pixel_chunks(pool, indices=indices):  # only the small copies are kept
+        read.append(chunk)
+        rows.append(label_issues.features(pixels))
+    usable = np.concatenate(read) if read else np.empty(0, np.int64)
+    x = np.concatenate(rows) if rows else np.empty((0, label_issues.SIDE**2), np.float32)
+    by_kind = (lambda kind: lambda file: kept(kind, file)) if kept else (lambda kind: None)
+    return {
+        "label_issues": label_issues.report(pool, usable, x, by_kind("label_issues")),
+        "outliers": outliers.report(pool, usable, x, by_kind("outliers")),
+    }
