@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_command, write_folder_dataset
-from PIL import Image
 
 from imgclf.config import load_config
 from imgclf.data import review, suspects
