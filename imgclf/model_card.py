@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf import runs
-from imgclf.data import near_duplicates
+from imgclf.data import near_duplicates, suspects
 from imgclf.data.duplicates import describe
 from imgclf.training.progress import duration
 
@@ -206,6 +206,7 @@ def _subset_lines(config: Config, report: dict[str, Any]) -> str:
     the whole source, with no duplicates)."""
     subset = describe(report.get("duplicates"), "\n- ")
     subset += near_duplicates.describe(report.get("near_duplicates"), "\n- ")
+    subset += suspects.describe(report, "\n- ")
     if config.data.classes:
         subset += f"\n- Classes kept from the source: {', '.join(config.data.classes)}"
     if config.data.max_per_class:

@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import write_folder_dataset
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from imgclf import runs
@@ -315,3 +317,50 @@ def test_duplicates_are_shown_side_by_side_before_training(monkeypatch, app_runs
     skipped = {r["file"]: r["reason"] for r in _table_in(at, "data-skipped").to_dict("records")}
     assert skipped["circle/img_00.png"] == "an exact copy of circle/again.png"  # listed first
     assert skipped["hstripes/odd.png"] == "the same image is filed under circle, hstripes"
+
+
+def test_the_review_relabels_removes_keeps_and_undoes_on_a_folder(monkeypatch, tmp_path: Path):
+    """The Review section on a folder: the audit lists planted wrong labels and a blank frame;
+    Relabel moves a file to the suggested class, Remove to the quarantine, Keep hides a finding
+    from the next audit, Undo puts a file back byte for byte; nothing is deleted."""
+    from imgclf.data import review
+
+    data = write_folder_dataset(tmp_path / "data", per_class=20)
+    wrong = []
+    for path in sorted((data / "circle").iterdir())[:3]:
+        path.rename(data / "vstripes" / f"wrong-{path.name}")
+        wrong.append(f"vstripes/wrong-{path.name}")
+    Image.fromarray(np.full((32, 32, 3), 9, np.uint8)).save(data / "hstripes" / "blank.png")
+    before = sorted(p.read_bytes() for p in data.rglob("*") if p.is_file())
+
+    at = _read_folder(_data_page(monkeypatch, tmp_path / "runs"), data)
+    at.button(key="review-audit").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    texts = [m.value for m in at.markdown]
+    assert any("labelled vstripes, looks like circle" in t for t in texts), texts
+    assert any("hstripes/blank.png: near-constant" in t for t in texts), texts
+
+    # Relabel a planted file to the suggested class (the default choice).
+    listed = [r["file"] for r in at.session_state["_review_report"][1]["label_issues"]["examples"]]
+    n = min(listed.index(w) for w in wrong)
+    at.button(key=f"review-label_issues-{n}-relabel-0").click().run()
+    first = review.Review(data).actions[-1]
+    assert (first["action"], first["to"].split("/")[0]) == ("relabel", "circle")
+    assert first["file"] in wrong and (data / first["to"]).is_file()
+    # Undo: back where it was.
+    at.button(key="review-undo").click().run()
+    assert (data / first["file"]).is_file() and not (data / first["to"]).exists()
+    # Remove the blank frame (near-constant images come first): into the quarantine.
+    at.button(key="review-outliers-0-remove-0").click().run()
+    removed = review.Review(data).actions[-1]
+    assert (removed["action"], removed["file"]) == ("remove", "hstripes/blank.png")
+    assert (data / review.QUARANTINE / "hstripes/blank.png").is_file()
+    # Keep a likely label error: the next audit no longer lists it.
+    at.button(key=f"review-label_issues-{n}-keep").click().run()
+    kept = review.Review(data).actions[-1]
+    assert kept["action"] == "keep" and kept["finding"] == "label_issues"
+    at.button(key="review-audit").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any(kept["file"] in m.value for m in at.markdown)
+    assert sorted(p.read_bytes() for p in data.rglob("*") if p.is_file()
+                  and p.name != review.LOG) == before  # fmt: skip

@@ -49,3 +49,22 @@ def check(
         "label_issues": label_issues.report(pool, usable, x, by_kind("label_issues")),
         "outliers": outliers.report(pool, usable, x, by_kind("outliers")),
     }
+
+
+def describe(report: dict[str, Any], prefix: str) -> str:
+    """What the per-image checks found in a data report (its `label_issues` and `outliers`),
+    as lines each starting with `prefix`; "" when they found nothing or did not run (the model
+    card and the run's start-up lines)."""
+    text = ""
+    issues = report.get("label_issues") or {}
+    if issues.get("flagged"):
+        text += (
+            f"{prefix}Likely label errors: {issues['flagged']} training image(s) whose label "
+            "disagrees with what the rest of the data says (not acted on: see the Data page's "
+            "review or imgclf-audit)"
+        )
+    odd = report.get("outliers") or {}
+    if odd.get("flagged"):
+        blank = f", {odd['near_constant']} of them near-blank" if odd.get("near_constant") else ""
+        text += f"{prefix}Outliers: {odd['flagged']} training image(s) unlike their class{blank}"
+    return text

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgclf import runs
 from imgclf.config import Config, dump_config
-from imgclf.data import load_data, near_duplicates
+from imgclf.data import load_data, near_duplicates, suspects
 from imgclf.data.duplicates import describe
 from imgclf.data.folder import check_root
 from imgclf.infra import faults
@@ -171,6 +171,7 @@ def announce(p: Prepared) -> str:
         lines.append(cache_line(cache))
     found = describe(p.splits.report.get("duplicates"), "\ndata: ")
     found += near_duplicates.describe(p.splits.report.get("near_duplicates"), "\ndata: ")
+    found += suspects.describe(p.splits.report, "\ndata: ")
     if found:
         lines.append(found.lstrip("\n"))
     for group in p.splits.report.get("similar_class_names", []):

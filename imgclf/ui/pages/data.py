@@ -16,7 +16,7 @@ import streamlit as st
 
 from imgclf import runs
 from imgclf.config import build_config
-from imgclf.data import near_duplicates
+from imgclf.data import near_duplicates, suspects
 from imgclf.data.duplicates import describe
 from imgclf.infra.errors import UserError
 from imgclf.schema import AugmentConfig
@@ -24,6 +24,7 @@ from imgclf.training.augment import preview_grid
 from imgclf.ui import data_info
 from imgclf.ui.catalog import RunEntry
 from imgclf.ui.exposure import server_path
+from imgclf.ui.pages import review as review_view
 from imgclf.ui.text import plain
 
 SOURCES = ("The selected run", "A folder or CSV (before training)")
@@ -128,6 +129,21 @@ def _duplicate_groups(report: dict[str, Any], root: Path | None) -> None:
                 pictures = _thumbnails(str(root), files, len(files)) if root else []
                 if pictures:
                     st.image(pictures, width=96, output_format="PNG", alt=list(files))
+
+
+def _suspects(report: dict[str, Any]) -> None:
+    """The training split's likely label errors and outliers (data_report.json), as tables."""
+    line = suspects.describe(report, "\n").strip()
+    if not line:
+        return
+    st.subheader("Likely label errors and outliers (training split)")
+    st.caption(plain(line.replace("\n", "; ")))
+    for key, title in (("label_issues", "Likely label errors"), ("outliers", "Outliers")):
+        rows = (report.get(key) or {}).get("examples")
+        if rows:
+            with st.container(key=f"data-{key}"):
+                st.markdown(f"**{title}** ({report[key]['method']})")
+                st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 
 def _file_sizes(rows: list[dict[str, Any]]) -> None:
@@ -278,6 +294,9 @@ def _selected_run(entry: RunEntry) -> None:
     _counts(report)
     _problems(report)
     _duplicate_groups(report, _files_root(report))
+    _suspects(report)
+    if report["source"] == "folder" and _files_root(report):
+        review_view.render(_files_root(report))
     if report["source"] in data_info.FILE_SOURCES:
         _run_files(report)
     elif config is not None:
@@ -311,6 +330,8 @@ def _before_training() -> None:
     _problems(report if isinstance(report, dict) else vars(listing))
     if isinstance(report, dict):
         _duplicate_groups(report, Path(listing.root))
+    if listing.kind == "folder":
+        review_view.render(Path(listing.root))
     _file_sizes(rows)
     _file_samples(listing, list(listing.files))
     _augmentation(config, len(listing.files), "path")
