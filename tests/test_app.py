@@ -570,3 +570,29 @@ def test_the_learning_rate_chart_shows_a_fine_tune_rate_and_marks_the_phase():
     assert rules and "fine_tune starts" in json.dumps(spec["datasets"])
     flat = [runs.HistoryRow(e, "train", 1.0, 0.5, 1.0, 0.5, 1e-3 * e, 1.0) for e in (1, 2)]
     assert charts.learning_rate_scale([r.learning_rate for r in flat]).type == "linear"
+
+
+def test_an_unsure_image_is_added_to_a_builder_dataset_from_classify(
+    monkeypatch, app_runs: Path, tmp_path: Path
+):
+    """Classify → dataset: under an image the model is unsure of (every image, with the bar
+    raised), "Add to a dataset" saves the upload's bytes in a builder dataset under the class
+    typed, and a second add of the same bytes is a duplicate."""
+    from imgclf.data.roots import DATA_ENV
+    from imgclf.ui.pages import classify
+
+    monkeypatch.setattr(classify, "LOW_CONFIDENCE", 1.01)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "datasets"))
+    at = _app(monkeypatch, app_runs)
+    run = Path(at.sidebar.selectbox(key="run").value)
+    photo = _png(run)
+    at.file_uploader[0].set_value([("unsure.png", photo, "image/png")]).run()
+    at.text_input(key="grow-0-dataset").set_value("grown").run()
+    at.text_input(key="grow-0-class").set_value("new kind").run()
+    at.button(key="grow-0-add").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (saved,) = (tmp_path / "datasets" / "grown" / "new_kind").iterdir()
+    assert saved.read_bytes() == photo
+    assert any(f"Added as new\\_kind/{saved.name}" in s.value for s in at.success)
+    at.button(key="grow-0-add").click().run()
+    assert any("Already in the dataset" in i.value for i in at.info)

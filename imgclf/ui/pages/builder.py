@@ -217,3 +217,26 @@ def render(base: Any) -> None:
         _log()
         if classes:
             _counts(builder, builder.classes(), base)
+
+
+def add_from_classify(where: Any, key: str, name: str, data: bytes, label: str) -> None:
+    """On the Classify page, under an image the model was unsure of or found unfamiliar: add
+    it to a builder dataset under a class the user picks or types (the predicted `label` is
+    only the starting text), so the dataset grows where the model is weakest."""
+    with where.expander("Add to a dataset"):
+        dataset = st.text_input("Dataset", st.session_state.get("builder_name", "my-dataset"),
+                                key=f"{key}-dataset")  # fmt: skip
+        cls = st.text_input("Class (existing or new)", label, key=f"{key}-class")
+        if not st.button("Add", key=f"{key}-add"):
+            return
+        try:
+            added = _builder(dataset).add(cls, name, data)
+        except UserError as exc:
+            st.error(plain(exc))
+            return
+        if added.status == "refused":
+            st.error(f"{plain(name)}: {plain(added.reason)}")
+        elif added.status == "duplicate":
+            st.info(f"Already in the dataset as {plain(added.path)}.")
+        else:
+            st.success(f"Added as {plain(added.path)} in {plain(_builder(dataset).root)}.")

@@ -26,6 +26,7 @@ from imgclf.infra.errors import UserError
 from imgclf.predict.predictor import Classified, classify_named
 from imgclf.ui import charts
 from imgclf.ui.catalog import RunEntry
+from imgclf.ui.pages import builder as builder_view
 from imgclf.ui.state import predictor_for, uploads
 
 LOW_CONFIDENCE = 0.5  # top-1 probability under this gets a warning
@@ -180,6 +181,8 @@ def _show(n: int, result: Classified, original: bytes, predictor, cam_layer, inv
                 f"Low confidence ({p.probabilities[0]:.2f}): the image may not look like the "
                 f"training data" + ("" if invert else ", or need inverting") + "."
             )
+        if p.ood or p.probabilities[0] < LOW_CONFIDENCE:
+            builder_view.add_from_classify(right, f"grow-{n}", p.source, original, p.label)
 
 
 def _results_table(rows: list[dict[str, object]], name: str) -> None:
