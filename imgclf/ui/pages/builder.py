@@ -219,11 +219,15 @@ def render(base: Any) -> None:
             _counts(builder, builder.classes(), base)
 
 
-def add_from_classify(where: Any, key: str, name: str, data: bytes, label: str) -> None:
-    """On the Classify page, under an image the model was unsure of or found unfamiliar: add
-    it to a builder dataset under a class the user picks or types (the predicted `label` is
-    only the starting text), so the dataset grows where the model is weakest."""
-    with where.expander("Add to a dataset"):
+def add_from_classify(
+    where: Any, key: str, name: str, data: bytes, label: str, unsure: bool
+) -> None:
+    """On the Classify page, under each image: add it to a builder dataset under a class the
+    user types (the predicted `label` is only the starting text), so the dataset grows where
+    the model is weakest; for an image the model was `unsure` of (low confidence, or unlike
+    the training data) the offer is open and says why."""
+    title = "Add to a dataset" + (": the model is unsure of this one" if unsure else "")
+    with where.expander(title, expanded=unsure):
         dataset = st.text_input("Dataset", st.session_state.get("builder_name", "my-dataset"),
                                 key=f"{key}-dataset")  # fmt: skip
         cls = st.text_input("Class (existing or new)", label, key=f"{key}-class")

@@ -181,8 +181,8 @@ def _show(n: int, result: Classified, original: bytes, predictor, cam_layer, inv
                 f"Low confidence ({p.probabilities[0]:.2f}): the image may not look like the "
                 f"training data" + ("" if invert else ", or need inverting") + "."
             )
-        if p.ood or p.probabilities[0] < LOW_CONFIDENCE:
-            builder_view.add_from_classify(right, f"grow-{n}", p.source, original, p.label)
+        unsure = bool(p.ood or p.probabilities[0] < LOW_CONFIDENCE)
+        builder_view.add_from_classify(right, f"grow-{n}", p.source, original, p.label, unsure)
 
 
 def _results_table(rows: list[dict[str, object]], name: str) -> None:
