@@ -201,6 +201,22 @@ def _cost_line(metrics: dict[str, Any]) -> str:
     )
 
 
+def _test_notes(metrics: dict[str, Any]) -> str:
+    return _leak_line(metrics) + _confidence_lines(metrics)
+
+
+def _leak_line(metrics: dict[str, Any]) -> str:
+    """The test accuracy without the test images that have a copy in training, if any."""
+    clean = metrics.get("test_without_leaked")
+    if not clean or clean["accuracy"] is None:
+        return ""
+    return (
+        f"\n- Without the {clean['leaked_images']} test image(s) that have an identical copy in "
+        f"training (the source's own split leaks): accuracy {clean['accuracy']:.4f} on "
+        f"{clean['images']} images"
+    )
+
+
 def _subset_lines(config: Config, report: dict[str, Any]) -> str:
     """The card's lines on the classes kept, the training cap and the duplicates found ("" for
     the whole source, with no duplicates)."""
@@ -260,7 +276,7 @@ def model_card(
 
 ## Test results (held-out, evaluated once with the best weights)
 - Accuracy {test["accuracy"]:.4f}, top-{test["k"]} accuracy {test["top_k_accuracy"]:.4f},
-  cross-entropy {test["loss"]:.4f} on {test["n"]} images{_confidence_lines(metrics)}
+  cross-entropy {test["loss"]:.4f} on {test["n"]} images{_test_notes(metrics)}
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|

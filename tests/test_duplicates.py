@@ -158,3 +158,28 @@ def test_a_class_emptied_by_conflicts_says_where_its_images_went(tmp_path: Path)
     with pytest.raises(DataError, match=r"'again' have no training image .*3 of its images "
                        r"were left out.*data.conflicting_labels=keep"):  # fmt: skip
         load_data(load_config(None, tiny_overrides(data)))
+
+
+def test_a_pre_split_folders_leak_kept_is_scored_apart(tmp_path: Path):
+    """With `data.duplicates=keep` a copy the source's own split put in train/ and test/ stays
+    in both: the data report names the test file, and the run's test accuracy is recomputed
+    without it (metrics.json `test_without_leaked`, `finish.without_leaked`)."""
+    from imgclf.confidence.split_outputs import SplitOutputs
+    from imgclf.training.finish import without_leaked
+
+    data = tmp_path / "data"
+    for part, per_class in (("train", 8), ("val", 3), ("test", 3)):
+        write_folder_dataset(data / part, per_class=per_class, seed=len(part))
+    shutil.copyfile(data / "test" / "circle" / "img_00.png", data / "train" / "circle" / "x.png")
+    splits = load_data(load_config(None, [*tiny_overrides(data), "data.duplicates=keep"]))
+    assert splits.report["duplicates"]["leaked_test_files"] == ["test/circle/img_00.png"]
+    assert "train/circle/x.png" in _part_of(splits)
+
+    n = len(splits.test.y)
+    leaked = splits.test.files.index("test/circle/img_00.png")
+    logits = np.eye(3)[splits.test.y] * 5.0
+    wrong = (leaked + 1) % n  # one clean image answered wrongly, the leaked one rightly
+    logits[wrong] = np.roll(logits[wrong], 1)
+    outputs = SplitOutputs(np.arange(n), splits.test.y, logits, None)
+    clean = without_leaked(outputs, 1.0, splits, {"test/circle/img_00.png"})
+    assert clean == {"leaked_images": 1, "images": n - 1, "accuracy": (n - 2) / (n - 1)}

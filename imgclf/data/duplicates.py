@@ -153,3 +153,23 @@ def leaked(groups: list[np.ndarray], parts: dict[str, np.ndarray]) -> int:
         for i in idx.tolist():
             where[i] = part
     return sum(len({where.get(int(i)) for i in g} - {None}) > 1 for g in groups)
+
+
+def leaked_test_files(
+    pool: Pool, groups: list[np.ndarray], train: np.ndarray, test: np.ndarray
+) -> list[str]:
+    """The test files that have an identical copy among the training images (pool indices
+    `train`, `test`, after the split): only a source's own split can leave such pairs (the
+    group-aware split keeps a group in one part), and only with `data.duplicates: keep` or
+    `data.conflicting_labels: keep` (drop leaves the extra copies out). The run's test
+    accuracy is recomputed without them (metrics.json `test_without_leaked`)."""
+    if pool.files is None:
+        return []
+    in_train, in_test = set(train.tolist()), set(test.tolist())
+    return [
+        pool.files[int(i)]
+        for g in groups
+        if in_train.intersection(g.tolist())
+        for i in g
+        if int(i) in in_test
+    ]

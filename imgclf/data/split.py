@@ -345,7 +345,8 @@ def load_data(config: Config) -> Splits:
     if pool.store is not None:
         report["cache"] = _cache_report(pool.store)
     if groups:
-        report["duplicates"] = found
+        leaked = duplicates.leaked_test_files(pool, groups, train_idx, test_idx)
+        report["duplicates"] = {**found, **({"leaked_test_files": leaked} if leaked else {})}
     if near is not None:
         report["near_duplicates"] = near
     similar = similar_names(pool.class_names)

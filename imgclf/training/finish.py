@@ -104,6 +104,9 @@ def evaluate_run(
         files=splits.test.files,
     )
     metrics["counts"] = splits.report["totals"]
+    leaked = (splits.report.get("duplicates") or {}).get("leaked_test_files")
+    if leaked and splits.test.files is not None:
+        metrics["test_without_leaked"] = without_leaked(test, temperature, splits, set(leaked))
     metrics.update(extra)
     save_worst(run_dir, splits, metrics)
     runs.write_json(run_dir / runs.METRICS, metrics)
@@ -118,6 +121,22 @@ def evaluate_run(
     if metrics.get("calibration") and "after" in metrics["calibration"]:
         plot_reliability(metrics["calibration"], run_dir / runs.RELIABILITY_PLOT)
     return metrics
+
+
+def without_leaked(
+    test: SplitOutputs, temperature: float, splits: Splits, leaked: set[str]
+) -> dict[str, Any]:
+    """Test accuracy over the test images that have no identical copy in training (`leaked`:
+    their file names): what the source's own split would score without its leakage."""
+    predicted = test.probabilities(temperature).argmax(axis=1)
+    labels = splits.test.y[test.positions]
+    clean = np.array([splits.test.files[int(p)] not in leaked for p in test.positions], bool)
+    hits = predicted[clean] == labels[clean]
+    return {
+        "leaked_images": int((~clean).sum()),
+        "images": int(clean.sum()),
+        "accuracy": float(hits.mean()) if len(hits) else None,
+    }
 
 
 def run_reference(
@@ -307,6 +326,13 @@ def summary_lines(metrics: dict[str, Any], parity: dict[str, Any] | None) -> str
         f"test: accuracy {t['accuracy']:.4f}, {top_k}loss {t['loss']:.4f} ({t['n']} images)"
         + (f"; SavedModel parity max |Δp| {parity['max_abs_diff']:.1e}" if parity else "")
     ]
+    clean = metrics.get("test_without_leaked")
+    if clean and clean["accuracy"] is not None:
+        lines.append(
+            f"warning: {clean['leaked_images']} test image(s) have an identical copy in "
+            f"training (the source's own split); without them: accuracy "
+            f"{clean['accuracy']:.4f} ({clean['images']} images)"
+        )
     summary = confidence_summary(metrics)
     if summary:
         lines.append(summary)
