@@ -170,6 +170,34 @@ def label_errors(seed: int = 0) -> None:
             print(f"    cleanlab flagged {len(theirs)}, {both} of them flagged here too")
 
 
+def outliers_planted(seed: int = 0) -> None:
+    """(d) Outliers (`imgclf.data.outliers`): 3,500 images of mnist5k and of Fashion-MNIST with
+    20 inverted images (another kind of picture) and 5 blank frames planted among them."""
+    from imgclf.config import load_config
+    from imgclf.data import label_issues, outliers
+    from imgclf.data.split import load_pool
+
+    print("\n(d) outliers, 3,500 images, 20 inverted and 5 blank planted")
+    for source in ("mnist5k", "fashion_mnist"):
+        pool = load_pool(load_config(None, [f"data.source={source}"]).data)
+        pick = np.random.default_rng(seed).permutation(len(pool.labels))[:3500]
+        images = pool.images[pick].copy()
+        images[:20] = 255 - images[:20]
+        images[20:25] = 0
+        x = label_issues.features(images)
+        outliers.SHOWN = 10**9  # every flagged image, not the first 20
+        start = time.perf_counter()
+        # The images are named by pool index ("image 123"): `pick` are their pool indices.
+        found = outliers.report(type(pool)(images, pool.labels, pool.class_names), pick, x)
+        seconds = time.perf_counter() - start
+        flagged = {int(row["file"].split()[-1]): row["why"] for row in found["examples"]}
+        inverted = sum(flagged.get(int(i)) == "unlike its class" for i in pick[:20])
+        blank = sum(flagged.get(int(i)) == "near-constant" for i in pick[20:25])
+        print(f"  {source:13s} flagged {found['flagged']:3d}: inverted found {inverted}/20, "
+              f"blank found {blank}/5, others {found['flagged'] - inverted - blank} "
+              f"({seconds:.1f} s)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/audit-bench"))
@@ -177,8 +205,14 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--scale", type=int, default=10000, help="images for the timing (c)")
     parser.add_argument("--distances", type=int, nargs="+", default=[near_duplicates.MAX_DISTANCE])
+    parser.add_argument("--parts", default="abcd", help="which parts to run (a, b, c, d)")
     args = parser.parse_args()
-    label_errors()
+    if "a" in args.parts:
+        label_errors()
+    if "d" in args.parts:
+        outliers_planted()
+    if not {"b", "c"} & set(args.parts):
+        return
     planted = write_dataset(args.work / "planted", args.distinct, args.pairs)
     for distance in args.distances:
         near_duplicates.MAX_DISTANCE = distance
