@@ -587,12 +587,14 @@ def test_an_unsure_image_is_added_to_a_builder_dataset_from_classify(
     run = Path(at.sidebar.selectbox(key="run").value)
     photo = _png(run)
     at.file_uploader[0].set_value([("unsure.png", photo, "image/png")]).run()
-    at.text_input(key="grow-0-dataset").set_value("grown").run()
-    at.text_input(key="grow-0-class").set_value("new kind").run()
-    at.button(key="grow-0-add").click().run()
+    (key,) = [t.key[: -len("-dataset")] for t in at.text_input if t.key.endswith("-dataset")]
+    assert key.startswith("grow-0-")  # the first image's offer
+    at.text_input(key=f"{key}-dataset").set_value("grown").run()
+    at.text_input(key=f"{key}-class").set_value("new kind").run()
+    at.button(key=f"{key}-add").click().run()
     assert not at.exception, [e.value for e in at.exception]
     (saved,) = (tmp_path / "datasets" / "grown" / "new_kind").iterdir()
     assert saved.read_bytes() == photo
     assert any(f"Added as new\\_kind/{saved.name}" in s.value for s in at.success)
-    at.button(key="grow-0-add").click().run()
+    at.button(key=f"{key}-add").click().run()
     assert any("Already in the dataset" in i.value for i in at.info)

@@ -98,11 +98,14 @@ def test_copies_across_a_pre_split_folders_parts_are_reported_as_leakage(tmp_pat
     assert "train/circle/x.png" not in _part_of(splits)
 
 
-def test_a_re_encoded_or_resized_copy_across_train_and_test_is_reported(tmp_path: Path):
-    """A photo in train/ and the same photo re-saved as a JPEG at quality 60 and at half size
-    in test/: not exact copies, found by their perceptual hashes and reported as seen in
-    training (the split is left as it is: near-duplicate groups are reported, not acted on)."""
-    from PIL import Image
+def test_a_re_encoded_resized_or_re_exposed_copy_across_train_and_test_is_reported(
+    tmp_path: Path,
+):
+    """A photo in train/ and the same photo re-saved as a JPEG at quality 60, at half size and
+    10% brighter in test/: not exact copies, found by their perceptual hashes and reported as
+    seen in training (the split is left as it is: near-duplicate groups are reported, not acted
+    on). A crop is not found (docs/data.md)."""
+    from PIL import Image, ImageEnhance
 
     data = tmp_path / "data"
     for part, per_class in (("train", 8), ("val", 3), ("test", 3)):
@@ -111,6 +114,7 @@ def test_a_re_encoded_or_resized_copy_across_train_and_test_is_reported(tmp_path
     photo.save(data / "train" / "circle" / "photo.png")
     photo.save(data / "test" / "circle" / "photo-q60.jpg", quality=60)
     photo.resize((64, 64)).save(data / "test" / "circle" / "photo-half.png")
+    ImageEnhance.Brightness(photo).enhance(1.1).save(data / "test" / "circle" / "photo-bright.png")
     splits = load_data(load_config(None, tiny_overrides(data)))
     near = splits.report["near_duplicates"]
     assert near["across_train_and_test"] == 1
@@ -118,6 +122,7 @@ def test_a_re_encoded_or_resized_copy_across_train_and_test_is_reported(tmp_path
     assert set(group["files"]) == {
         "train/circle/img_00.png",  # the 32×32 image photo.png was enlarged from
         "train/circle/photo.png", "test/circle/photo-q60.jpg", "test/circle/photo-half.png",
+        "test/circle/photo-bright.png",
     }  # fmt: skip
     assert "duplicates" not in splits.report  # none of them is an exact copy
 

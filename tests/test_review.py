@@ -24,7 +24,7 @@ def _files(root: Path) -> dict[str, str]:
     return {
         p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != review.LOG
+        if p.is_file() and p.name not in (review.LOG, review.LOCK)
     }
 
 
@@ -166,3 +166,63 @@ def test_training_reports_label_errors_of_the_training_split(monkeypatch):
     assert "flagged" in splits.report["outliers"]
     off = load_data(load_config(None, ["data.source=digits", "data.audit=false"])).report
     assert "label_issues" not in off and "outliers" not in off
+
+
+def test_a_log_that_names_a_path_outside_the_dataset_is_refused(tmp_path: Path):
+    """A dataset may come with its own review log: one whose undo would move a file from or to
+    outside the dataset is refused whole, and nothing moves."""
+    data = write_folder_dataset(tmp_path / "data", per_class=2)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"mine")
+    entry = {"id": 1, "action": "remove", "file": "../outside.png", "to": "circle/img_00.png",
+             "finding": None, "sha256": review.sha256(data / "circle/img_00.png"),
+             "at": "", "undone": False}  # fmt: skip
+    (data / review.LOG).write_text(json.dumps({"version": 1, "actions": [entry]}))
+    with pytest.raises(UserError, match="outside the dataset"):
+        review.Review(data).undo()
+    assert outside.read_bytes() == b"mine" and (data / "circle/img_00.png").exists()
+    assert review.kept_in(data) is None  # the audit then keeps nothing, and still runs
+
+
+def test_a_move_stopped_between_its_link_and_its_unlink_is_finished(tmp_path: Path):
+    data = write_folder_dataset(tmp_path / "data", per_class=2)
+    desk = review.Review(data)
+    desk.remove("circle/img_00.png")
+    log = json.loads((data / review.LOG).read_text())
+    log["actions"][0]["pending"] = True
+    (data / review.LOG).write_text(json.dumps(log))
+    os.link(data / review.QUARANTINE / "circle/img_00.png", data / "circle/img_00.png")
+    (settled,) = review.Review(data).actions
+    assert settled["action"] == "remove" and not (data / "circle/img_00.png").exists()
+
+
+def test_relabel_keeps_the_split_and_sub_folder_and_undo_restores_an_emptied_class(tmp_path):
+    data = tmp_path / "data"
+    for part, n in (("train", 3), ("test", 2)):
+        write_folder_dataset(data / part, per_class=n, seed=len(part))
+    (data / "train/circle/sub").mkdir()
+    os.rename(data / "train/circle/img_02.png", data / "train/circle/sub/x.png")
+    desk = review.Review(data)
+    assert desk.relabel("train/circle/sub/x.png", "vstripes")["to"] == "train/vstripes/sub/x.png"
+    assert desk.relabel("test/circle/img_00.png", "hstripes")["to"] == "test/hstripes/img_00-2.png"
+    desk.relabel("test/circle/img_01.JPG", "hstripes")
+    assert not (data / "test/circle").exists()  # emptied: an empty class would stop the listing
+    for _ in range(3):
+        desk.undo()
+    assert (data / "test/circle/img_01.JPG").is_file() and (
+        data / "train/circle/sub/x.png"
+    ).exists()
+    assert not (data / "train/vstripes/sub").exists()
+
+
+def test_a_symbolic_link_is_refused_and_two_reviewers_both_land_in_the_log(tmp_path: Path):
+    data = write_folder_dataset(tmp_path / "data", per_class=3)
+    (data / "circle/link.png").symlink_to(data / "hstripes/img_00.png")
+    with pytest.raises(UserError, match="symbolic link"):
+        review.Review(data).relabel("circle/link.png", "vstripes")
+    first, second = review.Review(data), review.Review(data)  # two browser tabs
+    first.remove("circle/img_00.png")
+    second.remove("circle/img_01.JPG")
+    assert [a["file"] for a in review.Review(data).actions] == [
+        "circle/img_00.png", "circle/img_01.JPG",
+    ]  # fmt: skip

@@ -75,9 +75,9 @@ def out_of_fold(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def find(labels: np.ndarray, probs: np.ndarray) -> list[tuple[int, int, float]]:
-    """(index, suggested class, out-of-fold probability of the given label) of each likely
-    label error, most suspect first (see the module's docstring). `labels` int [N] in 0..K-1,
-    `probs` float [N, K] (out of fold)."""
+    """(index, suggested class: the most probable other than the given one, out-of-fold
+    probability of the given label) of each likely label error, most suspect first (see the
+    module's docstring). `labels` int [N] in 0..K-1, `probs` float [N, K] (out of fold)."""
     k = probs.shape[1]
     thresholds = np.array(
         [probs[labels == j, j].mean() if np.any(labels == j) else 1.0 for j in range(k)]
@@ -87,7 +87,9 @@ def find(labels: np.ndarray, probs: np.ndarray) -> list[tuple[int, int, float]]:
     how_many = int(np.sum(above.any(axis=1) & (confident != labels)))
     own = probs[np.arange(len(labels)), labels]
     order = np.argsort(own, kind="stable")[:how_many]
-    return [(int(i), int(probs[i].argmax()), float(own[i])) for i in order]
+    others = probs.copy()
+    others[np.arange(len(labels)), labels] = -1.0  # the suggestion is never the given class
+    return [(int(i), int(others[i].argmax()), float(own[i])) for i in order]
 
 
 SHOWN = 20  # flagged images listed in the report (the count covers all)
@@ -103,10 +105,13 @@ def report(
     """The audit's `label_issues` for the pool images `usable` int [N] with their `features`
     `x` [N, SIDE*SIDE]: how many look mislabelled and the SHOWN most suspect (images the
     review keeps, `kept(file)` true, are left out of both); or why the check was skipped."""
+    counts = np.bincount(pool.labels[usable], minlength=len(pool.class_names))
+    enough = counts[pool.labels[usable]] >= 2  # a class of one image cannot be cross-checked
+    usable, x = usable[enough], x[enough]
     labels = pool.labels[usable]
     counts = np.bincount(labels, minlength=len(pool.class_names))
-    if len(usable) < 20 or np.count_nonzero(counts) < 2 or counts[counts > 0].min() < 2:
-        return {"method": METHOD, "skipped": "too few images per class for 2 folds"}
+    if len(usable) < 20 or np.count_nonzero(counts) < 2:
+        return {"method": METHOD, "skipped": "fewer than 20 images in classes of 2 or more"}
     present = np.flatnonzero(counts)  # the model's columns: the classes that have images
     found = find(np.searchsorted(present, labels), out_of_fold(x, labels))
     found = [(i, int(present[j]), p) for i, j, p in found]

@@ -182,7 +182,12 @@ def _show(n: int, result: Classified, original: bytes, predictor, cam_layer, inv
                 f"training data" + ("" if invert else ", or need inverting") + "."
             )
         unsure = bool(p.ood or p.probabilities[0] < LOW_CONFIDENCE)
-        builder_view.add_from_classify(right, f"grow-{n}", p.source, original, p.label, unsure)
+        # Keyed by the image and its answer, not only its place: the class typed for one image
+        # must not stay in the box when another image (or another answer) takes that place.
+        ident = hashlib.sha1(original + p.label.encode()).hexdigest()[:10]
+        builder_view.add_from_classify(
+            right, f"grow-{n}-{ident}", p.source, original, p.label, unsure
+        )
 
 
 def _results_table(rows: list[dict[str, object]], name: str) -> None:

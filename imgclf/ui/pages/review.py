@@ -10,6 +10,8 @@ list at once; "Audit again" looks at the folder as it is now.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +82,19 @@ def _finding(desk: review.Review, item: dict[str, Any], key: str, classes: list[
         pictures = data_info.file_samples(desk.root, item["files"], len(item["files"]))
         if pictures:
             st.image(pictures, width=96, output_format="PNG", alt=list(item["files"]))
+        # A choice is keyed by the finding itself, not its place in the list: Streamlit keeps a
+        # widget's value by key, and the list shifts as findings are settled.
+        ident = hashlib.sha1("\0".join([item["kind"], *item["files"]]).encode()).hexdigest()[:12]
         for n, file in enumerate(item["files"]):
-            here = Path(file).parent.name
+            try:
+                here = desk.class_of(file)[1]
+            except UserError:
+                here = ""
             cols = st.columns([3, 2, 1, 1])
             cols[0].caption(plain(file))
             others = [c for c in classes if c != here]
             start = others.index(item["suggested"]) if item.get("suggested") in others else 0
-            new = cols[1].selectbox("Class", others, index=start, key=f"{key}-to-{n}",
+            new = cols[1].selectbox("Class", others, index=start, key=f"review-to-{ident}-{n}",
                                     label_visibility="collapsed") if others else None  # fmt: skip
             cols[2].button("Relabel", key=f"{key}-relabel-{n}", disabled=not new,
                            on_click=_act, args=(desk, desk.relabel, file, new))  # fmt: skip
@@ -132,10 +140,12 @@ def render(root: Path) -> None:
                    key="review-audit"):  # fmt: skip
         with st.spinner("Auditing every image (decodes them all)…"):
             try:
-                st.session_state[REPORT] = (str(root), audit([
-                    "data.source=folder", f"data.path={root}", "data.cache=memory"]))  # fmt: skip
+                found: Any = audit(["data.source=folder", f"data.path={json.dumps(str(root))}",
+                                    "data.cache=memory"])  # fmt: skip
             except UserError as exc:
-                st.session_state[REPORT] = (str(root), str(exc))
+                found = str(exc)
+            since = max((a["id"] for a in desk.actions), default=0)
+            st.session_state[REPORT] = (str(root), found, since)
     live = [a for a in desk.actions if not a["undone"]]
     right.button(f"Undo: {live[-1]['action']} {live[-1]['file']}" if live else "Undo",
                  key="review-undo", disabled=not live, on_click=_undo, args=(desk,))  # fmt: skip
@@ -143,14 +153,15 @@ def render(root: Path) -> None:
     _log(desk)
 
 
-def _show(desk: review.Review, saved: tuple[str, Any] | None) -> None:
+def _show(desk: review.Review, saved: tuple[str, Any, int] | None) -> None:
     if not saved or saved[0] != str(desk.root):
         st.caption("Audit the folder to list duplicates, likely label errors and outliers.")
         return
     if isinstance(saved[1], str):
         st.error(plain(saved[1]))
         return
-    done = {a["file"] for a in desk.actions if not a["undone"]}
+    # Settled since this audit (a file added later under an old name is a new finding).
+    done = {a["file"] for a in desk.actions if not a["undone"] and a["id"] > saved[2]}
     classes = list(saved[1]["classes"])
     findings = [f for f in _findings(saved[1]) if not done & set(f["files"])]
     if not findings:
