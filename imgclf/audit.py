@@ -51,7 +51,8 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
     nothing = np.array([], dtype=np.int64)  # no split here: groups only
     kept = review.kept_in(cfg.path if cfg.source == "folder" else None)
     near = near_duplicates.report(pool, nothing, nothing, groups, kept) if pool.store else None
-    per_image = suspects.check(pool, kept=kept, seed=config.seed)
+    features = "pixels" if cfg.audit == "off" else cfg.audit  # the audit always looks
+    per_image = suspects.check(pool, kept=kept, seed=config.seed, features=features)
     usable = ~pool.failed if pool.failed is not None else np.ones(len(pool.labels), bool)
     counts = np.bincount(pool.labels[usable], minlength=len(pool.class_names))
     need = minimum_per_class(cfg.val_fraction, cfg.test_fraction)
@@ -146,6 +147,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--config", help="a recipe whose data section to check")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, as training")
     parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument(
+        "--features",
+        choices=("pixels", "imagenet"),
+        help="what the label check learns from: 16×16 pixels (the default, no TensorFlow) or "
+        "frozen ImageNet features of EfficientNet-Lite0 (the [pretrained] extra; far better "
+        "on photos; loads TensorFlow)",
+    )
     return parser
 
 
@@ -164,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             "error: give a folder, a CSV file, --config RECIPE or data.* overrides", file=sys.stderr
         )
         return 2
+    if args.features:
+        overrides.append(f"data.audit={args.features}")
     try:
         report = audit(overrides, args.config)
     except (UserError, OSError, MemoryError) as exc:

@@ -85,8 +85,18 @@ class DataConfig(_Section):
     duplicates: Literal["drop", "keep"] = "drop"
     conflicting_labels: Literal["drop", "keep"] = "drop"
     # Check the training images for likely label errors and outliers before fitting
-    # (imgclf.data.suspects: reported in data_report.json, never acted on).
-    audit: bool = True
+    # (imgclf.data.suspects: reported in data_report.json, never acted on): the label check
+    # learns from 16×16 pixels, or from frozen ImageNet features of EfficientNet-Lite0 (the
+    # [pretrained] extra; better on photos, slower); off skips both checks.
+    audit: Literal["pixels", "imagenet", "off"] = "pixels"
+
+    @field_validator("audit", mode="before")
+    @classmethod
+    def _audit_switch(cls, value: Any) -> Any:
+        # true/false (YAML's on/off too) read as the default check and none.
+        return (
+            {True: "pixels", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        )
 
     @field_validator("classes", mode="before")
     @classmethod

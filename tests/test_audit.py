@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import run_command, write_folder_dataset
 
 
@@ -61,16 +62,20 @@ def test_audit_takes_overrides_alone_and_a_folder_whose_name_holds_an_equals_sig
     assert alone.returncode == 0 and alone.stdout.rstrip().endswith("nothing found")
 
 
-def test_planted_label_errors_are_flagged_first(tmp_path: Path):
+@pytest.mark.parametrize("features", ["pixels", "imagenet"])
+def test_planted_label_errors_are_flagged_first(tmp_path: Path, features: str):
     """Three circles filed under vstripes: confident learning on out-of-fold probabilities
-    (imgclf.data.label_issues) flags them, most suspect first, suggesting circle."""
+    (imgclf.data.label_issues) flags them, most suspect first, suggesting circle; from 16×16
+    pixels, and from frozen ImageNet features of Lite0 (`--features imagenet`)."""
     data = write_folder_dataset(tmp_path / "data", per_class=20)
     moved = []
     for path in sorted((data / "circle").iterdir())[:3]:
         target = data / "vstripes" / f"wrong-{path.name}"
         path.rename(target)
         moved.append(target.relative_to(data).as_posix())
-    report = json.loads(run_command("imgclf-audit", data, "--format", "json").stdout)
+    done = run_command("imgclf-audit", data, "--format", "json", "--features", features)
+    report = json.loads(done.stdout)
+    assert ("ImageNet" in report["label_issues"]["method"]) == (features == "imagenet")
     suspects = report["label_issues"]
     top = suspects["examples"][: len(moved)]
     assert {row["file"] for row in top} == set(moved), suspects

@@ -47,16 +47,19 @@ def features(images: Any) -> np.ndarray:
     return out
 
 
-def out_of_fold(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+def out_of_fold(
+    x: np.ndarray, labels: np.ndarray, seed: int = 0, embedded: bool = False
+) -> np.ndarray:
     """float [N, K]: each row's class probabilities from models fitted on the other folds
     (scikit-learn `cross_val_predict`, stratified `FOLDS` folds, seeded): the mean of a
-    logistic regression's and a 10-nearest-neighbour vote's (on 40 principal components)."""
+    logistic regression's and a 10-nearest-neighbour vote's (on 40 principal components of
+    pixels, or by cosine distance of `embedded` ImageNet features)."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import Normalizer, StandardScaler
 
     folds = min(FOLDS, int(np.bincount(labels)[np.bincount(labels) > 0].min()))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -66,9 +69,8 @@ def out_of_fold(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
     linear = make_pipeline(StandardScaler(), LogisticRegression(max_iter=100, tol=1e-3, C=0.01))
     smallest = int(len(labels) * (folds - 1) / folds)
     dims = max(1, min(40, x.shape[1], smallest - 1))
-    neighbours = make_pipeline(
-        PCA(dims, random_state=seed), KNeighborsClassifier(min(10, smallest))
-    )
+    reduce = Normalizer() if embedded else PCA(dims, random_state=seed)
+    neighbours = make_pipeline(reduce, KNeighborsClassifier(min(10, smallest)))
     probs = [cross_val_predict(m, x, labels, cv=cv, method="predict_proba")
              for m in (linear, neighbours)]  # fmt: skip
     return (probs[0] + probs[1]) / 2
@@ -93,27 +95,31 @@ def find(labels: np.ndarray, probs: np.ndarray) -> list[tuple[int, int, float]]:
 
 
 SHOWN = 20  # flagged images listed in the report (the count covers all)
-METHOD = (
-    "confident learning (Northcutt et al. 2021) on 5-fold logistic regression and 10-NN of "
-    "16×16 pixels"
-)
+METHOD = "confident learning (Northcutt et al. 2021) on 5-fold logistic regression and 10-NN of {}"
+FEATURES = {"pixels": "16×16 pixels", "imagenet": "EfficientNet-Lite0 ImageNet features"}
 
 
 def report(
-    pool: Any, usable: np.ndarray, x: np.ndarray, kept: Callable[[str], bool] | None = None
+    pool: Any,
+    usable: np.ndarray,
+    x: np.ndarray,
+    kept: Callable[[str], bool] | None = None,
+    embedded: bool = False,
 ) -> dict[str, Any]:
-    """The audit's `label_issues` for the pool images `usable` int [N] with their `features`
-    `x` [N, SIDE*SIDE]: how many look mislabelled and the SHOWN most suspect (images the
-    review keeps, `kept(file)` true, are left out of both); or why the check was skipped."""
+    """The audit's `label_issues` for the pool images `usable` int [N] with their features `x`
+    [N, D] (16×16 pixels, or `embedded` ImageNet features): how many look mislabelled and the
+    SHOWN most suspect (images the review keeps, `kept(file)` true, are left out of both); or
+    why the check was skipped."""
+    method = METHOD.format(FEATURES["imagenet" if embedded else "pixels"])
     counts = np.bincount(pool.labels[usable], minlength=len(pool.class_names))
     enough = counts[pool.labels[usable]] >= 2  # a class of one image cannot be cross-checked
     usable, x = usable[enough], x[enough]
     labels = pool.labels[usable]
     counts = np.bincount(labels, minlength=len(pool.class_names))
     if len(usable) < 20 or np.count_nonzero(counts) < 2:
-        return {"method": METHOD, "skipped": "fewer than 20 images in classes of 2 or more"}
+        return {"method": method, "skipped": "fewer than 20 images in classes of 2 or more"}
     present = np.flatnonzero(counts)  # the model's columns: the classes that have images
-    found = find(np.searchsorted(present, labels), out_of_fold(x, labels))
+    found = find(np.searchsorted(present, labels), out_of_fold(x, labels, embedded=embedded))
     found = [(i, int(present[j]), p) for i, j, p in found]
     name = (lambda i: pool.files[i]) if pool.files is not None else (lambda i: f"image {i}")
     if kept is not None:
@@ -123,4 +129,4 @@ def report(
          "suggested": pool.class_names[j], "p_given": round(p, 4)}
         for i, j, p in found[:SHOWN]
     ]  # fmt: skip
-    return {"method": METHOD, "flagged": len(found), "examples": examples}
+    return {"method": method, "flagged": len(found), "examples": examples}

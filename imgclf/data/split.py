@@ -325,7 +325,9 @@ def load_data(config: Config) -> Splits:
     _check_every_class_tested(pool, cfg, train_idx, val_idx, test_idx, _own_parts(pool, how))
     kept = review.kept_in(cfg.path if cfg.source == "folder" else None)
     near = near_duplicates.report(pool, train_idx, test_idx, groups, kept) if pool.store else None
-    per_image = suspects.check(pool, train_idx, kept, config.seed) if cfg.audit else {}
+    per_image = (
+        {} if cfg.audit == "off" else suspects.check(pool, train_idx, kept, config.seed, cfg.audit)
+    )
     splits = {"train": _take(pool, train_idx, cfg), "val": _take(pool, val_idx, cfg)}
     splits["test"] = _take(pool, test_idx, cfg)
     report: dict[str, Any] = {

@@ -1,6 +1,9 @@
 """The audit's checks of single images, on one pass over the pixels: likely label errors
 (`label_issues`) and outliers (`outliers`), both on the same small grey copies.
 
+`data.audit` says what the label check learns from: `pixels` (the default: 16×16 grey
+copies, no TensorFlow), `imagenet` (frozen EfficientNet-Lite0 features, `embeddings`: far better
+on photos, needs the `[pretrained]` extra and costs a forward pass per image) or `off`.
 `imgclf-train` runs them on the training split before fitting (its data report, the terminal,
 the model card, the app's Data page) and `imgclf-audit` on every usable image. At most
 MAX_IMAGES images are checked (a seeded random sample beyond that): the
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.data import label_issues, outliers
+from imgclf.data import embeddings, label_issues, outliers
 from imgclf.data.pool import Pool, has_pixels, pixel_chunks
 
 MAX_IMAGES = 10_000
@@ -25,28 +28,41 @@ def check(
     indices: np.ndarray | None = None,
     kept: Callable[[str, str], bool] | None = None,
     seed: int = 0,
+    features: str = "pixels",
 ) -> dict[str, Any]:
     """{"label_issues": ..., "outliers": ...} for the usable pool images among `indices` (every
     image when None). `kept(kind, file)` is true for a file the review keeps for that kind
-    (`data.review`): it is left out of that kind's findings."""
+    (`data.review`): it is left out of that kind's findings. `features`: what the label check
+    learns from, "pixels" (16×16 grey) or "imagenet" (`embeddings`: loads TensorFlow; raises
+    ConfigError without the `[pretrained]` extra); outliers always use the pixels; "off":
+    nothing ({})."""
+    if features == "off":
+        return {}
+    net = embeddings.model() if features == "imagenet" else None
     if not has_pixels(pool):
         why = {"skipped": "data.cache none (no decoded pixels kept)"}
-        return {"label_issues": {"method": label_issues.METHOD, **why},
+        method = label_issues.METHOD.format(label_issues.FEATURES[features])
+        return {"label_issues": {"method": method, **why},
                 "outliers": {"method": outliers.METHOD, **why}}  # fmt: skip
     if indices is None:
         indices = np.arange(len(pool.labels))
     if len(indices) > MAX_IMAGES:
         rng = np.random.default_rng(seed)
         indices = np.sort(rng.choice(indices, MAX_IMAGES, replace=False))
-    read, rows = [], []
+    read, rows, embedded = [], [], []
     for chunk, pixels in pixel_chunks(pool, indices=indices):  # only the small copies are kept
         read.append(chunk)
         rows.append(label_issues.features(pixels))
+        if net is not None:
+            embedded.append(embeddings.features(pixels, net))
     usable = np.concatenate(read) if read else np.empty(0, np.int64)
     x = np.concatenate(rows) if rows else np.empty((0, label_issues.SIDE**2), np.float32)
+    learn = np.concatenate(embedded) if embedded else x
     by_kind = (lambda kind: lambda file: kept(kind, file)) if kept else (lambda kind: None)
     return {
-        "label_issues": label_issues.report(pool, usable, x, by_kind("label_issues")),
+        "label_issues": label_issues.report(
+            pool, usable, learn, by_kind("label_issues"), embedded=net is not None
+        ),
         "outliers": outliers.report(pool, usable, x, by_kind("outliers")),
     }
 
