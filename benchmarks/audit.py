@@ -17,10 +17,12 @@ copy planted of either) put in one near-duplicate group; Fashion-MNIST has look-
 (plain T-shirts, sandals), and the pairs found are printed so one can see what they are.
 
 Part (a), likely label errors (`imgclf.data.label_issues`): 2,000 training images of mnist5k
-and of Fashion-MNIST with 5% and 10% of their labels flipped to another class at random;
-precision and recall of the flagged list against the flipped images, beside the baseline a user
-has today: the same number of images with the lowest self-confidence (the probability of the
-given label) from the same model fitted on everything (no folds). When `cleanlab` is installed
+and of Fashion-MNIST with 5% and 10% of their labels flipped to another class at random (the
+same flips for both kinds of features: 16×16 pixels, and frozen ImageNet features of
+EfficientNet-Lite0, `data.audit: imagenet`); precision and recall of the flagged list against
+the flipped images, beside the baseline a user has today: the same number of images with the
+lowest self-confidence (the probability of the given label) from a logistic regression fitted
+on everything (no folds) on the same features. When `cleanlab` is installed
 (`pip install cleanlab`; AGPL-3.0, never a dependency of imgclf), how many of its
 `find_label_issues` on the same probabilities are flagged here too.
 """
@@ -125,49 +127,61 @@ def measure(root: Path, planted: dict[str, list], size: int) -> None:
 
 
 def label_errors(seed: int = 0) -> None:
+
+    from imgclf.config import load_config
+    from imgclf.data import embeddings, label_issues
+    from imgclf.data.split import load_pool
+
+    print("\n(a) likely label errors, 2,000 training images")
+    net = embeddings.model()
+    for source in ("mnist5k", "fashion_mnist"):
+        pool = load_pool(load_config(None, [f"data.source={source}"]).data)
+        pick = np.random.default_rng(seed).permutation(len(pool.labels))[:2000]
+        start = time.perf_counter()
+        features = {
+            "pixels": label_issues.features(pool.images[pick]),
+            "imagenet": embeddings.features(pool.images[pick], net),
+        }
+        print(f"  {source}: ImageNet features of 2,000 images in "
+              f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+        clean, k = pool.labels[pick], len(pool.class_names)
+        for kind, x in features.items():
+            rng = np.random.default_rng(seed)  # the same flips for both kinds of features
+            for rate in (0.05, 0.10):
+                noisy = clean.copy()
+                flip = rng.permutation(len(noisy))[: int(rate * len(noisy))]
+                noisy[flip] = (noisy[flip] + rng.integers(1, k, len(flip))) % k
+                _one(kind, source, rate, x, noisy, set(flip.tolist()), seed)
+
+
+def _one(kind: str, source: str, rate: float, x, noisy, truth: set, seed: int) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from imgclf.config import load_config
     from imgclf.data import label_issues
-    from imgclf.data.split import load_pool
 
-    print("\n(a) likely label errors, 2,000 training images")
-    for source in ("mnist5k", "fashion_mnist"):
-        pool = load_pool(load_config(None, [f"data.source={source}"]).data)
-        rng = np.random.default_rng(seed)
-        pick = rng.permutation(len(pool.labels))[:2000]
-        x, clean = label_issues.features(pool.images[pick]), pool.labels[pick]
-        k = len(pool.class_names)
-        for rate in (0.05, 0.10):
-            noisy = clean.copy()
-            flip = rng.permutation(len(noisy))[: int(rate * len(noisy))]
-            noisy[flip] = (noisy[flip] + rng.integers(1, k, len(flip))) % k
-            truth = set(flip.tolist())
-            start = time.perf_counter()
-            probs = label_issues.out_of_fold(x, noisy, seed)
-            found = [i for i, _, _ in label_issues.find(noisy, probs)]
-            seconds = time.perf_counter() - start
-            model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.01))
-            own = model.fit(x, noisy).predict_proba(x)[np.arange(len(noisy)), noisy]
-            baseline = np.argsort(own)[: len(found)].tolist()
-            line = f"  {source:13s} {rate:.0%} flipped: flagged {len(found):4d}"
-            for name, chosen in (
-                ("confident learning", found),
-                ("lowest self-confidence", baseline),
-            ):
-                hit = len(set(chosen) & truth)
-                precision, recall = hit / max(len(chosen), 1), hit / len(truth)
-                line += f" | {name} precision {precision:.3f} recall {recall:.3f}"
-            print(line + f" | {seconds:.1f} s")
-            try:
-                from cleanlab.filter import find_label_issues
-            except ImportError:
-                continue
-            theirs = set(np.flatnonzero(find_label_issues(noisy, probs)).tolist())
-            both = len(theirs & set(found))
-            print(f"    cleanlab flagged {len(theirs)}, {both} of them flagged here too")
+    start = time.perf_counter()
+    probs = label_issues.out_of_fold(x, noisy, seed, embedded=kind == "imagenet")
+    found = [i for i, _, _ in label_issues.find(noisy, probs)]
+    seconds = time.perf_counter() - start
+    # The baseline: a model fitted on everything (no folds), on the same features.
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.01))
+    own = model.fit(x, noisy).predict_proba(x)[np.arange(len(noisy)), noisy]
+    baseline = np.argsort(own)[: len(found)].tolist()
+    line = f"  {source:13s} {kind:8s} {rate:.0%} flipped: flagged {len(found):4d}"
+    for name, chosen in (("confident learning", found), ("lowest self-confidence", baseline)):
+        hit = len(set(chosen) & truth)
+        precision, recall = hit / max(len(chosen), 1), hit / len(truth)
+        line += f" | {name} precision {precision:.3f} recall {recall:.3f}"
+    print(line + f" | {seconds:.1f} s")
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:
+        return
+    theirs = set(np.flatnonzero(find_label_issues(noisy, probs)).tolist())
+    both = len(theirs & set(found))
+    print(f"    cleanlab flagged {len(theirs)}, {both} of them flagged here too")
 
 
 def outliers_planted(seed: int = 0) -> None:
