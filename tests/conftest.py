@@ -122,6 +122,9 @@ def tiny_overrides(data_path: Path) -> list[str]:
         # Off for speed too (the SavedModel and its format check, ~3 s per run): tiny_run,
         # app_runs and every export test train with it on.
         "train.export=false",
+        # Off for speed (0.25 CPU-s of scikit-learn fits per load, ~150 loads in the suite):
+        # tiny_run switches it back on; test_review.py and test_audit.py prove the checks.
+        "data.audit=off",
     ]
 
 
@@ -132,8 +135,10 @@ def tiny_run(folder_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from imgclf.train import train
 
     config = load_config(
-        None, [*tiny_overrides(folder_dataset), "train.diagnostics=auto", "train.export=true"]
-    )
+        None,
+        [*tiny_overrides(folder_dataset), "train.diagnostics=auto", "train.export=true",
+         "data.audit=pixels"],
+    )  # fmt: skip
     return built_once(tmp_path_factory, "tiny", lambda out: train(config, out=out, verbose=0))
 
 

@@ -406,16 +406,39 @@ def test_batch_names_stay_apart_and_an_empty_folder_field_is_refused(monkeypatch
     assert not at.dataframe  # the old result is not shown under the new error
 
 
-def test_kept_uploads_are_capped_with_a_line_saying_so(monkeypatch, app_runs: Path):
+def test_kept_uploads_are_capped_and_an_unsure_one_is_added_to_a_dataset(
+    monkeypatch, app_runs: Path, tmp_path: Path
+):
+    """Uploads past MAX_KEPT are left out with a line saying so. Classify → dataset: under an
+    image the model is unsure of (every image, with the bar raised), "Add to a dataset" saves
+    the upload's bytes in a builder dataset under the class typed; the same bytes again are a
+    duplicate. (One page for both: loading the model is most of each test's time.)"""
+    from imgclf.data.roots import DATA_ENV
     from imgclf.ui.pages import classify
 
     monkeypatch.setattr(classify, "MAX_KEPT", 2)
+    monkeypatch.setattr(classify, "LOW_CONFIDENCE", 1.01)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "datasets"))
     at = _app(monkeypatch, app_runs)
     run = Path(at.sidebar.selectbox(key="run").value)
-    files = [(f"{n}.png", _png(run), "image/png") for n in range(3)]
+    photo = _png(run)
+    files = [(f"{n}.png", photo, "image/png") for n in range(3)]
     at.file_uploader[0].set_value(files).run()
     assert list(at.dataframe[0].value["image"]) == ["0.png", "1.png"]
     assert at.warning[0].value.startswith("1 image(s) not added: the page keeps at most 2")
+
+    offers = [t.key[: -len("-dataset")] for t in at.text_input if t.key.endswith("-dataset")]
+    key = offers[0]
+    assert len(offers) == 2 and key.startswith("grow-0-")  # one per image
+    at.text_input(key=f"{key}-dataset").set_value("grown").run()
+    at.text_input(key=f"{key}-class").set_value("new kind").run()
+    at.button(key=f"{key}-add").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (saved,) = (tmp_path / "datasets" / "grown" / "new_kind").iterdir()
+    assert saved.read_bytes() == photo
+    assert any(f"Added as new\\_kind/{saved.name}" in s.value for s in at.success)
+    at.button(key=f"{key}-add").click().run()
+    assert any("Already in the dataset" in i.value for i in at.info)
 
 
 def test_diagnostics_of_a_deep_network_are_grouped_into_readable_lines():
@@ -570,31 +593,3 @@ def test_the_learning_rate_chart_shows_a_fine_tune_rate_and_marks_the_phase():
     assert rules and "fine_tune starts" in json.dumps(spec["datasets"])
     flat = [runs.HistoryRow(e, "train", 1.0, 0.5, 1.0, 0.5, 1e-3 * e, 1.0) for e in (1, 2)]
     assert charts.learning_rate_scale([r.learning_rate for r in flat]).type == "linear"
-
-
-def test_an_unsure_image_is_added_to_a_builder_dataset_from_classify(
-    monkeypatch, app_runs: Path, tmp_path: Path
-):
-    """Classify → dataset: under an image the model is unsure of (every image, with the bar
-    raised), "Add to a dataset" saves the upload's bytes in a builder dataset under the class
-    typed, and a second add of the same bytes is a duplicate."""
-    from imgclf.data.roots import DATA_ENV
-    from imgclf.ui.pages import classify
-
-    monkeypatch.setattr(classify, "LOW_CONFIDENCE", 1.01)
-    monkeypatch.setenv(DATA_ENV, str(tmp_path / "datasets"))
-    at = _app(monkeypatch, app_runs)
-    run = Path(at.sidebar.selectbox(key="run").value)
-    photo = _png(run)
-    at.file_uploader[0].set_value([("unsure.png", photo, "image/png")]).run()
-    (key,) = [t.key[: -len("-dataset")] for t in at.text_input if t.key.endswith("-dataset")]
-    assert key.startswith("grow-0-")  # the first image's offer
-    at.text_input(key=f"{key}-dataset").set_value("grown").run()
-    at.text_input(key=f"{key}-class").set_value("new kind").run()
-    at.button(key=f"{key}-add").click().run()
-    assert not at.exception, [e.value for e in at.exception]
-    (saved,) = (tmp_path / "datasets" / "grown" / "new_kind").iterdir()
-    assert saved.read_bytes() == photo
-    assert any(f"Added as new\\_kind/{saved.name}" in s.value for s in at.success)
-    at.button(key=f"{key}-add").click().run()
-    assert any("Already in the dataset" in i.value for i in at.info)

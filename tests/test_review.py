@@ -164,6 +164,8 @@ def test_training_reports_label_errors_of_the_training_split(monkeypatch):
     assert report["flagged"] >= 10 and len(named) == min(report["flagged"], 20)
     assert len(named & set(flipped.tolist())) >= 0.8 * len(named), report
     assert "flagged" in splits.report["outliers"]
+    line = suspects.describe(splits.report, "\ndata: ")  # the start-up line, the model card
+    assert f"Likely label errors: {report['flagged']} training image(s)" in line
     for off in ("off", "false"):
         report = load_data(load_config(None, ["data.source=digits", f"data.audit={off}"])).report
         assert "label_issues" not in report and "outliers" not in report

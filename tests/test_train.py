@@ -51,6 +51,9 @@ def test_metrics_are_computed_on_the_held_out_test_split(tiny_run: Path):
     assert np.trace(matrix) / matrix.sum() == pytest.approx(test["accuracy"])
     for name, row in zip(CLASSES, matrix, strict=True):
         assert metrics["per_class"][name]["support"] == row.sum()
+    # The per-image checks ran on the training split before fitting (data.audit).
+    assert report["label_issues"]["method"].startswith("confident learning")
+    assert "flagged" in report["outliers"]
 
 
 def test_history_has_one_row_per_epoch(tiny_run: Path):
