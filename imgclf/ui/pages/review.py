@@ -140,8 +140,9 @@ def render(root: Path) -> None:
                    key="review-audit"):  # fmt: skip
         with st.spinner("Auditing every image (decodes them all)…"):
             try:
-                found: Any = audit(["data.source=folder", f"data.path={json.dumps(str(root))}",
-                                    "data.cache=memory"])  # fmt: skip
+                # data.cache as training has it (auto: the disk cache when there is room, so a
+                # second audit, or the training run after it, decodes nothing again).
+                found: Any = audit(["data.source=folder", f"data.path={json.dumps(str(root))}"])
             except UserError as exc:
                 found = str(exc)
             since = max((a["id"] for a in desk.actions), default=0)
