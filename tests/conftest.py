@@ -266,3 +266,22 @@ COSTLY_FIRST = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(COSTLY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
+
+
+@pytest.fixture(scope="session")
+def exported(exported_run: Path, folder_dataset: Path, tmp_path_factory) -> dict[str, Path]:
+    """An RGB run (the session's tiny run with every export) and a grey one trained here with
+    `normalize: standardize` (what ONNX export used to crash on). Training wrote and checked
+    each one's SavedModel; `imgclf-export` adds TFLite and ONNX. Built once per test session
+    and shared by the pytest-xdist workers (the tests only read them)."""
+    from imgclf.config import load_config
+    from imgclf.train import train
+
+    def build(grey: Path) -> None:
+        overrides = ["data.channels=1", "data.normalize=standardize", "train.export=true"]
+        config = load_config(None, [*tiny_overrides(folder_dataset), *overrides])
+        train(config, out=grey, verbose=0)
+        done = run_command("imgclf-export", grey, "--format", "tflite", "onnx")
+        assert done.returncode == 0, done.stderr
+
+    return {"rgb": exported_run, "grey": built_once(tmp_path_factory, "grey-exported", build)}

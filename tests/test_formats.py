@@ -32,27 +32,6 @@ def _corpus(run: Path) -> list[corpus.Sample]:
     return corpus.build([load_image(f, size, cfg.data.channels) for f in files])
 
 
-@pytest.fixture(scope="session")
-def exported(exported_run: Path, folder_dataset: Path, tmp_path_factory) -> dict[str, Path]:
-    """An RGB run (the session's tiny run with every export) and a grey one trained here with
-    `normalize: standardize` (what ONNX export used to crash on). Training wrote and checked
-    each one's SavedModel; `imgclf-export` adds TFLite and ONNX. Built once per test session
-    and shared by the pytest-xdist workers (the tests only read them)."""
-    from conftest import built_once, run_command, tiny_overrides
-
-    from imgclf.config import load_config
-    from imgclf.train import train
-
-    def build(grey: Path) -> None:
-        overrides = ["data.channels=1", "data.normalize=standardize", "train.export=true"]
-        config = load_config(None, [*tiny_overrides(folder_dataset), *overrides])
-        train(config, out=grey, verbose=0)
-        done = run_command("imgclf-export", grey, "--format", "tflite", "onnx")
-        assert done.returncode == 0, done.stderr
-
-    return {"rgb": exported_run, "grey": built_once(tmp_path_factory, "grey-exported", build)}
-
-
 def test_the_supported_list_names_the_formats_users_have():
     for ext in (".jpg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".heic", ".avif"):
         assert formats.is_image_name(f"photo{ext.upper()}"), ext

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import runs
-from imgclf.export import onnx, parity, tflite
+from imgclf.export import mediapipe, onnx, parity, tflite
 from imgclf.export.onnx import require_onnx
 from imgclf.export.parity import ExportError
 from imgclf.export.saved_model import export_run
@@ -17,7 +17,8 @@ from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
 from imgclf.infra.errors import UserError, check_address_space, resource_problem
 
-FORMATS = ("saved_model", "tflite", "onnx")  # the order they are written in
+FORMATS = ("saved_model", "tflite", "onnx", "mediapipe")  # the order they are written in
+ALL = FORMATS[:3]  # `all`: the formats of the core install and the [onnx] extra
 
 
 def _report(what: str, record: dict[str, Any], path: Path) -> None:
@@ -57,8 +58,9 @@ def build_parser() -> ArgumentParser:
         default=["saved_model"],
         help="one or more of: saved_model (default): RUN_DIR/saved_model/; tflite: "
         "RUN_DIR/model.tflite from the SavedModel; onnx: RUN_DIR/model.onnx (needs the [onnx] "
-        "extra); all: all three. Several are written in that order, the run's model and test "
-        "images loaded once",
+        "extra); mediapipe: RUN_DIR/model_mediapipe.tflite, one output and MediaPipe metadata, "
+        "checked in MediaPipe's ImageClassifier (needs the [mediapipe] extra); all: the first "
+        "three. Several are written in that order, the run's model and test images loaded once",
     )
     parser.add_argument(
         "--quantize", choices=("int8",), help="tflite: dynamic-range int8 (model_int8.tflite)"
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     export that failed its parity check, 2 for a usage error)."""
     args = build_parser().parse_args(argv)
     run_dir = Path(args.run_dir)
-    formats = FORMATS if "all" in args.format else tuple(f for f in FORMATS if f in args.format)
+    wanted = {*args.format, *(ALL if "all" in args.format else ())}
+    formats = tuple(f for f in FORMATS if f in wanted)
     try:
         if formats != ("saved_model",) and (args.out or args.serving_dir):
             raise UserError("--out and --serving-dir apply to --format saved_model only")
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--quantize int8 applies to --format tflite (or all)")
         if "onnx" in formats:
             require_onnx()  # before minutes of other exports, not after
+        if "mediapipe" in formats:
+            mediapipe.require_mediapipe()
         # Before minutes of work: a read-only or missing destination answers now, in one line.
         runs.check_writable(Path(args.serving_dir or args.out or run_dir))
         check_address_space()
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             _report("saved_model", runs.read_json(run_dir / runs.EXPORTS)[key], path)
         # The model and its answers on the test images, loaded once for TFLite and ONNX.
         loaded = None
-        if "tflite" in formats and "onnx" in formats:
+        if sum(f in formats for f in ("tflite", "onnx", "mediapipe")) > 1:
             loaded = parity.load_for_export(run_dir)
         if "tflite" in formats:
             record = tflite.export_run(run_dir, args.quantize, loaded)
@@ -101,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         if "onnx" in formats:
             record = onnx.export_run(run_dir, loaded)
             _report("onnx", record, run_dir / record["path"])
+        if "mediapipe" in formats:
+            record = mediapipe.export_run(run_dir, loaded)
+            _report("mediapipe", record, run_dir / record["path"])
     except (UserError, ExportError) as exc:
         print(f"error: {clip(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, UserError) else 1

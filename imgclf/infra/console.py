@@ -27,7 +27,9 @@ import threading
 TF_LOGS_ENV = "IMGCLF_TF_LOGS"
 _NOISE = re.compile(
     rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] "
-    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    # The TFLite runtime's own line when an interpreter starts (MediaPipe's included).
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)"
 )
 # The one multi-line start-up message: cpu_feature_guard's second line has no log prefix.
 _CONTINUATION = b"To enable the following instructions:"

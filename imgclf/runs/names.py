@@ -16,6 +16,7 @@ DIAGNOSTICS = "diagnostics.json"
 TFLITE = "model.tflite"
 TFLITE_INT8 = "model_int8.tflite"
 ONNX = "model.onnx"
+MEDIAPIPE = "model_mediapipe.tflite"  # one output and MediaPipe metadata (export/mediapipe.py)
 OOD = "ood.npz"  # the out-of-distribution detector's statistics (imgclf/confidence/ood.py)
 PLOTS = "plots"
 CURVES_PLOT = f"{PLOTS}/curves.png"
@@ -48,6 +49,7 @@ __all__ = [
     "LABELS",
     "LATEST",
     "MANIFEST",
+    "MEDIAPIPE",
     "METRICS",
     "MODEL",
     "MODEL_CARD",

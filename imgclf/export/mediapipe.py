@@ -1,0 +1,199 @@
+"""A MediaPipe-ready TFLite image classifier (`model_mediapipe.tflite`), checked by MediaPipe's
+own `ImageClassifier` before it is written.
+
+MediaPipe Tasks (Android, iOS, Python, the web) and LiteRT's image classifiers need one score
+tensor and metadata naming the labels and the input normalisation; `model.tflite` has four
+outputs (probabilities, label, ood_score, ood) and no metadata, so they cannot load it. This
+file has:
+
+- input: RGB float32 [1, H, W, 3], raw pixels 0..255 (metadata: mean 0, std 1, so MediaPipe
+  feeds the pixels as they are). A grey run converts in the graph with Pillow's luma weights
+  (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B; Pillow rounds to an integer, the graph does not,
+  so a colour photo may differ by under half a grey level). MediaPipe refuses grey inputs
+  ("Only RGB color space is supported").
+- output: the run's calibrated probabilities [1, K], the only output (the out-of-distribution
+  score stays in `model.tflite`, the SavedModel and ONNX).
+- metadata: written by MediaPipe's own writer (`mediapipe.tasks.python.metadata.
+  metadata_writers`, the `[mediapipe]` extra): the run's name and what it is, the input
+  normalisation, and labels.json as the label file.
+
+The check: the file is loaded in `mediapipe.tasks.python.vision.ImageClassifier` and classifies
+the run's test images (pre-sized to the model's input, so MediaPipe's own resize does not enter
+the comparison); its scores are compared with model.keras' probabilities as every export's are
+(`parity.require_parity`), and the label file read back from the metadata must be the run's
+classes. A file that fails is not written.
+
+The PyPI wheels of mediapipe 1.x ship the metadata writer without the compiled module that
+computes the metadata's minimum parser version (`_pywrap_metadata_version`; the 0.10.21 wheel
+that has it needs protobuf < 5 and numpy < 2, which TensorFlow 2.21 cannot share). `_writer`
+stands in for that one function with the schema version of the installed library, which parsers
+of that version and newer accept.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf import runs
+from imgclf.export import parity
+from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from imgclf.infra.errors import UserError
+
+INSTALL = "pip install 'imgclf[mediapipe]'"
+INPUT = "image"
+_VERSION_MODULE = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
+
+
+def require_mediapipe() -> None:
+    """UserError naming the install command when the `mediapipe` package is missing."""
+    try:
+        import mediapipe  # noqa: F401
+    except ImportError:
+        raise UserError(
+            f"--format mediapipe needs the mediapipe package: run `{INSTALL}`"
+        ) from None
+
+
+def _writer() -> Any:
+    """mediapipe's `metadata_writer` module (see the module's docstring for the stand-in)."""
+    require_mediapipe()
+    import mediapipe
+
+    if _VERSION_MODULE not in sys.modules:
+        try:
+            __import__(_VERSION_MODULE)
+        except ImportError:
+            schema = Path(mediapipe.__file__).parent / "tasks/metadata/metadata_schema.fbs"
+            found = re.search(r"Schema Semantic version: (\d+\.\d+\.\d+)", schema.read_text())
+            version = found.group(1) if found else "1.0.0"
+            stand_in = types.ModuleType(_VERSION_MODULE)
+            stand_in.GetMinimumMetadataParserVersion = lambda _buffer: version  # type: ignore[attr-defined]
+            parts = _VERSION_MODULE.split(".")
+            for depth in range(3, len(parts)):  # the missing packages above it: empty ones
+                sys.modules.setdefault(".".join(parts[:depth]), types.ModuleType(parts[depth - 1]))
+            sys.modules[_VERSION_MODULE] = stand_in
+            setattr(sys.modules[".".join(parts[:-1])], parts[-1], stand_in)
+    from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer
+
+    return metadata_writer
+
+
+def convert(saved_model_dir: str | Path) -> bytes:
+    """The TFLite flatbuffer of the SavedModel's `serving_default` with RGB float32
+    [1, H, W, 3] in and its probabilities out, nothing else (see the module's docstring)."""
+    import tensorflow as tf
+
+    with runs.glob_safe(saved_model_dir) as readable:
+        loaded = tf.saved_model.load(str(readable))
+        serve = loaded.signatures[SIGNATURE]
+        _, height, width, channels = serve.structured_input_signature[1][INPUT_NAME].shape
+
+        @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, INPUT)])
+        def classify(image: Any) -> Any:
+            pixels = image
+            if channels == 1:  # Pillow's "L" conversion, without its rounding
+                pixels = tf.reduce_sum(image * tf.constant([0.299, 0.587, 0.114]), -1, True)
+            return {OUTPUT_NAME: serve(**{INPUT_NAME: pixels})[OUTPUT_NAME]}
+
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [classify.get_concrete_function()], loaded
+        )
+        return converter.convert()
+
+
+def with_metadata(flatbuffer: bytes, class_names: list[str], name: str, about: str) -> bytes:
+    """`flatbuffer` with MediaPipe image-classifier metadata: `name` and `about` as its general
+    information, input normalisation mean 0 and std 1 (raw pixels), RGB, and the class names
+    as the output's label file."""
+    writer_module = _writer()
+    writer = writer_module.MetadataWriter(bytearray(flatbuffer))
+    writer.add_general_info(name, about)
+    writer.add_image_input([0.0], [1.0])
+    writer.add_classification_output(writer_module.Labels().add(list(class_names)))
+    model, _ = writer.populate()
+    return bytes(model)
+
+
+def labels_in(flatbuffer: bytes) -> list[str]:
+    """The label file packed in the model's metadata, one class per line ([] when none)."""
+    import zipfile
+    from io import BytesIO
+
+    try:
+        with zipfile.ZipFile(BytesIO(flatbuffer)) as packed:
+            names = [n for n in packed.namelist() if n.endswith(".txt")]
+            return packed.read(names[0]).decode().splitlines() if names else []
+    except zipfile.BadZipFile:  # no associated files: no metadata
+        return []
+
+
+def classifier(flatbuffer: bytes) -> Any:
+    """fn: uint8 RGB images [N, H, W, 3] -> float [N, K] scores by class index, each image
+    classified by MediaPipe's `ImageClassifier` (all classes, one image at a time, as an app
+    calls it). Raises UserError when MediaPipe refuses the file."""
+    require_mediapipe()
+    import mediapipe as mp
+    from mediapipe.tasks.python import vision
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_buffer=flatbuffer), max_results=-1
+    )
+    try:
+        task = vision.ImageClassifier.create_from_options(options)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"MediaPipe's ImageClassifier refuses the model: {exc}") from None
+
+    def fn(images: np.ndarray) -> np.ndarray:
+        rows = []
+        for pixels in np.asarray(images, np.uint8):
+            frame = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
+            categories = task.classify(frame).classifications[0].categories
+            row = np.zeros(len(categories))
+            for category in categories:
+                row[category.index] = category.score
+            rows.append(row)
+        return np.stack(rows)
+
+    return fn
+
+
+def export_run(
+    run_dir: str | Path, loaded: tuple[Any, parity.Reference] | None = None
+) -> dict[str, Any]:
+    """`imgclf-export RUN --format mediapipe`: convert from the run's SavedModel, add the
+    metadata, classify the run's test images in MediaPipe, compare, write `model_mediapipe.
+    tflite` and record it in exports.json. Raises UserError (no SavedModel, no mediapipe, a
+    refused file) or ExportError (it disagrees with model.keras)."""
+    run_dir = Path(run_dir)
+    _writer()  # the install hint before any work
+    saved_model = run_dir / runs.SAVED_MODEL
+    if not (saved_model / "saved_model.pb").is_file():
+        raise UserError(f"{run_dir} has no {runs.SAVED_MODEL}/; run imgclf-export {run_dir} first")
+    runs.verify_manifest(run_dir, runs.SAVED_MODEL)
+    _, reference = loaded or parity.load_for_export(run_dir)
+    class_names = runs.read_labels(run_dir)
+    name = runs.read_config(run_dir).get("name") or run_dir.name
+    model = with_metadata(
+        convert(saved_model), class_names, str(name), f"imgclf image classifier ({run_dir.name})"
+    )
+    not_written = f"{runs.MEDIAPIPE} was not written"
+    if labels_in(model) != list(class_names):
+        raise UserError(f"the model's metadata does not list the run's classes; {not_written}")
+    images = reference.images
+    rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+    scores = classifier(model)(rgb)
+    record = {"path": runs.MEDIAPIPE, "runtime": "mediapipe ImageClassifier",
+              "size_bytes": len(model),
+              **parity.compare(scores, reference.probabilities, reference.labels)}  # fmt: skip
+    parity.require_parity("MediaPipe model", record["parity"], not_written)
+    with runs.atomic_path(run_dir / runs.MEDIAPIPE) as tmp:
+        tmp.write_bytes(model)
+    parity.record_export(run_dir, "mediapipe", record)
+    return record
