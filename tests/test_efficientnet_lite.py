@@ -336,11 +336,12 @@ def test_imagenet_lite0_trains_two_phases_and_every_export_agrees(
     np.testing.assert_array_equal(backbone.get_layer("stem_conv").get_weights()[0], stem)
     assert explain.validate(model) == "backbone"  # Grad-CAM reads the backbone's feature map
 
-    # The SavedModel was written and parity-checked by the training run; TFLite and ONNX now,
-    # in one command (the model and its answers on the test split loaded once).
-    assert export_main([str(run), "--format", "tflite", "onnx"]) == 0
+    # The SavedModel was written and parity-checked by the training run; TFLite, ONNX and the
+    # MediaPipe classifier (run by MediaPipe's ImageClassifier) now, in one command (the model
+    # and its answers on the test split loaded once).
+    assert export_main([str(run), "--format", "tflite", "onnx", "mediapipe"]) == 0
     exports = json.loads((run / "exports.json").read_text())
-    for fmt in ("saved_model", "tflite", "onnx"):
+    for fmt in ("saved_model", "tflite", "onnx", "mediapipe"):
         assert exports[fmt]["parity"]["top1_agreement"] == 1.0, fmt
         assert exports[fmt]["parity"]["max_abs_diff"] < 1e-4, fmt
     sample = sorted((run / "samples").glob("*.png"))[0]
