@@ -202,7 +202,8 @@ def check_split(
 
     try:
         config = load_config(run_dir / runs.CONFIG)
-        data = config.data.model_copy(update={"cache": "none"})
+        # No per-image audit either: the export needs the test split, not its findings.
+        data = config.data.model_copy(update={"cache": "none", "audit": "off"})
         test = load_data(config.model_copy(update={"data": data})).test
         return readable_sample(test, PARITY_MAX_IMAGES)
     except UserError as exc:

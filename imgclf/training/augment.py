@@ -113,7 +113,8 @@ def preview_grid(
     app shows it as it is)."""
     import keras
 
-    splits = load_data(config)
+    data = config.data.model_copy(update={"audit": "off"})  # a preview: no findings needed
+    splits = load_data(config.model_copy(update={"data": data}))
     pixels, labels = readable_sample(splits.train, n_images)  # a corrupt file is skipped
     x = pixels.astype("float32")
     y = np.eye(len(splits.class_names), dtype="float32")[labels]

@@ -83,9 +83,11 @@ def training_config(path: str | Path, kind: str, base: dict[str, Any] | None = N
 def training_report(config: Config) -> dict[str, Any]:
     """The data report `load_data` builds for `config`: classes, counts per split and class (the
     configured split: stratified with the config's fractions and seed, or the source's own),
-    skipped and ignored files. Raises DataError where training would stop."""
+    skipped and ignored files. Raises DataError where training would stop. Without the
+    per-image checks (the Review section audits on request)."""
 
-    return load_data(config).report
+    data = config.data.model_copy(update={"audit": "off"})
+    return load_data(config.model_copy(update={"data": data})).report
 
 
 def spread(items: list[Any], k: int) -> list[Any]:
