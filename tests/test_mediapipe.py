@@ -62,3 +62,23 @@ def test_a_model_without_the_runs_labels_is_refused_and_not_written(
     assert done.stderr.startswith("error: the model's metadata does not list the run's classes")
     assert done.stderr.count("\n") == 1
     assert not (run / runs.MEDIAPIPE).exists()
+
+
+def test_the_int8_classifier_takes_uint8_pixels_and_reports_its_agreement(
+    exported: dict[str, Path], tmp_path: Path
+):
+    """`--quantize int8`: full-integer int8 calibrated on training images, uint8 input (what
+    phones run fastest), run in MediaPipe; its agreement and accuracy drop are recorded, not
+    required."""
+    from imgclf.export.tflite import _interpreter
+
+    run = tmp_path / "run"
+    shutil.copytree(exported["rgb"], run)
+    done = run_command("imgclf-export", run, "--format", "mediapipe", "--quantize", "int8")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((run / runs.EXPORTS).read_text())["mediapipe_int8"]
+    assert record["quantized"] == "int8" and 0.0 <= record["parity"]["top1_agreement"] <= 1.0
+    model = (run / runs.MEDIAPIPE_INT8).read_bytes()
+    assert mediapipe.labels_in(model) == runs.read_labels(run)
+    (given,) = _interpreter(model).get_input_details()
+    assert given["dtype"] == np.uint8 and list(given["shape"]) == [1, 32, 32, 3]

@@ -84,9 +84,12 @@ def _writer() -> Any:
     return metadata_writer
 
 
-def convert(saved_model_dir: str | Path) -> bytes:
+def convert(saved_model_dir: str | Path, calibration: np.ndarray | None = None) -> bytes:
     """The TFLite flatbuffer of the SavedModel's `serving_default` with RGB float32
-    [1, H, W, 3] in and its probabilities out, nothing else (see the module's docstring)."""
+    [1, H, W, 3] in and its probabilities out, nothing else (see the module's docstring). With
+    `calibration` (uint8 RGB training images [N, H, W, 3]): full-integer int8 (TFLite's
+    post-training quantisation with those images as the representative dataset), uint8 input,
+    float32 probabilities out."""
     import tensorflow as tf
 
     with runs.glob_safe(saved_model_dir) as readable:
@@ -104,6 +107,13 @@ def convert(saved_model_dir: str | Path) -> bytes:
         converter = tf.lite.TFLiteConverter.from_concrete_functions(
             [classify.get_concrete_function()], loaded
         )
+        if calibration is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: (
+                [image[None].astype(np.float32)] for image in calibration
+            )
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
         return converter.convert()
 
 
@@ -164,13 +174,37 @@ def classifier(flatbuffer: bytes) -> Any:
     return fn
 
 
+CALIBRATION_IMAGES = 200  # training images int8 quantisation calibrates its ranges on
+
+
+def calibration_images(run_dir: Path) -> np.ndarray:
+    """uint8 RGB [n, H, W, 3]: the first CALIBRATION_IMAGES readable training images of the
+    run (its split re-made from config.yaml; only these are decoded)."""
+    from imgclf.config import load_config
+    from imgclf.data import load_data
+    from imgclf.data.pool import readable_sample
+
+    config = load_config(run_dir / runs.CONFIG)
+    data = config.data.model_copy(update={"cache": "none", "audit": "off"})
+    try:
+        train = load_data(config.model_copy(update={"data": data})).train
+    except UserError as exc:
+        raise UserError(f"int8 calibrates on the run's training images: {exc}") from None
+    images, _ = readable_sample(train, CALIBRATION_IMAGES)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
 def export_run(
-    run_dir: str | Path, loaded: tuple[Any, parity.Reference] | None = None
+    run_dir: str | Path,
+    loaded: tuple[Any, parity.Reference] | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
-    """`imgclf-export RUN --format mediapipe`: convert from the run's SavedModel, add the
-    metadata, classify the run's test images in MediaPipe, compare, write `model_mediapipe.
-    tflite` and record it in exports.json. Raises UserError (no SavedModel, no mediapipe, a
-    refused file) or ExportError (it disagrees with model.keras)."""
+    """`imgclf-export RUN --format mediapipe [--quantize int8]`: convert from the run's
+    SavedModel (int8: calibrated on training images), add the metadata, classify the run's test
+    images in MediaPipe, compare, write `model_mediapipe.tflite` (`model_mediapipe_int8.tflite`)
+    and record it in exports.json. A float file that disagrees is not written; an int8 one
+    reports its agreement and accuracy drop. Raises UserError (no SavedModel, no mediapipe, a
+    refused file) or ExportError (the float file disagrees with model.keras)."""
     run_dir = Path(run_dir)
     _writer()  # the install hint before any work
     saved_model = run_dir / runs.SAVED_MODEL
@@ -180,20 +214,26 @@ def export_run(
     _, reference = loaded or parity.load_for_export(run_dir)
     class_names = runs.read_labels(run_dir)
     name = runs.read_config(run_dir).get("name") or run_dir.name
+    path = runs.MEDIAPIPE_INT8 if quantize else runs.MEDIAPIPE
+    calibration = calibration_images(run_dir) if quantize else None
     model = with_metadata(
-        convert(saved_model), class_names, str(name), f"imgclf image classifier ({run_dir.name})"
+        convert(saved_model, calibration),
+        class_names,
+        str(name),
+        f"imgclf image classifier ({run_dir.name}{', int8' if quantize else ''})",
     )
-    not_written = f"{runs.MEDIAPIPE} was not written"
+    not_written = f"{path} was not written"
     if labels_in(model) != list(class_names):
         raise UserError(f"the model's metadata does not list the run's classes; {not_written}")
     images = reference.images
     rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
     scores = classifier(model)(rgb)
-    record = {"path": runs.MEDIAPIPE, "runtime": "mediapipe ImageClassifier",
+    record = {"path": path, "runtime": "mediapipe ImageClassifier", "quantized": quantize or False,
               "size_bytes": len(model),
               **parity.compare(scores, reference.probabilities, reference.labels)}  # fmt: skip
-    parity.require_parity("MediaPipe model", record["parity"], not_written)
-    with runs.atomic_path(run_dir / runs.MEDIAPIPE) as tmp:
+    if not quantize:
+        parity.require_parity("MediaPipe model", record["parity"], not_written)
+    with runs.atomic_path(run_dir / path) as tmp:
         tmp.write_bytes(model)
-    parity.record_export(run_dir, "mediapipe", record)
+    parity.record_export(run_dir, "mediapipe_int8" if quantize else "mediapipe", record)
     return record

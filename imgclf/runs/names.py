@@ -17,6 +17,7 @@ TFLITE = "model.tflite"
 TFLITE_INT8 = "model_int8.tflite"
 ONNX = "model.onnx"
 MEDIAPIPE = "model_mediapipe.tflite"  # one output and MediaPipe metadata (export/mediapipe.py)
+MEDIAPIPE_INT8 = "model_mediapipe_int8.tflite"  # the same, full-integer int8
 OOD = "ood.npz"  # the out-of-distribution detector's statistics (imgclf/confidence/ood.py)
 PLOTS = "plots"
 CURVES_PLOT = f"{PLOTS}/curves.png"
@@ -50,6 +51,7 @@ __all__ = [
     "LATEST",
     "MANIFEST",
     "MEDIAPIPE",
+    "MEDIAPIPE_INT8",
     "METRICS",
     "MODEL",
     "MODEL_CARD",
