@@ -6,6 +6,8 @@ side, all checked by `parity` against model.keras before anything is moved into 
     saved_model.py  TensorFlow SavedModel (serving_default: pixels; serve_bytes: image files)
     tflite.py       TensorFlow Lite (float32, or int8 dynamic range), from the SavedModel
     onnx.py         ONNX (via Keras' model.export and tf2onnx), run in onnxruntime
+    mediapipe.py    a one-output TFLite with MediaPipe metadata, run in MediaPipe's classifier
+    openvino.py     the ONNX file run in OpenVINO's runtime (a parity record, no new file)
     batch_decode.py serve_bytes' decoding: encoded files -> pixels and a status per file
     destinations.py where a SavedModel may go besides its run (--out, --serving-dir)
     cli.py          `imgclf-export`

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import runs
-from imgclf.export import mediapipe, onnx, parity, tflite
+from imgclf.export import mediapipe, onnx, openvino, parity, tflite
 from imgclf.export.onnx import require_onnx
 from imgclf.export.parity import ExportError
 from imgclf.export.saved_model import export_run
@@ -17,7 +17,8 @@ from imgclf.infra.bounded import clip
 from imgclf.infra.console import quiet_tensorflow
 from imgclf.infra.errors import UserError, check_address_space, resource_problem
 
-FORMATS = ("saved_model", "tflite", "onnx", "mediapipe")  # the order they are written in
+# The order they are written in (openvino checks the ONNX file, so it comes after onnx).
+FORMATS = ("saved_model", "tflite", "onnx", "mediapipe", "openvino")
 ALL = FORMATS[:3]  # `all`: the formats of the core install and the [onnx] extra
 
 
@@ -59,8 +60,10 @@ def build_parser() -> ArgumentParser:
         help="one or more of: saved_model (default): RUN_DIR/saved_model/; tflite: "
         "RUN_DIR/model.tflite from the SavedModel; onnx: RUN_DIR/model.onnx (needs the [onnx] "
         "extra); mediapipe: RUN_DIR/model_mediapipe.tflite, one output and MediaPipe metadata, "
-        "checked in MediaPipe's ImageClassifier (needs the [mediapipe] extra); all: the first "
-        "three. Several are written in that order, the run's model and test images loaded once",
+        "checked in MediaPipe's ImageClassifier (needs the [mediapipe] extra); openvino: "
+        "RUN_DIR/model.onnx checked in OpenVINO's runtime (needs the [openvino] extra); all: the "
+        "first three. Several are written in that order, the run's model and test images loaded "
+        "once",
     )
     parser.add_argument(
         "--quantize",
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             require_onnx()  # before minutes of other exports, not after
         if "mediapipe" in formats:
             mediapipe.require_mediapipe()
+        if "openvino" in formats:
+            openvino.require_openvino()
         # Before minutes of work: a read-only or missing destination answers now, in one line.
         runs.check_writable(Path(args.serving_dir or args.out or run_dir))
         check_address_space()
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             _report("saved_model", runs.read_json(run_dir / runs.EXPORTS)[key], path)
         # The model and its answers on the test images, loaded once for TFLite and ONNX.
         loaded = None
-        if sum(f in formats for f in ("tflite", "onnx", "mediapipe")) > 1:
+        if sum(f in formats for f in ("tflite", "onnx", "mediapipe", "openvino")) > 1:
             loaded = parity.load_for_export(run_dir)
         if "tflite" in formats:
             record = tflite.export_run(run_dir, args.quantize, loaded)
@@ -113,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
             record = mediapipe.export_run(run_dir, loaded, args.quantize)
             _report(
                 f"mediapipe{' int8' if args.quantize else ''}", record, run_dir / record["path"]
+            )
+        if "openvino" in formats:
+            record = openvino.export_run(run_dir, loaded)
+            _report("openvino", record, run_dir / record["path"])
+            usual = record["default_precision"]
+            print(
+                f"openvino at its default precision ({usual['precision']}): max |Δp| "
+                f"{usual['parity']['max_abs_diff']:.2e}, top-1 agreement "
+                f"{usual['parity']['top1_agreement']:.2%} (reported, not required)"
             )
     except (UserError, ExportError) as exc:
         print(f"error: {clip(exc)}", file=sys.stderr)
