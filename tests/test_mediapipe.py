@@ -38,7 +38,8 @@ def test_mediapipe_classifies_like_the_run(exported: dict[str, Path], tmp_path: 
     samples = sorted((run / runs.SAMPLES).glob("*.png"))
     expected, _ = Predictor.from_path(run).predict_files(samples, k=1)
     pixels = np.stack([load_image(f, tuple(cfg.image_size), 3) for f in samples])
-    scores = mediapipe.classifier(model)(pixels)
+    with mediapipe.Classifier(model) as classify:
+        scores = classify(pixels)
     names = runs.read_labels(run)
     assert [names[i] for i in scores.argmax(axis=1)] == [p.label for p in expected]
 

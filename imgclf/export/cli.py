@@ -3,12 +3,14 @@ package (argument parsing and the report; the work is in the format modules)."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from imgclf import runs
-from imgclf.export import mediapipe, onnx, openvino, parity, tflite
+from imgclf.export import benchmark, mediapipe, onnx, openvino, parity, tflite
 from imgclf.export.onnx import require_onnx
 from imgclf.export.parity import ExportError
 from imgclf.export.saved_model import export_run
@@ -56,7 +58,7 @@ def build_parser() -> ArgumentParser:
         "--format",
         nargs="+",
         choices=(*FORMATS, "all"),
-        default=["saved_model"],
+        default=None,
         help="one or more of: saved_model (default): RUN_DIR/saved_model/; tflite: "
         "RUN_DIR/model.tflite from the SavedModel; onnx: RUN_DIR/model.onnx (needs the [onnx] "
         "extra); mediapipe: RUN_DIR/model_mediapipe.tflite, one output and MediaPipe metadata, "
@@ -72,6 +74,13 @@ def build_parser() -> ArgumentParser:
         "with uint8 input, calibrated on 200 training images (model_mediapipe_int8.tflite)",
     )
     parser.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="after any --format asked for: one table across every artifact the run has "
+        "(size, load time, latency at batch 1, throughput at batch 32, top-1 agreement, max "
+        "|Δp|), printed and kept in exports.json; alone, it exports nothing",
+    )
+    parser.add_argument(
         "--verbose", action="store_true", help="also show TensorFlow's own start-up log lines"
     )
     return parser
@@ -83,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     export that failed its parity check, 2 for a usage error)."""
     args = build_parser().parse_args(argv)
     run_dir = Path(args.run_dir)
+    if args.format is None:
+        args.format = [] if args.benchmark else ["saved_model"]
     wanted = {*args.format, *(ALL if "all" in args.format else ())}
     formats = tuple(f for f in FORMATS if f in wanted)
     try:
@@ -128,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{usual['parity']['max_abs_diff']:.2e}, top-1 agreement "
                 f"{usual['parity']['top1_agreement']:.2%} (reported, not required)"
             )
+        if args.benchmark:
+            rows = benchmark.measure(run_dir)
+            parity.record_export(run_dir, "benchmark", {"rows": rows, "cpus": os.cpu_count(),
+                                 "measured": time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
+            print(benchmark.table(rows), end="")
     except (UserError, ExportError) as exc:
         print(f"error: {clip(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, UserError) else 1

@@ -143,35 +143,47 @@ def labels_in(flatbuffer: bytes) -> list[str]:
         return []
 
 
-def classifier(flatbuffer: bytes) -> Any:
-    """fn: uint8 RGB images [N, H, W, 3] -> float [N, K] scores by class index, each image
-    classified by MediaPipe's `ImageClassifier` (all classes, one image at a time, as an app
-    calls it). Raises UserError when MediaPipe refuses the file."""
-    require_mediapipe()
-    import mediapipe as mp
-    from mediapipe.tasks.python import vision
-    from mediapipe.tasks.python.core.base_options import BaseOptions
+class Classifier:
+    """MediaPipe's `ImageClassifier` on a model held in memory: called with uint8 RGB images
+    [N, H, W, 3], returns float [N, K] scores by class index (all classes, one image per call,
+    as an app calls it). Close it (or use `with`): MediaPipe's own clean-up at interpreter
+    exit raises "Exception ignored" tracebacks. Raises UserError when MediaPipe refuses the
+    file."""
 
-    options = vision.ImageClassifierOptions(
-        base_options=BaseOptions(model_asset_buffer=flatbuffer), max_results=-1
-    )
-    try:
-        task = vision.ImageClassifier.create_from_options(options)
-    except (ValueError, RuntimeError) as exc:
-        raise UserError(f"MediaPipe's ImageClassifier refuses the model: {exc}") from None
+    def __init__(self, flatbuffer: bytes) -> None:
+        require_mediapipe()
+        from mediapipe.tasks.python import vision
+        from mediapipe.tasks.python.core.base_options import BaseOptions
 
-    def fn(images: np.ndarray) -> np.ndarray:
+        options = vision.ImageClassifierOptions(
+            base_options=BaseOptions(model_asset_buffer=flatbuffer), max_results=-1
+        )
+        try:
+            self.task = vision.ImageClassifier.create_from_options(options)
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(f"MediaPipe's ImageClassifier refuses the model: {exc}") from None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        import mediapipe as mp
+
         rows = []
         for pixels in np.asarray(images, np.uint8):
             frame = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
-            categories = task.classify(frame).classifications[0].categories
+            categories = self.task.classify(frame).classifications[0].categories
             row = np.zeros(len(categories))
             for category in categories:
                 row[category.index] = category.score
             rows.append(row)
         return np.stack(rows)
 
-    return fn
+    def close(self) -> None:
+        self.task.close()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 CALIBRATION_IMAGES = 200  # training images int8 quantisation calibrates its ranges on
@@ -227,7 +239,8 @@ def export_run(
         raise UserError(f"the model's metadata does not list the run's classes; {not_written}")
     images = reference.images
     rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
-    scores = classifier(model)(rgb)
+    with Classifier(model) as classify:
+        scores = classify(rgb)
     record = {"path": path, "runtime": "mediapipe ImageClassifier", "quantized": quantize or False,
               "size_bytes": len(model),
               **parity.compare(scores, reference.probabilities, reference.labels)}  # fmt: skip
