@@ -92,11 +92,8 @@ class DataConfig(_Section):
 
     @field_validator("audit", mode="before")
     @classmethod
-    def _audit_switch(cls, value: Any) -> Any:
-        # true/false (YAML's on/off too) read as the default check and none.
-        return (
-            {True: "pixels", False: "off"}.get(value, value) if isinstance(value, bool) else value
-        )
+    def _audit_switch(cls, value: Any) -> Any:  # true/false (YAML's on/off): pixels/off
+        return ("pixels" if value else "off") if isinstance(value, bool) else value
 
     @field_validator("classes", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgclf.data import builtin, duplicates, near_duplicates, review, suspects
+from imgclf.data import builtin, duplicates, suspects
 from imgclf.data.folder import load_csv, load_folder
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, Split, Splits, conform
 from imgclf.data.store import FileStore, ImageView
@@ -323,11 +323,7 @@ def load_data(config: Config) -> Splits:
     train_idx, val_idx, test_idx = (_readable(pool, i) for i in (train_idx, val_idx, test_idx))
     _check_not_empty(pool, val_idx, test_idx)
     _check_every_class_tested(pool, cfg, train_idx, val_idx, test_idx, _own_parts(pool, how))
-    kept = review.kept_in(cfg.path if cfg.source == "folder" else None)
-    near = near_duplicates.report(pool, train_idx, test_idx, groups, kept) if pool.store else None
-    per_image = (
-        {} if cfg.audit == "off" else suspects.check(pool, train_idx, kept, config.seed, cfg.audit)
-    )
+    near, per_image = suspects.training_findings(pool, config, groups, train_idx, test_idx)
     splits = {"train": _take(pool, train_idx, cfg), "val": _take(pool, val_idx, cfg)}
     splits["test"] = _take(pool, test_idx, cfg)
     report: dict[str, Any] = {

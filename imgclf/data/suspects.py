@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.data import embeddings, label_issues, outliers
+from imgclf.data import embeddings, label_issues, near_duplicates, outliers, review
 from imgclf.data.pool import Pool, has_pixels, pixel_chunks
 
 MAX_IMAGES = 10_000
@@ -65,6 +65,18 @@ def check(
         ),
         "outliers": outliers.report(pool, usable, x, by_kind("outliers")),
     }
+
+
+def training_findings(
+    pool: Pool, config: Any, groups: list[np.ndarray], train: np.ndarray, test: np.ndarray
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """What `load_data` adds to the data report after the split: (the near-duplicate report,
+    or None for a source without cached pixels; the per-image checks of the training split as
+    `data.audit` asks), leaving out what the dataset's review keeps (`review.kept_in`)."""
+    cfg = config.data
+    kept = review.kept_in(cfg.path if cfg.source == "folder" else None)
+    near = near_duplicates.report(pool, train, test, groups, kept) if pool.store else None
+    return near, check(pool, train, kept, config.seed, cfg.audit)
 
 
 def describe(report: dict[str, Any], prefix: str) -> str:

@@ -41,6 +41,32 @@ def _report(what: str, record: dict[str, Any], path: Path) -> None:
     print(path)
 
 
+def _checked_formats(run_dir: Path, formats: tuple[str, ...], quantize: str | None) -> None:
+    """Write (or, for openvino, check) each of the formats after the SavedModel, in order."""
+    # The model and its answers on the test images, loaded once for TFLite and ONNX.
+    loaded = None
+    if sum(f in formats for f in ("tflite", "onnx", "mediapipe", "openvino")) > 1:
+        loaded = parity.load_for_export(run_dir)
+    if "tflite" in formats:
+        record = tflite.export_run(run_dir, quantize, loaded)
+        _report(f"tflite{' int8' if quantize else ''}", record, run_dir / record["path"])
+    if "onnx" in formats:
+        record = onnx.export_run(run_dir, loaded)
+        _report("onnx", record, run_dir / record["path"])
+    if "mediapipe" in formats:
+        record = mediapipe.export_run(run_dir, loaded, quantize)
+        _report(f"mediapipe{' int8' if quantize else ''}", record, run_dir / record["path"])
+    if "openvino" in formats:
+        record = openvino.export_run(run_dir, loaded)
+        _report("openvino", record, run_dir / record["path"])
+        usual = record["default_precision"]
+        print(
+            f"openvino at its default precision ({usual['precision']}): max |Δp| "
+            f"{usual['parity']['max_abs_diff']:.2e}, top-1 agreement "
+            f"{usual['parity']['top1_agreement']:.2%} (reported, not required)"
+        )
+
+
 def build_parser() -> ArgumentParser:
     """The command line of `imgclf-export`."""
     parser = ArgumentParser(
@@ -115,30 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             path = export_run(run_dir, args.out, serving_dir=args.serving_dir)
             key = "tf_serving" if args.serving_dir else "saved_model"
             _report("saved_model", runs.read_json(run_dir / runs.EXPORTS)[key], path)
-        # The model and its answers on the test images, loaded once for TFLite and ONNX.
-        loaded = None
-        if sum(f in formats for f in ("tflite", "onnx", "mediapipe", "openvino")) > 1:
-            loaded = parity.load_for_export(run_dir)
-        if "tflite" in formats:
-            record = tflite.export_run(run_dir, args.quantize, loaded)
-            _report(f"tflite{' int8' if args.quantize else ''}", record, run_dir / record["path"])
-        if "onnx" in formats:
-            record = onnx.export_run(run_dir, loaded)
-            _report("onnx", record, run_dir / record["path"])
-        if "mediapipe" in formats:
-            record = mediapipe.export_run(run_dir, loaded, args.quantize)
-            _report(
-                f"mediapipe{' int8' if args.quantize else ''}", record, run_dir / record["path"]
-            )
-        if "openvino" in formats:
-            record = openvino.export_run(run_dir, loaded)
-            _report("openvino", record, run_dir / record["path"])
-            usual = record["default_precision"]
-            print(
-                f"openvino at its default precision ({usual['precision']}): max |Δp| "
-                f"{usual['parity']['max_abs_diff']:.2e}, top-1 agreement "
-                f"{usual['parity']['top1_agreement']:.2%} (reported, not required)"
-            )
+        _checked_formats(run_dir, formats, args.quantize)
         if args.benchmark:
             rows = benchmark.measure(run_dir)
             parity.record_export(run_dir, "benchmark", {"rows": rows, "cpus": os.cpu_count(),
