@@ -8,6 +8,8 @@ side, all checked by `parity` against model.keras before anything is moved into 
     onnx.py         ONNX (via Keras' model.export and tf2onnx), run in onnxruntime
     mediapipe.py    a one-output TFLite with MediaPipe metadata, run in MediaPipe's classifier
     openvino.py     the ONNX file run in OpenVINO's runtime (a parity record, no new file)
+    web.py          RUN/web/: a page that classifies offline in a browser (MediaPipe for the web)
+    benchmark.py    --benchmark: one table across every artifact, each in its own runtime
     batch_decode.py serve_bytes' decoding: encoded files -> pixels and a status per file
     destinations.py where a SavedModel may go besides its run (--out, --serving-dir)
     cli.py          `imgclf-export`

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import runs
-from imgclf.export import benchmark, mediapipe, onnx, openvino, parity, tflite
+from imgclf.export import benchmark, mediapipe, onnx, openvino, parity, tflite, web
 from imgclf.export.onnx import require_onnx
 from imgclf.export.parity import ExportError
 from imgclf.export.saved_model import export_run
@@ -20,7 +20,7 @@ from imgclf.infra.console import quiet_tensorflow
 from imgclf.infra.errors import UserError, check_address_space, resource_problem
 
 # The order they are written in (openvino checks the ONNX file, so it comes after onnx).
-FORMATS = ("saved_model", "tflite", "onnx", "mediapipe", "openvino")
+FORMATS = ("saved_model", "tflite", "onnx", "mediapipe", "web", "openvino")
 ALL = FORMATS[:3]  # `all`: the formats of the core install and the [onnx] extra
 
 
@@ -56,6 +56,13 @@ def _checked_formats(run_dir: Path, formats: tuple[str, ...], quantize: str | No
     if "mediapipe" in formats:
         record = mediapipe.export_run(run_dir, loaded, quantize)
         _report(f"mediapipe{' int8' if quantize else ''}", record, run_dir / record["path"])
+    if "web" in formats:
+        record = web.export_run(run_dir)
+        print(
+            f"web: {len(record['files'])} files, {record['size_bytes'] / 2**20:.1f} MB; serve it "
+            f"with: python -m http.server -d {run_dir / record['path']}"
+        )
+        print(run_dir / record["path"])
     if "openvino" in formats:
         record = openvino.export_run(run_dir, loaded)
         _report("openvino", record, run_dir / record["path"])
@@ -89,7 +96,9 @@ def build_parser() -> ArgumentParser:
         "RUN_DIR/model.tflite from the SavedModel; onnx: RUN_DIR/model.onnx (needs the [onnx] "
         "extra); mediapipe: RUN_DIR/model_mediapipe.tflite, one output and MediaPipe metadata, "
         "checked in MediaPipe's ImageClassifier (needs the [mediapipe] extra); openvino: "
-        "RUN_DIR/model.onnx checked in OpenVINO's runtime (needs the [openvino] extra); all: the "
+        "RUN_DIR/model.onnx checked in OpenVINO's runtime (needs the [openvino] extra); web: "
+        "RUN_DIR/web/, a page that classifies offline in a browser (MediaPipe for the web); "
+        "all: the "
         "first three. Several are written in that order, the run's model and test images loaded "
         "once",
     )
@@ -121,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.format is None:
         args.format = [] if args.benchmark else ["saved_model"]
     wanted = {*args.format, *(ALL if "all" in args.format else ())}
+    if "web" in wanted and not (run_dir / runs.MEDIAPIPE).is_file():
+        wanted.add("mediapipe")  # the page runs the MediaPipe file: made first when missing
     formats = tuple(f for f in FORMATS if f in wanted)
     try:
         if formats != ("saved_model",) and (args.out or args.serving_dir):
@@ -129,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--quantize int8 applies to --format tflite or mediapipe (or all)")
         if "onnx" in formats:
             require_onnx()  # before minutes of other exports, not after
-        if "mediapipe" in formats:
+        if "mediapipe" in formats or "web" in formats:
             mediapipe.require_mediapipe()
         if "openvino" in formats:
             openvino.require_openvino()

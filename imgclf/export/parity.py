@@ -43,7 +43,7 @@ PARITY_MIN_AGREEMENT = 0.999  # top-1 labels; below 1.0 only so an exact tie can
 OOD_TOLERANCE = 1e-3  # max |Δ ood_score| as a fraction of the threshold
 # What an export writes or rewrites in a run: everything else must match the manifest first.
 EXPORT_FILES = (runs.SAVED_MODEL, runs.TFLITE, runs.TFLITE_INT8, runs.ONNX, runs.MEDIAPIPE,
-                runs.MEDIAPIPE_INT8, runs.EXPORTS, runs.MODEL_CARD)  # fmt: skip
+                runs.MEDIAPIPE_INT8, runs.WEB, runs.EXPORTS, runs.MODEL_CARD)  # fmt: skip
 ACCURACY_KEYS = ("test_accuracy", "keras_test_accuracy", "accuracy_drop")
 
 

@@ -18,6 +18,7 @@ TFLITE_INT8 = "model_int8.tflite"
 ONNX = "model.onnx"
 MEDIAPIPE = "model_mediapipe.tflite"  # one output and MediaPipe metadata (export/mediapipe.py)
 MEDIAPIPE_INT8 = "model_mediapipe_int8.tflite"  # the same, full-integer int8
+WEB = "web"  # a page that classifies offline in a browser (export/web.py)
 OOD = "ood.npz"  # the out-of-distribution detector's statistics (imgclf/confidence/ood.py)
 PLOTS = "plots"
 CURVES_PLOT = f"{PLOTS}/curves.png"
@@ -66,5 +67,6 @@ __all__ = [
     "STATE",
     "TFLITE",
     "TFLITE_INT8",
+    "WEB",
     "WORST",
 ]
