@@ -12,7 +12,9 @@ from conftest import run_command
 from imgclf import runs
 
 
-def test_the_table_has_a_row_per_artifact_measured_in_its_runtime(exported, tmp_path: Path):
+def test_the_table_has_a_row_per_artifact_measured_in_its_runtime(
+    exported, tmp_path: Path, monkeypatch
+):
     run = tmp_path / "run"
     shutil.copytree(exported["rgb"], run)
     done = run_command("imgclf-export", run, "--benchmark")
@@ -32,3 +34,16 @@ def test_the_table_has_a_row_per_artifact_measured_in_its_runtime(exported, tmp_
             assert row["top1_agreement"] == 1.0 and row["max_abs_diff"] <= 1e-4, name
     lines = done.stdout.splitlines()
     assert lines[0].startswith("| artifact | file | size (MB) |") and len(lines) == 2 + len(rows)
+
+    # The app's Model page shows the same table under Exports.
+    from streamlit.testing.v1 import AppTest
+
+    from imgclf.ui import catalog
+
+    monkeypatch.setenv(catalog.RUNS_ENV, str(tmp_path))
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=180).run()
+    at.sidebar.radio(key="page").set_value("Model").run()
+    assert not at.exception, [e.value for e in at.exception]
+    (shown,) = [d.value for d in at.dataframe if "artifact" in d.value.columns]
+    assert list(shown["artifact"]) == [r["artifact"] for r in rows]

@@ -55,6 +55,8 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
             return
         rows = []
         for key, record in exports.items():
+            if key == "benchmark":  # a table of its own, below
+                continue
             parity = record.get("parity", {})
             rows.append(
                 {
@@ -73,3 +75,19 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
             "Each export was run in its own runtime on the test images and compared with "
             "model.keras. Add formats with `imgclf-export RUN --format all`."
         )
+        _benchmark(exports.get("benchmark"), entry.path)
+
+
+def _benchmark(found: dict | None, run: Path) -> None:
+    """The run's `imgclf-export --benchmark` table (exports.json `benchmark`), if measured."""
+    st.subheader("Speed and size across formats")
+    if not found:
+        st.caption(f"Not measured: `imgclf-export {run} --benchmark`.")
+        return
+    with st.container(key="model-benchmark"):
+        st.dataframe(pd.DataFrame(found["rows"]), hide_index=True)
+    st.caption(
+        f"`imgclf-export --benchmark`, {found.get('measured', '?')}, {found.get('cpus', '?')} "
+        "CPUs: every artifact in its own runtime in one process; latency at batch 1 and "
+        "throughput at batch 32 are medians of 5 runs."
+    )
