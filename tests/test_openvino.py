@@ -36,3 +36,20 @@ def test_a_run_without_an_onnx_file_is_told_how_to_make_one(exported, tmp_path: 
     assert done.returncode == 2
     hint = f"run imgclf-export {run} --format onnx"
     assert done.stderr == f"error: {run} has no {runs.ONNX}; {hint}\n"
+
+
+def test_without_the_extras_the_error_names_the_install(exported, tmp_path: Path, monkeypatch):
+    """Without the `mediapipe` or `openvino` package (hidden here), `--format mediapipe`, `web`
+    and `openvino` stop before any work with the pip command."""
+    import sys
+
+    for package, formats, extra in (
+        ("mediapipe", ("mediapipe", "web"), "imgclf[mediapipe]"),
+        ("openvino", ("openvino",), "imgclf[openvino]"),
+    ):
+        with monkeypatch.context() as patch:
+            patch.setitem(sys.modules, package, None)  # `import package` raises ImportError
+            for fmt in formats:
+                done = run_command("imgclf-export", exported["rgb"], "--format", fmt)
+                assert done.returncode == 2, (fmt, done.stderr)
+                assert done.stderr.count("\n") == 1 and f"pip install '{extra}'" in done.stderr
