@@ -32,6 +32,9 @@ def test_mediapipe_classifies_like_the_run(exported: dict[str, Path], tmp_path: 
     record = json.loads((run / runs.EXPORTS).read_text())["mediapipe"]
     assert record["parity"]["top1_agreement"] == 1.0
     assert record["parity"]["max_abs_diff"] <= 1e-4
+    # The test photos at their own size, resized by MediaPipe: reported beside the check.
+    own = record["own_resize"]
+    assert own["n_images"] == record["parity"]["n_images"] and 0 <= own["top1_agreement"] <= 1
     runs.check_run(run, runs.MEDIAPIPE)  # in the manifest
 
     cfg = load_config(run / runs.CONFIG).data

@@ -56,6 +56,13 @@ def _checked_formats(run_dir: Path, formats: tuple[str, ...], quantize: str | No
     if "mediapipe" in formats:
         record = mediapipe.export_run(run_dir, loaded, quantize)
         _report(f"mediapipe{' int8' if quantize else ''}", record, run_dir / record["path"])
+        own = record.get("own_resize") or {}
+        if "n_images" in own:
+            print(
+                f"mediapipe, photos resized by MediaPipe itself: top-1 agreement "
+                f"{own['top1_agreement']:.2%} on {own['n_images']}, max |Δp| "
+                f"{own['max_abs_diff']:.1e} (reported, not required)"
+            )
     if "web" in formats:
         record = web.export_run(run_dir)
         print(

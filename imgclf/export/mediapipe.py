@@ -206,6 +206,46 @@ def calibration_images(run_dir: Path) -> np.ndarray:
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
+OWN_RESIZE_IMAGES = 64  # test photos sent at their own size, for MediaPipe's resize figures
+
+
+def originals(run_dir: Path, n: int = OWN_RESIZE_IMAGES) -> list[np.ndarray] | None:
+    """The first `n` test files of a folder or CSV run at their own size (uint8 RGB, imgclf's
+    decoder, EXIF rotation included), in the order the parity check uses; None for a built-in
+    source (its images are at the model's size already) or when one cannot be read."""
+    from imgclf.config import load_config
+    from imgclf.data import load_data
+    from imgclf.images import ImageError, load_image
+
+    config = load_config(run_dir / runs.CONFIG)
+    data = config.data.model_copy(update={"cache": "none", "audit": "off"})
+    try:
+        test = load_data(config.model_copy(update={"data": data})).test
+    except UserError:
+        return None
+    if test.files is None or data.path is None:
+        return None
+    root = Path(data.path).expanduser()
+    root = root.parent if data.source == "csv" else root
+    try:
+        return [load_image(root / f, None, 3) for f in test.files[:n]]
+    except (ImageError, OSError):
+        return None
+
+
+def _own_resize(model: bytes, run_dir: Path, reference: parity.Reference) -> dict[str, Any]:
+    """MediaPipe's answers on test photos at their own size (MediaPipe resizes them), compared
+    with the run's answers on the same photos resized by imgclf's decoder: reported only, as
+    the two resizes differ (MediaPipe's GPU-style bilinear against Pillow's)."""
+    photos = originals(run_dir)
+    if not photos:
+        return {"skipped": "a built-in source, or the test photos are not there"}
+    with Classifier(model) as classify:
+        scores = np.concatenate([classify(photo[None]) for photo in photos])
+    figures = parity.compare(scores, reference.probabilities[: len(photos)], None)["parity"]
+    return {k: figures[k] for k in ("n_images", "max_abs_diff", "top1_agreement")}
+
+
 def export_run(
     run_dir: str | Path,
     loaded: tuple[Any, parity.Reference] | None = None,
@@ -246,6 +286,7 @@ def export_run(
               **parity.compare(scores, reference.probabilities, reference.labels)}  # fmt: skip
     if not quantize:
         parity.require_parity("MediaPipe model", record["parity"], not_written)
+        record["own_resize"] = _own_resize(model, run_dir, reference)
     with runs.atomic_path(run_dir / path) as tmp:
         tmp.write_bytes(model)
     parity.record_export(run_dir, "mediapipe_int8" if quantize else "mediapipe", record)
