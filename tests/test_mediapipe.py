@@ -35,6 +35,9 @@ def test_mediapipe_classifies_like_the_run(exported: dict[str, Path], tmp_path: 
     # The test photos at their own size, resized by MediaPipe: reported beside the check.
     own = record["own_resize"]
     assert own["n_images"] == record["parity"]["n_images"] and 0 <= own["top1_agreement"] <= 1
+    # The format corpus through MediaPipe's own decoder: what it reads and what it does not.
+    kinds = record["formats"]
+    assert kinds["PNG RGB"]["refused"] is None and kinds["HEIC"]["refused"].startswith("not read")
     runs.check_run(run, runs.MEDIAPIPE)  # in the manifest
 
     cfg = load_config(run / runs.CONFIG).data

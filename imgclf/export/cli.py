@@ -63,6 +63,15 @@ def _checked_formats(run_dir: Path, formats: tuple[str, ...], quantize: str | No
                 f"{own['top1_agreement']:.2%} on {own['n_images']}, max |Δp| "
                 f"{own['max_abs_diff']:.1e} (reported, not required)"
             )
+        kinds = record.get("formats") or {}
+        if kinds:
+            read = [k for k, row in kinds.items() if row["refused"] is None]
+            differ = [k for k in read if (kinds[k]["top1_agreement"] or 0) < 1]
+            print(
+                f"mediapipe, the format corpus through MediaPipe's decoder: reads {len(read)} of "
+                f"{len(kinds)} kinds; top-1 differs from imgclf on: {', '.join(differ) or 'none'} "
+                "(reported, not required)"
+            )
     if "web" in formats:
         record = web.export_run(run_dir)
         print(

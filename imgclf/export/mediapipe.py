@@ -246,6 +246,39 @@ def _own_resize(model: bytes, run_dir: Path, reference: parity.Reference) -> dic
     return {k: figures[k] for k in ("n_images", "max_abs_diff", "top1_agreement")}
 
 
+def corpus_formats(model: bytes, keras_model: Any, reference: parity.Reference) -> dict:
+    """The format corpus (`format_check`: each format × mode × EXIF orientation, made from a
+    test image) read by MediaPipe's own decoder (`mp.Image.create_from_file`) and classified
+    with its own resize, against what `Predictor` answers for the same file: per kind, the
+    agreement, or MediaPipe's reason for not reading it. Reported, not required: MediaPipe
+    does not apply EXIF orientation, and its decoder reads fewer formats than imgclf's."""
+    import tempfile
+
+    import mediapipe as mp
+
+    from imgclf.export import format_check
+
+    samples, _, expected, refused = format_check.reference_corpus(
+        keras_model, reference.images, reference.batch_size
+    )
+    scores = np.zeros_like(expected)
+    status: list[str | None] = []
+    with Classifier(model) as classify, tempfile.TemporaryDirectory() as folder:
+        for i, sample in enumerate(samples):
+            path = Path(folder) / sample.name
+            path.write_bytes(sample.data)
+            try:
+                frame = np.asarray(mp.Image.create_from_file(str(path)).numpy_view())
+                frame = frame[..., None] if frame.ndim == 2 else frame
+                # Grey (and grey + alpha) decode to 1 or 2 channels: the grey one as RGB.
+                pixels = np.repeat(frame[..., :1], 3, -1) if frame.shape[-1] < 3 else frame
+                scores[i] = classify(np.ascontiguousarray(pixels[..., :3])[None])[0]
+                status.append(None if refused[i] is None else "imgclf refuses it too")
+            except (RuntimeError, ValueError) as exc:
+                status.append(f"not read by MediaPipe ({str(exc)[:80]})")
+    return format_check.format_parity(samples, expected, scores, status)
+
+
 def export_run(
     run_dir: str | Path,
     loaded: tuple[Any, parity.Reference] | None = None,
@@ -263,7 +296,7 @@ def export_run(
     if not (saved_model / "saved_model.pb").is_file():
         raise UserError(f"{run_dir} has no {runs.SAVED_MODEL}/; run imgclf-export {run_dir} first")
     runs.verify_manifest(run_dir, runs.SAVED_MODEL)
-    _, reference = loaded or parity.load_for_export(run_dir)
+    keras_model, reference = loaded or parity.load_for_export(run_dir)
     class_names = runs.read_labels(run_dir)
     name = runs.read_config(run_dir).get("name") or run_dir.name
     path = runs.MEDIAPIPE_INT8 if quantize else runs.MEDIAPIPE
@@ -287,6 +320,7 @@ def export_run(
     if not quantize:
         parity.require_parity("MediaPipe model", record["parity"], not_written)
         record["own_resize"] = _own_resize(model, run_dir, reference)
+        record["formats"] = corpus_formats(model, keras_model, reference)
     with runs.atomic_path(run_dir / path) as tmp:
         tmp.write_bytes(model)
     parity.record_export(run_dir, "mediapipe_int8" if quantize else "mediapipe", record)
