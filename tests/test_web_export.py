@@ -67,3 +67,11 @@ def test_the_web_page_classifies_the_samples_like_the_run_with_the_network_cut_o
         server.shutdown()
     assert elsewhere == []
     assert shown == {s.name: p.label for s, p in zip(samples, expected, strict=True)}
+
+
+def test_the_web_page_is_refused_with_quantize_in_one_line(exported: dict[str, Path]):
+    """The page runs the float MediaPipe file; `--quantize int8` with `--format web` would make
+    only the int8 one: refused before any work."""
+    done = run_command("imgclf-export", exported["rgb"], "--format", "web", "--quantize", "int8")
+    assert done.returncode == 2
+    assert done.stderr == "error: --format web runs the float MediaPipe file: leave out --quantize\n"

@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--out and --serving-dir apply to --format saved_model only")
         if args.quantize and "tflite" not in formats and "mediapipe" not in formats:
             raise UserError("--quantize int8 applies to --format tflite or mediapipe (or all)")
+        if args.quantize and "web" in formats:
+            raise UserError("--format web runs the float MediaPipe file: leave out --quantize")
         if "onnx" in formats:
             require_onnx()  # before minutes of other exports, not after
         if "mediapipe" in formats or "web" in formats:
