@@ -74,4 +74,5 @@ def test_the_web_page_is_refused_with_quantize_in_one_line(exported: dict[str, P
     only the int8 one: refused before any work."""
     done = run_command("imgclf-export", exported["rgb"], "--format", "web", "--quantize", "int8")
     assert done.returncode == 2
-    assert done.stderr == "error: --format web runs the float MediaPipe file: leave out --quantize\n"
+    why = "--format web runs the float MediaPipe file: leave out --quantize"
+    assert done.stderr == f"error: {why}\n"
