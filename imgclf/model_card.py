@@ -25,6 +25,9 @@ _FORMATS = {
     "tflite": "TFLite float32",
     "tflite_int8": "TFLite int8 (dynamic range)",
     "onnx": "ONNX (onnxruntime)",
+    "openvino": "ONNX in OpenVINO (f32)",
+    "mediapipe": "MediaPipe classifier (float32)",
+    "mediapipe_int8": "MediaPipe classifier (full int8)",
 }
 
 

@@ -48,6 +48,13 @@ def test_mediapipe_classifies_like_the_run(exported: dict[str, Path], tmp_path: 
         scores = classify(pixels)
     names = runs.read_labels(run)
     assert [names[i] for i in scores.argmax(axis=1)] == [p.label for p in expected]
+    # Not a file for imgclf-predict (one output, another input): one line, no traceback.
+    refused = run_command("imgclf-predict", run / runs.MEDIAPIPE, samples[0])
+    assert refused.returncode == 2 and "made for MediaPipe Tasks" in refused.stderr
+    # The web page takes only the file MediaPipe's check passed.
+    (run / runs.MEDIAPIPE).write_bytes((run / runs.TFLITE).read_bytes())
+    stale = run_command("imgclf-export", run, "--format", "web")
+    assert stale.returncode == 2 and not (run / runs.WEB).exists()
 
 
 @pytest.mark.parametrize("fault", ["no metadata", "one label short"])
@@ -89,3 +96,4 @@ def test_the_int8_classifier_takes_uint8_pixels_and_reports_its_agreement(
     assert mediapipe.labels_in(model) == runs.read_labels(run)
     (given,) = _interpreter(model).get_input_details()
     assert given["dtype"] == np.uint8 and list(given["shape"]) == [1, 32, 32, 3]
+    assert given["quantization"] == (1.0, 0)  # raw pixels, as MediaPipe feeds them

@@ -92,37 +92,50 @@ def measure(run_dir: str | Path) -> list[dict[str, Any]]:
     _, reference = parity.load_for_export(run_dir)
     images = reference.images
     rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
-    batch = np.resize(images, (BATCH, *images.shape[1:]))
-    batch_rgb = np.resize(rgb, (BATCH, *rgb.shape[1:]))
     rows = []
     for name, path, loader, takes_rgb in _loaders(run_dir):
         if not path.exists():
             continue
+        rel = path.relative_to(run_dir).as_posix()
+        try:
+            runs.verify_manifest(run_dir, rel)  # only what the run vouches for is measured
+        except UserError as exc:
+            rows.append({"artifact": name, "skipped": str(exc)})
+            continue
         start = time.perf_counter()
         try:
             fn = loader()
-        except UserError as exc:  # an extra that is not installed
-            rows.append({"artifact": name, "skipped": str(exc)})
+        except (UserError, RuntimeError, ValueError, StopIteration) as exc:  # no extra, or a
+            rows.append({"artifact": name, "skipped": str(exc)[:200]})  # runtime that refuses
             continue
         load_s = time.perf_counter() - start
-        pixels, many = (rgb, batch_rgb) if takes_rgb else (images, batch)
-        one = pixels[:1]
-        probabilities = parity.batched(fn, pixels, reference.batch_size if not takes_rgb else 1)
-        compared = parity.compare(probabilities, reference.probabilities, reference.labels)
-        rows.append({
-            "artifact": name,
-            "file": str(path.relative_to(run_dir)),
-            "size_mb": round(_size(path) / 2**20, 2),
-            "load_s": round(load_s, 3),
-            "latency_ms": round(1000 * _median_seconds(lambda f=fn, x=one: f(x)), 2),
-            "throughput_ips": round(BATCH / _median_seconds(lambda f=fn, x=many: f(x)), 1),
-            "top1_agreement": compared["parity"]["top1_agreement"],
-            "max_abs_diff": compared["parity"]["max_abs_diff"],
-            "n_images": compared["parity"]["n_images"],
-        })  # fmt: skip
-        if hasattr(fn, "close"):  # MediaPipe's task: closed here, not at interpreter exit
-            fn.close()
+        try:
+            rows.append(_row(name, rel, path, fn, load_s, takes_rgb, images, rgb, reference))
+        finally:
+            if hasattr(fn, "close"):  # MediaPipe's task: closed here, not at interpreter exit
+                fn.close()
     return rows
+
+
+def _row(name, rel, path, fn, load_s, takes_rgb, images, rgb, reference) -> dict[str, Any]:
+    """One artifact's measurements (see the module's docstring)."""
+    batch = np.resize(images, (BATCH, *images.shape[1:]))
+    batch_rgb = np.resize(rgb, (BATCH, *rgb.shape[1:]))
+    pixels, many = (rgb, batch_rgb) if takes_rgb else (images, batch)
+    one = pixels[:1]
+    probabilities = parity.batched(fn, pixels, 1 if takes_rgb else reference.batch_size)
+    compared = parity.compare(probabilities, reference.probabilities, reference.labels)
+    return {
+        "artifact": name,
+        "file": rel,
+        "size_mb": round(_size(path) / 2**20, 2),
+        "load_s": round(load_s, 3),
+        "latency_ms": round(1000 * _median_seconds(lambda: fn(one)), 2),
+        "throughput_ips": round(BATCH / _median_seconds(lambda: fn(many)), 1),
+        "top1_agreement": compared["parity"]["top1_agreement"],
+        "max_abs_diff": compared["parity"]["max_abs_diff"],
+        "n_images": compared["parity"]["n_images"],
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -32,6 +32,8 @@ of that version and newer accept.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import re
 import sys
 import types
@@ -51,13 +53,14 @@ _VERSION_MODULE = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 
 
 def require_mediapipe() -> None:
-    """UserError naming the install command when the `mediapipe` package is missing."""
+    """UserError naming the install command when the `mediapipe` package is missing (looked up,
+    not imported: importing it loads TensorFlow before the CLI can quiet its start-up lines)."""
     try:
-        import mediapipe  # noqa: F401
-    except ImportError:
-        raise UserError(
-            f"--format mediapipe needs the mediapipe package: run `{INSTALL}`"
-        ) from None
+        found = importlib.util.find_spec("mediapipe") is not None
+    except ValueError:  # in sys.modules as None: hidden
+        found = False
+    if not found:
+        raise UserError(f"--format mediapipe needs the mediapipe package: run `{INSTALL}`")
 
 
 def _writer() -> Any:
@@ -203,7 +206,12 @@ def calibration_images(run_dir: Path) -> np.ndarray:
     except UserError as exc:
         raise UserError(f"int8 calibrates on the run's training images: {exc}") from None
     images, _ = readable_sample(train, CALIBRATION_IMAGES)
-    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+    images = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+    # A black and a white frame: the uint8 input's range is then all of 0..255 (scale 1, zero
+    # point 0), which is what MediaPipe feeds; calibrated on darker images alone, a 255 would
+    # be read as less.
+    extremes = np.stack([np.zeros_like(images[0]), np.full_like(images[0], 255)])
+    return np.concatenate([images, extremes])
 
 
 OWN_RESIZE_IMAGES = 64  # test photos sent at their own size, for MediaPipe's resize figures
@@ -279,6 +287,20 @@ def corpus_formats(model: bytes, keras_model: Any, reference: parity.Reference) 
     return format_check.format_parity(samples, expected, scores, status)
 
 
+def _require_raw_pixels(model: bytes, not_written: str) -> None:
+    """ExportError unless the int8 model's uint8 input is the pixels as they are (scale 1, zero
+    point 0): MediaPipe does not normalise a uint8 input."""
+    from imgclf.export.tflite import _interpreter
+
+    (given,) = _interpreter(model).get_input_details()
+    scale, zero = given["quantization"]
+    if abs(scale - 1.0) > 1e-6 or zero != 0:
+        raise parity.ExportError(
+            f"the int8 model's input reads pixels with scale {scale:.4f} and zero point {zero}, "
+            f"not as they are (MediaPipe feeds raw 0..255); {not_written}"
+        )
+
+
 def export_run(
     run_dir: str | Path,
     loaded: tuple[Any, parity.Reference] | None = None,
@@ -308,6 +330,8 @@ def export_run(
         f"imgclf image classifier ({run_dir.name}{', int8' if quantize else ''})",
     )
     not_written = f"{path} was not written"
+    if quantize:
+        _require_raw_pixels(model, not_written)
     if labels_in(model) != list(class_names):
         raise UserError(f"the model's metadata does not list the run's classes; {not_written}")
     images = reference.images
@@ -315,7 +339,7 @@ def export_run(
     with Classifier(model) as classify:
         scores = classify(rgb)
     record = {"path": path, "runtime": "mediapipe ImageClassifier", "quantized": quantize or False,
-              "size_bytes": len(model),
+              "size_bytes": len(model), "sha256": hashlib.sha256(model).hexdigest(),
               **parity.compare(scores, reference.probabilities, reference.labels)}  # fmt: skip
     if not quantize:
         parity.require_parity("MediaPipe model", record["parity"], not_written)

@@ -13,6 +13,7 @@ OpenVINO then runs a file whose answers were checked in OpenVINO itself. The `[o
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ INSTALL = "pip install 'imgclf[openvino]'"
 def require_openvino() -> None:
     """UserError naming the install command when the `openvino` package is missing."""
     try:
-        import openvino  # noqa: F401
-    except ImportError:
-        raise UserError(f"--format openvino needs the openvino package: run `{INSTALL}`") from None
+        found = importlib.util.find_spec("openvino") is not None
+    except ValueError:  # in sys.modules as None: hidden
+        found = False
+    if not found:
+        raise UserError(f"--format openvino needs the openvino package: run `{INSTALL}`")
 
 
 def load_function(path: str | Path, precision: str | None = "f32") -> Any:
@@ -58,10 +61,10 @@ def export_run(
     """`imgclf-export RUN --format openvino`: run the run's model.onnx (checked against the
     manifest) in OpenVINO on the test images and record the parity in exports.json. Raises
     UserError (no model.onnx, no openvino) or ExportError (OpenVINO's answers disagree)."""
+    require_openvino()
     import openvino as ov
 
     run_dir = Path(run_dir)
-    require_openvino()
     onnx_path = run_dir / runs.ONNX
     if not onnx_path.is_file():
         raise UserError(f"{run_dir} has no {runs.ONNX}; run imgclf-export {run_dir} --format onnx")

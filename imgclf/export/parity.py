@@ -45,6 +45,13 @@ OOD_TOLERANCE = 1e-3  # max |Δ ood_score| as a fraction of the threshold
 EXPORT_FILES = (runs.SAVED_MODEL, runs.TFLITE, runs.TFLITE_INT8, runs.ONNX, runs.MEDIAPIPE,
                 runs.MEDIAPIPE_INT8, runs.WEB, runs.EXPORTS, runs.MODEL_CARD)  # fmt: skip
 ACCURACY_KEYS = ("test_accuracy", "keras_test_accuracy", "accuracy_drop")
+# Records that vouch for another export's file: re-exporting that file drops them (the OpenVINO
+# check ran model.onnx; the web page copied model_mediapipe.tflite; the benchmark ran them all).
+DEPENDENTS = {
+    "onnx": ("openvino", "benchmark"),
+    "mediapipe": ("web", "benchmark"),
+    **{key: ("benchmark",) for key in ("saved_model", "tflite", "tflite_int8", "mediapipe_int8")},
+}
 
 
 class ExportError(RuntimeError):
@@ -173,6 +180,8 @@ def record_export(run_dir: str | Path, key: str, record: dict[str, Any]) -> None
     exports_path = run_dir / runs.EXPORTS
     exports = runs.read_json(exports_path) if exports_path.is_file() else {}
     exports[key] = record
+    for stale in DEPENDENTS.get(key, ()):  # checked against the file this export replaced
+        exports.pop(stale, None)
     runs.write_json(exports_path, exports)
     refresh_export_section(run_dir, exports)
     faults.point("export")

@@ -45,6 +45,12 @@ def load_function(
     has an OOD detector (the string `label` is left out)."""
     interpreter = _interpreter(path_or_bytes)
     runner = interpreter.get_signature_runner(SIGNATURE)
+    if INPUT_NAME not in runner.get_input_details():
+        raise UserError(
+            f"{path_or_bytes if not isinstance(path_or_bytes, bytes) else 'the model'}: a TFLite "
+            f"file without imgclf's `{INPUT_NAME}` input (model_mediapipe*.tflite is made for "
+            "MediaPipe Tasks); use the run's model.tflite here"
+        )
     details = runner.get_input_details()[INPUT_NAME]
     shape = tuple(int(d) for d in details["shape_signature"][1:])
 

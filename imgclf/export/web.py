@@ -17,6 +17,7 @@ network cut off. Browsers do not let a page fetch its model from `file://`, so s
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import shutil
@@ -36,7 +37,7 @@ def write_page(run_dir: Path, target: Path) -> list[str]:
     """Write the page's files into `target` (a new folder); returns their relative paths."""
     model = run_dir / runs.MEDIAPIPE
     classes = runs.read_labels(run_dir)
-    height, width = (runs.read_config(run_dir).get("data") or {}).get("image_size", ["?", "?"])
+    height, width = (int(v) for v in runs.read_config(run_dir)["data"]["image_size"])
     shutil.copytree(ASSETS, target, ignore=shutil.ignore_patterns("index.html"))
     shutil.copyfile(model, target / "model.tflite")
     name = str(runs.read_config(run_dir).get("name") or run_dir.name)
@@ -62,7 +63,19 @@ def export_run(run_dir: str | Path) -> dict[str, Any]:
         raise UserError(
             f"{run_dir} has no {runs.MEDIAPIPE}; run imgclf-export {run_dir} --format mediapipe web"
         )
-    runs.check_run(run_dir, runs.MEDIAPIPE, runs.LABELS)
+    runs.require_complete(run_dir)
+    runs.verify_all(run_dir, *parity.EXPORT_FILES)  # config.yaml, labels.json: as trained
+    runs.verify_manifest(run_dir, runs.MEDIAPIPE)
+    # The file the MediaPipe check passed, not one copied in since (the manifest is re-written
+    # by every export, so it alone cannot tell).
+    checked = (runs.read_json(run_dir / runs.EXPORTS) if (run_dir / runs.EXPORTS).is_file()
+               else {}).get("mediapipe", {})  # fmt: skip
+    digest = hashlib.sha256((run_dir / runs.MEDIAPIPE).read_bytes()).hexdigest()
+    if checked.get("sha256") != digest:
+        raise UserError(
+            f"{runs.MEDIAPIPE} is not the file MediaPipe's check passed; run imgclf-export "
+            f"{run_dir} --format mediapipe web"
+        )
     with runs.atomic_path(run_dir / FOLDER) as tmp:
         files = write_page(run_dir, tmp)
     size = sum((run_dir / FOLDER / f).stat().st_size for f in files)
