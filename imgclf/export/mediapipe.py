@@ -33,7 +33,6 @@ of that version and newer accept.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 import sys
 import types
@@ -45,7 +44,7 @@ import numpy as np
 from imgclf import runs
 from imgclf.export import parity
 from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME, SIGNATURE
-from imgclf.infra.errors import UserError
+from imgclf.infra.errors import UserError, require_packages
 
 INSTALL = "pip install 'imgclf[mediapipe]'"
 INPUT = "image"
@@ -53,14 +52,8 @@ _VERSION_MODULE = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 
 
 def require_mediapipe() -> None:
-    """UserError naming the install command when the `mediapipe` package is missing (looked up,
-    not imported: importing it loads TensorFlow before the CLI can quiet its start-up lines)."""
-    try:
-        found = importlib.util.find_spec("mediapipe") is not None
-    except ValueError:  # in sys.modules as None: hidden
-        found = False
-    if not found:
-        raise UserError(f"--format mediapipe needs the mediapipe package: run `{INSTALL}`")
+    """UserError naming the install command when the `mediapipe` package is missing."""
+    require_packages("--format mediapipe", INSTALL, "mediapipe")
 
 
 def _writer() -> Any:

@@ -13,7 +13,6 @@ Needs the `[onnx]` extra (tf2onnx, onnx, onnxruntime) and the TensorFlow backend
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import warnings
@@ -27,18 +26,16 @@ from imgclf.confidence.graph import scored_model
 from imgclf.confidence.ood import FLAG_NAME, SCORE_NAME, load_run_stats
 from imgclf.export import format_check, parity
 from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME
-from imgclf.infra.errors import UserError
+from imgclf.infra.errors import UserError, require_packages
 
 LABELS_KEY = "labels"  # metadata_props key holding the class names
-INSTALL = "pip install 'imgclf[onnx]' (tf2onnx, onnx, onnxruntime)"
+INSTALL = "pip install 'imgclf[onnx]'"
 
 
 def require_onnx() -> None:
     """Raise UserError naming the extra to install if the ONNX packages are missing."""
 
-    missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UserError(f"ONNX export needs {', '.join(missing)}: {INSTALL}")
+    require_packages("ONNX export", INSTALL, "tf2onnx", "onnx", "onnxruntime")
 
 
 def load_function(

@@ -13,7 +13,6 @@ OpenVINO then runs a file whose answers were checked in OpenVINO itself. The `[o
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,14 @@ import numpy as np
 from imgclf import runs
 from imgclf.export import parity
 from imgclf.export.saved_model import OUTPUT_NAME
-from imgclf.infra.errors import UserError
+from imgclf.infra.errors import UserError, require_packages
 
 INSTALL = "pip install 'imgclf[openvino]'"
 
 
 def require_openvino() -> None:
     """UserError naming the install command when the `openvino` package is missing."""
-    try:
-        found = importlib.util.find_spec("openvino") is not None
-    except ValueError:  # in sys.modules as None: hidden
-        found = False
-    if not found:
-        raise UserError(f"--format openvino needs the openvino package: run `{INSTALL}`")
+    require_packages("--format openvino", INSTALL, "openvino")
 
 
 def load_function(path: str | Path, precision: str | None = "f32") -> Any:

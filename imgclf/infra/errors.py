@@ -86,3 +86,21 @@ def end_after_failed_write(code: int) -> None:
         restore_stderr()  # the TensorFlow log filter passes on what it holds
         sys.stderr.flush()
         os._exit(code)
+
+
+def require_packages(what: str, install: str, *modules: str) -> None:
+    """UserError "`what` needs <the missing modules>: run `install`" unless every module is
+    installed. Looked up (`importlib.util.find_spec`), not imported: some (mediapipe) load
+    TensorFlow, before a command line can quiet its start-up lines. A module set to None in
+    sys.modules (hidden, as tests do) counts as missing."""
+    import importlib.util
+
+    def found(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ValueError:
+            return False
+
+    missing = [m for m in modules if not found(m)]
+    if missing:
+        raise UserError(f"{what} needs {', '.join(missing)}: run `{install}`")
