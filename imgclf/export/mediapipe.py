@@ -188,14 +188,10 @@ CALIBRATION_IMAGES = 200  # training images int8 quantisation calibrates its ran
 def calibration_images(run_dir: Path) -> np.ndarray:
     """uint8 RGB [n, H, W, 3]: the first CALIBRATION_IMAGES readable training images of the
     run (its split re-made from config.yaml; only these are decoded)."""
-    from imgclf.config import load_config
-    from imgclf.data import load_data
     from imgclf.data.pool import readable_sample
 
-    config = load_config(run_dir / runs.CONFIG)
-    data = config.data.model_copy(update={"cache": "none", "audit": "off"})
     try:
-        train = load_data(config.model_copy(update={"data": data})).train
+        train = parity.remade_splits(run_dir).train
     except UserError as exc:
         raise UserError(f"int8 calibrates on the run's training images: {exc}") from None
     images, _ = readable_sample(train, CALIBRATION_IMAGES)
@@ -215,13 +211,11 @@ def originals(run_dir: Path, n: int = OWN_RESIZE_IMAGES) -> list[np.ndarray] | N
     decoder, EXIF rotation included), in the order the parity check uses; None for a built-in
     source (its images are at the model's size already) or when one cannot be read."""
     from imgclf.config import load_config
-    from imgclf.data import load_data
     from imgclf.images import ImageError, load_image
 
-    config = load_config(run_dir / runs.CONFIG)
-    data = config.data.model_copy(update={"cache": "none", "audit": "off"})
+    data = load_config(run_dir / runs.CONFIG).data
     try:
-        test = load_data(config.model_copy(update={"data": data})).test
+        test = parity.remade_splits(run_dir).test
     except UserError:
         return None
     if test.files is None or data.path is None:

@@ -201,6 +201,15 @@ def batched(fn: Any, images: np.ndarray, size: int, dtype: Any = None) -> np.nda
     return np.concatenate(out)
 
 
+def remade_splits(run_dir: Path) -> Any:
+    """The run's splits re-made from its config.yaml (`load_data`), reading no pixels up front
+    (data.cache none: only the images a caller takes are decoded) and without the per-image
+    audit (an export needs images, not findings). Raises UserError when the data is gone."""
+    config = load_config(run_dir / runs.CONFIG)
+    data = config.data.model_copy(update={"cache": "none", "audit": "off"})
+    return load_data(config.model_copy(update={"data": data}))
+
+
 def check_split(
     run_dir: Path, image_size: tuple[int, int], channels: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -210,11 +219,7 @@ def check_split(
     split is the same whatever the cache, and the rest of the dataset is never read."""
 
     try:
-        config = load_config(run_dir / runs.CONFIG)
-        # No per-image audit either: the export needs the test split, not its findings.
-        data = config.data.model_copy(update={"cache": "none", "audit": "off"})
-        test = load_data(config.model_copy(update={"data": data})).test
-        return readable_sample(test, PARITY_MAX_IMAGES)
+        return readable_sample(remade_splits(run_dir).test, PARITY_MAX_IMAGES)
     except UserError as exc:
         print(
             f"warning: cannot re-load the test split ({exc}); checking on samples/", file=sys.stderr
