@@ -24,7 +24,7 @@ from imgclf.schema.base import (
 )
 from imgclf.schema.data import AugmentConfig, DataConfig
 from imgclf.schema.model import ModelConfig
-from imgclf.schema.train import EarlyStoppingConfig, TrainConfig, TransferConfig
+from imgclf.schema.train import EarlyStoppingConfig, PredictConfig, TrainConfig, TransferConfig
 
 __all__ = [
     "ACTIVATIONS",
@@ -38,6 +38,7 @@ __all__ = [
     "DataConfig",
     "EarlyStoppingConfig",
     "ModelConfig",
+    "PredictConfig",
     "TrainConfig",
     "TransferConfig",
 ]
@@ -55,6 +56,7 @@ class Config(_Section):
     augment: AugmentConfig = AugmentConfig(rotation=0.03, zoom=0.05, translate=0.05)
     train: TrainConfig = TrainConfig()
     transfer: TransferConfig = TransferConfig()
+    predict: PredictConfig = PredictConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -25,7 +25,10 @@ class TrainConfig(_Section):
     # An int, or "full" for full-batch gradient descent (1 = pure stochastic gradient descent).
     batch_size: Annotated[int, Field(gt=0, le=1_000_000)] | Literal["full"] = 64
     optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
-    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0e-3
+    # A rate, or auto: the learning-rate range test (imgclf.training.lr_finder, Smith 2017) runs
+    # on the run's own data, model and optimizer before training and picks it (per phase for a
+    # two-phase transfer); the rate found is recorded in config.yaml and lr_finder.json.
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] | Literal["auto"] = 1.0e-3
     momentum: Fraction = 0.9  # for the momentum and nesterov optimizers
     weight_decay: Annotated[float, Field(ge=0.0)] = 1.0e-4  # for adamw (decoupled)
     schedule: Literal["constant", "step", "exponential", "cosine", "reduce_on_plateau"] = "cosine"
@@ -68,6 +71,12 @@ class TrainConfig(_Section):
     # validation scores (0.95: about 5% of in-distribution images are false alarms).
     ood: bool = True
     ood_quantile: Annotated[float, Field(ge=0.5, lt=1.0)] = 0.95
+    # TensorBoard event files in the run folder (<run>/tensorboard/; Keras' TensorBoard callback:
+    # scalars per epoch and the learning rate; histograms off). Open: tensorboard --logdir runs
+    tensorboard: bool = False
+    # An MLflow tracking URI (a folder path, file:///..., http://host:5000): params, per-epoch
+    # metrics, the test metrics, the model card and plots are logged there (the [track] extra).
+    mlflow: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -79,6 +88,17 @@ class TrainConfig(_Section):
                 f"({self.epochs})"
             )
         return self
+
+
+class PredictConfig(_Section):
+    """How a trained model answers: test-time augmentation (TTA) averages the probabilities of
+    several views of each image (imgclf.predict.tta). flip: the image and its mirror image;
+    flip+crops: those and four corner crops of 90% size, resized back (six views). It applies to
+    the test evaluation (metrics.json reports both), Predictor, imgclf-predict, the app and the
+    SavedModel (averaged in the graph). Use flip only where a mirror image keeps its class
+    (photos, not digits or text)."""
+
+    tta: Literal["none", "flip", "flip+crops"] = "none"
 
 
 class TransferConfig(_Section):
