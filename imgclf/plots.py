@@ -272,3 +272,25 @@ def plot_reliability(calibration: dict, path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
     _save(fig, path)
+
+
+def plot_lr_finder(sweeps: Sequence[dict], path: str | Path) -> None:
+    """The learning-rate range test (imgclf.training.lr_finder): loss against rate on a log
+    axis, raw and smoothed, one panel per phase, the suggested rate marked."""
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 3.6), squeeze=False)
+    for ax, sweep in zip(axes[0], sweeps, strict=True):
+        ax.plot(sweep["rates"], sweep["losses"], color="lightgrey", linewidth=1, label="loss")
+        ax.plot(sweep["rates"], sweep["smoothed"], linewidth=1.5, label="smoothed loss")
+        ax.axvline(
+            sweep["suggestion"], color="tab:red", linestyle="--", linewidth=1,
+            label=f"suggested {sweep['suggestion']:.2g} ({sweep['rule']})",
+        )  # fmt: skip
+        ax.set_xscale("log")
+        # The raw loss spikes where it diverges: show the smoothed curve's range and a margin.
+        low, high = min(sweep["losses"]), max(sweep["smoothed"][0], min(sweep["smoothed"]) * 2)
+        ax.set_ylim(max(0.0, low - 0.05 * (high - low)), high * 1.1)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"{sweep['phase']} phase")
+        ax.legend(fontsize=8)
+    _save(fig, path)

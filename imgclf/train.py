@@ -221,6 +221,20 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # the run is left `interrupted` and resumable, as after Ctrl+C
 
 
+def _find_lr(config: Config, out: str | None) -> int:
+    from imgclf.training.find_lr import find_learning_rate
+    from imgclf.training.lr_finder import describe
+
+    folder, sweep = find_learning_rate(config, out)
+    print(describe(sweep))
+    print(f"curve: {folder / runs.LR_FINDER_PLOT}")
+    print(f"train with: imgclf-train ... train.learning_rate={sweep.suggestion:.2g}")
+    if config.model.pretrained:
+        print("(the fine-tune phase's rate depends on the trained head: train.learning_rate=auto")
+        print(" finds it at the start of that phase)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `imgclf-train` argument parser (importing it costs no TensorFlow)."""
     parser = ArgumentParser(
@@ -242,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN",
         help="continue the interrupted run RUN with its own config (no other argument)",
+    )
+    parser.add_argument(
+        "--find-lr",
+        action="store_true",
+        help="run only the learning-rate range test (Smith 2017) on the recipe's data and model, "
+        "print the suggested train.learning_rate and save the curve (nothing is trained; "
+        "train.learning_rate=auto does this at the start of every phase of a run)",
     )
     parser.add_argument(
         "--print-config",
@@ -288,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             preflight(config, args.out)  # before TensorFlow loads: these answer at once
             check_address_space()
             quiet_tensorflow(args.verbose)
+            if args.find_lr:
+                return _find_lr(config, args.out)
             run_dir = train(config, out=args.out, verbose=verbose)
     except (UserError, FileExistsError) as exc:
         print(f"error: {clip(exc)}", file=sys.stderr)

@@ -26,6 +26,8 @@ CONFUSION_PLOT = f"{PLOTS}/confusion.png"
 RELIABILITY_PLOT = f"{PLOTS}/reliability.png"  # calibration: before and after
 GRADIENTS_PLOT = f"{PLOTS}/gradients.png"
 ACTIVATIONS_PLOT = f"{PLOTS}/activations.png"
+LR_FINDER = "lr_finder.json"  # the learning-rate range test per phase (training/lr_finder.py)
+LR_FINDER_PLOT = f"{PLOTS}/lr_finder.png"
 SAMPLES = "samples"
 WORST = "worst"
 DEFAULT_ROOT = Path("runs")
@@ -34,6 +36,8 @@ STATE = "state.json"  # running / complete / interrupted / failed (imgclf.runs.s
 PROGRESS = (
     "progress.json"  # while training: the time-left estimate (imgclf.training.estimate); removed
 )
+TENSORBOARD = "tensorboard"  # train.tensorboard: Keras' event files (imgclf.training.tracking)
+TRACKING = "tracking.json"  # train.mlflow: the MLflow run id, experiment and store URI
 RESUME = ".resume"  # what --resume needs, hidden: never an artifact, removed on completion
 
 
@@ -50,6 +54,8 @@ __all__ = [
     "HISTORY",
     "LABELS",
     "LATEST",
+    "LR_FINDER",
+    "LR_FINDER_PLOT",
     "MANIFEST",
     "MEDIAPIPE",
     "MEDIAPIPE_INT8",
@@ -65,8 +71,10 @@ __all__ = [
     "SAMPLES",
     "SAVED_MODEL",
     "STATE",
+    "TENSORBOARD",
     "TFLITE",
     "TFLITE_INT8",
+    "TRACKING",
     "WEB",
     "WORST",
 ]

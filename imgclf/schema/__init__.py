@@ -78,6 +78,11 @@ class Config(_Section):
                 "images and labels within each batch); set augment.mixup and augment.cutmix to "
                 "0, or transfer.augmented_views=0"
             )
+        if self.train.learning_rate == "auto" and self.train.distribute != "none":
+            raise ValueError(
+                "train.learning_rate=auto (the range test) runs on one device; find the rate "
+                "with `imgclf-train --find-lr` and set it, or use train.distribute=none"
+            )
         if self.model.pretrained and self.train.distribute != "none":
             raise ValueError(
                 "train.distribute is not supported with model.weights (the two-phase transfer "

@@ -9,6 +9,7 @@ phase report says so): fine-tuning is only kept when it helped.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from imgclf import runs
 from imgclf.data.pipeline import epoch_order_callback
 from imgclf.infra import faults
 from imgclf.infra.errors import UserError
+from imgclf.training.backend import make_training_data
 from imgclf.training.distribute import fit_multiworker
 from imgclf.training.optim import (
     class_weights,
@@ -136,37 +138,82 @@ class PhaseRunner:
             if phase.name == "head" and done.get(f"best_{monitor}") is not None:
                 self.head_end = (done[f"best_{monitor}"], self.model.get_weights())
             return done
-        report = setup_phase(self, phase)
+        phase, report = setup_phase(self, phase)
         report = fit_phase(self, phase, report)
         if self.resume is not None:
             self.resume.mark_done(phase.name, report, self.model, self.augmenter)
         return report
 
 
-def setup_phase(runner: PhaseRunner, phase: Phase) -> dict[str, Any]:
+def setup_phase(runner: PhaseRunner, phase: Phase) -> tuple[Phase, dict[str, Any]]:
     """What trains in `phase` (backbone frozen for `head`, its top unfrozen for `fine_tune`),
-    and a fresh compile when that changed; returns the start of the phase's report."""
+    its learning rate when `auto` (the range test, `lr_finder`), and a fresh compile when any
+    of that changed; returns the phase (its rate resolved) and the start of its report."""
 
-    model, config, tcfg = runner.model, runner.config, phase.train
-    report: dict[str, Any] = {
-        "phase": phase.name,
-        "max_epochs": tcfg.epochs,
-        "learning_rate": tcfg.learning_rate,
-    }
+    model, config = runner.model, runner.config
+    report: dict[str, Any] = {"phase": phase.name, "max_epochs": phase.train.epochs}
     if phase.name == "head":
         freeze_backbone(model)
     elif phase.name == "fine_tune":
         report["unfrozen_layers"] = unfreeze_top(model, config.transfer.unfreeze)
-    if phase.name != "train":  # what trains changed: compile again
-        steps = steps_per_epoch(len(runner.splits.train), runner.batch_size)
-        optimizer = make_optimizer(tcfg, steps)
-        decay = config.transfer.layer_lr_decay
-        if phase.name == "fine_tune" and decay:
-            optimizer = with_layer_rates(optimizer, model, layerwise_rates(model, decay))
-            report["layer_lr_decay"] = decay
-        compile_model(model, tcfg, steps, optimizer)
+    auto = phase.train.learning_rate == "auto"
+    if auto:
+        phase = find_rate(runner, phase)
+        report["learning_rate_from"] = "lr_finder"
+    report["learning_rate"] = phase.train.learning_rate
+    if phase.name != "train" or auto:  # what trains, or its rate, changed: compile again
+        optimizer = _optimizer(runner, phase, phase.train)
+        compile_model(model, phase.train, _steps(runner), optimizer)
+        if phase.name == "fine_tune" and config.transfer.layer_lr_decay:
+            report["layer_lr_decay"] = config.transfer.layer_lr_decay
     report.update(trainable_summary(model))
-    return report
+    return phase, report
+
+
+def _steps(runner: PhaseRunner) -> int:
+    return steps_per_epoch(len(runner.splits.train), runner.batch_size)
+
+
+def _optimizer(runner: PhaseRunner, phase: Phase, tcfg: Any) -> Any:
+    """The phase's optimiser for recipe `tcfg` (layer-wise rates when fine-tuning with
+    `transfer.layer_lr_decay`)."""
+    optimizer = make_optimizer(tcfg, _steps(runner))
+    decay = runner.config.transfer.layer_lr_decay
+    if phase.name == "fine_tune" and decay:
+        optimizer = with_layer_rates(optimizer, runner.model, layerwise_rates(runner.model, decay))
+    return optimizer
+
+
+def find_rate(runner: PhaseRunner, phase: Phase) -> Phase:
+    """`phase` with `train.learning_rate: auto` replaced by the range test's suggestion: the
+    one recorded in lr_finder.json when resuming a run that had found it, else a new sweep on
+    un-augmented training batches (the model and its optimiser restored afterwards), written
+    to lr_finder.json and plots/lr_finder.png."""
+    from imgclf.plots import plot_lr_finder
+    from imgclf.training import lr_finder
+
+    path = runner.prepared.run_dir / runs.LR_FINDER
+    found = runs.read_json(path).get("phases", []) if path.is_file() else []
+    earlier = [s for s in found if s.get("phase") == phase.name]
+    if runner.resume is not None and earlier:
+        rate = float(earlier[-1]["suggestion"])
+    else:
+        constant = {"schedule": "constant", "warmup_epochs": 0, "learning_rate": 1e-3}
+        sweep = lr_finder.range_test(
+            runner.model,
+            make_training_data(runner.splits, runner.config, runner.batch_size)[0],
+            lambda rate: _optimizer(runner, phase, phase.train.model_copy(update=constant)),
+            lambda opt: compile_model(runner.model, phase.train, _steps(runner), opt),
+            phase.name,
+        )
+        if runner.verbose:
+            print(lr_finder.describe(sweep), flush=True)
+        found = [s for s in found if s.get("phase") != phase.name] + [sweep.as_json()]
+        if runner.prepared.chief:
+            runs.write_json(path, {"phases": found})
+            plot_lr_finder(found, runner.prepared.run_dir / runs.LR_FINDER_PLOT)
+        rate = sweep.suggestion
+    return dataclasses.replace(phase, train=phase.train.model_copy(update={"learning_rate": rate}))
 
 
 def _early_stopping(runner: PhaseRunner, phase: Phase) -> keras.callbacks.EarlyStopping:

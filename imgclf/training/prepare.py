@@ -77,7 +77,8 @@ def _build(config: Config, splits: Splits, strategy: Any, batch_size: int) -> ke
         # Variables (model and optimiser) are created under the strategy, so they are mirrored.
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             model = build_model(config, len(splits.class_names), splits.train.x)
-            if not config.model.pretrained:
+            # A transfer run's phases, and a rate the range test finds, compile in setup_phase.
+            if not config.model.pretrained and tcfg.learning_rate != "auto":
                 compile_model(model, tcfg, steps_per_epoch(len(splits.train), batch_size))
     finally:
         keras.config.set_dtype_policy(previous_policy)

@@ -56,9 +56,11 @@ def plan_phases(config: Config) -> list[Phase]:
     if t.head_epochs:
         phases.append(Phase("head", tcfg.model_copy(update={"epochs": t.head_epochs})))
     if t.fine_tune_epochs:
+        lr = tcfg.learning_rate
         fine = {
             "epochs": t.fine_tune_epochs,
-            "learning_rate": tcfg.learning_rate * t.fine_tune_lr_factor,
+            # auto: the range test picks the fine-tune rate at the start of the phase
+            "learning_rate": "auto" if lr == "auto" else lr * t.fine_tune_lr_factor,
             # warm-up belongs to the start of training, the new head's first steps
             "warmup_epochs": tcfg.warmup_epochs if not t.head_epochs else 0,
         }

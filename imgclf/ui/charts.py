@@ -92,6 +92,28 @@ def learning_rate_chart(history: Sequence[HistoryRow]) -> alt.Chart:
     )
 
 
+def lr_finder_chart(sweep: dict[str, Any]) -> alt.Chart:
+    """One phase of the learning-rate range test (lr_finder.json): the smoothed training loss
+    against the rate on a log axis, the raw loss faint behind it, the suggested rate a rule."""
+    frame = pd.DataFrame(
+        {"rate": sweep["rates"], "loss": sweep["losses"], "smoothed": sweep["smoothed"]}
+    )
+    low = float(frame["loss"].min())
+    high = max(float(frame["smoothed"].iloc[0]), 2 * float(frame["smoothed"].min()))
+    x = alt.X("rate:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format=".0e"))
+    y = alt.Scale(domain=[max(0.0, low * 0.95), high * 1.1], clamp=True)
+    base = alt.Chart(frame).encode(x=x)
+    raw = base.mark_line(color="lightgrey").encode(y=alt.Y("loss:Q", scale=y))
+    smooth = base.mark_line().encode(
+        y=alt.Y("smoothed:Q", scale=y, title="training loss"),
+        tooltip=[alt.Tooltip("rate:Q", format=".2e"), alt.Tooltip("smoothed:Q", format=".3f")],
+    )
+    mark = pd.DataFrame({"rate": [sweep["suggestion"]]})
+    rule = alt.Chart(mark).mark_rule(color="red", strokeDash=[4, 4]).encode(x="rate:Q")
+    title = f"{sweep['phase']} phase: suggested {sweep['suggestion']:.2g} ({sweep['rule']})"
+    return (raw + smooth + rule).properties(title=title, height=240)
+
+
 def diagnostics_frame(diag: dict[str, Any], key: str, field: str | None = None) -> pd.DataFrame:
     """Long table (epoch, layer, value) of diagnostics.json's per-epoch `key` (`grad_norm`, or
     `activation` with `field` e.g. `dead_fraction`)."""

@@ -119,10 +119,17 @@ def _train_form(base: Config, built: str | None, root: Path) -> list[str] | None
         models = available_models()
         model = c1.selectbox("Model", models, index=models.index(base.model.name))
         epochs = c2.number_input("Epochs", 1, 1000, base.train.epochs)
+        auto = base.train.learning_rate == "auto"
         lr = c3.number_input(
-            "Learning rate", 1e-6, 10.0, float(base.train.learning_rate), format="%.5f"
-        )
+            "Learning rate", 1e-6, 10.0, 1e-3 if auto else float(base.train.learning_rate),
+            format="%.5f",
+        )  # fmt: skip
         batch = c1.number_input("Batch size", 1, 4096, _batch_size(base, built))
+        find = c3.checkbox(
+            "Find the learning rate", auto,
+            help="the learning-rate range test picks the rate at the start of every phase "
+            "(train.learning_rate=auto; its curve is on the Curves page)",
+        )  # fmt: skip
         augment = c2.checkbox("Augmentation", base.augment.enabled)
         export = c3.checkbox(
             "Export a SavedModel", base.train.export,
@@ -142,7 +149,7 @@ def _train_form(base: Config, built: str | None, root: Path) -> list[str] | None
         f"data.source={source}",
         f"model.name={model}",
         f"train.epochs={int(epochs)}",
-        f"train.learning_rate={lr}",
+        f"train.learning_rate={'auto' if find else lr}",
         f"train.batch_size={int(batch)}",
         f"train.export={str(bool(export)).lower()}",
         f"transfer.head_epochs={int(head)}",
