@@ -30,6 +30,7 @@ from imgclf.infra.errors import DataError
 from imgclf.model_card import model_card
 from imgclf.training.backend import backend_name, can_export_saved_model, export_skipped_message
 from imgclf.training.progress import Meter, cost_line
+from imgclf.training.tracking import finish_run as finish_tracking
 
 if TYPE_CHECKING:
     import keras
@@ -235,13 +236,25 @@ def confidence_step(
     from imgclf.confidence.calibration import fold_temperature
 
     train_limit = MAX_FIT_IMAGES if config.train.ood else 0
-    need_val = config.train.calibrate or config.train.ood
-    outputs = run_outputs(model, splits, batch, train_limit, config.seed, need_val)
+    # Always: metrics.json `validation` is what imgclf-tune compares trials on (never test).
+    outputs = run_outputs(model, splits, batch, train_limit, config.seed, need_val=True)
     confidence = fit_confidence(model, outputs, len(splits.class_names), config)
     temperature = (confidence.calibration or {}).get("temperature", 1.0)
     if temperature != 1.0:  # folded before saving: model.keras answers calibrated
         fold_temperature(model, temperature)
     return outputs, confidence, temperature
+
+
+def validation_figures(val: SplitOutputs, temperature: float) -> dict[str, Any]:
+    """The final model's accuracy and loss (mean cross-entropy of the calibrated probabilities)
+    on the validation split: metrics.json `validation`, what a hyperparameter search ranks
+    trials by, so the test split never takes part in choosing (None without validation images)."""
+    if len(val) == 0:
+        return {"images": 0, "accuracy": None, "loss": None}
+    p = val.probabilities(temperature)
+    picked = np.clip(p[np.arange(len(val)), val.labels], 1e-12, 1.0)
+    accuracy = float(np.mean(np.argmax(p, axis=1) == val.labels))
+    return {"images": len(val), "accuracy": accuracy, "loss": float(-np.mean(np.log(picked)))}
 
 
 def require_test_images(run_dir: Path, splits: Splits, test: SplitOutputs) -> None:
@@ -284,6 +297,7 @@ def finish_run(
         outputs, confidence, temperature = confidence_step(model, splits, config, batch)
     require_test_images(run_dir, splits, outputs["test"])
     extra = {**(extra or {}), "calibration": confidence.calibration, "ood": confidence.ood}
+    extra["validation"] = validation_figures(outputs["val"], temperature)
     with runs.atomic_path(run_dir / runs.MODEL) as tmp:
         model.save(tmp)
     if confidence.stats is not None:
@@ -307,6 +321,7 @@ def finish_run(
     (run_dir / runs.PROGRESS).unlink(missing_ok=True)  # the estimate is over
     card = model_card(config, splits, metrics, model, exports, backend_name())
     runs.write_text(run_dir / runs.MODEL_CARD, card)
+    finish_tracking(run_dir, config)  # train.mlflow: test figures, card, plots (never raises)
     faults.point("manifest")
     runs.write_manifest(run_dir)  # last: the SHA-256 of every artifact, checked when loading
     runs.set_state(run_dir, runs.COMPLETE)  # only now may anything load the run

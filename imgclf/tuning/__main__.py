@@ -1,0 +1,5 @@
+import sys
+
+from imgclf.tuning.cli import main
+
+sys.exit(main())
