@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgclf.forward import Forward
+
+if TYPE_CHECKING:
+    import keras
+
+    from imgclf.confidence.split_outputs import SplitOutputs
+    from imgclf.data import Splits
+
+TTA_CHUNK = 1024  # test images per chunk of the test-time augmentation pass
 
 
 def predict_proba(model: Any, images: np.ndarray, batch_size: int | str = "auto") -> np.ndarray:
@@ -130,3 +138,52 @@ def evaluate_probabilities(
         for i in order
     ]
     return metrics
+
+
+def validation_figures(val: SplitOutputs, temperature: float) -> dict[str, Any]:
+    """The final model's accuracy and loss (mean cross-entropy of the calibrated probabilities)
+    on the validation split: metrics.json `validation`, what a hyperparameter search ranks
+    trials by, so the test split never takes part in choosing (None without validation images)."""
+    if len(val) == 0:
+        return {"images": 0, "accuracy": None, "loss": None}
+    p = val.probabilities(temperature)
+    picked = np.clip(p[np.arange(len(val)), val.labels], 1e-12, 1.0)
+    accuracy = float(np.mean(np.argmax(p, axis=1) == val.labels))
+    return {"images": len(val), "accuracy": accuracy, "loss": float(-np.mean(np.log(picked)))}
+
+
+def tta_test_figures(
+    model: keras.Model, splits: Splits, test: SplitOutputs, mode: str, batch: int,
+    temperature: float = 1.0,
+) -> dict[str, Any]:  # fmt: skip
+    """metrics.json `test_tta`: the test images again through the test-time augmentation views
+    of `mode` (`imgclf.models.tta`; `model` has its temperature folded in), in chunks of
+    TTA_CHUNK images (memory does not grow with the test split); with the plain figures on the
+    same images (`temperature`: what was folded in), so the gain is like for like."""
+    from imgclf.models.tta import VIEWS, tta_model
+
+    forward, x = Forward(tta_model(model, mode), batch), splits.test.x
+    probs, rows = [], []
+    for start in range(0, len(test), TTA_CHUNK):
+        chunk = np.arange(start, min(start + TTA_CHUNK, len(test)))
+        positions = test.positions[chunk]
+        if hasattr(x, "read"):  # streamed: read again (a file changed since: left out)
+            images, ok = x.read(positions)
+            chunk = chunk[ok]
+        else:
+            images = np.asarray(x[positions])
+        probs.append(np.asarray(forward(images), np.float64))
+        rows.append(chunk)
+    p, rows = np.concatenate(probs), np.concatenate(rows)
+    labels, plain = test.labels[rows], test.probabilities(temperature)[rows]
+
+    def figures(q: np.ndarray) -> tuple[float, float]:
+        picked = np.clip(q[np.arange(len(q)), labels], 1e-12, 1.0)
+        return float(np.mean(q.argmax(1) == labels)), float(-np.mean(np.log(picked)))
+
+    (accuracy, loss), (plain_accuracy, plain_loss) = figures(p), figures(plain)
+    return {
+        "tta": mode, "views": VIEWS[mode], "n": len(rows), "accuracy": accuracy, "loss": loss,
+        "accuracy_without_tta": plain_accuracy, "loss_without_tta": plain_loss,
+        "gain": accuracy - plain_accuracy,
+    }  # fmt: skip

@@ -53,3 +53,12 @@ def scored_model(model: keras.Model, stats: OODStats) -> keras.Model:
     flag = keras.ops.greater(score, stats.threshold)
     outputs = {PROBABILITIES: model.outputs[0], SCORE_NAME: score, FLAG_NAME: flag}
     return keras.Model(model.input, outputs, name=f"{model.name}_scored")
+
+
+def serving_model(model: keras.Model, stats: OODStats | None = None, tta: str = "none"):
+    """What Predictor runs for a run's `model`: with the OOD detector `stats` in the same graph
+    (`scored_model`) when given, behind the test-time augmentation views of `tta`
+    (`imgclf.models.tta`; "none": none)."""
+    from imgclf.models.tta import tta_model
+
+    return tta_model(model if stats is None else scored_model(model, stats), tta)

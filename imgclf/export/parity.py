@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from imgclf import runs
-from imgclf.confidence.graph import scored_model
+from imgclf.confidence.graph import serving_model
 from imgclf.confidence.ood import SCORE_NAME, load_run_stats
 from imgclf.config import load_config
 from imgclf.data import load_data
@@ -84,8 +84,10 @@ def model_reference(
     images: np.ndarray,
     labels: np.ndarray | None,
     batch_size: int | str = "auto",
+    tta: str = "none",
 ) -> Reference:
-    """The Reference of `model` (with the OOD detector `stats`, when not None) on `images`:
+    """The Reference of `model` (with the OOD detector `stats`, when not None, and behind the
+    test-time augmentation views of `tta`) on `images`:
     one compiled pass on bounded batches (`forward.Forward`, `batch_size` images: the run's
     `train.eval_batch_size`) of the model plus detector (`graph.scored_model`, what Predictor
     runs)."""
@@ -94,9 +96,9 @@ def model_reference(
     images = np.asarray(images[:PARITY_MAX_IMAGES])
     labels = None if labels is None else np.asarray(labels)[: len(images)]
     if stats is None:
-        probs = np.asarray(Forward(model, batch)(images), np.float64)
+        probs = np.asarray(Forward(serving_model(model, None, tta), batch)(images), np.float64)
         return Reference(images, labels, probs, batch_size=batch)
-    out = Forward(scored_model(model, stats), batch)(images)
+    out = Forward(serving_model(model, stats, tta), batch)(images)
     return Reference(
         images,
         labels,

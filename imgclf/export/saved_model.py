@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from imgclf import runs
-from imgclf.confidence.graph import scored_model
+from imgclf.confidence.graph import serving_model
 from imgclf.confidence.ood import FLAG_NAME, SCORE_NAME, load_run_stats
 from imgclf.export import corpus
 from imgclf.export.batch_decode import STATUS_OK, batch_decoder
@@ -39,6 +39,7 @@ from imgclf.images import png_bytes
 from imgclf.infra import faults
 from imgclf.infra.errors import UserError
 from imgclf.models.saving import load_run_model
+from imgclf.models.tta import run_mode, tta_model
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "pixels"
@@ -50,7 +51,11 @@ STATUS_NAME = "status"
 
 
 def write_saved_model(
-    model: Any, path: str | Path, class_names: list[str] | None = None, ood_stats: Any = None
+    model: Any,
+    path: str | Path,
+    class_names: list[str] | None = None,
+    ood_stats: Any = None,
+    tta: str = "none",
 ) -> None:
     """Write `model` as a SavedModel with two signatures, both returning `probabilities`
     (float32 [N, classes]), given `class_names` `label` (string [N], the top-1 class), and,
@@ -65,24 +70,22 @@ def write_saved_model(
       gets all-zero probabilities, an empty label, ood_score 0 and ood false; the rest of the
       batch is classified.
 
-    Preprocessing is inside the model, so clients need no imgclf code and no label file.
+    Preprocessing is inside the model, so clients need no imgclf code and no label file. With
+    `tta` (the run's `predict.tta`), the probabilities are averaged over the test-time
+    augmentation views inside the graph (`imgclf.models.tta`).
     """
     import keras
     import tensorflow as tf
 
     _, height, width, channels = model.input_shape
     archive = keras.export.ExportArchive()
-    scored = None
-    if ood_stats is not None:
-        scored = scored_model(model, ood_stats)
-    archive.track(scored if scored is not None else model)
+    served_model = serving_model(model, ood_stats, tta)
+    archive.track(served_model)
     labels = tf.constant(list(class_names)) if class_names else None
 
     def outputs(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        if scored is None:
-            out = {OUTPUT_NAME: model(pixels, training=False)}
-        else:
-            out = dict(scored(pixels, training=False))
+        out = served_model(pixels, training=False)
+        out = dict(out) if isinstance(out, dict) else {OUTPUT_NAME: out}
         probs = out[OUTPUT_NAME]
         if labels is not None:
             out[LABEL_NAME] = tf.gather(labels, tf.argmax(probs, axis=1))
@@ -208,10 +211,11 @@ def export_saved_model(
     target: str | Path,
     reference: Reference,
     ood_stats: Any = None,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Write `target` (a SavedModel + labels.json) atomically after a parity check against
-    `reference` (the run's answers on its check images) passes, with the OOD outputs when
-    `ood_stats`, checked too.
+    `reference` (the run's answers on its check images, with the same `tta`) passes, with the
+    OOD outputs when `ood_stats`, checked too.
 
     Raises ExportError with the figures if the SavedModel differs from `model` by more than
     PARITY_TOLERANCE; `target` is then left untouched.
@@ -220,10 +224,11 @@ def export_saved_model(
         raise ExportError("no images to check the export against")
     target = Path(target)
     with runs.atomic_path(target) as tmp:
-        write_saved_model(model, tmp, list(class_names), ood_stats)
+        write_saved_model(model, tmp, list(class_names), ood_stats, tta)
         faults.point("saved_model")
         runs.write_json(tmp / runs.LABELS, list(class_names))
-        report = check_parity(tmp, model, reference)
+        report = check_parity(tmp, tta_model(model, tta), reference)
+        report["tta"] = tta
         for prefix, signature in (("", SIGNATURE), ("serve_bytes_", BYTES_SIGNATURE)):
             figures = {
                 "n_images": report[f"{prefix}n_images"],
@@ -279,7 +284,11 @@ def saved_model_record(
             },
         },
         "size_bytes": size_bytes,
-        "parity": {k: v for k, v in report.items() if k not in (*ACCURACY_KEYS, "formats", "ood")},
+        "parity": {
+            k: v for k, v in report.items() if k not in (*ACCURACY_KEYS, "formats", "ood", "tta")
+        },
+        # predict.tta: probabilities averaged over the views in the graph ("none": the image)
+        "tta": report.get("tta", "none"),
         "formats": report.get("formats", {}),
         **({"ood_parity": report["ood"]} if "ood" in report else {}),
         **{k: report[k] for k in ACCURACY_KEYS if k in report},
@@ -327,12 +336,13 @@ def export_run(
 
     stats = load_run_stats(run_dir)
     batch = run_batch_size(run_dir)
-    reference = model_reference(model, stats, check_images, check_labels, batch)
+    tta = run_mode(run_dir)  # predict.tta: carried by the SavedModel, checked like the rest
+    reference = model_reference(model, stats, check_images, check_labels, batch, tta)
     if serving_dir is not None:
         target = Path(serving_dir) / str(next_serving_version(serving_dir))
     else:
         target = Path(out) if out is not None else run_dir / runs.SAVED_MODEL
-    report = export_saved_model(model, class_names, target, reference, stats)
+    report = export_saved_model(model, class_names, target, reference, stats, tta)
     inside = out is None and serving_dir is None
     record = saved_model_record(
         runs.SAVED_MODEL if inside else str(target.resolve()),

@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         "as the images are classified",
     )
     parser.add_argument(
+        "--tta",
+        choices=("none", "flip", "flip+crops"),
+        help="test-time augmentation for a run directory: average the probabilities of the "
+        "image and its mirror image (flip), and of four corner crops (flip+crops); default: "
+        "the run's predict.tta",
+    )
+    parser.add_argument(
         "--explain",
         metavar="DIR",
         help="also write DIR/<image stem>_gradcam.png: a Grad-CAM heatmap of the top-1 class over "
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_tensorflow(args.verbose)
     try:
-        predictor = Predictor.from_path(args.model)
+        predictor = Predictor.from_path(args.model, tta=args.tta)
     except (UserError, ValueError, OSError) as exc:
         print(f"error: cannot load model: {exc}", file=sys.stderr)
         return 2

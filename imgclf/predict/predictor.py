@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgclf import runs
-from imgclf.confidence.graph import scored_model
+from imgclf.confidence.graph import serving_model
 from imgclf.confidence.ood import FLAG_NAME as OOD_FLAG
 from imgclf.confidence.ood import SCORE_NAME as OOD_SCORE
 from imgclf.confidence.ood import load_run_stats
@@ -33,6 +33,7 @@ from imgclf.models.lite_variants import VARIANTS
 from imgclf.models.names import PROBABILITIES
 from imgclf.models.names import PROBABILITIES as PROBS
 from imgclf.models.saving import load_run_model
+from imgclf.models.tta import check_mode, run_mode
 
 if TYPE_CHECKING:
     import keras
@@ -118,24 +119,37 @@ class Predictor:
         self.kind = kind
         self.path = path
         self.model = model  # the Keras model of a run directory (Grad-CAM needs it); else None
+        self.tta = "none"  # test-time augmentation (imgclf.models.tta): a run's predict.tta
         # A Keras model's inference batch; an artifact's from its input size (layers unseen).
         self.batch_size = min(BATCH_SIZE, predict_batch_size(model, (*image_size, channels)))
 
     @classmethod
-    def from_path(cls, path: str | Path) -> Predictor:
+    def from_path(cls, path: str | Path, tta: str | None = None) -> Predictor:
         """Load a run directory (its model.keras), a SavedModel directory (with labels.json), a
         run's model.tflite / model_int8.tflite / model.onnx file, or `imagenet:NAME`, a built-in
         ImageNet classifier (`IMAGENET_PREFIX`; the 1,000 ImageNet classes).
+
+        `tta` (a run directory only): test-time augmentation, one of `imgclf.models.tta.MODES`;
+        None uses the run's `predict.tta`. A SavedModel carries the run's own; TFLite, ONNX and
+        the ImageNet classifiers have none.
 
         Raises:
             UserError: the path is none of these, an artifact fails its manifest check, or the
                 ImageNet weights are not installed (the message names the install command).
         """
+        run = not str(path).startswith(IMAGENET_PREFIX) and (
+            runs.is_run_dir(path) or (Path(path).is_dir() and runs.in_run(path))
+        )
+        if tta not in (None, "none") and not run:
+            raise UserError(
+                f"test-time augmentation applies to a run directory, not {path} (a run's "
+                "SavedModel carries the run's own predict.tta)"
+            )
         if str(path).startswith(IMAGENET_PREFIX):
             return cls._from_imagenet(str(path)[len(IMAGENET_PREFIX) :])
         path = Path(path)
-        if runs.is_run_dir(path) or (path.is_dir() and runs.in_run(path)):
-            return cls._from_keras(path)  # an unfinished run is refused there, with its state
+        if run:
+            return cls._from_keras(path, tta)  # an unfinished run is refused there
         if (path / "saved_model.pb").is_file():
             return cls._from_export("saved_model", path)
         if path.suffix == ".tflite" and path.is_file():
@@ -163,18 +177,21 @@ class Predictor:
         return cls(fn, labels, (size, size), 3, "imagenet", path, model)
 
     @classmethod
-    def _from_keras(cls, run_dir: Path) -> Predictor:
+    def _from_keras(cls, run_dir: Path, tta: str | None = None) -> Predictor:
 
         # Checked against manifest.json, safe mode, Lambda layers refused.
         model = load_run_model(run_dir)
         runs.check_run(run_dir, runs.LABELS)
         stats = load_run_stats(run_dir)  # ood.npz, checked against the manifest too
         _, height, width, channels = model.input_shape
-        serving = model if stats is None else scored_model(model, stats)
+        mode = check_mode(tta) if tta is not None else run_mode(run_dir)
+        serving = serving_model(model, stats, mode)  # the detector and the TTA views, one graph
         fn = _serving_function(serving, (height, width, channels))
         labels = runs.read_labels(run_dir)
         threshold = None if stats is None else stats.threshold
-        return cls(fn, labels, (height, width), channels, "keras", run_dir, model, threshold)
+        made = cls(fn, labels, (height, width), channels, "keras", run_dir, model, threshold)
+        made.tta = mode
+        return made
 
     @classmethod
     def _from_export(cls, kind: str, path: Path) -> Predictor:

@@ -74,8 +74,9 @@ class TrainConfig(_Section):
     # TensorBoard event files in the run folder (<run>/tensorboard/; Keras' TensorBoard callback:
     # scalars per epoch and the learning rate; histograms off). Open: tensorboard --logdir runs
     tensorboard: bool = False
-    # An MLflow tracking URI (a folder path, file:///..., http://host:5000): params, per-epoch
-    # metrics, the test metrics, the model card and plots are logged there (the [track] extra).
+    # An MLflow tracking store (a folder: a SQLite store in it; sqlite:///..., http://host:5000):
+    # params, per-epoch metrics, the test metrics, the model card and plots (the [track] extra;
+    # imgclf/training/tracking.py).
     mlflow: str | None = None
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgclf import runs
+from imgclf import evaluate, runs
 from imgclf.confidence.fit import fit_confidence
 from imgclf.confidence.ood import MAX_FIT_IMAGES
 from imgclf.confidence.split_outputs import head_outputs, run_outputs
@@ -146,6 +146,7 @@ def run_reference(
     test: SplitOutputs,
     stats: OODStats | None,
     batch_size: int,
+    tta: str = "none",
 ) -> Reference:
     """The SavedModel's parity reference from the run's own test outputs: its first
     PARITY_MAX_IMAGES readable test images (read again, in batches), with `model`'s output
@@ -164,8 +165,8 @@ def run_reference(
     else:
         images = np.asarray(x[positions])
     rows = np.searchsorted(test.positions, positions)
-    if test.features is None:
-        return model_reference(model, stats, images, test.labels[rows], batch_size)
+    if test.features is None or tta != "none":  # through the model (and its TTA views)
+        return model_reference(model, stats, images, test.labels[rows], batch_size, tta)
     probs, scores = head_outputs(model, stats, test.features[rows], batch_size)
     threshold = None if stats is None else stats.threshold
     return Reference(images, test.labels[rows], probs, scores, threshold, batch_size)
@@ -178,6 +179,7 @@ def export_run_model(
     test: SplitOutputs,
     ood_stats: OODStats | None,
     batch_size: int,
+    tta: str = "none",
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The SavedModel (with the OOD outputs when `ood_stats`), parity-checked against the run's
     own answers on its test images (`run_reference`), recorded in exports.json; returns
@@ -188,10 +190,10 @@ def export_run_model(
     if not can_export_saved_model():
         print(export_skipped_message(run_dir), file=sys.stderr, flush=True)
         return None, None
-    reference = run_reference(model, splits, test, ood_stats, batch_size)
+    reference = run_reference(model, splits, test, ood_stats, batch_size, tta)
     target = run_dir / runs.SAVED_MODEL
     try:
-        parity = export_saved_model(model, splits.class_names, target, reference, ood_stats)
+        parity = export_saved_model(model, splits.class_names, target, reference, ood_stats, tta)
     except ExportError as exc:
         # The training succeeded: the run completes with its model; only the artifact that
         # failed its check is withheld (nothing of it was written), and it says why.
@@ -245,18 +247,6 @@ def confidence_step(
     return outputs, confidence, temperature
 
 
-def validation_figures(val: SplitOutputs, temperature: float) -> dict[str, Any]:
-    """The final model's accuracy and loss (mean cross-entropy of the calibrated probabilities)
-    on the validation split: metrics.json `validation`, what a hyperparameter search ranks
-    trials by, so the test split never takes part in choosing (None without validation images)."""
-    if len(val) == 0:
-        return {"images": 0, "accuracy": None, "loss": None}
-    p = val.probabilities(temperature)
-    picked = np.clip(p[np.arange(len(val)), val.labels], 1e-12, 1.0)
-    accuracy = float(np.mean(np.argmax(p, axis=1) == val.labels))
-    return {"images": len(val), "accuracy": accuracy, "loss": float(-np.mean(np.log(picked)))}
-
-
 def require_test_images(run_dir: Path, splits: Splits, test: SplitOutputs) -> None:
     """DataError (after recording them in data_report.json) when every test file failed to
     decode while it was read (`data.cache: none` finds them only then)."""
@@ -267,6 +257,15 @@ def require_test_images(run_dir: Path, splits: Splits, test: SplitOutputs) -> No
             "under skipped): nothing to evaluate the model on. Fix or replace the files, or "
             "set data.cache=disk so they are checked before training"
         )
+
+
+def _save_model(run_dir: Path, model: keras.Model, stats: OODStats | None) -> None:
+    """model.keras (the temperature folded in) and ood.npz, each atomically."""
+    with runs.atomic_path(run_dir / runs.MODEL) as tmp:
+        model.save(tmp)
+    if stats is not None:
+        stats.save(run_dir / runs.OOD)
+    faults.point("model")
 
 
 def finish_run(
@@ -297,13 +296,13 @@ def finish_run(
         outputs, confidence, temperature = confidence_step(model, splits, config, batch)
     require_test_images(run_dir, splits, outputs["test"])
     extra = {**(extra or {}), "calibration": confidence.calibration, "ood": confidence.ood}
-    extra["validation"] = validation_figures(outputs["val"], temperature)
-    with runs.atomic_path(run_dir / runs.MODEL) as tmp:
-        model.save(tmp)
-    if confidence.stats is not None:
-        confidence.stats.save(run_dir / runs.OOD)
-    faults.point("model")
+    extra["validation"] = evaluate.validation_figures(outputs["val"], temperature)
+    _save_model(run_dir, model, confidence.stats)
     with meter.stage("evaluation"):
+        if config.predict.tta != "none":  # the same test images through the TTA views
+            extra["test_tta"] = evaluate.tta_test_figures(
+                model, splits, outputs["test"], config.predict.tta, batch, temperature
+            )
         metrics = evaluate_run(run_dir, outputs["test"], temperature, splits, config, extra)
         late = report_late_failures(run_dir, splits)
         save_samples(run_dir, splits)
@@ -313,8 +312,9 @@ def finish_run(
     if config.train.export:
         with meter.stage("export"):
             parity, exports = export_run_model(
-                run_dir, model, splits, outputs["test"], confidence.stats, batch
-            )
+                run_dir, model, splits, outputs["test"], confidence.stats, batch,
+                config.predict.tta,
+            )  # fmt: skip
     # What the run cost, in metrics.json (rewritten: the export's stage is measured too).
     metrics["resources"] = meter.report()
     runs.write_json(run_dir / runs.METRICS, metrics)
@@ -341,6 +341,12 @@ def summary_lines(metrics: dict[str, Any], parity: dict[str, Any] | None) -> str
         f"test: accuracy {t['accuracy']:.4f}, {top_k}loss {t['loss']:.4f} ({t['n']} images)"
         + (f"; SavedModel parity max |Δp| {parity['max_abs_diff']:.1e}" if parity else "")
     ]
+    tta = metrics.get("test_tta")
+    if tta:
+        lines.append(
+            f"test with TTA ({tta['tta']}, {tta['views']} views): accuracy {tta['accuracy']:.4f}"
+            f", loss {tta['loss']:.4f} (without: {tta['accuracy_without_tta']:.4f})"
+        )
     clean = metrics.get("test_without_leaked")
     if clean and clean["accuracy"] is not None:
         lines.append(

@@ -13,9 +13,9 @@ and read a good rate off the curve.
 
 The sweep trains the run's real model, with its real optimiser kind, loss and batch size, on
 un-augmented training batches, and then puts everything back: every variable of the model (the
-weights, batch-norm statistics, dropout's random state) is restored and the model is compiled again with the optimiser it had,
-whose state the sweep never touched (it trains with its own optimiser of the same kind). So
-nothing of the trial steps reaches the real run.
+weights, batch-norm statistics, dropout's random state) is restored, and the model is compiled
+again with the optimiser it had, whose state the sweep never touched (it trains with its own
+optimiser of the same kind). So nothing of the trial steps reaches the real run.
 
 `train.learning_rate: auto` runs it at the start of every phase (for a two-phase transfer:
 the head phase with the backbone frozen, then the fine-tune phase on the trained head, instead

@@ -19,6 +19,7 @@ from imgclf import runs
 from imgclf.data.pipeline import epoch_order_callback
 from imgclf.infra import faults
 from imgclf.infra.errors import UserError
+from imgclf.training import tracking  # train.tensorboard / train.mlflow
 from imgclf.training.backend import make_training_data
 from imgclf.training.distribute import fit_multiworker
 from imgclf.training.optim import (
@@ -118,6 +119,7 @@ class PhaseRunner:
     augmenter: Any = None  # the training augmentation (its random state is backed up too)
     estimate: Any = None  # the run's time-left estimate (training.estimate.Estimate) or None
     head_end: tuple[float, list[Any]] | None = field(default=None)  # (best monitored, weights)
+    tracker: Any = None  # TensorBoard / MLflow (training.tracking.Tracker), from the 1st phase
 
     # What the phases read of `prepared`, by the names they use.
     model = property(lambda self: self.prepared.model)
@@ -234,12 +236,14 @@ def _early_stopping(runner: PhaseRunner, phase: Phase) -> keras.callbacks.EarlyS
 def _callbacks(runner: PhaseRunner, phase: Phase, early: Any, cached: bool) -> list[Any]:
     """The callbacks of a phase's fit, in order (the resume backup is added last by
     `fit_phase`): each epoch's shuffled order (the cached head phase adds its own), the
-    schedule, history, the divergence guard, early stopping, diagnostics, then the time-left
-    estimate (after the diagnostics: an epoch's time includes them)."""
+    schedule, history, tracking (TensorBoard, MLflow: they read history's row), the divergence
+    guard, early stopping, diagnostics, then the time-left estimate (after the diagnostics: an
+    epoch's time includes them)."""
 
     runner.history.phase = phase.name
     guard = divergence_guard(runner.history, phase)
-    callbacks = [*schedule_callbacks(phase.train), runner.history, guard, early]
+    tracked = tracking.phase_callbacks(runner)  # [] unless train.tensorboard / train.mlflow
+    callbacks = [*schedule_callbacks(phase.train), runner.history, *tracked, guard, early]
     if not cached:
         callbacks.insert(0, epoch_order_callback(runner.data[0]))
     if runner.diagnostics is not None and not cached:

@@ -29,6 +29,7 @@ from imgclf.training.backend import check_backend, set_deterministic
 from imgclf.training.distribute import is_chief, make_strategy
 from imgclf.training.optim import compile_model, resolve_batch_size, steps_per_epoch
 from imgclf.training.resume import Resume
+from imgclf.training.tracking import preflight as tracking_preflight
 
 if TYPE_CHECKING:
     import keras
@@ -54,13 +55,15 @@ class Prepared:
 
 def preflight(config: Config, out: str | Path | None = None) -> None:
     """What can be checked before TensorFlow loads (it costs seconds to import): a folder
-    source's folder exists, and `out` is free. Raises DataError or FileExistsError."""
+    source's folder exists, `out` is free, tracking can start. Raises UserError (DataError,
+    ConfigError) or FileExistsError."""
     if config.data.source == "folder":
         check_root(config.data.path)
     if out is not None:
         runs.check_new_run_dir(out)
     if is_chief():  # the other workers of a cluster write to a scratch folder
         runs.check_writable(Path(out) if out is not None else runs.DEFAULT_ROOT)
+    tracking_preflight(config)  # the [track] extra and the MLflow URI (training.tracking)
 
 
 def _build(config: Config, splits: Splits, strategy: Any, batch_size: int) -> keras.Model:

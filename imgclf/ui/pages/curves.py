@@ -1,5 +1,6 @@
 """Training curves page: loss and accuracy (training vs validation, fine-tuning start marked),
-the learning rate, and, when the run recorded them, per-layer gradient norms and dead units."""
+the learning rate, how to open the run's TensorBoard and MLflow logs when it wrote them, and,
+when the run recorded them, per-layer gradient norms and dead units."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from imgclf import runs
+from imgclf.training.tracking import open_commands
 from imgclf.ui import charts
 from imgclf.ui.catalog import RunEntry
 
@@ -20,6 +22,18 @@ def show_history(history: list[runs.HistoryRow], key: str) -> None:
         right.altair_chart(
             charts.metric_chart(history, "accuracy"), width="stretch", key=f"{key}-acc"
         )
+
+
+def show_tracking(run_dir: Path) -> None:
+    """The commands that open the run's TensorBoard and MLflow logs (train.tensorboard,
+    train.mlflow), when it wrote them."""
+    commands = open_commands(run_dir)
+    if not commands:
+        return
+    st.subheader("TensorBoard and MLflow")
+    for what, command in commands:
+        st.caption(what)
+        st.code(command, language="bash")
 
 
 def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
@@ -37,6 +51,7 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     show_history(history, "curves")
     if any(r.learning_rate is not None for r in history):
         st.altair_chart(charts.learning_rate_chart(history), width="stretch")
+    show_tracking(entry.path)
     diag = run.diagnostics
     if not diag or not diag.get("epochs"):
         st.caption("This run recorded no training diagnostics (`train.diagnostics`).")

@@ -146,6 +146,13 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
         st.warning(f"`{entry.name}` has no test metrics ({runs.METRICS}).")
         return
     _test_metrics(metrics["test"], len(metrics.get("per_class") or {}) or metrics["test"]["k"] + 1)
+    tta = metrics.get("test_tta")
+    if tta:  # predict.tta: the same test images through the views (imgclf.models.tta)
+        st.caption(
+            f"With test-time augmentation ({tta['tta']}, {tta['views']} views per image): "
+            f"accuracy {tta['accuracy']:.4f} against {tta['accuracy_without_tta']:.4f} without "
+            f"({tta['gain']:+.4f}); the Classify page and the SavedModel use it."
+        )
     _calibration(metrics.get("calibration"))
     _ood(metrics.get("ood"))
     _confusion(metrics)
