@@ -115,7 +115,7 @@ def _rows(run: Path) -> list[dict]:
 
 
 def test_auto_finds_a_rate_for_each_phase_of_a_transfer_run(
-    folder_dataset: Path, tiny_run: Path, tmp_path: Path
+    folder_dataset: Path, tiny_run: Path, tmp_path: Path, monkeypatch
 ) -> None:
     overrides = [
         *tiny_overrides(folder_dataset), f"model.weights={tiny_run}", "train.learning_rate=auto",
@@ -133,6 +133,29 @@ def test_auto_finds_a_rate_for_each_phase_of_a_transfer_run(
         assert float(row["learning_rate"]) == pytest.approx(rate, rel=1e-5)  # what trained
     assert (run / runs.LR_FINDER_PLOT).stat().st_size > 1000
     assert "learning_rate: auto" in (run / runs.CONFIG).read_text()  # what was asked
+    _curves_page_shows_the_sweeps(monkeypatch, run, found)
+
+
+def _walk(node):
+    yield node
+    for child in getattr(node, "children", {}).values():
+        yield from _walk(child)
+
+
+def _curves_page_shows_the_sweeps(monkeypatch, run: Path, found: dict) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from imgclf.ui import catalog
+
+    monkeypatch.setenv(catalog.RUNS_ENV, str(run.parent))
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    at = AppTest.from_file(str(app), default_timeout=120).run()
+    at.sidebar.radio(key="page").set_value("Training curves").run()
+    assert not at.exception, [e.value for e in at.exception]
+    specs = [c.proto.spec for c in _walk(at.main) if getattr(c, "type", "") == "vega_lite_chart"]
+    for phase, sweep in found.items():
+        title = f"{phase} phase: suggested {sweep['suggestion']:.2g}"
+        assert sum(title in spec for spec in specs) == 1, title
 
 
 def test_find_lr_on_the_command_line(folder_dataset: Path, tmp_path: Path) -> None:

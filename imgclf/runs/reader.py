@@ -16,6 +16,7 @@ from imgclf.runs.names import (
     DIAGNOSTICS,
     EXPORTS,
     HISTORY,
+    LR_FINDER,
     MANIFEST,
     METRICS,
     MODEL_CARD,
@@ -87,6 +88,12 @@ class Run:
     def diagnostics(self) -> dict[str, Any] | None:
         """diagnostics.json, or None when the run recorded none."""
         return self.optional_json(DIAGNOSTICS)
+
+    @cached_property
+    def lr_finder(self) -> list[dict[str, Any]]:
+        """lr_finder.json's range tests, one per phase (empty without `learning_rate: auto`)."""
+        record = self.optional_json(LR_FINDER)
+        return list(record.get("phases") or []) if isinstance(record, dict) else []
 
     @cached_property
     def data_report(self) -> dict[str, Any] | None:

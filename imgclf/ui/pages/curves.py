@@ -1,6 +1,7 @@
 """Training curves page: loss and accuracy (training vs validation, fine-tuning start marked),
-the learning rate, how to open the run's TensorBoard and MLflow logs when it wrote them, and,
-when the run recorded them, per-layer gradient norms and dead units."""
+the learning rate (and its range test, with `learning_rate: auto`), how to open the run's
+TensorBoard and MLflow logs when it wrote them, and, when the run recorded them, per-layer
+gradient norms and dead units."""
 
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     show_history(history, "curves")
     if any(r.learning_rate is not None for r in history):
         st.altair_chart(charts.learning_rate_chart(history), width="stretch")
+    for sweep in run.lr_finder:  # train.learning_rate: auto, one range test per phase
+        st.altair_chart(charts.lr_finder_chart(sweep), width="stretch")
     show_tracking(entry.path)
     diag = run.diagnostics
     if not diag or not diag.get("epochs"):
