@@ -63,7 +63,12 @@ class Search:
         """Train (or resume, or read back) the run of one trial; its validation figures."""
         from imgclf.train import train
 
-        overrides = [*self.overrides, *(self._override(k, v) for k, v in values.items())]
+        # Hyperband's own entries (tuner/epochs, tuner/initial_epoch, tuner/bracket, ...):
+        # only the epochs are a config key; each candidate trains from scratch.
+        searched = {k: v for k, v in values.items() if not k.startswith("tuner/")}
+        if "tuner/epochs" in values:
+            searched["train.epochs"] = int(values["tuner/epochs"])
+        overrides = [*self.overrides, *(f"{k}={v}" for k, v in searched.items())]
         run = self.runs_root / f"{self.name}-trial-{trial_id}"
         config = load_config(self.config, [*overrides, f"name={run.name}"])
         began = time.perf_counter()
@@ -82,12 +87,6 @@ class Search:
         if validation["accuracy"] is None:
             raise UserError(f"{run}: no validation images, nothing to compare trials on")
         return {"val_accuracy": validation["accuracy"], "val_loss": validation["loss"]}
-
-    @staticmethod
-    def _override(key: str, value: Any) -> str:
-        if key == "tuner/epochs":
-            return f"train.epochs={int(value)}"
-        return f"{key}={value}"
 
     def _splits(self, config: Any) -> Any:
         """The loaded data of `config`, shared by trials with the same data section and seed."""
@@ -114,6 +113,7 @@ class Search:
         self._write_best()
         if self.verbose:
             shown = ", ".join(f"{k}={v}" for k, v in row["values"].items())
+            shown += f", {row['epochs']} epochs (Hyperband)" if row["epochs"] else ""
             print(
                 f"trial {trial_id}: {shown} -> val_accuracy {row['val_accuracy']:.4f}, "
                 f"val_loss {row['val_loss']:.4f} ({row['seconds']:.0f} s)",
