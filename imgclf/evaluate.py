@@ -162,7 +162,8 @@ def tta_test_figures(
     same images (`temperature`: what was folded in), so the gain is like for like."""
     from imgclf.models.tta import VIEWS, tta_model
 
-    forward, x = Forward(tta_model(model, mode), batch), splits.test.x
+    # every view's activations are alive at once: the batch shrinks by the number of views
+    forward, x = Forward(tta_model(model, mode), max(1, batch // VIEWS[mode])), splits.test.x
     probs, rows = [], []
     for start in range(0, len(test), TTA_CHUNK):
         chunk = np.arange(start, min(start + TTA_CHUNK, len(test)))

@@ -76,6 +76,20 @@ def test_a_tta_run_reports_both_and_every_reader_agrees(tta_run: Path) -> None:
     assert np.abs(plain - run).max() > 1e-4  # the SavedModel averages the views in its graph
 
 
+def test_every_export_of_a_tta_run_answers_with_its_views(tta_run: Path) -> None:
+    from imgclf.export import onnx, tflite
+
+    tflite.export_run(tta_run)  # converted from the SavedModel, which carries the views
+    onnx.export_run(tta_run)  # traced from the same graph
+    exports = json.loads((tta_run / runs.EXPORTS).read_text())
+    x = _images()
+    run = Predictor.from_path(tta_run).predict_arrays(x)
+    for kind, name in (("tflite", runs.TFLITE), ("onnx", runs.ONNX)):
+        assert exports[kind]["tta"] == "flip"
+        answered = Predictor.from_path(tta_run / name).predict_arrays(x)
+        np.testing.assert_allclose(answered, run, rtol=0, atol=1e-4)
+
+
 def test_tta_on_an_export_is_refused_in_one_line(tta_run: Path, capsys) -> None:
     sample = sorted((tta_run / runs.SAMPLES).glob("*.png"))[0]
     assert cli.main([str(tta_run / runs.SAVED_MODEL), str(sample), "--tta", "flip"]) == 2

@@ -22,11 +22,13 @@ CORPUS_IMAGES = 1  # test images each made into every format × mode × orientat
 
 
 def reference_corpus(
-    model: Any, images: np.ndarray, batch_size: int | str = "auto"
+    model: Any, images: np.ndarray, batch_size: int | str = "auto", tta: str = "none"
 ) -> tuple[list[Any], np.ndarray, np.ndarray, list[str | None]]:
     """(corpus samples, their pixels as `load_image` decodes them at the model's input, the
-    Keras model's probabilities, per sample the decoder's refusal or None): what `Predictor` on
-    the run answers for each file of the format corpus made from the first test `images`."""
+    Keras model's probabilities (behind the run's test-time augmentation `tta`), per sample the
+    decoder's refusal or None): what `Predictor` on the run answers for each file of the format
+    corpus made from the first test `images`."""
+    from imgclf.models.tta import tta_model
 
     _, height, width, channels = model.input_shape
     samples = corpus.build(images[:CORPUS_IMAGES])
@@ -38,7 +40,7 @@ def reference_corpus(
             refused.append(None)
         except ImageError as exc:
             refused.append(exc.reason)
-    reference = np.asarray(Forward(model, batch_size)(pixels), np.float64)  # bounded batches
+    reference = np.asarray(Forward(tta_model(model, tta), batch_size)(pixels), np.float64)
     return samples, pixels, reference, refused
 
 
@@ -139,7 +141,9 @@ def pixel_artifact_formats(fn: Any, model: Any, reference: Reference) -> dict[st
     `Predictor.from_path(artifact)` does) and run through `fn`, against the run's model on the
     same file, `reference.batch_size` images at a time."""
     batch = reference.batch_size
-    samples, pixels, expected, refused = reference_corpus(model, reference.images, batch)
+    samples, pixels, expected, refused = reference_corpus(
+        model, reference.images, batch, reference.tta
+    )
     exported = batched(fn, pixels, batch, np.float32)
     return format_parity(samples, expected, exported, refused)
 

@@ -254,7 +254,7 @@ def corpus_formats(model: bytes, keras_model: Any, reference: parity.Reference) 
     from imgclf.export import format_check
 
     samples, _, expected, refused = format_check.reference_corpus(
-        keras_model, reference.images, reference.batch_size
+        keras_model, reference.images, reference.batch_size, reference.tta
     )
     scores = np.zeros_like(expected)
     status: list[str | None] = []
@@ -332,6 +332,7 @@ def export_run(
         parity.require_parity("MediaPipe model", record["parity"], not_written)
         record["own_resize"] = _own_resize(model, run_dir, reference)
         record["formats"] = corpus_formats(model, keras_model, reference)
+        record["tta"] = reference.tta  # carried from the SavedModel it is converted from
     with runs.atomic_path(run_dir / path) as tmp:
         tmp.write_bytes(model)
     parity.record_export(run_dir, "mediapipe_int8" if quantize else "mediapipe", record)

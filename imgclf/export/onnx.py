@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from imgclf import runs
-from imgclf.confidence.graph import scored_model
+from imgclf.confidence.graph import serving_model
 from imgclf.confidence.ood import FLAG_NAME, SCORE_NAME, load_run_stats
 from imgclf.export import format_check, parity
 from imgclf.export.saved_model import INPUT_NAME, OUTPUT_NAME
@@ -65,15 +65,16 @@ def load_function(
     return fn, shape, labels  # type: ignore[return-value]
 
 
-def _traced(model: Any, ood_stats: Any) -> tuple[Any, list[str]]:
+def _traced(model: Any, ood_stats: Any, tta: str = "none") -> tuple[Any, list[str]]:
     """(tf.function of pixels -> the outputs as a tuple, the outputs' names in that order):
-    the probabilities, and with `ood_stats` the detector's score and flag."""
+    the probabilities (averaged over the test-time augmentation views of `tta`), and with
+    `ood_stats` the detector's score and flag."""
     import tensorflow as tf
 
+    scored = serving_model(model, ood_stats, tta)
     if ood_stats is None:
-        return tf.function(lambda pixels: model(pixels, training=False)), [OUTPUT_NAME]
+        return tf.function(lambda pixels: scored(pixels, training=False)), [OUTPUT_NAME]
 
-    scored = scored_model(model, ood_stats)
     names = [OUTPUT_NAME, SCORE_NAME, FLAG_NAME]  # tf2onnx keeps the tuple's order
 
     def outputs(pixels: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -105,7 +106,9 @@ def _rename_outputs(graph: Any, output_names: list[str]) -> None:
         out.name = renames[out.name]
 
 
-def convert(model: Any, class_names: list[str], path: str | Path, ood_stats: Any = None) -> None:
+def convert(
+    model: Any, class_names: list[str], path: str | Path, ood_stats: Any = None, tta: str = "none"
+) -> None:
     """Write `model` as ONNX to `path`: input `pixels`, output `probabilities` (and, given
     `ood_stats`, `ood_score` and `ood`: the run's detector, `imgclf.confidence.ood`), class names in
     the metadata. The model is traced as a tf.function and converted by tf2onnx
@@ -125,7 +128,7 @@ def convert(model: Any, class_names: list[str], path: str | Path, ood_stats: Any
         raise UserError("ONNX export needs the TensorFlow backend: set KERAS_BACKEND=tensorflow")
     _, height, width, channels = model.input_shape
     spec = [tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)]
-    function, output_names = _traced(model, ood_stats)
+    function, output_names = _traced(model, ood_stats, tta)
     concrete = function.get_concrete_function(*spec)
     captured = _captured_constants(concrete)
     try:
@@ -170,7 +173,7 @@ def export_onnx(run_dir: str | Path, model: Any, reference: parity.Reference) ->
 
     stats = load_run_stats(run_dir)
     with runs.atomic_path(run_dir / runs.ONNX) as tmp:
-        convert(model, class_names, tmp, stats)
+        convert(model, class_names, tmp, stats, reference.tta)
         fn, _, _ = load_function(tmp)
         record: dict[str, Any] = {
             "path": runs.ONNX,
@@ -184,6 +187,7 @@ def export_onnx(run_dir: str | Path, model: Any, reference: parity.Reference) ->
             ),
         }
         record["formats"] = format_check.pixel_artifact_formats(fn, model, reference)
+        record["tta"] = reference.tta  # the views are traced into the graph
         not_written = f"{runs.ONNX} was not written"
         parity.require_parity("ONNX model", record["parity"], not_written)
         format_check.require_pixel_formats("ONNX model", record["formats"], not_written)

@@ -27,6 +27,7 @@ from imgclf.infra.errors import UserError
 from imgclf.model_card import refresh_export_section
 from imgclf.models.names import PROBABILITIES
 from imgclf.models.saving import load_run_model
+from imgclf.models.tta import VIEWS, run_mode
 
 PARITY_TOLERANCE = 1e-4  # max |p_export - p_keras| over the checked images
 # Test images every export is checked on (the first readable ones of the test split). An export
@@ -71,6 +72,7 @@ class Reference:
     ood_scores: np.ndarray | None = None
     threshold: float | None = None
     batch_size: int = 32  # images per forward pass of every check (the run's inference batch)
+    tta: str = "none"  # the run's predict.tta: every export carries it (imgclf.models.tta)
 
     @property
     def ood_flags(self) -> np.ndarray | None:
@@ -92,12 +94,12 @@ def model_reference(
     `train.eval_batch_size`) of the model plus detector (`graph.scored_model`, what Predictor
     runs)."""
 
-    batch = inference_batch_size(model, batch_size)
+    batch = max(1, inference_batch_size(model, batch_size) // VIEWS[tta])  # views share it
     images = np.asarray(images[:PARITY_MAX_IMAGES])
     labels = None if labels is None else np.asarray(labels)[: len(images)]
     if stats is None:
         probs = np.asarray(Forward(serving_model(model, None, tta), batch)(images), np.float64)
-        return Reference(images, labels, probs, batch_size=batch)
+        return Reference(images, labels, probs, batch_size=batch, tta=tta)
     out = Forward(serving_model(model, stats, tta), batch)(images)
     return Reference(
         images,
@@ -106,6 +108,7 @@ def model_reference(
         np.asarray(out[SCORE_NAME], np.float64),
         stats.threshold,
         batch,
+        tta,
     )
 
 
@@ -236,7 +239,7 @@ def check_split(
 
 def load_for_export(run_dir: str | Path) -> tuple[Any, Reference]:
     """(model.keras checked against the manifest, the Reference to check an export against:
-    the run's model and OOD detector on its test images)."""
+    the run's model and OOD detector, behind its test-time augmentation, on its test images)."""
 
     run_dir = Path(run_dir)
     if not (runs.is_run_dir(run_dir) or runs.in_run(run_dir)):
@@ -247,7 +250,8 @@ def load_for_export(run_dir: str | Path) -> tuple[Any, Reference]:
     _, height, width, channels = model.input_shape
     images, labels = check_split(run_dir, (height, width), channels)
     stats = load_run_stats(run_dir)
-    return model, model_reference(model, stats, images, labels, run_batch_size(run_dir))
+    tta = run_mode(run_dir)  # predict.tta: the exports answer with the run's views
+    return model, model_reference(model, stats, images, labels, run_batch_size(run_dir), tta)
 
 
 def run_batch_size(run_dir: Path) -> int | str:

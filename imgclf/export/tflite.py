@@ -111,6 +111,7 @@ def export_tflite(
         ),
     }
     record["formats"] = format_check.pixel_artifact_formats(fn, model, reference)
+    record["tta"] = reference.tta  # carried from the SavedModel it is converted from
     if reference.ood_scores is not None:
         record["ood_parity"] = parity.ood_parity(
             parity.batched(_ood_columns(flatbuffer), images, size, np.float32), reference

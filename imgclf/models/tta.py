@@ -13,7 +13,8 @@ averaging happens inside one graph: Predictor runs it, the test evaluation repor
 the plain figure (metrics.json `test_tta`), and the SavedModel export carries it, checked for
 parity against the same graph in Keras. The probabilities are the mean of the views'
 (calibrated) probabilities; the out-of-distribution score and flag stay those of the image
-itself. The TFLite, ONNX and MediaPipe files answer without TTA (exports.json says so).
+itself. Every export carries it too: TFLite and MediaPipe are converted from that SavedModel,
+ONNX traces the same graph, and each is checked against it (exports.json `tta`).
 
 Use `flip` only where a mirror image keeps its class: photos of objects, animals, plants; not
 digits, letters or anything with a handedness.
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 MODES = ("none", "flip", "flip+crops")
 CROP = 0.9  # the corner crops' share of the height and width
 VIEWS = {"none": 1, "flip": 2, "flip+crops": 6}
+MIN_SIDE = 10  # flip+crops: smaller images have no 90% crop to take
 
 
 def check_mode(mode: str) -> str:
@@ -60,7 +62,8 @@ def _views(inputs: Any, mode: str, height: int, width: int) -> list[Any]:
     if mode in ("flip", "flip+crops"):
         views.append(_mirror_layer()(inputs))
     if mode == "flip+crops":
-        dh, dw = round(height * (1 - CROP)), round(width * (1 - CROP))
+        # at least one pixel off each side (the config refuses flip+crops below MIN_SIDE)
+        dh, dw = max(1, round(height * (1 - CROP))), max(1, round(width * (1 - CROP)))
         corners = {"tl": ((0, dh), (0, dw)), "tr": ((0, dh), (dw, 0)),
                    "bl": ((dh, 0), (0, dw)), "br": ((dh, 0), (dw, 0))}  # fmt: skip
         for name, cropping in corners.items():

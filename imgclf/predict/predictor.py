@@ -33,7 +33,7 @@ from imgclf.models.lite_variants import VARIANTS
 from imgclf.models.names import PROBABILITIES
 from imgclf.models.names import PROBABILITIES as PROBS
 from imgclf.models.saving import load_run_model
-from imgclf.models.tta import check_mode, run_mode
+from imgclf.models.tta import VIEWS, check_mode, run_mode
 
 if TYPE_CHECKING:
     import keras
@@ -191,6 +191,7 @@ class Predictor:
         threshold = None if stats is None else stats.threshold
         made = cls(fn, labels, (height, width), channels, "keras", run_dir, model, threshold)
         made.tta = mode
+        made.batch_size = max(1, made.batch_size // VIEWS[mode])  # each view's activations
         return made
 
     @classmethod

@@ -78,6 +78,11 @@ class Config(_Section):
                 "images and labels within each batch); set augment.mixup and augment.cutmix to "
                 "0, or transfer.augmented_views=0"
             )
+        if self.predict.tta == "flip+crops" and min(self.data.image_size) < 10:
+            raise ValueError(
+                f"predict.tta=flip+crops needs images of at least 10×10 (data.image_size is "
+                f"{list(self.data.image_size)}: no 90% crop to take); use predict.tta=flip"
+            )
         if self.train.learning_rate == "auto" and self.train.distribute != "none":
             raise ValueError(
                 "train.learning_rate=auto (the range test) runs on one device; find the rate "

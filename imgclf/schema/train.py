@@ -27,7 +27,8 @@ class TrainConfig(_Section):
     optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
     # A rate, or auto: the learning-rate range test (imgclf.training.lr_finder, Smith 2017) runs
     # on the run's own data, model and optimizer before training and picks it (per phase for a
-    # two-phase transfer); the rate found is recorded in config.yaml and lr_finder.json.
+    # two-phase transfer); config.yaml keeps `auto`, the rates found are in lr_finder.json and
+    # metrics.json `phases`.
     learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] | Literal["auto"] = 1.0e-3
     momentum: Fraction = 0.9  # for the momentum and nesterov optimizers
     weight_decay: Annotated[float, Field(ge=0.0)] = 1.0e-4  # for adamw (decoupled)
