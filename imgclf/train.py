@@ -44,6 +44,7 @@ from imgclf.training.phases import PhaseRunner, history_callback
 from imgclf.training.prepare import Prepared, preflight, prepare
 from imgclf.training.progress import Meter
 from imgclf.training.resume import check_resumable
+from imgclf.training.tracking import end_run as end_tracking
 from imgclf.training.transfer import plan_phases
 
 if TYPE_CHECKING:
@@ -165,18 +166,23 @@ def train(
     except KeyboardInterrupt as exc:
         # A Ctrl+C after the state became `complete` changes nothing: the run is whole.
         if not (p.chief and runs.read_state(p.run_dir).complete):
-            if p.chief:
-                runs.set_state(p.run_dir, runs.INTERRUPTED, "stopped by Ctrl+C or SIGTERM")
+            _mark_ended(p, runs.INTERRUPTED, "stopped by Ctrl+C or SIGTERM")
             raise RunInterrupted(p.run_dir) from exc
     except BaseException as exc:
-        if p.chief:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            runs.set_state(p.run_dir, runs.FAILED, f"{type(exc).__name__}: {reason}")
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _mark_ended(p, runs.FAILED, f"{type(exc).__name__}: {reason}")
         raise
     finally:
         meter.close()
     _tidy(p, Path(runs_root))
     return p.run_dir
+
+
+def _mark_ended(p: Prepared, state: str, reason: str) -> None:
+    """The chief records an interrupted or failed run: state.json, and its MLflow run."""
+    if p.chief:
+        runs.set_state(p.run_dir, state, reason)
+        end_tracking(p.run_dir, "KILLED" if state == runs.INTERRUPTED else "FAILED")
 
 
 def _tidy(p: Prepared, runs_root: Path) -> None:
@@ -289,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # key=value before or after options
-    if args.resume and (args.config or args.overrides or args.out or args.print_config):
-        parser.error("--resume RUN takes no --config, --out, --print-config or overrides")
+    if args.resume and (
+        args.config or args.overrides or args.out or args.print_config or args.find_lr
+    ):
+        parser.error("--resume RUN takes no --config, --out, --print-config, --find-lr or others")
     verbose = 0 if args.quiet else "auto"
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:

@@ -15,7 +15,7 @@ from conftest import tiny_overrides
 
 from imgclf import runs
 from imgclf.infra import faults
-from imgclf.training import tracking
+from imgclf.training import tracking, tracking_uri
 
 
 def _interrupt_at_epoch(n: int):
@@ -91,7 +91,7 @@ def test_mlflow_holds_params_epochs_test_metrics_and_artifacts(tracked):
 
     run, store = tracked
     record = runs.read_json(run / runs.TRACKING)["mlflow"]
-    assert record["tracking_uri"] == f"sqlite:///{store / tracking.STORE_DB}"
+    assert record["tracking_uri"] == f"sqlite:///{store / tracking_uri.STORE_DB}"
     client = MlflowClient(record["tracking_uri"])
     experiment = client.get_experiment_by_name("tracked")
     (found,) = client.search_runs([experiment.experiment_id])  # the resume continued it
@@ -113,7 +113,7 @@ def test_mlflow_holds_params_epochs_test_metrics_and_artifacts(tracked):
     assert runs.MODEL_CARD in artifacts
     plots = {a.path for a in client.list_artifacts(found.info.run_id, runs.PLOTS)}
     assert runs.CURVES_PLOT in plots
-    assert (store / tracking.STORE_ARTIFACTS).is_dir()  # artifacts beside the database
+    assert (store / tracking_uri.STORE_ARTIFACTS).is_dir()  # artifacts beside the database
 
 
 def test_the_app_says_how_to_open_both(tracked):
@@ -181,13 +181,13 @@ def test_a_server_that_fails_mid_run_warns_once_then_is_left_alone(capsys):
 
 
 def test_uri_forms():
-    assert tracking.store("/data/ml")[0] == "sqlite:////data/ml/mlflow.db"
-    assert tracking.store("/data/ml")[1] == "file:///data/ml/artifacts"
-    assert tracking.store("sqlite:////x/y.db") == ("sqlite:////x/y.db", "file:///x/artifacts")
-    assert tracking.store("http://host:5000") == ("http://host:5000", None)
-    assert tracking.scheme("postgresql+psycopg2://u@h/db") == "postgresql"
-    assert tracking.scheme("C:\\runs\\ml") == ""
-    assert "pass" not in tracking._shown("http://user:pass@host:5000")
+    assert tracking_uri.store("/data/ml")[0] == "sqlite:////data/ml/mlflow.db"
+    assert tracking_uri.store("/data/ml")[1] == "file:///data/ml/artifacts"
+    assert tracking_uri.store("sqlite:////x/y.db") == ("sqlite:////x/y.db", "file:///x/artifacts")
+    assert tracking_uri.store("http://host:5000") == ("http://host:5000", None)
+    assert tracking_uri.scheme("postgresql+psycopg2://u@h/db") == "postgresql"
+    assert tracking_uri.scheme("C:\\runs\\ml") == ""
+    assert "pass" not in tracking_uri.shown("http://user:pass@host:5000")
 
 
 def test_start_up_errors_are_one_line_before_tensorflow_loads(folder_dataset: Path):
@@ -216,3 +216,22 @@ def test_start_up_errors_are_one_line_before_tensorflow_loads(folder_dataset: Pa
     assert no_board == (
         "error: train.tensorboard needs tensorboard: run `pip install 'imgclf[track]'`"
     )
+
+
+def test_a_run_that_fails_ends_its_mlflow_run_failed(folder_dataset: Path, tmp_path: Path):
+    from mlflow import MlflowClient
+
+    from imgclf.config import load_config
+    from imgclf.train import train
+    from imgclf.training.phases import TrainingDiverged
+
+    store = tmp_path / "mlruns"
+    config = load_config(None, [
+        *tiny_overrides(folder_dataset), f"train.mlflow={store}", "train.learning_rate=10",
+        "model.batch_norm=false", "train.optimizer=sgd",
+    ])  # fmt: skip
+    with pytest.raises(TrainingDiverged):  # the loss becomes NaN at rate 10 without BN
+        train(config, out=tmp_path / "run", verbose=0)
+    record = runs.read_json(tmp_path / "run" / runs.TRACKING)["mlflow"]
+    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    assert client.get_run(record["run_id"]).info.status == "FAILED"

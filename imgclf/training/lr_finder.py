@@ -62,6 +62,15 @@ class Sweep:
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def flat(self) -> bool:
+        """True when the loss never fell: its smallest smoothed value came in the first tenth
+        of the sweep, or is within 2% of the first (no rate was seen to help)."""
+        best = int(np.argmin(self.smoothed))
+        return best <= max(len(self.smoothed) // 10, 1) or (
+            min(self.smoothed) > 0.98 * self.smoothed[0]
+        )
+
 
 def smooth(losses: list[float], beta: float = BETA) -> list[float]:
     """The bias-corrected exponential moving average of `losses` (see the module docstring)."""
@@ -79,10 +88,12 @@ def suggest(rates: list[float], smoothed: list[float]) -> tuple[float, float]:
     Raises UserError when the curve is too short to read (fewer than 10 steps before it
     diverged): the start rate already diverges."""
     if len(smoothed) < 10:
+        where = f"at rate {rates[-1]:.2g}" if rates else "at its first step"
         raise UserError(
-            f"the learning-rate range test diverged after {len(smoothed)} steps, at rate "
-            f"{rates[-1]:.2g}: the model cannot train even at tiny rates; check the data and "
-            "the model (e.g. switch on model.batch_norm), or set train.learning_rate yourself"
+            f"the learning-rate range test diverged after {len(smoothed)} steps, {where}: the "
+            "loss is not finite even at tiny rates; check the data and the model (e.g. switch "
+            "on model.batch_norm, or model.weights from a run that diverged), or set "
+            "train.learning_rate yourself"
         )
     best = int(np.argmin(smoothed))
     minimum = rates[best] / 10

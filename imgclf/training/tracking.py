@@ -5,9 +5,11 @@ TensorBoard: Keras' own `keras.callbacks.TensorBoard` writes <run>/tensorboard/{
 validation}/: each epoch's loss, accuracy and learning rate (no histograms, graph or profile).
 MLflow: `mlflow.MlflowClient` with an explicit run id (no global active run): the flattened
 config as params, each epoch's history.csv row as metrics, at the end metrics.json's test
-figures, the model card and the PNG plots. Both count epochs as history.csv does (from 1, on
-across the phases of a transfer run and after `--resume`). A plain folder as `train.mlflow` is
-a SQLite store in it (mlflow.db, artifacts/ beside it); other URIs are used as given. The MLflow
+figures, the model card and the PNG plots (FAILED or KILLED instead when the run fails or is
+interrupted: `end_run`); the URI's checks are `tracking_uri`'s. Both count epochs as
+history.csv does (from 1, on across the phases of a transfer run and after `--resume`). A
+plain folder as `train.mlflow` is a SQLite store in it (mlflow.db, artifacts/ beside it);
+other URIs are used as given. The MLflow
 run id and URI are kept in the run's tracking.json: `--resume` continues the same MLflow run,
 and the app's Curves page shows how to open it (`open_commands`).
 
@@ -37,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from imgclf import runs
 from imgclf.infra.bounded import clip
-from imgclf.infra.errors import ConfigError, require_packages
+from imgclf.infra.errors import require_packages
+from imgclf.training.tracking_uri import check_uri, scheme, shown, store
 
 if TYPE_CHECKING:
     import keras
@@ -45,49 +48,11 @@ if TYPE_CHECKING:
     from imgclf.schema import Config
 
 INSTALL = "pip install 'imgclf[track]'"
-STORE_DB = "mlflow.db"  # a plain-folder store: <folder>/mlflow.db, artifacts in <folder>/artifacts
-STORE_ARTIFACTS = "artifacts"
-# The tracking-store schemes MLflow knows (mlflow/tracking/_tracking_service/utils.py), and
-# plugins' schemes from the entry points of this group.
-SCHEMES = frozenset({"file", "sqlite", "postgresql", "mysql", "mssql", "http", "https",
-                     "databricks", "databricks-uc", "uc"})  # fmt: skip
-PLUGIN_GROUP = "mlflow.tracking_store"
 PROBE_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 CALL_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 _PARAMS_PER_CALL = 100  # MLflow's limit per log_batch
 _LIVE: dict[str, Tracker] = {}  # run directory -> its tracker, from its first phase to its end
-
-
-def scheme(uri: str) -> str:
-    """The tracking-store scheme of `uri` as MLflow reads it: "" for a plain path (a Windows
-    drive letter too), `postgresql` for `postgresql+psycopg2://...`."""
-    if uri in ("databricks", "databricks-uc", "uc"):
-        return uri
-    found = urllib.parse.urlparse(uri).scheme.lower()
-    return "" if len(found) == 1 else found.split("+")[0]
-
-
-def check_uri(uri: str) -> None:
-    """ConfigError (one line) when MLflow cannot use `uri` as a tracking store."""
-    from importlib.metadata import entry_points
-
-    if not uri.strip():
-        raise ConfigError("train.mlflow is empty: give a folder, or a tracking URI")
-    found = scheme(uri)
-    plugins = {ep.name for ep in entry_points(group=PLUGIN_GROUP)} if found else set()
-    if found and found not in SCHEMES | plugins:
-        raise ConfigError(
-            f"train.mlflow={uri!r}: MLflow knows no tracking store {found!r}; use a folder "
-            "(a SQLite store in it), sqlite:///..., http(s)://host:port, postgresql://..., "
-            "mysql://... or databricks"
-        )
-    allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("1", "true")
-    if found == "file" and not allowed:
-        raise ConfigError(
-            f"train.mlflow={uri!r}: MLflow's file store is retired (it raises unless "
-            "MLFLOW_ALLOW_FILE_STORE=true); give the folder itself (a SQLite store in it)"
-        )
 
 
 def preflight(config: Config) -> None:
@@ -98,21 +63,6 @@ def preflight(config: Config) -> None:
     if config.train.mlflow is not None:
         check_uri(config.train.mlflow)
         require_packages("train.mlflow", INSTALL, "mlflow")
-
-
-def store(uri: str) -> tuple[str, str | None]:
-    """(the tracking URI, the artifact location of a new experiment, or None for MLflow's):
-    a plain folder becomes `sqlite:///<abs folder>/mlflow.db` with artifacts/ beside it; a
-    SQLite file's artifacts go beside it too; other URIs are MLflow's to place."""
-    found = scheme(uri)
-    if found == "":
-        folder = Path(uri).expanduser().absolute()
-        return f"sqlite:///{folder / STORE_DB}", (folder / STORE_ARTIFACTS).as_uri()
-    if found == "sqlite" and ":///" in uri:
-        db = uri.split(":///", 1)[1].split("?", 1)[0]
-        if db and db != ":memory:":
-            return uri, (Path(db).absolute().parent / STORE_ARTIFACTS).as_uri()
-    return uri, None
 
 
 def flat_params(config: Config) -> dict[str, str]:
@@ -160,7 +110,7 @@ def reason(exc: BaseException) -> str:
 
 
 def _warn(uri: str, exc: BaseException) -> None:
-    why = f"MLflow tracking at {_shown(uri)} failed ({reason(exc)})"
+    why = f"MLflow tracking at {shown(uri)} failed ({reason(exc)})"
     print(f"warning: {why}; the run goes on without MLflow", file=sys.stderr, flush=True)
 
 
@@ -327,6 +277,16 @@ def finish_run(run_dir: Path, config: Config) -> None:
         mlrun.finish(run_dir)
 
 
+def end_run(run_dir: Path, status: str) -> None:
+    """A run that failed (`FAILED`) or was interrupted (`KILLED`; resuming it continues the same
+    MLflow run, FINISHED at its end): its MLflow run says so instead of RUNNING for ever."""
+    tracker = _LIVE.pop(str(Path(run_dir).resolve()), None)
+    mlrun = tracker.mlflow if tracker is not None else None
+    if mlrun is not None and not mlrun.failed:
+        with mlrun.guarded():
+            mlrun.client.set_terminated(mlrun.run_id, status)
+
+
 def tensorboard_callback(log_dir: Path, history: Any) -> keras.callbacks.Callback:
     """Keras' TensorBoard callback, epoch scalars only, at step = the run's epoch (history's
     last row), flushed every epoch (TensorBoard follows a run live; a killed run keeps its
@@ -363,15 +323,6 @@ def mlflow_callback(mlrun: MlflowRun, history: Any) -> keras.callbacks.Callback:
     return MlflowEpochs()
 
 
-def _shown(uri: str) -> str:
-    """`uri` without a password (`user:***@host`)."""
-    parts = urllib.parse.urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
 def open_commands(run_dir: str | Path) -> list[tuple[str, str]]:
     """(what, command or address) for each tracker the run wrote to: `tensorboard --logdir
     ...`, and the MLflow UI with the run's address (for the app's Curves page)."""
@@ -388,11 +339,11 @@ def open_commands(run_dir: str | Path) -> list[tuple[str, str]]:
         return found
     page = f"#/experiments/{urllib.parse.quote(exp)}/runs/{urllib.parse.quote(run_id)}"
     if scheme(uri) in ("http", "https"):
-        found.append((f"MLflow run {run_id} on the tracking server", f"{_shown(uri)}/{page}"))
+        found.append((f"MLflow run {run_id} on the tracking server", f"{shown(uri)}/{page}"))
         return found
     env = "MLFLOW_ALLOW_FILE_STORE=true " if scheme(uri) == "file" else ""
     found.append((
         f"MLflow run {run_id}: start the UI, then open http://127.0.0.1:5000/{page}",
-        f"{env}mlflow ui --backend-store-uri {shlex.quote(_shown(uri))}",
+        f"{env}mlflow ui --backend-store-uri {shlex.quote(shown(uri))}",
     ))  # fmt: skip
     return found
