@@ -50,6 +50,8 @@ def test_space_entries(spec, kind) -> None:
         ("model.dropout: 0.3", "expected a list of choices"),
         ("data.val_fraction: [0.1, 0.2]", "changes the validation split"),
         ("model.name: [cnn, cnn]", "listed twice"),
+        ("model.dropout: {range: [0.0, 0.5], step: 0}", "step must be above 0"),
+        ("model.dropout: {range: [0.0, 0.5], step: 0.7}", "at most 0.5"),
     ],
 )
 def test_malformed_spaces_are_refused_in_one_line(tmp_path: Path, text: str, message: str) -> None:
@@ -63,6 +65,21 @@ def test_a_value_the_config_refuses_names_the_key(tmp_path: Path) -> None:
     dims = read_space(tmp_path / "s.yaml")
     with pytest.raises(ConfigError, match=r"space: model.dropout=1.5: .*dropout"):
         check_space(dims, None, [])
+
+
+def test_an_int_key_given_a_float_range_is_refused_before_searching(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text("train.batch_size: {range: [16.0, 256.0]}")
+    with pytest.raises(ConfigError, match=r"space: train\.batch_size="):
+        check_space(read_space(tmp_path / "s.yaml"), None, [])
+
+
+def test_a_search_folder_of_another_search_is_refused(folder_dataset: Path, tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text(SPACE)
+    (tmp_path / "tiny-search").mkdir()
+    (tmp_path / "tiny-search" / "search.json").write_text('{"fingerprint": "other", "trials": []}')
+    argv = ["--space", str(tmp_path / "s.yaml"), "--runs-root", str(tmp_path)]
+    assert cli.main([*argv, *tiny_overrides(folder_dataset)]) == 2
+    assert "holds a search of another space" in capsys.readouterr().err
 
 
 def test_without_keras_tuner_the_error_names_the_install(monkeypatch, tmp_path, capsys) -> None:

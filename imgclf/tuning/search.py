@@ -48,6 +48,8 @@ class Search:
     runs_root: Path
     objective: str = "val_accuracy"
     verbose: bool = True
+    fingerprint: str = ""  # what the search is (space, recipe, algorithm, objective)
+    last_failure: str = ""  # the last failed trial's reason
     trials: list[dict[str, Any]] = field(default_factory=list)
     _data: dict[str, Any] = field(default_factory=dict)
 
@@ -56,8 +58,16 @@ class Search:
         return self.out.name
 
     def load_record(self) -> None:
+        """The trials of an earlier start of this search; UserError when `out` holds a search
+        of another space, recipe, algorithm or objective (it would silently mix them)."""
         path = self.out / SEARCH
-        self.trials = runs.read_json(path).get("trials", []) if path.is_file() else []
+        record = runs.read_json(path) if path.is_file() else {}
+        if record and record.get("fingerprint") != self.fingerprint:
+            raise UserError(
+                f"{self.out} holds a search of another space, recipe, algorithm or objective; "
+                "give a new --out, or delete that folder to start it again"
+            )
+        self.trials = record.get("trials", [])
 
     def run_trial(self, trial_id: str, values: dict[str, Any]) -> dict[str, float]:
         """Train (or resume, or read back) the run of one trial; its validation figures."""
@@ -76,6 +86,11 @@ class Search:
         # A complete run of this config finished before an interruption reached KerasTuner's
         # record; an interrupted one continues; anything else starts afresh.
         same = state is not None and _same(run, config)
+        if not same and (run / runs.CONFIG).exists():
+            raise SearchStopped(
+                f"{run} exists and holds another config (another search's trial?); give this "
+                "search another --out name, or move that run"
+            )
         done = same and state.complete
         if not done and not (same and state.state == runs.INTERRUPTED and _resumed(run)):
             if run.exists():  # a trial that failed or never got going: its own leftovers
@@ -109,7 +124,8 @@ class Search:
             "seconds": round(seconds, 1),
         }
         self.trials = [t for t in self.trials if t["trial"] != trial_id] + [row]
-        runs.write_json(self.out / SEARCH, {"objective": self.objective, "trials": self.trials})
+        record = {"objective": self.objective, "fingerprint": self.fingerprint}
+        runs.write_json(self.out / SEARCH, {**record, "trials": self.trials})
         self._write_best()
         if self.verbose:
             shown = ", ".join(f"{k}={v}" for k, v in row["values"].items())
@@ -147,14 +163,20 @@ def _same(run: Path, config: Any) -> bool:
 
 def _resumed(run: Path) -> bool:
     """Continue an interrupted trial's run; False when it cannot be resumed (then it is
-    trained again from the start)."""
+    trained again from the start). An error while it trains fails the trial."""
     from imgclf.train import resume_run
+    from imgclf.training.resume import check_resumable
 
     try:
-        resume_run(run, verbose=0)
+        check_resumable(run)
     except UserError:
         return False
+    resume_run(run, verbose=0)
     return True
+
+
+class SearchStopped(UserError):
+    """A problem no other trial can avoid: the search stops, in one line."""
 
 
 def make_oracle(algorithm: str, dims: list[Dimension], objective: str, trials: int, cfg: Any):
@@ -193,18 +215,50 @@ def make_oracle(algorithm: str, dims: list[Dimension], objective: str, trials: i
     return kt.oracles.HyperbandOracle(max_epochs=cfg.train.epochs, factor=3, **common)
 
 
+def fingerprint(search: Search, algorithm: str, base: Any) -> str:
+    """What the search is, as a hash: its dimensions, the base recipe, algorithm, objective."""
+    import dataclasses
+    import hashlib
+    import json
+
+    what = [[dataclasses.asdict(d) for d in search.dims], dump_config(base), algorithm]
+    return hashlib.sha256(json.dumps([*what, search.objective]).encode()).hexdigest()
+
+
+def check_base(search: Search, base: Any) -> None:
+    """Before any trial: what would fail every trial alike (a missing data folder, a missing
+    tracking extra, a search folder whose name makes no valid run name). Raises UserError."""
+    from imgclf.training.prepare import preflight
+
+    preflight(base)
+    try:
+        load_config(search.config, [*search.overrides, f"name={search.name}-trial-0000"])
+    except UserError:
+        raise UserError(
+            f"--out {search.out}: its name makes trial runs named {search.name}-trial-N, which "
+            "is not a valid run name (letters, digits, . _ -, at most 80 characters)"
+        ) from None
+
+
 def run_search(search: Search, algorithm: str, trials: int) -> dict[str, Any] | None:
-    """Run (or resume) the search to `trials` trials; returns the best trial's row."""
+    """Run (or resume) the search to `trials` trials; returns the best trial's row. Raises
+    UserError (one line) when the search cannot start, or stops (three trials in a row failed,
+    KerasTuner's rule; a trial run is in the way)."""
     import keras_tuner as kt
 
     base = load_config(search.config, search.overrides)
+    check_base(search, base)
     oracle = make_oracle(algorithm, search.dims, search.objective, trials, base)
+    search.fingerprint = fingerprint(search, algorithm, base)
 
     class Tuner(kt.engine.base_tuner.BaseTuner):
         def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
             try:
                 return search.run_trial(trial.trial_id, dict(trial.hyperparameters.values))
+            except SearchStopped as exc:
+                raise kt.errors.FatalError(str(exc)) from None
             except UserError as exc:  # an impossible combination: a failed trial, one line
+                search.last_failure = f"trial {trial.trial_id}: {exc}"
                 if search.verbose:
                     print(f"trial {trial.trial_id} failed: {exc}", flush=True)
                 raise kt.errors.FailedTrialError(str(exc)) from None
@@ -215,8 +269,17 @@ def run_search(search: Search, algorithm: str, trials: int) -> dict[str, Any] | 
         def load_model(self, trial: Any) -> None:
             """Trials are runs: open them with imgclf.runs.Run."""
 
-    search.out.mkdir(parents=True, exist_ok=True)
     search.load_record()
+    search.out.mkdir(parents=True, exist_ok=True)
     tuner = Tuner(oracle, directory=str(search.out), project_name=STATE, overwrite=False)
-    tuner.search(verbose=0)
+    try:
+        tuner.search(verbose=0)
+    except kt.errors.FatalError as exc:
+        raise UserError(str(exc)) from None
+    except RuntimeError as exc:  # KerasTuner: too many consecutive failed trials
+        if "consecutive failures" not in str(exc):
+            raise
+        raise UserError(
+            f"the search stopped: three trials in a row failed (last, {search.last_failure})"
+        ) from None
     return search.best()

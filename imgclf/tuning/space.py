@@ -54,10 +54,13 @@ class Dimension:
         return f"{self.key}={value}"
 
     def samples(self) -> list[Any]:
-        """Values to check against the schema before searching: every choice, or both bounds."""
+        """Values to check against the schema before searching: every choice, or both bounds
+        (and, for a float, a value between them that is not whole: an int key refuses it)."""
         if self.kind == "choice":
             return list(self.values)
-        return [int(self.low), int(self.high)] if self.kind == "int" else [self.low, self.high]
+        if self.kind == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high, self.low + 0.37 * (self.high - self.low)]
 
 
 def _text(value: Any) -> str:
@@ -103,8 +106,12 @@ def dimension(key: str, spec: Any) -> Dimension:
     step = spec.get("step")
     if step is not None and (isinstance(step, bool) or not isinstance(step, int | float)):
         raise ConfigError(f"space: {key}: step must be a number, got {step!r}")
+    if step is not None and not 0 < step <= high - low:
+        raise ConfigError(f"space: {key}: step must be above 0 and at most {high - low:g}")
+    if step is not None and forms[0] == "log":
+        raise ConfigError(f"space: {key}: a log range takes no step; use range with a step")
     whole = all(isinstance(b, int) for b in spec[forms[0]]) and (step is None or step == int(step))
-    kind = "int" if whole and forms[0] == "range" else "float"
+    kind = "int" if whole else "float"  # [16, 256] under log: log-uniform integers
     return Dimension(key, kind, (), low, high, forms[0] == "log", step)
 
 
