@@ -168,3 +168,11 @@ def test_find_lr_on_the_command_line(folder_dataset: Path, tmp_path: Path) -> No
     assert f"train.learning_rate={rate:.2g}" in done.stdout
     assert (tmp_path / "lr" / runs.LR_FINDER_PLOT).is_file()
     assert not runs.is_run_dir(tmp_path / "lr")  # no model: not listed as a run
+
+
+def test_a_curve_that_never_falls_is_flat() -> None:
+    rates = list(np.geomspace(1e-7, 10, 50))
+    rising = lr_finder.Sweep("fine_tune", rates, [1.0] * 50, list(np.linspace(1.0, 3.0, 50)))
+    assert rising.flat  # its minimum is the first step: minimum/10 would pick 1e-8
+    valley = list(np.concatenate([np.linspace(2.0, 0.5, 35), np.linspace(0.5, 3.0, 15)]))
+    assert not lr_finder.Sweep("head", rates, valley, valley).flat

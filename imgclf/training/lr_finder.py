@@ -176,9 +176,11 @@ def range_test(
 def describe(sweep: Sweep) -> str:
     """One line for the console: the suggestion, the rule, and where the sweep ended."""
     end = "diverged" if sweep.stopped_early else "reached"
+    lowest = sweep.rates[int(np.argmin(sweep.smoothed))]
+    warning = "; warning: the loss never fell, no rate was seen to help" if sweep.flat else ""
     return (
         f"lr finder ({sweep.phase} phase): suggested learning rate {sweep.suggestion:.2g} "
-        f"(rule {sweep.rule}: the smallest smoothed loss was at {sweep.suggestion * 10:.2g}; "
-        f"steepest fall at {sweep.steepest:.2g}); {len(sweep.rates)} steps, {end} at "
-        f"{sweep.rates[-1]:.2g}, {sweep.seconds:.1f} s"
+        f"(rule {sweep.rule}; the smallest smoothed loss was at {lowest:.2g}, the steepest "
+        f"fall at {sweep.steepest:.2g}); {len(sweep.rates)} steps, {end} at "
+        f"{sweep.rates[-1]:.2g}, {sweep.seconds:.1f} s{warning}"
     )

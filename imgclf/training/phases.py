@@ -208,14 +208,33 @@ def find_rate(runner: PhaseRunner, phase: Phase) -> Phase:
             lambda opt: compile_model(runner.model, phase.train, _steps(runner), opt),
             phase.name,
         )
+        rate = _usable_rate(runner, sweep, found)
         if runner.verbose:
             print(lr_finder.describe(sweep), flush=True)
         found = [s for s in found if s.get("phase") != phase.name] + [sweep.as_json()]
         if runner.prepared.chief:
             runs.write_json(path, {"phases": found})
             plot_lr_finder(found, runner.prepared.run_dir / runs.LR_FINDER_PLOT)
-        rate = sweep.suggestion
     return dataclasses.replace(phase, train=phase.train.model_copy(update={"learning_rate": rate}))
+
+
+def _usable_rate(runner: PhaseRunner, sweep: Any, found: list[dict[str, Any]]) -> float:
+    """The sweep's suggestion, unless its loss never fell (`Sweep.flat`: no rate helped, and
+    the minimum/10 rule would pick a rate near the start of the sweep): then, fine-tuning, the
+    head phase's found rate × transfer.fine_tune_lr_factor (sweep.rule says so); else a
+    UserError asking for a rate."""
+    if not sweep.flat:
+        return sweep.suggestion
+    head = [s for s in found if s.get("phase") == "head"]
+    if sweep.phase == "fine_tune" and head:
+        factor = runner.config.transfer.fine_tune_lr_factor
+        sweep.suggestion = float(head[-1]["suggestion"]) * factor
+        sweep.rule = f"the loss never fell: head rate × fine_tune_lr_factor {factor:g}"
+        return sweep.suggestion
+    raise UserError(
+        f"the learning-rate range test ({sweep.phase} phase) saw the loss fall at no rate from "
+        f"{sweep.rates[0]:.0e} to {sweep.rates[-1]:.0e}; set train.learning_rate yourself"
+    )
 
 
 def _early_stopping(runner: PhaseRunner, phase: Phase) -> keras.callbacks.EarlyStopping:
