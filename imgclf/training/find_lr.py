@@ -11,7 +11,7 @@ depends on the trained head, so it is found at the start of that phase with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imgclf import runs
 from imgclf.config import dump_config
@@ -28,7 +28,6 @@ def find_learning_rate(
     sweep with its suggested rate). Raises ConfigError/DataError like training, UserError when
     the curve cannot be read."""
     from imgclf.data import load_data
-    from imgclf.models import build_model
     from imgclf.plots import plot_lr_finder
     from imgclf.training import lr_finder
     from imgclf.training.backend import make_training_data, set_deterministic
@@ -38,23 +37,37 @@ def find_learning_rate(
         resolve_batch_size,
         steps_per_epoch,
     )
-    from imgclf.training.transfer import freeze_backbone, plan_phases
+    from imgclf.training.transfer import (
+        freeze_backbone,
+        layerwise_rates,
+        plan_phases,
+        unfreeze_top,
+        with_layer_rates,
+    )
 
     set_deterministic(config.seed)
     splits = load_data(config)
     batch_size = resolve_batch_size(config.train, len(splits.train))
     steps = steps_per_epoch(len(splits.train), batch_size)
-    model = build_model(config, len(splits.class_names), splits.train.x)
+    model = _build(config, splits)
     phase = plan_phases(config)[0]
     if phase.name == "head":
         freeze_backbone(model)
+    elif phase.name == "fine_tune":  # transfer.head_epochs: 0
+        unfreeze_top(model, config.transfer.unfreeze)
     constant = {"schedule": "constant", "warmup_epochs": 0, "learning_rate": 1e-3}
     tcfg = phase.train.model_copy(update=constant)
+    decay = config.transfer.layer_lr_decay if phase.name == "fine_tune" else None
+
+    def optimizer(rate: float) -> Any:
+        made = make_optimizer(tcfg, steps)
+        return with_layer_rates(made, model, layerwise_rates(model, decay)) if decay else made
+
     sweep = lr_finder.range_test(
         model,
         make_training_data(splits, config, batch_size)[0],
-        lambda rate: make_optimizer(tcfg, steps),
-        lambda optimizer: compile_model(model, tcfg, steps, optimizer),
+        optimizer,
+        lambda made: compile_model(model, tcfg, steps, made),
         phase.name,
     )
     folder = runs.new_run_dir(f"{config.name}-lr-finder", out, runs_root)
@@ -62,3 +75,18 @@ def find_learning_rate(
     runs.write_json(folder / runs.LR_FINDER, record)
     plot_lr_finder(record["phases"], folder / runs.LR_FINDER_PLOT)
     return folder, sweep
+
+
+def _build(config: Config, splits: Any) -> Any:
+    """The recipe's model under its mixed-precision policy (as `prepare` builds it)."""
+    import keras
+
+    from imgclf.models import build_model
+
+    previous = keras.config.dtype_policy()
+    if config.train.mixed_precision != "none":
+        keras.config.set_dtype_policy(config.train.mixed_precision)
+    try:
+        return build_model(config, len(splits.class_names), splits.train.x)
+    finally:
+        keras.config.set_dtype_policy(previous)
