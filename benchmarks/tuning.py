@@ -40,6 +40,8 @@ PHOTO = [
     "transfer.augmented_views=2",
 ]  # fmt: skip
 PER_CLASS = {"train": 60, "val": 20, "test": 40}
+# Folder names: "T-shirt/top" would be a folder inside a folder.
+FOLDERS = [name.replace("/", "-") for name in FASHION_MNIST_CLASSES]
 
 
 def fashion_folder(root: Path) -> Path:
@@ -50,7 +52,7 @@ def fashion_folder(root: Path) -> Path:
     files = FASHION_MNIST_FILES["train"]
     images, labels = read_idx(home / files[0], 3), read_idx(home / files[1], 1)
     rng = np.random.default_rng(0)
-    for c, name in enumerate(FASHION_MNIST_CLASSES):
+    for c, name in enumerate(FOLDERS):
         chosen = rng.permutation(np.flatnonzero(labels == c))
         start = 0
         for split, n in PER_CLASS.items():
@@ -89,9 +91,7 @@ def finder_vs_grid(name: str, config: str | None, overrides: list[str], tmp: Pat
     )
     val, test = figures(run)
     found = runs.read_json(run / runs.LR_FINDER)["phases"]
-    rates = ", ".join(
-        f"{s['phase']} {s['suggestion']:.2g} (steepest {s['steepest']:.2g})" for s in found
-    )
+    rates = ", ".join(f"{s['phase']} {s['suggestion']:.2g} ({s['rule']})" for s in found)
     print(f"| auto: {rates} | {val:.4f} | {test:.4f} | {seconds:.0f} |")
     gap = round(100 * (best[0] - val), 6)  # points; exact to the validation split's images
     verdict = "met" if gap <= 1.0 else "NOT met"
@@ -126,20 +126,21 @@ def tta_gain(run: Path, folder: Path) -> None:
     from imgclf.predict.predictor import Predictor
 
     files = sorted((folder / "test").glob("*/*.png"))
-    truth = np.array([FASHION_MNIST_CLASSES.index(f.parent.name) for f in files])
+    truth = [f.parent.name for f in files]
     print(f"\n(c) test-time augmentation on the photo transfer run ({len(files)} test photos)")
     print("| tta | views | test accuracy |\n|---|---|---|")
     for mode, views in (("none", 1), ("flip", 2), ("flip+crops", 6)):
         predictor = Predictor.from_path(run, tta=mode)
         x = np.stack([load_image(f, predictor.image_size, predictor.channels) for f in files])
         predicted = predictor.predict_arrays(x).argmax(1)
-        labels = np.array([predictor.class_names.index(FASHION_MNIST_CLASSES[t]) for t in truth])
+        labels = np.array([predictor.class_names.index(t) for t in truth])
         print(f"| {mode} | {views} | {np.mean(predicted == labels):.4f} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices="abc", default=list("abc"))
+    parser.add_argument("--photo-only", action="store_true", help="(a) on the photo recipe only")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} CPU cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="imgclf-tuning-") as tmp_name:
@@ -148,7 +149,8 @@ def main() -> None:
         photo = [*PHOTO, f"data.path={folder}"]
         photo_run = None
         if "a" in args.parts:
-            finder_vs_grid("default", None, DEFAULT, tmp)
+            if not args.photo_only:
+                finder_vs_grid("default", None, DEFAULT, tmp)
             photo_run = finder_vs_grid("photo", "configs/photos_transfer.yaml", photo, tmp)
         if "b" in args.parts:
             mlp_space = (

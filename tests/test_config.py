@@ -161,7 +161,7 @@ def test_overrides_may_come_before_or_after_options(capsys):
 
 
 COMMANDS = ["imgclf-train", "imgclf-predict", "imgclf-export", "imgclf-compare", "imgclf-augment",
-            "imgclf-lab", "imgclf-app", "imgclf-audit"]  # fmt: skip
+            "imgclf-lab", "imgclf-app", "imgclf-audit", "imgclf-tune"]  # fmt: skip
 
 
 def test_the_commands_are_the_installed_console_scripts():

@@ -115,7 +115,11 @@ class Search:
     def _record(self, trial_id: str, values: dict, run: Path, figures: dict, seconds: float):
         row = {
             "trial": trial_id,
-            "values": {k: v for k, v in values.items() if not k.startswith("tuner/")},
+            "values": {  # plain numbers (KerasTuner draws NumPy floats)
+                k: float(v) if isinstance(v, float) else v
+                for k, v in values.items()
+                if not k.startswith("tuner/")
+            },
             "epochs": values.get("tuner/epochs"),
             "run": str(run),
             "val_accuracy": figures["validation"]["accuracy"],
