@@ -148,6 +148,7 @@ def train(
         ExportError: the SavedModel disagrees with the trained model (the run has no manifest).
     """
     from imgclf.training.finish import finish_run
+    from imgclf.training.multilabel import finish_multilabel
 
     meter = Meter()  # the run's cost, stage by stage, from here (metrics.json `resources`)
     try:
@@ -160,9 +161,8 @@ def train(
     estimate = Estimate(p.run_dir, shape, meter.start_wall, p.verbose) if p.chief else None
     try:
         training = run_phases(p, meter, estimate)
-        finish_run(
-            p.run_dir, _single_device(p), p.splits, config, training, p.verbose, meter, estimate
-        )
+        finish = finish_multilabel if config.task == "multilabel" else finish_run
+        finish(p.run_dir, _single_device(p), p.splits, config, training, p.verbose, meter, estimate)
     except KeyboardInterrupt as exc:
         # A Ctrl+C after the state became `complete` changes nothing: the run is whole.
         if not (p.chief and runs.read_state(p.run_dir).complete):

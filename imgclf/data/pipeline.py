@@ -33,6 +33,9 @@ def _reader(split: Split, num_classes: int) -> Any:
     """positions -> (float32 images, one-hot labels) of the readable images among them."""
     x, labels = split.x, np.asarray(split.y, dtype=np.int64)
     eye = np.eye(num_classes, dtype=np.float32)
+    if split.targets is not None:  # task: multilabel: the multi-hot rows themselves
+        rows = np.asarray(split.targets, dtype=np.float32)
+        eye, labels = rows, np.arange(len(rows))
 
     def read(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(x, ImageView):

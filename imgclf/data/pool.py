@@ -54,6 +54,8 @@ class Split:
     x: np.ndarray | ImageView  # uint8 [N, H, W, C], in memory or read on demand
     y: np.ndarray  # int64 [N]
     files: list[str] | None = None
+    # task: multilabel: float32 multi-hot [N, K], what the model learns (y: each first label)
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -203,3 +205,16 @@ def from_arrays(
         class_names = [class_names[i] for i in kept]
     assigned = None if test is None else np.where(test, TEST, TRAIN).astype(np.int8)
     return Pool(images, labels, class_names, assigned=assigned)
+
+
+def take(pool: Pool, idx: np.ndarray, cfg: DataConfig) -> Split:
+    """The pool images `idx` as a split: in-memory sources conformed to the configured size,
+    file sources decoded in memory or, for the disk cache and no cache, read on demand."""
+    files = [pool.files[i] for i in idx] if pool.files is not None else None
+    if pool.store is None:
+        images = conform(pool.images[idx], cfg.image_size, cfg.channels)
+        return Split(images, pool.labels[idx], files)
+    where = pool.store_index[idx]
+    if pool.store.mode == "memory":
+        return Split(pool.store.read(where)[0], pool.labels[idx], files)
+    return Split(ImageView(pool.store, where), pool.labels[idx], files)

@@ -11,7 +11,8 @@ import numpy as np
 from imgclf.data import builtin, duplicates, suspects
 from imgclf.data.folder import load_csv, load_folder
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, Split, Splits, conform
-from imgclf.data.store import FileStore, ImageView
+from imgclf.data.pool import take as _take
+from imgclf.data.store import FileStore
 from imgclf.infra.errors import DataError
 
 if TYPE_CHECKING:
@@ -96,19 +97,6 @@ def split_indices(
         parts[0].append(idx[n_test + n_val :])
     train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
     return train, val, test
-
-
-def _take(pool: Pool, idx: np.ndarray, cfg: DataConfig) -> Split:
-    """The pool images `idx` as a split: in-memory sources conformed to the configured size,
-    file sources decoded in memory or, for the disk cache and no cache, read on demand."""
-    files = [pool.files[i] for i in idx] if pool.files is not None else None
-    if pool.store is None:
-        images = conform(pool.images[idx], cfg.image_size, cfg.channels)
-        return Split(images, pool.labels[idx], files)
-    where = pool.store_index[idx]
-    if pool.store.mode == "memory":
-        return Split(pool.store.read(where)[0], pool.labels[idx], files)
-    return Split(ImageView(pool.store, where), pool.labels[idx], files)
 
 
 def _own_split(
@@ -299,6 +287,16 @@ def _cache_report(store: FileStore) -> dict[str, Any]:
 
 
 def load_data(config: Config) -> Splits:
+    """Load `config.data` and split it (see `_load_single`); `task: multilabel` loads multi-hot
+    targets and splits by iterative stratification (`imgclf.data.multilabel`)."""
+    if config.task == "multilabel":
+        from imgclf.data.multilabel import load_multilabel
+
+        return load_multilabel(config)
+    return _load_single(config)
+
+
+def _load_single(config: Config) -> Splits:
     """Load `config.data`, split it with `config.seed`, and build the data report.
 
     The split is computed on every listed image of the kept classes; `data.max_per_class` then

@@ -95,4 +95,31 @@ def build_model(
     if weights is not None and weights.lower() != "imagenet" and not weights.endswith(".h5"):
         # A run directory: its trained backbone under a new head, whatever the family.
         return build_from_run(config, num_classes)
-    return _REGISTRY[name](config, num_classes, train_images)
+    model = _REGISTRY[name](config, num_classes, train_images)
+    if config.task == "multilabel":
+        sigmoid_head(model)
+    return model
+
+
+def sigmoid_head(model: keras.Model) -> keras.Model:
+    """`task: multilabel`: the output layer's softmax becomes independent sigmoids, one
+    probability per label (each in [0, 1], not summing to 1). Dense runs its `activation`
+    at every call and saves it in its config, so the model, model.keras and every export
+    answer with sigmoids."""
+    import keras
+
+    from imgclf.models.names import PROBABILITIES
+
+    model.get_layer(PROBABILITIES).activation = keras.activations.get("sigmoid")
+    return model
+
+
+def is_multilabel(model: keras.Model) -> bool:
+    """True when the output layer is sigmoid (`sigmoid_head`)."""
+    from imgclf.models.names import PROBABILITIES
+
+    try:
+        layer = model.get_layer(PROBABILITIES)
+    except ValueError:
+        return False
+    return getattr(layer.activation, "__name__", "") == "sigmoid"

@@ -63,6 +63,10 @@ def as_record(p: Any) -> dict[str, object]:
         "label": p.label,
         "top_k": [{"label": lab, "probability": round(prob, 6)} for lab, prob in pairs],
     }
+    if p.present is not None:  # a multi-label model: every label over its threshold
+        record["labels"] = [
+            {"label": lab, "probability": round(prob, 6)} for lab, prob in p.present
+        ]
     if p.ood_score is not None:
         record["ood_score"] = round(p.ood_score, 4)
         record["ood"] = p.ood
@@ -81,14 +85,17 @@ class PredictionWriter:
     array's bracket). `width` is the table's image column (the longest name to come). With
     `ood`, the table and CSV have the out-of-distribution score and flag as columns."""
 
-    def __init__(self, out: TextIO, fmt: str, width: int = 5, ood: bool = False) -> None:
+    def __init__(
+        self, out: TextIO, fmt: str, width: int = 5, ood: bool = False, multilabel: bool = False
+    ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
         self.out, self.fmt, self.width, self.count = out, fmt, max(width, len("image")), 0
-        self.ood = ood
+        self.ood, self.multilabel = ood, multilabel
         if fmt == "csv":
             self._csv = spreadsheet.writer(out)  # labels and file names: never formulas
             extra = ["ood_score", "ood"] if ood else []
+            extra += ["labels"] if multilabel else []  # the labels present, joined by |
             self._csv.writerow(["image", "rank", "label", "probability", *extra])
         elif fmt == "table":
             extra = f"{'ood':>8}  " if ood else ""
@@ -102,6 +109,7 @@ class PredictionWriter:
             if self.fmt == "csv":
                 pairs = zip(p.labels, p.probabilities, strict=True)
                 extra = [f"{p.ood_score:.4f}", str(p.ood).lower()] if self.ood else []
+                extra += ["|".join(lab for lab, _ in p.present or [])] if self.multilabel else []
                 for rank, (lab, prob) in enumerate(pairs, 1):
                     self._csv.writerow([p.source, rank, lab, f"{prob:.6f}", *extra])
             elif self.fmt == "table":
@@ -110,6 +118,8 @@ class PredictionWriter:
                     for lab, prob in zip(p.labels[1:], p.probabilities[1:], strict=True)
                 )
                 extra = f"{ood_cell(p):>8}  " if self.ood else ""
+                if p.present is not None:  # the labels present, each with its probability
+                    rest = ", ".join(f"{lab} {prob:.3f}" for lab, prob in p.present) or "-"
                 self.out.write(
                     f"{p.source:<{self.width}}  {p.label:<12} {p.probabilities[0]:>6.3f}  "
                     f"{extra}{rest}\n"
@@ -165,7 +175,8 @@ def classify_stream(predictor: Any, files: list[Path], args: Any, layer: str | N
     Flagged images get an `ood_warning` line on stderr at the end. Returns the number of files
     that could not be decoded."""
     width = max((len(str(f)) for f in files), default=5)
-    writer = PredictionWriter(sys.stdout, args.format, width, ood=predictor.has_ood)
+    multilabel = predictor.thresholds is not None
+    writer = PredictionWriter(sys.stdout, args.format, width, predictor.has_ood, multilabel)
     if predictor.has_ood and args.format == "table":  # stderr: stdout stays the table
         limit = predictor.ood_threshold
         above = f"above {limit:.2f} (marked !)" if limit is not None else "marked !"

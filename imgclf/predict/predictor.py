@@ -54,10 +54,15 @@ class Prediction:
     # is above the run's threshold ("doesn't look like the training data").
     ood_score: float | None = None
     ood: bool | None = None
+    # task: multilabel: every label whose probability reaches its threshold, most probable
+    # first (possibly none); None for a single-label model.
+    present: list[tuple[str, float]] | None = None
 
     @property
     def label(self) -> str:
-        """The top-1 class."""
+        """The top-1 class; for a multi-label model, the present labels joined by `|`."""
+        if self.present is not None:
+            return "|".join(name for name, _ in self.present) or "(none)"
         return self.labels[0]
 
 
@@ -120,6 +125,8 @@ class Predictor:
         self.path = path
         self.model = model  # the Keras model of a run directory (Grad-CAM needs it); else None
         self.tta = "none"  # test-time augmentation (imgclf.models.tta): a run's predict.tta
+        # task: multilabel: float [K] per-label thresholds (metrics.json); None: single-label
+        self.thresholds: np.ndarray | None = None
         # A Keras model's inference batch; an artifact's from its input size (layers unseen).
         self.batch_size = min(BATCH_SIZE, predict_batch_size(model, (*image_size, channels)))
 
@@ -192,6 +199,7 @@ class Predictor:
         made = cls(fn, labels, (height, width), channels, "keras", run_dir, model, threshold)
         made.tta = mode
         made.batch_size = max(1, made.batch_size // VIEWS[mode])  # each view's activations
+        made.thresholds = _thresholds(run_dir, labels)
         return made
 
     @classmethod
@@ -257,9 +265,19 @@ class Predictor:
                 [float(p[j]) for j in row],
                 None if score is None else float(score),
                 None if flag is None else bool(flag),
+                self.present(p),
             )
             for src, p, row, score, flag in zip(sources, probs, order, scores, flags, strict=True)
         ]
+
+    def present(self, probs: np.ndarray) -> list[tuple[str, float]] | None:
+        """A multi-label model's labels at or above their thresholds for one image's
+        probabilities [K], most probable first; None for a single-label model."""
+        if self.thresholds is None:
+            return None
+        hits = np.flatnonzero(probs >= self.thresholds)
+        hits = hits[np.argsort(-probs[hits], kind="stable")]
+        return [(self.class_names[j], float(probs[j])) for j in hits]
 
     def decode_files(
         self, sources: Iterable[str | Path | bytes], names: Sequence[str] | None = None
@@ -341,3 +359,12 @@ def classify_named(
         prediction = predictor.top_k(outputs[PROBS], [name], k, outputs)[0]
         results.append(Classified(prediction, pixels, elapsed))
     return results, failures
+
+
+def _thresholds(run_dir: Path, labels: list[str]) -> np.ndarray | None:
+    """A multi-label run's per-label thresholds (metrics.json, in label order), else None."""
+    metrics = runs.Run(run_dir).metrics or {}
+    per_label = (metrics.get("multilabel") or {}).get("per_label")
+    if metrics.get("task") != "multilabel" or not isinstance(per_label, dict):
+        return None
+    return np.array([float(per_label[name]["threshold"]) for name in labels])

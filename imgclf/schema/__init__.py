@@ -9,7 +9,7 @@ its errors, so every module may import it for types.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -51,6 +51,10 @@ class Config(_Section):
         "mnist-cnn"
     )
     seed: Annotated[int, Field(ge=0)] = 0
+    # single: one class per image (softmax); multilabel: any number of labels per image
+    # (independent sigmoids, binary cross-entropy, per-label thresholds chosen on validation:
+    # imgclf.data.multilabel, imgclf.training.multilabel).
+    task: Literal["single", "multilabel"] = "single"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     augment: AugmentConfig = AugmentConfig(rotation=0.03, zoom=0.05, translate=0.05)
@@ -78,6 +82,10 @@ class Config(_Section):
                 "images and labels within each batch); set augment.mixup and augment.cutmix to "
                 "0, or transfer.augmented_views=0"
             )
+        if self.task == "multilabel":
+            _check_multilabel(self)
+        elif self.data.source == "multimnist":
+            raise ValueError("data.source=multimnist is a multi-label set: set task=multilabel")
         if self.predict.tta == "flip+crops" and min(self.data.image_size) < 10:
             raise ValueError(
                 f"predict.tta=flip+crops needs images of at least 10×10 (data.image_size is "
@@ -105,3 +113,26 @@ class Config(_Section):
                 f"augment.{colour[0]}=0"
             )
         return self
+
+
+MULTILABEL_SOURCES = ("multimnist", "csv")
+
+
+def _check_multilabel(config: Config) -> None:
+    """What `task: multilabel` does not do yet, refused in one line each."""
+    if config.data.source not in MULTILABEL_SOURCES:
+        raise ValueError(
+            f"task=multilabel reads labels from data.source multimnist or csv (a label column "
+            f"with several labels, e.g. beach|people), not {config.data.source}"
+        )
+    refused = {
+        "model.weights (the two-phase transfer)": config.model.pretrained,
+        "train.distribute": config.train.distribute != "none",
+        "train.loss=mse": config.train.loss == "mse",
+        "train.class_weight=balanced": config.train.class_weight != "none",
+        "predict.tta": config.predict.tta != "none",
+        "train.learning_rate=auto": config.train.learning_rate == "auto",
+    }
+    for what, on in refused.items():
+        if on:
+            raise ValueError(f"task=multilabel does not support {what} yet; use the default")

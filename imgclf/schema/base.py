@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 SOURCES = (
     "digits",
     "mnist5k",
+    "multimnist",
     "fashion_mnist",
     "folder",
     "csv",

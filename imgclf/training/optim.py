@@ -115,10 +115,13 @@ def schedule_callbacks(cfg: TrainConfig) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
-def make_loss(cfg: TrainConfig) -> keras.losses.Loss:
-    """Cross-entropy on one-hot targets (with label smoothing), or MSE on one-hot targets."""
+def make_loss(cfg: TrainConfig, multilabel: bool = False) -> keras.losses.Loss:
+    """Cross-entropy on one-hot targets (with label smoothing), or MSE on one-hot targets; for
+    a multi-label model, binary cross-entropy on the multi-hot targets (label smoothing too)."""
     import keras
 
+    if multilabel:
+        return keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
     if cfg.loss == "mse":
         return keras.losses.MeanSquaredError()
     return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
@@ -139,11 +142,19 @@ def compile_model(
     steps_per_epoch: int,
     optimizer: keras.optimizers.Optimizer | None = None,
 ) -> None:
-    """Compile with the recipe's optimiser (or `optimizer`), loss, XLA and steps per execution."""
+    """Compile with the recipe's optimiser (or `optimizer`), loss, XLA and steps per execution.
+    A multi-label model (sigmoid output) gets binary cross-entropy, and `accuracy` is the share
+    of (image, label) decisions right at 0.5 (Keras' BinaryAccuracy)."""
+    import keras
+
+    from imgclf.models.registry import is_multilabel
+
+    multilabel = is_multilabel(model)
+    accuracy = keras.metrics.BinaryAccuracy(name="accuracy") if multilabel else "accuracy"
     model.compile(
         optimizer=optimizer or make_optimizer(cfg, steps_per_epoch),
-        loss=make_loss(cfg),
-        metrics=["accuracy"],
+        loss=make_loss(cfg, multilabel),
+        metrics=[accuracy],
         jit_compile=cfg.jit_compile,
         steps_per_execution=cfg.steps_per_execution,
     )
