@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import shutil
 import signal
 import sys
@@ -227,14 +228,17 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # the run is left `interrupted` and resumable, as after Ctrl+C
 
 
-def _find_lr(config: Config, out: str | None) -> int:
+def _find_lr(config: Config, out: str | None, path: str | None, overrides: list[str]) -> int:
     from imgclf.training.find_lr import find_learning_rate
     from imgclf.training.lr_finder import describe
 
     folder, sweep = find_learning_rate(config, out)
     print(describe(sweep))
     print(f"curve: {folder / runs.LR_FINDER_PLOT}")
-    print(f"train with: imgclf-train ... train.learning_rate={sweep.suggestion:.2g}")
+    given = [*(["--config", path] if path else []), *overrides]
+    given = [g for g in given if not g.startswith("train.learning_rate=")]
+    rate = f"train.learning_rate={sweep.suggestion:.2g}"
+    print("train with: " + shlex.join(["imgclf-train", *given, rate]))
     if config.model.pretrained:
         print("(the fine-tune phase's rate depends on the trained head: train.learning_rate=auto")
         print(" finds it at the start of that phase)")
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             check_address_space()
             quiet_tensorflow(args.verbose)
             if args.find_lr:
-                return _find_lr(config, args.out)
+                return _find_lr(config, args.out, args.config, args.overrides)
             run_dir = train(config, out=args.out, verbose=verbose)
     except (UserError, FileExistsError) as exc:
         print(f"error: {clip(exc)}", file=sys.stderr)

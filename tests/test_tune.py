@@ -67,6 +67,20 @@ def test_a_value_the_config_refuses_names_the_key(tmp_path: Path) -> None:
         check_space(dims, None, [])
 
 
+def test_log_ranges_of_ints_and_bounds_written_1e_5_make_an_oracle(tmp_path: Path) -> None:
+    from imgclf.tuning.search import make_oracle
+
+    (tmp_path / "s.yaml").write_text(
+        "train.batch_size: {log: [16, 256]}\ntrain.learning_rate: {log: [1e-5, 1e-1]}"
+    )
+    dims = read_space(tmp_path / "s.yaml")
+    assert [d.kind for d in dims] == ["int", "float"] and dims[1].low == pytest.approx(1e-5)
+    oracle = make_oracle("random", dims, "val_accuracy", 2, load_config(None, []))
+    oracle._set_project_dir(str(tmp_path), "p")
+    values = oracle.create_trial("t").hyperparameters.values
+    assert isinstance(values["train.batch_size"], int) and 16 <= values["train.batch_size"] <= 256
+
+
 def test_an_int_key_given_a_float_range_is_refused_before_searching(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text("train.batch_size: {range: [16.0, 256.0]}")
     with pytest.raises(ConfigError, match=r"space: train\.batch_size="):

@@ -33,7 +33,7 @@ from imgclf.models.lite_variants import VARIANTS
 from imgclf.models.names import PROBABILITIES
 from imgclf.models.names import PROBABILITIES as PROBS
 from imgclf.models.saving import load_run_model
-from imgclf.models.tta import VIEWS, check_mode, run_mode
+from imgclf.models.tta import MIN_SIDE, VIEWS, check_mode, run_mode
 
 if TYPE_CHECKING:
     import keras
@@ -147,7 +147,7 @@ class Predictor:
         run = not str(path).startswith(IMAGENET_PREFIX) and (
             runs.is_run_dir(path) or (Path(path).is_dir() and runs.in_run(path))
         )
-        if tta not in (None, "none") and not run:
+        if tta is not None and not run:
             raise UserError(
                 f"test-time augmentation applies to a run directory, not {path} (a run's "
                 "SavedModel carries the run's own predict.tta)"
@@ -192,6 +192,11 @@ class Predictor:
         stats = load_run_stats(run_dir)  # ood.npz, checked against the manifest too
         _, height, width, channels = model.input_shape
         mode = check_mode(tta) if tta is not None else run_mode(run_dir)
+        if mode == "flip+crops" and min(model.input_shape[1:3]) < MIN_SIDE:
+            raise UserError(
+                f"--tta flip+crops needs images of at least {MIN_SIDE}×{MIN_SIDE}; this model "
+                f"takes {model.input_shape[1]}×{model.input_shape[2]}: use --tta flip"
+            )
         serving = serving_model(model, stats, mode)  # the detector and the TTA views, one graph
         fn = _serving_function(serving, (height, width, channels))
         labels = runs.read_labels(run_dir)

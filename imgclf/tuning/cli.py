@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="the base recipe (YAML; default: the embedded default)")
     parser.add_argument("--space", required=True, help="YAML: the keys to search and their ranges")
-    parser.add_argument("--trials", type=int, default=10, help="how many trials (default 10)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        help="how many trials (default 10; Hyperband sets its own number "
+        "from train.epochs and takes no --trials)",
+    )
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="bayesian")
     parser.add_argument("--objective", choices=list(OBJECTIVES), default="val_accuracy")
     parser.add_argument(
@@ -59,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_intermixed_args(argv)
     try:
+        if args.algorithm == "hyperband" and args.trials is not None:
+            raise UserError(
+                "--algorithm hyperband sets its number of trials from train.epochs (brackets of "
+                "factor 3); leave out --trials, or use --algorithm bayesian or random"
+            )
+        args.trials = 10 if args.trials is None else args.trials
         if not 1 <= args.trials <= 10_000:
             raise UserError(f"--trials {args.trials}: give 1 to 10000")
         require_packages("imgclf-tune", INSTALL, "keras_tuner")

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from imgclf import runs
 from imgclf.config import dump_config, load_config
 from imgclf.infra.errors import ConfigError, UserError
@@ -80,7 +82,9 @@ class Search:
             searched["train.epochs"] = int(values["tuner/epochs"])
         overrides = [*self.overrides, *(f"{k}={v}" for k, v in searched.items())]
         run = self.runs_root / f"{self.name}-trial-{trial_id}"
-        config = load_config(self.config, [*overrides, f"name={run.name}"])
+        # The recipe's own name stays (one MLflow experiment for the whole search); the run
+        # folder carries the trial's.
+        config = load_config(self.config, overrides)
         began = time.perf_counter()
         state = runs.read_state(run) if runs.in_run(run) else None
         # A complete run of this config finished before an interruption reached KerasTuner's
@@ -115,11 +119,7 @@ class Search:
     def _record(self, trial_id: str, values: dict, run: Path, figures: dict, seconds: float):
         row = {
             "trial": trial_id,
-            "values": {  # plain numbers (KerasTuner draws NumPy floats)
-                k: float(v) if isinstance(v, float) else v
-                for k, v in values.items()
-                if not k.startswith("tuner/")
-            },
+            "values": {k: _plain(v) for k, v in values.items() if not k.startswith("tuner/")},
             "epochs": values.get("tuner/epochs"),
             "run": str(run),
             "val_accuracy": figures["validation"]["accuracy"],
@@ -157,6 +157,13 @@ class Search:
         runs.write_text(self.out / BEST, header + config)
 
 
+def _plain(value: Any) -> Any:
+    """A trial's value as JSON: a choice's YAML text as its value, NumPy floats as floats."""
+    if isinstance(value, str):
+        return yaml.safe_load(value)
+    return float(value) if isinstance(value, float) else value
+
+
 def _same(run: Path, config: Any) -> bool:
     """Whether `run` was started with exactly `config` (its config.yaml)."""
     try:
@@ -191,9 +198,10 @@ def make_oracle(algorithm: str, dims: list[Dimension], objective: str, trials: i
     for dim in dims:
         if dim.kind == "choice":
             hp.Choice(dim.key, list(dim.values), ordered=False)
+        elif dim.kind == "int" and dim.log:  # KerasTuner's log ints take no additive step
+            hp.Int(dim.key, int(dim.low), int(dim.high), sampling="log")
         elif dim.kind == "int":
-            hp.Int(dim.key, int(dim.low), int(dim.high), step=int(dim.step or 1),
-                   sampling="log" if dim.log else "linear")  # fmt: skip
+            hp.Int(dim.key, int(dim.low), int(dim.high), step=int(dim.step or 1))
         else:
             hp.Float(dim.key, dim.low, dim.high, step=dim.step,
                      sampling="log" if dim.log else "linear")  # fmt: skip
@@ -231,17 +239,12 @@ def fingerprint(search: Search, algorithm: str, base: Any) -> str:
 
 def check_base(search: Search, base: Any) -> None:
     """Before any trial: what would fail every trial alike (a missing data folder, a missing
-    tracking extra, a search folder whose name makes no valid run name). Raises UserError."""
+    tracking extra, a search folder that is a file). Raises UserError."""
     from imgclf.training.prepare import preflight
 
     preflight(base)
-    try:
-        load_config(search.config, [*search.overrides, f"name={search.name}-trial-0000"])
-    except UserError:
-        raise UserError(
-            f"--out {search.out}: its name makes trial runs named {search.name}-trial-N, which "
-            "is not a valid run name (letters, digits, . _ -, at most 80 characters)"
-        ) from None
+    if search.out.exists() and not search.out.is_dir():
+        raise UserError(f"--out {search.out} is a file; give a folder for the search")
 
 
 def run_search(search: Search, algorithm: str, trials: int) -> dict[str, Any] | None:

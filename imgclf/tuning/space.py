@@ -70,8 +70,20 @@ def _text(value: Any) -> str:
     )
 
 
+def _number(value: Any) -> Any:
+    """YAML reads `1e-5` (no dot) as text: take it as the number it means."""
+    if isinstance(value, str):
+        try:
+            return int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _bounds(key: str, spec: dict[str, Any], form: str) -> tuple[float, float]:
     bounds = spec[form]
+    if isinstance(bounds, list):
+        bounds = spec[form] = [_number(b) for b in bounds]
     if (
         not isinstance(bounds, list)
         or len(bounds) != 2
@@ -124,6 +136,8 @@ def read_space(path: str | Path) -> list[Dimension]:
         raise ConfigError(f"--space {path}: cannot read it ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--space {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--space {path}: not a UTF-8 text file; save it as UTF-8") from None
     if not isinstance(tree, dict) or not tree:
         raise ConfigError(
             f"--space {path}: expected a mapping of dotted config keys to what to try, e.g. "
