@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Done, built_once, run_command
+from conftest import Done, built_once, run_command, tiny_overrides
 from PIL import Image
 
 from imgclf import runs
 from imgclf.confidence import calibration, graph, ood
-from tests.conftest import tiny_overrides
 
 # ---------------------------------------------------------------- the maths (no TensorFlow)
 

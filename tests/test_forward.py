@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_overrides
 
 from imgclf import runs
 from imgclf.config import load_config
-from tests.conftest import tiny_overrides
 
 
 def test_inference_batch_follows_the_largest_activation():
