@@ -98,8 +98,26 @@ def test_a_multilabel_run_decides_on_validation_and_names_both_labels(
     np.testing.assert_allclose(predictor.thresholds, expected, atol=1e-6)
     assert metrics["multilabel"]["map_macro"] > 0.9
     assert np.allclose(predictor.predict_arrays(splits.test.x).sum(1), 1) is False  # sigmoids
+    _every_export_agrees(run, predictor, splits.test.x)
     both = tmp_path / "both.png"
     Image.fromarray(_halves(True, True, np.random.default_rng(9))).save(both)
     assert cli.main([str(run), str(both), "--format", "json"]) == 0
     (record,) = json.loads(capsys.readouterr().out)
     assert sorted(entry["label"] for entry in record["labels"]) == ["left", "right"]
+
+
+def _every_export_agrees(run: Path, predictor: Predictor, images: np.ndarray) -> None:
+    """The SavedModel (written at the end of training), TFLite and ONNX answer every
+    per-label probability as the run does, and decide with the run's thresholds."""
+    from imgclf.export import onnx, tflite
+
+    tflite.export_run(run)
+    onnx.export_run(run)
+    expected = predictor.predict_arrays(images)
+    for artifact in (runs.SAVED_MODEL, runs.TFLITE, runs.ONNX):
+        exported = Predictor.from_path(run / artifact)
+        probs = exported.predict_arrays(images)
+        np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-5)
+        assert [exported.present(p) is not None for p in probs[:1]] == [True]
+        same = [[n for n, _ in exported.present(p)] for p in probs]
+        assert same == [[n for n, _ in predictor.present(p)] for p in expected]

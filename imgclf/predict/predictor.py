@@ -216,7 +216,10 @@ class Predictor:
         # itself comes from the artifact's own `ood` output).
         stats = load_run_stats(path.parent) if runs.is_run_dir(path.parent) else None
         threshold = None if stats is None else stats.threshold
-        return cls(fn, labels, (height, width), channels, kind, path, None, threshold)
+        made = cls(fn, labels, (height, width), channels, kind, path, None, threshold)
+        if runs.is_run_dir(path.parent):  # a multi-label run's thresholds decide for it too
+            made.thresholds = _thresholds(path.parent, labels)
+        return made
 
     @property
     def has_ood(self) -> bool:

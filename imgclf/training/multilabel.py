@@ -10,8 +10,10 @@ split, test metrics from scikit-learn, and the run's artifacts.
                  (every label of an image right), Hamming loss (the share of image-label
                  decisions wrong), binary cross-entropy; the same decisions at a single 0.5
                  threshold beside them; the 3 worst test images per label
-    not yet      calibration, the out-of-distribution score, and exports: the run writes
-                 model.keras, metrics.json, the plots, the model card and the manifest
+    exports      the SavedModel at the end (train.export), TFLite and ONNX by imgclf-export, each
+                 checked on every per-label probability; Predictor on an export in its run
+                 uses the run's thresholds
+    not yet      calibration and the out-of-distribution score
 """
 
 from __future__ import annotations
@@ -159,9 +161,29 @@ def finish_multilabel(
     finish_tracking(run_dir, config)
     runs.write_manifest(run_dir)
     runs.set_state(run_dir, runs.COMPLETE)
+    if config.train.export:
+        _export(run_dir)
     if verbose:
         print(summary_line(metrics), flush=True)
     return metrics
+
+
+def _export(run_dir: Path) -> None:
+    """The SavedModel of the complete run (its per-label probabilities parity-checked, as
+    `imgclf-export RUN` does); one line and a run without it when it fails its check."""
+    import sys
+
+    from imgclf.export.parity import ExportError
+    from imgclf.export.saved_model import export_run
+    from imgclf.training.backend import can_export_saved_model, export_skipped_message
+
+    if not can_export_saved_model():
+        print(export_skipped_message(run_dir), file=sys.stderr, flush=True)
+        return
+    try:
+        export_run(run_dir)
+    except ExportError as exc:
+        print(f"export: SavedModel withheld: {exc}", file=sys.stderr, flush=True)
 
 
 def summary_line(metrics: dict[str, Any]) -> str:
