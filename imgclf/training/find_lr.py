@@ -37,6 +37,7 @@ def find_learning_rate(
         resolve_batch_size,
         steps_per_epoch,
     )
+    from imgclf.training.prepare import build_for_training
     from imgclf.training.transfer import (
         freeze_backbone,
         layerwise_rates,
@@ -49,7 +50,7 @@ def find_learning_rate(
     splits = load_data(config)
     batch_size = resolve_batch_size(config.train, len(splits.train))
     steps = steps_per_epoch(len(splits.train), batch_size)
-    model = _build(config, splits)
+    model = build_for_training(config, splits, None, batch_size)  # as a run builds it
     phase = plan_phases(config)[0]
     if phase.name == "head":
         freeze_backbone(model)
@@ -75,18 +76,3 @@ def find_learning_rate(
     runs.write_json(folder / runs.LR_FINDER, record)
     plot_lr_finder(record["phases"], folder / runs.LR_FINDER_PLOT)
     return folder, sweep
-
-
-def _build(config: Config, splits: Any) -> Any:
-    """The recipe's model under its mixed-precision policy (as `prepare` builds it)."""
-    import keras
-
-    from imgclf.models import build_model
-
-    previous = keras.config.dtype_policy()
-    if config.train.mixed_precision != "none":
-        keras.config.set_dtype_policy(config.train.mixed_precision)
-    try:
-        return build_model(config, len(splits.class_names), splits.train.x)
-    finally:
-        keras.config.set_dtype_policy(previous)

@@ -66,7 +66,9 @@ def preflight(config: Config, out: str | Path | None = None) -> None:
     tracking_preflight(config)  # the [track] extra and the MLflow URI (training.tracking)
 
 
-def _build(config: Config, splits: Splits, strategy: Any, batch_size: int) -> keras.Model:
+def build_for_training(
+    config: Config, splits: Splits, strategy: Any, batch_size: int
+) -> keras.Model:
     """The model under the strategy and mixed-precision policy; compiled for single-phase runs
     (the phases of a transfer run compile themselves)."""
     import keras
@@ -135,7 +137,7 @@ def prepare(
             f"train.batch_size ({batch_size}) must be a multiple of the {replicas} replicas of "
             f"train.distribute={mode}"
         )
-    model = _build(config, splits, strategy, batch_size)
+    model = build_for_training(config, splits, strategy, batch_size)
     made = out is None or not Path(out).exists()  # else an empty folder the user gave
     run_dir = _run_dir(config, out, runs_root, chief, resume, splits)
     track = Resume(run_dir) if chief and config.train.distribute != "multiworker" else None
