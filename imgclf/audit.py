@@ -46,13 +46,25 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
     cfg = config.data
     pool = load_pool(cfg)
     groups = duplicates.exact_groups(pool)
+    several = []
+    if config.task == "multilabel":  # one photo under several label folders is its label set
+        several = [g for g in groups if len(set(pool.labels[g].tolist())) > 1]
+        groups = [g for g in groups if len(set(pool.labels[g].tolist())) == 1]
     found = duplicates.resolve(pool, groups, cfg.duplicates, cfg.conflicting_labels)
     found.pop("left_out")
+    if config.task == "multilabel":
+        found["several_labels"] = len(several)  # not conflicts: see imgclf.data.multilabel
     nothing = np.array([], dtype=np.int64)  # no split here: groups only
     kept = review.kept_in(cfg.path if cfg.source == "folder" else None)
-    near = near_duplicates.report(pool, nothing, nothing, groups, kept) if pool.store else None
+    every = groups + several
+    near = near_duplicates.report(pool, nothing, nothing, every, kept) if pool.store else None
     features = "pixels" if cfg.audit == "off" else cfg.audit  # the audit always looks
     per_image = suspects.check(pool, kept=kept, seed=config.seed, features=features)
+    if config.task == "multilabel" and "label_issues" in per_image:
+        per_image["label_issues"] = {
+            "method": per_image["label_issues"].get("method"),
+            "skipped": "confident learning assumes one label per image (task=multilabel)",
+        }
     usable = ~pool.failed if pool.failed is not None else np.ones(len(pool.labels), bool)
     counts = np.bincount(pool.labels[usable], minlength=len(pool.class_names))
     need = minimum_per_class(cfg.val_fraction, cfg.test_fraction)

@@ -251,11 +251,9 @@ def plot_reliability(calibration: dict, path: str | Path) -> None:
     being perfect calibration, with each curve's ECE in the legend."""
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
-    temperature = calibration["temperature"]
-    for key, style, name in (
-        ("before", "-o", "softmax"),
-        ("after", "-s", f"T = {temperature:.2f}"),
-    ):
+    single = "temperature" in calibration  # else multi-label: one temperature per label
+    after = f"T = {calibration['temperature']:.2f}" if single else "a T per label"
+    for key, style, name in (("before", "-o", "as trained"), ("after", "-s", after)):
         bins = calibration[key]["reliability"]
         ax.plot(
             [b["confidence"] for b in bins],
@@ -266,8 +264,8 @@ def plot_reliability(calibration: dict, path: str | Path) -> None:
         )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top-1 probability)")
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel("confidence (top-1 probability)" if single else "probability of a label")
+    ax.set_ylabel("accuracy" if single else "share of images that have it")
     ax.set_title(f"reliability, test set ({calibration['binning']})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")

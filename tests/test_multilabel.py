@@ -4,6 +4,7 @@ validation, and imgclf-predict naming every label present."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from imgclf import runs
 from imgclf.config import load_config
 from imgclf.data import load_data
 from imgclf.data.multilabel import iterative_split, label_sets, multimnist_arrays
-from imgclf.infra.errors import ConfigError
+from imgclf.infra.errors import ConfigError, UserError
 from imgclf.predict import cli
 from imgclf.predict.predictor import Predictor
 from imgclf.train import train
@@ -49,7 +50,7 @@ def test_thresholds_maximise_f1_per_label() -> None:
 
 
 def test_multilabel_needs_a_multilabel_source() -> None:
-    with pytest.raises(ConfigError, match="multimnist or csv"):
+    with pytest.raises(ConfigError, match="multimnist, csv"):
         load_config(None, ["task=multilabel", "data.source=digits"])
     with pytest.raises(ConfigError, match="set task=multilabel"):
         load_config(None, ["data.source=multimnist"])
@@ -65,32 +66,110 @@ def _halves(left: bool, right: bool, rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture(scope="module")
 def label_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CSV of 90 pictures whose left half, right half or both are bright: `left`, `right`,
-    `left|right`."""
+    `left|right`; one picture in ten has its `right` label wrong (so no model is right on every
+    validation image with a margin, and a temperature can be fitted)."""
     root = tmp_path_factory.mktemp("multilabel")
     rng = np.random.default_rng(0)
     rows = ["path,label"]
     for i in range(90):
         left, right = [(True, False), (False, True), (True, True)][i % 3]
         Image.fromarray(_halves(left, right, rng)).save(root / f"{i}.png")
+        right = right != (i % 10 == 3 and left)  # a wrong label (never an empty set)
         rows.append(f"{i}.png,{'|'.join(n for n, on in (('left', left), ('right', right)) if on)}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root / "labels.csv"
 
 
-def test_a_multilabel_run_decides_on_validation_and_names_both_labels(
-    label_csv: Path, tmp_path: Path, capsys
-) -> None:
-    config = load_config(None, [
-        "task=multilabel", "data.source=csv", f"data.path={label_csv}", "data.image_size=[16,16]",
-        "data.val_fraction=0.2", "data.test_fraction=0.2", "model.name=mlp", "model.hidden=[16]",
-        "train.epochs=12", "train.learning_rate=0.01", "train.batch_size=8",
-        "train.diagnostics=false", "augment.rotation=0", "augment.zoom=0", "augment.translate=0",
-    ])  # fmt: skip
+def _label_folder(root: Path, n: int = 60) -> Path:
+    """left/ and right/ label folders; every third picture is bright on both halves and sits in
+    both folders (a hard link for even i, a copy for odd i)."""
+    import os
+    import shutil
+
+    rng = np.random.default_rng(1)
+    for name in ("left", "right"):
+        (root / name).mkdir(parents=True)
+    for i in range(n):
+        left, right = [(True, False), (False, True), (True, True)][i % 3]
+        first = root / ("left" if left else "right") / f"p{i}.png"
+        Image.fromarray(_halves(left, right, rng)).save(first)
+        if left and right:
+            (os.link if i % 2 == 0 else shutil.copyfile)(first, root / "right" / f"p{i}.png")
+    return root
+
+
+def test_a_photo_in_several_label_folders_is_one_image_with_those_labels(tmp_path: Path) -> None:
+    from imgclf.audit import audit
+
+    root = _label_folder(tmp_path / "photos")
+    overrides = ["task=multilabel", "data.source=folder", f"data.path={root}",
+                 "data.image_size=[16,16]", "data.val_fraction=0.2",
+                 "data.test_fraction=0.2"]  # fmt: skip
+    splits = load_data(load_config(None, overrides))
+    assert splits.class_names == ["left", "right"]
+    targets = np.concatenate([s.targets for s in (splits.train, splits.val, splits.test)])
+    assert len(targets) == 60  # 80 files, 20 of them a second copy of a two-label picture
+    assert int((targets.sum(1) == 2).sum()) == 20
+    assert splits.report["several_labels"]["images"] == 20
+    for split in (splits.train, splits.val, splits.test):
+        for file, row in zip(split.files, split.targets, strict=True):
+            i = int(Path(file).stem[1:])  # the picture's own truth, from its name
+            assert row.tolist() == [float(i % 3 != 1), float(i % 3 != 0)]
+    report = audit(overrides)
+    assert report["duplicates"]["conflicting_groups"] == 0  # a label set, not a conflict
+    assert report["duplicates"]["several_labels"] == 20
+    single = audit([o for o in overrides if not o.startswith("task=")])
+    assert single["duplicates"]["conflicting_groups"] == 20  # single-label: they are conflicts
+
+
+def test_one_hot_columns_read_as_label_sets(label_csv: Path, tmp_path: Path) -> None:
+    lines = label_csv.read_text().splitlines()[1:]
+    rows = ["path,left,right"]
+    for line in lines:
+        path, labels = line.split(",")
+        rows.append(f"{path},{int('left' in labels)},{'yes' if 'right' in labels else ''}")
+    one_hot = label_csv.parent / "one_hot.csv"
+    one_hot.write_text("\n".join(rows) + "\n")
+    common = ["task=multilabel", "data.source=csv", "data.image_size=[16,16]",
+              "data.val_fraction=0.2", "data.test_fraction=0.2"]  # fmt: skip
+    sets = load_data(load_config(None, [*common, f"data.path={label_csv}"]))
+    hot = load_data(load_config(None, [*common, f"data.path={one_hot}"]))
+    assert hot.class_names == sets.class_names == ["left", "right"]
+    for a, b in ((sets.train, hot.train), (sets.val, hot.val), (sets.test, hot.test)):
+        assert a.files == b.files
+        np.testing.assert_array_equal(a.targets, b.targets)
+    (label_csv.parent / "bad.csv").write_text("path,left,right\n0.png,1,maybe\n")
+    with pytest.raises(UserError, match="line 2: column 'right' holds 'maybe'"):
+        load_data(load_config(None, [*common, f"data.path={label_csv.parent / 'bad.csv'}"]))
+
+
+ML_OVERRIDES = [
+    "task=multilabel", "data.source=csv", "data.image_size=[16,16]", "data.val_fraction=0.2",
+    "data.test_fraction=0.2", "model.name=cnn", "model.filters=[4]", "model.hidden=[8]",
+    "train.epochs=12", "train.learning_rate=0.01", "train.batch_size=8", "train.diagnostics=false",
+    "augment.rotation=0", "augment.zoom=0", "augment.translate=0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ml_run(label_csv: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(a multi-label run on the left/right CSV, its splits), trained once for this module."""
+    config = load_config(None, [*ML_OVERRIDES, f"data.path={label_csv}"])
     splits = load_data(config)
+    run = train(config, out=tmp_path_factory.mktemp("ml") / "run", verbose=0, splits=splits)
+    return run, splits
+
+
+def test_a_multilabel_run_decides_on_validation_and_names_both_labels(
+    ml_run, tmp_path: Path, capsys
+) -> None:
+    from imgclf.confidence import graph
+    from imgclf.confidence.multilabel import fit_label_temperature
+
+    run, splits = ml_run
     assert splits.class_names == ["left", "right"]
     for split in (splits.train, splits.val, splits.test):
         assert (split.targets.sum(0) > 0).all()
-    run = train(config, out=tmp_path / "run", verbose=0, splits=splits)
     metrics = json.loads((run / runs.METRICS).read_text())
     predictor = Predictor.from_path(run)
     val_probs = predictor.predict_arrays(splits.val.x)
@@ -98,12 +177,58 @@ def test_a_multilabel_run_decides_on_validation_and_names_both_labels(
     np.testing.assert_allclose(predictor.thresholds, expected, atol=1e-6)
     assert metrics["multilabel"]["map_macro"] > 0.9
     assert np.allclose(predictor.predict_arrays(splits.test.x).sum(1), 1) is False  # sigmoids
+    # Calibrated: the temperatures are folded into model.keras, so on its own validation
+    # logits the best temperature of every label is now 1.
+    cal = metrics["calibration"]
+    assert {"before", "after"} <= set(cal)  # test ECE and NLL either side
+    assert len(cal["kept_as_trained"]) < len(splits.class_names)  # something was fitted
+    features = graph.feature_model(predictor.model).predict(splits.val.x, verbose=0)
+    logits = graph.logits_of(predictor.model, features)
+    for k, name in enumerate(splits.class_names):
+        if name not in cal["kept_as_trained"]:
+            refit = fit_label_temperature(logits[:, k], splits.val.targets[:, k])
+            assert refit == pytest.approx(1.0, abs=0.01), (name, refit)
+    assert "threshold" in metrics["ood"]  # one out-of-distribution flag per image
+    assert predictor.has_ood
     _every_export_agrees(run, predictor, splits.test.x)
     both = tmp_path / "both.png"
     Image.fromarray(_halves(True, True, np.random.default_rng(9))).save(both)
     assert cli.main([str(run), str(both), "--format", "json"]) == 0
     (record,) = json.loads(capsys.readouterr().out)
     assert sorted(entry["label"] for entry in record["labels"]) == ["left", "right"]
+    assert "ood" in record
+
+
+def test_the_app_shows_every_label_of_a_two_label_image(ml_run, monkeypatch, tmp_path) -> None:
+    """The Classify page names both labels of a two-label picture as chips with their
+    probabilities, the results table lists them, and every page renders the run."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from imgclf.ui import catalog
+
+    run, _ = ml_run
+    root = tmp_path / "runs"
+    shutil.copytree(run, root / "ml")
+    monkeypatch.setenv(catalog.RUNS_ENV, str(root))
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=120).run()
+    for page in ("Evaluation", "Data", "Training curves", "Model", "Train", "Classify"):
+        at.sidebar.radio(key="page").set_value(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        if page == "Evaluation":  # the thresholds, one row per label
+            table = at.dataframe[0].value
+            assert list(table["label"]) == ["left", "right"]
+            assert table["threshold"].between(0, 1).all()
+    picture = io.BytesIO()
+    Image.fromarray(_halves(True, True, np.random.default_rng(9))).save(picture, format="PNG")
+    at.file_uploader[0].set_value([("both.png", picture.getvalue(), "image/png")]).run()
+    assert not at.exception
+    (chips,) = [m.value for m in at.markdown if "badge[" in m.value]
+    assert ":blue-badge[left" in chips and ":blue-badge[right" in chips
+    row = at.dataframe[0].value.iloc[0]
+    assert row["label"] in ("left|right", "right|left")
 
 
 def _every_export_agrees(run: Path, predictor: Predictor, images: np.ndarray) -> None:

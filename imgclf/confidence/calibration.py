@@ -187,10 +187,11 @@ def at_limit(logits: np.ndarray, labels: np.ndarray, temperature: float) -> str 
     return None
 
 
-def fold_temperature(model: keras.Model, temperature: float) -> None:
+def fold_temperature(model: keras.Model, temperature: float | np.ndarray) -> None:
     """Divide the output layer's kernel and bias by `temperature`, in place: the model then
     outputs softmax(logits / T), the calibrated probabilities, with the same graph (so every
     export carries the calibration and parity is unaffected)."""
 
     layer = model.get_layer(PROBABILITIES)
-    layer.set_weights([w / np.float32(temperature) for w in layer.get_weights()])
+    t = np.asarray(temperature, np.float32)  # a scalar, or one per output (multi-label)
+    layer.set_weights([w / t for w in layer.get_weights()])

@@ -8,7 +8,10 @@ split folder names (`train`, `val`, `test`, ...) are refused as class names, bec
 listing would read them as a split. Every image goes through `images.load_image` (the one
 decoder, with its size and pixel limits) before it is written, and is written atomically
 (`runs.write_bytes`: a crash never leaves half a file). An image whose bytes (SHA-256) are
-already anywhere in the dataset is skipped and reported with the copy it duplicates.
+already anywhere in the dataset is skipped and reported with the copy it duplicates; with
+`several` (a multi-label dataset, `task: multilabel`), the same image added to another class
+is saved there too, as a hard link to the first copy where the disk allows (else a copy): one
+photo in each of its labels' folders, the layout `imgclf.data.multilabel` reads.
 """
 
 from __future__ import annotations
@@ -74,9 +77,11 @@ class Added:
 class DatasetBuilder:
     """Adds classes and images to the folder dataset at `root` (created on the first class)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, several: bool = False) -> None:
         self.root = Path(root)
+        self.several = several  # multi-label: one image may be filed under several classes
         self._hashes: dict[str, str] | None = None  # SHA-256 -> path relative to root
+        self._classes_of: dict[str, set[str]] = {}  # SHA-256 -> the classes holding it
         self._stamp: list[tuple[str, int, int]] = []  # the folders the index is up to date with
         # (folder, reason) of the folders `classes` could not read: the page names them.
         self.unreadable: list[tuple[Path, str]] = []
@@ -120,10 +125,12 @@ class DatasetBuilder:
         if self._hashes is None or stamp != self._stamp:
             # An unreadable folder's images cannot be hashed; `classes` names such folders.
             files = [p for p in walk(self.root, []) if is_image_name(p)]
-            self._hashes = {}
+            self._hashes, self._classes_of = {}, {}
             for path in sorted(files) if self.root.is_dir() else []:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                self._hashes.setdefault(digest, path.relative_to(self.root).as_posix())
+                relative = path.relative_to(self.root)
+                self._hashes.setdefault(digest, relative.as_posix())
+                self._classes_of.setdefault(digest, set()).add(relative.parts[0].lower())
         return self._hashes
 
     def _restamp(self) -> None:
@@ -146,9 +153,11 @@ class DatasetBuilder:
         under its sanitised file name; a different image of the same name gets its hash's first
         8 hex digits appended. Raises UserError for a bad class name."""
 
-        sanitise(class_name)  # a bad name fails before anything else
+        clean = sanitise(class_name)  # a bad name fails before anything else
         digest = hashlib.sha256(data).hexdigest()
         index = self._index()
+        if digest in index and self.several and clean.lower() not in self._classes_of[digest]:
+            return self._add_label(clean, filename, digest, data)
         if digest in index:
             return Added(filename, "duplicate", index[digest])
         try:
@@ -164,8 +173,28 @@ class DatasetBuilder:
         except OSError as exc:  # a full disk, a quota, a read-only folder: this image only
             return Added(filename, "refused", reason=f"not saved ({exc.strerror or exc})")
         index[digest] = path.relative_to(self.root).as_posix()
+        self._classes_of.setdefault(digest, set()).add(cls.lower())
         self._restamp()
         return Added(filename, "added", index[digest])
+
+    def _add_label(self, class_name: str, filename: str, digest: str, data: bytes) -> Added:
+        """`several`: an image already saved under another class, filed under `class_name`
+        too, with the first copy's file name (a hard link to it, else a copy of the bytes)."""
+        first = self.root / self._hashes[digest]
+        cls = self.add_class(class_name)
+        path = self.root / cls / first.name
+        if path.exists():  # another image of that name in this class
+            path = path.with_name(f"{path.stem}-{digest[:8]}{path.suffix}")
+        try:
+            os.link(first, path)
+        except OSError:  # no hard links here (another disk, FAT): the bytes, atomically
+            try:
+                write_bytes(path, data)
+            except OSError as exc:
+                return Added(filename, "refused", reason=f"not saved ({exc.strerror or exc})")
+        self._classes_of[digest].add(cls.lower())
+        self._restamp()
+        return Added(filename, "added", path.relative_to(self.root).as_posix())
 
     def add_zip(self, data: bytes, zip_name: str = "upload.zip") -> list[Added]:
         """Add a zip of class folders (`cat/1.jpg`, or one top folder holding them:

@@ -142,16 +142,25 @@ def list_folder(root: Path) -> tuple[list[Entry], list[str], list[dict[str, str]
     return entries, sorted(classes), ignored, pre_split
 
 
-def list_csv(path: Path) -> tuple[list[Entry], list[dict[str, str]], bool, Path]:
-    """(entries, skipped rows, has a split column, the folder paths are relative to) of a CSV
-    with a header naming `path`, `label` and optionally `split` (train, val/valid or test).
-    Raises DataError for a missing file, a missing or unknown column, or no usable row."""
+def read_csv_text(path: Path) -> str:
+    """The text of the CSV list `path`. Raises DataError when it is missing or not UTF-8."""
     if not path.is_file():
         raise DataError(f"data.path: {path} not found; expected a CSV file of path,label rows")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"data.path: {path} is not a readable UTF-8 CSV file ({exc})") from None
+
+
+def list_csv(
+    path: Path, text: str | None = None
+) -> tuple[list[Entry], list[dict[str, str]], bool, Path]:
+    """(entries, skipped rows, has a split column, the folder paths are relative to) of a CSV
+    with a header naming `path`, `label` and optionally `split` (train, val/valid or test);
+    `text`: the CSV's rows already read (and rewritten, e.g. from one-hot columns) instead of
+    `path`'s. Raises DataError for a missing file, a missing or unknown column, or no usable
+    row."""
+    text = read_csv_text(path) if text is None else text
     # newline="": quoted fields may hold line breaks; line_num counts physical lines.
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = [c.strip().lower() for c in reader.fieldnames or []]
@@ -298,7 +307,7 @@ def load_folder(cfg: DataConfig) -> Pool:
     return pool
 
 
-def load_csv(cfg: DataConfig) -> Pool:
+def load_csv(cfg: DataConfig, text: str | None = None) -> Pool:
     """Every readable image a CSV lists (`path,label[,split]`; paths relative to the CSV's
     folder), at `cfg.image_size` and `cfg.channels`. Rows naming a missing file, an empty path
     or label, or an unknown split are skipped, each reported with its line number.
@@ -309,7 +318,7 @@ def load_csv(cfg: DataConfig) -> Pool:
     """
     path = Path(cfg.path or "")
     confined(path, [], [])  # a list outside the allowed roots is not even read
-    entries, bad_rows, has_split, root = list_csv(path)
+    entries, bad_rows, has_split, root = list_csv(path, text)
     entries = confined(path, entries, bad_rows, root)
     if len({label for _, label, _ in entries}) < 2:
         raise DataError(

@@ -7,7 +7,14 @@ split.
                 (labelled with both) or one digit beside a blank half (labelled with it); drawn
                 once from a fixed seed, so every run sees the same set
                 csv: `path,label[,split]` rows whose label holds several labels joined by
-                SEPARATOR (`beach|people`); an image with one label is a row with one
+                SEPARATOR (`beach|people`; a row with one label has one), or one-hot columns,
+                `path,beach,people,sunset[,split]` with 1/0 (true/false, yes/no; blank is 0)
+                folder: one sub-folder per label (or train/, val/, test/ each with them); a
+                photo with several labels is in each of their folders, as a copy or a hard
+                link: byte-identical files (SHA-256, `duplicates.exact_groups`) are one image
+                with every label they are filed under; the first in listing order is read
+    not yet     an image with no label at all (a CSV row with an empty label or no 1 is
+                skipped with its line, as in single-label lists)
     split       iterative stratification (Sechidis, Tsoumakas & Vlahavas, "On the Stratification
                 of Multi-Label Data", ECML PKDD 2011), by the `iterative-stratification`
                 package's MultilabelStratifiedShuffleSplit: test first, then validation from the
@@ -107,6 +114,8 @@ def load_multilabel(config: Config) -> Splits:
         parts = iterative_split(targets, cfg.val_fraction, cfg.test_fraction, config.seed)
         splits = {n: _split(x[i], targets, i, None) for n, i in zip(SPLITS, parts, strict=True)}
         report_extra: dict[str, Any] = {"skipped": [], "ignored": []}
+    elif cfg.source == "folder":
+        splits, names, report_extra = _folder_splits(config)
     else:
         splits, names, report_extra = _csv_splits(config)
     _check_every_label(splits, names)
@@ -128,16 +137,102 @@ SPLITS = ("train", "val", "test")
 
 def _csv_splits(config: Config) -> tuple[dict[str, Split], list[str], dict[str, Any]]:
     """A CSV's rows with their label sets: the images through the CSV source's own reader (and
-    its decoded cache); the CSV's split column when it has one, else iterative stratification."""
-    from imgclf.data.folder import load_csv
+    its decoded cache); one-hot columns are read as label sets first (`one_hot_rows`)."""
+    from pathlib import Path
+
+    from imgclf.data.folder import load_csv, read_csv_text
 
     cfg = config.data
-    pool = load_csv(cfg)
+    pool = load_csv(cfg, one_hot_rows(read_csv_text(Path(cfg.path or ""))))
     names, hot = label_sets(pool.class_names)  # each "class" of the CSV is a label set
-    targets = hot[pool.labels]
-    readable = np.arange(len(targets))
+    readable = np.arange(len(pool.labels))
     if pool.failed is not None:
         readable = readable[~pool.failed]
+    return _pool_splits(config, pool, hot[pool.labels], readable), names, _extra(pool)
+
+
+def _extra(pool: Any) -> dict[str, Any]:
+    return {"skipped": pool.skipped, "ignored": pool.ignored}
+
+
+def one_hot_rows(text: str) -> str | None:
+    """A CSV of one-hot columns (`path,beach,people[,split]`, 1/0 per label) rewritten as
+    `path,label,split` rows with the labels joined by SEPARATOR; None for a CSV that has a
+    `label` column (read as it is). A row with no label set keeps an empty label (the list
+    reader skips it with its line). Raises DataError on a value that is not 1/0."""
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    if "label" in header or "path" not in header:
+        return None
+    labels = [i for i, c in enumerate(header) if c not in ("path", "split")]
+    if len(labels) < 2:
+        return None  # the reader's own error names what is missing
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["path", "label", "split"])
+    path_at, split_at = header.index("path"), header.index("split") if "split" in header else -1
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        cells = row + [""] * (len(header) - len(row))
+        on = []
+        for i in labels:
+            value = cells[i].strip().lower()
+            if value not in ONE_HOT:
+                raise DataError(
+                    f"line {line}: column {rows[0][i].strip()!r} holds {cells[i]!r}; one-hot "
+                    "label columns hold 1 or 0 (true/false, yes/no, blank for 0)"
+                )
+            if ONE_HOT[value]:
+                on.append(rows[0][i].strip())
+        split = cells[split_at] if split_at >= 0 else ""
+        writer.writerow([cells[path_at], SEPARATOR.join(on), split, *row[len(header) :]])
+    return out.getvalue()
+
+
+ONE_HOT = {"1": True, "0": False, "": False, "true": True, "false": False, "yes": True,
+           "no": False, "1.0": True, "0.0": False}  # fmt: skip
+
+
+def _folder_splits(config: Config) -> tuple[dict[str, Split], list[str], dict[str, Any]]:
+    """One sub-folder per label: byte-identical files under several label folders are one
+    image with all of their labels (the first copy, in listing order, is read)."""
+    from imgclf.data.duplicates import exact_groups
+    from imgclf.data.folder import load_folder
+
+    pool = load_folder(config.data)
+    n, names = len(pool.labels), pool.class_names
+    first = np.arange(n)
+    for group in exact_groups(pool):
+        first[group] = group[0]
+        if pool.assigned is not None and len(set(pool.assigned[group].tolist())) > 1:
+            files = ", ".join(pool.files[i] for i in group[:3])
+            raise DataError(
+                f"the same image is in two of train/, val/ and test/ ({files}): its copies "
+                "must be in one part, or the test figures read what training saw; move them"
+            )
+    targets = np.zeros((n, len(names)), np.float32)
+    targets[first, pool.labels] = 1  # every copy's folder is a label of its first copy
+    readable = np.flatnonzero(first == np.arange(n))
+    if pool.failed is not None:
+        readable = readable[~pool.failed[readable]]
+    extra = _extra(pool)
+    extra["several_labels"] = {
+        "method": "byte-identical files (SHA-256) under several label folders",
+        "images": int((targets[readable].sum(1) > 1).sum()),
+        "files_merged": int(n - len(np.unique(first))),
+    }
+    return _pool_splits(config, pool, targets, readable), names, extra
+
+
+def _pool_splits(config: Config, pool: Any, targets: np.ndarray, readable: np.ndarray) -> dict:
+    """The pool's `readable` images with their multi-hot `targets` (rows by pool index) as
+    train, val and test: the source's own split when every image has one, else iterative
+    stratification."""
+    cfg = config.data
     if pool.assigned is not None and (pool.assigned[readable] != UNASSIGNED).all():
         parts = tuple(readable[pool.assigned[readable] == code] for code in (TRAIN, VAL, TEST))
     else:
@@ -147,7 +242,7 @@ def _csv_splits(config: Config) -> tuple[dict[str, Split], list[str], dict[str, 
     for name, idx in zip(SPLITS, parts, strict=True):
         taken = take(pool, idx, cfg)
         splits[name] = Split(taken.x, np.argmax(targets[idx], 1), taken.files, targets[idx])
-    return splits, names, {"skipped": pool.skipped, "ignored": pool.ignored}
+    return splits
 
 
 def _check_every_label(splits: dict[str, Split], names: list[str]) -> None:

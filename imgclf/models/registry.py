@@ -94,8 +94,9 @@ def build_model(
     weights = config.model.weights
     if weights is not None and weights.lower() != "imagenet" and not weights.endswith(".h5"):
         # A run directory: its trained backbone under a new head, whatever the family.
-        return build_from_run(config, num_classes)
-    model = _REGISTRY[name](config, num_classes, train_images)
+        model = build_from_run(config, num_classes)
+    else:
+        model = _REGISTRY[name](config, num_classes, train_images)
     if config.task == "multilabel":
         sigmoid_head(model)
     return model

@@ -115,21 +115,20 @@ class Config(_Section):
         return self
 
 
-MULTILABEL_SOURCES = ("multimnist", "csv")
+MULTILABEL_SOURCES = ("multimnist", "csv", "folder")
 
 
 def _check_multilabel(config: Config) -> None:
     """What `task: multilabel` does not do yet, refused in one line each."""
     if config.data.source not in MULTILABEL_SOURCES:
         raise ValueError(
-            f"task=multilabel reads labels from data.source multimnist or csv (a label column "
-            f"with several labels, e.g. beach|people), not {config.data.source}"
+            f"task=multilabel reads labels from data.source multimnist, csv (a label column "
+            f"with several labels, e.g. beach|people, or one-hot columns) or folder (a photo "
+            f"in each of its labels' folders), not {config.data.source}"
         )
     refused = {
-        "model.weights (the two-phase transfer)": config.model.pretrained,
         "train.distribute": config.train.distribute != "none",
         "train.loss=mse": config.train.loss == "mse",
-        "train.class_weight=balanced": config.train.class_weight != "none",
         "predict.tta": config.predict.tta != "none",
         "train.learning_rate=auto": config.train.learning_rate == "auto",
     }

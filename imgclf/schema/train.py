@@ -41,7 +41,9 @@ class TrainConfig(_Section):
     clipvalue: Annotated[float, Field(gt=0.0)] | None = None  # clip each gradient element
     loss: Literal["crossentropy", "mse"] = "crossentropy"  # mse on one-hot targets: the contrast
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # crossentropy only
-    class_weight: Literal["none", "balanced"] = "none"  # balanced: n / (classes * count)
+    # balanced: n / (classes * count); task multilabel: each label's positives weighted by
+    # negatives / positives inside the loss (imgclf.training.losses)
+    class_weight: Literal["none", "balanced"] = "none"
     mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
     jit_compile: Literal["auto"] | bool = "auto"  # XLA; "auto" leaves it off on CPU
     steps_per_execution: PositiveInt = 1  # batches per compiled call: helps tiny models

@@ -45,7 +45,10 @@ def cached_split(extractor: Forward, split: Split, estimate: Any = None) -> Spli
 
 def _keep(split: Split, x: Any, kept: np.ndarray) -> Split:
     files = [split.files[i] for i in kept] if split.files is not None else None
-    return dataclasses.replace(split, x=x, y=np.asarray(split.y)[kept], files=files)
+    targets = None if split.targets is None else split.targets[kept]  # task: multilabel
+    return dataclasses.replace(
+        split, x=x, y=np.asarray(split.y)[kept], files=files, targets=targets
+    )
 
 
 class AugmentedViews:

@@ -68,7 +68,7 @@ def find_learning_rate(
         model,
         make_training_data(splits, config, batch_size)[0],
         optimizer,
-        lambda made: compile_model(model, tcfg, steps, made),
+        lambda made: compile_model(model, tcfg, steps, made, splits.train.targets),
         phase.name,
     )
     folder = runs.new_run_dir(f"{config.name}-lr-finder", out, runs_root)

@@ -259,7 +259,7 @@ def require_test_images(run_dir: Path, splits: Splits, test: SplitOutputs) -> No
         )
 
 
-def _save_model(run_dir: Path, model: keras.Model, stats: OODStats | None) -> None:
+def save_model(run_dir: Path, model: keras.Model, stats: OODStats | None) -> None:
     """model.keras (the temperature folded in) and ood.npz, each atomically."""
     with runs.atomic_path(run_dir / runs.MODEL) as tmp:
         model.save(tmp)
@@ -297,7 +297,7 @@ def finish_run(
     require_test_images(run_dir, splits, outputs["test"])
     extra = {**(extra or {}), "calibration": confidence.calibration, "ood": confidence.ood}
     extra["validation"] = evaluate.validation_figures(outputs["val"], temperature)
-    _save_model(run_dir, model, confidence.stats)
+    save_model(run_dir, model, confidence.stats)
     with meter.stage("evaluation"):
         if config.predict.tta != "none":  # the same test images through the TTA views
             extra["test_tta"] = evaluate.tta_test_figures(

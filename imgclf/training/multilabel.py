@@ -10,14 +10,21 @@ split, test metrics from scikit-learn, and the run's artifacts.
                  (every label of an image right), Hamming loss (the share of image-label
                  decisions wrong), binary cross-entropy; the same decisions at a single 0.5
                  threshold beside them; the 3 worst test images per label
+    calibration  one temperature per label fitted on validation and folded into the output layer
+                 (`imgclf.confidence.multilabel`; train.calibrate), so model.keras and every
+                 export answer calibrated; thresholds are chosen after it; test ECE before/after
+    OOD          the Mahalanobis detector of single-label runs (`imgclf.confidence.ood`), its
+                 class means those of each label combination seen in training; one flag per image
+    artifacts    worst/ (per label the 3 test images furthest from the truth), samples/ (named
+                 by label set), plots/ (curves, reliability), metrics.json, model_card.md
     exports      the SavedModel at the end (train.export), TFLite and ONNX by imgclf-export, each
                  checked on every per-label probability; Predictor on an export in its run
                  uses the run's thresholds
-    not yet      calibration and the out-of-distribution score
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,16 +32,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgclf import runs
-from imgclf.evaluate import predict_readable
 from imgclf.forward import inference_batch_size
 
 if TYPE_CHECKING:
     import keras
 
+    from imgclf.confidence.split_outputs import SplitOutputs
     from imgclf.data import Split, Splits
     from imgclf.schema import Config
 
 WORST_PER_LABEL = 3
+CURVE_POINTS = 60  # per label, on the test precision-recall curve (the app draws them)
 
 
 def choose_thresholds(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -95,23 +103,108 @@ def multilabel_metrics(
     }  # fmt: skip
 
 
-def _outputs(model: keras.Model, split: Split, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [n, K] of the readable images, their positions in the split)."""
-    return predict_readable(model, split.x, batch)
+def label_set_codes(targets: np.ndarray) -> tuple[np.ndarray, int]:
+    """(int64 [N]: each image's label set as a code, the number of distinct sets): the
+    "classes" of the OOD detector's mixture, one Gaussian per label combination seen in
+    training (an image with `3` and `7` is neither a typical 3 nor a typical 7)."""
+    _, codes = np.unique(np.asarray(targets) > 0, axis=0, return_inverse=True)
+    codes = np.asarray(codes, np.int64).ravel()
+    return codes, int(codes.max()) + 1 if len(codes) else 0
 
 
-def _worst(probs: np.ndarray, targets: np.ndarray, files: Any, names: list[str]) -> dict:
-    """Per label the WORST_PER_LABEL test images whose probability is furthest from the truth."""
-    worst = {}
+def confidence_step(
+    model: keras.Model, splits: Splits, config: Config, batch: int
+) -> tuple[dict[str, SplitOutputs], Any, np.ndarray]:
+    """(outputs per split, the Confidence, the temperatures [K]): one bounded pass per split
+    (`split_outputs.run_outputs`), per-label temperatures fitted on validation and folded into
+    the output layer (`confidence.multilabel`), and the OOD detector (`confidence.fit`) fitted
+    with each training image's label set as its class."""
+    from imgclf.confidence import multilabel as calib
+    from imgclf.confidence.calibration import fold_temperature
+    from imgclf.confidence.fit import fit_confidence
+    from imgclf.confidence.ood import MAX_FIT_IMAGES
+    from imgclf.confidence.split_outputs import run_outputs
+
+    tcfg = config.train
+    outputs = run_outputs(model, splits, batch, MAX_FIT_IMAGES if tcfg.ood else 0, config.seed)
+    val, test = outputs["val"], outputs["test"]
+    temperatures, section = np.ones(len(splits.class_names)), None
+    if tcfg.calibrate and len(val) and len(test):
+        temperatures, section = calib.calibrate(
+            val.logits, splits.val.targets[val.positions], test.logits,
+            splits.test.targets[test.positions], splits.class_names,
+        )  # fmt: skip
+    elif tcfg.calibrate:
+        section = {"skipped": "no readable validation or test image to fit or measure on"}
+    sets = 0
+    if "train" in outputs:
+        codes, sets = label_set_codes(splits.train.targets[outputs["train"].positions])
+        outputs["train"] = dataclasses.replace(outputs["train"], labels=codes)
+    only_ood = config.model_copy(update={"train": tcfg.model_copy(update={"calibrate": False})})
+    confidence = fit_confidence(model, outputs, sets, only_ood)
+    confidence.calibration = section
+    if (temperatures != 1.0).any():  # folded before saving: model.keras answers calibrated
+        fold_temperature(model, temperatures)
+    return outputs, confidence, temperatures
+
+
+def _curves(probs: np.ndarray, targets: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Per label its test precision-recall curve (scikit-learn), at most CURVE_POINTS points."""
+    from sklearn.metrics import precision_recall_curve
+
+    curves = {}
+    for k, name in enumerate(names):
+        if not targets[:, k].any():
+            continue
+        precision, recall, _ = precision_recall_curve(targets[:, k], probs[:, k])
+        keep = np.unique(np.linspace(0, len(precision) - 1, CURVE_POINTS).round().astype(int))
+        curves[name] = {"precision": precision[keep].round(4).tolist(),
+                        "recall": recall[keep].round(4).tolist()}  # fmt: skip
+    return curves
+
+
+def _worst(
+    probs: np.ndarray, targets: np.ndarray, positions: np.ndarray, test: Split, names: list[str],
+    run_dir: Path,
+) -> dict:  # fmt: skip
+    """Per label the WORST_PER_LABEL test images whose probability is furthest from the
+    truth, each saved as a PNG under worst/ (the app shows them without the dataset)."""
+    from imgclf.images import png_bytes
+    from imgclf.training.finish import safe_names
+
+    folder = run_dir / runs.WORST
+    folder.mkdir(exist_ok=True)
+    safe, worst = safe_names(names), {}
     for k, name in enumerate(names):
         gap = np.abs(probs[:, k] - targets[:, k])
-        rows = np.argsort(-gap, kind="stable")[:WORST_PER_LABEL]
-        worst[name] = [
-            {"index": int(r), "file": files[r] if files else None,
-             "probability": float(probs[r, k]), "true": bool(targets[r, k])}
-            for r in rows
-        ]  # fmt: skip
+        entries = []
+        for n, r in enumerate(np.argsort(-gap, kind="stable")[:WORST_PER_LABEL]):
+            index = int(positions[r])
+            image = f"{runs.WORST}/{safe[name]}_{n}.png"
+            runs.write_bytes(run_dir / image, png_bytes(test.x[index]))
+            entries.append({
+                "index": index, "file": test.files[index] if test.files else None,
+                "probability": float(probs[r, k]), "true": bool(targets[r, k]), "image": image,
+            })  # fmt: skip
+        worst[name] = entries
     return worst
+
+
+def save_samples(run_dir: Path, splits: Splits) -> None:
+    """A few test images as PNGs named by their label sets (`test00_true-3+7.png`), those with
+    the most labels first, so a user can try imgclf-predict on a several-label image at once."""
+    from imgclf.images import png_bytes
+    from imgclf.training.finish import MAX_SAMPLES, safe_names
+
+    test = splits.test
+    readable = test.readable()
+    order = readable[np.argsort(-test.targets[readable].sum(1), kind="stable")][:MAX_SAMPLES]
+    folder = run_dir / runs.SAMPLES
+    folder.mkdir(exist_ok=True)
+    safe = safe_names(splits.class_names)
+    for n, i in enumerate(order):
+        labels = "+".join(safe[splits.class_names[k]] for k in np.flatnonzero(test.targets[i]))
+        runs.write_bytes(folder / f"test{n:02d}_true-{labels}.png", png_bytes(test.x[i]))
 
 
 def finish_multilabel(
@@ -121,51 +214,73 @@ def finish_multilabel(
 ) -> dict[str, Any]:  # fmt: skip
     """Write the artifacts of a trained multi-label run and return its metrics (the same
     arguments as `finish.finish_run`)."""
-    from imgclf.plots import plot_curves
-    from imgclf.training.tracking import finish_run as finish_tracking
+    from imgclf.confidence.multilabel import sigmoid
+    from imgclf.training.finish import require_test_images
+    from imgclf.training.progress import Meter
 
+    meter = meter or Meter()
     if estimate is not None:
         estimate.finishing()
-    extra = dict(extra or {})
     batch = inference_batch_size(model, config.train.eval_batch_size)
-    val_probs, val_rows = _outputs(model, splits.val, batch)
-    test_probs, test_rows = _outputs(model, splits.test, batch)
-    cuts = choose_thresholds(val_probs, splits.val.targets[val_rows])
-    targets = splits.test.targets[test_rows]
-    figures = multilabel_metrics(test_probs, targets, cuts, splits.class_names)
-    files = [splits.test.files[r] for r in test_rows] if splits.test.files else None
-    figures["worst_per_label"] = _worst(test_probs, targets, files, splits.class_names)
-    validation = multilabel_metrics(
-        val_probs, splits.val.targets[val_rows], cuts, splits.class_names
-    )
+    with meter.stage("confidence"):
+        outputs, confidence, temperatures = confidence_step(model, splits, config, batch)
+    require_test_images(run_dir, splits, outputs["test"])
+    val, test = outputs["val"], outputs["test"]
+    val_targets, targets = splits.val.targets[val.positions], splits.test.targets[test.positions]
+    val_probs, test_probs = sigmoid(val.logits, temperatures), sigmoid(test.logits, temperatures)
+    cuts = choose_thresholds(val_probs, val_targets)  # on calibrated validation probabilities
+    names = splits.class_names
+    with meter.stage("evaluation"):
+        figures = multilabel_metrics(test_probs, targets, cuts, names)
+        figures["curves"] = _curves(test_probs, targets, names)
+        figures["worst_per_label"] = _worst(
+            test_probs, targets, test.positions, splits.test, names, run_dir
+        )
+        validation = multilabel_metrics(val_probs, val_targets, cuts, names)
+        save_samples(run_dir, splits)
     metrics = {
         "task": "multilabel",
         "test": {"accuracy": figures["at_thresholds"]["subset_accuracy"],
                  "loss": figures["loss"], "n": figures["n"]},
-        "validation": {"images": len(val_rows), "map_macro": validation["map_macro"],
+        "validation": {"images": len(val), "map_macro": validation["map_macro"],
                        "accuracy": validation["at_thresholds"]["subset_accuracy"],
                        "loss": validation["loss"]},
-        "multilabel": figures, "labels": splits.class_names, **extra,
+        "multilabel": figures, "labels": names, "counts": splits.report["totals"],
+        **(extra or {}), "calibration": confidence.calibration, "ood": confidence.ood,
     }  # fmt: skip
-    with runs.atomic_path(run_dir / runs.MODEL) as tmp:
-        model.save(tmp)
+    _write_run(run_dir, model, confidence.stats, config, splits, metrics, meter)
+    if config.train.export:
+        with meter.stage("export"):
+            _export(run_dir)
+    if verbose:
+        print(summary_line(metrics), flush=True)
+    return metrics
+
+
+def _write_run(
+    run_dir: Path, model: keras.Model, stats: Any, config: Config, splits: Splits,
+    metrics: dict[str, Any], meter: Any,
+) -> None:  # fmt: skip
+    """model.keras (the temperatures folded in), ood.npz, metrics.json, the plots, the model
+    card, then the manifest and the `complete` state."""
+    from imgclf.plots import plot_curves, plot_reliability
+    from imgclf.training.finish import save_model
+    from imgclf.training.tracking import finish_run as finish_tracking
+
+    save_model(run_dir, model, stats)
     history = runs.read_history(run_dir / runs.HISTORY)
     curves = {k: [r.get(k) for r in history if r.get(k) is not None]
               for k in ("loss", "accuracy", "val_loss", "val_accuracy")}  # fmt: skip
     plot_curves(curves, run_dir / runs.CURVES_PLOT, [r.phase for r in history])
-    if meter is not None:
-        metrics["resources"] = meter.report()
+    if (metrics.get("calibration") or {}).get("after"):
+        plot_reliability(metrics["calibration"], run_dir / runs.RELIABILITY_PLOT)
+    metrics["resources"] = meter.report()
     runs.write_json(run_dir / runs.METRICS, metrics)
     (run_dir / runs.PROGRESS).unlink(missing_ok=True)
     runs.write_text(run_dir / runs.MODEL_CARD, _card(config, splits, metrics))
     finish_tracking(run_dir, config)
     runs.write_manifest(run_dir)
     runs.set_state(run_dir, runs.COMPLETE)
-    if config.train.export:
-        _export(run_dir)
-    if verbose:
-        print(summary_line(metrics), flush=True)
-    return metrics
 
 
 def _export(run_dir: Path) -> None:
@@ -187,14 +302,31 @@ def _export(run_dir: Path) -> None:
 
 
 def summary_line(metrics: dict[str, Any]) -> str:
+    """The test figures in one line, then the calibration and OOD line when there is one."""
     m = metrics["multilabel"]
-    return (
+    line = (
         f"test: mAP {m['map_macro']:.4f} (micro {m['map_micro']:.4f}), subset accuracy "
         f"{m['at_thresholds']['subset_accuracy']:.4f}, Hamming loss "
         f"{m['at_thresholds']['hamming_loss']:.4f} at per-label thresholds "
         f"({m['at_0.5']['subset_accuracy']:.4f} / {m['at_0.5']['hamming_loss']:.4f} at 0.5; "
         f"{m['n']} images)"
     )
+    parts = []
+    cal, ood = metrics.get("calibration") or {}, metrics.get("ood") or {}
+    if "after" in cal:
+        parts.append(
+            f"calibration: a temperature per label, test ECE {cal['before']['ece']:.4f} → "
+            f"{cal['after']['ece']:.4f} (every image-label pair)"
+        )
+    if "threshold" in ood:
+        parts.append(
+            f"OOD threshold {ood['threshold']:.2f} (false alarms: "
+            f"{ood['test_false_alarm_rate']:.1%} of test images)"
+        )
+    for name, section in (("calibration", cal), ("OOD", ood)):
+        if "skipped" in section:
+            parts.append(f"{name} skipped: {section['skipped']}")
+    return line + ("\n" + "; ".join(parts) if parts else "")
 
 
 def _card(config: Config, splits: Splits, metrics: dict[str, Any]) -> str:
@@ -213,7 +345,7 @@ Written {time.strftime("%Y-%m-%d %H:%M")}.
 ## How it decides
 Each label has its own threshold, chosen on the validation split to maximise that label's F1;
 an image gets every label whose probability reaches its threshold (possibly none, possibly
-all). The probabilities are not calibrated, and there is no out-of-distribution warning yet.
+all). {_card_confidence(metrics)}
 
 ## Test figures ({m["n"]} images)
 {summary_line(metrics)}
@@ -222,3 +354,23 @@ all). The probabilities are not calibrated, and there is no out-of-distribution 
 |---|---|---|---|---|---|---|
 {rows}
 """
+
+
+def _card_confidence(metrics: dict[str, Any]) -> str:
+    cal, ood = metrics.get("calibration") or {}, metrics.get("ood") or {}
+    if "after" in cal:
+        text = (
+            "The probabilities are calibrated: each label's logit is divided by its own "
+            "temperature, fitted on the validation split (test ECE over every image-label pair "
+            f"{cal['before']['ece']:.4f} before, {cal['after']['ece']:.4f} after); the "
+            "thresholds were chosen on the calibrated probabilities."
+        )
+    else:
+        text = "The probabilities are not calibrated (train.calibrate, or too few images)."
+    if "threshold" in ood:
+        text += (
+            " An image whose features lie far from every label combination seen in training "
+            f"(Mahalanobis score above {ood['threshold']:.2f}) is flagged out-of-distribution: "
+            "its labels should not be trusted."
+        )
+    return text

@@ -115,11 +115,18 @@ def schedule_callbacks(cfg: TrainConfig) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
-def make_loss(cfg: TrainConfig, multilabel: bool = False) -> keras.losses.Loss:
+def make_loss(
+    cfg: TrainConfig, multilabel: bool = False, pos_weight: np.ndarray | None = None
+) -> keras.losses.Loss:
     """Cross-entropy on one-hot targets (with label smoothing), or MSE on one-hot targets; for
-    a multi-label model, binary cross-entropy on the multi-hot targets (label smoothing too)."""
+    a multi-label model, binary cross-entropy on the multi-hot targets (label smoothing too),
+    each label's positives weighted by `pos_weight` [K] when given (`training.losses`)."""
     import keras
 
+    if multilabel and pos_weight is not None:
+        from imgclf.training.losses import WeightedBinaryCrossentropy
+
+        return WeightedBinaryCrossentropy(list(pos_weight), cfg.label_smoothing)
     if multilabel:
         return keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
     if cfg.loss == "mse":
@@ -141,10 +148,13 @@ def compile_model(
     cfg: TrainConfig,
     steps_per_epoch: int,
     optimizer: keras.optimizers.Optimizer | None = None,
+    targets: np.ndarray | None = None,
 ) -> None:
     """Compile with the recipe's optimiser (or `optimizer`), loss, XLA and steps per execution.
     A multi-label model (sigmoid output) gets binary cross-entropy, and `accuracy` is the share
-    of (image, label) decisions right at 0.5 (Keras' BinaryAccuracy)."""
+    of (image, label) decisions right at 0.5 (Keras' BinaryAccuracy); with
+    `train.class_weight: balanced`, each label's positives are weighted by negatives /
+    positives in `targets` (the training split's multi-hot rows, `losses.positive_weights`)."""
     import keras
 
     from imgclf.models.registry import is_multilabel
@@ -153,7 +163,7 @@ def compile_model(
     accuracy = keras.metrics.BinaryAccuracy(name="accuracy") if multilabel else "accuracy"
     model.compile(
         optimizer=optimizer or make_optimizer(cfg, steps_per_epoch),
-        loss=make_loss(cfg, multilabel),
+        loss=make_loss(cfg, multilabel, _pos_weight(cfg, multilabel, targets)),
         metrics=[accuracy],
         jit_compile=cfg.jit_compile,
         steps_per_execution=cfg.steps_per_execution,
@@ -163,3 +173,11 @@ def compile_model(
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """Optimiser steps in one epoch."""
     return max(1, math.ceil(n_train / batch_size))
+
+
+def _pos_weight(cfg: TrainConfig, multilabel: bool, targets: np.ndarray | None) -> Any:
+    if not (multilabel and cfg.class_weight == "balanced" and targets is not None):
+        return None
+    from imgclf.training.losses import positive_weights
+
+    return positive_weights(targets)

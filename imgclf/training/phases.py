@@ -165,7 +165,7 @@ def setup_phase(runner: PhaseRunner, phase: Phase) -> tuple[Phase, dict[str, Any
     report["learning_rate"] = phase.train.learning_rate
     if phase.name != "train" or auto:  # what trains, or its rate, changed: compile again
         optimizer = _optimizer(runner, phase, phase.train)
-        compile_model(model, phase.train, _steps(runner), optimizer)
+        compile_model(model, phase.train, _steps(runner), optimizer, _targets(runner))
         if phase.name == "fine_tune" and config.transfer.layer_lr_decay:
             report["layer_lr_decay"] = config.transfer.layer_lr_decay
     report.update(trainable_summary(model))
@@ -174,6 +174,11 @@ def setup_phase(runner: PhaseRunner, phase: Phase) -> tuple[Phase, dict[str, Any
 
 def _steps(runner: PhaseRunner) -> int:
     return steps_per_epoch(len(runner.splits.train), runner.batch_size)
+
+
+def _targets(runner: PhaseRunner) -> Any:
+    """The training split's multi-hot rows (task: multilabel; the positive weights), or None."""
+    return runner.splits.train.targets
 
 
 def _optimizer(runner: PhaseRunner, phase: Phase, tcfg: Any) -> Any:
@@ -205,7 +210,9 @@ def find_rate(runner: PhaseRunner, phase: Phase) -> Phase:
             runner.model,
             make_training_data(runner.splits, runner.config, runner.batch_size)[0],
             lambda rate: _optimizer(runner, phase, phase.train.model_copy(update=constant)),
-            lambda opt: compile_model(runner.model, phase.train, _steps(runner), opt),
+            lambda opt: compile_model(
+                runner.model, phase.train, _steps(runner), opt, _targets(runner)
+            ),
             phase.name,
         )
         rate = _usable_rate(runner, sweep, found)
@@ -297,9 +304,10 @@ def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict
             + (", on cached backbone features" if cached else ""),
             flush=True,
         )
-    weights = class_weights(
-        runner.splits.train.y, len(runner.splits.class_names), tcfg.class_weight
-    )
+    # Multi-label: class_weight weighs each label's positives inside the loss (compile_model).
+    multilabel = runner.splits.train.targets is not None
+    mode = "none" if multilabel else tcfg.class_weight
+    weights = class_weights(runner.splits.train.y, len(runner.splits.class_names), mode)
     rows_before, start = len(runner.history.rows) - resumed, time.perf_counter()
     if resumed and runner.verbose:
         print(f"phase {phase.name}: resuming after epoch {resumed}", flush=True)

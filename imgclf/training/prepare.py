@@ -84,7 +84,8 @@ def build_for_training(
             model = build_model(config, len(splits.class_names), splits.train.x)
             # A transfer run's phases, and a rate the range test finds, compile in setup_phase.
             if not config.model.pretrained and tcfg.learning_rate != "auto":
-                compile_model(model, tcfg, steps_per_epoch(len(splits.train), batch_size))
+                steps = steps_per_epoch(len(splits.train), batch_size)
+                compile_model(model, tcfg, steps, None, splits.train.targets)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     return model

@@ -263,7 +263,8 @@ def fit_head_on_features(
             print(f"phase {phase.name}: {feature_cache.describe(cached.train)}", flush=True)
         train = cached.train
         head = head_model(model)
-        compile_model(head, phase.train, steps_per_epoch(len(splits.train), batch_size))
+        steps = steps_per_epoch(len(splits.train), batch_size)
+        compile_model(head, phase.train, steps, None, splits.train.targets)
         train_ds, val_ds = make_training_data(cached, config, batch_size, None)
         callbacks = [epoch_order_callback(train_ds), *callbacks]  # each epoch's shuffled order
         if views:

@@ -258,8 +258,11 @@ def reliability_chart(calibration: dict[str, Any]) -> alt.Chart:
     """The reliability diagram (metrics.json `calibration`): accuracy against mean confidence
     per bin, before and after temperature scaling, points sized by their number of test
     images, over the diagonal of perfect calibration; the tooltip gives each bin's figures."""
-    temperature = calibration["temperature"]
-    names = {"before": "softmax (T = 1)", "after": f"calibrated (T = {temperature:.2f})"}
+    if "temperature" in calibration:
+        t = calibration["temperature"]
+        names = {"before": "softmax (T = 1)", "after": f"calibrated (T = {t:.2f})"}
+    else:  # task: multilabel: every (image, label) pair, one temperature per label
+        names = {"before": "sigmoids as trained", "after": "calibrated (a T per label)"}
     rows = [
         {"curve": names[key], **b, "bin": f"{b['lower']:.2f}-{b['upper']:.2f}"}
         for key in ("before", "after")
@@ -320,3 +323,27 @@ def gradient_profile_chart(profiles: dict[str, Sequence[tuple[str, float]]]) -> 
         )
         .properties(title="gradient norm per layer at initialisation", height=300)
     )
+
+
+def precision_recall_chart(curves: dict[str, dict[str, Sequence[float]]], labels: Sequence[str]):
+    """Per label its test precision-recall curve (metrics.json `multilabel.curves`), one
+    colour per label; `labels` selects which (the legend click highlights one)."""
+    rows = [
+        {"label": name, "recall": r, "precision": p}
+        for name in labels
+        for r, p in zip(curves[name]["recall"], curves[name]["precision"], strict=True)
+    ]
+    pick = alt.selection_point(fields=["label"], bind="legend")
+    unit = alt.Scale(domain=[0, 1])
+    scale = CATEGORICAL if len(labels) <= 10 else MANY_CATEGORIES
+    return (
+        alt.Chart(pd.DataFrame(rows))
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=alt.X("recall:Q", scale=unit), y=alt.Y("precision:Q", scale=unit),
+            color=alt.Color("label:N", scale=scale), tooltip=["label", "recall", "precision"],
+            opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
+        )
+        .add_params(pick)
+        .properties(height=320)
+    )  # fmt: skip

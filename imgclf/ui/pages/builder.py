@@ -24,6 +24,7 @@ from imgclf.ui.text import plain
 LOG = "_builder_log"  # the last additions' outcomes, shown until the next
 USE = "_builder_path"  # the dataset the form below trains on (set by "Use this dataset")
 PENDING = "_builder_pending"  # uploads received and not saved yet (`save_pending`)
+SEVERAL = "builder_several"  # the toggle: a photo may belong to several classes (multi-label)
 
 
 def _builder(name: str) -> DatasetBuilder:
@@ -32,6 +33,7 @@ def _builder(name: str) -> DatasetBuilder:
     cached = st.session_state.get("_builder")
     if cached is None or cached.root != path:
         cached = st.session_state["_builder"] = DatasetBuilder(path)
+    cached.several = bool(st.session_state.get(SEVERAL))
     return cached
 
 
@@ -58,6 +60,7 @@ def _queue(builder: DatasetBuilder, kind: str, source: str, payload: Any, cls: s
             "source": source,
             "cls": cls,
             "payload": payload,
+            "several": builder.several,
             "done": 0,
             "results": [],
         }
@@ -110,7 +113,9 @@ def save_pending(slot: Any) -> None:
         while pending:
             item = pending[0]
             try:
-                for done, total, added in _steps(_builder_at(Path(item["root"])), item):
+                builder = _builder_at(Path(item["root"]))
+                builder.several = bool(item.get("several"))
+                for done, total, added in _steps(builder, item):
                     item["results"].append(added)
                     item["done"] = done
                     bar.progress(done / total, text=f"{plain(item['source'])}: {done} of {total}")
@@ -197,6 +202,12 @@ def render(base: Any) -> None:
             "`$IMGCLF_DATA`, else `datasets/`); the command line trains on it with "
             f"`data.source=folder data.path={builder.root}`."
         )
+        st.toggle(
+            "A photo may belong to several classes (multi-label)", key=SEVERAL,
+            help="Adding a photo already in one class to another files it under both (a hard "
+            "link), instead of skipping it as a duplicate; train it with Task: multilabel.",
+        )  # fmt: skip
+        builder.several = bool(st.session_state.get(SEVERAL))
         c1, c2 = st.columns([3, 1])
         c1.text_input("New class", key="builder_new", placeholder="e.g. cat")
         c2.button("Add class", key="builder_add", on_click=_add_class, args=(builder,))
@@ -230,17 +241,27 @@ def add_from_classify(
     with where.expander(title, expanded=unsure):
         dataset = st.text_input("Dataset", st.session_state.get("builder_name", "my-dataset"),
                                 key=f"{key}-dataset")  # fmt: skip
-        cls = st.text_input("Class (existing or new)", label, key=f"{key}-class")
+        cls = st.text_input("Class (existing or new; several: beach|people)", label,
+                            key=f"{key}-class")  # fmt: skip
         if not st.button("Add", key=f"{key}-add"):
             return
+        classes = [c.strip() for c in cls.split("|") if c.strip()] or [cls]
         try:
-            added = _builder(dataset).add(cls, name, data)
+            builder = _builder(dataset)
+            builder.several = builder.several or len(classes) > 1
+            outcomes = [builder.add(c, name, data) for c in classes]
         except UserError as exc:
             st.error(plain(exc))
             return
-        if added.status == "refused":
-            st.error(f"{plain(name)}: {plain(added.reason)}")
-        elif added.status == "duplicate":
-            st.info(f"Already in the dataset as {plain(added.path)}.")
-        else:
-            st.success(f"Added as {plain(added.path)} in {plain(_builder(dataset).root)}.")
+        for added in outcomes:
+            _say(added, name, dataset)
+
+
+def _say(added: Added, name: str, dataset: str) -> None:
+    """What became of an image added from the Classify page, in one line."""
+    if added.status == "refused":
+        st.error(f"{plain(name)}: {plain(added.reason)}")
+    elif added.status == "duplicate":
+        st.info(f"Already in the dataset as {plain(added.path)}.")
+    else:
+        st.success(f"Added as {plain(added.path)} in {plain(_builder(dataset).root)}.")

@@ -133,6 +133,9 @@ def _row(result: Classified) -> dict[str, object]:
         "label": p.label,
         "probability": round(p.probabilities[0], 4),
     }
+    if p.present is not None:  # multi-label: every label present, with its probability
+        row["labels"] = ", ".join(f"{lab} {prob:.3f}" for lab, prob in p.present)
+        del row["probability"]
     if p.ood_score is not None:
         row["ood_score"] = round(p.ood_score, 2)
         row["unlike_training_data"] = p.ood
@@ -154,6 +157,26 @@ def _ood_badge(p, threshold: float | None, where) -> None:
     )
 
 
+def chip_markdown(present: list[tuple[str, float]]) -> str:
+    """Streamlit markdown of one badge ("chip") per label present, with its probability."""
+    from imgclf.ui.text import plain
+
+    return " ".join(f":blue-badge[{plain(name)} · {prob:.2f}]" for name, prob in present)
+
+
+def _chips(p, predictor, latency_ms: float, where) -> None:
+    """A multi-label answer: a chip per label over its threshold (or none), then the rule."""
+    if p.present:
+        where.markdown(chip_markdown(p.present) + f" · {latency_ms:.1f} ms")
+    else:
+        where.markdown(f"**no label** reaches its threshold · {latency_ms:.1f} ms")
+    where.caption(
+        "Multi-label: every label whose probability reaches its own threshold (chosen on the "
+        "validation split; the Evaluation page lists them). The bars are each label's "
+        "independent probability: they need not sum to 1."
+    )
+
+
 def _show(n: int, result: Classified, original: bytes, predictor, cam_layer, invert: bool) -> None:
     """One classified image: the decoded picture (never the raw upload: a browser cannot show
     TIFF, 16-bit PNG or HEIC, and Streamlit cannot re-encode them), what the model saw (or
@@ -172,16 +195,21 @@ def _show(n: int, result: Classified, original: bytes, predictor, cam_layer, inv
         else:
             seen = result.pixels[..., 0] if result.pixels.shape[-1] == 1 else result.pixels
             mid.image(seen, caption="as the model sees it", width=140)
-        right.markdown(f"**{p.label}** · p = {p.probabilities[0]:.3f} · {result.latency_ms:.1f} ms")
+        if p.present is not None:
+            _chips(p, predictor, result.latency_ms, right)
+        else:
+            right.markdown(
+                f"**{p.label}** · p = {p.probabilities[0]:.3f} · {result.latency_ms:.1f} ms"
+            )
         _ood_badge(p, predictor.ood_threshold, right)
         chart = charts.topk_chart(p.labels, p.probabilities)
         right.altair_chart(chart, width="stretch", key=f"topk-{n}")
-        if p.probabilities[0] < LOW_CONFIDENCE and not p.ood:
+        if p.present is None and p.probabilities[0] < LOW_CONFIDENCE and not p.ood:
             right.warning(
                 f"Low confidence ({p.probabilities[0]:.2f}): the image may not look like the "
                 f"training data" + ("" if invert else ", or need inverting") + "."
             )
-        unsure = bool(p.ood or p.probabilities[0] < LOW_CONFIDENCE)
+        unsure = bool(p.ood or (p.present is None and p.probabilities[0] < LOW_CONFIDENCE))
         # Keyed by the image and its answer, not only its place: the class typed for one image
         # must not stay in the box when another image (or another answer) takes that place.
         ident = hashlib.sha1(original + p.label.encode()).hexdigest()[:10]

@@ -145,6 +145,12 @@ def render(entry: RunEntry, entries: list[RunEntry], root: Path) -> None:
     if not metrics or "test" not in metrics:
         st.warning(f"`{entry.name}` has no test metrics ({runs.METRICS}).")
         return
+    if metrics.get("task") == "multilabel" and "multilabel" in metrics:
+        from imgclf.ui.pages import evaluation_multilabel
+
+        evaluation_multilabel.render(entry.path, metrics, _ood)
+        _data_report(run.data_report or {})
+        return
     _test_metrics(metrics["test"], len(metrics.get("per_class") or {}) or metrics["test"]["k"] + 1)
     tta = metrics.get("test_tta")
     if tta:  # predict.tta: the same test images through the views (imgclf.models.tta)

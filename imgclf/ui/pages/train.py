@@ -105,6 +105,9 @@ def _batch_size(base: Config, built: str | None) -> int:
     return max(1, min(size, int(total * train_share)))
 
 
+TASKS = ["single", "multilabel"]
+
+
 def _train_form(base: Config, built: str | None, root: Path) -> list[str] | None:
     """Render the training form; its fields as config overrides once Start is pressed, else None."""
     with st.form("train_form"):
@@ -125,6 +128,13 @@ def _train_form(base: Config, built: str | None, root: Path) -> list[str] | None
             format="%.5f",
         )  # fmt: skip
         batch = c1.number_input("Batch size", 1, 4096, _batch_size(base, built))
+        several = bool(st.session_state.get("builder_several")) and bool(built)
+        task = c2.selectbox(
+            "Task", TASKS, index=TASKS.index("multilabel" if several else base.task),
+            help="multilabel: any number of labels per image (independent sigmoids, a threshold "
+            "per label); reads multimnist, a CSV of label sets or a folder whose photos are in "
+            "each of their labels' folders",
+        )  # fmt: skip
         find = c3.checkbox(
             "Find the learning rate", auto,
             help="the learning-rate range test picks the rate at the start of every phase "
@@ -146,6 +156,7 @@ def _train_form(base: Config, built: str | None, root: Path) -> list[str] | None
         return None
     overrides = [
         f"name={name}",
+        f"task={task}",
         f"data.source={source}",
         f"model.name={model}",
         f"train.epochs={int(epochs)}",
