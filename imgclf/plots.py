@@ -253,7 +253,8 @@ def plot_reliability(calibration: dict, path: str | Path) -> None:
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
     single = "temperature" in calibration  # else multi-label: one temperature per label
     after = f"T = {calibration['temperature']:.2f}" if single else "a T per label"
-    for key, style, name in (("before", "-o", "as trained"), ("after", "-s", after)):
+    before = "softmax" if single else "as trained"
+    for key, style, name in (("before", "-o", before), ("after", "-s", after)):
         bins = calibration[key]["reliability"]
         ax.plot(
             [b["confidence"] for b in bins],

@@ -8,7 +8,8 @@ negative log-likelihood of label k (a bounded scalar search on log T,
 positive T keeps its order, so each label's ranking (its AP) is unchanged; its threshold is
 chosen afterwards, on the calibrated validation probabilities. A label whose search runs to an
 end of T_RANGE (no finite temperature fits: too few validation positives, or every one already
-right with a margin) keeps T = 1, and the section says which.
+right with a margin), or that has no validation positive (or no negative), keeps T = 1, and the
+section says which.
 
 The figures (test split only):
     ECE        per label: 15 equal-width bins of p_k on [0, 1], sum over bins of
@@ -118,7 +119,10 @@ def calibrate(
     temperatures = np.ones(len(names))
     kept_as_trained = []
     for k, name in enumerate(names):
-        fitted = fit_label_temperature(val_logits[:, k], val_targets[:, k])
+        column = np.asarray(val_targets[:, k])
+        # Only positives or only negatives: any sharper T looks better; nothing to fit.
+        one_class = column.min() == column.max()
+        fitted = None if one_class else fit_label_temperature(val_logits[:, k], column)
         if fitted is None:
             kept_as_trained.append(name)
         else:

@@ -179,15 +179,25 @@ class DatasetBuilder:
 
     def _add_label(self, class_name: str, filename: str, digest: str, data: bytes) -> Added:
         """`several`: an image already saved under another class, filed under `class_name`
-        too, with the first copy's file name (a hard link to it, else a copy of the bytes)."""
+        too, with the first copy's file name: a hard link to it when it is a file inside the
+        dataset that still holds these bytes (the index may be stale, or a class folder a
+        link elsewhere), else a copy of the bytes, written atomically."""
         first = self.root / self._hashes[digest]
         cls = self.add_class(class_name)
         path = self.root / cls / first.name
-        if path.exists():  # another image of that name in this class
-            path = path.with_name(f"{path.stem}-{digest[:8]}{path.suffix}")
+        n = 0
+        while path.exists() or path.is_symlink():  # another image of that name in this class
+            n += 1
+            path = path.with_name(f"{first.stem}-{digest[:8]}{'-' + str(n) if n > 1 else ''}"
+                                  f"{first.suffix}")  # fmt: skip
         try:
-            os.link(first, path)
-        except OSError:  # no hard links here (another disk, FAT): the bytes, atomically
+            real = first.resolve(strict=True)
+            same = real.is_relative_to(self.root.resolve()) and real.is_file()
+            same = same and hashlib.sha256(real.read_bytes()).hexdigest() == digest
+            if not same:
+                raise FileNotFoundError(first)  # write the bytes instead
+            os.link(real, path)
+        except OSError:  # no link here (another disk, FAT, a changed first copy): the bytes
             try:
                 write_bytes(path, data)
             except OSError as exc:

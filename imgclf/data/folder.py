@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from imgclf.data.one_hot import one_hot_rows
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Pool, class_name, kept_classes
 from imgclf.data.roots import OUTSIDE, ROOTS_ENV, inside, named_roots
 from imgclf.data.store import FileStore
@@ -152,15 +153,13 @@ def read_csv_text(path: Path) -> str:
         raise DataError(f"data.path: {path} is not a readable UTF-8 CSV file ({exc})") from None
 
 
-def list_csv(
-    path: Path, text: str | None = None
-) -> tuple[list[Entry], list[dict[str, str]], bool, Path]:
+def list_csv(path: Path) -> tuple[list[Entry], list[dict[str, str]], bool, Path]:
     """(entries, skipped rows, has a split column, the folder paths are relative to) of a CSV
-    with a header naming `path`, `label` and optionally `split` (train, val/valid or test);
-    `text`: the CSV's rows already read (and rewritten, e.g. from one-hot columns) instead of
-    `path`'s. Raises DataError for a missing file, a missing or unknown column, or no usable
-    row."""
-    text = read_csv_text(path) if text is None else text
+    with a header naming `path`, `label` and optionally `split` (train, val/valid or test), or
+    `path`, one column per label and optionally `split` (`one_hot.one_hot_rows`). Raises
+    DataError for a missing file, a missing or unknown column, or no usable row."""
+    text = read_csv_text(path)
+    text = one_hot_rows(text) or text  # one column per label: rows of label sets
     # newline="": quoted fields may hold line breaks; line_num counts physical lines.
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = [c.strip().lower() for c in reader.fieldnames or []]
@@ -307,7 +306,7 @@ def load_folder(cfg: DataConfig) -> Pool:
     return pool
 
 
-def load_csv(cfg: DataConfig, text: str | None = None) -> Pool:
+def load_csv(cfg: DataConfig) -> Pool:
     """Every readable image a CSV lists (`path,label[,split]`; paths relative to the CSV's
     folder), at `cfg.image_size` and `cfg.channels`. Rows naming a missing file, an empty path
     or label, or an unknown split are skipped, each reported with its line number.
@@ -318,7 +317,7 @@ def load_csv(cfg: DataConfig, text: str | None = None) -> Pool:
     """
     path = Path(cfg.path or "")
     confined(path, [], [])  # a list outside the allowed roots is not even read
-    entries, bad_rows, has_split, root = list_csv(path, text)
+    entries, bad_rows, has_split, root = list_csv(path)
     entries = confined(path, entries, bad_rows, root)
     if len({label for _, label, _ in entries}) < 2:
         raise DataError(

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgclf.data.one_hot import SEPARATOR
 from imgclf.data.pool import TEST, TRAIN, UNASSIGNED, VAL, Split, Splits, conform, take
 from imgclf.infra.errors import DataError
 
 if TYPE_CHECKING:
     from imgclf.schema import Config
 
-SEPARATOR = "|"
 MULTIMNIST_SIZE = 5000
 MULTIMNIST_SEED = 20111  # the set's own seed: the same 5,000 pictures for every run
 PAIR_SHARE = 2 / 3  # pictures with two digits; the rest have one
@@ -82,18 +82,23 @@ def iterative_split(
     targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, val, test) positions by iterative stratification (see the module docstring)."""
+    rest, test = stratified_cut(targets, np.arange(len(targets)), test_fraction, seed, 1)
+    train, val = stratified_cut(targets, rest, val_fraction / (1 - test_fraction), seed, 2)
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def stratified_cut(
+    targets: np.ndarray, rows: np.ndarray, fraction: float, seed: int, salt: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, taken): `fraction` of `rows` taken by iterative stratification on their
+    `targets` rows (iterstrat's MultilabelStratifiedShuffleSplit, seeded by `seed` and `salt`)."""
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
-    def cut(rows: np.ndarray, fraction: float, salt: int) -> tuple[np.ndarray, np.ndarray]:
-        splitter = MultilabelStratifiedShuffleSplit(
-            n_splits=1, test_size=fraction, random_state=seed * 7919 + salt
-        )
-        keep, taken = next(splitter.split(np.zeros(len(rows)), targets[rows]))
-        return rows[keep], rows[taken]
-
-    rest, test = cut(np.arange(len(targets)), test_fraction, 1)
-    train, val = cut(rest, val_fraction / (1 - test_fraction), 2)
-    return np.sort(train), np.sort(val), np.sort(test)
+    splitter = MultilabelStratifiedShuffleSplit(
+        n_splits=1, test_size=fraction, random_state=seed * 7919 + salt
+    )
+    keep, taken = next(splitter.split(np.zeros(len(rows)), targets[rows]))
+    return rows[keep], rows[taken]
 
 
 def _split(x: Any, targets: np.ndarray, idx: np.ndarray, files: list[str] | None) -> Split:
@@ -137,13 +142,11 @@ SPLITS = ("train", "val", "test")
 
 def _csv_splits(config: Config) -> tuple[dict[str, Split], list[str], dict[str, Any]]:
     """A CSV's rows with their label sets: the images through the CSV source's own reader (and
-    its decoded cache); one-hot columns are read as label sets first (`one_hot_rows`)."""
-    from pathlib import Path
-
-    from imgclf.data.folder import load_csv, read_csv_text
+    its decoded cache); one-hot columns are read as label sets (`one_hot.one_hot_rows`)."""
+    from imgclf.data.folder import load_csv
 
     cfg = config.data
-    pool = load_csv(cfg, one_hot_rows(read_csv_text(Path(cfg.path or ""))))
+    pool = load_csv(cfg)  # one-hot columns too (`one_hot`), after the data-roots check
     names, hot = label_sets(pool.class_names)  # each "class" of the CSV is a label set
     readable = np.arange(len(pool.labels))
     if pool.failed is not None:
@@ -153,48 +156,6 @@ def _csv_splits(config: Config) -> tuple[dict[str, Split], list[str], dict[str, 
 
 def _extra(pool: Any) -> dict[str, Any]:
     return {"skipped": pool.skipped, "ignored": pool.ignored}
-
-
-def one_hot_rows(text: str) -> str | None:
-    """A CSV of one-hot columns (`path,beach,people[,split]`, 1/0 per label) rewritten as
-    `path,label,split` rows with the labels joined by SEPARATOR; None for a CSV that has a
-    `label` column (read as it is). A row with no label set keeps an empty label (the list
-    reader skips it with its line). Raises DataError on a value that is not 1/0."""
-    import csv
-    import io
-
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    header = [c.strip().lower() for c in rows[0]] if rows else []
-    if "label" in header or "path" not in header:
-        return None
-    labels = [i for i, c in enumerate(header) if c not in ("path", "split")]
-    if len(labels) < 2:
-        return None  # the reader's own error names what is missing
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["path", "label", "split"])
-    path_at, split_at = header.index("path"), header.index("split") if "split" in header else -1
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        cells = row + [""] * (len(header) - len(row))
-        on = []
-        for i in labels:
-            value = cells[i].strip().lower()
-            if value not in ONE_HOT:
-                raise DataError(
-                    f"line {line}: column {rows[0][i].strip()!r} holds {cells[i]!r}; one-hot "
-                    "label columns hold 1 or 0 (true/false, yes/no, blank for 0)"
-                )
-            if ONE_HOT[value]:
-                on.append(rows[0][i].strip())
-        split = cells[split_at] if split_at >= 0 else ""
-        writer.writerow([cells[path_at], SEPARATOR.join(on), split, *row[len(header) :]])
-    return out.getvalue()
-
-
-ONE_HOT = {"1": True, "0": False, "": False, "true": True, "false": False, "yes": True,
-           "no": False, "1.0": True, "0.0": False}  # fmt: skip
 
 
 def _folder_splits(config: Config) -> tuple[dict[str, Split], list[str], dict[str, Any]]:
@@ -235,6 +196,9 @@ def _pool_splits(config: Config, pool: Any, targets: np.ndarray, readable: np.nd
     cfg = config.data
     if pool.assigned is not None and (pool.assigned[readable] != UNASSIGNED).all():
         parts = tuple(readable[pool.assigned[readable] == code] for code in (TRAIN, VAL, TEST))
+        if not len(parts[1]):  # train/ and test/ only: validation comes out of train
+            keep, val = stratified_cut(targets, parts[0], cfg.val_fraction, config.seed, 2)
+            parts = (np.sort(keep), np.sort(val), parts[2])
     else:
         rows = iterative_split(targets[readable], cfg.val_fraction, cfg.test_fraction, config.seed)
         parts = tuple(readable[r] for r in rows)

@@ -25,7 +25,6 @@ split, test metrics from scikit-learn, and the run's artifacts.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from imgclf import runs
 from imgclf.forward import inference_batch_size
+from imgclf.training.multilabel_report import card, summary_line
 
 if TYPE_CHECKING:
     import keras
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
     from imgclf.schema import Config
 
 WORST_PER_LABEL = 3
+MIN_SET_IMAGES = 5  # a label combination with fewer training images has no OOD centre of its own
+MAX_SET_CENTRES = 64  # at most this many combinations get one (the most frequent)
+MAX_NAMED = 3  # labels named in a sample's file name (then `+N-more`)
 CURVE_POINTS = 60  # per label, on the test precision-recall curve (the app draws them)
 
 
@@ -104,12 +107,25 @@ def multilabel_metrics(
 
 
 def label_set_codes(targets: np.ndarray) -> tuple[np.ndarray, int]:
-    """(int64 [N]: each image's label set as a code, the number of distinct sets): the
-    "classes" of the OOD detector's mixture, one Gaussian per label combination seen in
-    training (an image with `3` and `7` is neither a typical 3 nor a typical 7)."""
-    _, codes = np.unique(np.asarray(targets) > 0, axis=0, return_inverse=True)
-    codes = np.asarray(codes, np.int64).ravel()
-    return codes, int(codes.max()) + 1 if len(codes) else 0
+    """(int64 [N]: each image's group, the number of groups): the "classes" of the OOD
+    detector's mixture. An image with `3` and `7` is neither a typical 3 nor a typical 7, so a
+    label combination seen at least MIN_SET_IMAGES times is a group of its own (the
+    MAX_SET_CENTRES most frequent); any other image joins the group of its first label, so a
+    long tail of rare combinations cannot make thousands of one-image centres."""
+    _, inverse, counts = np.unique(
+        np.asarray(targets) > 0, axis=0, return_inverse=True, return_counts=True
+    )
+    inverse = np.asarray(inverse, np.int64).ravel()
+    frequent = [s for s in np.argsort(-counts, kind="stable") if counts[s] >= MIN_SET_IMAGES]
+    own = {int(s): n for n, s in enumerate(frequent[:MAX_SET_CENTRES])}
+    first = np.argmax(np.asarray(targets), axis=1)
+    keys = [
+        ("set", own[int(s)]) if int(s) in own else ("first", int(f))
+        for s, f in zip(inverse, first, strict=True)
+    ]
+    index = {key: n for n, key in enumerate(dict.fromkeys(keys))}
+    codes = np.array([index[key] for key in keys], np.int64)
+    return codes, len(index)
 
 
 def confidence_step(
@@ -203,7 +219,9 @@ def save_samples(run_dir: Path, splits: Splits) -> None:
     folder.mkdir(exist_ok=True)
     safe = safe_names(splits.class_names)
     for n, i in enumerate(order):
-        labels = "+".join(safe[splits.class_names[k]] for k in np.flatnonzero(test.targets[i]))
+        present = [safe[splits.class_names[k]] for k in np.flatnonzero(test.targets[i])]
+        labels = "+".join(present[:MAX_NAMED])[:120]  # a file name has its limits
+        labels += f"+{len(present) - MAX_NAMED}-more" if len(present) > MAX_NAMED else ""
         runs.write_bytes(folder / f"test{n:02d}_true-{labels}.png", png_bytes(test.x[i]))
 
 
@@ -236,15 +254,17 @@ def finish_multilabel(
         figures["worst_per_label"] = _worst(
             test_probs, targets, test.positions, splits.test, names, run_dir
         )
-        validation = multilabel_metrics(val_probs, val_targets, cuts, names)
+        # No readable validation image (data.cache none found them all broken): 0.5 cuts.
+        validation = multilabel_metrics(val_probs, val_targets, cuts, names) if len(val) else None
         save_samples(run_dir, splits)
     metrics = {
         "task": "multilabel",
         "test": {"accuracy": figures["at_thresholds"]["subset_accuracy"],
                  "loss": figures["loss"], "n": figures["n"]},
-        "validation": {"images": len(val), "map_macro": validation["map_macro"],
-                       "accuracy": validation["at_thresholds"]["subset_accuracy"],
-                       "loss": validation["loss"]},
+        "validation": validation and {
+            "images": len(val), "map_macro": validation["map_macro"],
+            "accuracy": validation["at_thresholds"]["subset_accuracy"],
+            "loss": validation["loss"]},
         "multilabel": figures, "labels": names, "counts": splits.report["totals"],
         **(extra or {}), "calibration": confidence.calibration, "ood": confidence.ood,
     }  # fmt: skip
@@ -277,7 +297,7 @@ def _write_run(
     metrics["resources"] = meter.report()
     runs.write_json(run_dir / runs.METRICS, metrics)
     (run_dir / runs.PROGRESS).unlink(missing_ok=True)
-    runs.write_text(run_dir / runs.MODEL_CARD, _card(config, splits, metrics))
+    runs.write_text(run_dir / runs.MODEL_CARD, card(config, splits, metrics))
     finish_tracking(run_dir, config)
     runs.write_manifest(run_dir)
     runs.set_state(run_dir, runs.COMPLETE)
@@ -299,78 +319,3 @@ def _export(run_dir: Path) -> None:
         export_run(run_dir)
     except ExportError as exc:
         print(f"export: SavedModel withheld: {exc}", file=sys.stderr, flush=True)
-
-
-def summary_line(metrics: dict[str, Any]) -> str:
-    """The test figures in one line, then the calibration and OOD line when there is one."""
-    m = metrics["multilabel"]
-    line = (
-        f"test: mAP {m['map_macro']:.4f} (micro {m['map_micro']:.4f}), subset accuracy "
-        f"{m['at_thresholds']['subset_accuracy']:.4f}, Hamming loss "
-        f"{m['at_thresholds']['hamming_loss']:.4f} at per-label thresholds "
-        f"({m['at_0.5']['subset_accuracy']:.4f} / {m['at_0.5']['hamming_loss']:.4f} at 0.5; "
-        f"{m['n']} images)"
-    )
-    parts = []
-    cal, ood = metrics.get("calibration") or {}, metrics.get("ood") or {}
-    if "after" in cal:
-        parts.append(
-            f"calibration: a temperature per label, test ECE {cal['before']['ece']:.4f} → "
-            f"{cal['after']['ece']:.4f} (every image-label pair)"
-        )
-    if "threshold" in ood:
-        parts.append(
-            f"OOD threshold {ood['threshold']:.2f} (false alarms: "
-            f"{ood['test_false_alarm_rate']:.1%} of test images)"
-        )
-    for name, section in (("calibration", cal), ("OOD", ood)):
-        if "skipped" in section:
-            parts.append(f"{name} skipped: {section['skipped']}")
-    return line + ("\n" + "; ".join(parts) if parts else "")
-
-
-def _card(config: Config, splits: Splits, metrics: dict[str, Any]) -> str:
-    m = metrics["multilabel"]
-    rows = "\n".join(
-        f"| {name} | {v['threshold']:.3f} | {v['precision']:.3f} | {v['recall']:.3f} | "
-        f"{v['f1']:.3f} | {v['ap'] if v['ap'] is None else round(v['ap'], 3)} | {v['support']} |"
-        for name, v in m["per_label"].items()
-    )
-    return f"""# Model card: {config.name}
-
-A multi-label classifier (`task: multilabel`): `{config.model.name}` on `{config.data.source}`,
-{len(splits.class_names)} labels, independent sigmoid outputs trained with binary cross-entropy.
-Written {time.strftime("%Y-%m-%d %H:%M")}.
-
-## How it decides
-Each label has its own threshold, chosen on the validation split to maximise that label's F1;
-an image gets every label whose probability reaches its threshold (possibly none, possibly
-all). {_card_confidence(metrics)}
-
-## Test figures ({m["n"]} images)
-{summary_line(metrics)}
-
-| label | threshold | precision | recall | F1 | AP | support |
-|---|---|---|---|---|---|---|
-{rows}
-"""
-
-
-def _card_confidence(metrics: dict[str, Any]) -> str:
-    cal, ood = metrics.get("calibration") or {}, metrics.get("ood") or {}
-    if "after" in cal:
-        text = (
-            "The probabilities are calibrated: each label's logit is divided by its own "
-            "temperature, fitted on the validation split (test ECE over every image-label pair "
-            f"{cal['before']['ece']:.4f} before, {cal['after']['ece']:.4f} after); the "
-            "thresholds were chosen on the calibrated probabilities."
-        )
-    else:
-        text = "The probabilities are not calibrated (train.calibrate, or too few images)."
-    if "threshold" in ood:
-        text += (
-            " An image whose features lie far from every label combination seen in training "
-            f"(Mahalanobis score above {ood['threshold']:.2f}) is flagged out-of-distribution: "
-            "its labels should not be trusted."
-        )
-    return text

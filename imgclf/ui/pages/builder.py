@@ -231,7 +231,7 @@ def render(base: Any) -> None:
 
 
 def add_from_classify(
-    where: Any, key: str, name: str, data: bytes, label: str, unsure: bool
+    where: Any, key: str, name: str, data: bytes, label: str, unsure: bool, several: bool = False
 ) -> None:
     """On the Classify page, under each image: add it to a builder dataset under a class the
     user types (the predicted `label` is only the starting text), so the dataset grows where
@@ -241,14 +241,15 @@ def add_from_classify(
     with where.expander(title, expanded=unsure):
         dataset = st.text_input("Dataset", st.session_state.get("builder_name", "my-dataset"),
                                 key=f"{key}-dataset")  # fmt: skip
-        cls = st.text_input("Class (existing or new; several: beach|people)", label,
-                            key=f"{key}-class")  # fmt: skip
+        hint = "Classes, separated by | (beach|people)" if several else "Class (existing or new)"
+        cls = st.text_input(hint, label, key=f"{key}-class")
         if not st.button("Add", key=f"{key}-add"):
             return
-        classes = [c.strip() for c in cls.split("|") if c.strip()] or [cls]
+        # A multi-label model's answer names several classes: the image goes to each.
+        classes = [c.strip() for c in cls.split("|") if c.strip()] if several else [cls]
         try:
             builder = _builder(dataset)
-            builder.several = builder.several or len(classes) > 1
+            builder.several = builder.several or several
             outcomes = [builder.add(c, name, data) for c in classes]
         except UserError as exc:
             st.error(plain(exc))

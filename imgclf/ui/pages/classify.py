@@ -213,8 +213,10 @@ def _show(n: int, result: Classified, original: bytes, predictor, cam_layer, inv
         # Keyed by the image and its answer, not only its place: the class typed for one image
         # must not stay in the box when another image (or another answer) takes that place.
         ident = hashlib.sha1(original + p.label.encode()).hexdigest()[:10]
+        several = p.present is not None  # multi-label: the labels present, joined by |
+        typed = "|".join(name for name, _ in p.present) if several else p.label
         builder_view.add_from_classify(
-            right, f"grow-{n}-{ident}", p.source, original, p.label, unsure
+            right, f"grow-{n}-{ident}", p.source, original, typed, unsure, several
         )
 
 

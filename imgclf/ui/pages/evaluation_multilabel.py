@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from imgclf.ui import charts
+from imgclf.ui.text import plain
 
 
 def _headline(m: dict[str, Any]) -> None:
@@ -87,7 +88,7 @@ def _calibration(cal: dict[str, Any] | None) -> None:
     left.caption(
         f"One temperature per label, fitted on {cal['n_val']} validation images; ECE and NLL "
         f"over every image-label pair of {cal['n_test']} test images ({cal['binning']})."
-        + (f" Kept as trained (no finite T fits): {', '.join(kept)}." if kept else "")
+        + (f" Kept as trained (no finite T fits): {plain(', '.join(kept))}." if kept else "")
     )
     right.altair_chart(charts.reliability_chart(cal), key="reliability")
 
@@ -102,12 +103,13 @@ def _worst(run_path: Path, worst: dict[str, list[dict[str, Any]]]) -> None:
     inside = run_path.resolve()
     for n, item in enumerate(worst[label]):
         truth = "has it" if item["true"] else "does not have it"
-        caption = f"{truth}; p({label}) = {item['probability']:.2f}"
+        caption = f"{truth}; p({plain(label)}) = {item['probability']:.2f}"
         image = (run_path / str(item.get("image") or "")).resolve()
         if item.get("image") and image.is_relative_to(inside) and image.is_file():
             cols[n % 5].image(str(image), caption=caption, width=120)
         else:
-            cols[n % 5].write(f"{item.get('file') or '#' + str(item['index'])}: {caption}")
+            name = plain(item.get("file") or "#" + str(item["index"]))
+            cols[n % 5].write(f"{name}: {caption}")
 
 
 def render(run_path: Path, metrics: dict[str, Any], ood_view: Any) -> None:
