@@ -200,6 +200,10 @@ def test_a_multilabel_run_decides_on_validation_and_names_both_labels(
     (record,) = json.loads(capsys.readouterr().out)
     assert sorted(entry["label"] for entry in record["labels"]) == ["left", "right"]
     assert "ood" in record
+    from imgclf.export.cli import main as export_main
+
+    assert export_main([str(run), "--format", "mediapipe"]) == 2  # a top-k is no label set
+    assert "no MediaPipe or web export" in capsys.readouterr().err
 
 
 def test_the_app_shows_every_label_of_a_two_label_image(ml_run, monkeypatch, tmp_path) -> None:

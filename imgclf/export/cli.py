@@ -137,6 +137,24 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _refuse_multilabel(run_dir: Path, formats: tuple[str, ...]) -> None:
+    """UserError for a MediaPipe or web export of a `task: multilabel` run: MediaPipe's image
+    classifier answers a top-k of one softmax, not a set of labels over their thresholds."""
+    metrics = run_dir / runs.METRICS
+    if not ({"mediapipe", "web"} & set(formats)) or not metrics.is_file():
+        return
+    try:
+        multilabel = runs.read_json(metrics).get("task") == "multilabel"
+    except (OSError, ValueError):
+        return  # the export's own checks name an unreadable run
+    if multilabel:
+        raise UserError(
+            "a multi-label run has no MediaPipe or web export (MediaPipe's classifier answers a "
+            "top-k, not labels over their thresholds); export --format saved_model, tflite or "
+            "onnx, which answer every label's probability (thresholds: metrics.json)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m imgclf.export RUN_DIR [--format saved_model|tflite|onnx|all ...]
     [--quantize int8] [--out DIR | --serving-dir DIR]`; returns the exit code (0, 1 for an
@@ -156,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--quantize int8 applies to --format tflite or mediapipe (or all)")
         if args.quantize and "web" in formats:
             raise UserError("--format web runs the float MediaPipe file: leave out --quantize")
+        _refuse_multilabel(run_dir, formats)
         if "onnx" in formats:
             require_onnx()  # before minutes of other exports, not after
         if "mediapipe" in formats or "web" in formats:
