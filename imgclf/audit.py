@@ -31,6 +31,7 @@ import numpy as np
 
 from imgclf.config import load_config
 from imgclf.data import duplicates, near_duplicates, review, suspects
+from imgclf.data.multilabel import label_sets
 from imgclf.data.split import load_pool, minimum_per_class, similar_names
 from imgclf.infra.arguments import ArgumentParser
 from imgclf.infra.bounded import clip
@@ -48,8 +49,8 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
     groups = duplicates.exact_groups(pool)
     several = []
     if config.task == "multilabel":  # one photo under several label folders is its label set
-        several = [g for g in groups if len(set(pool.labels[g].tolist())) > 1]
-        groups = [g for g in groups if len(set(pool.labels[g].tolist())) == 1]
+        several = [g for g in groups if _label_set(pool, g)]
+        groups = [g for g in groups if not _label_set(pool, g)]
     found = duplicates.resolve(pool, groups, cfg.duplicates, cfg.conflicting_labels)
     found.pop("left_out")
     if config.task == "multilabel":
@@ -66,15 +67,19 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
             "skipped": "confident learning assumes one label per image (task=multilabel)",
         }
     usable = ~pool.failed if pool.failed is not None else np.ones(len(pool.labels), bool)
-    counts = np.bincount(pool.labels[usable], minlength=len(pool.class_names))
+    names = pool.class_names
+    counts = np.bincount(pool.labels[usable], minlength=len(names))
+    if config.task == "multilabel":  # images per label, not per label set (a|b)
+        names, hot = label_sets(pool.class_names)
+        counts = hot[pool.labels[usable]].sum(0).astype(int)
     need = minimum_per_class(cfg.val_fraction, cfg.test_fraction)
-    small = [name for name, n in zip(pool.class_names, counts, strict=True) if n < need]
+    small = [name for name, n in zip(names, counts, strict=True) if n < need]
     unreadable = [s for s in pool.skipped if not _is_duplicate(s["reason"])]
     return {
         "source": cfg.source,
         "path": cfg.path,
         "images": len(pool.labels),
-        "classes": {name: int(n) for name, n in zip(pool.class_names, counts, strict=True)},
+        "classes": {name: int(n) for name, n in zip(names, counts, strict=True)},
         "too_small": {"classes": small, "need": need},
         "unreadable": unreadable,
         "ignored": pool.ignored,
@@ -83,6 +88,15 @@ def audit(overrides: list[str], config_path: str | None = None) -> dict[str, Any
         **per_image,
         "similar_class_names": similar_names(pool.class_names),
     }
+
+
+def _label_set(pool: Any, group: np.ndarray) -> bool:
+    """True when a group of byte-identical files is one multi-label photo: each copy under
+    another label, all in one part of the source's own split. Copies under one label, or in
+    two of train/val/test, stay findings (duplicates, leakage)."""
+    labels = pool.labels[group].tolist()
+    one_part = pool.assigned is None or len(set(pool.assigned[group].tolist())) == 1
+    return len(set(labels)) == len(labels) and one_part
 
 
 def _is_duplicate(reason: str) -> bool:

@@ -200,6 +200,7 @@ def test_a_multilabel_run_decides_on_validation_and_names_both_labels(
     (record,) = json.loads(capsys.readouterr().out)
     assert sorted(entry["label"] for entry in record["labels"]) == ["left", "right"]
     assert "ood" in record
+    _deployed_savedmodel_decides_alike(run, predictor, tmp_path, both)
     from imgclf.export.cli import main as export_main
 
     assert export_main([str(run), "--format", "mediapipe"]) == 2  # a top-k is no label set
@@ -236,6 +237,20 @@ def test_the_app_shows_every_label_of_a_two_label_image(ml_run, monkeypatch, tmp
     assert ":blue-badge[left" in chips and ":blue-badge[right" in chips
     row = at.dataframe[0].value.iloc[0]
     assert row["label"] in ("left|right", "right|left")
+
+
+def _deployed_savedmodel_decides_alike(run: Path, predictor, tmp_path: Path, both: Path) -> None:
+    """saved_model/ copied away from its run keeps the thresholds (thresholds.json): a
+    Predictor on it names the same label set as the run's."""
+    import shutil
+
+    deployed = tmp_path / "deploy" / "saved_model"
+    shutil.copytree(run / runs.SAVED_MODEL, deployed)
+    alone = Predictor.from_path(deployed)
+    np.testing.assert_allclose(alone.thresholds, predictor.thresholds)
+    (mine,) = predictor.predict_files([both])[0]
+    (theirs,) = alone.predict_files([both])[0]
+    assert sorted(mine.label.split("|")) == sorted(theirs.label.split("|")) == ["left", "right"]
 
 
 def _every_export_agrees(run: Path, predictor: Predictor, images: np.ndarray) -> None:

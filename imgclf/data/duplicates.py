@@ -135,7 +135,8 @@ def describe(found: dict[str, Any] | None, prefix: str) -> str:
         fate = "left out" if found["policy"]["conflicting_labels"] == "drop" else "kept"
         text += (
             f"{prefix}Conflicting labels: {found['conflicting_groups']} of those image(s) filed "
-            f"under two or more classes, every copy {fate} (data.conflicting_labels)"
+            f"under two or more classes, every copy {fate} (data.conflicting_labels; photos "
+            "with several labels: task=multilabel)"
         )
     if found.get("leaked_across_splits"):
         text += (

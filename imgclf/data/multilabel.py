@@ -127,7 +127,7 @@ def load_multilabel(config: Config) -> Splits:
     report = {
         "source": cfg.source, "path": cfg.path, "image_size": list(cfg.image_size),
         "channels": cfg.channels, "classes": names, "seed": config.seed, "task": "multilabel",
-        "split": "iterative stratification (Sechidis et al. 2011)",
+        "split": SPLIT_METHOD,
         "totals": {n: len(s) for n, s in splits.items()},
         "counts": {n: dict(zip(names, s.targets.sum(0).astype(int).tolist(), strict=True))
                    for n, s in splits.items()},
@@ -138,65 +138,88 @@ def load_multilabel(config: Config) -> Splits:
 
 
 SPLITS = ("train", "val", "test")
+SPLIT_METHOD = "iterative stratification (Sechidis et al. 2011)"
 
 
 def _csv_splits(config: Config) -> tuple[dict[str, Split], list[str], dict[str, Any]]:
     """A CSV's rows with their label sets: the images through the CSV source's own reader (and
-    its decoded cache); one-hot columns are read as label sets (`one_hot.one_hot_rows`)."""
+    its decoded cache); one-hot columns are read as label sets (`one_hot.one_hot_rows`);
+    byte-identical files are one image with the union of their rows' labels (`_merge_copies`)."""
     from imgclf.data.folder import load_csv
 
-    cfg = config.data
-    pool = load_csv(cfg)  # one-hot columns too (`one_hot`), after the data-roots check
+    pool = load_csv(config.data)  # one-hot columns too (`one_hot`), after the data-roots check
     names, hot = label_sets(pool.class_names)  # each "class" of the CSV is a label set
-    readable = np.arange(len(pool.labels))
-    if pool.failed is not None:
-        readable = readable[~pool.failed]
-    return _pool_splits(config, pool, hot[pool.labels], readable), names, _extra(pool)
-
-
-def _extra(pool: Any) -> dict[str, Any]:
-    return {"skipped": pool.skipped, "ignored": pool.ignored}
+    targets, readable, merged = _merge_copies(pool, hot[pool.labels])
+    splits, how = _pool_splits(config, pool, targets, readable)
+    extra = {"skipped": pool.skipped, "ignored": pool.ignored, "several_labels": merged}
+    return splits, names, {**extra, "split": how}
 
 
 def _folder_splits(config: Config) -> tuple[dict[str, Split], list[str], dict[str, Any]]:
     """One sub-folder per label: byte-identical files under several label folders are one
-    image with all of their labels (the first copy, in listing order, is read)."""
-    from imgclf.data.duplicates import exact_groups
+    image with all of their labels (`_merge_copies`)."""
     from imgclf.data.folder import load_folder
 
     pool = load_folder(config.data)
-    n, names = len(pool.labels), pool.class_names
+    bad = [name for name in pool.class_names if SEPARATOR in name]
+    if bad:
+        raise DataError(
+            f"label folder {bad[0]!r} holds {SEPARATOR!r}, which joins the labels of an image "
+            "in every answer; rename the folder"
+        )
+    one_hot = np.eye(len(pool.class_names), dtype=np.float32)[pool.labels]
+    targets, readable, merged = _merge_copies(pool, one_hot)
+    splits, how = _pool_splits(config, pool, targets, readable)
+    extra = {"skipped": pool.skipped, "ignored": pool.ignored, "several_labels": merged}
+    return splits, pool.class_names, {**extra, "split": how}
+
+
+def _merge_copies(pool: Any, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(targets with each group of byte-identical files' labels joined on its first file, the
+    readable first files, the report's `several_labels`): the same photo under several label
+    folders (or CSV rows) is one image with all their labels, read once, so no copy of it can
+    sit in training and test at once. Raises DataError when the source's own split puts
+    copies in two parts."""
+    from imgclf.data.duplicates import METHOD, exact_groups
+
+    n = len(targets)
     first = np.arange(n)
     for group in exact_groups(pool):
         first[group] = group[0]
         if pool.assigned is not None and len(set(pool.assigned[group].tolist())) > 1:
             files = ", ".join(pool.files[i] for i in group[:3])
             raise DataError(
-                f"the same image is in two of train/, val/ and test/ ({files}): its copies "
-                "must be in one part, or the test figures read what training saw; move them"
+                f"the same image is in two of the train, val and test parts ({files}): its "
+                "copies must be in one part, or the test figures read what training saw; move "
+                "or remove one"
             )
-    targets = np.zeros((n, len(names)), np.float32)
-    targets[first, pool.labels] = 1  # every copy's folder is a label of its first copy
+    joined = np.zeros_like(targets)
+    np.maximum.at(joined, first, targets)  # every copy's labels are its first copy's
     readable = np.flatnonzero(first == np.arange(n))
     if pool.failed is not None:
         readable = readable[~pool.failed[readable]]
-    extra = _extra(pool)
-    extra["several_labels"] = {
-        "method": "byte-identical files (SHA-256) under several label folders",
-        "images": int((targets[readable].sum(1) > 1).sum()),
+    report = {
+        "method": f"byte-identical files are one image with all their labels ({METHOD})",
+        "images": int((joined[readable].sum(1) > 1).sum()),
         "files_merged": int(n - len(np.unique(first))),
     }
-    return _pool_splits(config, pool, targets, readable), names, extra
+    return joined, readable, report
 
 
-def _pool_splits(config: Config, pool: Any, targets: np.ndarray, readable: np.ndarray) -> dict:
-    """The pool's `readable` images with their multi-hot `targets` (rows by pool index) as
-    train, val and test: the source's own split when every image has one, else iterative
-    stratification."""
+def _pool_splits(
+    config: Config, pool: Any, targets: np.ndarray, readable: np.ndarray
+) -> tuple[dict[str, Split], str]:
+    """(the pool's `readable` images with their multi-hot `targets` (rows by pool index) as
+    train, val and test, how they were split): the source's own split when every image has
+    one (validation stratified out of train when it has none), else iterative stratification."""
+    how = SPLIT_METHOD
     cfg = config.data
     if pool.assigned is not None and (pool.assigned[readable] != UNASSIGNED).all():
         parts = tuple(readable[pool.assigned[readable] == code] for code in (TRAIN, VAL, TEST))
-        if not len(parts[1]):  # train/ and test/ only: validation comes out of train
+        how = "the source's own split"
+        if not len(parts[1]):
+            # train/ and test/ only: validation comes out of train
+            how += ", validation from its training part by " + SPLIT_METHOD
             keep, val = stratified_cut(targets, parts[0], cfg.val_fraction, config.seed, 2)
             parts = (np.sort(keep), np.sort(val), parts[2])
     else:
@@ -206,12 +229,19 @@ def _pool_splits(config: Config, pool: Any, targets: np.ndarray, readable: np.nd
     for name, idx in zip(SPLITS, parts, strict=True):
         taken = take(pool, idx, cfg)
         splits[name] = Split(taken.x, np.argmax(targets[idx], 1), taken.files, targets[idx])
-    return splits
+    return splits, how
 
 
 def _check_every_label(splits: dict[str, Split], names: list[str]) -> None:
     if len(names) < 2:
         raise DataError(f"task=multilabel: found {len(names)} label(s); need at least 2")
+    total = sum(split.targets.sum(0) for split in splits.values())
+    for k in np.flatnonzero(total < len(splits)):
+        raise DataError(
+            f"task=multilabel: label {names[k]!r} has {int(total[k])} image(s); every label "
+            f"needs at least {len(splits)} (one in each of train, val and test): add images of "
+            "it or remove it"
+        )
     for split_name, split in splits.items():
         missing = [names[k] for k in np.flatnonzero(split.targets.sum(0) == 0)]
         if missing:

@@ -45,6 +45,13 @@ def _split_keeping_copies(pool: Pool, config: Config) -> tuple[list[np.ndarray],
     found = duplicates.resolve(pool, groups, cfg.duplicates, cfg.conflicting_labels)
     ids = duplicates.group_ids(len(pool.labels), groups)
     ids[found.pop("left_out")] = -1  # known before the split: they must not take a place in it
+    if found["conflicting_groups"] and len(np.unique(pool.labels[ids >= 0])) < 2:
+        raise DataError(
+            f"{found['conflicting_groups']} image(s) are filed under two or more classes and "
+            "left out (data.conflicting_labels=drop), and fewer than 2 classes keep an image: "
+            "if a photo may have several labels, set task=multilabel (docs/multilabel.md); "
+            "else file each image under one class"
+        )
     split = _split(pool, cfg, config.seed, ids)
     if split[3] == "predefined" and pool.assigned is not None:
         # Copies the source's own split put in two parts (before any is left out).

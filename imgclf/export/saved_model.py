@@ -58,7 +58,8 @@ def write_saved_model(
     tta: str = "none",
 ) -> None:
     """Write `model` as a SavedModel with two signatures, both returning `probabilities`
-    (float32 [N, classes]), given `class_names` `label` (string [N], the top-1 class), and,
+    (float32 [N, classes]), given `class_names` `label` (string [N], the top-1 class; a
+    multi-label run's set: the labels at or over thresholds.json's cuts, beside it), and,
     given `ood_stats` (imgclf.confidence.ood.OODStats), `ood_score` (float32 [N], the Mahalanobis
     distance to the nearest class mean) and `ood` (bool [N], above the run's threshold):
 
@@ -71,8 +72,7 @@ def write_saved_model(
       batch is classified.
 
     Preprocessing is inside the model, so clients need no imgclf code and no label file. With
-    `tta` (the run's `predict.tta`), the probabilities are averaged over the test-time
-    augmentation views inside the graph (`imgclf.models.tta`).
+    `tta` (the run's `predict.tta`), the probabilities are averaged over its views in the graph.
     """
     import keras
     import tensorflow as tf
@@ -212,6 +212,7 @@ def export_saved_model(
     reference: Reference,
     ood_stats: Any = None,
     tta: str = "none",
+    thresholds: Any = None,
 ) -> dict[str, Any]:
     """Write `target` (a SavedModel + labels.json) atomically after a parity check against
     `reference` (the run's answers on its check images, with the same `tta`) passes, with the
@@ -227,6 +228,9 @@ def export_saved_model(
         write_saved_model(model, tmp, list(class_names), ood_stats, tta)
         faults.point("saved_model")
         runs.write_json(tmp / runs.LABELS, list(class_names))
+        if thresholds is not None:  # multi-label: the run's decisions travel with the model
+            cuts = dict(zip(class_names, map(float, thresholds), strict=True))
+            runs.write_json(tmp / runs.THRESHOLDS, cuts)
         report = check_parity(tmp, tta_model(model, tta), reference)
         report["tta"] = tta
         for prefix, signature in (("", SIGNATURE), ("serve_bytes_", BYTES_SIGNATURE)):
@@ -342,7 +346,8 @@ def export_run(
         target = Path(serving_dir) / str(next_serving_version(serving_dir))
     else:
         target = Path(out) if out is not None else run_dir / runs.SAVED_MODEL
-    report = export_saved_model(model, class_names, target, reference, stats, tta)
+    thresholds = runs.Run(run_dir).thresholds(class_names)  # None: single-label
+    report = export_saved_model(model, class_names, target, reference, stats, tta, thresholds)
     inside = out is None and serving_dir is None
     record = saved_model_record(
         runs.SAVED_MODEL if inside else str(target.resolve()),

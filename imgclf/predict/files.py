@@ -99,7 +99,8 @@ class PredictionWriter:
             self._csv.writerow(["image", "rank", "label", "probability", *extra])
         elif fmt == "table":
             extra = f"{'ood':>8}  " if ood else ""
-            out.write(f"{'image':<{self.width}}  {'label':<12} {'prob':>6}  {extra}top-k\n")
+            label = "labels" if multilabel else "label"  # multi-label: those over threshold
+            out.write(f"{'image':<{self.width}}  {label:<12} {'prob':>6}  {extra}top-k\n")
         elif fmt == "json":
             out.write("[")
 
@@ -118,12 +119,15 @@ class PredictionWriter:
                     for lab, prob in zip(p.labels[1:], p.probabilities[1:], strict=True)
                 )
                 extra = f"{ood_cell(p):>8}  " if self.ood else ""
-                if p.present is not None:  # the labels present, each with its probability
-                    rest = ", ".join(f"{lab} {prob:.3f}" for lab, prob in p.present) or "-"
-                self.out.write(
-                    f"{p.source:<{self.width}}  {p.label:<12} {p.probabilities[0]:>6.3f}  "
-                    f"{extra}{rest}\n"
-                )
+                prob = f"{p.probabilities[0]:>6.3f}"
+                if p.present is not None:
+                    # Multi-label: the labels present; prob is the surest of them; then every
+                    # label of the top-k with its own probability, present or not.
+                    prob = f"{p.present[0][1]:>6.3f}" if p.present else f"{'-':>6}"
+                    rest = ", ".join(
+                        f"{lab} {pr:.3f}" for lab, pr in zip(p.labels, p.probabilities, strict=True)
+                    )
+                self.out.write(f"{p.source:<{self.width}}  {p.label:<12} {prob}  {extra}{rest}\n")
             else:
                 text = json.dumps(as_record(p), ensure_ascii=False)
                 if self.fmt == "json":

@@ -192,6 +192,12 @@ class Predictor:
         stats = load_run_stats(run_dir)  # ood.npz, checked against the manifest too
         _, height, width, channels = model.input_shape
         mode = check_mode(tta) if tta is not None else run_mode(run_dir)
+        labels = runs.read_labels(run_dir)
+        if mode != "none" and _thresholds(run_dir, labels) is not None:
+            raise UserError(
+                "--tta is not supported for a multi-label run yet (its thresholds were chosen "
+                "on single views); leave out --tta"
+            )
         if mode == "flip+crops" and min(model.input_shape[1:3]) < MIN_SIDE:
             raise UserError(
                 f"--tta flip+crops needs images of at least {MIN_SIDE}×{MIN_SIDE}; this model "
@@ -199,7 +205,6 @@ class Predictor:
             )
         serving = serving_model(model, stats, mode)  # the detector and the TTA views, one graph
         fn = _serving_function(serving, (height, width, channels))
-        labels = runs.read_labels(run_dir)
         threshold = None if stats is None else stats.threshold
         made = cls(fn, labels, (height, width), channels, "keras", run_dir, model, threshold)
         made.tta = mode
@@ -219,6 +224,8 @@ class Predictor:
         made = cls(fn, labels, (height, width), channels, kind, path, None, threshold)
         if runs.is_run_dir(path.parent):  # a multi-label run's thresholds decide for it too
             made.thresholds = _thresholds(path.parent, labels)
+        elif (path / runs.THRESHOLDS).is_file():  # a SavedModel deployed without its run
+            made.thresholds = _saved_thresholds(path / runs.THRESHOLDS, labels)
         return made
 
     @property
@@ -370,9 +377,18 @@ def classify_named(
 
 
 def _thresholds(run_dir: Path, labels: list[str]) -> np.ndarray | None:
-    """A multi-label run's per-label thresholds (metrics.json, in label order), else None."""
-    metrics = runs.Run(run_dir).metrics or {}
-    per_label = (metrics.get("multilabel") or {}).get("per_label")
-    if metrics.get("task") != "multilabel" or not isinstance(per_label, dict):
-        return None
-    return np.array([float(per_label[name]["threshold"]) for name in labels])
+    """A multi-label run's per-label thresholds (`runs.Run.thresholds`), else None."""
+    return runs.Run(run_dir).thresholds(labels)
+
+
+def _saved_thresholds(path: Path, labels: list[str]) -> np.ndarray:
+    """The thresholds a SavedModel of a multi-label run carries ({label: threshold}). Raises
+    UserError when the file does not name every label with a number."""
+    try:
+        saved = runs.read_json(path)
+        return np.array([float(saved[name]) for name in labels])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{path}: not the thresholds of this model's labels ({type(exc).__name__}); "
+            "export the run again"
+        ) from None

@@ -19,6 +19,9 @@ ONNX = "model.onnx"
 MEDIAPIPE = "model_mediapipe.tflite"  # one output and MediaPipe metadata (export/mediapipe.py)
 MEDIAPIPE_INT8 = "model_mediapipe_int8.tflite"  # the same, full-integer int8
 WEB = "web"  # a page that classifies offline in a browser (export/web.py)
+# task: multilabel: per-label thresholds beside an exported SavedModel's labels.json, so a copy
+# of saved_model/ deployed without its run still decides as the run does
+THRESHOLDS = "thresholds.json"
 OOD = "ood.npz"  # the out-of-distribution detector's statistics (imgclf/confidence/ood.py)
 PLOTS = "plots"
 CURVES_PLOT = f"{PLOTS}/curves.png"
@@ -74,6 +77,7 @@ __all__ = [
     "TENSORBOARD",
     "TFLITE",
     "TFLITE_INT8",
+    "THRESHOLDS",
     "TRACKING",
     "WEB",
     "WORST",

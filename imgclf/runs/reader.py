@@ -77,6 +77,17 @@ class Run:
         metrics = self.optional_json(METRICS)
         return None if metrics is None else check(MetricsRecord, metrics, self.file(METRICS))
 
+    def thresholds(self, labels: list[str]) -> Any:
+        """A multi-label run's per-label thresholds (metrics.json `multilabel.per_label`),
+        float64 [K] in the order of `labels`, or None for a single-label run."""
+        import numpy as np
+
+        metrics = self.metrics or {}
+        per_label = (metrics.get("multilabel") or {}).get("per_label")
+        if metrics.get("task") != "multilabel" or not isinstance(per_label, dict):
+            return None
+        return np.array([float(per_label[name]["threshold"]) for name in labels])
+
     @cached_property
     def exports(self) -> dict[str, Any]:
         """exports.json ({} when nothing was exported). Raises ValueError when it is malformed

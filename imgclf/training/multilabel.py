@@ -273,8 +273,24 @@ def finish_multilabel(
         with meter.stage("export"):
             _export(run_dir)
     if verbose:
-        print(summary_line(metrics), flush=True)
+        print(_closing_lines(run_dir, metrics), flush=True)
     return metrics
+
+
+def _closing_lines(run_dir: Path, metrics: dict[str, Any]) -> str:
+    """The test figures, the SavedModel's parity (when it was written), the confidence line
+    and the cost line (up to the export, which runs after the run is complete)."""
+    from imgclf.training.progress import cost_line
+
+    text = summary_line(metrics)
+    record = runs.read_json(run_dir / runs.EXPORTS).get("saved_model", {}) if (
+        run_dir / runs.EXPORTS).is_file() else {}  # fmt: skip
+    parity = record.get("parity") or {}
+    if "max_abs_diff" in parity:
+        first, _, rest = text.partition("\n")
+        first += f"; SavedModel parity max |Δp| {parity['max_abs_diff']:.1e}"
+        text = first + ("\n" + rest if rest else "")
+    return text + "\n" + cost_line(metrics["resources"])
 
 
 def _write_run(

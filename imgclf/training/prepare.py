@@ -186,6 +186,12 @@ def announce(p: Prepared) -> str:
             f"warning: classes {', '.join(map(repr, group))} differ only in upper/lower case: "
             "one class under two names? Rename one folder (or label) to merge them"
         )
+    sets = [n for n in p.splits.class_names if "|" in n]
+    if p.config.task == "single" and sets:
+        lines.append(
+            f"warning: {len(sets)} class name(s) hold '|' ({sets[0]!r}): trained as classes of "
+            "their own; if an image may have several labels, set task=multilabel"
+        )
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ list."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -108,6 +109,18 @@ def _batch_size(base: Config, built: str | None) -> int:
 TASKS = ["single", "multilabel"]
 
 
+def _task(where: Any, base: Config, built: str | None) -> str:
+    """The Task field: multilabel first when the builder's dataset lets a photo have several
+    classes."""
+    several = bool(st.session_state.get("builder_several")) and bool(built)
+    return where.selectbox(
+        "Task", TASKS, index=TASKS.index("multilabel" if several else base.task),
+        help="multilabel: any number of labels per image (independent sigmoids, a threshold "
+        "per label); reads multimnist, a CSV of label sets or a folder whose photos are in "
+        "each of their labels' folders",
+    )  # fmt: skip
+
+
 def _train_form(base: Config, built: str | None, root: Path) -> list[str] | None:
     """Render the training form; its fields as config overrides once Start is pressed, else None."""
     with st.form("train_form"):
@@ -128,13 +141,7 @@ def _train_form(base: Config, built: str | None, root: Path) -> list[str] | None
             format="%.5f",
         )  # fmt: skip
         batch = c1.number_input("Batch size", 1, 4096, _batch_size(base, built))
-        several = bool(st.session_state.get("builder_several")) and bool(built)
-        task = c2.selectbox(
-            "Task", TASKS, index=TASKS.index("multilabel" if several else base.task),
-            help="multilabel: any number of labels per image (independent sigmoids, a threshold "
-            "per label); reads multimnist, a CSV of label sets or a folder whose photos are in "
-            "each of their labels' folders",
-        )  # fmt: skip
+        task = _task(c2, base, built)
         find = c3.checkbox(
             "Find the learning rate", auto,
             help="the learning-rate range test picks the rate at the start of every phase "
