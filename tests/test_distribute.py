@@ -133,6 +133,26 @@ reference.fit(ds(), epochs=2, verbose=0, shuffle=False)
 result["max_weight_diff"] = max(
     float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), reference.get_weights())
 )
+# A batch-norm model: each worker's moving statistics see only its share of every batch; the
+# loop averages them every epoch and hands every worker the chief's logs.
+import hashlib
+bn_cfg = load_config(None, ["model.name=cnn", "data.image_size=[16,16]", "model.filters=[4]",
+                            "model.hidden=[8]", "model.batch_norm=true", "model.dropout=0"])
+x16 = rng.uniform(0, 255, (48, 16, 16, 1)).astype("float32")
+y16 = np.eye(3, dtype="float32")[np.arange(48) % 3]
+ds16 = lambda: tf.data.Dataset.from_tensor_slices((x16, y16)).batch(12)
+with strategy.scope():
+    bn = build_model(bn_cfg, 3)
+    compile_model(bn, bn_cfg.train, steps_per_epoch=4)
+seen = []
+class Keep(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        seen.append(dict(logs))
+fit_multiworker(bn, strategy, ds16(), ds16(), 2, [Keep()])
+result["bn_digest"] = hashlib.sha256(
+    b"".join(np.asarray(v).tobytes() for v in bn.weights)
+).hexdigest()
+result["bn_logs"] = seen
 # Then a whole run through train(), in the same processes: make_strategy gives train() the
 # strategy made above (TensorFlow configures a process's collectives once).
 run = train(load_config(None, [*overrides, "train.distribute=multiworker"]), out=out_dir, verbose=0)
@@ -229,6 +249,10 @@ def test_multiworker_training_with_two_local_workers(tmp_path: Path):
         # Two workers, each with half of every global batch, compute the single-device update.
         assert result["max_weight_diff"] < 1e-5
         assert result["same_strategy"]  # one strategy per process, train() included
+    # Batch norm: the same moving statistics on both workers, so the same model, the same
+    # validation figures and the same decisions (they drifted apart before: docs/distributed.md).
+    assert chief["bn_digest"] == worker["bn_digest"]
+    assert chief["bn_logs"] == worker["bn_logs"] and len(chief["bn_logs"]) == 2
     assert chief["run_exists"] and not worker["run_exists"]  # only worker 0 keeps its run
     for name in ("model.keras", "saved_model/saved_model.pb", "metrics.json", "history.csv"):
         assert (tmp_path / "run" / name).exists(), name
