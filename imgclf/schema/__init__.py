@@ -96,11 +96,6 @@ class Config(_Section):
                 "train.learning_rate=auto (the range test) runs on one device; find the rate "
                 "with `imgclf-train --find-lr` and set it, or use train.distribute=none"
             )
-        if self.model.pretrained and self.train.distribute != "none":
-            raise ValueError(
-                "train.distribute is not supported with model.weights (the two-phase transfer "
-                "schedule) yet; use train.distribute=none"
-            )
         if self.model.pretrained and self.train.warmup_epochs >= max(self.transfer.head_epochs, 1):
             raise ValueError(
                 f"train.warmup_epochs ({self.train.warmup_epochs}) must be smaller than "

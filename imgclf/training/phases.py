@@ -9,6 +9,7 @@ phase report says so): fine-tuning is only kept when it helped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -164,8 +165,10 @@ def setup_phase(runner: PhaseRunner, phase: Phase) -> tuple[Phase, dict[str, Any
         report["learning_rate_from"] = "lr_finder"
     report["learning_rate"] = phase.train.learning_rate
     if phase.name != "train" or auto:  # what trains, or its rate, changed: compile again
-        optimizer = _optimizer(runner, phase, phase.train)
-        compile_model(model, phase.train, _steps(runner), optimizer, _targets(runner))
+        # Under a strategy the optimiser's variables are made in its scope (mirrored).
+        with runner.strategy.scope() if runner.strategy else contextlib.nullcontext():
+            optimizer = _optimizer(runner, phase, phase.train)
+            compile_model(model, phase.train, _steps(runner), optimizer, _targets(runner))
         if phase.name == "fine_tune" and config.transfer.layer_lr_decay:
             report["layer_lr_decay"] = config.transfer.layer_lr_decay
     report.update(trainable_summary(model))
@@ -314,7 +317,7 @@ def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict
     if cached:
         fit_head_on_features(
             runner.model, runner.splits, config, phase, runner.batch_size, callbacks, weights,
-            runner.verbose, runner.estimate, runner.augmenter,
+            runner.verbose, runner.estimate, runner.augmenter, runner.strategy,
         )  # fmt: skip
     elif tcfg.distribute == "multiworker":
         fit_multiworker(

@@ -28,6 +28,7 @@ from imgclf.infra.errors import ConfigError
 from imgclf.models.names import BACKBONE, FEATURES, HEAD
 from imgclf.training import feature_cache
 from imgclf.training.backend import make_training_data
+from imgclf.training.distribute import fit_multiworker
 from imgclf.training.optim import compile_model, steps_per_epoch
 
 if TYPE_CHECKING:
@@ -236,6 +237,7 @@ def fit_head_on_features(
     verbose: int | str,
     estimate: Any = None,
     augmenter: Any = None,
+    strategy: Any = None,
 ) -> keras.Model:
     """Train the head of `model` on backbone features computed once per image (phase 1).
 
@@ -247,7 +249,10 @@ def fit_head_on_features(
     one per epoch, an approximation of augmenting afresh every epoch (K is capped at the
     phase's epochs: more views than epochs would never be read). See `feature_cache`.
     Returns the head model; `estimate` (the run's `estimate.Estimate`) is told how long
-    a forward pass took.
+    a forward pass took. Under `strategy` (train.distribute) the head is compiled in its scope
+    and fitted as the run's phases are (Keras' fit, or `distribute.fit_multiworker`): every
+    worker computes the features of every image once (not sharded), and each global batch of
+    features is split between the replicas, so the update is the one-device update.
     """
 
     import keras
@@ -262,22 +267,25 @@ def fit_head_on_features(
         if views and verbose:
             print(f"phase {phase.name}: {feature_cache.describe(cached.train)}", flush=True)
         train = cached.train
-        head = head_model(model)
         steps = steps_per_epoch(len(splits.train), batch_size)
-        compile_model(head, phase.train, steps, None, splits.train.targets)
+        # Made in the strategy's scope: Keras' fit distributes the model made there.
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            head = head_model(model)
+            compile_model(head, phase.train, steps, None, splits.train.targets)
         train_ds, val_ds = make_training_data(cached, config, batch_size, None)
         callbacks = [epoch_order_callback(train_ds), *callbacks]  # each epoch's shuffled order
         if views:
             callbacks.insert(0, epoch_order_callback(train.x))  # each epoch's view
-        head.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=phase.train.epochs,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,
-            class_weight=class_weight,
-        )
+        if config.train.distribute == "multiworker":
+            fit_multiworker(
+                head, strategy, train_ds, val_ds, phase.train.epochs, callbacks, class_weight,
+                verbose,
+            )  # fmt: skip
+        else:
+            head.fit(
+                train_ds, validation_data=val_ds, epochs=phase.train.epochs,
+                callbacks=callbacks, verbose=verbose, shuffle=False, class_weight=class_weight,
+            )  # fmt: skip
     return head
 
 
