@@ -291,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also show TensorFlow's own start-up log lines (hidden by default; or set "
         "IMGCLF_TF_LOGS=1)",
     )
+    parser.add_argument(
+        "--ray",
+        type=int,
+        metavar="N",
+        help="train on N workers of a Ray cluster (RAY_ADDRESS, else a local one) with "
+        "train.distribute=multiworker; needs the [ray] extra (docs/distributed.md)",
+    )
     return parser
 
 
@@ -300,9 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # key=value before or after options
     if args.resume and (
-        args.config or args.overrides or args.out or args.print_config or args.find_lr
+        args.config or args.overrides or args.out or args.print_config or args.find_lr or args.ray
     ):
         parser.error("--resume RUN takes no --config, --out, --print-config, --find-lr or others")
+    if args.ray is not None and args.find_lr:
+        parser.error("--find-lr runs on one device: leave out --ray")
     verbose = 0 if args.quiet else "auto"
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -323,7 +332,12 @@ def main(argv: list[str] | None = None) -> int:
             quiet_tensorflow(args.verbose)
             if args.find_lr:
                 return _find_lr(config, args.out, args.config, args.overrides)
-            run_dir = train(config, out=args.out, verbose=verbose)
+            if args.ray is not None:
+                from imgclf.training.ray_launch import launch
+
+                run_dir = launch(config, args.ray, args.out, runs.DEFAULT_ROOT, verbose)
+            else:
+                run_dir = train(config, out=args.out, verbose=verbose)
     except (UserError, FileExistsError) as exc:
         print(f"error: {clip(exc)}", file=sys.stderr)
         return 2

@@ -336,3 +336,41 @@ def test_chief_is_worker_zero(monkeypatch):
         config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
         monkeypatch.setenv("TF_CONFIG", json.dumps(config))
         assert is_chief() is chief
+
+
+RAY_SCRIPT = r"""
+import sys
+from imgclf.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_the_ray_launcher_trains_on_a_local_two_worker_cluster(tmp_path: Path):
+    """`imgclf-train --ray 2`: Ray Train's TensorflowTrainer starts 2 workers on a local Ray
+    cluster, each with the TF_CONFIG Ray gives it; the chief writes a whole run."""
+    import subprocess
+    import tempfile
+
+    pytest.importorskip("ray.train.tensorflow", reason="the [ray] extra")  # in the dev extras
+    data = write_folder_dataset(tmp_path / "data", per_class=20, seed=1)
+    overrides = [
+        *tiny_overrides(data), "model.name=mlp", "train.epochs=2", "data.cache=memory",
+        "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "RAY_ADDRESS")}
+    # Ray's sockets and logs: a short folder of its own (a socket path has at most 107 bytes).
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    done = subprocess.run(
+        [sys.executable, "-c", RAY_SCRIPT, "--ray", "2", "--out", str(tmp_path / "run"),
+         "-q", *overrides],
+        env=env, capture_output=True, text=True, timeout=500,
+    )  # fmt: skip
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str((tmp_path / "run").resolve())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.5
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "distribute: multiworker" in config  # Ray's workers trained it multi-worker
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["state"] == "complete"

@@ -1,0 +1,101 @@
+"""`imgclf-train --ray N`: the run on N workers of a Ray cluster, through Ray Train's
+`TensorflowTrainer` (the `[ray]` extra), which starts N worker processes and sets each one's
+`TF_CONFIG`; each runs `imgclf.train.train` with `train.distribute: multiworker`, so the
+training is imgclf's multi-worker loop (docs/distributed.md), and only the chief (worker 0)
+writes the run directory.
+
+    imgclf-train --ray 2 --config configs/photos_transfer.yaml data.path=/shared/photos
+
+`RAY_ADDRESS` (Ray's own variable) names a running cluster; without it a local one is started
+with N CPUs. The run directory is chosen here, before the workers start, so every worker and
+this process agree on it; on a cluster of several machines it must be a path the chief's
+machine can write (a shared disk, to read it from here), and `data.path` a path every worker
+can read (docs/distributed.md: the data layout each worker needs).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from imgclf import runs
+from imgclf.infra.errors import ConfigError, UserError
+
+
+def require_ray() -> None:
+    """ConfigError naming the extra when Ray Train cannot be imported."""
+    try:
+        import ray.train.tensorflow  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"--ray needs Ray Train ({exc}); install it with pip install 'imgclf[ray]'"
+        ) from None
+
+
+def _worker_loop(settings: dict[str, Any]) -> None:
+    """What each Ray worker runs: the config, validated again here, trained multi-worker."""
+    from imgclf.config import Config
+    from imgclf.training.distribute import is_chief, make_strategy
+
+    make_strategy("multiworker")  # first: before any other TensorFlow work of this process
+    from imgclf.train import train
+
+    config = Config.model_validate(settings["config"])
+    # The chief speaks for the run; the other workers' lines would repeat it.
+    train(config, out=settings["out"], verbose=settings["verbose"] if is_chief() else 0)
+
+
+def launch(
+    config: Any, workers: int, out: str | Path | None, runs_root: Path, verbose: int | str
+) -> Path:
+    """Train `config` on `workers` Ray workers (see the module docstring); returns the run
+    directory (the chief's). Raises ConfigError (no Ray, fewer than 1 worker) or UserError
+    with the first line of a worker's error."""
+    require_ray()
+    if workers < 1:
+        raise ConfigError(f"--ray {workers}: give the number of workers, at least 1")
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    config = config.model_copy(
+        update={"train": config.train.model_copy(update={"distribute": "multiworker"})}
+    )
+    run_dir = runs.new_run_dir(config.name, out, runs_root).resolve()  # empty: train fills it
+    try:
+        if ray.is_initialized():
+            pass
+        elif os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=bool(verbose))
+        else:  # a local cluster: one CPU per worker, whatever this machine has
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=bool(verbose))
+    except Exception as exc:  # an unreachable address, a socket path, a full /tmp
+        run_dir.rmdir()  # still empty: nothing of the run was written
+        raise UserError(f"cannot start or reach Ray: {_first_line(exc)}") from None
+    storage = tempfile.mkdtemp(prefix="imgclf-ray-")  # Ray's own results and logs
+    trainer = TensorflowTrainer(
+        _worker_loop,
+        train_loop_config={
+            "config": config.model_dump(mode="json"), "out": str(run_dir),
+            "verbose": 2 if verbose else 0,
+        },
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=run_dir.name, storage_path=storage),
+    )  # fmt: skip
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps a worker's error: its first line, never the trace
+        raise UserError(f"the Ray run failed: {_first_line(exc)}") from None
+    if result.error is not None:
+        raise UserError(f"the Ray run failed: {_first_line(result.error)}")
+    return run_dir
+
+
+def _first_line(exc: BaseException) -> str:
+    """The innermost cause's first line (Ray's wrappers add pages of context)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
