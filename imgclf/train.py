@@ -301,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _start(config: Config, args: Any, verbose: int | str) -> Path:
+    """Train here, or on `--ray N` workers of a Ray cluster (`training.ray_launch`)."""
+    if args.ray is None:
+        return train(config, out=args.out, verbose=verbose)
+    from imgclf.training.ray_launch import launch
+
+    return launch(train, config, args.ray, args.out, runs.DEFAULT_ROOT, verbose)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m imgclf.train` and `imgclf-train`; returns the exit code."""
 
@@ -310,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config or args.overrides or args.out or args.print_config or args.find_lr or args.ray
     ):
         parser.error("--resume RUN takes no --config, --out, --print-config, --find-lr or others")
-    if args.ray is not None and args.find_lr:
+    if args.ray is not None and args.find_lr:  # the range test runs on one device
         parser.error("--find-lr runs on one device: leave out --ray")
     verbose = 0 if args.quiet else "auto"
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -332,12 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             quiet_tensorflow(args.verbose)
             if args.find_lr:
                 return _find_lr(config, args.out, args.config, args.overrides)
-            if args.ray is not None:
-                from imgclf.training.ray_launch import launch
-
-                run_dir = launch(config, args.ray, args.out, runs.DEFAULT_ROOT, verbose)
-            else:
-                run_dir = train(config, out=args.out, verbose=verbose)
+            run_dir = _start(config, args, verbose)
     except (UserError, FileExistsError) as exc:
         print(f"error: {clip(exc)}", file=sys.stderr)
         return 2

@@ -374,3 +374,62 @@ def test_the_ray_launcher_trains_on_a_local_two_worker_cluster(tmp_path: Path):
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "distribute: multiworker" in config  # Ray's workers trained it multi-worker
     assert json.loads((tmp_path / "run" / "state.json").read_text())["state"] == "complete"
+
+
+TIMEOUT_SCRIPT = r"""
+import json, os, sys, time
+from imgclf.training import distribute
+strategy = distribute.make_strategy("multiworker", 10)  # a collective gets 10 s
+from imgclf.config import load_config
+from imgclf.train import train
+out_dir, overrides = sys.argv[1], sys.argv[2:]
+if not distribute.is_chief():  # this worker stalls before its first step: the chief waits
+    loop = distribute._loop
+    def stalled(*args, **kwargs):
+        time.sleep(40)
+        return loop(*args, **kwargs)
+    distribute._loop = stalled
+result = {}
+try:
+    train(load_config(None, [*overrides, "train.distribute=multiworker"]), out=out_dir, verbose=0)
+except Exception as exc:
+    result = {"type": type(exc).__name__, "message": str(exc)}
+print("RESULT " + json.dumps(result), flush=True)
+os._exit(0)  # the peer is gone: TensorFlow's collective threads may not wind down
+"""
+
+
+@pytest.mark.slow
+def test_a_collective_that_times_out_fails_the_run_with_the_stacks(tmp_path: Path):
+    """A worker that stalls: the chief's all-reduce gives up after train.collective_timeout
+    (here 10 s) instead of hanging; the run is `failed` with one line, and every thread's
+    stack is in the run's stacks.txt."""
+    data = write_folder_dataset(tmp_path / "data", per_class=20, seed=1)
+    overrides = [
+        *tiny_overrides(data), "model.name=mlp", "train.epochs=2", "data.cache=memory",
+        "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
+    ]  # fmt: skip
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
+        workers.append(forked.start(TIMEOUT_SCRIPT, tmp_path / "run", *overrides, env=env))
+    try:
+        chief, log = workers[0]
+        chief.join(200)
+        text = log.read_text(errors="replace")
+    finally:
+        for process, worker_log in workers:
+            process.kill()
+            process.join()
+            worker_log.unlink(missing_ok=True)
+    lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
+    assert lines, text[-3000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["type"] == "CollectiveTimeout", result
+    assert "did not complete in time" in result["message"]
+    stacks = tmp_path / "run" / "stacks.txt"
+    assert str(stacks) in result["message"] and "Thread" in stacks.read_text()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["state"] == "failed" and "CollectiveTimeout" in state["reason"]

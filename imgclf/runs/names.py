@@ -22,6 +22,7 @@ WEB = "web"  # a page that classifies offline in a browser (export/web.py)
 # task: multilabel: per-label thresholds beside an exported SavedModel's labels.json, so a copy
 # of saved_model/ deployed without its run still decides as the run does
 THRESHOLDS = "thresholds.json"
+STACKS = "stacks.txt"  # multi-worker: every thread's stack when a collective timed out
 OOD = "ood.npz"  # the out-of-distribution detector's statistics (imgclf/confidence/ood.py)
 PLOTS = "plots"
 CURVES_PLOT = f"{PLOTS}/curves.png"
@@ -73,6 +74,7 @@ __all__ = [
     "RESUME",
     "SAMPLES",
     "SAVED_MODEL",
+    "STACKS",
     "STATE",
     "TENSORBOARD",
     "TFLITE",

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
-from imgclf.infra.errors import ConfigError
+from imgclf.infra.errors import ConfigError, UserError
 
 # One strategy per process and kind: TensorFlow configures a process's collective ops once, and
 # a second MultiWorkerMirroredStrategy in the same process (a second `train()` in a notebook or
@@ -25,10 +26,12 @@ from imgclf.infra.errors import ConfigError
 _STRATEGIES: dict[Any, Any] = {}
 
 
-def make_strategy(mode: str) -> Any:
+def make_strategy(mode: str, timeout: float | None = None) -> Any:
     """The tf.distribute strategy for `mode`, or None for `none`. Every call of a process gets
     the same strategy object for the same mode (and, for `mirrored`, the same devices): see
-    above. Raises ConfigError (`multiworker` without TF_CONFIG) or ValueError (unknown mode)."""
+    above. `timeout` (multiworker, seconds, `train.collective_timeout`): a collective that
+    takes longer raises DeadlineExceededError (the first call's value holds for the process).
+    Raises ConfigError (`multiworker` without TF_CONFIG) or ValueError (unknown mode)."""
     if mode == "none":
         return None
     import tensorflow as tf
@@ -49,7 +52,10 @@ def make_strategy(mode: str) -> Any:
                 '"task": {"type": "worker", "index": 0}}'
             )
         if mode not in _STRATEGIES:
-            _STRATEGIES[mode] = tf.distribute.MultiWorkerMirroredStrategy()
+            options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+            _STRATEGIES[mode] = tf.distribute.MultiWorkerMirroredStrategy(
+                communication_options=options
+            )
         return _STRATEGIES[mode]
     raise ValueError(f"train.distribute: unknown mode {mode!r}")
 
@@ -189,6 +195,7 @@ def fit_multiworker(
     callbacks: list[Any],
     class_weight: dict[int, float] | None = None,
     verbose: int = 0,
+    stacks: Path | None = None,
 ) -> None:
     """Train `model` (built and compiled under `strategy`) with imgclf's own loop.
 
@@ -198,8 +205,52 @@ def fit_multiworker(
     batch-norm moving statistics averaged over the replicas at the end of every epoch
     (`synchronise_statistics`), validation on the full validation split, and the usual Keras
     callbacks (history, early stopping, schedules) driven on every worker with the chief's
-    logs (`chief_logs`), so every worker takes the same decisions.
+    logs (`chief_logs`), so every worker takes the same decisions. A collective that times
+    out (`train.collective_timeout`) raises CollectiveTimeout after every thread's stack is
+    written to `stacks` (a file; default: the system's temporary folder).
     """
+    import tensorflow as tf
+
+    try:
+        _loop(model, strategy, train_ds, val_ds, epochs, callbacks, class_weight, verbose)
+    except tf.errors.DeadlineExceededError as exc:
+        path = dump_stacks(stacks)
+        raise CollectiveTimeout(
+            f"a collective (all-reduce) did not complete in time ({_first(exc)}): a worker died, "
+            f"hung or is far slower (train.collective_timeout); this worker's stacks: {path}"
+        ) from None
+
+
+class CollectiveTimeout(UserError):
+    """A multi-worker collective did not complete within `train.collective_timeout`."""
+
+
+def _first(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def dump_stacks(path: Path | None) -> Path:
+    """Every thread's Python stack (`faulthandler`) written to `path` (default: a new file in
+    the system's temporary folder named by worker and process); returns the path."""
+    import faulthandler
+    import tempfile
+
+    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    name = f"imgclf-stacks-worker{task.get('index', 0)}-{os.getpid()}.txt"
+    path = Path(path) if path is not None else Path(tempfile.gettempdir()) / name
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"worker {task.get('index', 0)} (pid {os.getpid()}), every thread:\n")
+        fh.flush()
+        faulthandler.dump_traceback(file=fh, all_threads=True)
+    return path
+
+
+def _loop(
+    model: Any, strategy: Any, train_ds: Any, val_ds: Any, epochs: int, callbacks: list[Any],
+    class_weight: dict[int, float] | None, verbose: int,
+) -> None:  # fmt: skip
+    """The loop of `fit_multiworker`."""
     import keras
 
     train_step, val_step = _steps(model, strategy, _loss_fn(model, class_weight))

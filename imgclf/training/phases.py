@@ -320,9 +320,10 @@ def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict
             runner.verbose, runner.estimate, runner.augmenter, runner.strategy,
         )  # fmt: skip
     elif tcfg.distribute == "multiworker":
+        stacks = runner.prepared.run_dir / runs.STACKS if runner.prepared.chief else None
         fit_multiworker(
             runner.model, runner.strategy, *runner.data, tcfg.epochs, callbacks, weights,
-            runner.verbose,
+            runner.verbose, stacks,
         )  # fmt: skip
     else:
         # shuffle=False: the pipeline already reshuffles every epoch, with the seed.

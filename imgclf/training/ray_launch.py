@@ -39,20 +39,21 @@ def _worker_loop(settings: dict[str, Any]) -> None:
     from imgclf.config import Config
     from imgclf.training.distribute import is_chief, make_strategy
 
-    make_strategy("multiworker")  # first: before any other TensorFlow work of this process
-    from imgclf.train import train
-
     config = Config.model_validate(settings["config"])
+    # First: before any other TensorFlow work of this process.
+    make_strategy("multiworker", config.train.collective_timeout)
+    train = settings["train"]  # imgclf.train.train (pickled by reference)
     # The chief speaks for the run; the other workers' lines would repeat it.
     train(config, out=settings["out"], verbose=settings["verbose"] if is_chief() else 0)
 
 
 def launch(
-    config: Any, workers: int, out: str | Path | None, runs_root: Path, verbose: int | str
-) -> Path:
-    """Train `config` on `workers` Ray workers (see the module docstring); returns the run
-    directory (the chief's). Raises ConfigError (no Ray, fewer than 1 worker) or UserError
-    with the first line of a worker's error."""
+    train: Any, config: Any, workers: int, out: str | Path | None, runs_root: Path,
+    verbose: int | str,
+) -> Path:  # fmt: skip
+    """Train `config` with `train` (imgclf.train.train) on `workers` Ray workers (see the module
+    docstring); returns the run directory (the chief's). Raises ConfigError (no Ray, fewer than
+    1 worker) or UserError with the first line of a worker's error."""
     require_ray()
     if workers < 1:
         raise ConfigError(f"--ray {workers}: give the number of workers, at least 1")
@@ -78,7 +79,7 @@ def launch(
     trainer = TensorflowTrainer(
         _worker_loop,
         train_loop_config={
-            "config": config.model_dump(mode="json"), "out": str(run_dir),
+            "config": config.model_dump(mode="json"), "out": str(run_dir), "train": train,
             "verbose": 2 if verbose else 0,
         },
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),

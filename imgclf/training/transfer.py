@@ -249,11 +249,9 @@ def fit_head_on_features(
     one per epoch, an approximation of augmenting afresh every epoch (K is capped at the
     phase's epochs: more views than epochs would never be read). See `feature_cache`.
     Returns the head model; `estimate` (the run's `estimate.Estimate`) is told how long
-    a forward pass took. Under `strategy` (train.distribute) the head is compiled in its scope
-    and fitted as the run's phases are (Keras' fit, or `distribute.fit_multiworker`): every
-    worker computes the features of every image once (not sharded), and each global batch of
-    features is split between the replicas, so the update is the one-device update.
-    """
+    a forward pass took. Under `strategy` the head is made, compiled and fitted as the run's
+    phases are: each worker computes every image's features once (not sharded), and each
+    global batch of features is split between the replicas (the one-device update)."""
 
     import keras
 
