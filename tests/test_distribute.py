@@ -433,3 +433,34 @@ def test_a_collective_that_times_out_fails_the_run_with_the_stacks(tmp_path: Pat
     assert str(stacks) in result["message"] and "Thread" in stacks.read_text()
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["state"] == "failed" and "CollectiveTimeout" in state["reason"]
+
+
+def test_the_kubernetes_manifest_is_valid_and_its_workers_agree_on_the_cluster():
+    """deploy/kubernetes/imgclf-multiworker.yaml: both objects valid against Kubernetes 1.30's
+    schema (kubernetes-validate, strict: an unknown field fails), and the TF_CONFIG each pod's
+    shell builds is JSON naming every worker and that pod's index."""
+    import subprocess
+
+    import kubernetes_validate
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes" / "imgclf-multiworker.yaml"
+    documents = list(yaml.safe_load_all(path.read_text()))
+    assert [d["kind"] for d in documents] == ["Service", "Job"]
+    for document in documents:
+        kubernetes_validate.validate(document, "1.30", strict=True)
+    broken = {**documents[1], "spec": {**documents[1]["spec"], "completion": 2}}  # a typo
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.30", strict=True)
+    container = documents[1]["spec"]["template"]["spec"]["containers"][0]
+    script = container["args"][0].split("exec imgclf-train")[0] + 'printf %s "$TF_CONFIG"\n'
+    workers = int(container["env"][0]["value"])
+    for index in range(workers):
+        env = {"PATH": os.environ["PATH"], "WORKERS": str(workers)}
+        env["JOB_COMPLETION_INDEX"] = str(index)
+        made = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True)
+        config = json.loads(made.stdout)
+        assert config["task"] == {"type": "worker", "index": index}
+        assert config["cluster"]["worker"] == [
+            f"imgclf-train-{i}.imgclf-workers:12345" for i in range(workers)
+        ]
