@@ -464,3 +464,55 @@ def test_the_kubernetes_manifest_is_valid_and_its_workers_agree_on_the_cluster()
         assert config["cluster"]["worker"] == [
             f"imgclf-train-{i}.imgclf-workers:12345" for i in range(workers)
         ]
+
+
+LOST_SCRIPT = r"""
+import json, os, sys
+from imgclf.training import distribute
+distribute.make_strategy("multiworker")
+from imgclf.config import load_config
+from imgclf.train import train
+out_dir, overrides = sys.argv[1], sys.argv[2:]
+if not distribute.is_chief():  # this worker dies as its training starts, as a SIGKILL would
+    distribute._loop = lambda *args, **kwargs: os._exit(9)
+result = {}
+try:
+    train(load_config(None, [*overrides, "train.distribute=multiworker"]), out=out_dir, verbose=0)
+except Exception as exc:
+    result = {"type": type(exc).__name__, "message": str(exc)}
+print("RESULT " + json.dumps(result), flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.slow
+def test_a_lost_worker_fails_the_run_in_one_line(tmp_path: Path):
+    """A worker that dies: TensorFlow's health check tells the chief, whose run ends `failed`
+    with one line naming the lost task (not a traceback, not a hang)."""
+    data = write_folder_dataset(tmp_path / "data", per_class=20, seed=1)
+    overrides = [
+        *tiny_overrides(data), "model.name=mlp", "train.epochs=2", "data.cache=memory",
+        "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
+    ]  # fmt: skip
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
+        workers.append(forked.start(LOST_SCRIPT, tmp_path / "run", *overrides, env=env))
+    try:
+        chief, log = workers[0]
+        chief.join(200)
+        text = log.read_text(errors="replace")
+    finally:
+        for process, worker_log in workers:
+            process.kill()
+            process.join()
+            worker_log.unlink(missing_ok=True)
+    lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
+    assert lines, text[-3000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["type"] == "WorkerLost", result
+    assert "/job:worker/replica:0/task:1" in result["message"]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["state"] == "failed" and "WorkerLost" in state["reason"]

@@ -219,10 +219,23 @@ def fit_multiworker(
             f"a collective (all-reduce) did not complete in time ({_first(exc)}): a worker died, "
             f"hung or is far slower (train.collective_timeout); this worker's stacks: {path}"
         ) from None
+    except tf.errors.UnavailableError as exc:  # TensorFlow's health check: a peer is gone
+        import re
+
+        peers = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(exc))))
+        who = ", ".join(peers) if peers else _first(exc)
+        raise WorkerLost(
+            f"a worker of the cluster was lost ({who}); the run cannot go on without it: "
+            "start it again on a whole cluster (a multi-worker run cannot be resumed yet)"
+        ) from None
 
 
 class CollectiveTimeout(UserError):
     """A multi-worker collective did not complete within `train.collective_timeout`."""
+
+
+class WorkerLost(UserError):
+    """A multi-worker peer crashed or was killed (TensorFlow's collective health check)."""
 
 
 def _first(exc: BaseException) -> str:
