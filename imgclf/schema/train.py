@@ -53,9 +53,9 @@ class TrainConfig(_Section):
     distribute: Literal["none", "mirrored", "multiworker"] = (
         "none"  # see imgclf/training/distribute.py
     )
-    # multiworker: a collective (all-reduce) that does not complete in this many seconds fails
-    # the run with every thread's stack in a file (a dead or hung worker), not a silent hang;
-    # generous, since a worker caching backbone features keeps the others waiting meanwhile
+    # multiworker: when no training step completes in this many seconds (an all-reduce waiting
+    # on a hung worker), a watchdog fails the run with every thread's stack in stacks.txt, not a
+    # silent hang; generous: a worker caching backbone features keeps the others waiting
     collective_timeout: Annotated[int, Field(ge=10)] = 1800
     # Write and check saved_model/ at the end (every format of docs/formats.md, a few seconds);
     # false skips it for sweeps and quick experiments: `imgclf-export RUN` writes it later.

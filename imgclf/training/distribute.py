@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -26,12 +27,10 @@ from imgclf.infra.errors import ConfigError, UserError
 _STRATEGIES: dict[Any, Any] = {}
 
 
-def make_strategy(mode: str, timeout: float | None = None) -> Any:
+def make_strategy(mode: str) -> Any:
     """The tf.distribute strategy for `mode`, or None for `none`. Every call of a process gets
     the same strategy object for the same mode (and, for `mirrored`, the same devices): see
-    above. `timeout` (multiworker, seconds, `train.collective_timeout`): a collective that
-    takes longer raises DeadlineExceededError (the first call's value holds for the process).
-    Raises ConfigError (`multiworker` without TF_CONFIG) or ValueError (unknown mode)."""
+    above. Raises ConfigError (`multiworker` without TF_CONFIG) or ValueError (unknown mode)."""
     if mode == "none":
         return None
     import tensorflow as tf
@@ -52,10 +51,7 @@ def make_strategy(mode: str, timeout: float | None = None) -> Any:
                 '"task": {"type": "worker", "index": 0}}'
             )
         if mode not in _STRATEGIES:
-            options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
-            _STRATEGIES[mode] = tf.distribute.MultiWorkerMirroredStrategy(
-                communication_options=options
-            )
+            _STRATEGIES[mode] = tf.distribute.MultiWorkerMirroredStrategy()
         return _STRATEGIES[mode]
     raise ValueError(f"train.distribute: unknown mode {mode!r}")
 
@@ -128,13 +124,14 @@ def _steps(model: Any, strategy: Any, per_example_loss: Any) -> tuple[Any, Any]:
 
 
 def _batch_norm_statistics(model: Any) -> list[Any]:
-    """The moving mean and variance of every BatchNormalization layer of `model` (nested
-    models included)."""
+    """The moving mean and variance of every trainable BatchNormalization layer of `model`
+    (nested models included)."""
     import keras
 
     found = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
+        # A frozen layer (transfer) runs in inference mode: its statistics never move.
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
             found += [layer.moving_mean, layer.moving_variance]
     return found
 
@@ -174,15 +171,21 @@ def chief_logs(strategy: Any, logs: dict[str, float]) -> dict[str, float]:
     import tensorflow as tf
 
     keys = sorted(logs)
-    mine = tf.constant([logs[k] if is_chief() else 0.0 for k in keys], tf.float64)
-    total = strategy.reduce("SUM", strategy.run(lambda: tf.identity(mine)), axis=None)
+    mine = tf.constant([logs[k] for k in keys], tf.float64)
+
+    def first_replica() -> Any:  # global replica 0 lives on the chief: its values, once
+        ctx = tf.distribute.get_replica_context()
+        return tf.where(ctx.replica_id_in_sync_group == 0, mine, tf.zeros_like(mine))
+
+    total = strategy.reduce("SUM", strategy.run(first_replica), axis=None)
     return dict(zip(keys, (float(v) for v in total.numpy()), strict=True))
 
 
-def _totals(step: Any, batches: Any) -> list[float]:
+def _totals(step: Any, batches: Any, watchdog: Watchdog) -> list[float]:
     totals = [0.0, 0.0, 0.0]
     for x, y in batches:
         totals = [t + float(v) for t, v in zip(totals, step(x, y), strict=True)]
+        watchdog.beat()
     return totals
 
 
@@ -195,7 +198,6 @@ def fit_multiworker(
     callbacks: list[Any],
     class_weight: dict[int, float] | None = None,
     verbose: int = 0,
-    stacks: Path | None = None,
 ) -> None:
     """Train `model` (built and compiled under `strategy`) with imgclf's own loop.
 
@@ -205,20 +207,18 @@ def fit_multiworker(
     batch-norm moving statistics averaged over the replicas at the end of every epoch
     (`synchronise_statistics`), validation on the full validation split, and the usual Keras
     callbacks (history, early stopping, schedules) driven on every worker with the chief's
-    logs (`chief_logs`), so every worker takes the same decisions. A collective that times
-    out (`train.collective_timeout`) raises CollectiveTimeout after every thread's stack is
-    written to `stacks` (a file; default: the system's temporary folder).
+    logs (`chief_logs`), so every worker takes the same decisions. A step that does not
+    complete within the watchdog's deadline (`WATCHDOG`, `train.collective_timeout`) ends the
+    process (`Watchdog`); a peer that is gone raises WorkerLost.
     """
     import tensorflow as tf
 
     try:
-        _loop(model, strategy, train_ds, val_ds, epochs, callbacks, class_weight, verbose)
-    except tf.errors.DeadlineExceededError as exc:
-        path = dump_stacks(stacks)
-        raise CollectiveTimeout(
-            f"a collective (all-reduce) did not complete in time ({_first(exc)}): a worker died, "
-            f"hung or is far slower (train.collective_timeout); this worker's stacks: {path}"
-        ) from None
+        with Watchdog(**WATCHDOG) as watchdog:
+            _loop(
+                model, strategy, train_ds, val_ds, epochs, callbacks, class_weight, verbose,
+                watchdog,
+            )  # fmt: skip
     except tf.errors.UnavailableError as exc:  # TensorFlow's health check: a peer is gone
         import re
 
@@ -230,8 +230,67 @@ def fit_multiworker(
         ) from None
 
 
-class CollectiveTimeout(UserError):
-    """A multi-worker collective did not complete within `train.collective_timeout`."""
+# The watchdog of every fit_multiworker (`configure_watchdog`): its deadline, where the stacks go,
+# and how the run is marked failed (the chief's run directory's state).
+WATCHDOG: dict[str, Any] = {"seconds": None, "stacks": None, "fail": None}
+
+
+def configure_watchdog(seconds: float | None, stacks: Path | None, fail: Any = None) -> None:
+    """Set the watchdog of the next multi-worker fits: `seconds` without a completed step ends
+    the process (None: no watchdog); `stacks`: the file for every thread's stack (None: the
+    system's temporary folder); `fail(reason)`: records the run as failed first."""
+    WATCHDOG.update(seconds=seconds, stacks=stacks, fail=fail)
+
+
+class Watchdog:
+    """A thread that ends the process when no training step completes for `seconds`: a
+    collective (all-reduce) waiting on a worker that hung or died silently blocks inside
+    TensorFlow, where no Python exception can reach it. It writes every thread's stack
+    (`dump_stacks`), records the run as failed (`fail`), prints one line and exits with 2.
+    One thread for the whole fit; TensorFlow's per-collective timeout
+    (CommunicationOptions.timeout_seconds) would start a thread per collective, which sleeps
+    the whole timeout."""
+
+    def __init__(self, seconds: float | None, stacks: Path | None, fail: Any = None) -> None:
+        import threading
+
+        self.seconds, self.stacks, self.fail = seconds, stacks, fail
+        self.last = 0.0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="imgclf-watchdog", daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        self.beat()
+        if self.seconds:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+
+    def beat(self) -> None:
+        """A step completed."""
+        import time
+
+        self.last = time.monotonic()
+
+    def _watch(self) -> None:
+        import sys
+        import time
+
+        while not self.done.wait(min(5.0, self.seconds / 10)):
+            if time.monotonic() - self.last > self.seconds:
+                path = dump_stacks(self.stacks)
+                reason = (
+                    f"CollectiveTimeout: no training step completed in {self.seconds:g} s "
+                    "(train.collective_timeout): a worker hung, died silently or is far slower; "
+                    f"every thread's stack: {path}"
+                )
+                if self.fail is not None:
+                    with contextlib.suppress(Exception):  # the exit below matters more
+                        self.fail(reason)
+                print(f"error: {reason}", file=sys.stderr, flush=True)
+                os._exit(2)  # the main thread is blocked inside TensorFlow: end the process
 
 
 class WorkerLost(UserError):
@@ -261,7 +320,7 @@ def dump_stacks(path: Path | None) -> Path:
 
 def _loop(
     model: Any, strategy: Any, train_ds: Any, val_ds: Any, epochs: int, callbacks: list[Any],
-    class_weight: dict[int, float] | None, verbose: int,
+    class_weight: dict[int, float] | None, verbose: int, watchdog: Watchdog,
 ) -> None:  # fmt: skip
     """The loop of `fit_multiworker`."""
     import keras
@@ -280,10 +339,10 @@ def _loop(
     cb.on_train_begin()
     for epoch in range(epochs):
         cb.on_epoch_begin(epoch)
-        train = _totals(train_step, distributed)
+        train = _totals(train_step, distributed, watchdog)
         if synchronise is not None:  # before validating: the same model on every worker
             synchronise()
-        val = _totals(val_step, val_ds)
+        val = _totals(val_step, val_ds, watchdog)
         logs = {
             "loss": train[0] / train[2],
             "accuracy": train[1] / train[2],
@@ -291,6 +350,7 @@ def _loop(
             "val_accuracy": val[1] / val[2],
         }
         logs = chief_logs(strategy, logs)  # every decision below is the chief's
+        watchdog.beat()
         if verbose:
             shown = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
             print(f"Epoch {epoch + 1}/{epochs} - {shown}", flush=True)

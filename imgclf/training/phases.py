@@ -22,7 +22,7 @@ from imgclf.infra import faults
 from imgclf.infra.errors import UserError
 from imgclf.training import tracking  # train.tensorboard / train.mlflow
 from imgclf.training.backend import make_training_data
-from imgclf.training.distribute import fit_multiworker
+from imgclf.training.distribute import configure_watchdog, fit_multiworker
 from imgclf.training.optim import (
     class_weights,
     compile_model,
@@ -314,16 +314,17 @@ def fit_phase(runner: PhaseRunner, phase: Phase, report: dict[str, Any]) -> dict
     rows_before, start = len(runner.history.rows) - resumed, time.perf_counter()
     if resumed and runner.verbose:
         print(f"phase {phase.name}: resuming after epoch {resumed}", flush=True)
+    if tcfg.distribute == "multiworker":
+        watch_multiworker(runner, tcfg.collective_timeout)
     if cached:
         fit_head_on_features(
             runner.model, runner.splits, config, phase, runner.batch_size, callbacks, weights,
             runner.verbose, runner.estimate, runner.augmenter, runner.strategy,
         )  # fmt: skip
     elif tcfg.distribute == "multiworker":
-        stacks = runner.prepared.run_dir / runs.STACKS if runner.prepared.chief else None
         fit_multiworker(
             runner.model, runner.strategy, *runner.data, tcfg.epochs, callbacks, weights,
-            runner.verbose, stacks,
+            runner.verbose,
         )  # fmt: skip
     else:
         # shuffle=False: the pipeline already reshuffles every epoch, with the seed.
@@ -358,3 +359,12 @@ def _keep_if_better(runner: PhaseRunner, phase: Phase, report: dict[str, Any], b
                     f"({float(best):.4f} vs {head_best:.4f}): keeping the head-phase weights",
                     flush=True,
                 )
+
+
+def watch_multiworker(runner: PhaseRunner, seconds: float) -> None:
+    """The watchdog of this phase's multi-worker fits (`distribute.configure_watchdog`): the
+    chief's stacks go to the run's stacks.txt and its run is marked failed; another worker's
+    stacks go to the system's temporary folder."""
+    run_dir, chief = runner.prepared.run_dir, runner.prepared.chief
+    fail = (lambda reason: runs.set_state(run_dir, runs.FAILED, reason)) if chief else None
+    configure_watchdog(seconds, run_dir / runs.STACKS if chief else None, fail)

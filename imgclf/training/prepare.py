@@ -126,7 +126,7 @@ def prepare(
     preflight(config, out if chief and not resume else None)  # workers never write to `out`
     check_backend(config)  # e.g. train.distribute under JAX: a one-line error, nothing written
     # First: a multi-worker strategy must exist before the program does other TensorFlow work.
-    strategy = make_strategy(config.train.distribute, config.train.collective_timeout)
+    strategy = make_strategy(config.train.distribute)
     # Same seed, same run: seeds Python, NumPy and Keras; deterministic kernels on TensorFlow.
     set_deterministic(config.seed)
     if splits is None:

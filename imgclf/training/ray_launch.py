@@ -15,7 +15,9 @@ can read (docs/distributed.md: the data layout each worker needs).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,12 @@ def _worker_loop(settings: dict[str, Any]) -> None:
     from imgclf.training.distribute import is_chief, make_strategy
 
     config = Config.model_validate(settings["config"])
+    # Ray starts a worker in a folder of its own: relative paths (data.path, tracking folders)
+    # mean what they meant where imgclf-train was typed, when that folder exists here.
+    with contextlib.suppress(OSError):
+        os.chdir(settings["cwd"])
     # First: before any other TensorFlow work of this process.
-    make_strategy("multiworker", config.train.collective_timeout)
+    make_strategy("multiworker")
     train = settings["train"]  # imgclf.train.train (pickled by reference)
     # The chief speaks for the run; the other workers' lines would repeat it.
     train(config, out=settings["out"], verbose=settings["verbose"] if is_chief() else 0)
@@ -61,17 +67,21 @@ def launch(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    config = config.model_copy(
-        update={"train": config.train.model_copy(update={"distribute": "multiworker"})}
-    )
+    from imgclf.config import build_config
+
+    # Validated again as multi-worker, here: a refusal (e.g. learning_rate auto) is one line now,
+    # not a worker's error later.
+    values = config.model_dump(mode="python")
+    values["train"]["distribute"] = "multiworker"
+    config = build_config(values)
     run_dir = runs.new_run_dir(config.name, out, runs_root).resolve()  # empty: train fills it
     try:
         if ray.is_initialized():
             pass
         elif os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=bool(verbose))
-        else:  # a local cluster: one CPU per worker, whatever this machine has
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=bool(verbose))
+        else:  # a local cluster: a CPU per worker (+1 for Ray Train v1's trainer actor)
+            ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=bool(verbose))
     except Exception as exc:  # an unreachable address, a socket path, a full /tmp
         run_dir.rmdir()  # still empty: nothing of the run was written
         raise UserError(f"cannot start or reach Ray: {_first_line(exc)}") from None
@@ -80,6 +90,7 @@ def launch(
         _worker_loop,
         train_loop_config={
             "config": config.model_dump(mode="json"), "out": str(run_dir), "train": train,
+            "cwd": os.getcwd(),
             "verbose": 2 if verbose else 0,
         },
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
@@ -87,15 +98,34 @@ def launch(
     )  # fmt: skip
     try:
         result = trainer.fit()
+        error = result.error
     except Exception as exc:  # Ray wraps a worker's error: its first line, never the trace
-        raise UserError(f"the Ray run failed: {_first_line(exc)}") from None
-    if result.error is not None:
-        raise UserError(f"the Ray run failed: {_first_line(result.error)}")
+        error = exc
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    if error is not None:
+        _failed(run_dir, f"the Ray run failed: {_first_line(error)}")
     return run_dir
 
 
+def _failed(run_dir: Path, reason: str) -> None:
+    """UserError `reason`, after the run directory is left honest: removed when nothing was
+    written (a config or data error), else marked failed unless the chief said why."""
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    elif run_dir.is_dir() and runs.read_state(run_dir).state in (runs.RUNNING, runs.INTERRUPTED):
+        # The chief was killed mid-run (a dead trainer's `running` reads as interrupted); a
+        # multi-worker run cannot be resumed, so it is failed.
+        runs.set_state(run_dir, runs.FAILED, reason)
+    raise UserError(reason)
+
+
 def _first_line(exc: BaseException) -> str:
-    """The innermost cause's first line (Ray's wrappers add pages of context)."""
+    """The first line of the error a worker raised (the lowest rank's, from Ray Train's
+    WorkerGroupError), else of the innermost cause (Ray's wrappers add pages of context)."""
+    failures = getattr(exc, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        exc = failures[min(failures)]
     while exc.__cause__ is not None:
         exc = exc.__cause__
     text = str(exc).strip().splitlines()
