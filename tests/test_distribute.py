@@ -376,6 +376,32 @@ def test_the_ray_launcher_trains_on_a_local_two_worker_cluster(tmp_path: Path):
     assert json.loads((tmp_path / "run" / "state.json").read_text())["state"] == "complete"
 
 
+def _chief_of(script: str, tmp_path: Path) -> tuple[int | None, str]:
+    """Run `script` as a 2-worker cluster on 127.0.0.1 (a tiny MLP run into tmp_path/run);
+    (the chief's exit code, its output) once it has ended (200 s at most); the other worker
+    is killed then."""
+    data = write_folder_dataset(tmp_path / "data", per_class=20, seed=1)
+    overrides = [
+        *tiny_overrides(data), "model.name=mlp", "train.epochs=2", "data.cache=memory",
+        "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
+    ]  # fmt: skip
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
+        workers.append(forked.start(script, tmp_path / "run", *overrides, env=env))
+    try:
+        chief, log = workers[0]
+        chief.join(200)
+        return chief.exitcode, log.read_text(errors="replace")
+    finally:
+        for process, worker_log in workers:
+            process.kill()
+            process.join()
+            worker_log.unlink(missing_ok=True)
+
+
 TIMEOUT_SCRIPT = r"""
 import json, os, sys, time
 from imgclf.training import distribute
@@ -402,26 +428,7 @@ def test_a_training_step_that_never_completes_fails_the_run_with_the_stacks(tmp_
     """A worker that stalls: after train.collective_timeout (here 10 s) without a completed
     step the chief's watchdog ends it instead of a hang: exit 2, one line, the run `failed`,
     every thread's stack in the run's stacks.txt."""
-    data = write_folder_dataset(tmp_path / "data", per_class=20, seed=1)
-    overrides = [
-        *tiny_overrides(data), "model.name=mlp", "train.epochs=2", "data.cache=memory",
-        "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
-    ]  # fmt: skip
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    workers = []
-    for index in range(2):
-        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
-        workers.append(forked.start(TIMEOUT_SCRIPT, tmp_path / "run", *overrides, env=env))
-    try:
-        chief, log = workers[0]
-        chief.join(200)
-        code, text = chief.exitcode, log.read_text(errors="replace")
-    finally:
-        for process, worker_log in workers:
-            process.kill()
-            process.join()
-            worker_log.unlink(missing_ok=True)
+    code, text = _chief_of(TIMEOUT_SCRIPT, tmp_path)
     assert code == 2 and "FINISHED" not in text, text[-3000:]
     stacks = tmp_path / "run" / "stacks.txt"
     errors = [line for line in text.splitlines() if line.startswith("error: ")]
@@ -485,26 +492,7 @@ os._exit(0)
 def test_a_lost_worker_fails_the_run_in_one_line(tmp_path: Path):
     """A worker that dies: TensorFlow's health check tells the chief, whose run ends `failed`
     with one line naming the lost task (not a traceback, not a hang)."""
-    data = write_folder_dataset(tmp_path / "data", per_class=20, seed=1)
-    overrides = [
-        *tiny_overrides(data), "model.name=mlp", "train.epochs=2", "data.cache=memory",
-        "data.val_fraction=0.2", "data.test_fraction=0.2", "train.batch_size=12",
-    ]  # fmt: skip
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    workers = []
-    for index in range(2):
-        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
-        workers.append(forked.start(LOST_SCRIPT, tmp_path / "run", *overrides, env=env))
-    try:
-        chief, log = workers[0]
-        chief.join(200)
-        text = log.read_text(errors="replace")
-    finally:
-        for process, worker_log in workers:
-            process.kill()
-            process.join()
-            worker_log.unlink(missing_ok=True)
+    _, text = _chief_of(LOST_SCRIPT, tmp_path)
     lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
     assert lines, text[-3000:]
     result = json.loads(lines[-1][len("RESULT ") :])

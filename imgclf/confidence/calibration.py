@@ -64,10 +64,17 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
 
     Bins as `sklearn.calibration.calibration_curve(strategy="uniform")` makes them (it gives the
     accuracy and confidence per bin; the counts use the same edges)."""
-    from sklearn.calibration import calibration_curve
-
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == np.asarray(labels)).astype(np.int64)
+    return binned(confidence, correct, bins)
+
+
+def binned(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
+    """The ECE and per non-empty bin (`bins` equal-width on [0, 1]) the mean `confidence`, the
+    share of `correct` (0/1 int) and the count: `reliability`'s, and a multi-label run's per
+    (image, label) pair (`confidence.multilabel`)."""
+    from sklearn.calibration import calibration_curve
+
     edges = np.linspace(0.0, 1.0, bins + 1)
     ids = np.searchsorted(edges[1:-1], confidence)  # calibration_curve's own bin assignment
     counts = np.bincount(ids, minlength=bins)

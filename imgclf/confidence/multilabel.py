@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.confidence.calibration import ECE_BINS, T_RANGE
+from imgclf.confidence.calibration import ECE_BINS, T_RANGE, binned
 
 BINNING = f"{ECE_BINS} equal-width bins of each label's probability on [0, 1]"
 
@@ -67,28 +67,10 @@ def fit_label_temperature(logits: np.ndarray, targets: np.ndarray) -> float | No
 
 def reliability(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
     """Reliability data of binary probabilities `probs` against 0/1 `targets` (flattened):
-    per non-empty bin its mean probability, the share of positives and the count, and the ECE."""
-    from sklearn.calibration import calibration_curve
-
+    per non-empty bin its mean probability, the share of positives and the count, and the ECE
+    (`calibration.binned`)."""
     p = np.asarray(probs, np.float64).ravel()
-    y = np.asarray(targets).ravel().astype(np.int64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ids = np.searchsorted(edges[1:-1], p)  # calibration_curve's own bin assignment
-    counts = np.bincount(ids, minlength=bins)
-    if y.min() == y.max():  # calibration_curve needs both outcomes present
-        share = np.full(int((counts > 0).sum()), float(y[0]))
-        mean_p = np.array([p[ids == b].mean() for b in np.flatnonzero(counts)])
-    else:
-        share, mean_p = calibration_curve(y, p, n_bins=bins)
-    n = counts[counts > 0]
-    return {
-        "ece": float((n / n.sum() * np.abs(share - mean_p)).sum()),
-        "bins": [
-            {"lower": float(edges[b]), "upper": float(edges[b + 1]), "confidence": float(c),
-             "accuracy": float(a), "count": int(k)}
-            for b, c, a, k in zip(np.flatnonzero(counts), mean_p, share, n, strict=True)
-        ],
-    }  # fmt: skip
+    return binned(p, np.asarray(targets).ravel().astype(np.int64), bins)
 
 
 def figures(probs: np.ndarray, targets: np.ndarray, names: list[str]) -> dict[str, Any]:

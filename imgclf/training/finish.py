@@ -94,7 +94,7 @@ def evaluate_run(
     for the confidence fit too) with the calibration `temperature`, and write metrics.json
     (with `extra`: phases, epochs), worst/ and the plots; returns the metrics."""
 
-    from imgclf.plots import plot_confusion, plot_curves, plot_reliability
+    from imgclf.plots import plot_confusion, plot_reliability
 
     metrics = evaluate_probabilities(
         test.probabilities(temperature),
@@ -111,17 +111,25 @@ def evaluate_run(
     metrics.update(extra)
     save_worst(run_dir, splits, metrics)
     runs.write_json(run_dir / runs.METRICS, metrics)
+    plot_history(run_dir)
+    confusion = np.asarray(metrics["confusion_matrix"])
+    plot_confusion(confusion, splits.class_names, run_dir / runs.CONFUSION_PLOT)
+    if metrics.get("calibration") and "after" in metrics["calibration"]:
+        plot_reliability(metrics["calibration"], run_dir / runs.RELIABILITY_PLOT)
+    return metrics
+
+
+def plot_history(run_dir: Path) -> None:
+    """plots/curves.png from the run's history.csv: loss and accuracy, training and
+    validation, with the phases marked."""
+    from imgclf.plots import plot_curves
+
     history = runs.read_history(run_dir / runs.HISTORY)
     curves = {
         key: [r.get(key) for r in history if r.get(key) is not None]
         for key in ("loss", "accuracy", "val_loss", "val_accuracy")
     }
     plot_curves(curves, run_dir / runs.CURVES_PLOT, [r.phase for r in history])
-    confusion = np.asarray(metrics["confusion_matrix"])
-    plot_confusion(confusion, splits.class_names, run_dir / runs.CONFUSION_PLOT)
-    if metrics.get("calibration") and "after" in metrics["calibration"]:
-        plot_reliability(metrics["calibration"], run_dir / runs.RELIABILITY_PLOT)
-    return metrics
 
 
 def without_leaked(
@@ -370,6 +378,11 @@ def confidence_summary(metrics: dict[str, Any]) -> str:
         parts.append(
             f"calibration: T = {cal['temperature']:.3f}, test ECE {cal['before']['ece']:.4f} → "
             f"{cal['after']['ece']:.4f}"
+        )
+    elif "after" in cal:  # task: multilabel (imgclf.confidence.multilabel)
+        parts.append(
+            f"calibration: a temperature per label, test ECE {cal['before']['ece']:.4f} → "
+            f"{cal['after']['ece']:.4f} (every image-label pair)"
         )
     ood = metrics.get("ood") or {}
     if "threshold" in ood:

@@ -299,15 +299,12 @@ def _write_run(
 ) -> None:  # fmt: skip
     """model.keras (the temperatures folded in), ood.npz, metrics.json, the plots, the model
     card, then the manifest and the `complete` state."""
-    from imgclf.plots import plot_curves, plot_reliability
-    from imgclf.training.finish import save_model
+    from imgclf.plots import plot_reliability
+    from imgclf.training.finish import plot_history, save_model
     from imgclf.training.tracking import finish_run as finish_tracking
 
     save_model(run_dir, model, stats)
-    history = runs.read_history(run_dir / runs.HISTORY)
-    curves = {k: [r.get(k) for r in history if r.get(k) is not None]
-              for k in ("loss", "accuracy", "val_loss", "val_accuracy")}  # fmt: skip
-    plot_curves(curves, run_dir / runs.CURVES_PLOT, [r.phase for r in history])
+    plot_history(run_dir)
     if (metrics.get("calibration") or {}).get("after"):
         plot_reliability(metrics["calibration"], run_dir / runs.RELIABILITY_PLOT)
     metrics["resources"] = meter.report()

@@ -21,22 +21,10 @@ def summary_line(metrics: dict[str, Any]) -> str:
         f"({m['at_0.5']['subset_accuracy']:.4f} / {m['at_0.5']['hamming_loss']:.4f} at 0.5; "
         f"{m['n']} images)"
     )
-    parts = []
-    cal, ood = metrics.get("calibration") or {}, metrics.get("ood") or {}
-    if "after" in cal:
-        parts.append(
-            f"calibration: a temperature per label, test ECE {cal['before']['ece']:.4f} → "
-            f"{cal['after']['ece']:.4f} (every image-label pair)"
-        )
-    if "threshold" in ood:
-        parts.append(
-            f"OOD threshold {ood['threshold']:.2f} (false alarms: "
-            f"{ood['test_false_alarm_rate']:.1%} of test images)"
-        )
-    for name, section in (("calibration", cal), ("OOD", ood)):
-        if "skipped" in section:
-            parts.append(f"{name} skipped: {section['skipped']}")
-    return line + ("\n" + "; ".join(parts) if parts else "")
+    from imgclf.training.finish import confidence_summary
+
+    confidence = confidence_summary(metrics)  # the calibration and OOD line, as single-label
+    return line + ("\n" + confidence if confidence else "")
 
 
 def card(config: Config, splits: Splits, metrics: dict[str, Any]) -> str:
