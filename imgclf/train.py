@@ -40,6 +40,7 @@ from imgclf.models import build_model
 from imgclf.training.augment import build_augmenter
 from imgclf.training.backend import make_training_data
 from imgclf.training.diagnostics_cost import plan as plan_diagnostics
+from imgclf.training.distribute import WorkerLost
 from imgclf.training.estimate import Estimate, job_shape
 from imgclf.training.phases import PhaseRunner, history_callback
 from imgclf.training.prepare import Prepared, preflight, prepare
@@ -169,6 +170,14 @@ def train(
         if not (p.chief and runs.read_state(p.run_dir).complete):
             _mark_ended(p, runs.INTERRUPTED, "stopped by Ctrl+C or SIGTERM")
             raise RunInterrupted(p.run_dir) from exc
+    except WorkerLost as exc:
+        # Resumable: the chief's backups hold every completed epoch (training.cluster_sync).
+        _mark_ended(p, runs.INTERRUPTED, f"WorkerLost: {exc}")
+        run = runs.resume_command(p.run_dir) if p.chief else "imgclf-train --resume RUN"
+        raise WorkerLost(
+            f"{exc}; the run is left interrupted: once the cluster is whole again, continue "
+            f"it with `{run}` on every worker"
+        ) from None
     except BaseException as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _mark_ended(p, runs.FAILED, f"{type(exc).__name__}: {reason}")

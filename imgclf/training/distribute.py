@@ -15,10 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+from imgclf.infra import faults
 from imgclf.infra.errors import ConfigError, UserError
+from imgclf.training.cluster_sync import broadcast_arrays, sync_fit_start
 
 # One strategy per process and kind: TensorFlow configures a process's collective ops once, and
 # a second MultiWorkerMirroredStrategy in the same process (a second `train()` in a notebook or
@@ -64,6 +67,15 @@ def is_chief() -> bool:
     task = json.loads(raw).get("task", {})
     kind, index = task.get("type", "worker"), int(task.get("index", 0))
     return kind == "chief" or (kind == "worker" and index == 0)
+
+
+def cluster_size() -> int:
+    """The number of processes TF_CONFIG names (workers and a chief), 1 without it."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return 1
+    cluster = json.loads(raw).get("cluster", {})
+    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
 
 
 def _loss_fn(model: Any, class_weight: dict[int, float] | None) -> Any:
@@ -168,24 +180,25 @@ def chief_logs(strategy: Any, logs: dict[str, float]) -> dict[str, float]:
     """`logs` as the chief computed them, on every worker (one all-reduce): every callback's
     decision (early stopping, best-weight restore, learning-rate schedules on a plateau) is the
     chief's, whatever round-off or data a worker saw differently."""
-    import tensorflow as tf
+    import numpy as np
 
     keys = sorted(logs)
-    mine = tf.constant([logs[k] for k in keys], tf.float64)
-
-    def first_replica() -> Any:  # global replica 0 lives on the chief: its values, once
-        ctx = tf.distribute.get_replica_context()
-        return tf.where(ctx.replica_id_in_sync_group == 0, mine, tf.zeros_like(mine))
-
-    total = strategy.reduce("SUM", strategy.run(first_replica), axis=None)
-    return dict(zip(keys, (float(v) for v in total.numpy()), strict=True))
+    (values,) = broadcast_arrays(strategy, [np.array([logs[k] for k in keys], np.float64)])
+    return dict(zip(keys, (float(v) for v in values), strict=True))
 
 
-def _totals(step: Any, batches: Any, watchdog: Watchdog) -> list[float]:
+def _totals(step: Any, batches: Any, watchdog: Watchdog, cb: Any = None) -> list[float]:
+    """(summed loss, correct, images) of `step` over `batches`; with `cb` (training), the
+    callbacks' batch hooks around every step (resume backups every N steps, the estimate)."""
     totals = [0.0, 0.0, 0.0]
-    for x, y in batches:
+    for batch, (x, y) in enumerate(batches):
+        if cb is not None:
+            cb.on_train_batch_begin(batch)
         totals = [t + float(v) for t, v in zip(totals, step(x, y), strict=True)]
         watchdog.beat()
+        if cb is not None:
+            faults.point("step")
+            cb.on_train_batch_end(batch)
     return totals
 
 
@@ -211,23 +224,47 @@ def fit_multiworker(
     complete within the watchdog's deadline (`WATCHDOG`, `train.collective_timeout`) ends the
     process (`Watchdog`); a peer that is gone raises WorkerLost.
     """
+    with lost_peers(), Watchdog(**WATCHDOG) as watchdog:
+        _loop(
+            model, strategy, train_ds, val_ds, epochs, callbacks, class_weight, verbose, watchdog
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def lost_peers() -> Any:
+    """Turn the errors TensorFlow raises in a collective whose peer is gone into WorkerLost,
+    one line naming the lost tasks."""
     import tensorflow as tf
 
     try:
-        with Watchdog(**WATCHDOG) as watchdog:
-            _loop(
-                model, strategy, train_ds, val_ds, epochs, callbacks, class_weight, verbose,
-                watchdog,
-            )  # fmt: skip
-    except tf.errors.UnavailableError as exc:  # TensorFlow's health check: a peer is gone
-        import re
-
-        peers = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(exc))))
+        yield
+    except _peer_errors() as exc:
+        text = str(exc)
+        if not isinstance(exc, tf.errors.UnavailableError) and not LOST.search(text):
+            raise  # e.g. two workers running different collectives: a bug, not a lost peer
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+        me = f"/task:{task.get('index', 0)}"
+        found = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", text)))
+        peers = [p for p in found if not p.endswith(me)] or found  # not this process itself
         who = ", ".join(peers) if peers else _first(exc)
         raise WorkerLost(
-            f"a worker of the cluster was lost ({who}); the run cannot go on without it: "
-            "start it again on a whole cluster (a multi-worker run cannot be resumed yet)"
+            f"a worker of the cluster was lost ({who}); the run cannot go on without it"
         ) from None
+
+
+# What TensorFlow's messages say when a peer is gone (its coordination service's heartbeat,
+# gRPC's view of a closed connection).
+LOST = re.compile(r"unhealthy|heartbeat|Socket closed|Connection reset|connect to all addresses")
+
+
+def _peer_errors() -> tuple[type[BaseException], ...]:
+    """What TensorFlow raises in a collective whose peer is gone: UnavailableError (its health
+    check), and Cancelled, Aborted or Internal ("Collective ops is aborted by: ...") when the
+    collective executor is torn down while a step waits on it."""
+    import tensorflow as tf
+
+    e = tf.errors
+    return (e.UnavailableError, e.CancelledError, e.AbortedError, e.InternalError)
 
 
 # The watchdog of every fit_multiworker (`configure_watchdog`): its deadline, where the stacks go,
@@ -336,10 +373,21 @@ def _loop(
     )
     cb = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, verbose=0)
     model.stop_training = False
+    model._initial_epoch = None  # set by the chief's resume backup when it restores one
+    if model.optimizer is not None and not model.optimizer.built:
+        # Now, on every worker: creating a mirrored variable is a collective (its initial
+        # value is broadcast), and the chief's resume backup would otherwise create the
+        # optimiser's variables alone, before restoring them.
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
     cb.on_train_begin()
-    for epoch in range(epochs):
+    # Resuming: where the chief's backup ends, its weights and early stopping's state, on
+    # every worker (the others never saw the backup).
+    start = sync_fit_start(model, strategy, callbacks)
+    model._initial_epoch = None
+    for epoch in range(start, epochs):
         cb.on_epoch_begin(epoch)
-        train = _totals(train_step, distributed, watchdog)
+        train = _totals(train_step, distributed, watchdog, cb)
         if synchronise is not None:  # before validating: the same model on every worker
             synchronise()
         val = _totals(val_step, val_ds, watchdog)

@@ -22,7 +22,8 @@ from imgclf.infra import faults
 from imgclf.infra.errors import UserError
 from imgclf.training import tracking  # train.tensorboard / train.mlflow
 from imgclf.training.backend import make_training_data
-from imgclf.training.distribute import configure_watchdog, fit_multiworker
+from imgclf.training.cluster_sync import agree_done, broadcast_variables
+from imgclf.training.distribute import configure_watchdog, fit_multiworker, lost_peers
 from imgclf.training.optim import (
     class_weights,
     compile_model,
@@ -135,8 +136,16 @@ class PhaseRunner:
         """Set up and fit one phase; returns its report (metrics.json `phases`). A phase that
         finished before an interruption is not run again: its end weights are loaded."""
         done = self.resume.done(phase.name) if self.resume is not None else None
+        multiworker = self.config.train.distribute == "multiworker"
+        if multiworker:  # only the chief has the backups: its answer, on every worker
+            with lost_peers():
+                done = agree_done(self.strategy, done)
         if done is not None:
-            self.resume.load_done(phase.name, self.model, self.augmenter)
+            if self.resume is not None:
+                self.resume.load_done(phase.name, self.model, self.augmenter)
+            if multiworker:
+                with lost_peers():
+                    broadcast_variables(self.strategy, list(self.model.variables))
             monitor = phase.train.early_stopping.monitor
             if phase.name == "head" and done.get(f"best_{monitor}") is not None:
                 self.head_end = (done[f"best_{monitor}"], self.model.get_weights())

@@ -26,7 +26,7 @@ from imgclf.infra import faults
 from imgclf.infra.errors import ConfigError
 from imgclf.models import build_model
 from imgclf.training.backend import check_backend, set_deterministic
-from imgclf.training.distribute import is_chief, make_strategy
+from imgclf.training.distribute import cluster_size, is_chief, make_strategy
 from imgclf.training.optim import compile_model, resolve_batch_size, steps_per_epoch
 from imgclf.training.resume import Resume
 from imgclf.training.tracking import preflight as tracking_preflight
@@ -141,10 +141,14 @@ def prepare(
     model = build_for_training(config, splits, strategy, batch_size)
     made = out is None or not Path(out).exists()  # else an empty folder the user gave
     run_dir = _run_dir(config, out, runs_root, chief, resume, splits)
-    track = Resume(run_dir) if chief and config.train.distribute != "multiworker" else None
+    # Only the chief backs a run up (a multi-worker run's other workers take its state from
+    # the chief when resuming: training.cluster_sync).
+    track = Resume(run_dir) if chief else None
+    workers = cluster_size() if config.train.distribute == "multiworker" else 1
     try:
         if track is not None:
-            track.check_data(splits, resume)  # resuming: the same split, or a one-line error
+            # Resuming: the same split on as many workers, or a one-line error.
+            track.check_data(splits, resume, workers)
         runs.write_text(run_dir / runs.CONFIG, dump_config(config))
         faults.point("setup")
         runs.write_json(run_dir / runs.LABELS, splits.class_names)

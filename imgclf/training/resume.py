@@ -23,6 +23,7 @@ augmentation or a plateau schedule continue faithfully but not bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ from imgclf import runs
 from imgclf.config import load_config
 from imgclf.infra import bounded, faults
 from imgclf.infra.errors import ConfigError, UserError
+from imgclf.training.distribute import is_chief
 
 if TYPE_CHECKING:
     import keras
@@ -66,23 +68,34 @@ class Resume:
     def backup_dir(self, phase: str) -> Path:
         return self.folder / phase
 
-    def check_data(self, splits: Splits, resuming: bool) -> None:
-        """Record the data's fingerprint (a new run), or check it is unchanged (resuming).
+    def check_data(self, splits: Splits, resuming: bool, workers: int = 1) -> None:
+        """Record the data's fingerprint and the number of workers (a new run), or check both
+        are unchanged (resuming).
 
-        Raises ConfigError when a resumed run's data differs: it would train and test on
-        another split than the one it started with."""
+        Raises ConfigError when a resumed run's data differs (it would train and test on
+        another split than the one it started with) or when a multi-worker run is resumed on
+        another number of workers."""
 
         path = self.folder / "data.json"
         now = fingerprint(splits)
         if resuming and path.is_file():
-            if runs.read_json(path).get("fingerprint") != now:
+            recorded = runs.read_json(path)
+            if recorded.get("fingerprint") != now:
                 raise ConfigError(
                     f"{self.folder.parent}: its data has changed since it started (files added, "
                     "removed or renamed, or another split), so it cannot be resumed without "
                     "mixing test and training images; train it again"
                 )
+            before = int(recorded.get("workers", 1))
+            if before != workers:
+                raise ConfigError(
+                    f"{self.folder.parent}: it started on {before} worker(s) and TF_CONFIG now "
+                    f"names {workers}; resume it on a cluster of {before} (each worker's share "
+                    "of every global batch and the batch-norm statistics depend on the count, "
+                    "so another count would not continue the same training)"
+                )
             return
-        runs.write_json(path, {"fingerprint": now})
+        runs.write_json(path, {"fingerprint": now, "workers": workers})
 
     def done(self, phase: str) -> dict[str, Any] | None:
         """The report of `phase` when it finished before (None otherwise)."""
@@ -208,7 +221,10 @@ def backup_callback(
             snap, state = found
             self._current_epoch, self._last_batch_seen = state["epoch"], 0
             if self.model.optimizer is not None and not self.model.optimizer.built:
-                self.model.optimizer.build(self.model.trainable_variables)
+                # Its slots belong to the model's strategy (mirrored, multi-worker), if any.
+                strategy = getattr(self.model, "distribute_strategy", None)
+                with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                    self.model.optimizer.build(self.model.trainable_variables)
             self.model.load_weights(str(snap / "latest.weights.h5"))
             load_random(snap / "random.npz", seed_states(self.model, augmenter))
             _restore_early(early, state["early"], snap)
@@ -256,10 +272,19 @@ def _restore_early(early: Any, saved: dict[str, Any], snap: Path) -> None:
 
 def check_resumable(run_dir: Path) -> Config:
     """The config an interrupted or failed run started with; UserError (one line) when the run
-    cannot be resumed: not a run, complete, still training, or multi-worker."""
-
+    cannot be resumed: not a run, complete or still training. A worker of a multi-worker
+    cluster other than the chief only reads the config (the chief checks the run, and may
+    already have marked it `running` again)."""
     if not (run_dir / runs.CONFIG).is_file():
+        if not is_chief():
+            raise UserError(
+                f"--resume {run_dir}: this worker cannot read the run's {runs.CONFIG}; every "
+                "worker of a multi-worker run reads it: put the run directory on a disk every "
+                f"worker mounts at the same path, or copy {runs.CONFIG} there"
+            )
         raise UserError(f"--resume {run_dir}: not a run directory (no {runs.CONFIG})")
+    if not is_chief():
+        return load_config(run_dir / runs.CONFIG)
     state = runs.read_state(run_dir)
     if state.state == runs.COMPLETE:
         raise UserError(f"--resume {run_dir}: the run is already complete; nothing to resume")
@@ -269,9 +294,4 @@ def check_resumable(run_dir: Path) -> Config:
             f"{state.host}); wait for it or stop it first. If that process is gone (e.g. its "
             f"container was replaced), delete {run_dir / runs.STATE} and resume"
         )
-    config = load_config(run_dir / runs.CONFIG)
-    if config.train.distribute == "multiworker":
-        raise UserError(
-            f"--resume {run_dir}: resuming a multi-worker run is not supported; train it again"
-        )
-    return config
+    return load_config(run_dir / runs.CONFIG)
