@@ -149,10 +149,10 @@ class Forward:
             raise ValueError("no images to run the model on")
         return _concat(parts)
 
-    def stream(self, x: Any) -> Iterator[tuple[Any, np.ndarray]]:
+    def stream(self, x: Any, only: np.ndarray | None = None) -> Iterator[tuple[Any, np.ndarray]]:
         """(outputs, positions) per batch of the readable images of `x` (an array or a streamed
-        split's ImageView), in order."""
+        split's ImageView), or of the positions `only` (ascending), in order."""
 
-        for pixels, positions in batches(x, self.batch_size):
+        for pixels, positions in batches(x, self.batch_size, only):
             if len(positions):
                 yield self.run_batch(pixels), positions

@@ -171,13 +171,7 @@ def train(
             _mark_ended(p, runs.INTERRUPTED, "stopped by Ctrl+C or SIGTERM")
             raise RunInterrupted(p.run_dir) from exc
     except WorkerLost as exc:
-        # Resumable: the chief's backups hold every completed epoch (training.cluster_sync).
-        _mark_ended(p, runs.INTERRUPTED, f"WorkerLost: {exc}")
-        run = runs.resume_command(p.run_dir) if p.chief else "imgclf-train --resume RUN"
-        raise WorkerLost(
-            f"{exc}; the run is left interrupted: once the cluster is whole again, continue "
-            f"it with `{run}` on every worker"
-        ) from None
+        raise _left_interrupted(p, exc) from None
     except BaseException as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _mark_ended(p, runs.FAILED, f"{type(exc).__name__}: {reason}")
@@ -193,6 +187,17 @@ def _mark_ended(p: Prepared, state: str, reason: str) -> None:
     if p.chief:
         runs.set_state(p.run_dir, state, reason)
         end_tracking(p.run_dir, "KILLED" if state == runs.INTERRUPTED else "FAILED")
+
+
+def _left_interrupted(p: Prepared, exc: WorkerLost) -> WorkerLost:
+    """A lost worker: the run is marked interrupted (the chief's backups hold every completed
+    epoch, training.cluster_sync) and the error says how to continue it."""
+    _mark_ended(p, runs.INTERRUPTED, f"WorkerLost: {exc}")
+    run = runs.resume_command(p.run_dir) if p.chief else "imgclf-train --resume RUN"
+    return WorkerLost(
+        f"{exc}; the run is left interrupted: once the cluster is whole again, continue it "
+        f"with `{run}` on every worker"
+    )
 
 
 def _tidy(p: Prepared, runs_root: Path) -> None:

@@ -17,7 +17,8 @@ import pytest
 from conftest import tiny_overrides, write_folder_dataset
 
 from imgclf.infra.errors import ConfigError
-from imgclf.training.distribute import is_chief, make_strategy
+from imgclf.training.cluster import is_chief
+from imgclf.training.distribute import make_strategy
 
 SCRIPT = r"""
 import contextlib, json, sys
@@ -382,12 +383,12 @@ def _chief_of(script: str, tmp_path: Path) -> tuple[int | None, str]:
 
 TIMEOUT_SCRIPT = r"""
 import json, os, sys, time
-from imgclf.training import distribute
+from imgclf.training import cluster, distribute
 distribute.make_strategy("multiworker")
 from imgclf.config import load_config
 from imgclf.train import train
 out_dir, overrides = sys.argv[1], sys.argv[2:]
-if not distribute.is_chief():  # this worker stalls before its first step: the chief waits
+if not cluster.is_chief():  # this worker stalls before its first step: the chief waits
     loop = distribute._loop
     def stalled(*args, **kwargs):
         time.sleep(40)
@@ -579,3 +580,37 @@ def test_each_worker_reads_an_equal_disjoint_shard_of_the_training_images():
         seen.append(set(orders[0]))
     assert len(seen[0]) == len(seen[1]) == 23 // 2
     assert not seen[0] & seen[1] and len(set(range(23)) - seen[0] - seen[1]) < 2
+
+
+def test_each_worker_computes_the_backbone_features_of_its_share_only():
+    """The cached head phase multi-worker (`feature_cache.Share`): each worker runs the
+    backbone on every 2nd image from its index on, and the shares summed (the all-reduce,
+    here done by hand between two in-process "workers") equal the features computed whole."""
+    import keras
+    import numpy as np
+
+    from imgclf.config import load_config
+    from imgclf.data.split import splits_from_arrays
+    from imgclf.forward import Forward
+    from imgclf.training import feature_cache
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 255, (11, 4, 4, 1), dtype=np.uint8), np.arange(11) % 3
+    config = load_config(None, ["data.image_size=[4,4]", "data.channels=1"])
+    parts = {"train": (x, y), "val": (x[:3], y[:3]), "test": (x[:3], y[:3])}
+    train = splits_from_arrays(config, parts, ["a", "b", "c"], "arrays").train
+    inputs = keras.Input((4, 4, 1))
+    backbone = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs)))
+    extractor = Forward(backbone, 4)
+    whole = feature_cache.cached_split(extractor, train)
+    sent = []
+    for index in range(2):
+        mine: list = []
+        keep = lambda *arrays, mine=mine: mine.append(arrays) or arrays  # noqa: E731
+        feature_cache.cached_split(extractor, train, share=feature_cache.Share(2, index, keep))
+        sent.append(mine)
+    (block0, flags0), (block1, flags1) = sent[0][0], sent[1][0]  # one block of rows each
+    assert list(np.flatnonzero(flags0)) == list(range(0, 11, 2))  # worker 0: 0, 2, 4, ...
+    assert list(np.flatnonzero(flags1)) == list(range(1, 11, 2))
+    assert not block0[flags0 == 0].any()  # zeros where another worker computes
+    np.testing.assert_allclose(block0 + block1, whole.x, rtol=1e-6, atol=1e-6)

@@ -87,10 +87,22 @@ def readable_sample(split: Split, limit: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-def batches(x: np.ndarray | ImageView, size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(uint8 images [k, H, W, C], their positions [k]) for every readable image of `x`, `size`
-    positions at a time, in order: an in-memory array is sliced; streamed images are read (a
-    file that fails to decode is left out and recorded in the store's failures)."""
+def batches(
+    x: np.ndarray | ImageView, size: int = 256, positions: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 images [k, H, W, C], their positions [k]) for every readable image of `x` (or of
+    its `positions`, ascending), `size` positions at a time, in order: an in-memory array is
+    sliced; streamed images are read (a file that fails to decode is left out and recorded in
+    the store's failures)."""
+    if positions is not None:
+        for start in range(0, len(positions), size):
+            chunk = np.asarray(positions[start : start + size], np.int64)
+            if isinstance(x, ImageView):
+                images, ok = x.read(chunk)
+                yield images, chunk[ok]
+            else:
+                yield np.asarray(x[chunk]), chunk
+        return
     for start in range(0, len(x), size):
         positions = np.arange(start, min(start + size, len(x)))
         if isinstance(x, ImageView):

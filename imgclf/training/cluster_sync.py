@@ -22,14 +22,17 @@ import numpy as np
 _BROADCASTS: dict[tuple[int, str], Any] = {}
 
 
-def _from_chief(strategy: Any, flat: np.ndarray) -> np.ndarray:
-    """`flat` (1-D, float64 or int64) as the chief holds it, on every worker."""
+def _from_chief(strategy: Any, flat: np.ndarray, everyone: bool = False) -> np.ndarray:
+    """`flat` (1-D, float64 or int64) as the chief holds it, on every worker; with `everyone`,
+    the sum of every worker's `flat` instead."""
     import tensorflow as tf
 
-    key = (id(strategy), flat.dtype.name)
+    key = (id(strategy), flat.dtype.name, everyone)
     if key not in _BROADCASTS:
 
         def first_replica(mine: Any) -> Any:  # global replica 0 lives on the chief
+            if everyone:
+                return mine
             ctx = tf.distribute.get_replica_context()
             return tf.where(ctx.replica_id_in_sync_group == 0, mine, tf.zeros_like(mine))
 
@@ -41,11 +44,21 @@ def _from_chief(strategy: Any, flat: np.ndarray) -> np.ndarray:
     return _BROADCASTS[key](tf.constant(flat)).numpy()
 
 
-def broadcast_arrays(strategy: Any, arrays: list[np.ndarray]) -> list[np.ndarray]:
+def all_sum(strategy: Any, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The sum over every worker of `arrays` (the same shapes and dtypes on every worker), as
+    `broadcast_arrays` carries them. A worker that contributes zeros to an entry leaves the
+    others' value there exactly (a feature row computed by one worker reaches all)."""
+    return broadcast_arrays(strategy, arrays, everyone=True)
+
+
+def broadcast_arrays(
+    strategy: Any, arrays: list[np.ndarray], everyone: bool = False
+) -> list[np.ndarray]:
     """The chief's `arrays` on every worker: each worker passes arrays of the same shapes and
-    dtypes (its own values, or zeros) and gets the chief's back. Floating arrays travel as
-    float64 and integer arrays as int64 (exact for float32/float16 and for int32/int64), in
-    at most two all-reduces. Every worker must call it with the same shapes, in the same order."""
+    dtypes (its own values, or zeros) and gets the chief's back (`everyone`: the sum of all).
+    Floating arrays travel as float64 and integer arrays as int64 (exact for float32/float16
+    and for int32/int64), in at most two all-reduces. Every worker must call it with the same
+    shapes, in the same order."""
     arrays = [np.asarray(a) for a in arrays]
     kinds = {"f": np.float64, "i": np.int64}
     out: list[np.ndarray | None] = [None] * len(arrays)
@@ -54,7 +67,7 @@ def broadcast_arrays(strategy: Any, arrays: list[np.ndarray]) -> list[np.ndarray
         if not picked:
             continue
         flat = np.concatenate([arrays[i].astype(wide).ravel() for i in picked])
-        total, at = _from_chief(strategy, flat), 0
+        total, at = _from_chief(strategy, flat, everyone), 0
         for i in picked:
             size = arrays[i].size
             out[i] = total[at : at + size].reshape(arrays[i].shape).astype(arrays[i].dtype)
@@ -79,6 +92,15 @@ def broadcast_variables(strategy: Any, variables: list[Any]) -> None:
     values = broadcast_arrays(strategy, [np.asarray(v.numpy()) for v in variables])
     for variable, value in zip(variables, values, strict=True):
         variable.assign(value)
+
+
+def worker_share(strategy: Any) -> Any:
+    """This worker's `feature_cache.Share`: its index among the cluster's workers (a chief
+    first), their count, and `all_sum` over the cluster."""
+    from imgclf.training.cluster import cluster_size, worker_index
+    from imgclf.training.feature_cache import Share
+
+    return Share(cluster_size(), worker_index(), lambda *arrays: all_sum(strategy, list(arrays)))
 
 
 def agree_done(strategy: Any, report: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -16,12 +16,12 @@ import contextlib
 import json
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 from imgclf.infra import faults
 from imgclf.infra.errors import ConfigError, UserError
 from imgclf.training.cluster_sync import broadcast_arrays, sync_fit_start
+from imgclf.training.watchdog import WATCHDOG, Watchdog
 
 # One strategy per process and kind: TensorFlow configures a process's collective ops once, and
 # a second MultiWorkerMirroredStrategy in the same process (a second `train()` in a notebook or
@@ -57,25 +57,6 @@ def make_strategy(mode: str) -> Any:
             _STRATEGIES[mode] = tf.distribute.MultiWorkerMirroredStrategy()
         return _STRATEGIES[mode]
     raise ValueError(f"train.distribute: unknown mode {mode!r}")
-
-
-def is_chief() -> bool:
-    """True unless TF_CONFIG names this process a worker other than worker 0 (or a non-chief)."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return True
-    task = json.loads(raw).get("task", {})
-    kind, index = task.get("type", "worker"), int(task.get("index", 0))
-    return kind == "chief" or (kind == "worker" and index == 0)
-
-
-def cluster_size() -> int:
-    """The number of processes TF_CONFIG names (workers and a chief), 1 without it."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return 1
-    cluster = json.loads(raw).get("cluster", {})
-    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
 
 
 def _loss_fn(model: Any, class_weight: dict[int, float] | None) -> Any:
@@ -267,69 +248,6 @@ def _peer_errors() -> tuple[type[BaseException], ...]:
     return (e.UnavailableError, e.CancelledError, e.AbortedError, e.InternalError)
 
 
-# The watchdog of every fit_multiworker (`configure_watchdog`): its deadline, where the stacks go,
-# and how the run is marked failed (the chief's run directory's state).
-WATCHDOG: dict[str, Any] = {"seconds": None, "stacks": None, "fail": None}
-
-
-def configure_watchdog(seconds: float | None, stacks: Path | None, fail: Any = None) -> None:
-    """Set the watchdog of the next multi-worker fits: `seconds` without a completed step ends
-    the process (None: no watchdog); `stacks`: the file for every thread's stack (None: the
-    system's temporary folder); `fail(reason)`: records the run as failed first."""
-    WATCHDOG.update(seconds=seconds, stacks=stacks, fail=fail)
-
-
-class Watchdog:
-    """A thread that ends the process when no training step completes for `seconds`: a
-    collective (all-reduce) waiting on a worker that hung or died silently blocks inside
-    TensorFlow, where no Python exception can reach it. It writes every thread's stack
-    (`dump_stacks`), records the run as failed (`fail`), prints one line and exits with 2.
-    One thread for the whole fit; TensorFlow's per-collective timeout
-    (CommunicationOptions.timeout_seconds) would start a thread per collective, which sleeps
-    the whole timeout."""
-
-    def __init__(self, seconds: float | None, stacks: Path | None, fail: Any = None) -> None:
-        import threading
-
-        self.seconds, self.stacks, self.fail = seconds, stacks, fail
-        self.last = 0.0
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._watch, name="imgclf-watchdog", daemon=True)
-
-    def __enter__(self) -> Watchdog:
-        self.beat()
-        if self.seconds:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.done.set()
-
-    def beat(self) -> None:
-        """A step completed."""
-        import time
-
-        self.last = time.monotonic()
-
-    def _watch(self) -> None:
-        import sys
-        import time
-
-        while not self.done.wait(min(5.0, self.seconds / 10)):
-            if time.monotonic() - self.last > self.seconds:
-                path = dump_stacks(self.stacks)
-                reason = (
-                    f"CollectiveTimeout: no training step completed in {self.seconds:g} s "
-                    "(train.collective_timeout): a worker hung, died silently or is far slower; "
-                    f"every thread's stack: {path}"
-                )
-                if self.fail is not None:
-                    with contextlib.suppress(Exception):  # the exit below matters more
-                        self.fail(reason)
-                print(f"error: {reason}", file=sys.stderr, flush=True)
-                os._exit(2)  # the main thread is blocked inside TensorFlow: end the process
-
-
 class WorkerLost(UserError):
     """A multi-worker peer crashed or was killed (TensorFlow's collective health check)."""
 
@@ -337,22 +255,6 @@ class WorkerLost(UserError):
 def _first(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
-
-
-def dump_stacks(path: Path | None) -> Path:
-    """Every thread's Python stack (`faulthandler`) written to `path` (default: a new file in
-    the system's temporary folder named by worker and process); returns the path."""
-    import faulthandler
-    import tempfile
-
-    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
-    name = f"imgclf-stacks-worker{task.get('index', 0)}-{os.getpid()}.txt"
-    path = Path(path) if path is not None else Path(tempfile.gettempdir()) / name
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f"worker {task.get('index', 0)} (pid {os.getpid()}), every thread:\n")
-        fh.flush()
-        faulthandler.dump_traceback(file=fh, all_threads=True)
-    return path
 
 
 def _loop(

@@ -28,11 +28,19 @@ if TYPE_CHECKING:
     from imgclf.forward import Forward
 
 
-def cached_split(extractor: Forward, split: Split, estimate: Any = None) -> Split:
+def cached_split(
+    extractor: Forward, split: Split, estimate: Any = None, share: Share | None = None
+) -> Split:
     """`split` with its images replaced by their features float32 [n, D] (the readable ones);
-    `estimate` (imgclf.training.estimate.Estimate) is told how long the forward pass took."""
+    `estimate` (imgclf.training.estimate.Estimate) is told how long the forward pass took.
+
+    With `share` (a multi-worker run: `Share`), this worker runs the backbone on its share of
+    the images only (every `count`-th from `index` on) and the shares are summed over the
+    workers (`share.combine`, an all-reduce, where every other worker contributes zeros to a
+    row), so every worker ends with every image's features for 1/count of the compute."""
     start, outs, kept = time.perf_counter(), [], []
-    for out, positions in extractor.stream(split.x):
+    mine = None if share is None else np.arange(share.index, len(split), share.count)
+    for out, positions in extractor.stream(split.x, mine):
         outs.append(np.asarray(out, np.float32).reshape(len(positions), -1))
         kept.append(positions)
     width = int(np.prod(extractor.model.output.shape[1:]))
@@ -40,7 +48,42 @@ def cached_split(extractor: Forward, split: Split, estimate: Any = None) -> Spli
     kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
     if estimate is not None:
         estimate.observe_forward(len(kept), time.perf_counter() - start)
+    if share is not None:
+        x, kept = _gather(share, x, kept, len(split), width)
     return _keep(split, x, kept)
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """This worker's share of a multi-worker feature computation: every `count`-th image
+    from `index` on; `combine(features float32 [k, D], read int64 [k])` returns the sums of
+    every worker's arrays (the same shapes: `cluster_sync.all_sum`)."""
+
+    count: int
+    index: int
+    combine: Any
+
+
+GATHER_ROWS = 4096  # rows of features per all-reduce: bounds the float64 copies in flight
+
+
+def _gather(share: Share, x: np.ndarray, kept: np.ndarray, n: int, width: int):
+    """(features of every readable image [m, D], their positions [m]) from every worker's
+    (features, positions), in row blocks of GATHER_ROWS."""
+    parts, read = [], []
+    for begin in range(0, n, GATHER_ROWS):
+        end = min(n, begin + GATHER_ROWS)
+        block = np.zeros((end - begin, width), np.float32)
+        flags = np.zeros(end - begin, np.int64)
+        inside = (kept >= begin) & (kept < end)
+        block[kept[inside] - begin] = x[inside]
+        flags[kept[inside] - begin] = 1
+        block, flags = share.combine(block, flags)
+        parts.append(block[flags > 0])
+        read.append(begin + np.flatnonzero(flags > 0))
+    if not parts:
+        return np.zeros((0, width), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(parts), np.concatenate(read)
 
 
 def _keep(split: Split, x: Any, kept: np.ndarray) -> Split:
@@ -153,15 +196,18 @@ def head_splits(
     views: int,
     stack: contextlib.ExitStack,
     estimate: Any = None,
+    share: Share | None = None,
 ) -> Splits:
     """`splits` with the training and validation images replaced by their features: the
-    training split's `views` augmented views when `views` > 0, else its plain features."""
+    training split's `views` augmented views when `views` > 0, else its plain features; with
+    `share`, the plain features are computed sharded between the workers (`cached_split`;
+    the augmented views are not: every worker computes all of them)."""
     if views:
         n = len(splits.class_names)
         train = views_split(extractor, splits.train, augmenter, views, n, stack, estimate)
     else:
-        train = cached_split(extractor, splits.train, estimate)
-    val = cached_split(extractor, splits.val, estimate)
+        train = cached_split(extractor, splits.train, estimate, share)
+    val = cached_split(extractor, splits.val, estimate, share)
     return dataclasses.replace(splits, train=train, val=val)
 
 

@@ -23,7 +23,7 @@ from imgclf.infra.errors import UserError
 from imgclf.training import tracking  # train.tensorboard / train.mlflow
 from imgclf.training.backend import make_training_data
 from imgclf.training.cluster_sync import agree_done, broadcast_variables
-from imgclf.training.distribute import configure_watchdog, fit_multiworker, lost_peers
+from imgclf.training.distribute import fit_multiworker, lost_peers
 from imgclf.training.optim import (
     class_weights,
     compile_model,
@@ -41,6 +41,7 @@ from imgclf.training.transfer import (
     unfreeze_top,
     with_layer_rates,
 )
+from imgclf.training.watchdog import configure_watchdog
 
 if TYPE_CHECKING:
     import keras

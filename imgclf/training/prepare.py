@@ -26,7 +26,8 @@ from imgclf.infra import faults
 from imgclf.infra.errors import ConfigError
 from imgclf.models import build_model
 from imgclf.training.backend import check_backend, set_deterministic
-from imgclf.training.distribute import cluster_size, is_chief, make_strategy
+from imgclf.training.cluster import cluster_size, is_chief
+from imgclf.training.distribute import make_strategy
 from imgclf.training.optim import compile_model, resolve_batch_size, steps_per_epoch
 from imgclf.training.resume import Resume
 from imgclf.training.tracking import preflight as tracking_preflight

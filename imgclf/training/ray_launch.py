@@ -39,7 +39,8 @@ def require_ray() -> None:
 def _worker_loop(settings: dict[str, Any]) -> None:
     """What each Ray worker runs: the config, validated again here, trained multi-worker."""
     from imgclf.config import Config
-    from imgclf.training.distribute import is_chief, make_strategy
+    from imgclf.training.cluster import is_chief
+    from imgclf.training.distribute import make_strategy
 
     config = Config.model_validate(settings["config"])
     # Ray starts a worker in a folder of its own: relative paths (data.path, tracking folders)

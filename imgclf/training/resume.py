@@ -38,7 +38,7 @@ from imgclf import runs
 from imgclf.config import load_config
 from imgclf.infra import bounded, faults
 from imgclf.infra.errors import ConfigError, UserError
-from imgclf.training.distribute import is_chief
+from imgclf.training.cluster import is_chief
 
 if TYPE_CHECKING:
     import keras
@@ -220,11 +220,7 @@ def backup_callback(
                 return
             snap, state = found
             self._current_epoch, self._last_batch_seen = state["epoch"], 0
-            if self.model.optimizer is not None and not self.model.optimizer.built:
-                # Its slots belong to the model's strategy (mirrored, multi-worker), if any.
-                strategy = getattr(self.model, "distribute_strategy", None)
-                with strategy.scope() if strategy is not None else contextlib.nullcontext():
-                    self.model.optimizer.build(self.model.trainable_variables)
+            _build_optimizer(self.model)  # its slots must exist to be loaded
             self.model.load_weights(str(snap / "latest.weights.h5"))
             load_random(snap / "random.npz", seed_states(self.model, augmenter))
             _restore_early(early, state["early"], snap)
@@ -237,6 +233,16 @@ def backup_callback(
             self.model._initial_epoch = None
 
     return RunBackup(str(folder), save_freq=every, delete_checkpoint=False)
+
+
+def _build_optimizer(model: keras.Model) -> None:
+    """Create the optimiser's variables, under the model's strategy (mirrored, multi-worker)
+    when it has one."""
+    if model.optimizer is None or model.optimizer.built:
+        return
+    strategy = getattr(model, "distribute_strategy", None)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model.optimizer.build(model.trainable_variables)
 
 
 def _early_state(early: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from imgclf.infra.errors import ConfigError
 from imgclf.models.names import BACKBONE, FEATURES, HEAD
 from imgclf.training import feature_cache
 from imgclf.training.backend import make_training_data
+from imgclf.training.cluster_sync import worker_share
 from imgclf.training.distribute import fit_multiworker
 from imgclf.training.optim import compile_model, steps_per_epoch
 
@@ -250,21 +251,22 @@ def fit_head_on_features(
     phase's epochs: more views than epochs would never be read). See `feature_cache`.
     Returns the head model; `estimate` (the run's `estimate.Estimate`) is told how long
     a forward pass took. Under `strategy` the head is made, compiled and fitted as the run's
-    phases are: each worker computes every image's features once (not sharded), and each
-    global batch of features is split between the replicas (the one-device update)."""
+    phases are; multi-worker, each worker computes the features of its share of the images,
+    shared by all-reduce (`feature_cache.Share`)."""
 
     import keras
 
     extractor = Forward(
         keras.Model(model.inputs, model.get_layer(FEATURES).output), config.train.eval_batch_size
     )
-    views = config.transfer.augmented_views if augmenter is not None else 0
-    views = min(views, phase.train.epochs)
+    views = min(config.transfer.augmented_views if augmenter is not None else 0, phase.train.epochs)
+    share = worker_share(strategy) if config.train.distribute == "multiworker" else None
     with contextlib.ExitStack() as stack:  # the views' temporary file goes with the phase
-        cached = feature_cache.head_splits(extractor, splits, augmenter, views, stack, estimate)
+        cached = feature_cache.head_splits(
+            extractor, splits, augmenter, views, stack, estimate, share
+        )
         if views and verbose:
             print(f"phase {phase.name}: {feature_cache.describe(cached.train)}", flush=True)
-        train = cached.train
         steps = steps_per_epoch(len(splits.train), batch_size)
         # Made in the strategy's scope: Keras' fit distributes the model made there.
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -273,7 +275,7 @@ def fit_head_on_features(
         train_ds, val_ds = make_training_data(cached, config, batch_size, None)
         callbacks = [epoch_order_callback(train_ds), *callbacks]  # each epoch's shuffled order
         if views:
-            callbacks.insert(0, epoch_order_callback(train.x))  # each epoch's view
+            callbacks.insert(0, epoch_order_callback(cached.train.x))  # each epoch's view
         if config.train.distribute == "multiworker":
             fit_multiworker(
                 head, strategy, train_ds, val_ds, phase.train.epochs, callbacks, class_weight,
