@@ -324,13 +324,23 @@ def _start(config: Config, args: Any, verbose: int | str) -> Path:
     return launch(train, config, args.ray, args.out, runs.DEFAULT_ROOT, verbose)
 
 
+def _resume(args: Any, verbose: int | str) -> Path:
+    """Continue `--resume RUN` here, or on `--ray N` workers (a multi-worker run)."""
+    if args.ray is None:
+        return resume_run(args.resume, verbose)
+    from imgclf.training.ray_launch import launch
+
+    config = check_resumable(Path(args.resume))
+    return launch(train, config, args.ray, args.resume, runs.DEFAULT_ROOT, verbose, resume=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m imgclf.train` and `imgclf-train`; returns the exit code."""
 
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # key=value before or after options
     if args.resume and (
-        args.config or args.overrides or args.out or args.print_config or args.find_lr or args.ray
+        args.config or args.overrides or args.out or args.print_config or args.find_lr
     ):
         parser.error("--resume RUN takes no --config, --out, --print-config, --find-lr or others")
     if args.ray is not None and args.find_lr:  # the range test runs on one device
@@ -344,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             check_resumable(Path(args.resume))  # before TensorFlow loads
             check_address_space()
             quiet_tensorflow(args.verbose)
-            run_dir = resume_run(args.resume, verbose)
+            run_dir = _resume(args, verbose)
         else:
             config = load_config(args.config, args.overrides)
             if args.print_config:

@@ -341,18 +341,19 @@ def test_the_ray_launcher_trains_on_a_local_two_worker_cluster(tmp_path: Path):
     # Ray's sockets and logs: a short folder of its own (a socket path has at most 107 bytes).
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     done = subprocess.run(
-        [sys.executable, "-c", RAY_SCRIPT, "--ray", "2", "--out", str(tmp_path / "run"),
-         "-q", *overrides],
-        env=env, capture_output=True, text=True, timeout=500,
+        [sys.executable, "-c", RAY_SCRIPT, "--ray", "2", "-q", *overrides],
+        env=env, capture_output=True, text=True, timeout=500, cwd=tmp_path,
     )  # fmt: skip
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == str((tmp_path / "run").resolve())
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    run = Path(done.stdout.strip().splitlines()[-1])
+    assert run.parent == (tmp_path / "runs").resolve()  # runs/<name>-<time>, as without Ray
+    assert (tmp_path / "runs" / "latest").resolve() == run  # `latest` points at it
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.5
-    config = (tmp_path / "run" / "config.yaml").read_text()
+    config = (run / "config.yaml").read_text()
     assert "distribute: multiworker" in config  # Ray's workers trained it multi-worker
-    assert json.loads((tmp_path / "run" / "state.json").read_text())["state"] == "complete"
+    assert json.loads((run / "state.json").read_text())["state"] == "complete"
 
 
 def _chief_of(script: str, tmp_path: Path) -> tuple[int | None, str]:

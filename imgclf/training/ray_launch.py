@@ -51,31 +51,60 @@ def _worker_loop(settings: dict[str, Any]) -> None:
     make_strategy("multiworker")
     train = settings["train"]  # imgclf.train.train (pickled by reference)
     # The chief speaks for the run; the other workers' lines would repeat it.
-    train(config, out=settings["out"], verbose=settings["verbose"] if is_chief() else 0)
+    verbose = settings["verbose"] if is_chief() else 0
+    train(config, out=settings["out"], verbose=verbose, resume=settings["resume"])
 
 
 def launch(
     train: Any, config: Any, workers: int, out: str | Path | None, runs_root: Path,
-    verbose: int | str,
+    verbose: int | str, resume: bool = False,
 ) -> Path:  # fmt: skip
     """Train `config` with `train` (imgclf.train.train) on `workers` Ray workers (see the module
-    docstring); returns the run directory (the chief's). Raises ConfigError (no Ray, fewer than
-    1 worker) or UserError with the first line of a worker's error."""
+    docstring); returns the run directory (the chief's), pointed at by `runs_root`/latest when
+    it lies there. With `resume`, `out` is an interrupted multi-worker run (its config already
+    checked by `resume.check_resumable`) that every worker continues. Raises ConfigError (no
+    Ray, fewer than 1 worker, a run to resume that was not multi-worker) or UserError with the
+    first line of a worker's error."""
     require_ray()
     if workers < 1:
         raise ConfigError(f"--ray {workers}: give the number of workers, at least 1")
+    if resume:
+        run_dir = Path(out).resolve()
+        if config.train.distribute != "multiworker":
+            raise ConfigError(
+                f"--ray --resume {out}: the run trained in one process "
+                f"(train.distribute={config.train.distribute}); resume it without --ray"
+            )
+    else:
+        config = _as_multiworker(config)
+        run_dir = runs.new_run_dir(config.name, out, runs_root).resolve()  # empty: train fills it
+    error = _fit(train, config, workers, run_dir, verbose, resume)
+    if error is not None:
+        _failed(run_dir, f"the Ray run failed: {_first_line(error)}")
+    if Path(runs_root).resolve() in run_dir.parents:
+        runs.point_latest(run_dir)
+    return run_dir
+
+
+def _as_multiworker(config: Any) -> Any:
+    """`config` with train.distribute=multiworker, validated again: a refusal (e.g.
+    learning_rate auto) is one line now, not a worker's error later."""
+    from imgclf.config import build_config
+
+    values = config.model_dump(mode="python")
+    values["train"]["distribute"] = "multiworker"
+    return build_config(values)
+
+
+def _fit(
+    train: Any, config: Any, workers: int, run_dir: Path, verbose: int | str, resume: bool
+) -> BaseException | None:
+    """Ray Train's TensorflowTrainer over `workers` workers, each running `_worker_loop`; the
+    error it ended with, or None."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from imgclf.config import build_config
-
-    # Validated again as multi-worker, here: a refusal (e.g. learning_rate auto) is one line now,
-    # not a worker's error later.
-    values = config.model_dump(mode="python")
-    values["train"]["distribute"] = "multiworker"
-    config = build_config(values)
-    run_dir = runs.new_run_dir(config.name, out, runs_root).resolve()  # empty: train fills it
     try:
         if ray.is_initialized():
             pass
@@ -84,40 +113,39 @@ def launch(
         else:  # a local cluster: a CPU per worker (+1 for Ray Train v1's trainer actor)
             ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=bool(verbose))
     except Exception as exc:  # an unreachable address, a socket path, a full /tmp
-        run_dir.rmdir()  # still empty: nothing of the run was written
+        if not resume:
+            run_dir.rmdir()  # still empty: nothing of the run was written
         raise UserError(f"cannot start or reach Ray: {_first_line(exc)}") from None
     storage = tempfile.mkdtemp(prefix="imgclf-ray-")  # Ray's own results and logs
     trainer = TensorflowTrainer(
         _worker_loop,
         train_loop_config={
             "config": config.model_dump(mode="json"), "out": str(run_dir), "train": train,
-            "cwd": os.getcwd(),
+            "cwd": os.getcwd(), "resume": resume,
             "verbose": 2 if verbose else 0,
         },
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(name=run_dir.name, storage_path=storage),
     )  # fmt: skip
     try:
-        result = trainer.fit()
-        error = result.error
+        return trainer.fit().error
     except Exception as exc:  # Ray wraps a worker's error: its first line, never the trace
-        error = exc
+        return exc
     finally:
         shutil.rmtree(storage, ignore_errors=True)
-    if error is not None:
-        _failed(run_dir, f"the Ray run failed: {_first_line(error)}")
-    return run_dir
 
 
 def _failed(run_dir: Path, reason: str) -> None:
     """UserError `reason`, after the run directory is left honest: removed when nothing was
-    written (a config or data error), else marked failed unless the chief said why."""
+    written (a config or data error); a run whose chief was killed (still `running` on disk) is
+    marked interrupted, resumable with `--ray N --resume RUN`; else the chief said why."""
     if run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
-    elif run_dir.is_dir() and runs.read_state(run_dir).state in (runs.RUNNING, runs.INTERRUPTED):
-        # The chief was killed mid-run (a dead trainer's `running` reads as interrupted); a
-        # multi-worker run cannot be resumed, so it is failed.
-        runs.set_state(run_dir, runs.FAILED, reason)
+    elif (run_dir / runs.STATE).is_file() and (run_dir / runs.CONFIG).is_file():
+        if runs.read_json(run_dir / runs.STATE).get("state") == runs.RUNNING:
+            runs.set_state(run_dir, runs.INTERRUPTED, reason)  # its chief was killed
+        if runs.read_state(run_dir).state != runs.COMPLETE:
+            reason += f"; continue it with imgclf-train --ray N --resume {run_dir}"
     raise UserError(reason)
 
 
@@ -130,4 +158,4 @@ def _first_line(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text[0].rstrip('.')}" if text else type(exc).__name__
