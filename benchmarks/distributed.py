@@ -6,6 +6,11 @@ the communication volume per step (every trainable weight's gradient is all-redu
 step: float32, so 4 bytes × trainable parameters; a ring all-reduce sends 2 × (W − 1) / W of
 that from each of W workers), plus the per-epoch batch-norm and log all-reduces.
 
+Each is run back to back with the bare arm (`bare_keras_distributed.py`: Keras' fit on one
+process, the TensorFlow tutorial's custom loop under MultiWorkerMirroredStrategy on two, the
+same images and network), and the ratios imgclf / bare are printed. Augmentation is off and
+the rate constant in both arms, so they do the same job.
+
 On a machine with fewer cores than workers × the threads each wants, two workers share the
 same cores: this measures the cost of the protocol, not a speed-up.
 
@@ -57,6 +62,29 @@ def run(workers: int, recipe: str, overrides: list[str], out: Path) -> float:
     return time.perf_counter() - began
 
 
+def run_bare(workers: int, recipe: str, overrides: list[str], epochs: int) -> dict:
+    """The bare arm on `workers` processes; worker 0's JSON, with the whole job's wall time."""
+    script = Path(__file__).with_name("bare_keras_distributed.py")
+    command = [sys.executable, str(script), "--config", recipe, "--epochs", str(epochs), *overrides]
+    began = time.perf_counter()
+    envs = [dict(os.environ)]
+    if workers > 1:
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
+        envs = [
+            {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"index": i}})}
+            for i in range(workers)
+        ]
+    procs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for env in envs
+    ]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"a bare worker failed: exit codes {[p.returncode for p in procs]}")
+    result = json.loads(outs[0].strip().splitlines()[-1])
+    result["job"] = time.perf_counter() - began
+    return result
+
+
 def epochs(run_dir: Path) -> list[float]:
     with (run_dir / "history.csv").open() as fh:
         return [float(row["seconds"]) for row in csv.DictReader(fh)]
@@ -67,10 +95,12 @@ def main() -> None:
     parser.add_argument("--recipe", default="configs/default.yaml")
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
+    same = ["augment.rotation=0", "augment.zoom=0", "augment.translate=0", "augment.flip=none",
+            "train.schedule=constant"]  # fmt: skip
     overrides = [f"train.epochs={args.epochs}", "train.export=false", "train.diagnostics=false",
-                 "train.early_stopping.patience=0"]  # fmt: skip
+                 "train.early_stopping.patience=0", *same]  # fmt: skip
     print(f"{time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} CPU cores; {args.recipe}")
-    rows = []
+    rows, bare = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, 2):
             out = Path(tmp) / f"w{workers}"
@@ -83,6 +113,9 @@ def main() -> None:
             per_epoch = sum(steady) / len(steady)
             rows.append((workers, per_epoch, images / per_epoch, wall,
                          metrics["test"]["accuracy"], params))  # fmt: skip
+            b = run_bare(workers, args.recipe, same, args.epochs)
+            b_steady = b["epoch_seconds"][1:] or b["epoch_seconds"]
+            bare.append((sum(b_steady) / len(b_steady), b["job"], b["test_accuracy"]))
     print(
         "\n| workers | s per epoch (after the first) | train images/s | whole job s | test "
         "accuracy | gradient all-reduce per step | sent per worker per step (ring) |"
@@ -94,6 +127,13 @@ def main() -> None:
         print(f"| {workers} | {per_epoch:.2f} | {rate:.0f} | {wall:.0f} | {accuracy:.4f} | "
               f"{size / 2**20:.2f} MB ({params:,} float32) | "
               f"{sent / 2**20:.2f} MB |")  # fmt: skip
+    print("\nAgainst the bare arm (bare_keras_distributed.py), back to back:\n")
+    print("| workers | bare s per epoch | imgclf / bare per epoch | bare whole job s | "
+          "imgclf / bare whole job | bare test accuracy |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for (workers, per_epoch, _, wall, _, _), (b_epoch, b_job, b_acc) in zip(rows, bare, strict=True):
+        print(f"| {workers} | {b_epoch:.2f} | {per_epoch / b_epoch:.2f} | {b_job:.0f} | "
+              f"{wall / b_job:.2f} | {b_acc:.4f} |")  # fmt: skip
 
 
 def trainable(run_dir: Path) -> int:
