@@ -74,9 +74,7 @@ def run_bare(workers: int, recipe: str, overrides: list[str], epochs: int) -> di
             {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"index": i}})}
             for i in range(workers)
         ]
-    procs = [
-        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for env in envs
-    ]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for env in envs]
     outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
         raise SystemExit(f"a bare worker failed: exit codes {[p.returncode for p in procs]}")
@@ -131,7 +129,8 @@ def main() -> None:
     print("| workers | bare s per epoch | imgclf / bare per epoch | bare whole job s | "
           "imgclf / bare whole job | bare test accuracy |")  # fmt: skip
     print("|---|---|---|---|---|---|")
-    for (workers, per_epoch, _, wall, _, _), (b_epoch, b_job, b_acc) in zip(rows, bare, strict=True):
+    for row, (b_epoch, b_job, b_acc) in zip(rows, bare, strict=True):
+        workers, per_epoch, _, wall, _, _ = row
         print(f"| {workers} | {b_epoch:.2f} | {per_epoch / b_epoch:.2f} | {b_job:.0f} | "
               f"{wall / b_job:.2f} | {b_acc:.4f} |")  # fmt: skip
 
