@@ -57,7 +57,7 @@ def main() -> None:
     seconds: list[float] = []
     if strategy is None:
         model = build_model(config, n, splits.train.x)
-        model.compile(keras.optimizers.Adam(rate), "categorical_crossentropy", ["accuracy"])
+        model.compile(keras.optimizers.Adam(rate), "categorical_crossentropy", metrics=["accuracy"])
 
         class Clock(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
