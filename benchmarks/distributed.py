@@ -71,7 +71,12 @@ def run_bare(workers: int, recipe: str, overrides: list[str], epochs: int) -> di
     if workers > 1:
         cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
         envs = [
-            {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"index": i}})}
+            {
+                **os.environ,
+                "TF_CONFIG": json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": i}}
+                ),
+            }
             for i in range(workers)
         ]
     procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for env in envs]
