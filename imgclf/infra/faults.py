@@ -4,6 +4,7 @@ at a moment a test can name exactly. Unset (always, outside tests), a failpoint 
 
     setup        after a new run's config.yaml, before its other first files and its state
     epoch        after history.csv has the epoch's row (epoch:2 = after the second epoch)
+    step         after a multi-worker training step (step:5 = after this process's fifth)
     backup       after a resume backup is complete (backup:2 = the second backup of the run)
     model        after model.keras is in place
     saved_model  while the SavedModel is written (its temporary folder exists)
