@@ -230,7 +230,7 @@ def resume_run(run_dir: str | Path, verbose: int | str = "auto") -> Path:
     (`imgclf.training.resume`). Returns the run directory, now complete.
 
     Raises:
-        UserError: the run is complete, still training, not a run, or a multi-worker run.
+        UserError: the run is complete, still training, or not a run.
         ConfigError: its data changed since it started.
     """
 

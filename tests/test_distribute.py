@@ -57,6 +57,13 @@ for mode in ("none", "mirrored"):
     model.fit(ds, epochs=2, verbose=0, shuffle=False)
     weights.append(model.get_weights())
 result["replicas"] = strategy.num_replicas_in_sync
+# The cluster's exchanges with several replicas in one worker (a worker with 2 GPUs): each
+# value is sent once per worker, not once per replica.
+from imgclf.training.cluster_sync import all_sum, broadcast_arrays, broadcast_json
+values = [np.array([1.5, -2.25]), np.array([[3, 4]], np.int32)]
+result["all_sum"] = [v.tolist() for v in all_sum(strategy, values)]
+result["broadcast"] = [v.tolist() for v in broadcast_arrays(strategy, values)]
+result["json"] = broadcast_json(strategy, {"start": 3, "early": [{"best": 0.5}]})
 result["max_weight_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(*weights))
 
 # Then a whole mirrored run through train(), in the same process (make_strategy gives it the
@@ -104,6 +111,9 @@ def test_mirrored_training_on_two_logical_cpus(tmp_path: Path):
     assert result.returncode == 0 and lines, result.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT ") :])
     assert out["replicas"] == 2 and out["same_strategy"]  # one strategy per process
+    for exchanged in (out["all_sum"], out["broadcast"]):  # one worker: its own values, once
+        assert exchanged == [[1.5, -2.25], [[3, 4]]]
+    assert out["json"] == {"start": 3, "early": [{"best": 0.5}]}
     # Data-parallel SGD over 2 replicas is the same computation as on one device.
     assert out["max_weight_diff"] < 1e-5
     assert out["metrics"]["accuracy"] >= 0.8  # the mirrored run learned the task (chance: 1/3)
@@ -514,8 +524,8 @@ def test_a_worker_killed_mid_epoch_leaves_a_run_that_resume_completes(tmp_path: 
 
 
 def test_a_multiworker_run_resumes_only_on_as_many_workers(tmp_path: Path):
-    """The chief records the cluster's size; resuming on another count is one line saying
-    why, before any training."""
+    """The chief records the cluster's shape (workers, replicas); resuming on another is one
+    line saying why, before any training."""
     import numpy as np
 
     from imgclf.config import load_config
@@ -526,12 +536,11 @@ def test_a_multiworker_run_resumes_only_on_as_many_workers(tmp_path: Path):
     config = load_config(None, ["data.image_size=[8,8]", "data.channels=1"])
     parts = {"train": (x, y), "val": (x, y), "test": (x, y)}
     splits = splits_from_arrays(config, parts, ["a", "b", "c"], "arrays")
-    Resume(tmp_path).check_data(splits, resuming=False, workers=2)
-    Resume(tmp_path).check_data(splits, resuming=True, workers=2)  # the same cluster: fine
-    with pytest.raises(
-        ConfigError, match=r"started on 2 worker.*names 3; resume it on a cluster of 2"
-    ):
-        Resume(tmp_path).check_data(splits, resuming=True, workers=3)
+    Resume(tmp_path).check_data(splits, resuming=False, shape=[2, 2])
+    Resume(tmp_path).check_data(splits, resuming=True, shape=[2, 2])  # the same cluster: fine
+    for other in ([3, 3], [2, 4]):  # more workers; as many workers with more GPUs each
+        with pytest.raises(ConfigError, match=r"started on 2 worker\(s\) with 2 replica"):
+            Resume(tmp_path).check_data(splits, resuming=True, shape=other)
 
 
 def test_a_worker_other_than_the_chief_only_reads_the_config_to_resume(tmp_path, monkeypatch):
@@ -543,15 +552,22 @@ def test_a_worker_other_than_the_chief_only_reads_the_config_to_resume(tmp_path,
     from imgclf.training.resume import check_resumable
 
     (tmp_path / "config.yaml").write_text(dump_config(load_config(None, ["train.epochs=3"])))
-    (tmp_path / "state.json").write_text(json.dumps({"state": "complete"}))
+    from imgclf import runs
+
+    runs.set_state(tmp_path, runs.RUNNING)  # as the chief, resuming, marks it: alive
     cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": 1}}))
     assert check_resumable(tmp_path).train.epochs == 3
     with pytest.raises(UserError, match="every worker of a multi-worker run reads it"):
         check_resumable(tmp_path / "elsewhere")
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": 0}}))
-    with pytest.raises(UserError, match="already complete"):
+    with pytest.raises(UserError, match="still training"):
         check_resumable(tmp_path)
+    runs.set_state(tmp_path, runs.COMPLETE)  # nothing to resume: every worker says so
+    for index in (0, 1):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": index}}))
+        with pytest.raises(UserError, match="already complete"):
+            check_resumable(tmp_path)
 
 
 def test_each_worker_reads_an_equal_disjoint_shard_of_the_training_images():
@@ -583,10 +599,12 @@ def test_each_worker_reads_an_equal_disjoint_shard_of_the_training_images():
     assert not seen[0] & seen[1] and len(set(range(23)) - seen[0] - seen[1]) < 2
 
 
-def test_each_worker_computes_the_backbone_features_of_its_share_only():
+def test_each_worker_computes_the_backbone_features_of_its_share_only(monkeypatch):
     """The cached head phase multi-worker (`feature_cache.Share`): each worker runs the
-    backbone on every 2nd image from its index on, and the shares summed (the all-reduce,
-    here done by hand between two in-process "workers") equal the features computed whole."""
+    backbone on every 2nd image from its index on and sends its rows (zeros elsewhere) in
+    blocks; summed with the other worker's blocks (the all-reduce, here done by hand between
+    two in-process "workers", on 3-row blocks), each worker's split equals the features
+    computed whole: the same rows, labels and order."""
     import keras
     import numpy as np
 
@@ -595,6 +613,7 @@ def test_each_worker_computes_the_backbone_features_of_its_share_only():
     from imgclf.forward import Forward
     from imgclf.training import feature_cache
 
+    monkeypatch.setattr(feature_cache, "GATHER_ROWS", 3)  # 11 rows: 4 blocks, the last short
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 255, (11, 4, 4, 1), dtype=np.uint8), np.arange(11) % 3
     config = load_config(None, ["data.image_size=[4,4]", "data.channels=1"])
@@ -604,14 +623,21 @@ def test_each_worker_computes_the_backbone_features_of_its_share_only():
     backbone = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs)))
     extractor = Forward(backbone, 4)
     whole = feature_cache.cached_split(extractor, train)
-    sent = []
-    for index in range(2):
-        mine: list = []
-        keep = lambda *arrays, mine=mine: mine.append(arrays) or arrays  # noqa: E731
+    sent: list[list] = [[], []]
+    for index in range(2):  # what each worker sends, block by block
+        keep = lambda *arrays, mine=sent[index]: mine.append(arrays) or arrays  # noqa: E731
         feature_cache.cached_split(extractor, train, share=feature_cache.Share(2, index, keep))
-        sent.append(mine)
-    (block0, flags0), (block1, flags1) = sent[0][0], sent[1][0]  # one block of rows each
-    assert list(np.flatnonzero(flags0)) == list(range(0, 11, 2))  # worker 0: 0, 2, 4, ...
-    assert list(np.flatnonzero(flags1)) == list(range(1, 11, 2))
-    assert not block0[flags0 == 0].any()  # zeros where another worker computes
-    np.testing.assert_allclose(block0 + block1, whole.x, rtol=1e-6, atol=1e-6)
+    flags = [np.concatenate([f for _, f in blocks]) for blocks in sent]
+    assert list(np.flatnonzero(flags[0])) == list(range(0, 11, 2))  # worker 0: 0, 2, 4, ...
+    assert list(np.flatnonzero(flags[1])) == list(range(1, 11, 2))
+    for index in range(2):  # each worker again, its blocks summed with the other's
+        other = iter(sent[1 - index])
+
+        def summed(block, read, other=other):
+            theirs = next(other)
+            return block + theirs[0], read + theirs[1]
+
+        share = feature_cache.Share(2, index, summed)
+        got = feature_cache.cached_split(extractor, train, share=share)
+        np.testing.assert_allclose(got.x, whole.x, rtol=1e-6, atol=1e-6)
+        assert list(got.y) == list(whole.y)

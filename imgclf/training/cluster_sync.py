@@ -19,22 +19,31 @@ import numpy as np
 
 # One compiled broadcast per strategy and dtype (any length): run eagerly, a collective
 # strategy warns of its overhead at every call.
-_BROADCASTS: dict[tuple[int, str], Any] = {}
+_BROADCASTS: dict[tuple[int, str, bool], Any] = {}
 
 
 def _from_chief(strategy: Any, flat: np.ndarray, everyone: bool = False) -> np.ndarray:
     """`flat` (1-D, float64 or int64) as the chief holds it, on every worker; with `everyone`,
-    the sum of every worker's `flat` instead."""
+    the sum of every worker's `flat` instead. Each value is sent by one replica (a worker may
+    run several, one per GPU: only its first sends, the others send zeros)."""
     import tensorflow as tf
+
+    from imgclf.training.cluster import cluster_size
 
     key = (id(strategy), flat.dtype.name, everyone)
     if key not in _BROADCASTS:
+        # Replicas are numbered worker by worker: the first of each worker, or global 0 (the
+        # chief's first).
+        local = max(1, strategy.num_replicas_in_sync // cluster_size()) if everyone else 0
 
-        def first_replica(mine: Any) -> Any:  # global replica 0 lives on the chief
-            if everyone:
-                return mine
+        def first_replica(mine: Any) -> Any:
             ctx = tf.distribute.get_replica_context()
-            return tf.where(ctx.replica_id_in_sync_group == 0, mine, tf.zeros_like(mine))
+            sends = (
+                (ctx.replica_id_in_sync_group % local == 0)
+                if local
+                else (ctx.replica_id_in_sync_group == 0)
+            )
+            return tf.where(sends, mine, tf.zeros_like(mine))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.as_dtype(flat.dtype))])
         def broadcast(mine: Any) -> Any:
@@ -60,10 +69,10 @@ def broadcast_arrays(
     and for int32/int64), in at most two all-reduces. Every worker must call it with the same
     shapes, in the same order."""
     arrays = [np.asarray(a) for a in arrays]
-    kinds = {"f": np.float64, "i": np.int64}
     out: list[np.ndarray | None] = [None] * len(arrays)
-    for kind, wide in kinds.items():
-        picked = [i for i, a in enumerate(arrays) if (a.dtype.kind == "f") == (kind == "f")]
+    for integer, wide in ((False, np.float64), (True, np.int64)):
+        # bool and integers as int64; every other kind (float16/32/64, bfloat16) as float64.
+        picked = [i for i, a in enumerate(arrays) if (a.dtype.kind in "biu") == integer]
         if not picked:
             continue
         flat = np.concatenate([arrays[i].astype(wide).ravel() for i in picked])
@@ -94,15 +103,6 @@ def broadcast_variables(strategy: Any, variables: list[Any]) -> None:
         variable.assign(value)
 
 
-def worker_share(strategy: Any) -> Any:
-    """This worker's `feature_cache.Share`: its index among the cluster's workers (a chief
-    first), their count, and `all_sum` over the cluster."""
-    from imgclf.training.cluster import cluster_size, worker_index
-    from imgclf.training.feature_cache import Share
-
-    return Share(cluster_size(), worker_index(), lambda *arrays: all_sum(strategy, list(arrays)))
-
-
 def agree_done(strategy: Any, report: dict[str, Any] | None) -> dict[str, Any] | None:
     """The chief's answer to "had this phase finished before the run was interrupted?": its
     report of the phase, or None. Every worker passes its own (the others: None)."""
@@ -116,7 +116,7 @@ def sync_fit_start(model: Any, strategy: Any, callbacks: list[Any]) -> int:
     the other workers get its model and optimiser variables and the state of every
     EarlyStopping callback (patience count, best value and epoch, best weights), so that they
     continue the same training and stop at the same epoch. A fresh fit exchanges one small
-    message and nothing else."""
+    message (two all-reduces: its length, its bytes) and nothing else."""
     import keras
 
     early = [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]

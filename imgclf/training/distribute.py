@@ -20,7 +20,7 @@ from typing import Any
 
 from imgclf.infra import faults
 from imgclf.infra.errors import ConfigError, UserError
-from imgclf.training.cluster_sync import broadcast_arrays, sync_fit_start
+from imgclf.training.cluster_sync import all_sum, broadcast_arrays, sync_fit_start
 from imgclf.training.watchdog import WATCHDOG, Watchdog
 
 # One strategy per process and kind: TensorFlow configures a process's collective ops once, and
@@ -211,6 +211,30 @@ def fit_multiworker(
         )  # fmt: skip
 
 
+def worker_share(strategy: Any) -> Any:
+    """This worker's `feature_cache.Share`: its index among the cluster's workers (a chief
+    first), their count, and `all_sum` over the cluster, guarded as a training step is: a lost
+    peer is WorkerLost, and the watchdog (`train.collective_timeout`) bounds every block."""
+    from imgclf.training.cluster import cluster_size, worker_index
+    from imgclf.training.feature_cache import Share
+
+    dogs: list[Watchdog] = []
+
+    @contextlib.contextmanager
+    def guard() -> Any:
+        with lost_peers(), Watchdog(**WATCHDOG) as dog:
+            dogs.append(dog)
+            yield
+
+    def combine(*arrays: Any) -> list[Any]:
+        summed = all_sum(strategy, list(arrays))
+        for dog in dogs:
+            dog.beat()
+        return summed
+
+    return Share(cluster_size(), worker_index(), combine, guard)
+
+
 @contextlib.contextmanager
 def lost_peers() -> Any:
     """Turn the errors TensorFlow raises in a collective whose peer is gone into WorkerLost,
@@ -224,9 +248,9 @@ def lost_peers() -> Any:
         if not isinstance(exc, tf.errors.UnavailableError) and not LOST.search(text):
             raise  # e.g. two workers running different collectives: a bug, not a lost peer
         task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
-        me = f"/task:{task.get('index', 0)}"
+        me = f"/job:{task.get('type', 'worker')}/replica:0/task:{task.get('index', 0)}"
         found = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", text)))
-        peers = [p for p in found if not p.endswith(me)] or found  # not this process itself
+        peers = [p for p in found if p != me] or found  # not this process itself
         who = ", ".join(peers) if peers else _first(exc)
         raise WorkerLost(
             f"a worker of the cluster was lost ({who}); the run cannot go on without it"

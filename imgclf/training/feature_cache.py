@@ -49,7 +49,8 @@ def cached_split(
     if estimate is not None:
         estimate.observe_forward(len(kept), time.perf_counter() - start)
     if share is not None:
-        x, kept = _gather(share, x, kept, len(split), width)
+        with share.guard():
+            x, kept = _gather(share, x, kept, len(split), width)
     return _keep(split, x, kept)
 
 
@@ -57,17 +58,21 @@ def cached_split(
 class Share:
     """This worker's share of a multi-worker feature computation: every `count`-th image
     from `index` on; `combine(features float32 [k, D], read int64 [k])` returns the sums of
-    every worker's arrays (the same shapes: `cluster_sync.all_sum`)."""
+    every worker's arrays (the same shapes: `cluster_sync.all_sum`); `guard()`, a context
+    around the exchange (lost peers, the watchdog)."""
 
     count: int
     index: int
     combine: Any
+    guard: Any = contextlib.nullcontext
 
 
 GATHER_ROWS = 4096  # rows of features per all-reduce: bounds the float64 copies in flight
 
 
-def _gather(share: Share, x: np.ndarray, kept: np.ndarray, n: int, width: int):
+def _gather(
+    share: Share, x: np.ndarray, kept: np.ndarray, n: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(features of every readable image [m, D], their positions [m]) from every worker's
     (features, positions), in row blocks of GATHER_ROWS."""
     parts, read = [], []

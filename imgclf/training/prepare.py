@@ -27,7 +27,8 @@ from imgclf.infra.errors import ConfigError
 from imgclf.models import build_model
 from imgclf.training.backend import check_backend, set_deterministic
 from imgclf.training.cluster import cluster_size, is_chief
-from imgclf.training.distribute import make_strategy
+from imgclf.training.cluster_sync import broadcast_json
+from imgclf.training.distribute import lost_peers, make_strategy
 from imgclf.training.optim import compile_model, resolve_batch_size, steps_per_epoch
 from imgclf.training.resume import Resume
 from imgclf.training.tracking import preflight as tracking_preflight
@@ -109,6 +110,42 @@ def _run_dir(config: Config, out: Any, runs_root: Path, chief: bool, resume: boo
     return run_dir
 
 
+def _cluster_shape(config: Config, strategy: Any) -> list[int]:
+    """[workers, replicas] of the run (a multi-worker run resumes only on the same)."""
+    if config.train.distribute != "multiworker":
+        return [1, 1]
+    return [cluster_size(), strategy.num_replicas_in_sync]
+
+
+def _resumed_or_new(
+    config: Config, out: Any, runs_root: Path, chief: bool, resume: bool, splits: Any,
+    strategy: Any,
+) -> tuple[Path, Resume | None]:  # fmt: skip
+    """The run directory and, on the chief, its Resume (only the chief backs a run up: the
+    other workers of a multi-worker run take its state from the chief, training.cluster_sync).
+    Resuming, the chief checks the data and the cluster's shape; a multi-worker cluster then
+    agrees on its verdict, so every worker stops with the chief's one-line refusal instead of
+    waiting for a chief that has left."""
+    refusal = None
+    try:
+        run_dir = _run_dir(config, out, runs_root, chief, resume, splits)
+        track = Resume(run_dir) if chief else None
+        if track is not None and resume:
+            track.check_data(splits, True, _cluster_shape(config, strategy))
+    except ConfigError as exc:
+        if not (resume and config.train.distribute == "multiworker"):
+            raise
+        refusal = exc
+    if resume and config.train.distribute == "multiworker":
+        with lost_peers():
+            verdict = broadcast_json(strategy, None if refusal is None else str(refusal))
+        if refusal is not None:
+            raise refusal
+        if verdict is not None:
+            raise ConfigError(verdict)
+    return run_dir, track
+
+
 def prepare(
     config: Config,
     out: str | Path | None,
@@ -141,15 +178,10 @@ def prepare(
         )
     model = build_for_training(config, splits, strategy, batch_size)
     made = out is None or not Path(out).exists()  # else an empty folder the user gave
-    run_dir = _run_dir(config, out, runs_root, chief, resume, splits)
-    # Only the chief backs a run up (a multi-worker run's other workers take its state from
-    # the chief when resuming: training.cluster_sync).
-    track = Resume(run_dir) if chief else None
-    workers = cluster_size() if config.train.distribute == "multiworker" else 1
+    run_dir, track = _resumed_or_new(config, out, runs_root, chief, resume, splits, strategy)
     try:
-        if track is not None:
-            # Resuming: the same split on as many workers, or a one-line error.
-            track.check_data(splits, resume, workers)
+        if track is not None and not resume:
+            track.check_data(splits, False, _cluster_shape(config, strategy))
         runs.write_text(run_dir / runs.CONFIG, dump_config(config))
         faults.point("setup")
         runs.write_json(run_dir / runs.LABELS, splits.class_names)

@@ -80,7 +80,7 @@ def launch(
         run_dir = runs.new_run_dir(config.name, out, runs_root).resolve()  # empty: train fills it
     error = _fit(train, config, workers, run_dir, verbose, resume)
     if error is not None:
-        _failed(run_dir, f"the Ray run failed: {_first_line(error)}")
+        _failed(run_dir, f"the Ray run failed: {_first_line(error)}", workers)
     if Path(runs_root).resolve() in run_dir.parents:
         runs.point_latest(run_dir)
     return run_dir
@@ -135,17 +135,19 @@ def _fit(
         shutil.rmtree(storage, ignore_errors=True)
 
 
-def _failed(run_dir: Path, reason: str) -> None:
+def _failed(run_dir: Path, reason: str, workers: int) -> None:
     """UserError `reason`, after the run directory is left honest: removed when nothing was
     written (a config or data error); a run whose chief was killed (still `running` on disk) is
     marked interrupted, resumable with `--ray N --resume RUN`; else the chief said why."""
+    # A worker's own advice names the command without Ray: this one replaces it.
+    reason = reason.split("; the run is left interrupted")[0]
     if run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
     elif (run_dir / runs.STATE).is_file() and (run_dir / runs.CONFIG).is_file():
         if runs.read_json(run_dir / runs.STATE).get("state") == runs.RUNNING:
             runs.set_state(run_dir, runs.INTERRUPTED, reason)  # its chief was killed
         if runs.read_state(run_dir).state != runs.COMPLETE:
-            reason += f"; continue it with imgclf-train --ray N --resume {run_dir}"
+            reason += f"; continue it with imgclf-train --ray {workers} --resume {run_dir}"
     raise UserError(reason)
 
 

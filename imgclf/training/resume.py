@@ -68,13 +68,14 @@ class Resume:
     def backup_dir(self, phase: str) -> Path:
         return self.folder / phase
 
-    def check_data(self, splits: Splits, resuming: bool, workers: int = 1) -> None:
-        """Record the data's fingerprint and the number of workers (a new run), or check both
-        are unchanged (resuming).
+    def check_data(self, splits: Splits, resuming: bool, shape: list[int] | None = None) -> None:
+        """Record the data's fingerprint and the cluster's shape, [workers, replicas] (a new
+        run), or check both are unchanged (resuming).
 
         Raises ConfigError when a resumed run's data differs (it would train and test on
         another split than the one it started with) or when a multi-worker run is resumed on
-        another number of workers."""
+        another number of workers or replicas."""
+        shape = shape or [1, 1]
 
         path = self.folder / "data.json"
         now = fingerprint(splits)
@@ -86,16 +87,17 @@ class Resume:
                     "removed or renamed, or another split), so it cannot be resumed without "
                     "mixing test and training images; train it again"
                 )
-            before = int(recorded.get("workers", 1))
-            if before != workers:
+            before = [int(v) for v in recorded.get("cluster", [1, 1])]
+            if before != shape:
                 raise ConfigError(
-                    f"{self.folder.parent}: it started on {before} worker(s) and TF_CONFIG now "
-                    f"names {workers}; resume it on a cluster of {before} (each worker's share "
+                    f"{self.folder.parent}: it started on {before[0]} worker(s) with "
+                    f"{before[1]} replica(s) and now has {shape[0]} with {shape[1]}; resume it "
+                    f"on {before[0]} worker(s) with {before[1]} replica(s) (each replica's share "
                     "of every global batch and the batch-norm statistics depend on the count, "
                     "so another count would not continue the same training)"
                 )
             return
-        runs.write_json(path, {"fingerprint": now, "workers": workers})
+        runs.write_json(path, {"fingerprint": now, "cluster": shape})
 
     def done(self, phase: str) -> dict[str, Any] | None:
         """The report of `phase` when it finished before (None otherwise)."""
@@ -289,7 +291,9 @@ def check_resumable(run_dir: Path) -> Config:
                 f"worker mounts at the same path, or copy {runs.CONFIG} there"
             )
         raise UserError(f"--resume {run_dir}: not a run directory (no {runs.CONFIG})")
-    if not is_chief():
+    if not is_chief():  # the chief may already have marked it running: not that state
+        if runs.read_state(run_dir).state == runs.COMPLETE:
+            raise UserError(f"--resume {run_dir}: the run is already complete; nothing to resume")
         return load_config(run_dir / runs.CONFIG)
     state = runs.read_state(run_dir)
     if state.state == runs.COMPLETE:

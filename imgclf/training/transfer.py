@@ -28,8 +28,7 @@ from imgclf.infra.errors import ConfigError
 from imgclf.models.names import BACKBONE, FEATURES, HEAD
 from imgclf.training import feature_cache
 from imgclf.training.backend import make_training_data
-from imgclf.training.cluster_sync import worker_share
-from imgclf.training.distribute import fit_multiworker
+from imgclf.training.distribute import fit_multiworker, worker_share
 from imgclf.training.optim import compile_model, steps_per_epoch
 
 if TYPE_CHECKING:
