@@ -39,6 +39,7 @@ from imgclf.infra.errors import (
 from imgclf.models import build_model
 from imgclf.training.augment import build_augmenter
 from imgclf.training.backend import make_training_data
+from imgclf.training.cluster import is_chief
 from imgclf.training.diagnostics_cost import plan as plan_diagnostics
 from imgclf.training.distribute import WorkerLost
 from imgclf.training.estimate import Estimate, job_shape
@@ -183,10 +184,13 @@ def train(
 
 
 def _mark_ended(p: Prepared, state: str, reason: str) -> None:
-    """The chief records an interrupted or failed run: state.json, and its MLflow run."""
+    """The chief records an interrupted or failed run: state.json, and its MLflow run; another
+    worker of a cluster removes its scratch folder."""
     if p.chief:
         runs.set_state(p.run_dir, state, reason)
         end_tracking(p.run_dir, "KILLED" if state == runs.INTERRUPTED else "FAILED")
+    else:
+        shutil.rmtree(p.run_dir, ignore_errors=True)
 
 
 def _left_interrupted(p: Prepared, exc: WorkerLost) -> WorkerLost:
@@ -289,15 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train.learning_rate=auto does this at the start of every phase of a run)",
     )
     parser.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the resolved config and exit (nothing is trained)",
+        "--print-config", action="store_true", help="print the resolved config and exit"
     )
     parser.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="no progress output; print only the run directory",
+        "-q", "--quiet", action="store_true", help="no progress output; print only the run"
     )
     parser.add_argument(
         "--verbose",
@@ -391,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("interrupted before the run had started: nothing was written", file=sys.stderr)
         return 130
-    print(run_dir)
+    if is_chief():  # the others' folders are gone: `RUN=$(imgclf-train -q ...)` gets the run
+        print(run_dir)
     return 0
 
 

@@ -556,16 +556,23 @@ def test_a_worker_other_than_the_chief_only_reads_the_config_to_resume(tmp_path,
 
     runs.set_state(tmp_path, runs.RUNNING)  # as the chief, resuming, marks it: alive
     cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": 1}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+    )
     assert check_resumable(tmp_path).train.epochs == 3
     with pytest.raises(UserError, match="every worker of a multi-worker run reads it"):
         check_resumable(tmp_path / "elsewhere")
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    )
     with pytest.raises(UserError, match="still training"):
         check_resumable(tmp_path)
     runs.set_state(tmp_path, runs.COMPLETE)  # nothing to resume: every worker says so
     for index in (0, 1):
-        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": index}}))
+        monkeypatch.setenv(
+            "TF_CONFIG",
+            json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        )
         with pytest.raises(UserError, match="already complete"):
             check_resumable(tmp_path)
 
@@ -641,3 +648,21 @@ def test_each_worker_computes_the_backbone_features_of_its_share_only(monkeypatc
         got = feature_cache.cached_split(extractor, train, share=share)
         np.testing.assert_allclose(got.x, whole.x, rtol=1e-6, atol=1e-6)
         assert list(got.y) == list(whole.y)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{'cluster': 1}", "TF_CONFIG is not JSON"),
+        ('{"cluster": {"worker": ["h:1", "h:2"]}}', "TF_CONFIG has no 'task'"),
+        ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 1}}',
+         "task index 1 is not in the cluster's 1 worker"),
+        ('{"cluster": {"worker": ["h:1", "h"]}, "task": {"type": "worker", "index": 0}}',
+         "address 'h' has no port"),
+    ],
+)  # fmt: skip
+def test_a_wrong_tf_config_is_one_line_before_tensorflow_sees_it(monkeypatch, value, message):
+    """TensorFlow answers these with a traceback (or waits forever); imgclf checks first."""
+    monkeypatch.setenv("TF_CONFIG", value)
+    with pytest.raises(ConfigError, match=message):
+        is_chief()

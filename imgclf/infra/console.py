@@ -89,6 +89,13 @@ def quiet_tensorflow(verbose: bool = False) -> bool:
     return True
 
 
+def terminal_fd() -> int:
+    """The real stderr's file descriptor: the filter's target when it is on (a line written
+    there needs no Python thread: the filter's does), else 2."""
+    terminal = _state.get("terminal")
+    return terminal if isinstance(terminal, int) else 2
+
+
 def restore_stderr() -> None:
     """Put the real stderr back and let the filter drain what is left (at exit, and before a
     command ends at once: `errors.end_after_failed_write`)."""

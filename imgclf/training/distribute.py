@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 from imgclf.infra import faults
@@ -30,10 +31,12 @@ from imgclf.training.watchdog import WATCHDOG, Watchdog
 _STRATEGIES: dict[Any, Any] = {}
 
 
-def make_strategy(mode: str) -> Any:
+def make_strategy(mode: str, timeout: float | None = None) -> Any:
     """The tf.distribute strategy for `mode`, or None for `none`. Every call of a process gets
     the same strategy object for the same mode (and, for `mirrored`, the same devices): see
-    above. Raises ConfigError (`multiworker` without TF_CONFIG) or ValueError (unknown mode)."""
+    above. `multiworker` waits for every worker TF_CONFIG names (`form_cluster`), at most
+    `timeout` seconds. Raises ConfigError (`multiworker` without TF_CONFIG, or with a wrong
+    one) or ValueError (unknown mode)."""
     if mode == "none":
         return None
     import tensorflow as tf
@@ -54,9 +57,61 @@ def make_strategy(mode: str) -> Any:
                 '"task": {"type": "worker", "index": 0}}'
             )
         if mode not in _STRATEGIES:
-            _STRATEGIES[mode] = tf.distribute.MultiWorkerMirroredStrategy()
+            _STRATEGIES[mode] = form_cluster(timeout)
         return _STRATEGIES[mode]
     raise ValueError(f"train.distribute: unknown mode {mode!r}")
+
+
+def form_cluster(timeout: float | None) -> Any:
+    """MultiWorkerMirroredStrategy, once every worker of TF_CONFIG has joined.
+
+    TensorFlow waits for them inside C++ holding Python's lock, so no Python thread (the
+    watchdog, the stderr filter) and no Python signal handler runs meanwhile (measured: a
+    ticking thread stopped for the whole wait). So: a line on the real stderr says what it
+    waits for and what happens next; Ctrl+C and SIGTERM end the process at once (their default
+    action; nothing is written yet); and after `timeout` seconds (train.collective_timeout)
+    `faulthandler`'s own C thread writes every stack to a file and ends the process (exit 1).
+    Raises ConfigError for a wrong TF_CONFIG or a port this worker cannot listen on."""
+    import faulthandler
+    import signal
+    import tempfile
+    import threading
+
+    import tensorflow as tf
+
+    from imgclf.infra.console import terminal_fd
+    from imgclf.training.cluster import describe, tf_config
+
+    cluster = tf_config()  # checked: a typo is one line, not TensorFlow's traceback
+    members = sum(len(group) for group in cluster["cluster"].values())
+    stacks = Path(tempfile.gettempdir()) / f"imgclf-cluster-{os.getpid()}.txt"
+    then = f"at most {timeout:g} s (train.collective_timeout), then exit 1 with the stacks in " \
+        f"{stacks}; " if timeout else ""  # fmt: skip
+    line = f"cluster: {describe()}: waiting for all {members} to start ({then}Ctrl+C stops it)\n"
+    os.write(terminal_fd(), line.encode())
+    main = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = [signal.signal(s, signal.SIG_DFL) for s in signals] if main else []
+    try:
+        with open(stacks, "w", encoding="utf-8") as fh:
+            fh.write(f"{describe()}: the cluster did not form: a worker of TF_CONFIG was not "
+                     "started, or its address or port is wrong or blocked\n")  # fmt: skip
+            fh.flush()
+            if timeout:
+                faulthandler.dump_traceback_later(timeout, exit=True, file=fh)
+            try:
+                return tf.distribute.MultiWorkerMirroredStrategy()
+            finally:
+                faulthandler.cancel_dump_traceback_later()
+    except (tf.errors.UnknownError, tf.errors.InvalidArgumentError) as exc:
+        raise ConfigError(
+            f"cannot start {describe()}: {_first(exc)} (another process on that port, or two "
+            "workers given the same index?)"
+        ) from None
+    finally:
+        stacks.unlink(missing_ok=True)  # formed, or refused: nothing to look at
+        for sig, handler in zip(signals if main else (), before, strict=True):
+            signal.signal(sig, handler)
 
 
 def _loss_fn(model: Any, class_weight: dict[int, float] | None) -> Any:

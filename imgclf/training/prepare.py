@@ -136,13 +136,14 @@ def _resumed_or_new(
         if not (resume and config.train.distribute == "multiworker"):
             raise
         refusal = exc
+        run_dir, track = None, None
     if resume and config.train.distribute == "multiworker":
         with lost_peers():
             verdict = broadcast_json(strategy, None if refusal is None else str(refusal))
-        if refusal is not None:
-            raise refusal
-        if verdict is not None:
-            raise ConfigError(verdict)
+        if refusal is not None or verdict is not None:
+            if not chief and run_dir is not None:  # this worker's scratch folder
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise refusal or ConfigError(verdict)
     return run_dir, track
 
 
@@ -164,7 +165,7 @@ def prepare(
     preflight(config, out if chief and not resume else None)  # workers never write to `out`
     check_backend(config)  # e.g. train.distribute under JAX: a one-line error, nothing written
     # First: a multi-worker strategy must exist before the program does other TensorFlow work.
-    strategy = make_strategy(config.train.distribute)
+    strategy = make_strategy(config.train.distribute, config.train.collective_timeout)
     # Same seed, same run: seeds Python, NumPy and Keras; deterministic kernels on TensorFlow.
     set_deterministic(config.seed)
     if splits is None:

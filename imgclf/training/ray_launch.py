@@ -48,7 +48,7 @@ def _worker_loop(settings: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):
         os.chdir(settings["cwd"])
     # First: before any other TensorFlow work of this process.
-    make_strategy("multiworker")
+    make_strategy("multiworker", config.train.collective_timeout)
     train = settings["train"]  # imgclf.train.train (pickled by reference)
     # The chief speaks for the run; the other workers' lines would repeat it.
     verbose = settings["verbose"] if is_chief() else 0
@@ -144,9 +144,11 @@ def _failed(run_dir: Path, reason: str, workers: int) -> None:
     if run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
     elif (run_dir / runs.STATE).is_file() and (run_dir / runs.CONFIG).is_file():
-        if runs.read_json(run_dir / runs.STATE).get("state") == runs.RUNNING:
+        killed = runs.read_json(run_dir / runs.STATE).get("state") == runs.RUNNING
+        if killed:
             runs.set_state(run_dir, runs.INTERRUPTED, reason)  # its chief was killed
-        if runs.read_state(run_dir).state != runs.COMPLETE:
+        # Only a run cut short can go on (not one the chief refused to resume, say).
+        if killed or "WorkerLost" in (runs.read_state(run_dir).reason or ""):
             reason += f"; continue it with imgclf-train --ray {workers} --resume {run_dir}"
     raise UserError(reason)
 

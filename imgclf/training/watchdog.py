@@ -30,10 +30,19 @@ class Watchdog:
     (CommunicationOptions.timeout_seconds) would start a thread per collective, which sleeps
     the whole timeout."""
 
-    def __init__(self, seconds: float | None, stacks: Path | None, fail: Any = None) -> None:
+    def __init__(
+        self, seconds: float | None, stacks: Path | None, fail: Any = None, what: str = ""
+    ) -> None:
         import threading
 
         self.seconds, self.stacks, self.fail = seconds, stacks, fail
+        # The reason's start (default: a training step that never completed).
+        self.what = what or (
+            f"CollectiveTimeout: no training step completed in {seconds:g} s "
+            "(train.collective_timeout): a worker hung, died silently or is far slower"
+            if seconds
+            else ""
+        )
         self.last = 0.0
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="imgclf-watchdog", daemon=True)
@@ -60,11 +69,7 @@ class Watchdog:
         while not self.done.wait(min(5.0, self.seconds / 10)):
             if time.monotonic() - self.last > self.seconds:
                 path = dump_stacks(self.stacks)
-                reason = (
-                    f"CollectiveTimeout: no training step completed in {self.seconds:g} s "
-                    "(train.collective_timeout): a worker hung, died silently or is far slower; "
-                    f"every thread's stack: {path}"
-                )
+                reason = f"{self.what}; every thread's stack: {path}"
                 if self.fail is not None:
                     with contextlib.suppress(Exception):  # the exit below matters more
                         self.fail(reason)
