@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from imgclf.infra import faults
 from imgclf.infra.errors import ConfigError, UserError
+from imgclf.training.cluster import describe, tf_config
 from imgclf.training.cluster_sync import all_sum, broadcast_arrays, sync_fit_start
 from imgclf.training.watchdog import WATCHDOG, Watchdog
 
@@ -80,7 +80,6 @@ def form_cluster(timeout: float | None) -> Any:
     import tensorflow as tf
 
     from imgclf.infra.console import terminal_fd
-    from imgclf.training.cluster import describe, tf_config
 
     cluster = tf_config()  # checked: a typo is one line, not TensorFlow's traceback
     members = sum(len(group) for group in cluster["cluster"].values())
@@ -302,7 +301,7 @@ def lost_peers() -> Any:
         text = str(exc)
         if not isinstance(exc, tf.errors.UnavailableError) and not LOST.search(text):
             raise  # e.g. two workers running different collectives: a bug, not a lost peer
-        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+        task = (tf_config() or {}).get("task", {})  # the one reader of TF_CONFIG
         me = f"/job:{task.get('type', 'worker')}/replica:0/task:{task.get('index', 0)}"
         found = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", text)))
         peers = [p for p in found if p != me] or found  # not this process itself

@@ -4,7 +4,6 @@ process, with every thread's stack in a file, when no training step completes in
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -83,11 +82,12 @@ def dump_stacks(path: Path | None) -> Path:
     import faulthandler
     import tempfile
 
-    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
-    name = f"imgclf-stacks-worker{task.get('index', 0)}-{os.getpid()}.txt"
+    from imgclf.training.cluster import describe, worker_index
+
+    name = f"imgclf-stacks-worker{worker_index()}-{os.getpid()}.txt"
     path = Path(path) if path is not None else Path(tempfile.gettempdir()) / name
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f"worker {task.get('index', 0)} (pid {os.getpid()}), every thread:\n")
+        fh.write(f"{describe()} (pid {os.getpid()}), every thread:\n")
         fh.flush()
         faulthandler.dump_traceback(file=fh, all_threads=True)
     return path
