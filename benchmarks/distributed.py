@@ -14,7 +14,8 @@ the rate constant in both arms, so they do the same job.
 On a machine with fewer cores than workers × the threads each wants, two workers share the
 same cores: this measures the cost of the protocol, not a speed-up.
 
-    python benchmarks/distributed.py [--epochs 3] [--recipe configs/default.yaml]
+    python benchmarks/distributed.py [--epochs 3] [--recipe configs/default.yaml] [key=value ...]
+    python benchmarks/distributed.py data.source=fashion_mnist data.max_per_class=1500
 """
 
 from __future__ import annotations
@@ -97,9 +98,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="configs/default.yaml")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="key=value for both arms (e.g. the data)")
     args = parser.parse_args()
     same = ["augment.rotation=0", "augment.zoom=0", "augment.translate=0", "augment.flip=none",
-            "train.schedule=constant"]  # fmt: skip
+            "train.schedule=constant", *args.overrides]  # fmt: skip
     overrides = [f"train.epochs={args.epochs}", "train.export=false", "train.diagnostics=false",
                  "train.early_stopping.patience=0", *same]  # fmt: skip
     print(f"{time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} CPU cores; {args.recipe}")
